@@ -1,0 +1,66 @@
+"""Entry point of the `spo` command. Each area registers its commands from its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+from typer._click import exceptions as click_exceptions  # typer vendors its own click
+
+from spo_store.errors import SpoError
+
+app = typer.Typer(
+    name="spo",
+    help="Soft Policy Optimization around a versioned trajectory lake.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """spo: Soft Policy Optimization around a versioned trajectory lake."""
+
+
+err_console = Console(stderr=True)
+
+
+@app.command()
+def version() -> None:
+    """Print the installed spo version."""
+    from importlib.metadata import version as pkg_version
+
+    typer.echo(pkg_version("spo"))
+
+
+def _register_all() -> None:
+    # Imported here so `spo --help` stays fast and each area owns its own module.
+    from spo_cli import eval_cmds, judge_cmds, lake_cmds, train_cmds
+
+    for module in (lake_cmds, judge_cmds, eval_cmds, train_cmds):
+        module.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; bad input becomes one line on stderr and a non-zero exit, never a traceback."""
+    _register_all()
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="spo", standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("[yellow]interrupted[/yellow]; committed work is kept, rerun to resume")
+        sys.exit(130)
+    except click_exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except SpoError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

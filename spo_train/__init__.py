@@ -1,0 +1,1 @@
+"""spo_train: models, log-probs, losses, generation, sandboxed judge, training and evaluation."""
