@@ -1,9 +1,305 @@
-"""Commands of this area (filled in by its issue)."""
+"""`spo ingest`, `spo sql` and `spo lake ...`: thin wrappers over `spo_store`."""
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
+import io
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from spo_store.errors import SpoError
+
+console = Console()
+LakeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--lake", help="Lake URI (default: $SPO_LAKE, else ./spo-lake)", show_default=False
+    ),
+]
+
+ingest_app = typer.Typer(help="Bring data into the lake.", no_args_is_help=True)
+lake_app = typer.Typer(
+    help="Lake maintenance: versions, tags, compaction, cleanup, export.", no_args_is_help=True
+)
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
+
+
+class IngestFormat(str, Enum):
+    auto = "auto"
+    code_contests = "code_contests"
+    taco = "taco"
+    jsonl = "jsonl"
+
+
+@ingest_app.command("human-solutions")
+def ingest_human_solutions_cmd(
+    paths: Annotated[list[str], typer.Argument(help="Files, directories or glob patterns")],
+    lake: LakeOpt = None,
+    format: Annotated[
+        IngestFormat, typer.Option("--format", help="Input format")
+    ] = IngestFormat.auto,
+    split: Annotated[
+        str | None, typer.Option(help="Split to record (default: from file names)")
+    ] = None,
+    languages: Annotated[
+        str, typer.Option(help="Comma-separated languages to keep, or 'all'")
+    ] = "python3",
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Judge every solution; store the verdict as reward")
+    ] = False,
+    unsafe_no_sandbox: Annotated[
+        bool, typer.Option("--unsafe-no-sandbox", help="Run solutions without bubblewrap")
+    ] = False,
+    workers: Annotated[
+        int | None, typer.Option(help="Parallel judge workers (default: all cores)")
+    ] = None,
+) -> None:
+    """Ingest CodeContests Parquet, TACO or JSONL problems with their human solutions."""
+    from spo_store.ingest import ingest_human_solutions
+    from spo_store.lake import Lake
+
+    langs = (
+        None
+        if languages.strip() == "all"
+        else [x.strip() for x in languages.split(",") if x.strip()]
+    )
+    lk = Lake.open(lake)
+    with progress_bar() as bar:
+        files_task = bar.add_task("files", total=None)
+        verifier = _make_verifier(bar, workers, unsafe_no_sandbox) if verify else None
+        report = ingest_human_solutions(
+            lk,
+            paths,
+            fmt=format.value,
+            split=split,
+            languages=langs,
+            verify=verifier,
+            progress=lambda done, total: bar.update(files_task, completed=done, total=total),
+        )
+    skipped = ", ".join(f"{n} {why}" for why, n in sorted(report.skipped.items())) or "none"
+    console.print(
+        f"ingested {report.problems_added} new problems ({report.problems_seen} seen) and "
+        f"{report.solutions_added} new solutions ({report.solutions_seen} seen) from "
+        f"{report.files} file(s) into {lk.uri}; skipped: {skipped}; run {report.run_id}"
+    )
+
+
+def _make_verifier(bar: Progress, workers: int | None, unsafe_no_sandbox: bool):
+    from spo_train.sandbox import JudgeJob, judge_batch
+
+    from spo_store.lake import problem_tests
+
+    def verify(pairs):
+        task = bar.add_task("judging", total=len(pairs))
+        jobs, judgeable = [], []
+        for prob, sol in pairs:
+            if sol.language != "python3":
+                continue
+            row = {
+                "public_tests": prob.public_tests,
+                "private_tests": prob.private_tests,
+                "generated_tests": prob.generated_tests,
+            }
+            tests = [(t["input"], t["output"]) for t in problem_tests(row)]
+            judgeable.append(len(jobs))
+            jobs.append(
+                JudgeJob(
+                    sol.text, tests, prob.time_limit_s, prob.memory_limit_mb, prob.float_tolerance
+                )
+            )
+        verdicts = (
+            judge_batch(
+                jobs,
+                workers=workers,
+                progress=lambda n=1: bar.advance(task, n),
+                unsafe_no_sandbox=unsafe_no_sandbox,
+                stop_on_first_failure=False,
+            )
+            if jobs
+            else []
+        )
+        out, it = [], iter(verdicts)
+        for prob, sol in pairs:
+            if sol.language != "python3":
+                out.append((None, f"unsupported language {sol.language}", 0, 0))
+                bar.advance(task)
+                continue
+            v = next(it)
+            out.append((0.0 if v.passed else -1.0, v.status, v.passed_tests, v.total_tests))
+        return out
+
+    return verify
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    parquet = "parquet"
+
+
+def sql_cmd(
+    query: Annotated[str, typer.Argument(help="DuckDB SQL over the lake tables by name")],
+    lake: LakeOpt = None,
+    format: Annotated[
+        OutputFormat, typer.Option("--format", help="Output format")
+    ] = OutputFormat.table,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output file (required for parquet)")
+    ] = None,
+    max_width: Annotated[int, typer.Option(help="Truncate text cells in table output")] = 60,
+) -> None:
+    """Run SQL over the lake (tables: problems, trajectories, runs, annotations, metrics, ...)."""
+    from spo_store.lake import Lake
+
+    result = Lake.open(lake, create=False).sql_arrow(query)
+    if format is OutputFormat.parquet:
+        if output is None:
+            raise SpoError("--format parquet needs --output FILE")
+        tmp = output.with_name(output.name + ".tmp")
+        pq.write_table(result, tmp)
+        tmp.replace(output)
+        console.print(f"wrote {result.num_rows} rows to {output}", highlight=False)
+        return
+    if format is OutputFormat.json:
+        text = json.dumps(result.to_pylist(), default=_json_default, ensure_ascii=False)
+    elif format is OutputFormat.csv:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(result.column_names)
+        for row in result.to_pylist():
+            writer.writerow([_cell(v, None) for v in row.values()])
+        text = buf.getvalue()
+    else:
+        _print_table(result, max_width)
+        return
+    if output:
+        output.write_text(text + ("\n" if not text.endswith("\n") else ""))
+    else:
+        sys.stdout.write(text + ("\n" if not text.endswith("\n") else ""))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _cell(value: Any, max_width: int | None) -> str:
+    if value is None:
+        return "NULL"
+    text = value.isoformat() if isinstance(value, dt.datetime) else str(value)
+    if max_width and len(text) > max_width:
+        text = text[: max_width - 1] + "…"
+    return text
+
+
+def _print_table(result: pa.Table, max_width: int) -> None:
+    table = Table(show_lines=False)
+    for name in result.column_names:
+        table.add_column(name, overflow="fold")
+    for row in result.to_pylist():
+        table.add_row(*[_cell(v, max_width) for v in row.values()])
+    console.print(table)
+    console.print(f"{result.num_rows} row(s)", style="dim")
+
+
+@lake_app.command("versions")
+def versions_cmd(
+    lake: LakeOpt = None,
+    table: Annotated[
+        list[str] | None, typer.Option("--table", "-t", help="Table(s) to list (default: all)")
+    ] = None,
+) -> None:
+    """List every version of the lake's tables, with row counts, fragments and tags."""
+    from spo_store.lake import Lake
+    from spo_store.maintenance import list_versions
+
+    rows = list_versions(Lake.open(lake, create=False), table)
+    _print_table(pa.Table.from_pylist(rows), 40)
+
+
+@lake_app.command("tag")
+def tag_cmd(name: Annotated[str, typer.Argument(help="Tag name")], lake: LakeOpt = None) -> None:
+    """Tag the current version of every table (tagged versions survive cleanup)."""
+    from spo_store.lake import Lake
+    from spo_store.maintenance import tag_lake
+
+    tagged = tag_lake(Lake.open(lake, create=False), name)
+    console.print(f"tagged {name}: " + ", ".join(f"{t}@{v}" for t, v in tagged.items()))
+
+
+@lake_app.command("compact")
+def compact_cmd(lake: LakeOpt = None) -> None:
+    """Merge small fragments so scans stay fast."""
+    from spo_store.lake import Lake
+    from spo_store.maintenance import compact
+
+    for name, (before, after) in compact(Lake.open(lake, create=False)).items():
+        console.print(f"{name}: {before} -> {after} fragments")
+
+
+@lake_app.command("cleanup")
+def cleanup_cmd(
+    lake: LakeOpt = None,
+    older_than_hours: Annotated[float, typer.Option(help="Keep every version newer than this")] = 24
+    * 7,
+) -> None:
+    """Remove old untagged versions outside the safety window."""
+    from spo_store.lake import Lake
+    from spo_store.maintenance import cleanup
+
+    removed = cleanup(
+        Lake.open(lake, create=False), older_than=dt.timedelta(hours=older_than_hours)
+    )
+    console.print(", ".join(f"{t}: {b} bytes removed" for t, b in removed.items()))
+
+
+@lake_app.command("export")
+def export_cmd(
+    output: Annotated[Path, typer.Argument(help="Directory for <table>.parquet files")],
+    lake: LakeOpt = None,
+    table: Annotated[
+        list[str] | None, typer.Option("--table", "-t", help="Table(s) to export (default: all)")
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option(help="Version number or tag (default: latest)")
+    ] = None,
+) -> None:
+    """Export tables to Parquet."""
+    from spo_store.lake import Lake
+    from spo_store.maintenance import export_parquet
+
+    ver: str | int | None = int(version) if version and version.isdigit() else version
+    counts = export_parquet(Lake.open(lake, create=False), output, table, version=ver)
+    console.print(", ".join(f"{t}: {n} rows" for t, n in counts.items()) + f" -> {output}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the `spo` app."""
+    """Add `ingest`, `sql` and `lake` to the `spo` app."""
+    app.add_typer(ingest_app, name="ingest")
+    app.command("sql")(sql_cmd)
+    app.add_typer(lake_app, name="lake")

@@ -1,1 +1,193 @@
-"""Lake table schemas: the single source of truth (installed as `spo_schemas`)."""
+"""Lake table schemas: the single source of truth (installed as the `spo_schemas` package).
+
+Every table is one Lance dataset under the lake root (`<root>/<table>.lance`). Each dataset's
+Arrow schema carries `spo.schema_version` in its metadata; `spo_store` refuses (or migrates) a
+lake written by another version. Field metadata `doc` documents each column; `heavy=1` marks
+columns that simple analysis should not read (token ids, log-probs, long text): `spo_store`
+keeps them out of its in-memory metadata cache and fetches them by row only when a batch needs
+them.
+
+Changing a schema: bump `SCHEMA_VERSION` and add a migration in `spo_store.schema.MIGRATIONS`.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+VERSION_KEY = b"spo.schema_version"
+
+TESTS_TYPE = pa.struct([("input", pa.list_(pa.string())), ("output", pa.list_(pa.string()))])
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+def _f(name: str, type_: pa.DataType, doc: str, *, nullable: bool = True, heavy: bool = False):
+    meta = {b"doc": doc.encode()}
+    if heavy:
+        meta[b"heavy"] = b"1"
+    return pa.field(name, type_, nullable=nullable, metadata=meta)
+
+
+PROBLEMS = pa.schema(
+    [
+        _f("problem_id", pa.string(), "stable id: hash of source_dataset and name", nullable=False),
+        _f("name", pa.string(), "problem name as given by its dataset", nullable=False),
+        _f("source_dataset", pa.string(), "code_contests | taco | jsonl | embedded"),
+        _f("split", pa.string(), "train | valid | test (as given by the dataset)"),
+        _f("statement", pa.string(), "problem statement shown to the model", heavy=True),
+        _f("public_tests", TESTS_TYPE, "tests shown in the statement", heavy=True),
+        _f("private_tests", TESTS_TYPE, "hidden tests", heavy=True),
+        _f("generated_tests", TESTS_TYPE, "generated tests (CodeContests)", heavy=True),
+        _f("num_tests", pa.int32(), "public + private + generated tests"),
+        _f("time_limit_s", pa.float64(), "per-test time limit in seconds"),
+        _f("memory_limit_mb", pa.int32(), "memory limit in MiB"),
+        _f("float_tolerance", pa.float64(), "absolute/relative tolerance for float outputs"),
+        _f("difficulty", pa.string(), "dataset difficulty label"),
+        _f("extra", pa.string(), "other dataset fields as JSON", heavy=True),
+        _f("q0", pa.float64(), "soft value of the prompt: beta*log(S0+(1-S0)exp(-1/beta))"),
+        _f("q0_samples", pa.int32(), "n: pi_0 samples behind q0"),
+        _f("q0_successes", pa.int32(), "c: successful samples among them"),
+        _f("q0_beta", pa.float64(), "beta q0 was computed with"),
+        _f("q0_run_id", pa.string(), "estimate-q0 run that wrote q0"),
+        _f("ingest_run_id", pa.string(), "run that ingested the problem"),
+        _f("created_at", TIMESTAMP, "when the row was written"),
+    ]
+)
+
+TRAJECTORIES = pa.schema(
+    [
+        _f("traj_id", pa.string(), "unique trajectory id", nullable=False),
+        _f("problem_id", pa.string(), "problems.problem_id", nullable=False),
+        _f("run_id", pa.string(), "runs.run_id that wrote the row", nullable=False),
+        _f("source", pa.string(), "human | pi0 | online | eval | offline | ...", nullable=False),
+        _f("policy_version", pa.int64(), "trainer step of the weights that sampled it"),
+        _f("model_id", pa.string(), "identity of the sampling model (NULL for human)"),
+        _f("temperature", pa.float32(), "sampling temperature"),
+        _f("top_p", pa.float32(), "sampling top-p"),
+        _f("language", pa.string(), "programming language of the response"),
+        _f("response", pa.string(), "response text", heavy=True),
+        _f("response_chars", pa.int32(), "length of response in characters"),
+        _f("reward", pa.float32(), "0 passes all tests, -1 fails, NULL not judged"),
+        _f("reward_source", pa.string(), "label (dataset's) | judge"),
+        _f("judge_status", pa.string(), "judge verdict status"),
+        _f("passed_tests", pa.int32(), "tests passed"),
+        _f("total_tests", pa.int32(), "tests run"),
+        _f("finish_reason", pa.string(), "stop | length (sampled rows)"),
+        _f("content_hash", pa.string(), "sha256 of problem_id and response: dedup key"),
+        _f("tokenizer_id", pa.string(), "identity of the tokenizer of prompt_ids/response_ids"),
+        _f("prompt_ids", pa.list_(pa.int32()), "prompt token ids", heavy=True),
+        _f("response_ids", pa.list_(pa.int32()), "response token ids", heavy=True),
+        _f("num_response_tokens", pa.int32(), "len(response_ids)"),
+        _f(
+            "behaviour_logprobs",
+            pa.list_(pa.float32()),
+            "log pi_behaviour of tokens (T=1)",
+            heavy=True,
+        ),
+        _f("ref_model_id", pa.string(), "identity of the reference model of ref_logprobs"),
+        _f("ref_logprobs", pa.list_(pa.float32()), "log pi_0 of response tokens", heavy=True),
+        _f("created_at", TIMESTAMP, "when the row was written"),
+    ]
+)
+
+# Token ids and reference log-probs of trajectories whose own columns do not match the
+# tokenizer/reference model in use (offline text, other models' samples). Keyed by identity, so
+# a different tokenizer or reference model never reads stale ids.
+TOKEN_CACHE = pa.schema(
+    [
+        _f("traj_id", pa.string(), "trajectories.traj_id", nullable=False),
+        _f("tokenizer_id", pa.string(), "identity of the tokenizer", nullable=False),
+        _f("ref_model_id", pa.string(), "identity of the reference model (NULL: ids only)"),
+        _f("prompt_ids", pa.list_(pa.int32()), "prompt token ids", heavy=True),
+        _f("response_ids", pa.list_(pa.int32()), "response token ids", heavy=True),
+        _f("ref_logprobs", pa.list_(pa.float32()), "log pi_0 of response tokens", heavy=True),
+        _f("run_id", pa.string(), "run that computed the entry"),
+        _f("created_at", TIMESTAMP, "when the row was written"),
+    ]
+)
+
+RUNS = pa.schema(
+    [
+        _f("run_id", pa.string(), "unique run id", nullable=False),
+        _f(
+            "kind",
+            pa.string(),
+            "ingest | estimate-q0 | train | rollout | eval | pts | ...",
+            nullable=False,
+        ),
+        _f("status", pa.string(), "running | completed | failed | interrupted"),
+        _f("model_id", pa.string(), "identity of the model used"),
+        _f("tokenizer_id", pa.string(), "identity of the tokenizer used"),
+        _f("config", pa.string(), "the run's configuration as JSON"),
+        _f("inputs", pa.string(), "input files with sha256 checksums as JSON"),
+        _f("lake_version_at_start", pa.string(), "table versions when the run started, JSON"),
+        _f("code_version", pa.string(), "spo version and git commit"),
+        _f("host", pa.string(), "hostname"),
+        _f("parent_run_id", pa.string(), "run this one continues or belongs to"),
+        _f("started_at", TIMESTAMP, "start time"),
+        _f("ended_at", TIMESTAMP, "end time (NULL while running or if killed)"),
+    ]
+)
+
+ANNOTATIONS = pa.schema(
+    [
+        _f("traj_id", pa.string(), "trajectories.traj_id", nullable=False),
+        _f("run_id", pa.string(), "annotating run", nullable=False),
+        _f("tokenizer_id", pa.string(), "tokenizer the positions refer to"),
+        _f("positions", pa.list_(pa.int32()), "response token positions t (0-based)"),
+        _f("s_t", pa.list_(pa.float32()), "estimated success probability after a_<=t"),
+        _f("samples", pa.list_(pa.int32()), "rollouts behind each estimate"),
+        _f("method", pa.string(), "pts | mc | ..."),
+        _f("created_at", TIMESTAMP, "when the row was written"),
+    ]
+)
+
+METRICS = pa.schema(
+    [
+        _f("run_id", pa.string(), "runs.run_id", nullable=False),
+        _f("step", pa.int64(), "training step (or 0)"),
+        _f("name", pa.string(), "metric name, e.g. train/loss, eval/pass@10", nullable=False),
+        _f("value", pa.float64(), "metric value"),
+        _f("split", pa.string(), "data split for evaluation metrics"),
+        _f("created_at", TIMESTAMP, "when the row was written"),
+    ]
+)
+
+# One row per training batch: `(trajectories version, traj ids)` reproduces it exactly.
+BATCHES = pa.schema(
+    [
+        _f("run_id", pa.string(), "training run", nullable=False),
+        _f("step", pa.int64(), "training step", nullable=False),
+        _f("trajectories_version", pa.int64(), "trajectories table version sampled from"),
+        _f("traj_ids", pa.list_(pa.string()), "trajectory ids in batch order"),
+        _f("sources", pa.list_(pa.string()), "mixture source of each trajectory"),
+        _f("seed", pa.int64(), "sampler seed"),
+        _f("created_at", TIMESTAMP, "when the row was written"),
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "problems": PROBLEMS,
+    "trajectories": TRAJECTORIES,
+    "token_cache": TOKEN_CACHE,
+    "runs": RUNS,
+    "annotations": ANNOTATIONS,
+    "metrics": METRICS,
+    "batches": BATCHES,
+}
+
+
+def table_schema(name: str) -> pa.Schema:
+    """The versioned Arrow schema of table `name`, with `spo.schema_version` in its metadata."""
+    return TABLES[name].with_metadata({VERSION_KEY: str(SCHEMA_VERSION).encode()})
+
+
+def heavy_columns(name: str) -> list[str]:
+    """Columns of `name` marked heavy (kept out of metadata scans)."""
+    return [f.name for f in TABLES[name] if (f.metadata or {}).get(b"heavy") == b"1"]
+
+
+def light_columns(name: str) -> list[str]:
+    """Columns of `name` that are cheap to scan."""
+    heavy = set(heavy_columns(name))
+    return [f.name for f in TABLES[name] if f.name not in heavy]

@@ -1,0 +1,377 @@
+"""The lake: one Lance dataset per table under a root URI, DuckDB SQL over them, provenance.
+
+Design (see docs/lake.md):
+- Writes are appends of whole batches: `write_fragments` then one `commit` with retries, so
+  concurrent writers never lose or duplicate rows and a killed writer leaves only invisible,
+  uncommitted files behind.
+- Every write belongs to a run (`runs` table) that records config, input checksums, the lake
+  versions at start and the code version.
+- Each dataset carries `spo.schema_version`; a lake written by another version is refused
+  with a message naming the versions (see `check_schema`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import hashlib
+import json
+import os
+import random
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import lance
+import polars as pl
+import pyarrow as pa
+from lance.fragment import write_fragments
+from spo_schemas import SCHEMA_VERSION, TABLES, VERSION_KEY, table_schema
+
+from spo_store.errors import SpoError
+
+DEFAULT_LAKE = "./spo-lake"
+COMMIT_RETRIES = 50
+
+
+def resolve_lake_uri(uri: str | os.PathLike[str] | None) -> str:
+    """`uri` if given, else `$SPO_LAKE`, else `./spo-lake`. Object-store URIs pass untouched."""
+    chosen = str(uri) if uri else os.environ.get("SPO_LAKE") or DEFAULT_LAKE
+    if "://" in chosen:
+        return chosen.rstrip("/")
+    return str(Path(chosen).expanduser().resolve())
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_id(prefix: str) -> str:
+    """A sortable unique id: prefix, UTC time, random suffix."""
+    return f"{prefix}-{utc_now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def code_version() -> str:
+    """spo's version plus the git commit of the checkout it runs from, when there is one."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version("spo")
+    except PackageNotFoundError:
+        ver = "unknown"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"spo {ver}" + (f" ({commit})" if commit else "")
+
+
+def to_table(name: str, rows: pa.Table | Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Cast `rows` to the schema of table `name`: missing nullable columns become NULL.
+
+    Unknown columns and missing required columns raise SpoError (a typo must not vanish).
+    """
+    schema = table_schema(name)
+    if not isinstance(rows, pa.Table):
+        rows = pa.Table.from_pylist(list(rows)) if rows else schema.empty_table()
+    unknown = set(rows.column_names) - set(schema.names)
+    if unknown:
+        raise SpoError(f"table {name!r} has no column(s) {sorted(unknown)}")
+    arrays = []
+    for field in schema:
+        if field.name in rows.column_names:
+            col = rows.column(field.name)
+            if col.type != field.type:
+                try:
+                    col = col.cast(field.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise SpoError(
+                        f"table {name!r} column {field.name!r}: cannot store {col.type} as "
+                        f"{field.type} ({exc})"
+                    ) from exc
+            if not field.nullable and col.null_count:
+                raise SpoError(f"table {name!r} column {field.name!r} must not be NULL")
+            arrays.append(col)
+        elif field.nullable:
+            arrays.append(pa.nulls(rows.num_rows, field.type))
+        else:
+            raise SpoError(f"table {name!r} needs column {field.name!r}")
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+class Lake:
+    """A lake of Lance datasets under one root; create with `Lake.open(uri)`."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._datasets: dict[str, lance.LanceDataset] = {}
+
+    # ------------------------------------------------------------------ open / datasets
+    @classmethod
+    def open(cls, uri: str | os.PathLike[str] | None = None, *, create: bool = True) -> Lake:
+        """Open the lake at `uri` (see `resolve_lake_uri`), creating missing tables."""
+        lake = cls(resolve_lake_uri(uri))
+        if "://" not in lake.uri:
+            root = Path(lake.uri)
+            if root.exists() and not root.is_dir():
+                raise SpoError(f"lake path {lake.uri} exists and is not a directory")
+            if not root.exists() and not create:
+                raise SpoError(f"no lake at {lake.uri} (run an ingest to create it)")
+            root.mkdir(parents=True, exist_ok=True)
+        for name in TABLES:
+            lake._ensure_table(name, create=create)
+        return lake
+
+    def table_uri(self, name: str) -> str:
+        if name not in TABLES:
+            raise SpoError(f"unknown lake table {name!r}; tables: {', '.join(TABLES)}")
+        return f"{self.uri}/{name}.lance"
+
+    def _ensure_table(self, name: str, *, create: bool) -> None:
+        try:
+            ds = lance.dataset(self.table_uri(name))
+        except (ValueError, FileNotFoundError, OSError):
+            if not create:
+                raise SpoError(f"lake {self.uri} has no table {name!r}") from None
+            try:
+                ds = lance.write_dataset(
+                    table_schema(name).empty_table(), self.table_uri(name), mode="create"
+                )
+            except (OSError, ValueError):
+                # Another process created it between our check and our write.
+                ds = lance.dataset(self.table_uri(name))
+        check_schema(name, ds, self.uri)
+        self._datasets[name] = ds
+
+    def dataset(self, name: str, version: int | str | None = None) -> lance.LanceDataset:
+        """The dataset of table `name` at its latest version (refreshed), or at `version`."""
+        uri = self.table_uri(name)
+        if version is not None:
+            try:
+                return lance.dataset(uri, version=version)
+            except (ValueError, OSError) as exc:
+                raise SpoError(f"table {name!r} has no version {version!r}") from exc
+        ds = self._datasets.get(name)
+        if ds is None:
+            ds = lance.dataset(uri)
+        else:
+            latest = ds.latest_version
+            if latest != ds.version:
+                ds = ds.checkout_version(latest)
+        self._datasets[name] = ds
+        return ds
+
+    def versions(self) -> dict[str, int]:
+        """The latest version of every table: the lake's version."""
+        return {name: self.dataset(name).version for name in TABLES}
+
+    # ------------------------------------------------------------------ writes
+    def append(self, name: str, rows: pa.Table | Sequence[Mapping[str, Any]]) -> int:
+        """Append `rows` to table `name` as one atomic commit; returns the new version.
+
+        Fragments are written first (invisible until committed), then committed with retries:
+        concurrent appenders each land exactly once.
+        """
+        table = to_table(name, rows)
+        if table.num_rows == 0:
+            return self.dataset(name).version
+        uri = self.table_uri(name)
+        fragments = write_fragments(table, uri, schema=table.schema)
+        return self._commit_append(name, fragments)
+
+    def _commit_append(self, name: str, fragments: list[Any]) -> int:
+        uri = self.table_uri(name)
+        op = lance.LanceOperation.Append(fragments)
+        for attempt in range(COMMIT_RETRIES):
+            try:
+                read_version = lance.dataset(uri).latest_version
+                ds = lance.LanceDataset.commit(
+                    uri, op, read_version=read_version, max_retries=COMMIT_RETRIES
+                )
+                self._datasets[name] = ds
+                return ds.version
+            except OSError as exc:
+                if "conflict" not in str(exc).lower() or attempt == COMMIT_RETRIES - 1:
+                    raise
+                time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def upsert(self, name: str, rows: pa.Table, key: str) -> int:
+        """Insert rows of `rows`, replacing existing rows with the same `key` (one commit)."""
+        table = to_table(name, rows)
+        if table.num_rows == 0:
+            return self.dataset(name).version
+        ds = self.dataset(name)
+        (
+            ds.merge_insert(key)
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute(table)
+        )
+        return self.dataset(name).version
+
+    # ------------------------------------------------------------------ runs / provenance
+    def start_run(
+        self,
+        kind: str,
+        config: Mapping[str, Any] | None = None,
+        *,
+        inputs: Iterable[str | os.PathLike[str]] = (),
+        model_id: str | None = None,
+        tokenizer_id: str | None = None,
+        parent_run_id: str | None = None,
+        run_id: str | None = None,
+    ) -> str:
+        """Record a new run (config, input checksums, lake versions, code version)."""
+        run_id = run_id or new_id(kind)
+        input_rows = [{"path": str(p), "sha256": file_sha256(p)} for p in inputs]
+        self.append(
+            "runs",
+            [
+                {
+                    "run_id": run_id,
+                    "kind": kind,
+                    "status": "running",
+                    "model_id": model_id,
+                    "tokenizer_id": tokenizer_id,
+                    "config": json.dumps(dict(config or {}), default=str, sort_keys=True),
+                    "inputs": json.dumps(input_rows),
+                    "lake_version_at_start": json.dumps(self.versions()),
+                    "code_version": code_version(),
+                    "host": f"{getpass.getuser()}@{socket.gethostname()}",
+                    "parent_run_id": parent_run_id,
+                    "started_at": utc_now(),
+                }
+            ],
+        )
+        return run_id
+
+    def end_run(self, run_id: str, status: str = "completed") -> None:
+        """Mark a run finished (`completed`, `failed` or `interrupted`)."""
+        now = utc_now().strftime("%Y-%m-%d %H:%M:%S.%f")
+        self.dataset("runs").update(
+            {"status": f"'{status}'", "ended_at": f"CAST('{now}' AS TIMESTAMP)"},
+            where=f"run_id = {sql_quote(run_id)}",
+            conflict_retries=COMMIT_RETRIES,
+        )
+        self._datasets.pop("runs", None)
+
+    def log_metrics(
+        self, run_id: str, step: int, values: Mapping[str, float], split: str | None = None
+    ) -> None:
+        now = utc_now()
+        self.append(
+            "metrics",
+            [
+                {
+                    "run_id": run_id,
+                    "step": step,
+                    "name": k,
+                    "value": float(v),
+                    "split": split,
+                    "created_at": now,
+                }
+                for k, v in values.items()
+            ],
+        )
+
+    # ------------------------------------------------------------------ reads
+    def sql(self, query: str) -> pl.DataFrame:
+        """Run DuckDB SQL over the lake's tables (by name); returns a polars DataFrame."""
+        return pl.from_arrow(self.sql_arrow(query))
+
+    def sql_arrow(self, query: str) -> pa.Table:
+        con = self.duckdb()
+        try:
+            return con.sql(query).to_arrow_table() if query.strip() else pa.table({})
+        except duckdb.Error as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise SpoError(f"SQL error: {first}") from exc
+        finally:
+            con.close()
+
+    def duckdb(self) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with every table registered under its name (latest versions).
+
+        DuckDB scans the Lance datasets directly with projection and filter pushdown, so a
+        query that names only light columns never reads token ids or text.
+        """
+        con = duckdb.connect()
+        for name in TABLES:
+            con.register(name, self.dataset(name))
+        return con
+
+    def get_problem(self, id_or_name: str) -> dict[str, Any]:
+        """One problem by id or by name, with all its tests combined under `tests`."""
+        ds = self.dataset("problems")
+        q = sql_quote(id_or_name)
+        rows = ds.to_table(filter=f"problem_id = {q} OR name = {q}").to_pylist()
+        if not rows:
+            raise SpoError(f"no problem with id or name {id_or_name!r} in lake {self.uri}")
+        if len({r["problem_id"] for r in rows}) > 1:
+            ids = ", ".join(sorted({r["problem_id"] for r in rows}))
+            raise SpoError(f"name {id_or_name!r} matches several problems ({ids}); use an id")
+        row = rows[0]
+        row["tests"] = problem_tests(row)
+        return row
+
+
+def problem_tests(
+    row: Mapping[str, Any], kinds: Sequence[str] = ("public", "private", "generated")
+) -> list[dict[str, str]]:
+    """The tests of a problem row as a list of {"input", "output"} (public first)."""
+    tests: list[dict[str, str]] = []
+    for kind in kinds:
+        block = row.get(f"{kind}_tests") or {}
+        for inp, out in zip(block.get("input") or [], block.get("output") or [], strict=False):
+            tests.append({"input": inp, "output": out})
+    return tests
+
+
+def sql_quote(value: str) -> str:
+    """Quote a string literal for Lance/DuckDB SQL filters."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def check_schema(name: str, ds: lance.LanceDataset, lake_uri: str) -> None:
+    """Refuse a table written by another schema version, or one missing required columns."""
+    meta = ds.schema.metadata or {}
+    found = meta.get(VERSION_KEY)
+    if found is None:
+        raise SpoError(
+            f"table {name!r} in lake {lake_uri} has no spo schema version: not an spo lake"
+        )
+    found_version = int(found)
+    if found_version > SCHEMA_VERSION:
+        raise SpoError(
+            f"lake {lake_uri} was written by schema version {found_version}, newer than this "
+            f"spo's {SCHEMA_VERSION}: upgrade spo"
+        )
+    if found_version < SCHEMA_VERSION:
+        raise SpoError(
+            f"lake {lake_uri} uses schema version {found_version}; this spo reads version "
+            f"{SCHEMA_VERSION} and knows no migration from it: export it with the spo that "
+            "wrote it (`spo lake export`) and ingest the export into a new lake"
+        )
+    missing = set(TABLES[name].names) - set(ds.schema.names)
+    if missing:
+        raise SpoError(f"table {name!r} in lake {lake_uri} lacks columns {sorted(missing)}")

@@ -1,0 +1,302 @@
+"""Training mixtures chosen by SQL: `"online:0.5,offline:0.5"`.
+
+A mixture names sources with weights. Each source is a SQL predicate over the aliases `t`
+(trajectories) and `p` (problems). Sampling a batch:
+1. a `MetadataIndex` keeps the light columns of `trajectories` (and `problems`) in memory and
+   refreshes incrementally when the lake version moves (appends add fragments; only those are
+   read);
+2. each source's candidate rows are computed once per lake version by DuckDB over that index;
+3. per-source counts are exact (largest remainder), the draw is seeded by `(seed, step)`;
+4. the heavy columns (text, token ids, log-probs) are fetched by row with Lance `take` from the
+   pinned version, and `(lake version, trajectory ids)` identifies the batch for reproduction.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import lance
+import numpy as np
+import pyarrow as pa
+from spo_schemas import light_columns
+
+from spo_store.errors import SpoError
+from spo_store.lake import Lake
+
+# Predicates over t (trajectories) and p (problems). {run_id}, {policy_version} and {staleness}
+# are filled from the sampling context; a source that needs them fails clearly without one.
+BUILTIN_SOURCES: dict[str, str] = {
+    "online": (
+        "t.source = 'online' AND t.run_id = {run_id} "
+        "AND t.policy_version >= {policy_version} - {staleness}"
+    ),
+    "offline": (
+        "t.reward = 0 AND t.language = 'python3' "
+        "AND NOT (t.source = 'online' AND t.run_id = {run_id})"
+    ),
+    "human": "t.source = 'human' AND t.reward = 0 AND t.language = 'python3'",
+    "pi0": "t.source = 'pi0'",
+}
+# Sources whose rows are deduplicated by content hash (one row per distinct response).
+DEDUPLICATED = {"offline", "human"}
+# Every source only sees judged trajectories of problems with a Q0 estimate (SPO needs both).
+BASE_PREDICATE = "t.reward IS NOT NULL AND p.q0 IS NOT NULL"
+
+
+@dataclass(frozen=True)
+class MixtureSpec:
+    weights: dict[str, float]
+
+    @classmethod
+    def parse(cls, text: str, known: Sequence[str]) -> MixtureSpec:
+        """Parse `"name:weight,..."`; weights must be non-negative and sum to 1."""
+        weights: dict[str, float] = {}
+        if not text or not text.strip():
+            raise SpoError("mixture spec is empty; expected e.g. 'online:0.5,offline:0.5'")
+        for part in text.split(","):
+            name, sep, raw = part.strip().partition(":")
+            name = name.strip()
+            if not sep or not name:
+                raise SpoError(f"mixture spec {text!r}: {part.strip()!r} is not 'source:weight'")
+            try:
+                weight = float(raw)
+            except ValueError:
+                raise SpoError(
+                    f"mixture spec {text!r}: weight {raw.strip()!r} of {name!r} is not a number"
+                ) from None
+            if not math.isfinite(weight) or weight < 0:
+                raise SpoError(
+                    f"mixture spec {text!r}: weight of {name!r} is negative or not finite"
+                )
+            if name not in known:
+                raise SpoError(
+                    f"mixture spec {text!r}: unknown source {name!r}; known: {', '.join(sorted(known))}"
+                )
+            if name in weights:
+                raise SpoError(f"mixture spec {text!r}: source {name!r} appears twice")
+            weights[name] = weight
+        total = sum(weights.values())
+        if abs(total - 1.0) > 1e-6:
+            raise SpoError(f"mixture spec {text!r}: weights sum to {total:g}, not 1")
+        return cls(weights)
+
+    def counts(self, batch_size: int) -> dict[str, int]:
+        """Exact per-source counts summing to `batch_size` (largest remainder method)."""
+        quotas = {k: w * batch_size for k, w in self.weights.items()}
+        counts = {k: int(math.floor(q)) for k, q in quotas.items()}
+        left = batch_size - sum(counts.values())
+        # Ties go to the source listed first, so the split is deterministic.
+        order = sorted(quotas, key=lambda k: (-(quotas[k] - counts[k]), list(quotas).index(k)))
+        for k in order[:left]:
+            counts[k] += 1
+        return counts
+
+
+def load_sources(path: str | Path | None = None) -> dict[str, str]:
+    """Built-in sources plus user sources from a TOML file: `[sources] name = "SQL predicate"`."""
+    sources = dict(BUILTIN_SOURCES)
+    if path is None:
+        return sources
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SpoError(f"{path}: no such sources file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpoError(f"{path}: invalid TOML ({exc})") from None
+    user = data.get("sources")
+    if not isinstance(user, dict) or not all(isinstance(v, str) for v in user.values()):
+        raise SpoError(f'{path}: expected a [sources] table of name = "SQL predicate"')
+    sources.update(user)
+    return sources
+
+
+@dataclass
+class SampledBatch:
+    """A batch: the pinned lake version, the ids per source, and the rows (heavy columns too)."""
+
+    version: int
+    traj_ids: list[str]
+    sources: list[str]
+    table: pa.Table
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class MetadataIndex:
+    """Light columns of trajectories and problems in memory, refreshed incrementally."""
+
+    def __init__(self, lake: Lake) -> None:
+        self.lake = lake
+        self.version = -1
+        self.dataset: lance.LanceDataset | None = None
+        self.trajectories: pa.Table | None = None
+        self.problems: pa.Table | None = None
+        self._fragments: list[tuple[int, int, Any]] = []
+        self._problems_version = -1
+
+    def refresh(self) -> bool:
+        """Bring the index to the latest lake version; True when anything changed."""
+        ds = self.lake.dataset("trajectories")
+        pds = self.lake.dataset("problems")
+        changed = False
+        if pds.version != self._problems_version:
+            self.problems = pds.to_table(columns=light_columns("problems"))
+            self._problems_version = pds.version
+            changed = True
+        if ds.version == self.version:
+            return changed
+        frags = ds.get_fragments()
+        sig = [(f.fragment_id, f.metadata.physical_rows, f.metadata.deletion_file) for f in frags]
+        cols = light_columns("trajectories")
+        if self.trajectories is not None and sig[: len(self._fragments)] == self._fragments:
+            new = frags[len(self._fragments) :]
+            parts = [self.trajectories.drop_columns(["_pos"])]
+            if new:
+                parts.append(ds.scanner(columns=cols, fragments=new, scan_in_order=True).to_table())
+            table = pa.concat_tables(parts)
+        else:
+            table = ds.to_table(columns=cols, scan_in_order=True)
+        self.trajectories = table.append_column(
+            "_pos", pa.array(np.arange(table.num_rows, dtype=np.int64))
+        )
+        self.dataset, self.version, self._fragments = ds, ds.version, sig
+        return True
+
+    def query(self, sql: str) -> pa.Table:
+        con = duckdb.connect()
+        try:
+            con.register("t_index", self.trajectories)
+            con.register("p_index", self.problems)
+            return con.sql(sql).to_arrow_table()
+        finally:
+            con.close()
+
+
+class MixtureSampler:
+    """Seeded, reproducible mixture batches from the lake (see the module docstring)."""
+
+    def __init__(
+        self,
+        lake: Lake,
+        spec: str | MixtureSpec,
+        *,
+        sources: Mapping[str, str] | None = None,
+        run_id: str | None = None,
+        staleness: int = 10,
+        split: str | None = "train",
+        seed: int = 0,
+    ) -> None:
+        self.sources = dict(sources or BUILTIN_SOURCES)
+        self.spec = (
+            spec if isinstance(spec, MixtureSpec) else MixtureSpec.parse(spec, list(self.sources))
+        )
+        self.run_id, self.staleness, self.split, self.seed = run_id, staleness, split, seed
+        self.index = MetadataIndex(lake)
+        self.lake = lake
+        self._candidates: dict[tuple[str, int, int], np.ndarray] = {}
+
+    def _predicate(self, name: str, policy_version: int) -> str:
+        params = {
+            "run_id": "NULL" if self.run_id is None else "'" + self.run_id.replace("'", "''") + "'",
+            "policy_version": str(int(policy_version)),
+            "staleness": str(int(self.staleness)),
+        }
+        try:
+            pred = self.sources[name].format(**params)
+        except KeyError as exc:
+            raise SpoError(f"source {name!r}: unknown placeholder {exc}") from None
+        where = f"({BASE_PREDICATE}) AND ({pred})"
+        if self.split:
+            where += " AND p.split = '" + self.split.replace("'", "''") + "'"
+        return where
+
+    def candidates(self, name: str, policy_version: int = 0) -> np.ndarray:
+        """Row positions (at the index's version) that source `name` may draw from."""
+        key = (name, self.index.version, policy_version if name == "online" else 0)
+        if key not in self._candidates:
+            where = self._predicate(name, policy_version)
+            select = "t._pos, t.content_hash, t.traj_id"
+            sql = f"SELECT {select} FROM t_index t JOIN p_index p USING (problem_id) WHERE {where}"
+            if name in DEDUPLICATED:
+                sql += " QUALIFY row_number() OVER (PARTITION BY t.content_hash ORDER BY t.traj_id) = 1"
+            sql += " ORDER BY t._pos"
+            try:
+                rows = self.index.query(sql)
+            except duckdb.Error as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise SpoError(f"source {name!r}: bad SQL predicate ({first})") from None
+            self._candidates = {
+                k: v for k, v in self._candidates.items() if k[1] == self.index.version
+            }
+            self._candidates[key] = rows.column("_pos").to_numpy()
+        return self._candidates[key]
+
+    def sample(
+        self,
+        batch_size: int,
+        *,
+        step: int = 0,
+        policy_version: int = 0,
+        columns: Sequence[str] | None = None,
+    ) -> SampledBatch:
+        """Draw one batch; the same `(seed, step)` at the same lake version gives the same ids."""
+        self.index.refresh()
+        counts = self.spec.counts(batch_size)
+        rng = np.random.default_rng([self.seed, step])
+        positions: list[np.ndarray] = []
+        labels: list[str] = []
+        for name, count in counts.items():
+            if count == 0:
+                continue
+            pool = self.candidates(name, policy_version)
+            if len(pool) == 0:
+                raise SpoError(
+                    f"mixture source {name!r} is empty at lake version {self.index.version} "
+                    f"(predicate: {self._predicate(name, policy_version)})"
+                )
+            pick = rng.choice(pool, size=count, replace=len(pool) < count)
+            positions.append(pick)
+            labels += [name] * count
+        pos = np.concatenate(positions) if positions else np.empty(0, dtype=np.int64)
+        table = self.fetch(pos, columns)
+        return SampledBatch(
+            version=self.index.version,
+            traj_ids=table.column("traj_id").to_pylist(),
+            sources=labels,
+            table=table.append_column("mixture_source", pa.array(labels, pa.string())),
+            counts=counts,
+        )
+
+    def fetch(self, positions: np.ndarray, columns: Sequence[str] | None = None) -> pa.Table:
+        """Rows at `positions` of the pinned version, all columns unless `columns` is given."""
+        assert self.index.dataset is not None
+        cols = list(columns) if columns else None
+        if cols is not None and "traj_id" not in cols:
+            cols = ["traj_id", *cols]
+        return self.index.dataset.take(pa.array(positions, pa.int64()), columns=cols)
+
+
+def fetch_by_ids(
+    lake: Lake, version: int, traj_ids: Sequence[str], columns: Sequence[str] | None = None
+) -> pa.Table:
+    """Reproduce a logged batch: the rows of `traj_ids` at trajectories version `version`, in order."""
+    ds = lake.dataset("trajectories", version=version)
+    ids = pa.array(list(traj_ids), pa.string())
+    meta = ds.to_table(columns=["traj_id"], scan_in_order=True)
+    con = duckdb.connect()
+    try:
+        con.register("m", meta.append_column("_pos", pa.array(np.arange(meta.num_rows))))
+        con.register("wanted", pa.table({"traj_id": ids, "_ord": np.arange(len(ids))}))
+        pos = con.sql(
+            "SELECT m._pos FROM wanted w JOIN m USING (traj_id) ORDER BY w._ord"
+        ).to_arrow_table()
+    finally:
+        con.close()
+    if pos.num_rows != len(ids):
+        raise SpoError(f"some trajectory ids are not in trajectories version {version}")
+    return ds.take(pos.column(0), columns=list(columns) if columns else None)
