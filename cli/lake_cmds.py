@@ -7,7 +7,7 @@ import datetime as dt
 import io
 import json
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,7 +45,7 @@ def progress_bar() -> Progress:
     )
 
 
-class IngestFormat(str, Enum):
+class IngestFormat(StrEnum):
     auto = "auto"
     code_contests = "code_contests"
     taco = "taco"
@@ -140,7 +140,7 @@ def _make_verifier(bar: Progress, workers: int | None, unsafe_no_sandbox: bool):
             else []
         )
         out, it = [], iter(verdicts)
-        for prob, sol in pairs:
+        for _prob, sol in pairs:
             if sol.language != "python3":
                 out.append((None, f"unsupported language {sol.language}", 0, 0))
                 bar.advance(task)
@@ -152,7 +152,7 @@ def _make_verifier(bar: Progress, workers: int | None, unsafe_no_sandbox: bool):
     return verify
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     table = "table"
     json = "json"
     csv = "csv"
