@@ -310,9 +310,11 @@ def detect_format(path: Path) -> str:
     with open(path, "rb") as fh:
         first = fh.readline()
     try:
-        row = json.loads(first)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise SpoError(f"{path}:1: broken JSON line") from None
+        row = json.loads(first.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SpoError(f"{path}:1: invalid UTF-8 ({exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise SpoError(f"{path}:1: broken JSON line ({exc.msg})") from None
     return "taco" if isinstance(row, dict) and TACO_REQUIRED <= set(row) else "jsonl"
 
 

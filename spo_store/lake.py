@@ -92,7 +92,20 @@ def to_table(name: str, rows: pa.Table | Sequence[Mapping[str, Any]]) -> pa.Tabl
     """
     schema = table_schema(name)
     if not isinstance(rows, pa.Table):
-        rows = pa.Table.from_pylist(list(rows)) if rows else schema.empty_table()
+        rows = list(rows)
+        if not rows:
+            return schema.empty_table()
+        # Every key of every row (pa.Table.from_pylist alone would keep only the first row's).
+        keys = set().union(*(r.keys() for r in rows)) if rows else set()
+        unknown = keys - set(schema.names)
+        if unknown:
+            raise SpoError(f"table {name!r} has no column(s) {sorted(unknown)}")
+        try:
+            rows = pa.Table.from_pylist(
+                rows, schema=pa.schema([f for f in schema if f.name in keys])
+            )
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+            raise SpoError(f"table {name!r}: cannot store these rows ({exc})") from exc
     unknown = set(rows.column_names) - set(schema.names)
     if unknown:
         raise SpoError(f"table {name!r} has no column(s) {sorted(unknown)}")

@@ -34,7 +34,7 @@ from spo_store.lake import Lake
 BUILTIN_SOURCES: dict[str, str] = {
     "online": (
         "t.source = 'online' AND t.run_id = {run_id} "
-        "AND t.policy_version >= {policy_version} - {staleness}"
+        "AND t.policy_version BETWEEN {policy_version} - {staleness} AND {policy_version}"
     ),
     "offline": (
         "t.reward = 0 AND t.language = 'python3' "

@@ -1,0 +1,245 @@
+"""Training mixtures by SQL: spec parsing, exact counts, reproducibility, sources, heavy fetch."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from spo_store.errors import SpoError
+from spo_store.mixture import (
+    BUILTIN_SOURCES,
+    MixtureSampler,
+    MixtureSpec,
+    fetch_by_ids,
+    load_sources,
+)
+
+KNOWN = list(BUILTIN_SOURCES)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("online:0.5,offline:0.4", "sum to 0.9"),
+        ("online:0.5,bogus:0.5", "unknown source 'bogus'"),
+        ("online:-0.5,offline:1.5", "negative"),
+        ("", "empty"),
+        ("online", "not 'source:weight'"),
+        ("online:abc,offline:1", "not a number"),
+        ("online:0.5,online:0.5", "appears twice"),
+        ("online:nan,offline:1", "not finite"),
+    ],
+)
+def test_bad_specs_are_named(spec, message):
+    with pytest.raises(SpoError, match=message):
+        MixtureSpec.parse(spec, KNOWN)
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=1000), min_size=1, max_size=4).filter(
+        lambda w: sum(w) > 0
+    ),
+    st.integers(min_value=0, max_value=512),
+)
+def test_largest_remainder_counts_are_exact(raw, batch):
+    names = KNOWN[: len(raw)]
+    total = sum(raw)
+    spec = MixtureSpec({n: r / total for n, r in zip(names, raw, strict=True)})
+    counts = spec.counts(batch)
+    assert sum(counts.values()) == batch
+    for n in names:
+        quota = spec.weights[n] * batch
+        assert abs(counts[n] - quota) < 1 + 1e-9  # never off by a whole unit
+
+
+def test_counts_examples():
+    assert MixtureSpec({"online": 0.5, "offline": 0.5}).counts(7) == {"online": 4, "offline": 3}
+    assert MixtureSpec({"online": 1 / 3, "offline": 1 / 3, "human": 1 / 3}).counts(128) == {
+        "online": 43,
+        "offline": 43,
+        "human": 42,
+    }
+
+
+def seed_lake(lake, run_id="train-1"):
+    lake.append(
+        "problems",
+        [
+            {"problem_id": "p1", "name": "one", "split": "train", "q0": -0.5},
+            {"problem_id": "p2", "name": "two", "split": "train", "q0": -0.9},
+            {"problem_id": "p3", "name": "three", "split": "test", "q0": -0.5},
+            {"problem_id": "p4", "name": "four", "split": "train", "q0": None},
+        ],
+    )
+    rows = []
+    for i in range(30):  # human, correct; pairs share a response (duplicates)
+        rows.append(
+            {
+                "traj_id": f"h{i}",
+                "problem_id": "p1",
+                "run_id": "ing",
+                "source": "human",
+                "language": "python3",
+                "reward": 0.0,
+                "content_hash": f"hh{i // 2}",
+                "response": f"code {i // 2}",
+                "response_ids": [1, 2, i],
+            }
+        )
+    for i in range(20):  # pi0 samples, half failing
+        rows.append(
+            {
+                "traj_id": f"z{i}",
+                "problem_id": "p2",
+                "run_id": "q0run",
+                "source": "pi0",
+                "language": "python3",
+                "reward": 0.0 if i % 2 else -1.0,
+                "content_hash": f"zz{i}",
+            }
+        )
+    for v in range(5):  # online rollouts of this run at policy versions 0..4
+        for i in range(4):
+            rows.append(
+                {
+                    "traj_id": f"o{v}-{i}",
+                    "problem_id": "p2",
+                    "run_id": run_id,
+                    "source": "online",
+                    "language": "python3",
+                    "policy_version": v,
+                    "reward": -1.0,
+                    "content_hash": f"oo{v}{i}",
+                }
+            )
+    rows.append(
+        {
+            "traj_id": "test-split",
+            "problem_id": "p3",
+            "run_id": "ing",
+            "source": "human",
+            "language": "python3",
+            "reward": 0.0,
+            "content_hash": "t1",
+        }
+    )
+    rows.append(
+        {
+            "traj_id": "no-q0",
+            "problem_id": "p4",
+            "run_id": "ing",
+            "source": "human",
+            "language": "python3",
+            "reward": 0.0,
+            "content_hash": "t2",
+        }
+    )
+    rows.append(
+        {
+            "traj_id": "unjudged",
+            "problem_id": "p1",
+            "run_id": "ing",
+            "source": "human",
+            "language": "python3",
+            "reward": None,
+            "content_hash": "t3",
+        }
+    )
+    lake.append("trajectories", rows)
+
+
+def test_sources_select_what_they_say(lake):
+    seed_lake(lake)
+    sampler = MixtureSampler(lake, "online:0.5,offline:0.5", run_id="train-1", staleness=1)
+    sampler.index.refresh()
+    ids = lambda name, pv=0: set(
+        sampler.index.trajectories.take(sampler.candidates(name, pv)).column("traj_id").to_pylist()
+    )  # noqa: E731
+    # offline: correct, deduplicated by content hash, no online rows of this run, train split, has q0.
+    offline = ids("offline")
+    assert len(offline) == 15 + 10
+    assert not {"test-split", "no-q0", "unjudged"} & offline
+    assert all(not x.startswith("o") for x in offline)
+    # online: this run's rollouts within the staleness bound of the current policy version.
+    assert ids("online", 4) == {f"o{v}-{i}" for v in (3, 4) for i in range(4)}
+    assert ids("online", 2) == {f"o{v}-{i}" for v in (1, 2) for i in range(4)}
+    assert len(ids("pi0")) == 20  # failures too: SPO learns from them
+    assert len(ids("human")) == 15
+
+
+def test_sampling_is_exact_seeded_and_reproducible(lake):
+    seed_lake(lake)
+    a = MixtureSampler(lake, "online:0.25,offline:0.75", run_id="train-1", staleness=2, seed=7)
+    b = MixtureSampler(lake, "online:0.25,offline:0.75", run_id="train-1", staleness=2, seed=7)
+    batch = a.sample(16, step=3, policy_version=4)
+    assert Counter(batch.sources) == {"online": 4, "offline": 12}
+    assert batch.traj_ids == b.sample(16, step=3, policy_version=4).traj_ids
+    assert batch.traj_ids != a.sample(16, step=4, policy_version=4).traj_ids
+    # Heavy columns come with the batch, in batch order.
+    assert batch.table.column_names[0] == "traj_id" and "response_ids" in batch.table.column_names
+    # The logged (version, ids) reproduces the batch after the lake moved on.
+    lake.append(
+        "trajectories",
+        [
+            {
+                "traj_id": "late",
+                "problem_id": "p1",
+                "run_id": "x",
+                "source": "human",
+                "language": "python3",
+                "reward": 0.0,
+                "content_hash": "late",
+            }
+        ],
+    )
+    again = fetch_by_ids(lake, batch.version, batch.traj_ids)
+    assert again.column("traj_id").to_pylist() == batch.traj_ids
+    assert (
+        again.column("response_ids").to_pylist() == batch.table.column("response_ids").to_pylist()
+    )
+
+
+def test_index_refreshes_incrementally_and_sees_new_rows(lake):
+    seed_lake(lake)
+    sampler = MixtureSampler(lake, "online:1", run_id="train-1", staleness=0)
+    assert set(sampler.sample(4, policy_version=4).traj_ids) <= {f"o4-{i}" for i in range(4)}
+    lake.append(
+        "trajectories",
+        [
+            {
+                "traj_id": "o5-0",
+                "problem_id": "p2",
+                "run_id": "train-1",
+                "source": "online",
+                "policy_version": 5,
+                "reward": 0.0,
+                "content_hash": "n",
+            }
+        ],
+    )
+    assert sampler.sample(3, policy_version=5).traj_ids == ["o5-0"] * 3
+    # The incrementally grown index equals a fresh one.
+    fresh = MixtureSampler(lake, "online:1", run_id="train-1")
+    fresh.index.refresh()
+    assert sampler.index.trajectories.equals(fresh.index.trajectories)
+
+
+def test_empty_source_and_bad_user_source(lake, tmp_path):
+    seed_lake(lake)
+    with pytest.raises(SpoError, match="'online' is empty"):
+        MixtureSampler(lake, "online:1", run_id="other-run").sample(4)
+    cfg = tmp_path / "sources.toml"
+    cfg.write_text(
+        '[sources]\nshort = "t.reward = 0 AND t.traj_id LIKE \'z%\'"\nbroken = "t.nope = 1"\n'
+    )
+    sources = load_sources(cfg)
+    batch = MixtureSampler(lake, "short:1", sources=sources).sample(5)
+    assert all(x.startswith("z") for x in batch.traj_ids)
+    with pytest.raises(SpoError, match="bad SQL predicate"):
+        MixtureSampler(lake, "broken:1", sources=sources).sample(2)
+    cfg.write_text("not toml [")
+    with pytest.raises(SpoError, match="invalid TOML"):
+        load_sources(cfg)
