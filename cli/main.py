@@ -37,9 +37,9 @@ def version() -> None:
 
 def _register_all() -> None:
     # Imported here so `spo --help` stays fast and each area owns its own module.
-    from spo_cli import eval_cmds, judge_cmds, lake_cmds, train_cmds
+    from spo_cli import judge_cmds, lake_cmds, train_cmds
 
-    for module in (lake_cmds, judge_cmds, eval_cmds, train_cmds):
+    for module in (lake_cmds, judge_cmds, train_cmds):
         module.register(app)
 
 

@@ -242,6 +242,24 @@ class Lake:
         )
         return self.dataset(name).version
 
+    def update_rows(self, name: str, key: str, updates: Sequence[Mapping[str, Any]]) -> int:
+        """Set some columns of existing rows, matched on `key`, in one commit.
+
+        Each update is `{key: value, column: new value, ...}`; the other columns keep their
+        values (rows are read, patched and merged back).
+        """
+        if not updates:
+            return self.dataset(name).version
+        by_key = {u[key]: u for u in updates}
+        keys = ", ".join(sql_quote(k) for k in by_key)
+        current = self.dataset(name).to_table(filter=f"{key} IN ({keys})").to_pylist()
+        missing = set(by_key) - {r[key] for r in current}
+        if missing:
+            raise SpoError(f"table {name!r} has no row with {key} in {sorted(missing)[:3]}")
+        for row in current:
+            row.update(by_key[row[key]])
+        return self.upsert(name, pa.Table.from_pylist(current, schema=table_schema(name)), key)
+
     # ------------------------------------------------------------------ runs / provenance
     def start_run(
         self,

@@ -1,0 +1,477 @@
+"""`spo train`: Soft Policy Optimization, half online / half offline, around the lake.
+
+Reads top to bottom (CleanRL style). Each step:
+1. every `model_update_interval` steps the rollout policy takes the current weights
+   (policy version = that step);
+2. online rollouts are sampled from the rollout policy at a random temperature U(0.1, 0.8),
+   top-p 0.95, judged in the sandbox and appended to the lake with their policy version;
+3. a batch is drawn from the lake by the SQL mixture (`online` = this run's rollouts within the
+   staleness bound) and logged as `(lake version, trajectory ids)`;
+4. token ids and pi_0 log-probs come from the rows or the lake's cache (see `batch.py`);
+5. the SPO loss of the chosen variant is minimised on the policy's log-probs;
+6. metrics go to the lake, the console and TensorBoard; checkpoints are Hugging Face
+   directories plus optimizer, RNG, step and lake version, so `--resume` continues after a
+   `kill -9` with the same data order.
+This issue runs rollouts synchronously in the trainer process; async workers append the same
+rows to the same table.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spo_store.errors import SpoError
+from spo_store.lake import Lake
+from spo_store.maintenance import maybe_compact
+from spo_store.mixture import MixtureSampler, load_sources
+from spo_train.batch import ReferenceCache, pad_right
+from spo_train.evaluate import evaluate
+from spo_train.generation import TransformersGenerator
+from spo_train.logprobs import response_logprobs
+from spo_train.losses import spo_loss
+from spo_train.models import (
+    load_model_and_tokenizer,
+    model_identity,
+    resolve_model_path,
+    tokenizer_identity,
+)
+from spo_train.q0 import DEFAULT_BETA
+from spo_train.rollout import SamplerSettings, load_problems, sample_and_judge, split_predicate
+
+LOSS_VARIANTS = ("terminal_ce", "terminal_sq", "reverse_q_ce", "reverse_q_sq", "advantage_bce")
+
+
+@dataclass
+class TrainConfig:
+    """Every hyper-parameter of `spo train`, with its meaning."""
+
+    model: str | None = None
+    """pi_0: a Hugging Face model directory (default: the embedded tiny model). Also the init."""
+    lake: str | None = None
+    """lake URI (default: $SPO_LAKE, else ./spo-lake)"""
+    output: str = "runs/spo"
+    """directory for checkpoints, TensorBoard events and the run summary"""
+    mix: str = "online:0.5,offline:0.5"
+    """training mixture: sources and weights (see spo_store.mixture)"""
+    sources_file: str | None = None
+    """TOML file adding user mixture sources"""
+    loss: str = "terminal_ce"
+    """SPO variant: terminal_ce (paper's main), terminal_sq, reverse_q_ce, reverse_q_sq, advantage_bce"""
+    beta: float = DEFAULT_BETA
+    """KL strength; default 1/log(100000), so a failure is 1e5 times less likely under pi*"""
+    steps: int = 100
+    """optimizer steps"""
+    batch_size: int = 32
+    """trajectories per step"""
+    lr: float = 1e-4
+    """Adam learning rate"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    max_grad_norm: float = 1.0
+    """gradient clipping norm"""
+    warmup_steps: int = 5
+    """linear learning-rate warm-up"""
+    model_update_interval: int = 10
+    """steps between rollout-policy weight updates (paper: 10 for SPO, 1 for PPO)"""
+    staleness: int = 10
+    """online = this run's rollouts whose policy version is within this many steps"""
+    rollout_n: int = 4
+    """samples per problem in an online rollout"""
+    rollout_temperature: tuple[float, float] = (0.1, 0.8)
+    """per-sample temperature range of online rollouts (paper: U(0.1, 0.8))"""
+    top_p: float = 0.95
+    """nucleus sampling for rollouts and evaluation"""
+    max_new_tokens: int = 256
+    """response length bound"""
+    train_split: str = "train"
+    """split the mixture and the rollouts draw problems from"""
+    eval_split: str = "valid"
+    """split evaluated every `eval_every` steps"""
+    eval_every: int = 0
+    """steps between evaluations (0: only at the end)"""
+    eval_n: int = 10
+    """samples per problem for evaluation"""
+    eval_k: tuple[int, ...] = (1, 10)
+    """pass@k reported"""
+    eval_problems: int | None = 100
+    """evaluate on at most this many problems of the split (None: all)"""
+    eval_temperature: float = 0.4
+    """evaluation temperature (paper: 0.4)"""
+    checkpoint_every: int = 25
+    """steps between checkpoints (and at the end)"""
+    micro_batch_size: int | None = None
+    """rows per forward chunk (bounds logits memory)"""
+    seed: int = 0
+    """seeds data order, rollouts and init"""
+    workers: int | None = None
+    """judge processes (default: all cores)"""
+    device: str = "cpu"
+    """torch device"""
+    resume: bool = False
+    """continue from the last checkpoint in `output`"""
+    tensorboard: bool = True
+    """write TensorBoard event files under output/tb"""
+    unsafe_no_sandbox: bool = False
+    """run judged programs without bubblewrap"""
+
+    def validate(self) -> None:
+        if self.loss not in LOSS_VARIANTS:
+            raise SpoError(f"--loss {self.loss!r}: choose one of {', '.join(LOSS_VARIANTS)}")
+        for name in (
+            "steps",
+            "batch_size",
+            "model_update_interval",
+            "rollout_n",
+            "max_new_tokens",
+            "eval_n",
+        ):
+            if getattr(self, name) < 1:
+                raise SpoError(f"--{name.replace('_', '-')} must be at least 1")
+        if not (self.beta > 0 and math.isfinite(self.beta)):
+            raise SpoError("--beta must be a positive number")
+        if not (self.lr > 0):
+            raise SpoError("--lr must be positive")
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    steps_done: int
+    output: Path
+    metrics: list[dict[str, float]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _latest_checkpoint(output: Path) -> Path | None:
+    marker = output / "latest"
+    if not marker.exists():
+        return None
+    path = output / marker.read_text().strip()
+    return path if (path / "trainer_state.pt").exists() else None
+
+
+def _save_checkpoint(
+    output: Path,
+    step: int,
+    policy: torch.nn.Module,
+    tokenizer: Any,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+) -> Path:
+    """Write checkpoint-<step> atomically (temp dir, rename, then the `latest` marker)."""
+    name = f"checkpoint-{step:06d}"
+    final, tmp = output / name, output / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+            "python_rng": random.getstate(),
+            **state,
+        },
+        tmp / "trainer_state.pt",
+    )
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    marker_tmp = output / ".latest.tmp"
+    marker_tmp.write_text(name)
+    marker_tmp.replace(output / "latest")
+    return final
+
+
+def train(
+    config: TrainConfig,
+    *,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    on_event: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Run SPO training as configured; see the module docstring for the loop."""
+    config.validate()
+    say = on_event or (lambda _msg: None)
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    lake = Lake.open(config.lake)
+    pi0_path = resolve_model_path(config.model)
+    sources = load_sources(config.sources_file)
+
+    # --- problems with q0 on the training split: SPO's Q-parameterisation needs q0
+    train_problems = load_problems(
+        lake, f"{split_predicate(config.train_split)} AND p.q0 IS NOT NULL"
+    )
+    if not train_problems:
+        raise SpoError(
+            f"no {config.train_split!r} problem in lake {lake.uri} has a q0 estimate: "
+            "run `spo estimate-q0` first"
+        )
+    without = (
+        lake.sql_arrow(
+            f"SELECT count(*) FROM problems p WHERE {split_predicate(config.train_split)} AND p.q0 IS NULL"
+        )
+        .column(0)[0]
+        .as_py()
+    )
+    if without:
+        say(
+            f"{without} {config.train_split} problems have no q0 estimate and are left out (run `spo estimate-q0`)"
+        )
+    problems_by_id = {p["problem_id"]: p for p in train_problems}
+
+    # --- models: policy (trained), reference pi_0 (frozen), rollout policy (stale copy)
+    _set_seed(config.seed)
+    ref_model, tokenizer = load_model_and_tokenizer(pi0_path, device=config.device)
+    ref_model.eval().requires_grad_(False)
+    ref_model_id, tokenizer_id = model_identity(pi0_path), tokenizer_identity(tokenizer)
+    ckpt = _latest_checkpoint(output) if config.resume else None
+    if config.resume and ckpt is None:
+        say(f"no checkpoint in {output}: starting fresh")
+    policy, _ = load_model_and_tokenizer(ckpt or pi0_path, device=config.device)
+    policy.train()
+    optimizer = torch.optim.AdamW(
+        policy.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    start_step = 0
+    if ckpt is not None:
+        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+        start_step, run_id = state["step"], state["run_id"]
+        say(f"resumed run {run_id} from {ckpt.name} (step {start_step})")
+    else:
+        run_id = lake.start_run(
+            "train", dataclasses.asdict(config), model_id=ref_model_id, tokenizer_id=tokenizer_id
+        )
+    (output / "run.json").write_text(
+        json.dumps({"run_id": run_id, "config": dataclasses.asdict(config)}, indent=2, default=str)
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps))
+    )
+    for _ in range(start_step):
+        scheduler.step()
+
+    rollout_model = copy.deepcopy(policy).eval().requires_grad_(False)
+    rollout_gen = TransformersGenerator(rollout_model, tokenizer, device=config.device)
+    rollout_version = start_step  # the rollout policy starts with the weights it was loaded with
+    ref_cache = ReferenceCache(
+        lake, tokenizer, tokenizer_id, ref_model, ref_model_id, run_id, config.micro_batch_size
+    )
+    sampler = MixtureSampler(
+        lake,
+        config.mix,
+        sources=sources,
+        run_id=run_id,
+        staleness=config.staleness,
+        split=config.train_split,
+        seed=config.seed,
+    )
+    online_weight = sampler.spec.weights.get("online", 0.0)
+    online_per_step = sampler.spec.counts(config.batch_size).get("online", 0)
+    writer = None
+    if config.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(output / "tb"))
+    eval_problems = load_problems(lake, split_predicate(config.eval_split))[
+        : config.eval_problems or None
+    ]
+
+    def run_eval(step: int) -> dict[str, Any]:
+        gen = TransformersGenerator(policy.eval(), tokenizer, device=config.device)
+        settings = SamplerSettings(
+            config.eval_n,
+            config.eval_temperature,
+            config.top_p,
+            config.max_new_tokens,
+            seed=config.seed + 7,
+        )
+        res = evaluate(
+            lake,
+            gen,
+            tokenizer,
+            eval_problems,
+            settings=settings,
+            ks=config.eval_k,
+            run_id=run_id,
+            model_id=f"{run_id}@{step}",
+            tokenizer_id=tokenizer_id,
+            step=step,
+            policy_version=step,
+            split=config.eval_split,
+            workers=config.workers,
+            unsafe_no_sandbox=config.unsafe_no_sandbox,
+        )
+        policy.train()
+        if writer:
+            for k in config.eval_k:
+                writer.add_scalar(f"eval/{config.eval_split}/pass@{k}", res[f"pass@{k}"], step)
+        return res
+
+    result = TrainResult(run_id=run_id, steps_done=start_step, output=output)
+    try:
+        for step in range(start_step, config.steps):
+            t0 = time.perf_counter()
+            # 1. the rollout policy takes new weights every model_update_interval steps
+            if step % config.model_update_interval == 0 and step != rollout_version:
+                rollout_model.load_state_dict(policy.state_dict())
+                rollout_version = step
+            # 2. online rollouts from the (slightly stale) rollout policy, judged, into the lake
+            online_rows: list[dict[str, Any]] = []
+            if online_weight > 0:
+                rng = np.random.default_rng([config.seed, step, 1])
+                n_problems = max(1, math.ceil(online_per_step / config.rollout_n))
+                picks = rng.choice(
+                    len(train_problems), size=n_problems, replace=len(train_problems) < n_problems
+                )
+                settings = SamplerSettings(
+                    config.rollout_n,
+                    tuple(config.rollout_temperature),
+                    config.top_p,
+                    config.max_new_tokens,
+                    seed=config.seed * 100003 + step,
+                )
+                online_rows = sample_and_judge(
+                    rollout_gen,
+                    tokenizer,
+                    [train_problems[i] for i in picks],
+                    settings,
+                    source="online",
+                    run_id=run_id,
+                    model_id=f"{run_id}@{rollout_version}",
+                    tokenizer_id=tokenizer_id,
+                    policy_version=rollout_version,
+                    ref_model_id=ref_model_id if rollout_version == 0 else None,
+                    workers=config.workers,
+                    unsafe_no_sandbox=config.unsafe_no_sandbox,
+                )
+                lake.append("trajectories", online_rows)
+            t_rollout = time.perf_counter() - t0
+            # 3. the batch, by SQL mixture, logged as (lake version, ids)
+            batch = sampler.sample(config.batch_size, step=step, policy_version=rollout_version)
+            lake.append(
+                "batches",
+                [
+                    {
+                        "run_id": run_id,
+                        "step": step,
+                        "trajectories_version": batch.version,
+                        "traj_ids": batch.traj_ids,
+                        "sources": batch.sources,
+                        "seed": config.seed,
+                    }
+                ],
+            )
+            # 4. token ids and reference log-probs (rows, cache, or one reference forward)
+            prepared = ref_cache.prepare(batch.table, problems_by_id)
+            # 5. the SPO loss on the policy's log-probs
+            policy_lp, mask = response_logprobs(
+                policy,
+                prepared.prompt_ids,
+                prepared.response_ids,
+                pad_token_id=tokenizer.pad_token_id,
+                micro_batch_size=config.micro_batch_size,
+            )
+            ref_lp = pad_right(prepared.ref_logprobs, policy_lp.shape[1]).to(policy_lp.device)
+            loss, diag = spo_loss(
+                policy_lp,
+                ref_lp,
+                prepared.q0.to(policy_lp.device),
+                prepared.reward.to(policy_lp.device),
+                mask,
+                config.beta,
+                config.loss,
+                return_diagnostics=True,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            # 6. metrics, checkpoints, evaluation
+            dt = time.perf_counter() - t0
+            tokens = int(mask.sum())
+            metrics = {f"train/{k}": v for k, v in diag.to_dict().items()}
+            is_online = torch.tensor([s == "online" for s in batch.sources])
+            if is_online.any():
+                err = (
+                    (policy_lp.detach() - ref_lp).mul(mask).sum(1) * config.beta
+                    + prepared.q0
+                    - prepared.reward
+                )
+                metrics["train/online_terminal_abs_error"] = float(err[is_online].abs().mean())
+            metrics.update(
+                {
+                    "train/grad_norm": float(grad_norm),
+                    "train/lr": scheduler.get_last_lr()[0],
+                    "rollout/reward_mean": float(np.mean([r["reward"] for r in online_rows]))
+                    if online_rows
+                    else float("nan"),
+                    "rollout/samples_per_s": len(online_rows) / t_rollout
+                    if online_rows and t_rollout > 0
+                    else 0.0,
+                    "train/tokens_per_s": tokens / max(dt - t_rollout, 1e-9),
+                    "train/step_s": dt,
+                    "train/ref_forward_rows": float(prepared.ref_forwards),
+                }
+            )
+            metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
+            lake.log_metrics(run_id, step, metrics)
+            if writer:
+                for k, v in metrics.items():
+                    writer.add_scalar(k, v, step)
+            result.metrics.append({"step": step, **metrics})
+            result.steps_done = step + 1
+            if on_step:
+                on_step(step, metrics)
+            if (
+                config.eval_every
+                and (step + 1) % config.eval_every == 0
+                and step + 1 < config.steps
+            ):
+                result.evals.append({"step": step + 1, **run_eval(step + 1)})
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                _save_checkpoint(
+                    output,
+                    step + 1,
+                    policy,
+                    tokenizer,
+                    optimizer,
+                    {
+                        "step": step + 1,
+                        "run_id": run_id,
+                        "lake_versions": lake.versions(),
+                        "config": dataclasses.asdict(config),
+                    },
+                )
+                maybe_compact(lake)
+    except BaseException as exc:
+        lake.end_run(run_id, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+        raise
+    finally:
+        if writer:
+            writer.close()
+    lake.end_run(run_id, "completed")
+    return result
