@@ -183,7 +183,7 @@ def clipped_log_ce(y_hat: Tensor, x: Tensor, eps: float = 1e-6) -> tuple[Tensor,
     - `y_hat`: predicted `log p(o=1)` (e.g. `Q/beta`), any shape, any finite value;
     - `x`: target probability `p(o=1)` in `[0, 1]`, same shape (e.g. `exp(r/beta)`);
     - `y_hat_clipped = min(y_hat, -eps)` in the forward pass, with a straight-through gradient
-      (`y_hat + (clipped - y_hat).detach()`): the backward pass ignores the clip, so the gradient
+      (forward value exactly `clipped`): the backward pass ignores the clip, so the gradient
       is the unclipped expression's derivative evaluated at the clipped point.
     - `x * relu(-y_hat) = -x * min(y_hat, 0)`: it equals the usual `-x * log p` for
       `y_hat <= 0` and is flat (zero gradient) above 0, so nothing pushes `y_hat` above 0 (the
@@ -198,7 +198,10 @@ def clipped_log_ce(y_hat: Tensor, x: Tensor, eps: float = 1e-6) -> tuple[Tensor,
     y_hat = _float(y_hat)
     x = _float(x).to(y_hat.dtype)
     clipped = torch.clamp(y_hat, max=-eps)
-    y_st = y_hat + (clipped - y_hat).detach()  # forward: clipped; backward: identity
+    # Straight-through: forward value is exactly `clipped` (`y - y.detach()` is exactly 0,
+    # whereas `y + (clipped - y).detach()` cancels catastrophically for |y| >> eps); backward
+    # is the identity.
+    y_st = clipped.detach() + (y_hat - y_hat.detach())
     loss = x * F.relu(-y_hat) - (1.0 - x) * log1mexp(y_st)
     return loss, (y_hat > -eps)
 
@@ -264,18 +267,19 @@ def pad_mc_targets(
     per_sequence: list[tuple[list[int], list[float]] | None],
     *,
     device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[Tensor, Tensor]:
     """Pack sparse Monte-Carlo targets into the padded layout `spo_loss` takes.
 
     `per_sequence[i]` is `(positions, success_rates)` for sequence `i` (or None / empty for
     none); positions follow `spo_loss`'s convention (prefix length `t`, see there). Returns
-    `(mc_positions [B, K] long, -1 for absent; mc_targets [B, K] float, 0 where absent)`,
+    `(mc_positions [B, K] long, -1 for absent; mc_targets [B, K] dtype, 0 where absent)`,
     `K = max(1, max number of targets)`.
     """
     k = max([1] + [len(p[0]) for p in per_sequence if p])
     batch = len(per_sequence)
     pos = torch.full((batch, k), -1, dtype=torch.long)
-    tgt = torch.zeros((batch, k), dtype=torch.float32)
+    tgt = torch.zeros((batch, k), dtype=dtype)
     for i, item in enumerate(per_sequence):
         if not item:
             continue
@@ -284,7 +288,7 @@ def pad_mc_targets(
             raise ValueError(f"row {i}: {len(p)} positions but {len(s)} success rates")
         if len(p):
             pos[i, : len(p)] = torch.as_tensor(p, dtype=torch.long)
-            tgt[i, : len(s)] = torch.as_tensor(s, dtype=torch.float32)
+            tgt[i, : len(s)] = torch.as_tensor(s, dtype=dtype)
     if device is not None:
         pos, tgt = pos.to(device), tgt.to(device)
     return pos, tgt
