@@ -1,0 +1,483 @@
+"""Generation backends: sample ``n`` responses per prompt, with token ids and raw-policy log-probs.
+
+One interface, :class:`Generator`, two implementations:
+
+- :class:`TransformersGenerator`: our own batched decoding loop over a ``transformers`` causal
+  LM with a KV cache. Each prompt is prefilled once and its cache shared by its ``n`` samples;
+  prompts are left-padded; every sample has its own temperature (the SPO paper draws it from
+  U(0.1, 0.8) per sample) and its own random stream, so results depend on the seed but not on
+  the batch size (up to float rounding of batched matmuls).
+- :class:`VLLMGenerator`: vLLM, imported lazily (``--backend vllm``).
+
+Log-probs: ``Sample.logprobs[t]`` is ``log pi(a_t | prefix)`` under the *raw* model
+distribution (softmax of the logits at temperature 1, no top-p), not the log-probability under
+the tempered / truncated distribution that actually drew the token. Off-policy losses (SPO's
+``log pi_theta - log pi_0``) and PPO importance weights need the policy itself; the sampling
+distribution is recorded separately (``temperature``, ``top_p``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+from spo_store.errors import SpoError
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass
+class Sample:
+    """One sampled response.
+
+    ``response_ids`` are the generated tokens, including the eos token or the token that
+    completed a stop string (``finish_reason == "stop"``), excluding padding; ``text`` is their
+    decoding without special tokens (so it ends with the stop string when one stopped it).
+    ``logprobs[i]`` is the raw policy's (temperature 1, no top-p) log-prob of
+    ``response_ids[i]``.
+    """
+
+    text: str
+    response_ids: list[int]
+    prompt_ids: list[int]
+    logprobs: list[float]
+    temperature: float
+    top_p: float
+    finish_reason: FinishReason
+    extra: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class Generator(Protocol):
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        n: int,
+        temperature: float | Sequence[float],
+        top_p: float,
+        max_new_tokens: int,
+        seed: int | None,
+    ) -> list[list[Sample]]:
+        """``n`` samples for each prompt: ``result[i][j]`` is sample ``j`` of ``prompts[i]``.
+
+        ``temperature`` is one float for all samples, or one per sample in prompt-major order
+        (``len(prompts) * n`` values: sample ``j`` of prompt ``i`` at index ``i * n + j``).
+        Prompts are used verbatim (encoded without adding special tokens): build them with
+        :func:`spo_train.prompting.build_prompt`.
+        """
+        ...
+
+
+def per_sample_temperatures(
+    temperature: float | Sequence[float], n_prompts: int, n: int
+) -> list[float]:
+    total = n_prompts * n
+    if isinstance(temperature, int | float):
+        temps = [float(temperature)] * total
+    else:
+        temps = [float(t) for t in temperature]
+        if len(temps) != total:
+            raise SpoError(
+                f"got {len(temps)} temperatures for {n_prompts} prompts x n={n} samples: "
+                f"give one float or {total} values (prompt-major)"
+            )
+    if any(t < 0 or math.isnan(t) for t in temps):
+        raise SpoError("temperatures must be >= 0 (0 means greedy)")
+    return temps
+
+
+def random_temperatures(
+    count: int, low: float = 0.1, high: float = 0.8, seed: int = 0
+) -> list[float]:
+    """``count`` temperatures drawn from U(low, high), as the SPO paper does for online samples."""
+    rng = random.Random(f"spo-temperatures:{seed}")
+    return [rng.uniform(low, high) for _ in range(count)]
+
+
+def _sample_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    digest = hashlib.sha256(f"spo-sample:{seed}:{prompt_index}:{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+
+
+def _check_args(n: int, top_p: float, max_new_tokens: int) -> None:
+    if n < 1:
+        raise SpoError(f"n must be >= 1, got {n}")
+    if not 0 < top_p <= 1:
+        raise SpoError(f"top_p must be in (0, 1], got {top_p}")
+    if max_new_tokens < 1:
+        raise SpoError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers
+# ---------------------------------------------------------------------------------------------
+
+
+class TransformersGenerator:
+    """Batched sampling with a KV cache over a ``transformers`` causal LM.
+
+    ``batch_size`` is the number of *samples* decoded together; a batch holds whole groups of
+    samples of consecutive prompts (a prompt with ``n > batch_size`` is split over batches).
+    ``stop_strings``: ``None`` takes :func:`spo_train.prompting.stop_strings_for` (the end of
+    the fenced block for the plain prompt format, nothing for chat models); eos always stops.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        batch_size: int = 64,
+        device: str | None = None,
+        stop_strings: Sequence[str] | None = None,
+    ) -> None:
+        import torch
+
+        from spo_train.prompting import stop_strings_for
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise SpoError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = (
+            torch.device(device) if device is not None else next(model.parameters()).device
+        )
+        if device is not None:
+            self.model.to(self.device)
+        self.stop_strings = tuple(
+            stop_strings_for(tokenizer) if stop_strings is None else stop_strings
+        )
+        eos: set[int] = set()
+        for source in (
+            tokenizer.eos_token_id,
+            getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+        ):
+            if isinstance(source, int):
+                eos.add(source)
+            elif source is not None:
+                eos.update(int(x) for x in source)
+        self.eos_token_ids = frozenset(eos)
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = int(pad if pad is not None else (min(eos) if eos else 0))
+        # Longest stop string in tokens is at most its length in bytes; decode a window that long.
+        self._stop_window = max((len(s.encode()) for s in self.stop_strings), default=0) + 2
+        max_pos = getattr(model.config, "max_position_embeddings", None)
+        self.max_positions = int(max_pos) if max_pos else None
+
+    # -- public -------------------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        n: int = 1,
+        temperature: float | Sequence[float] = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 512,
+        seed: int | None = None,
+    ) -> list[list[Sample]]:
+        """See :meth:`Generator.generate`. ``seed=None`` draws a fresh seed."""
+        _check_args(n, top_p, max_new_tokens)
+        temps = per_sample_temperatures(temperature, len(prompts), n)
+        if seed is None:
+            seed = random.SystemRandom().randrange(1 << 62)
+        enc = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        prompt_ids = [list(map(int, ids)) for ids in enc]
+        for i, ids in enumerate(prompt_ids):
+            if not ids:
+                raise SpoError(f"prompt {i} is empty")
+            if self.max_positions is not None and len(ids) + 1 > self.max_positions:
+                raise SpoError(
+                    f"prompt {i} has {len(ids)} tokens, more than the model's context "
+                    f"({self.max_positions})"
+                )
+        jobs = [(i, j) for i in range(len(prompts)) for j in range(n)]
+        out: list[list[Sample | None]] = [[None] * n for _ in prompts]
+        for start in range(0, len(jobs), self.batch_size):
+            chunk = jobs[start : start + self.batch_size]
+            samples = self._generate_chunk(
+                chunk, prompt_ids, [temps[i * n + j] for i, j in chunk], top_p, max_new_tokens, seed
+            )
+            for (i, j), s in zip(chunk, samples, strict=True):
+                out[i][j] = s
+        return out  # type: ignore[return-value]
+
+    # -- internals ----------------------------------------------------------------------------
+    def _generate_chunk(
+        self, chunk, prompt_ids, temps, top_p, max_new_tokens, seed
+    ) -> list[Sample]:
+        import torch
+        from transformers import DynamicCache
+
+        dev = self.device
+        unique = sorted({i for i, _ in chunk})
+        row_of_prompt = {p: r for r, p in enumerate(unique)}
+        lens = [len(prompt_ids[p]) for p in unique]
+        width = max(lens)
+        limit = max_new_tokens
+        if self.max_positions is not None:
+            limit = min(limit, self.max_positions - width)
+        ids = torch.full((len(unique), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(unique), width), dtype=torch.long)
+        for r, p in enumerate(unique):
+            ids[r, width - lens[r] :] = torch.tensor(prompt_ids[p], dtype=torch.long)
+            mask[r, width - lens[r] :] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+
+        with torch.inference_mode():
+            cache = DynamicCache(config=self.model.config)
+            outp = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache = outp.past_key_values
+            rows = torch.tensor([row_of_prompt[i] for i, _ in chunk], device=dev)
+            cache.batch_select_indices(rows)
+            logits = outp.logits[:, -1, :].float().index_select(0, rows)
+            mask = mask.index_select(0, rows)
+            next_pos = torch.tensor([lens[row_of_prompt[i]] for i, _ in chunk], device=dev)
+
+            B = len(chunk)
+            temp_t = torch.tensor(temps, dtype=torch.float32, device=dev)
+            uniforms = torch.empty((B, max(limit, 1)), dtype=torch.float64)
+            for b, (i, j) in enumerate(chunk):
+                g = torch.Generator().manual_seed(_sample_seed(seed, i, j))
+                uniforms[b] = torch.rand(max(limit, 1), generator=g, dtype=torch.float64)
+            uniforms = uniforms.to(dev)
+
+            active = list(range(B))  # sample index of each live row
+            resp: list[list[int]] = [[] for _ in range(B)]
+            lps: list[list[float]] = [[] for _ in range(B)]
+            reason: list[FinishReason] = ["length"] * B
+            for step in range(limit):
+                act = torch.tensor(active, device=dev)
+                tok, lp = self._sample(
+                    logits,
+                    temp_t.index_select(0, act),
+                    top_p,
+                    uniforms.index_select(0, act)[:, step],
+                )
+                tok_l, lp_l = tok.tolist(), lp.tolist()
+                done_rows = []
+                for r, b in enumerate(active):
+                    resp[b].append(tok_l[r])
+                    lps[b].append(lp_l[r])
+                    if tok_l[r] in self.eos_token_ids or self._hit_stop(resp[b]):
+                        reason[b] = "stop"
+                        done_rows.append(r)
+                if step == limit - 1:
+                    break
+                if done_rows:
+                    keep = [r for r in range(len(active)) if r not in set(done_rows)]
+                    if not keep:
+                        break
+                    keep_t = torch.tensor(keep, device=dev)
+                    cache.batch_select_indices(keep_t)
+                    mask = mask.index_select(0, keep_t)
+                    next_pos = next_pos.index_select(0, keep_t)
+                    tok = tok.index_select(0, keep_t)
+                    active = [active[r] for r in keep]
+                mask = torch.cat(
+                    [mask, torch.ones((len(active), 1), dtype=mask.dtype, device=dev)], 1
+                )
+                outp = self.model(
+                    input_ids=tok[:, None],
+                    attention_mask=mask,
+                    position_ids=next_pos[:, None],
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                cache = outp.past_key_values
+                logits = outp.logits[:, -1, :].float()
+                next_pos = next_pos + 1
+
+        samples = []
+        for b, (i, _j) in enumerate(chunk):
+            samples.append(
+                Sample(
+                    text=self.tokenizer.decode(resp[b], skip_special_tokens=True),
+                    response_ids=resp[b],
+                    prompt_ids=list(prompt_ids[i]),
+                    logprobs=lps[b],
+                    temperature=temps[b],
+                    top_p=float(top_p),
+                    finish_reason=reason[b],
+                )
+            )
+        return samples
+
+    @staticmethod
+    def _sample(logits, temps, top_p: float, u):
+        """Draw one token per row by inverse CDF over the tempered, top-p-truncated distribution.
+
+        Returns the tokens and their raw (temperature 1) log-probs.
+        """
+        import torch
+
+        raw_logp = torch.log_softmax(logits, dim=-1)
+        greedy = temps <= 1e-6
+        t = torch.where(greedy, torch.ones_like(temps), temps)
+        probs = torch.softmax(logits / t[:, None], dim=-1)
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        cum = sorted_p.cumsum(-1)
+        keep = (cum - sorted_p) < top_p
+        keep[:, 0] = True
+        kept = torch.where(keep, sorted_p, torch.zeros_like(sorted_p)).double()
+        kcum = kept.cumsum(-1)
+        target = (u * kcum[:, -1]).unsqueeze(1)
+        idx = torch.searchsorted(kcum, target, right=True).clamp(max=kept.shape[1] - 1)
+        n_kept = keep.sum(-1, keepdim=True) - 1
+        idx = torch.minimum(idx, n_kept)
+        tok = order.gather(1, idx).squeeze(1)
+        tok = torch.where(greedy, logits.argmax(-1), tok)
+        lp = raw_logp.gather(1, tok[:, None]).squeeze(1)
+        return tok, lp
+
+    def _hit_stop(self, ids: list[int]) -> bool:
+        if not self.stop_strings:
+            return False
+        tail = self.tokenizer.decode(ids[-self._stop_window :], skip_special_tokens=True)
+        return any(s in tail for s in self.stop_strings)
+
+
+# ---------------------------------------------------------------------------------------------
+# vLLM
+# ---------------------------------------------------------------------------------------------
+
+VLLM_MISSING = (
+    "backend 'vllm' needs the vllm package, which is not installed; use --backend transformers"
+)
+
+
+class VLLMGenerator:
+    """Sampling with vLLM (imported lazily; raises SpoError when vllm is not installed).
+
+    Log-probs are requested as raw model log-probs (``logprobs_mode="raw_logprobs"``), the
+    same quantity as :class:`TransformersGenerator` returns. Each sample gets its own
+    ``SamplingParams`` (temperature, seed), so per-sample temperatures work as in the paper.
+    Not exercised in this project's tests (vLLM cannot be installed on its machines).
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        stop_strings: Sequence[str] | None = None,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.85,
+        **llm_kwargs,
+    ) -> None:
+        try:
+            import vllm
+        except ImportError as e:
+            raise SpoError(VLLM_MISSING) from e
+        from spo_train.models import check_model_dir, load_tokenizer
+        from spo_train.prompting import stop_strings_for
+
+        path = str(check_model_dir(model_path))
+        self._vllm = vllm
+        self.tokenizer = load_tokenizer(path)
+        self.stop_strings = tuple(
+            stop_strings_for(self.tokenizer) if stop_strings is None else stop_strings
+        )
+        kwargs = dict(model=path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization)
+        kwargs.update(llm_kwargs)
+        try:
+            self.llm = vllm.LLM(logprobs_mode="raw_logprobs", **kwargs)
+        except TypeError:  # older vLLM: logprobs of the raw model were the default
+            self.llm = vllm.LLM(**kwargs)
+
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        n: int = 1,
+        temperature: float | Sequence[float] = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 512,
+        seed: int | None = None,
+    ) -> list[list[Sample]]:
+        _check_args(n, top_p, max_new_tokens)
+        temps = per_sample_temperatures(temperature, len(prompts), n)
+        if seed is None:
+            seed = random.SystemRandom().randrange(1 << 62)
+        prompt_ids = [
+            list(map(int, ids))
+            for ids in self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        ]
+        from vllm import SamplingParams
+
+        requests, params = [], []
+        for i, ids in enumerate(prompt_ids):
+            for j in range(n):
+                requests.append({"prompt_token_ids": ids})
+                params.append(
+                    SamplingParams(
+                        n=1,
+                        temperature=temps[i * n + j],
+                        top_p=top_p,
+                        max_tokens=max_new_tokens,
+                        seed=_sample_seed(seed, i, j) % (1 << 31),
+                        logprobs=0,
+                        stop=list(self.stop_strings) or None,
+                        include_stop_str_in_output=True,
+                    )
+                )
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        result: list[list[Sample]] = [[] for _ in prompts]
+        for k, o in enumerate(outputs):
+            i, j = divmod(k, n)
+            c = o.outputs[0]
+            ids = list(c.token_ids)
+            lps = [float(d[t].logprob) for t, d in zip(ids, c.logprobs or [], strict=False)]
+            result[i].append(
+                Sample(
+                    text=c.text,
+                    response_ids=ids,
+                    prompt_ids=prompt_ids[i],
+                    logprobs=lps,
+                    temperature=temps[i * n + j],
+                    top_p=float(top_p),
+                    finish_reason="length" if c.finish_reason == "length" else "stop",
+                )
+            )
+        return result
+
+
+# ---------------------------------------------------------------------------------------------
+# factory
+# ---------------------------------------------------------------------------------------------
+
+BACKENDS = ("transformers", "vllm")
+
+
+def make_generator(
+    backend: str = "transformers",
+    model_path: str | None = None,
+    *,
+    device: str = "cpu",
+    batch_size: int = 64,
+    dtype=None,
+    **kwargs,
+) -> Generator:
+    """A generator for ``backend`` over the model at ``model_path`` (``None``: the shipped pi_0)."""
+    if backend == "transformers":
+        from spo_train.models import load_model_and_tokenizer
+
+        model, tok = load_model_and_tokenizer(model_path, device=device, dtype=dtype)
+        return TransformersGenerator(model, tok, batch_size=batch_size, device=device, **kwargs)
+    if backend == "vllm":
+        from spo_train.models import default_model_path
+
+        return VLLMGenerator(str(model_path or default_model_path()), **kwargs)
+    raise SpoError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")

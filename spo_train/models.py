@@ -1,0 +1,168 @@
+"""Loading models and tokenizers from local Hugging Face directories, and their identities.
+
+Nothing here reaches the network: every load passes ``local_files_only=True`` (the semantics of
+``HF_HUB_OFFLINE=1``), so a hub name that is not a local directory fails with a clear
+:class:`~spo_store.errors.SpoError` instead of a download attempt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from importlib import resources
+from pathlib import Path
+
+from spo_store.errors import SpoError
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "added_tokens.json",
+)
+
+
+def default_model_path() -> Path:
+    """The shipped tiny ``pi_0`` (model + tokenizer) of the embedded default."""
+    return Path(str(resources.files("spo_train.embedded") / "assets" / "pi0"))
+
+
+def _resolve(path: str | os.PathLike | None) -> Path:
+    return default_model_path() if path is None else Path(path).expanduser()
+
+
+def check_model_dir(path: str | os.PathLike | None) -> Path:
+    """``path`` as a Path if it is a local HF model directory, else a SpoError saying why."""
+    p = _resolve(path)
+    if not p.exists():
+        raise SpoError(
+            f"model path '{p}' does not exist (models are loaded from local directories only; "
+            "nothing is downloaded): point --model at a Hugging Face model directory"
+        )
+    if not p.is_dir():
+        raise SpoError(f"model path '{p}' is not a directory: give a Hugging Face model directory")
+    if not (p / "config.json").is_file():
+        raise SpoError(f"'{p}' is not a Hugging Face model directory: it has no config.json")
+    if not _weight_files(p):
+        raise SpoError(
+            f"'{p}' has a config.json but no weights (*.safetensors or pytorch_model*.bin)"
+        )
+    return p
+
+
+def resolve_model_path(model: str | os.PathLike | None) -> Path:
+    """The model directory for a ``--model`` value (``None``: the shipped pi_0), checked."""
+    return check_model_dir(model)
+
+
+def load_tokenizer(path: str | os.PathLike | None = None):
+    from transformers import AutoTokenizer
+
+    p = _resolve(path)
+    if not p.is_dir():
+        raise SpoError(f"tokenizer path '{p}' is not a local directory")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise SpoError(f"cannot load a tokenizer from '{p}': {str(e).splitlines()[0]}") from e
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model_and_tokenizer(
+    path: str | os.PathLike | None = None, device: str = "cpu", dtype=None
+):
+    """Load ``(model, tokenizer)`` from a local HF directory (``None``: the shipped pi_0).
+
+    The model is in eval mode on ``device``; ``dtype`` defaults to float32 (log-probs for
+    off-policy losses want full precision), pass e.g. ``torch.bfloat16`` to save memory.
+    A tokenizer without a pad token gets its eos token as pad token.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    p = check_model_dir(path)
+    tok = load_tokenizer(p)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(p), local_files_only=True, dtype=dtype or torch.float32
+        )
+    except (OSError, ValueError, KeyError) as e:
+        raise SpoError(f"cannot load a causal LM from '{p}': {str(e).splitlines()[0]}") from e
+    model.to(device)
+    model.eval()
+    return model, tok
+
+
+def _weight_files(p: Path) -> list[Path]:
+    files = [f for f in p.iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES]
+    files += [p / name for name in WEIGHT_INDEXES if (p / name).is_file()]
+    return sorted(files, key=lambda f: f.name)
+
+
+def _file_digest(f: Path) -> str:
+    h = hashlib.sha256()
+    with open(f, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_IDENTITY_CACHE: dict[tuple, str] = {}
+
+
+def model_identity(path: str | os.PathLike | None = None) -> str:
+    """A stable hash of a model directory's ``config.json`` and weight files (contents only).
+
+    Used as the cache key of reference log-probs in the lake: two directories holding the same
+    files get the same identity; any change of config or weights changes it. Returned as
+    ``"sha256:<64 hex>"``. Hashing reads every weight file once per process (memoised by path,
+    size and mtime).
+    """
+    p = check_model_dir(path)
+    files = [p / "config.json", *_weight_files(p)]
+    key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if key not in _IDENTITY_CACHE:
+        h = hashlib.sha256(b"spo-model-identity-v1\n")
+        for f in files:
+            h.update(f"{f.name}\t{_file_digest(f)}\n".encode())
+        _IDENTITY_CACHE[key] = "sha256:" + h.hexdigest()
+    return _IDENTITY_CACHE[key]
+
+
+def tokenizer_identity(tokenizer_or_path) -> str:
+    """A stable hash of a tokenizer (vocabulary, merges, normalisation, special tokens, template).
+
+    Accepts a tokenizer object or a directory; both give the same value for the same tokenizer,
+    because a directory is loaded and hashed as an object. Fast tokenizers are hashed through
+    their canonical ``tokenizers`` JSON; others through their sorted vocabulary. Returned as
+    ``"sha256:<64 hex>"``; the cache key of token ids in the lake.
+    """
+    tok = tokenizer_or_path
+    if isinstance(tok, str | os.PathLike):
+        tok = load_tokenizer(tok)
+    backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
+    if backend is not None and hasattr(backend, "to_str"):
+        core = json.loads(backend.to_str())
+        core.pop("truncation", None)  # runtime settings, not the tokenizer itself
+        core.pop("padding", None)
+    else:
+        core = {"vocab": sorted(tok.get_vocab().items(), key=lambda kv: kv[1])}
+    special = {name: getattr(tok, name, None) for name in ("bos_token", "eos_token", "unk_token")}
+    doc = {
+        "core": core,
+        "special": special,
+        "chat_template": getattr(tok, "chat_template", None),
+    }
+    blob = json.dumps(doc, sort_keys=True, ensure_ascii=False, default=str).encode()
+    return "sha256:" + hashlib.sha256(b"spo-tokenizer-identity-v1\n" + blob).hexdigest()
