@@ -144,7 +144,7 @@ def advantages(policy_logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, beta
     into values or gradients.
     """
     diff = _float(policy_logprobs) - _float(ref_logprobs)
-    return torch.where(mask, beta * diff, torch.zeros_like(diff))
+    return torch.where(mask.to(torch.bool), beta * diff, torch.zeros_like(diff))
 
 
 def cumulative_q(
@@ -361,7 +361,9 @@ def spo_loss(
     any negative value marks an absent slot). `mc_targets[i, k] = S_t` in `[0, 1]`, the estimated
     success probability after `a_<=t`. Per sequence the term is
     `sum_k clipped_log_ce(Q_t/beta, S_t + (1 - S_t) exp(-1/beta))` (unbiased target probability).
-    With `variant != "mc_ce"` and MC targets given, the total is `main + mc_weight * mc`.
+    With `variant != "mc_ce"` and MC targets given, the total is `main + mc_weight * mc`;
+    with `variant == "mc_ce"` it is the MC term alone (`mc_weight` unused). Validating the
+    positions costs one host sync per call.
     See `pad_mc_targets` to build these from per-sequence lists.
 
     Reduction: every variant's per-sequence loss is averaged over the `B` sequences (rows with
@@ -596,15 +598,19 @@ def gae(
     r = torch.where(mask, _float(rewards), torch.zeros_like(_float(rewards))).detach()
     v = torch.where(mask, _float(values), torch.zeros_like(_float(values))).detach()
     batch, t_len = r.shape
+    # V_{t+1}, 0 past the last real token (and on padding); deltas computed in one shot.
+    next_mask = torch.zeros_like(mask)
+    next_mask[:, :-1] = mask[:, 1:]
+    next_v = torch.zeros_like(v)
+    next_v[:, :-1] = v[:, 1:]
+    next_v = torch.where(next_mask, next_v, torch.zeros_like(next_v))
+    delta = torch.where(mask, r + gamma * next_v - v, torch.zeros_like(r))
+    decay = gamma * lam * next_mask.to(r.dtype)
     adv = torch.zeros_like(r)
     last = torch.zeros(batch, dtype=r.dtype, device=r.device)
-    next_v = torch.zeros(batch, dtype=r.dtype, device=r.device)
-    for t in reversed(range(t_len)):
-        m = mask[:, t]
-        delta = r[:, t] + gamma * next_v - v[:, t]
-        last = torch.where(m, delta + gamma * lam * last, torch.zeros_like(last))
+    for t in reversed(range(t_len)):  # only the recursion is sequential
+        last = delta[:, t] + decay[:, t] * last
         adv[:, t] = last
-        next_v = torch.where(m, v[:, t], torch.zeros_like(next_v))
     returns = torch.where(mask, adv + v, torch.zeros_like(adv))
     return adv, returns
 
@@ -622,6 +628,8 @@ def kl_regularised_token_rewards(
     mask = mask.to(torch.bool)
     kl = _float(old_logprobs) - _float(ref_logprobs)
     out = torch.where(mask, -beta * kl, torch.zeros_like(kl)).detach()
+    if out.shape[-1] == 0:
+        return out
     lengths = mask.sum(-1)
     has = lengths > 0
     last = (lengths - 1).clamp(min=0)
