@@ -1,0 +1,722 @@
+"""Sandboxed judge for untrusted Python 3 stdin/stdout programs.
+
+One bubblewrap sandbox per program; inside it a small stdlib-only driver
+(`spo_train/sandbox_driver.py`, passed as `python3 -I -c <text>`) forks once per test, applies
+rlimits in the child and reports one JSON line per test. Expected outputs stay on the host and
+are compared here, token by token.
+
+Isolation (see `_bwrap_argv`):
+- bwrap itself is started as host uid/gid 65534 (nobody) when we are root, so the program is
+  an unprivileged user on the host too: it cannot read root-only files even through a bind
+  mount, and RLIMIT_NPROC applies (it is ignored for uid 0). In the sandbox it is uid 65534
+  with every capability dropped and no-new-privs.
+- `--unshare-all`: own user, mount, PID, network (loopback only, down), IPC, UTS and cgroup
+  namespaces; `--die-with-parent`, `--new-session`, `--clearenv`.
+- `--as-pid-1`: the driver is the namespace's init, so the program cannot kill it (signals from
+  inside the namespace to init are dropped), and `kill(-1, SIGKILL)` from the driver reaches
+  exactly the test's leftovers. The driver also makes itself non-dumpable (no ptrace, no
+  /proc/1/fd), and its protocol pipes are host-created (root-owned, not re-openable by uid
+  65534), so a program cannot forge results.
+- Filesystem: read-only binds of only what `/usr/bin/python3` needs (the interpreter, its
+  stdlib, the shared-library directory, the loader), fresh `/proc` and `/dev`, and a private
+  tmpfs `/tmp` with a size cap (bwrap 0.8 supports `--size` before `--tmpfs`). No /etc, /root,
+  /home, /work, no project or lake files, no shell. If that minimal layout cannot start Python
+  on some system, the whole of /usr is bound read-only instead (checked once per process).
+- Per test (in the child): RLIMIT_AS (memory), RLIMIT_CPU (backstop; the driver polls CPU
+  time every 20 ms), RLIMIT_FSIZE, RLIMIT_NPROC (per sandbox: on Linux >= 5.14 the count is per
+  user namespace, and each sandbox has its own), RLIMIT_NOFILE, no core files; stdout is capped
+  by the driver; a wall-clock limit per test in the driver and a host-side watchdog that kills
+  bwrap's process group (the driver, PID 1, then takes the whole namespace with it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spo_store.errors import SpoError
+
+PYTHON = "/usr/bin/python3"
+SANDBOX_UID = 65534  # nobody/nogroup
+OUTPUT_LIMIT_BYTES = 16 << 20  # captured stdout per test; more is `output_limit`
+STDERR_KEEP_BYTES = 64 << 10  # stderr kept for display (more is read and dropped)
+FILE_LIMIT_BYTES = 64 << 20  # RLIMIT_FSIZE, and the size of the sandbox's /tmp
+NPROC_LIMIT = 32  # processes + threads per sandbox (driver included)
+NPROC_LIMIT_UNSAFE = 512  # shared by every process of uid 65534 when there is no user namespace
+NOFILE_LIMIT = 256
+WALL_FACTOR, WALL_SLACK_S = 1.5, 1.0  # wall-clock limit per test = 1.5 x CPU limit + 1 s
+HOST_SLACK_S = 5.0  # the host's watchdog fires this long after the driver's own wall limit
+START_TIMEOUT_S = 20.0  # sandbox start + compile (+ import preloading)
+PREVIEW_CHARS = 2000  # per-test stdout/stderr/expected kept in `TestResult` for display
+
+RUN_STATUSES = (
+    "ok",
+    "runtime_error",
+    "time_limit",
+    "memory_limit",
+    "output_limit",
+    "sandbox_error",
+)
+VERDICT_STATUSES = (*RUN_STATUSES, "wrong_answer", "compile_error")
+
+_DRIVER_SOURCE = (Path(__file__).with_name("sandbox_driver.py")).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One run of a program on one input."""
+
+    status: str  # one of RUN_STATUSES
+    stdout: str
+    stderr: str
+    exit_code: int | None  # None when killed by a signal (see `signal`) or never run
+    wall_s: float
+    cpu_s: float = 0.0
+    signal: int | None = None
+    max_rss_kb: int = 0
+
+
+@dataclass(frozen=True)
+class TestResult:
+    """One test of a judged program, with short previews for display."""
+
+    index: int
+    status: str  # ok / wrong_answer / runtime_error / time_limit / ...
+    passed: bool
+    wall_s: float
+    cpu_s: float
+    exit_code: int | None
+    stdout: str  # previews, at most PREVIEW_CHARS each
+    stderr: str
+    expected: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The judgement of one program against its tests."""
+
+    passed: bool
+    status: str  # one of VERDICT_STATUSES: "ok" when passed, else the first failure's status
+    passed_tests: int
+    total_tests: int
+    tests: list[TestResult] = field(default_factory=list)
+    detail: str = ""  # compile error text, sandbox failure, ... (one paragraph)
+    wall_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class JudgeJob:
+    """One program and its tests, for `judge_batch`."""
+
+    source: str
+    tests: Sequence[tuple[str, str]]
+    time_limit_s: float = 2.0
+    memory_limit_mb: int = 256
+    float_tolerance: float | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Output comparison
+
+
+def outputs_match(actual: str, expected: str, float_tolerance: float | None = None) -> bool:
+    """Token-by-token comparison (any whitespace separates tokens), as contest judges do.
+
+    With `float_tolerance`, tokens that both parse as finite floats match when
+    |a - e| <= tol or |a - e| <= tol * |e| (absolute or relative error).
+    """
+    got, want = actual.split(), expected.split()
+    if got == want:
+        return True
+    if float_tolerance is None or len(got) != len(want):
+        return False
+    for a, e in zip(got, want, strict=True):
+        if a == e:
+            continue
+        try:
+            fa, fe = float(a), float(e)
+        except ValueError:
+            return False
+        if not (math.isfinite(fa) and math.isfinite(fe)):
+            return False
+        if abs(fa - fe) > float_tolerance * max(1.0, abs(fe)):
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Sandbox layout (found once per process)
+
+_layout_lock = threading.Lock()
+_layout_cache: dict[str, list[str]] = {}
+
+
+def _bwrap_path() -> str:
+    path = shutil.which("bwrap")
+    if path is None:
+        raise SpoError(
+            "bubblewrap (`bwrap`) is not installed, so untrusted programs cannot be sandboxed: "
+            "install the Debian package `bubblewrap` (apt-get install bubblewrap), or pass "
+            "--unsafe-no-sandbox to run them without isolation (trusted code only)"
+        )
+    return path
+
+
+def _python_path() -> str:
+    if not os.access(PYTHON, os.X_OK):
+        raise SpoError(
+            f"{PYTHON} not found: the sandbox runs programs with the system Python 3 "
+            "(Debian package `python3`)"
+        )
+    return PYTHON
+
+
+def _root_entries(binds: list[str]) -> None:
+    """/lib, /lib64, /bin, /sbin as on the host: symlinks into /usr on merged-/usr systems."""
+    for name in ("lib", "lib64", "lib32", "bin", "sbin"):
+        host = f"/{name}"
+        if os.path.islink(host):
+            binds += ["--symlink", os.readlink(host), host]
+        elif os.path.isdir(host) and name.startswith("lib"):
+            binds += ["--ro-bind", host, host]
+
+
+def _minimal_binds() -> list[str]:
+    """Only what the system python needs: interpreter, stdlib, shared libraries, loader."""
+    probe = subprocess.run(
+        [
+            PYTHON,
+            "-I",
+            "-c",
+            "import json, os, sys, sysconfig; print(json.dumps({"
+            "'exe': os.path.realpath(sys.executable),"
+            "'stdlib': sysconfig.get_paths()['stdlib'],"
+            "'libdir': sysconfig.get_config_var('LIBDIR') or '/usr/lib',"
+            "'multiarch': sysconfig.get_config_var('MULTIARCH') or ''}))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin"},
+        check=True,
+    )
+    info = json.loads(probe.stdout)
+    binds = ["--ro-bind", info["exe"], info["exe"]]
+    if os.path.realpath(PYTHON) != PYTHON:
+        binds += ["--symlink", os.path.basename(info["exe"]), PYTHON]
+    binds += ["--ro-bind", info["stdlib"], info["stdlib"]]
+    libdirs = [os.path.join(info["libdir"], info["multiarch"])] if info["multiarch"] else []
+    libdirs += ["/usr/lib64"]
+    for d in libdirs:
+        if os.path.isdir(d) and not os.path.islink(d):
+            binds += ["--ro-bind", d, d]
+    _root_entries(binds)
+    return binds
+
+
+def _full_usr_binds() -> list[str]:
+    binds = ["--ro-bind", "/usr", "/usr"]
+    _root_entries(binds)
+    return binds
+
+
+def _layout(bwrap: str) -> list[str]:
+    """The bind arguments that start Python here, checked once by running a tiny program."""
+    with _layout_lock:
+        if bwrap in _layout_cache:
+            return _layout_cache[bwrap]
+        errors = []
+        for make in (_minimal_binds, _full_usr_binds):
+            try:
+                binds = make()
+            except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
+                errors.append(f"{make.__name__}: {exc}")
+                continue
+            res = _run_session(
+                "print(6 * 7)",
+                [""],
+                time_limit_s=5.0,
+                memory_limit_mb=128,
+                sandbox=(bwrap, binds),
+            )
+            if res.results and res.results[0].status == "ok":
+                if res.results[0].stdout.strip() == "42":
+                    _layout_cache[bwrap] = binds
+                    return binds
+            errors.append(f"{make.__name__}: {res.failure or res.results}")
+        raise SpoError(
+            "bubblewrap could not start the system Python in a sandbox ("
+            + "; ".join(e.replace("\n", " ") for e in errors)
+            + "); unprivileged user namespaces may be disabled here. "
+            "Use --unsafe-no-sandbox only for trusted code"
+        )
+
+
+def _bwrap_argv(bwrap: str, binds: list[str], tmp_bytes: int) -> list[str]:
+    uid = str(SANDBOX_UID)
+    return [
+        bwrap,
+        "--unshare-all",  # user, ipc, pid, net, uts, cgroup(-try) namespaces
+        "--unshare-user",
+        "--die-with-parent",
+        "--new-session",
+        "--as-pid-1",
+        "--uid",
+        uid,
+        "--gid",
+        uid,
+        "--cap-drop",
+        "ALL",
+        "--clearenv",
+        "--setenv",
+        "PATH",
+        "/usr/bin:/bin",
+        "--setenv",
+        "HOME",
+        "/tmp",
+        "--hostname",
+        "sandbox",
+        *binds,
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--size",
+        str(tmp_bytes),
+        "--tmpfs",
+        "/tmp",
+        "--chdir",
+        "/tmp",
+        "--",
+        PYTHON,
+        "-I",
+        "-c",
+        _DRIVER_SOURCE,
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# One sandbox session: start, stream tests, collect results
+
+
+@dataclass
+class _SessionOutcome:
+    compile_error: str | None = None
+    results: list[RunResult] = field(default_factory=list)
+    failure: str | None = None  # set when the sandbox itself failed
+
+
+class _Pipe:
+    """Deadline-bounded line I/O with the driver (no extra threads)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        assert proc.stdin and proc.stdout and proc.stderr
+        self.proc = proc
+        self.win = proc.stdin.fileno()
+        self.rout = proc.stdout.fileno()
+        self.rerr = proc.stderr.fileno()
+        for fd in (self.win, self.rout, self.rerr):
+            os.set_blocking(fd, False)
+        self.buf = bytearray()
+        self.err = bytearray()
+        self.err_open = True
+
+    def _pump_err(self) -> None:
+        while self.err_open:
+            try:
+                chunk = os.read(self.rerr, 1 << 16)
+            except BlockingIOError:
+                return
+            if not chunk:
+                self.err_open = False
+                return
+            if len(self.err) < STDERR_KEEP_BYTES:
+                self.err += chunk[: STDERR_KEEP_BYTES - len(self.err)]
+
+    def write(self, data: bytes, deadline: float) -> bool:
+        view = memoryview(data)
+        while view:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            rlist = [self.rerr] if self.err_open else []
+            readable, writable, _ = select.select(rlist, [self.win], [], left)
+            if readable:
+                self._pump_err()
+            if writable:
+                try:
+                    view = view[os.write(self.win, view) :]
+                except BlockingIOError:
+                    continue
+                except (BrokenPipeError, OSError):
+                    return False
+        return True
+
+    def readline(self, deadline: float) -> bytes | None:
+        """A line from the driver; None on EOF or timeout."""
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl >= 0:
+                line = bytes(self.buf[:nl])
+                del self.buf[: nl + 1]
+                return line
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            rlist = [self.rout] + ([self.rerr] if self.err_open else [])
+            readable, _, _ = select.select(rlist, [], [], left)
+            if self.rerr in readable:
+                self._pump_err()
+            if self.rout in readable:
+                try:
+                    chunk = os.read(self.rout, 1 << 20)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    return None
+                self.buf += chunk
+
+    def stderr_text(self) -> str:
+        self._pump_err()
+        return bytes(self.err).decode("utf-8", "replace").strip()
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL bwrap's process group; the driver (sandbox PID 1) dies with it (PDEATHSIG)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.kill()
+    except (ProcessLookupError, OSError):
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # pragma: no cover - a process stuck in the kernel
+        pass
+
+
+def _drop_privileges() -> dict:
+    """Popen arguments that start the sandbox as nobody when we are root."""
+    if os.geteuid() == 0:
+        return {"user": SANDBOX_UID, "group": SANDBOX_UID, "extra_groups": []}
+    return {}
+
+
+def _run_session(
+    source: str,
+    inputs: Sequence[str],
+    *,
+    time_limit_s: float,
+    memory_limit_mb: int,
+    sandbox: tuple[str, list[str]] | None,
+    output_limit_bytes: int = OUTPUT_LIMIT_BYTES,
+    wall_limit_s: float | None = None,
+    keep_going: Callable[[int, RunResult], bool] | None = None,
+) -> _SessionOutcome:
+    """Run `source` on each input in one sandbox (`sandbox=None`: without bwrap).
+
+    `keep_going(i, result)` decides after each test whether to send the next one.
+    """
+    if time_limit_s <= 0 or memory_limit_mb <= 0:
+        raise SpoError(
+            f"time and memory limits must be positive (got {time_limit_s} s, {memory_limit_mb} MB)"
+        )
+    wall = wall_limit_s if wall_limit_s is not None else time_limit_s * WALL_FACTOR + WALL_SLACK_S
+    outcome = _SessionOutcome()
+    workdir_host: str | None = None
+    popen_kw = _drop_privileges()
+    if sandbox is not None:
+        bwrap, binds = sandbox
+        argv = _bwrap_argv(bwrap, binds, FILE_LIMIT_BYTES + (1 << 20))
+        workdir, cwd, env = "/tmp", "/", {}
+        nproc = NPROC_LIMIT
+    else:
+        python = PYTHON if os.access(PYTHON, os.X_OK) else None
+        if python is None:  # unsafe mode may fall back to our own interpreter (not as nobody)
+            import sys
+
+            python, popen_kw = sys.executable, {}
+        workdir_host = tempfile.mkdtemp(prefix="spo-judge-")
+        if popen_kw:
+            os.chown(workdir_host, SANDBOX_UID, SANDBOX_UID)
+        argv = [python, "-I", "-c", _DRIVER_SOURCE]
+        workdir, cwd = workdir_host, workdir_host
+        env = {"PATH": "/usr/bin:/bin", "HOME": workdir_host}
+        nproc = NPROC_LIMIT_UNSAFE if popen_kw else 0  # uid 0 ignores it; others share it
+    config = {
+        "source": source,
+        "cpu_s": float(time_limit_s),
+        "wall_s": float(wall),
+        "mem_bytes": int(memory_limit_mb) << 20,
+        "out_bytes": int(output_limit_bytes),
+        "err_keep": STDERR_KEEP_BYTES,
+        "fsize_bytes": FILE_LIMIT_BYTES,
+        "nproc": nproc,
+        "nofile": NOFILE_LIMIT,
+        "workdir": workdir,
+        "sandboxed": sandbox is not None,
+    }
+    proc: subprocess.Popen | None = None
+    try:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,  # its own process group: the watchdog kills all of it
+                close_fds=True,
+                **popen_kw,
+            )
+        except OSError as exc:
+            outcome.failure = f"could not start the sandbox: {exc}"
+            return outcome
+        pipe = _Pipe(proc)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        if not pipe.write((json.dumps(config) + "\n").encode(), deadline):
+            outcome.failure = "sandbox exited before reading its configuration: " + (
+                pipe.stderr_text() or f"exit {proc.poll()}"
+            )
+            return outcome
+        del config
+        line = pipe.readline(deadline)
+        if line is None:
+            outcome.failure = "sandbox did not start: " + (
+                pipe.stderr_text() or "no answer from the driver"
+            )
+            return outcome
+        ready = json.loads(line)
+        if ready.get("compile_error"):
+            outcome.compile_error = ready["compile_error"]
+            return outcome
+        for i, text in enumerate(inputs):
+            msg = (json.dumps({"stdin": text}) + "\n").encode()
+            started = time.monotonic()
+            deadline = started + wall + HOST_SLACK_S + len(msg) / 50e6
+            line = None
+            if pipe.write(msg, deadline):
+                line = pipe.readline(deadline)
+            if line is None:
+                timed_out = time.monotonic() >= deadline
+                why = pipe.stderr_text()
+                if timed_out:  # the driver did not answer: the host watchdog ends the run
+                    outcome.results.append(
+                        RunResult("time_limit", "", why, None, time.monotonic() - started)
+                    )
+                else:
+                    outcome.failure = "sandbox died during a test" + (f": {why}" if why else "")
+                return outcome
+            r = json.loads(line)
+            result = RunResult(
+                status=r["status"],
+                stdout=r["stdout"],
+                stderr=r["stderr"],
+                exit_code=r["exit_code"],
+                wall_s=r["wall_s"],
+                cpu_s=r["cpu_s"],
+                signal=r["signal"],
+                max_rss_kb=r["max_rss_kb"],
+            )
+            outcome.results.append(result)
+            if keep_going is not None and not keep_going(i, result):
+                break
+        return outcome
+    finally:
+        if proc is not None:
+            # Closing stdin ends the driver; the kill below is for when it will not end.
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                try:
+                    stream.close()  # type: ignore[union-attr]
+                except OSError:
+                    pass
+            try:
+                proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+            _kill_tree(proc)
+        if workdir_host is not None:
+            shutil.rmtree(workdir_host, ignore_errors=True)
+
+
+def _sandbox_for(unsafe_no_sandbox: bool) -> tuple[str, list[str]] | None:
+    """bwrap path and binds, or None for unsafe mode; SpoError when bwrap is missing."""
+    if unsafe_no_sandbox:
+        return None
+    bwrap = _bwrap_path()
+    _python_path()
+    return bwrap, _layout(bwrap)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def run_program(
+    source: str,
+    stdin: str,
+    *,
+    time_limit_s: float = 2.0,
+    memory_limit_mb: int = 256,
+    unsafe_no_sandbox: bool = False,
+    output_limit_bytes: int = OUTPUT_LIMIT_BYTES,
+) -> RunResult:
+    """Run an untrusted Python 3 program once on `stdin`, sandboxed with bubblewrap.
+
+    `time_limit_s` bounds CPU time; the wall clock is bounded at 1.5x that plus 1 s.
+    A syntax error is reported as `runtime_error` with the error text in `stderr`, as
+    `python3 solution.py` would. Raises SpoError if bwrap is missing (unless
+    `unsafe_no_sandbox`, which runs the same driver without isolation: trusted code only).
+    """
+    sandbox = _sandbox_for(unsafe_no_sandbox)
+    started = time.monotonic()
+    out = _run_session(
+        source,
+        [stdin],
+        time_limit_s=time_limit_s,
+        memory_limit_mb=memory_limit_mb,
+        sandbox=sandbox,
+        output_limit_bytes=output_limit_bytes,
+    )
+    if out.compile_error is not None:
+        return RunResult("runtime_error", "", out.compile_error, 1, time.monotonic() - started)
+    if out.results:
+        return out.results[0]
+    return RunResult(
+        "sandbox_error", "", out.failure or "no result", None, time.monotonic() - started
+    )
+
+
+def _preview(text: str) -> str:
+    return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + "..."
+
+
+def judge(
+    source: str,
+    tests: Sequence[tuple[str, str]],
+    *,
+    time_limit_s: float = 2.0,
+    memory_limit_mb: int = 256,
+    stop_on_first_failure: bool = True,
+    float_tolerance: float | None = None,
+    unsafe_no_sandbox: bool = False,
+) -> Verdict:
+    """Judge one program on `(input, expected_output)` tests in one sandbox.
+
+    Outputs are compared token by token (whitespace-insensitive), with an optional absolute or
+    relative `float_tolerance`. The verdict's status is `ok` when every test passed, else the
+    status of the first failing test (`wrong_answer`, `runtime_error`, `time_limit`, ...), or
+    `compile_error` for a syntax error, or `sandbox_error` when the sandbox itself failed.
+    """
+    tests = [(str(i), str(o)) for i, o in tests]
+    if not tests:
+        raise SpoError("judge needs at least one test")
+    sandbox = _sandbox_for(unsafe_no_sandbox)
+    started = time.monotonic()
+    results: list[TestResult] = []
+
+    def keep_going(i: int, run: RunResult) -> bool:
+        expected = tests[i][1]
+        if run.status == "ok":
+            ok = outputs_match(run.stdout, expected, float_tolerance)
+            status = "ok" if ok else "wrong_answer"
+        else:
+            ok, status = False, run.status
+        results.append(
+            TestResult(
+                index=i,
+                status=status,
+                passed=ok,
+                wall_s=run.wall_s,
+                cpu_s=run.cpu_s,
+                exit_code=run.exit_code,
+                stdout=_preview(run.stdout),
+                stderr=_preview(run.stderr),
+                expected=_preview(expected),
+            )
+        )
+        return ok or not stop_on_first_failure
+
+    out = _run_session(
+        source,
+        [t[0] for t in tests],
+        time_limit_s=time_limit_s,
+        memory_limit_mb=memory_limit_mb,
+        sandbox=sandbox,
+        keep_going=keep_going,
+    )
+    # A watchdog result (the driver never answered) does not go through keep_going.
+    for extra in out.results[len(results) :]:
+        keep_going(len(results), extra)
+    wall = time.monotonic() - started
+    passed_tests = sum(r.passed for r in results)
+    if out.compile_error is not None:
+        return Verdict(False, "compile_error", 0, len(tests), [], out.compile_error.strip(), wall)
+    if out.failure is not None:
+        return Verdict(False, "sandbox_error", passed_tests, len(tests), results, out.failure, wall)
+    first_bad = next((r for r in results if not r.passed), None)
+    if first_bad is None and len(results) == len(tests):
+        return Verdict(True, "ok", passed_tests, len(tests), results, "", wall)
+    status = first_bad.status if first_bad is not None else "sandbox_error"
+    detail = f"test {first_bad.index}: {status}" if first_bad is not None else "tests missing"
+    return Verdict(False, status, passed_tests, len(tests), results, detail, wall)
+
+
+def judge_batch(
+    jobs: Sequence[JudgeJob],
+    *,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    unsafe_no_sandbox: bool = False,
+    stop_on_first_failure: bool = True,
+) -> list[Verdict]:
+    """Judge many programs in parallel (one sandbox each); verdicts in the order of `jobs`.
+
+    `workers` defaults to `os.cpu_count()`. `progress(n)` is called from the calling thread
+    with the number of jobs just finished (1 each time), e.g. `lambda n: bar.advance(task, n)`.
+    A failure of one job (sandbox trouble, bad limits) becomes that job's `sandbox_error`
+    verdict; only a missing bwrap raises (SpoError), before anything runs.
+    """
+    jobs = list(jobs)
+    if not jobs:
+        return []
+    _sandbox_for(unsafe_no_sandbox)  # fail fast, and find the layout once before the threads
+    workers = max(1, workers or os.cpu_count() or 1)
+
+    def one(job: JudgeJob) -> Verdict:
+        try:
+            return judge(
+                job.source,
+                job.tests,
+                time_limit_s=job.time_limit_s,
+                memory_limit_mb=job.memory_limit_mb,
+                stop_on_first_failure=stop_on_first_failure,
+                float_tolerance=job.float_tolerance,
+                unsafe_no_sandbox=unsafe_no_sandbox,
+            )
+        except Exception as exc:  # noqa: BLE001 - one bad job must not kill the batch
+            return Verdict(False, "sandbox_error", 0, len(job.tests), [], f"{exc}")
+
+    verdicts: list[Verdict | None] = [None] * len(jobs)
+    with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        futures = {pool.submit(one, job): i for i, job in enumerate(jobs)}
+        for fut in as_completed(futures):
+            verdicts[futures[fut]] = fut.result()
+            if progress is not None:
+                progress(1)
+    return [v for v in verdicts if v is not None]

@@ -1,0 +1,492 @@
+"""Judge driver: runs INSIDE the sandbox under the system `/usr/bin/python3`, stdlib only.
+
+The host (`spo_train.sandbox`) starts one sandbox per program with this file's text passed as
+`python3 -I -c <text>`; nothing of the project is visible in the sandbox. Protocol, one JSON
+object per line:
+
+- host -> driver (stdin): first a config line ``{"source", "cpu_s", "wall_s", "mem_bytes",
+  "out_bytes", "err_keep", "fsize_bytes", "nproc", "nofile", "workdir", "sandboxed"}``, then one
+  ``{"stdin": "..."}`` line per test; EOF ends the session.
+- driver -> host (stdout): ``{"event": "ready", "compile_error": null | "..."}``, then one result
+  line per test ``{"status", "exit_code", "signal", "stdout", "stderr", "wall_s", "cpu_s",
+  "max_rss_kb"}``.
+
+Expected outputs never enter the sandbox: comparison happens on the host, so a program cannot
+find the answer in memory it inherits from this driver.
+
+Per test the driver forks once; the child applies rlimits, swaps in fresh stdio and a fresh
+`__main__`, and executes the code object compiled once up front. Under bubblewrap the driver
+is PID 1 of the sandbox's PID namespace (`--as-pid-1`), so the program can neither kill it
+(the kernel drops signals from inside the namespace to its init) nor ptrace it or open its
+file descriptors (it makes itself non-dumpable); after each test ``kill(-1, SIGKILL)`` removes
+every process the test left behind, including double-forked `setsid` daemons.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import selectors
+import signal
+import sys
+import time
+
+# Exit status the child uses to report an uncaught MemoryError (RLIMIT_AS hit).
+MEMORY_EXIT = 201
+# Modules most contest programs import, loaded once here so each forked test gets them free.
+_PRELOAD = ("collections", "heapq", "bisect", "itertools", "functools", "math", "string", "io")
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_POLL_S = 0.02  # how often a running test's CPU time is checked
+
+
+def _set_non_dumpable() -> None:
+    """PR_SET_DUMPABLE=0: same-uid processes can no longer ptrace us or open /proc/<pid>/fd."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
+    except Exception:  # noqa: BLE001 - hardening only; isolation does not rely on it alone
+        pass
+
+
+def _set_subreaper() -> None:
+    """Orphans of a test re-parent to us (unsandboxed mode), so we can find and kill them."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except Exception:  # noqa: BLE001
+        pass
+
+
+class _Channel:
+    """Line-framed reads from the host's pipe (our own buffer: never `sys.stdin`)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+
+    def readline(self) -> bytes | None:
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl >= 0:
+                line = bytes(self.buf[:nl])
+                del self.buf[: nl + 1]
+                return line
+            chunk = os.read(self.fd, 1 << 20)
+            if not chunk:
+                return None
+            self.buf += chunk
+
+
+def _send(fd: int, obj: dict) -> None:
+    data = (json.dumps(obj) + "\n").encode()
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _exit_status_of(exc: SystemExit) -> int:
+    """Mirror CPython's handling of SystemExit: None -> 0, int -> it, anything else -> print, 1."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    try:
+        sys.stderr.write(str(code) + "\n")
+    except Exception:  # noqa: BLE001
+        pass
+    return 1
+
+
+def _child(code, stdin_fd: int, out_w: int, err_w: int, cfg: dict, vsz: int) -> None:
+    """Runs in the forked child: never returns."""
+    status = 1
+    try:
+        os.setsid()  # own session and process group: unsandboxed mode kills the group
+        os.dup2(stdin_fd, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        os.closerange(3, 1 << 16)  # the host pipes, the pidfd, everything of the driver
+        os.chdir(cfg["workdir"])
+        # The program may use `mem_bytes` beyond what the forked interpreter already maps.
+        mem = cfg["mem_bytes"] + vsz
+        limits = [
+            (resource.RLIMIT_AS, mem, mem),
+            (resource.RLIMIT_STACK, cfg["mem_bytes"], cfg["mem_bytes"]),
+            (resource.RLIMIT_FSIZE, cfg["fsize_bytes"], cfg["fsize_bytes"]),
+            (resource.RLIMIT_CORE, 0, 0),
+            (resource.RLIMIT_NOFILE, cfg["nofile"], cfg["nofile"]),
+            (resource.RLIMIT_MEMLOCK, 0, 0),
+        ]
+        cpu_soft = int(cfg["cpu_s"]) + 1  # backstop; the driver polls CPU time precisely
+        limits.append((resource.RLIMIT_CPU, cpu_soft, cpu_soft + 1))
+        if cfg.get("nproc"):
+            limits.append((resource.RLIMIT_NPROC, cfg["nproc"], cfg["nproc"]))
+        for which, soft, hard in limits:
+            try:
+                resource.setrlimit(which, (soft, hard))
+            except (ValueError, OSError):
+                cur_soft, cur_hard = resource.getrlimit(which)
+                cap = hard if cur_hard == resource.RLIM_INFINITY else min(hard, cur_hard)
+                resource.setrlimit(which, (min(soft, cap), cap))
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+        import builtins
+        import io
+        import types
+
+        sys.stdin = sys.__stdin__ = io.TextIOWrapper(
+            io.BufferedReader(io.FileIO(0, "r", closefd=False)),
+            encoding="utf-8",
+            errors="surrogateescape",
+        )
+        sys.stdout = sys.__stdout__ = io.TextIOWrapper(
+            io.BufferedWriter(io.FileIO(1, "w", closefd=False)),
+            encoding="utf-8",
+            errors="surrogateescape",
+        )
+        sys.stderr = sys.__stderr__ = io.TextIOWrapper(
+            io.BufferedWriter(io.FileIO(2, "w", closefd=False)),
+            encoding="utf-8",
+            errors="backslashreplace",
+            line_buffering=True,
+        )
+        sys.argv = ["solution.py"]
+        main = types.ModuleType("__main__")
+        main.__dict__["__builtins__"] = builtins
+        main.__dict__["__file__"] = "solution.py"
+        sys.modules["__main__"] = main
+        glb = main.__dict__
+    except BaseException as exc:  # noqa: BLE001 - setup failure: report, never run the program
+        try:
+            os.write(2, f"sandbox child setup failed: {exc!r}\n".encode())
+        finally:
+            os._exit(1)
+    del cfg, stdin_fd, out_w, err_w  # nothing of the driver the program needs
+    try:
+        exec(code, glb)  # noqa: S102 - this is the judged program, confined by the sandbox
+        status = 0
+    except SystemExit as exc:
+        status = _exit_status_of(exc)
+    except MemoryError:
+        status = MEMORY_EXIT
+        try:
+            sys.stderr.write("MemoryError\n")
+        except BaseException:  # noqa: BLE001
+            pass
+    except BaseException:  # noqa: BLE001 - any uncaught error is the program's runtime error
+        status = 1
+        try:
+            import traceback
+
+            _, exc, tb = sys.exc_info()
+            # Skip this driver's own frame, so the traceback starts in solution.py.
+            traceback.print_exception(type(exc), exc, tb.tb_next if tb else None)
+        except BaseException:  # noqa: BLE001
+            pass
+    # What the interpreter does at exit: wait for non-daemon threads, run atexit, flush.
+    try:
+        threading = sys.modules.get("threading")
+        if threading is not None:
+            threading._shutdown()
+    except BaseException:  # noqa: BLE001
+        pass
+    try:
+        import atexit
+
+        atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001 - e.g. a closed pipe: like CPython, exit 120
+            if status == 0:
+                status = 120
+    os._exit(status)
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """utime+stime of a live process from /proc (0.0 if it is already gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return 0.0
+    fields = data[data.rfind(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def _children_of_self() -> list[int]:
+    pids: list[int] = []
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.extend(int(p) for p in f.read().split())
+    except OSError:
+        pass
+    return pids
+
+
+def _kill_leftovers(sandboxed: bool, pgid: int) -> None:
+    """Kill and reap every process the test left behind."""
+    if sandboxed and os.getpid() == 1:
+        # We are PID 1 of the sandbox: -1 reaches every other process in it, and only those.
+        while True:
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                return
+    # Unsandboxed: the test's process group, then whatever re-parented to us (subreaper).
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for _ in range(1000):
+        kids = _children_of_self()
+        if not kids:
+            break
+        for pid in kids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in kids:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def _vsz_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 64 << 20
+
+
+def _run_test(code, data: bytes, cfg: dict) -> dict:
+    memfd = os.memfd_create("stdin", os.MFD_CLOEXEC)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(memfd, view) :]
+    os.lseek(memfd, 0, os.SEEK_SET)
+    del data, view
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    vsz = _vsz_bytes()
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        _child(code, memfd, out_w, err_w, cfg, vsz)
+    os.close(memfd)
+    os.close(out_w)
+    os.close(err_w)
+    sel = selectors.DefaultSelector()
+    out = bytearray()
+    err = bytearray()
+    err_total = 0
+    out_cap, err_keep = cfg["out_bytes"], cfg["err_keep"]
+    for fd in (out_r, err_r):
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ)
+    try:
+        pidfd = os.pidfd_open(pid)
+        sel.register(pidfd, selectors.EVENT_READ)
+    except (AttributeError, OSError):
+        pidfd = -1
+    deadline = start + cfg["wall_s"]
+    killed_for = None
+    exited = False
+    reaped = None
+
+    def drain(fd: int) -> bool:
+        """Read what is there; False at EOF."""
+        nonlocal err_total
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                return True
+            if not chunk:
+                return False
+            if fd == out_r:
+                out.extend(chunk)
+                if len(out) > out_cap:
+                    return True
+            else:
+                err_total += len(chunk)
+                if len(err) < err_keep:
+                    err.extend(chunk[: err_keep - len(err)])
+                if err_total > out_cap:
+                    return True
+
+    while not exited:
+        now = time.monotonic()
+        if now >= deadline:
+            killed_for = "time_limit"
+            break
+        for key, _ in sel.select(min(deadline - now, _POLL_S)):
+            if key.fd == pidfd:
+                exited = True
+            elif not drain(key.fd):
+                sel.unregister(key.fd)
+        if len(out) > out_cap or err_total > out_cap:
+            killed_for = "output_limit"
+            break
+        if _proc_cpu_s(pid) > cfg["cpu_s"]:
+            killed_for = "time_limit"
+            break
+        if pidfd < 0:  # no pidfd (old kernel): poll for the exit instead
+            got = os.wait4(pid, os.WNOHANG)
+            if got[0] == pid:
+                reaped, exited = got, True
+    if killed_for is not None:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _, wstatus, usage = reaped if reaped is not None else os.wait4(pid, 0)
+    wall = time.monotonic() - start
+    _kill_leftovers(cfg["sandboxed"], pid)
+    # Every writer is dead now: read what is left in the pipes (bounded by the caps).
+    for fd in (out_r, err_r):
+        if fd in sel.get_map():
+            os.set_blocking(fd, True)
+            while len(out) <= out_cap and err_total <= out_cap:
+                try:
+                    chunk = os.read(fd, 1 << 16)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                if fd == out_r:
+                    out.extend(chunk)
+                else:
+                    err_total += len(chunk)
+                    if len(err) < err_keep:
+                        err.extend(chunk[: err_keep - len(err)])
+    sel.close()
+    for fd in (out_r, err_r):
+        os.close(fd)
+    if pidfd >= 0:
+        os.close(pidfd)
+    cpu = usage.ru_utime + usage.ru_stime
+    exit_code = os.waitstatus_to_exitcode(wstatus)
+    sig = -exit_code if exit_code < 0 else None
+    if killed_for is None and (len(out) > out_cap or err_total > out_cap):
+        killed_for = "output_limit"
+    if killed_for is not None:
+        status = killed_for
+    elif cpu > cfg["cpu_s"] or sig == signal.SIGXCPU:
+        status = "time_limit"
+    elif exit_code == MEMORY_EXIT:
+        status = "memory_limit"
+    elif exit_code != 0:
+        status = "runtime_error"
+    else:
+        status = "ok"
+    if status == "memory_limit":
+        exit_code = 1  # what the program would have exited with under plain CPython
+    return {
+        "status": status,
+        "exit_code": None if sig is not None else exit_code,
+        "signal": sig,
+        "stdout": bytes(out[:out_cap]).decode("utf-8", "replace"),
+        "stderr": bytes(err).decode("utf-8", "replace"),
+        "wall_s": round(wall, 6),
+        "cpu_s": round(cpu, 6),
+        "max_rss_kb": usage.ru_maxrss,
+    }
+
+
+def _clean_workdir(path: str) -> None:
+    """Each test starts from an empty working directory (best effort)."""
+    import shutil
+
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return
+    for name in names:
+        full = os.path.join(path, name)
+        try:
+            if os.path.isdir(full) and not os.path.islink(full):
+                os.chmod(full, 0o700)
+                shutil.rmtree(full, ignore_errors=True)
+            else:
+                os.unlink(full)
+        except OSError:
+            pass
+
+
+def main() -> None:
+    # Keep the protocol on private descriptors; 0/1 become /dev/null so nothing stray leaks in.
+    cin = os.dup(0)
+    cout = os.dup(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+    _set_non_dumpable()
+    chan = _Channel(cin)
+    line = chan.readline()
+    if line is None:
+        return
+    cfg = json.loads(line)
+    if not cfg["sandboxed"]:
+        _set_subreaper()
+    source = cfg.pop("source")
+    try:
+        code = compile(source, "solution.py", "exec", dont_inherit=True)
+        compile_error = None
+    except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError) as exc:
+        import traceback
+
+        code = None
+        compile_error = "".join(traceback.format_exception_only(type(exc), exc))
+    if code is not None:
+        import linecache
+
+        # Tracebacks show the program's lines although no solution.py exists on disk.
+        linecache.cache["solution.py"] = (len(source), None, source.splitlines(True), "solution.py")
+    del source
+    for name in _PRELOAD:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    _send(cout, {"event": "ready", "compile_error": compile_error})
+    if code is None:
+        return
+    while True:
+        line = chan.readline()
+        if line is None:
+            return
+        msg = json.loads(line)
+        del line
+        data = msg.pop("stdin").encode("utf-8", "surrogateescape")
+        del msg
+        result = _run_test(code, data, cfg)
+        del data
+        _clean_workdir(cfg["workdir"])
+        _send(cout, result)
+        del result
+
+
+if __name__ == "__main__":
+    main()
