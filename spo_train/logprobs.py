@@ -30,7 +30,7 @@ def build_batch(
     prompt_ids: Sequence[Sequence[int]],
     response_ids: Sequence[Sequence[int]],
     *,
-    pad_token_id: int,
+    pad_token_id: int | None,
     device: torch.device | str | None = None,
 ) -> dict[str, Tensor]:
     """Right-pad `prompt + response` rows into model inputs.
@@ -53,6 +53,9 @@ def build_batch(
         # The first response token needs a prefix to be predicted from (e.g. BOS).
         if len(p) == 0:
             raise ValueError(f"row {i}: empty prompt; prepend at least a BOS token")
+    if pad_token_id is None:
+        # Padded slots are masked out of attention and never scored: any valid id works.
+        pad_token_id = 0
     batch = len(prompt_ids)
     lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
     max_len = max(lengths)
@@ -137,7 +140,7 @@ def response_logprobs(
     prompt_ids: list[list[int]],
     response_ids: list[list[int]],
     *,
-    pad_token_id: int,
+    pad_token_id: int | None,
     micro_batch_size: int | None = None,
     requires_grad: bool = True,
 ) -> tuple[Tensor, Tensor]:
@@ -149,7 +152,8 @@ def response_logprobs(
         prompt_ids: `B` token lists, each non-empty (the first response token is scored given
             the prompt; a prompt must hold at least a BOS).
         response_ids: `B` token lists (may be empty: that row is fully masked).
-        pad_token_id: token used for padding; padded slots are masked out of attention.
+        pad_token_id: token used for padding; padded slots are masked out of attention (None,
+            as some tokenizers report, means 0: the value does not matter).
         micro_batch_size: run the forward on chunks of this many rows (each chunk padded to its
             own length) and concatenate. With `requires_grad=True` the graphs of all chunks are
             kept, so this bounds the peak of the logits, not of the activations.
