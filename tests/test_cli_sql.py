@@ -1,0 +1,46 @@
+"""`spo sql` output formats and one-line errors, through the real console script."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+
+import pyarrow.parquet as pq
+
+from spo_store.lake import Lake
+
+
+def spo(*args: str, lake) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["spo", *args, "--lake", str(lake)], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_sql_formats(tmp_path, cc_sample):
+    lake_dir = tmp_path / "lake"
+    r = spo("ingest", "human-solutions", str(cc_sample), lake=lake_dir)
+    assert r.returncode == 0, r.stderr
+    q = "SELECT name, num_tests FROM problems ORDER BY name LIMIT 3"
+    rows = json.loads(spo("sql", q, "--format", "json", lake=lake_dir).stdout)
+    expected = Lake.open(lake_dir).sql(q).to_dicts()
+    assert rows == expected and len(rows) == 3
+    got = list(csv.DictReader(io.StringIO(spo("sql", q, "--format", "csv", lake=lake_dir).stdout)))
+    assert [r["name"] for r in got] == [r["name"] for r in expected]
+    out = tmp_path / "x.parquet"
+    assert spo("sql", q, "--format", "parquet", "--output", str(out), lake=lake_dir).returncode == 0
+    assert pq.read_table(out).to_pylist() == expected
+    table = spo("sql", q, lake=lake_dir)
+    assert table.returncode == 0 and "3 row(s)" in table.stdout
+
+
+def test_sql_errors_are_one_line(tmp_path):
+    lake_dir = tmp_path / "lake"
+    Lake.open(lake_dir)
+    for args in (["sql", "SELECT nope FROM problems"], ["sql", "SELECT 1", "--format", "parquet"]):
+        r = spo(*args, lake=lake_dir)
+        assert r.returncode == 2
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    r = spo("sql", "SELECT 1", lake=tmp_path / "missing")
+    assert r.returncode == 2 and "no lake" in r.stderr

@@ -1,0 +1,42 @@
+"""Q0 = beta * log(S0 + (1 - S0) exp(-1/beta)) (method doc, "Values")."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from spo_store.errors import SpoError
+from spo_train.losses import q0_from_success_rate
+from spo_train.q0 import DEFAULT_BETA, q0_value
+
+
+def test_endpoints_and_paper_beta():
+    assert q0_value(0, 800, DEFAULT_BETA) == -1.0
+    assert q0_value(800, 800, DEFAULT_BETA) == 0.0
+    assert math.exp(-1 / DEFAULT_BETA) == pytest.approx(1e-5)
+    # S0 = 1/2: beta * log(0.5 + 0.5e-5)
+    assert q0_value(400, 800, DEFAULT_BETA) == pytest.approx(DEFAULT_BETA * math.log(0.5 + 0.5e-5))
+
+
+@given(st.integers(1, 2000), st.data(), st.floats(0.01, 5.0))
+def test_matches_definition_and_loss_module(n, data, beta):
+    c = data.draw(st.integers(0, n))
+    s0 = c / n
+    direct = beta * math.log(s0 + (1 - s0) * math.exp(-1 / beta))
+    assert q0_value(c, n, beta) == pytest.approx(direct, abs=1e-9)
+    assert q0_value(c, n, beta) == pytest.approx(float(q0_from_success_rate(s0, beta)), abs=1e-9)
+    assert -1.0 - 1e-12 <= q0_value(c, n, beta) <= 0.0
+
+
+def test_monotone_in_successes():
+    values = [q0_value(c, 20, DEFAULT_BETA) for c in range(21)]
+    assert values == sorted(values)
+
+
+@pytest.mark.parametrize(("c", "n"), [(-1, 5), (6, 5), (0, 0)])
+def test_bad_counts(c, n):
+    with pytest.raises(SpoError):
+        q0_value(c, n, DEFAULT_BETA)
