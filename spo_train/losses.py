@@ -258,7 +258,7 @@ class SPODiagnostics:
     def to_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}
 
-    def __iter__(self):  # allows dict(diag) style use in loggers
+    def __iter__(self):  # `dict(diag)` gives the tensors, for loggers that take tensors
         for f in fields(self):
             yield f.name, getattr(self, f.name)
 
@@ -302,8 +302,9 @@ def _mc_term(
     mc_targets: Tensor,
     beta: float,
     eps: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per-sequence MC cross-entropy summed over that sequence's targets: `([B], n_active, n)`."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """MC cross-entropy (method doc item 5): `(per-sequence sum over targets [B],
+    number of clipped targets, number of targets)`."""
     if mc_positions.shape != mc_targets.shape or mc_positions.ndim != 2:
         raise ValueError("mc_positions and mc_targets must both be [B, K]")
     if mc_positions.shape[0] != q.shape[0]:
@@ -320,7 +321,7 @@ def _mc_term(
     per, clip = clipped_log_ce(q_t / beta, x, eps)
     per = torch.where(present, per, torch.zeros_like(per))
     n = present.sum()
-    return per.sum(-1), (clip & present).sum(), n, present
+    return per.sum(-1), (clip & present).sum(), n
 
 
 def spo_loss(
@@ -440,7 +441,7 @@ def spo_loss(
     mc_count = zero
     if mc_positions is not None:
         lengths = mask.sum(-1)
-        mc_per_seq, n_clip, n_mc, _ = _mc_term(q, q0f, lengths, mc_positions, mc_targets, beta, eps)
+        mc_per_seq, n_clip, n_mc = _mc_term(q, q0f, lengths, mc_positions, mc_targets, beta, eps)
         loss_mc = mc_per_seq.mean()
         mc_count = n_mc.to(dtype)
         mc_clip = n_clip.to(dtype) / n_mc.clamp(min=1).to(dtype)
