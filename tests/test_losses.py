@@ -32,6 +32,11 @@ from spo_train.losses import (
 PAPER_BETA = 1.0 / math.log(100000.0)
 DT = torch.float64
 
+# float(loss) on a graph-attached scalar is intended here (values are compared, then discarded).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Converting a tensor with requires_grad=True:UserWarning"
+)
+
 
 def make_batch(seed: int = 0, batch: int = 4, t_len: int = 7, dtype=DT):
     g = torch.Generator().manual_seed(seed)
