@@ -41,6 +41,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -217,11 +218,17 @@ def _minimal_binds() -> list[str]:
     if os.path.realpath(PYTHON) != PYTHON:
         binds += ["--symlink", os.path.basename(info["exe"]), PYTHON]
     binds += ["--ro-bind", info["stdlib"], info["stdlib"]]
-    libdirs = [os.path.join(info["libdir"], info["multiarch"])] if info["multiarch"] else []
-    libdirs += ["/usr/lib64"]
+    # Shared libraries: LIBDIR (Debian: /usr/lib/<multiarch>), the multiarch dirs, lib64
+    # (the loader lives there or links from there).
+    libdirs = [info["libdir"], "/usr/lib64"]
+    if info["multiarch"]:
+        libdirs += [f"/usr/lib/{info['multiarch']}", f"/lib/{info['multiarch']}"]
+    seen: set[str] = set()
     for d in libdirs:
-        if os.path.isdir(d) and not os.path.islink(d):
-            binds += ["--ro-bind", d, d]
+        real = os.path.realpath(d)
+        if os.path.isdir(real) and real not in seen:
+            seen.add(real)
+            binds += ["--ro-bind", real, real]
     _root_entries(binds)
     return binds
 
@@ -251,10 +258,15 @@ def _layout(bwrap: str) -> list[str]:
                 memory_limit_mb=128,
                 sandbox=(bwrap, binds),
             )
-            if res.results and res.results[0].status == "ok":
-                if res.results[0].stdout.strip() == "42":
-                    _layout_cache[bwrap] = binds
-                    return binds
+            if res.results and res.results[0].stdout.strip() == "42":
+                if errors:  # weaker isolation than designed: say so once per process
+                    warnings.warn(
+                        "sandbox: the minimal filesystem layout failed, binding all of /usr "
+                        f"read-only instead ({errors[0]})",
+                        stacklevel=3,
+                    )
+                _layout_cache[bwrap] = binds
+                return binds
             errors.append(f"{make.__name__}: {res.failure or res.results}")
         raise SpoError(
             "bubblewrap could not start the system Python in a sandbox ("
@@ -270,6 +282,7 @@ def _bwrap_argv(bwrap: str, binds: list[str], tmp_bytes: int) -> list[str]:
         bwrap,
         "--unshare-all",  # user, ipc, pid, net, uts, cgroup(-try) namespaces
         "--unshare-user",
+        "--disable-userns",  # no nested user namespaces: no capabilities to regain inside
         "--die-with-parent",
         "--new-session",
         "--as-pid-1",
@@ -297,6 +310,12 @@ def _bwrap_argv(bwrap: str, binds: list[str], tmp_bytes: int) -> list[str]:
         str(tmp_bytes),
         "--tmpfs",
         "/tmp",
+        # bwrap builds / and /dev as tmpfs without a size cap: make both read-only, so /tmp
+        # (size-capped) is the only writable place.
+        "--remount-ro",
+        "/dev",
+        "--remount-ro",
+        "/",
         "--chdir",
         "/tmp",
         "--",
