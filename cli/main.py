@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -45,6 +46,8 @@ def _register_all() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; bad input becomes one line on stderr and a non-zero exit, never a traceback."""
+    # transformers' own bars (weights loading, shard writing) would interleave with ours.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _register_all()
     command = typer.main.get_command(app)
     try:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from spo_store.errors import SpoError
-from spo_store.lake import Lake
+from spo_store.lake import Lake, utc_now
 from spo_store.maintenance import maybe_compact
 from spo_store.mixture import MixtureSampler, load_sources
 from spo_train.batch import ReferenceCache, pad_right
@@ -175,6 +175,7 @@ def _save_checkpoint(
     policy: torch.nn.Module,
     tokenizer: Any,
     optimizer: torch.optim.Optimizer,
+    scheduler: Any,
     state: dict[str, Any],
 ) -> Path:
     """Write checkpoint-<step> atomically (temp dir, rename, then the `latest` marker)."""
@@ -186,6 +187,7 @@ def _save_checkpoint(
     torch.save(
         {
             "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": np.random.get_state(),
             "python_rng": random.getstate(),
@@ -270,8 +272,8 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps))
     )
-    for _ in range(start_step):
-        scheduler.step()
+    if ckpt is not None:
+        scheduler.load_state_dict(state["scheduler"])
 
     rollout_model = copy.deepcopy(policy).eval().requires_grad_(False)
     rollout_gen = TransformersGenerator(rollout_model, tokenizer, device=config.device)
@@ -381,6 +383,7 @@ def train(
                         "traj_ids": batch.traj_ids,
                         "sources": batch.sources,
                         "seed": config.seed,
+                        "created_at": utc_now(),
                     }
                 ],
             )
@@ -459,6 +462,7 @@ def train(
                     policy,
                     tokenizer,
                     optimizer,
+                    scheduler,
                     {
                         "step": step + 1,
                         "run_id": run_id,
