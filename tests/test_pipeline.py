@@ -1,0 +1,338 @@
+"""SPO pipeline on real parts: a tiny random Llama saved to disk, a real lake, the real sandbox.
+
+Covers Q0 estimation (resume and sample reuse), the reference log-prob cache (a second run
+skips the reference forward; another tokenizer never reads stale ids), `spo eval --json`, and
+`spo train` surviving `kill -9` with `--resume`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from spo_store.ingest import ingest_human_solutions
+from spo_store.lake import Lake
+from tests.conftest import write_jsonl
+
+PROBLEMS = [
+    {
+        "name": f"add{k}",
+        "statement": f"Read an integer n and print n + {k}.",
+        "split": "train",
+        "tests": [{"input": f"{i}\n", "output": f"{i + k}\n"} for i in range(3)],
+        "solutions": [f"print(int(input()) + {k})", f"n = int(input())\nprint(n + {k})"],
+        "incorrect_solutions": [f"print(int(input()) - {k})"],
+    }
+    for k in range(1, 5)
+] + [
+    {
+        "name": "double",
+        "statement": "Read n, print 2n.",
+        "split": "valid",
+        "tests": [{"input": "2\n", "output": "4\n"}],
+        "solutions": ["print(2*int(input()))"],
+    },
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-model")
+    texts = [p["statement"] for p in PROBLEMS] + [s for p in PROBLEMS for s in p["solutions"]] * 5
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<pad>", "<s>", "</s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    fast.save_pretrained(out)
+    cfg = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def small_lake(tmp_path) -> Lake:
+    lake = Lake.open(tmp_path / "lake")
+    ingest_human_solutions(lake, [write_jsonl(tmp_path / "p.jsonl", PROBLEMS)])
+    return lake
+
+
+def _generator(model_dir: Path):
+    from spo_train.generation import TransformersGenerator
+    from spo_train.models import load_model_and_tokenizer, model_identity, tokenizer_identity
+
+    model, tok = load_model_and_tokenizer(model_dir)
+    return (
+        TransformersGenerator(model, tok),
+        tok,
+        model_identity(model_dir),
+        tokenizer_identity(tok),
+        model,
+    )
+
+
+def test_estimate_q0_is_resumable_and_reuses_samples(small_lake, tiny_model):
+    from spo_train.q0 import estimate_q0, q0_value
+    from spo_train.rollout import SamplerSettings, load_problems, sample_and_judge
+
+    gen, tok, model_id, tok_id, _ = _generator(tiny_model)
+    settings = SamplerSettings(n=3, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=0)
+    first = estimate_q0(
+        small_lake,
+        gen,
+        tok,
+        where="p.split = 'train'",
+        settings=settings,
+        model_id=model_id,
+        tokenizer_id=tok_id,
+        limit=2,
+        chunk_problems=1,
+    )
+    assert first.problems == 2 and first.samples == 6
+    done = small_lake.sql(
+        "SELECT problem_id, q0_run_id FROM problems WHERE q0 IS NOT NULL ORDER BY 1"
+    ).to_dicts()
+    assert len(done) == 2 and {d["q0_run_id"] for d in done} == {first.run_id}
+    # A run killed between its two commits: samples are in the lake, q0 is not. Simulate it.
+    third = load_problems(small_lake, "p.split = 'train' AND p.q0 IS NULL")[0]
+    rows = sample_and_judge(
+        gen,
+        tok,
+        [third],
+        settings,
+        source="pi0",
+        run_id="killed",
+        model_id=model_id,
+        tokenizer_id=tok_id,
+        ref_model_id=model_id,
+    )
+    small_lake.append("trajectories", rows)
+    second = estimate_q0(
+        small_lake,
+        gen,
+        tok,
+        where="p.split = 'train'",
+        settings=settings,
+        model_id=model_id,
+        tokenizer_id=tok_id,
+        chunk_problems=1,
+    )
+    assert (
+        second.problems == 2 and second.reused == 3 and second.samples == 3
+    )  # only the 4th is sampled
+    got = small_lake.sql(
+        "SELECT p.problem_id, p.q0, p.q0_samples, p.q0_successes, count(t.traj_id) AS n FROM problems p JOIN trajectories t ON t.problem_id = p.problem_id AND t.source = 'pi0' WHERE p.split = 'train' GROUP BY ALL"
+    ).to_dicts()
+    assert len(got) == 4
+    for r in got:
+        assert r["n"] == r["q0_samples"] == 3
+        assert r["q0"] == pytest.approx(
+            q0_value(r["q0_successes"], 3, 1 / __import__("math").log(1e5))
+        )
+    # pi_0 samples carry reference log-probs (the sampler is pi_0 at temperature 1).
+    assert (
+        small_lake.sql(
+            "SELECT count(*) AS n FROM trajectories WHERE source = 'pi0' AND ref_logprobs IS NULL"
+        )["n"][0]
+        == 0
+    )
+
+
+def test_reference_cache_second_run_skips_forward(small_lake, tiny_model):
+    import torch
+
+    from spo_train.batch import ReferenceCache
+    from spo_train.rollout import load_problems
+
+    _, tok, model_id, tok_id, model = _generator(tiny_model)
+    problems = {p["problem_id"]: p for p in load_problems(small_lake, "TRUE")}
+    for p in problems.values():
+        p["q0"] = -0.5
+    rows = small_lake.dataset("trajectories").to_table(filter="source = 'human'")
+    first = ReferenceCache(small_lake, tok, tok_id, model, model_id, "run-a")
+    a = first.prepare(rows, problems)
+    assert first.ref_forward_rows == rows.num_rows and a.cache_hits == 0
+    second = ReferenceCache(small_lake, tok, tok_id, model, model_id, "run-b")
+    b = second.prepare(rows, problems)
+    assert second.ref_forward_rows == 0 and b.cache_hits == rows.num_rows
+    assert b.response_ids == a.response_ids and b.ref_logprobs == a.ref_logprobs
+    assert all(len(lp) == len(ids) for lp, ids in zip(b.ref_logprobs, b.response_ids, strict=True))
+    # The cached log-probs are the reference model's own.
+    from spo_train.logprobs import response_logprobs
+
+    with torch.no_grad():
+        lp, mask = response_logprobs(
+            model,
+            a.prompt_ids[:2],
+            a.response_ids[:2],
+            pad_token_id=tok.pad_token_id,
+            requires_grad=False,
+        )
+    assert lp[0][mask[0]].tolist() == pytest.approx(b.ref_logprobs[0], abs=1e-5)
+    # Another tokenizer (or reference model) identity never reads these entries.
+    other = ReferenceCache(small_lake, tok, "another-tokenizer", model, model_id, "run-c")
+    other.prepare(rows, problems)
+    assert other.ref_forward_rows == rows.num_rows
+
+
+def _spo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["spo", *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+def test_eval_json_last_line(small_lake, tiny_model, tmp_path):
+    r = _spo(
+        "eval",
+        "--model",
+        str(tiny_model),
+        "--lake",
+        small_lake.uri,
+        "--split",
+        "train",
+        "--n",
+        "3",
+        "--k",
+        "1,3",
+        "--max-new-tokens",
+        "8",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(result) >= {"pass@1", "pass@3", "problems", "samples", "correct"}
+    assert result["problems"] == 4 and result["samples"] == 12
+    assert 0 <= result["pass@1"] <= result["pass@3"] <= 1
+    stored = small_lake.sql("SELECT count(*) AS n FROM trajectories WHERE source = 'eval'")["n"][0]
+    assert stored == 12
+    assert (
+        small_lake.sql("SELECT count(*) AS n FROM metrics WHERE name LIKE 'eval/%pass@3'")["n"][0]
+        == 1
+    )
+    bad = _spo("eval", "--model", str(tmp_path / "nope"), "--lake", small_lake.uri, cwd=tmp_path)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_train_without_q0_names_estimate_q0(small_lake, tiny_model, tmp_path):
+    r = _spo(
+        "train",
+        "--model",
+        str(tiny_model),
+        "--lake",
+        small_lake.uri,
+        "--steps",
+        "1",
+        "--output",
+        str(tmp_path / "o"),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2 and "spo estimate-q0" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_train_survives_kill9_and_resumes(small_lake, tiny_model, tmp_path):
+    from spo_train.q0 import estimate_q0
+    from spo_train.rollout import SamplerSettings
+
+    gen, tok, model_id, tok_id, _ = _generator(tiny_model)
+    estimate_q0(
+        small_lake,
+        gen,
+        tok,
+        where="p.split = 'train'",
+        settings=SamplerSettings(2, 1.0, 1.0, 8, 0),
+        model_id=model_id,
+        tokenizer_id=tok_id,
+    )
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--model",
+        str(tiny_model),
+        "--lake",
+        small_lake.uri,
+        "--steps",
+        "6",
+        "--batch-size",
+        "4",
+        "--rollout-n",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--checkpoint-every",
+        "2",
+        "--output",
+        str(out),
+        "--eval-problems",
+        "1",
+        "--eval-n",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        ["spo", *args],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "latest").exists():
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (out / "latest").exists(), "no checkpoint before the deadline"
+    killed_at = (out / "latest").read_text()
+    assert killed_at != "checkpoint-000006", "the run finished before it could be killed"
+    run_id = json.loads((out / "run.json").read_text())["run_id"]
+    r = _spo(*args, "--resume", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"resumed run {run_id} from {killed_at}" in r.stderr.replace("\n", " ")
+    assert (out / "latest").read_text() == "checkpoint-000006"
+    steps = set(
+        small_lake.sql(
+            f"SELECT DISTINCT step FROM metrics WHERE run_id = '{run_id}' AND name = 'train/loss'"
+        )["step"]
+    )
+    assert steps == set(range(6))
+    assert (
+        small_lake.sql(f"SELECT status FROM runs WHERE run_id = '{run_id}'")["status"][0]
+        == "completed"
+    )
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    # The same (seed, step) after resume draws the same offline ids as the killed run did.
+    batches = small_lake.sql(
+        f"SELECT step, traj_ids, sources FROM batches WHERE run_id = '{run_id}' ORDER BY created_at"
+    ).to_dicts()
+    by_step: dict[int, list] = {}
+    for b in batches:
+        offline = [t for t, s in zip(b["traj_ids"], b["sources"], strict=True) if s == "offline"]
+        by_step.setdefault(b["step"], []).append(offline)
+    for repeats in by_step.values():
+        assert all(x == repeats[0] for x in repeats)
