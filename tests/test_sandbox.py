@@ -313,3 +313,54 @@ def test_unsafe_mode_keeps_rlimits_and_wall_clock():
     assert r.status == "memory_limit"
     v = judge_batch([JudgeJob(ECHO_SUM, [("1 2", "3"), ("4", "5")])], unsafe_no_sandbox=True)
     assert v[0].status == "wrong_answer" and v[0].passed_tests == 1
+
+
+# ------------------------------------------------------------------ `spo judge`
+
+
+def _spo(argv: list[str], capsys) -> tuple[int, str, str]:
+    from spo_cli.main import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    out = capsys.readouterr()
+    return info.value.code, out.out, out.err
+
+
+def test_cli_judge_with_tests_file(tmp_path, capsys):
+    prog = tmp_path / "add.py"
+    prog.write_text("a, b = map(int, input().split())\nprint(a + b)\n")
+    tests = tmp_path / "tests.json"
+    tests.write_text('[{"input": "1 2", "output": "3"}, {"input": "5 5\\n", "output": "10\\n"}]')
+    code, out, _ = _spo(["judge", str(prog), "--tests", str(tests)], capsys)
+    assert code == 0 and "PASSED 2/2" in out
+
+    tests.write_text(
+        '[{"input": "2 2", "output": "5"}, {"input": "1 1", "output": "2"}, '
+        '{"input": "x", "output": "1"}]'
+    )
+    code, out, _ = _spo(["judge", str(prog), "--tests", str(tests), "--time-limit", "1"], capsys)
+    assert code == 1
+    assert "FAILED (wrong_answer) 1/3" in out  # every test ran: no stop at the first failure
+    assert "wrong_answer" in out and "runtime_error" in out and "ValueError" in out
+
+
+@pytest.mark.parametrize(
+    "setup,message",
+    [
+        (lambda d: ([str(d / "missing.py"), "--tests", str(d / "t.json")]), "not found"),
+        (lambda d: ([str(d / "bin.py"), "--tests", str(d / "t.json")]), "not valid UTF-8"),
+        (lambda d: ([str(d / "add.py")]), "exactly one of --tests"),
+        (lambda d: ([str(d / "add.py"), "--tests", str(d / "bad.json")]), "not valid JSON"),
+        (lambda d: ([str(d / "add.py"), "--tests", str(d / "shape.json")]), "item 0"),
+    ],
+)
+def test_cli_judge_bad_input_is_one_line_exit_2(tmp_path, capsys, setup, message):
+    (tmp_path / "add.py").write_text("print(1)\n")
+    (tmp_path / "bin.py").write_bytes(b"print(1)\n\xff\xfe\n")
+    (tmp_path / "t.json").write_text('[{"input": "", "output": "1"}]')
+    (tmp_path / "bad.json").write_text("[{")
+    (tmp_path / "shape.json").write_text('[{"input": 1, "output": "1"}]')
+    code, _, err = _spo(["judge", *setup(tmp_path)], capsys)
+    assert code == 2
+    assert message in err and err.strip().count("\n") == 0
