@@ -35,13 +35,16 @@ lake_app = typer.Typer(
 
 
 def progress_bar() -> Progress:
+    # Only on a terminal: piped stderr gets just the result or the one-line error.
+    err = Console(stderr=True)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
+        console=err,
         transient=False,
+        disable=not err.is_terminal,
     )
 
 
