@@ -7,6 +7,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from typer._click import exceptions as click_exceptions  # typer vendors its own click
 
 from spo_store.errors import SpoError
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except SpoError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        # The message is plain text: brackets in it (`[train]`) must not be read as rich markup.
+        err_console.print(Text.assemble(("error: ", "red"), str(exc)), highlight=False, soft_wrap=True)
         sys.exit(2)
 
 
