@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -55,6 +56,18 @@ def progress() -> Progress:
         TimeRemainingColumn(),
         console=console,
     )
+
+
+def advance_with_rate(bar: Progress, task: Any, unit: str) -> Callable[[int], None]:
+    """A callback that advances `task` by n and shows the rate in `unit`/s."""
+
+    def advance(n: int) -> None:
+        bar.advance(task, n)
+        t = bar.tasks[task]
+        if t.elapsed:
+            bar.update(task, rate=f"{t.completed / t.elapsed:.1f} {unit}/s")
+
+    return advance
 
 
 def load_generator(
@@ -144,12 +157,6 @@ def estimate_q0_cmd(
         ptask = bar.add_task("problems", total=todo, rate="")
         stask = bar.add_task("samples", total=todo * samples, rate="")
 
-        def on_samples(n: int) -> None:
-            bar.advance(stask, n)
-            task = bar.tasks[stask]
-            if task.elapsed:
-                bar.update(stask, rate=f"{task.completed / task.elapsed:.1f} samples/s")
-
         report = estimate_q0(
             lk,
             gen,
@@ -163,7 +170,7 @@ def estimate_q0_cmd(
             limit=limit,
             workers=workers,
             on_problems=lambda n: bar.advance(ptask, n),
-            on_samples=on_samples,
+            on_samples=advance_with_rate(bar, stask, "samples"),
             unsafe_no_sandbox=unsafe_no_sandbox,
         )
     mean_s0 = report.successes / max(1, sum(p["n"] for p in report.per_problem))
@@ -225,12 +232,6 @@ def eval_cmd(
     with progress() as bar:
         task = bar.add_task("samples", total=len(problems) * n, rate="")
 
-        def on_samples(count: int) -> None:
-            bar.advance(task, count)
-            t = bar.tasks[task]
-            if t.elapsed:
-                bar.update(task, rate=f"{t.completed / t.elapsed:.1f} samples/s")
-
         try:
             result = evaluate(
                 lk,
@@ -244,7 +245,7 @@ def eval_cmd(
                 tokenizer_id=tok_id,
                 split=None if where else split,
                 workers=workers,
-                on_samples=on_samples,
+                on_samples=advance_with_rate(bar, task, "samples"),
                 unsafe_no_sandbox=unsafe_no_sandbox,
             )
         except BaseException:

@@ -19,28 +19,19 @@ from typing import Any
 
 from spo_store.errors import SpoError
 from spo_store.lake import Lake, sql_quote
+from spo_train.losses import q0_from_success_rate
 from spo_train.rollout import SamplerSettings, load_problems, sample_and_judge
 
 DEFAULT_BETA = 1.0 / math.log(100000.0)
 
 
 def q0_value(successes: int, samples: int, beta: float) -> float:
-    """beta * log(S0 + (1 - S0) exp(-1/beta)), computed in log space (S0 = successes/samples)."""
+    """beta * log(S0 + (1 - S0) exp(-1/beta)) with S0 = successes/samples (counts checked)."""
     if samples <= 0 or not 0 <= successes <= samples:
         raise SpoError(
             f"q0 needs 0 <= successes <= samples and samples > 0, got {successes}/{samples}"
         )
-    s0 = successes / samples
-    if s0 == 0:
-        return -1.0
-    if s0 == 1:
-        return 0.0
-    return beta * float(_logaddexp(math.log(s0), math.log1p(-s0) - 1.0 / beta))
-
-
-def _logaddexp(a: float, b: float) -> float:
-    hi = max(a, b)
-    return hi + math.log(math.exp(a - hi) + math.exp(b - hi))
+    return float(q0_from_success_rate(successes / samples, beta))
 
 
 @dataclass
