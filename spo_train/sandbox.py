@@ -1,32 +1,38 @@
 """Sandboxed judge for untrusted Python 3 stdin/stdout programs.
 
 One bubblewrap sandbox per program; inside it a small stdlib-only driver
-(`spo_train/sandbox_driver.py`, passed as `python3 -I -c <text>`) forks once per test, applies
-rlimits in the child and reports one JSON line per test. Expected outputs stay on the host and
-are compared here, token by token.
+(`spo_train/sandbox_driver.py`, run by the system `/usr/bin/python3 -I -S`, passed on the
+command line as bytecode, never as a file) forks once per test, applies rlimits in the child
+and reports each result as a binary frame. Expected outputs stay on the host and are compared
+here, token by token; the sandbox only ever sees the program and the test inputs.
 
 Isolation (see `_bwrap_argv`):
-- bwrap itself is started as host uid/gid 65534 (nobody) when we are root, so the program is
-  an unprivileged user on the host too: it cannot read root-only files even through a bind
-  mount, and RLIMIT_NPROC applies (it is ignored for uid 0). In the sandbox it is uid 65534
-  with every capability dropped and no-new-privs.
-- `--unshare-all`: own user, mount, PID, network (loopback only, down), IPC, UTS and cgroup
-  namespaces; `--die-with-parent`, `--new-session`, `--clearenv`.
+- When we are root, bwrap is started through `setpriv` as host uid/gid 65534 (nobody): the
+  program is an unprivileged user on the host too, cannot read root-only files even through a
+  bind mount, and RLIMIT_NPROC applies to it (it is ignored for uid 0). In the sandbox it is
+  uid 65534 with every capability dropped, no-new-privs, and no nested user namespaces.
+- `--unshare-all`: own user, mount, PID, network (an unconfigured loopback only), IPC, UTS and
+  cgroup namespaces; `--die-with-parent`, `--new-session`, `--clearenv`.
 - `--as-pid-1`: the driver is the namespace's init, so the program cannot kill it (signals from
   inside the namespace to init are dropped), and `kill(-1, SIGKILL)` from the driver reaches
-  exactly the test's leftovers. The driver also makes itself non-dumpable (no ptrace, no
-  /proc/1/fd), and its protocol pipes are host-created (root-owned, not re-openable by uid
-  65534), so a program cannot forge results.
-- Filesystem: read-only binds of only what `/usr/bin/python3` needs (the interpreter, its
-  stdlib, the shared-library directory, the loader), fresh `/proc` and `/dev`, and a private
-  tmpfs `/tmp` with a size cap (bwrap 0.8 supports `--size` before `--tmpfs`). No /etc, /root,
-  /home, /work, no project or lake files, no shell. If that minimal layout cannot start Python
-  on some system, the whole of /usr is bound read-only instead (checked once per process).
-- Per test (in the child): RLIMIT_AS (memory), RLIMIT_CPU (backstop; the driver polls CPU
-  time every 20 ms), RLIMIT_FSIZE, RLIMIT_NPROC (per sandbox: on Linux >= 5.14 the count is per
-  user namespace, and each sandbox has its own), RLIMIT_NOFILE, no core files; stdout is capped
-  by the driver; a wall-clock limit per test in the driver and a host-side watchdog that kills
-  bwrap's process group (the driver, PID 1, then takes the whole namespace with it).
+  exactly the test's leftovers (double-forked `setsid` daemons included). The driver makes
+  itself non-dumpable (no ptrace, no /proc/1/{mem,fd}), and its protocol pipes are host-created
+  (root-owned, not re-openable by uid 65534), so a program cannot forge results.
+- Filesystem: a read-only root holding read-only binds of only what `/usr/bin/python3` needs
+  (the interpreter, its stdlib, the shared-library directory, the loader), /dev/{null,zero,
+  random,urandom}, a fresh /proc, and a private tmpfs /tmp capped at 65 MiB (bwrap 0.8 supports
+  `--size` before `--tmpfs`), emptied between tests. No /etc, /root, /home, /work, no project
+  or lake files, no shell or other binaries. If that layout cannot start Python on some system,
+  all of /usr is bound read-only instead (checked once per process, with a warning).
+- Per test (in the child): RLIMIT_AS = memory limit on top of what the forked interpreter
+  already maps, RLIMIT_CPU (backstop; the driver polls CPU time every 20 ms), RLIMIT_FSIZE
+  64 MiB, RLIMIT_NPROC 32 (processes and threads; the count is per user namespace on Linux >=
+  5.14, so each sandbox has its own), RLIMIT_NOFILE 256, no core files; stdout and stderr are
+  capped by the driver (`output_limit`); a wall-clock limit of 1.5 x time limit + 1 s in the
+  driver, and a host-side watchdog 5 s later that kills the driver (PID 1: the whole namespace
+  dies with it).
+
+Speed (see BENCHMARKS.md, "Judge"): a sandbox costs ~20-30 ms to start and a test ~2-3 ms.
 """
 
 from __future__ import annotations
@@ -669,7 +675,7 @@ def _run_session(
             outcome.compile_error = text.decode("utf-8", "replace")
             return outcome
         for i, text in enumerate(inputs):
-            data = text.encode("utf-8", "surrogateescape")
+            data = _encode_input(text)
             started = time.monotonic()
             deadline = started + wall + HOST_SLACK_S + len(data) / 50e6
             parsed = None
@@ -707,6 +713,18 @@ def _run_session(
                     pass
         if workdir_host is not None:
             shutil.rmtree(workdir_host, ignore_errors=True)
+
+
+def ensure_sandbox() -> None:
+    """Raise SpoError unless bubblewrap can run the system Python here (checked once)."""
+    _sandbox_for(False)
+
+
+def _encode_input(text: str) -> bytes:
+    try:
+        return text.encode("utf-8", "surrogateescape")  # round-trips undecodable input bytes
+    except UnicodeEncodeError:  # other lone surrogates: no byte form exists
+        return text.encode("utf-8", "replace")
 
 
 def _sandbox_for(unsafe_no_sandbox: bool) -> tuple[str, list[str]] | None:

@@ -8,16 +8,28 @@ a unique marker in its command line; /proc on the host must show neither afterwa
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from spo_train.sandbox import JudgeJob, judge, judge_batch, run_program
+from spo_store.errors import SpoError
+from spo_train.sandbox import JudgeJob, ensure_sandbox, judge, judge_batch, run_program
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+
+def _sandbox_skip_reason() -> str | None:
+    """Why the sandbox cannot run here (no bwrap, no user namespaces...), or None."""
+    try:
+        ensure_sandbox()
+    except SpoError as exc:
+        return str(exc)
+    return None
+
+
+_SKIP = _sandbox_skip_reason()
+
+pytestmark = pytest.mark.skipif(_SKIP is not None, reason=f"sandbox unavailable: {_SKIP}")
 
 PRELUDE = (
     "import os, sys\n"

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 
-from spo_train.sandbox import JudgeJob, judge, judge_batch
+from spo_store.errors import SpoError
+from spo_train.sandbox import JudgeJob, ensure_sandbox, judge, judge_batch
+
+
+def _sandbox_skip_reason() -> str | None:
+    """Why the sandbox cannot run here (no bwrap, no user namespaces...), or None."""
+    try:
+        ensure_sandbox()
+    except SpoError as exc:
+        return str(exc)
+    return None
+
+
+_SKIP = _sandbox_skip_reason()
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SAMPLE = DATA / "code_contests_sample.parquet"
 
 pytestmark = [
-    pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed"),
+    pytest.mark.skipif(_SKIP is not None, reason=f"sandbox unavailable: {_SKIP}"),
     pytest.mark.skipif(
         not SAMPLE.exists(), reason=f"real CodeContests sample not found at {SAMPLE}"
     ),

@@ -11,13 +11,25 @@ from spo_store.errors import SpoError
 from spo_train import sandbox
 from spo_train.sandbox import (
     JudgeJob,
+    ensure_sandbox,
     judge,
     judge_batch,
     outputs_match,
     run_program,
 )
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+
+def _sandbox_skip_reason() -> str | None:
+    """Why the sandbox cannot run here (no bwrap, no user namespaces...), or None."""
+    try:
+        ensure_sandbox()
+    except SpoError as exc:
+        return str(exc)
+    return None
+
+
+_SKIP = _sandbox_skip_reason()
+needs_sandbox = pytest.mark.skipif(_SKIP is not None, reason=f"sandbox unavailable: {_SKIP}")
 
 ECHO_SUM = "import sys\nprint(sum(map(int, sys.stdin.read().split())))\n"
 
@@ -25,6 +37,7 @@ ECHO_SUM = "import sys\nprint(sum(map(int, sys.stdin.read().split())))\n"
 # ------------------------------------------------------------------ run_program: statuses
 
 
+@needs_sandbox
 def test_ok_with_stdin_and_stdout():
     r = run_program("name = input()\nprint(f'hello {name}')\n", "world\n")
     assert r.status == "ok"
@@ -33,12 +46,14 @@ def test_ok_with_stdin_and_stdout():
     assert 0 < r.wall_s < 2
 
 
+@needs_sandbox
 def test_stdin_without_trailing_newline_and_unicode():
     r = run_program("s = input()\nprint(len(s), s[::-1])\n", "héllo ✓")
     assert r.status == "ok"
     assert r.stdout == "7 ✓ olléh\n"
 
 
+@needs_sandbox
 def test_large_stdin_is_passed_whole():
     data = "\n".join(str(i) for i in range(600_000)) + "\n"  # about 4 MB
     r = run_program(ECHO_SUM, data, time_limit_s=5)
@@ -46,6 +61,7 @@ def test_large_stdin_is_passed_whole():
     assert int(r.stdout) == sum(range(600_000))
 
 
+@needs_sandbox
 def test_runtime_error_keeps_traceback_and_exit_code():
     r = run_program("def f(x):\n    return 1 // x\nprint('before')\nf(0)\n", "")
     assert r.status == "runtime_error"
@@ -55,6 +71,7 @@ def test_runtime_error_keeps_traceback_and_exit_code():
     assert "sandbox_driver" not in r.stderr and "_child" not in r.stderr
 
 
+@needs_sandbox
 def test_sys_exit_semantics():
     assert run_program("import sys\nsys.exit(0)", "").status == "ok"
     assert run_program("exit()", "").status == "ok"  # the site builtin many solutions use
@@ -64,12 +81,14 @@ def test_sys_exit_semantics():
     assert (r.status, r.exit_code, r.stderr) == ("runtime_error", 1, "bye\n")
 
 
+@needs_sandbox
 def test_syntax_error_is_a_runtime_error_for_run_program():
     r = run_program("def f(:\n    pass\n", "")
     assert r.status == "runtime_error"
     assert "SyntaxError" in r.stderr
 
 
+@needs_sandbox
 def test_busy_loop_is_time_limit_at_cpu_limit():
     t0 = time.monotonic()
     r = run_program("while True:\n    pass\n", "", time_limit_s=0.5)
@@ -78,6 +97,7 @@ def test_busy_loop_is_time_limit_at_cpu_limit():
     assert time.monotonic() - t0 < 5
 
 
+@needs_sandbox
 def test_sleep_is_time_limit_by_wall_clock():
     t0 = time.monotonic()
     r = run_program("import time\ntime.sleep(60)\n", "", time_limit_s=0.5)
@@ -86,6 +106,7 @@ def test_sleep_is_time_limit_by_wall_clock():
     assert 1.0 < time.monotonic() - t0 < 6  # wall limit = 1.5 x 0.5 + 1 s
 
 
+@needs_sandbox
 def test_cpu_over_limit_but_finished_is_still_time_limit():
     # Finishes in about 0.4 s of CPU, above a 0.2 s limit; RLIMIT_CPU alone (whole seconds)
     # would let it pass.
@@ -93,18 +114,21 @@ def test_cpu_over_limit_but_finished_is_still_time_limit():
     assert run_program(src, "", time_limit_s=0.2).status == "time_limit"
 
 
+@needs_sandbox
 def test_memory_limit():
     r = run_program("x = bytearray(512 * 1024 * 1024)\nprint(len(x))\n", "", memory_limit_mb=128)
     assert r.status == "memory_limit"
     assert r.stdout == ""
 
 
+@needs_sandbox
 def test_memory_below_limit_is_fine():
     r = run_program("x = bytearray(100 * 1024 * 1024)\nprint(len(x))\n", "", memory_limit_mb=128)
     assert r.status == "ok", r.stderr
     assert r.stdout.strip() == str(100 * 1024 * 1024)
 
 
+@needs_sandbox
 def test_output_limit():
     src = "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n"
     t0 = time.monotonic()
@@ -113,6 +137,7 @@ def test_output_limit():
     assert time.monotonic() - t0 < 5
 
 
+@needs_sandbox
 def test_non_daemon_threads_are_waited_for_like_cpython():
     src = (
         "import sys, threading\n"
@@ -126,6 +151,7 @@ def test_non_daemon_threads_are_waited_for_like_cpython():
     assert r.stdout == "50000\n"
 
 
+@needs_sandbox
 def test_program_runs_as_nobody_in_empty_tmp_with_clear_env():
     src = "import os\nprint(os.getuid(), os.getgid(), os.getcwd(), os.listdir('.'))\n"
     r = run_program(src, "")
@@ -174,6 +200,7 @@ def test_outputs_match_float_tolerance():
 # ------------------------------------------------------------------ judge
 
 
+@needs_sandbox
 def test_judge_passes_with_whitespace_differences():
     tests = [("1 2\n", "3\n"), ("5\n6\n7\n", "18"), ("0", " 0 \n\n")]
     v = judge(ECHO_SUM, tests)
@@ -182,11 +209,13 @@ def test_judge_passes_with_whitespace_differences():
     assert [t.status for t in v.tests] == ["ok", "ok", "ok"]
 
 
+@needs_sandbox
 def test_judge_line_breaks_versus_spaces():
     src = "n = int(input())\nprint(*range(n), sep='\\n')\n"
     assert judge(src, [("4\n", "0 1 2 3\n")]).passed
 
 
+@needs_sandbox
 def test_judge_stops_at_first_failure():
     src = "n = int(input())\nprint(n * 2 if n != 2 else 0)\n"
     tests = [(str(i), str(2 * i)) for i in range(1, 6)]
@@ -201,6 +230,7 @@ def test_judge_stops_at_first_failure():
     assert [t.passed for t in v.tests] == [True, False, True, True, True]
 
 
+@needs_sandbox
 def test_judge_first_failure_status_is_reported():
     src = "n = int(input())\nif n == 3:\n    raise ValueError(n)\nprint(n)\n"
     v = judge(src, [("1", "1"), ("3", "3"), ("4", "5")], stop_on_first_failure=False)
@@ -209,12 +239,14 @@ def test_judge_first_failure_status_is_reported():
     assert "ValueError" in v.tests[1].stderr
 
 
+@needs_sandbox
 def test_judge_float_tolerance():
     src = "print(1 / 3)\n"
     assert not judge(src, [("", "0.333333")]).passed
     assert judge(src, [("", "0.333333")], float_tolerance=1e-6).passed
 
 
+@needs_sandbox
 def test_judge_compile_error():
     v = judge("print('unclosed\n", [("", "x")] * 3)
     assert not v.passed and v.status == "compile_error"
@@ -222,11 +254,13 @@ def test_judge_compile_error():
     assert "SyntaxError" in v.detail
 
 
+@needs_sandbox
 def test_judge_time_limit_status():
     v = judge("while True: pass\n", [("", "1")], time_limit_s=0.3)
     assert v.status == "time_limit" and not v.passed
 
 
+@needs_sandbox
 def test_each_test_starts_with_an_empty_tmp():
     src = (
         "import os\n"
@@ -242,6 +276,7 @@ def test_each_test_starts_with_an_empty_tmp():
 # ------------------------------------------------------------------ judge_batch
 
 
+@needs_sandbox
 def test_judge_batch_preserves_order_and_reports_progress():
     jobs = []
     for i in range(8):
@@ -256,6 +291,7 @@ def test_judge_batch_preserves_order_and_reports_progress():
     assert seen == [1] * len(jobs)
 
 
+@needs_sandbox
 def test_judge_batch_one_bad_job_does_not_kill_the_batch():
     jobs = [
         JudgeJob("print(1)", [("", "1")]),
@@ -275,6 +311,7 @@ def test_judge_batch_one_bad_job_does_not_kill_the_batch():
     assert "limit" in verdicts[1].detail
 
 
+@needs_sandbox
 def test_judge_batch_empty_and_stop_flag():
     assert judge_batch([]) == []
     job = JudgeJob("print(0)", [("", "1"), ("", "0")])
@@ -327,6 +364,7 @@ def _spo(argv: list[str], capsys) -> tuple[int, str, str]:
     return info.value.code, out.out, out.err
 
 
+@needs_sandbox
 def test_cli_judge_with_tests_file(tmp_path, capsys):
     prog = tmp_path / "add.py"
     prog.write_text("a, b = map(int, input().split())\nprint(a + b)\n")
