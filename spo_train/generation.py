@@ -135,11 +135,13 @@ class TransformersGenerator:
         batch_size: int = 64,
         device: str | None = None,
         stop_strings: Sequence[str] | None = None,
+        growable_cache: bool = True,
     ) -> None:
         import torch
 
         from spo_train.prompting import stop_strings_for
 
+        self.growable_cache = growable_cache
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = int(batch_size)
@@ -212,7 +214,6 @@ class TransformersGenerator:
         self, chunk, prompt_ids, temps, top_p, max_new_tokens, seed
     ) -> list[Sample]:
         import torch
-        from transformers import DynamicCache
 
         dev = self.device
         unique = sorted({i for i, _ in chunk})
@@ -231,7 +232,7 @@ class TransformersGenerator:
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
 
         with torch.inference_mode():
-            cache = DynamicCache(config=self.model.config)
+            cache = _new_cache(self.model.config, growable=self.growable_cache)
             outp = self.model(
                 input_ids=ids,
                 attention_mask=mask,
@@ -348,6 +349,100 @@ class TransformersGenerator:
             return False
         tail = self.tokenizer.decode(ids[-self._stop_window :], skip_special_tokens=True)
         return any(s in tail for s in self.stop_strings)
+
+
+def _new_cache(config, growable: bool = True):
+    """A KV cache for one batch: transformers' DynamicCache whose plain layers grow in place.
+
+    DynamicCache appends by ``torch.cat`` (a full copy of the cache every step: memory traffic
+    that dominates decoding for small models). Where this transformers version exposes cache
+    layers, plain ``DynamicLayer`` s are swapped for :class:`_GrowingLayer` s (amortised
+    in-place appends); anything else (sliding-window layers, older versions) stays as it is.
+    """
+    from transformers import DynamicCache
+
+    try:
+        cache = DynamicCache(config=config)
+    except TypeError:  # transformers < 4.56
+        return DynamicCache()
+    if not growable:
+        return cache
+    layer_cls = _growing_layer_class()
+    layers = getattr(cache, "layers", None)
+    if layer_cls is None or not isinstance(layers, list):
+        return cache
+    base = layer_cls.__mro__[1]
+    cache.layers = [layer_cls() if type(layer) is base else layer for layer in layers]
+    return cache
+
+
+_GROWING_LAYER = None
+
+
+def _growing_layer_class():
+    global _GROWING_LAYER
+    if _GROWING_LAYER is not None:
+        return _GROWING_LAYER
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:
+        return None
+    import torch
+
+    class _GrowingLayer(DynamicLayer):
+        """A DynamicLayer whose keys/values are views of buffers with spare capacity."""
+
+        block = 64
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = key_states.shape[-2]
+            length = self.get_seq_length()
+            buf_k = getattr(self, "_buf_k", None)
+            if (
+                buf_k is None
+                or length + n > buf_k.shape[-2]
+                or buf_k.shape[0] != key_states.shape[0]
+            ):
+                cap = max(length + n + self.block, 2 * length)
+                shape_k = (*key_states.shape[:2], cap, key_states.shape[-1])
+                shape_v = (*value_states.shape[:2], cap, value_states.shape[-1])
+                new_k = key_states.new_empty(shape_k)
+                new_v = value_states.new_empty(shape_v)
+                if length:
+                    new_k[:, :, :length] = self.keys
+                    new_v[:, :, :length] = self.values
+                self._buf_k, self._buf_v = new_k, new_v
+            self._buf_k[:, :, length : length + n] = key_states
+            self._buf_v[:, :, length : length + n] = value_states
+            self.keys = self._buf_k[:, :, : length + n]
+            self.values = self._buf_v[:, :, : length + n]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices) -> None:
+            length = self.get_seq_length()
+            if length > 0:
+                self._buf_k = self._buf_k[indices]
+                self._buf_v = self._buf_v[indices]
+                self.keys = self._buf_k[:, :, :length]
+                self.values = self._buf_v[:, :, :length]
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            length = self.get_seq_length()
+            if length > 0:
+                self._buf_k = self._buf_k.repeat_interleave(repeats, dim=0)
+                self._buf_v = self._buf_v.repeat_interleave(repeats, dim=0)
+                self.keys = self._buf_k[:, :, :length]
+                self.values = self._buf_v[:, :, :length]
+
+        def crop(self, tokens_to_remove: int) -> None:
+            super().crop(tokens_to_remove)
+            self._buf_k = self._buf_v = None  # views no longer match: next update reallocates
+
+    del torch
+    _GROWING_LAYER = _GrowingLayer
+    return _GROWING_LAYER
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 SPLITS = ("train", "valid", "test")
 
 # --- the recipe (the shipped pi_0 is built with exactly these) --------------------------------
-VOCAB_SIZE = 1024
+VOCAB_SIZE = 620
 SPECIAL_TOKENS = {"pad_token": "<|pad|>", "bos_token": "<|bos|>", "eos_token": "<|eos|>"}
 MODEL_CONFIG = dict(
     hidden_size=192,
@@ -57,7 +57,7 @@ MODEL_CONFIG = dict(
     rms_norm_eps=1e-5,
     tie_word_embeddings=True,
 )
-SFT_STEPS = 320
+SFT_STEPS = 900
 SFT_BATCH = 8
 SFT_LR = 2e-3
 SFT_WARMUP = 20
@@ -148,7 +148,7 @@ def _judge_jobs(JudgeJob, items):
     return [
         JudgeJob(
             source=src,
-            tests=[{"input": i, "output": o} for i, o in tests],
+            tests=[(i, o) for i, o in tests],
             time_limit_s=float(gen.TIME_LIMIT_S),
             memory_limit_mb=gen.MEMORY_LIMIT_BYTES // 1_000_000,
             float_tolerance=None,
@@ -306,6 +306,7 @@ def train_sft(
     import torch
 
     torch.manual_seed(seed)
+    dev = next(model.parameters()).device
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -340,13 +341,13 @@ def train_sft(
             labels[r, len(pr) : len(seq)] = torch.tensor(rs)
             mask[r, : len(seq)] = 1
             tokens += len(seq)
-        out = model(input_ids=ids, attention_mask=mask, labels=labels)
+        out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev))
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(out.loss))
+        losses.append(out.loss.item())
         if log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
             dt = time.time() - t0
             log(
@@ -485,10 +486,14 @@ def _run_untrusted(
 
 
 def judge_programs(
-    items: Sequence[tuple[str, Sequence[tuple[str, str]]]], workers: int | None = None
+    items: Sequence[tuple[str, Sequence[tuple[str, str]]]],
+    workers: int | None = None,
+    judge: str = "auto",
 ) -> tuple[list[bool], str]:
-    """Judge untrusted programs; (passed flags, judge name)."""
-    sb = _sandbox()
+    """Judge untrusted programs; (passed flags, judge name: 'sandbox' or 'subprocess')."""
+    sb = _sandbox() if judge in ("auto", "sandbox") else None
+    if judge == "sandbox" and sb is None:
+        raise RuntimeError("spo_train.sandbox is not importable")
     if sb is not None:
         JudgeJob, judge_batch = sb
         verdicts = judge_batch(_judge_jobs(JudgeJob, items), workers=workers)
@@ -528,6 +533,8 @@ def evaluate_model(
     seed: int = 0,
     limit: int | None = None,
     batch_size: int = 80,
+    device: str = "cpu",
+    judge: str = "auto",
 ) -> dict:
     """pass@1 / pass@10 of the model in ``model_dir`` on a problems Parquet file."""
     from spo_train.generation import TransformersGenerator
@@ -535,7 +542,7 @@ def evaluate_model(
     from spo_train.prompting import build_prompt, extract_code
 
     rows = read_split(problems_path)[:limit]
-    model, tok = load_model_and_tokenizer(model_dir)
+    model, tok = load_model_and_tokenizer(model_dir, device=device)
     generator = TransformersGenerator(model, tok, batch_size=batch_size)
     prompts = [build_prompt(r["description"], tok) for r in rows]
     t0 = time.time()
@@ -549,7 +556,7 @@ def evaluate_model(
         for s in group
     ]
     t0 = time.time()
-    passed, judge = judge_programs(items)
+    passed, judge = judge_programs(items, judge=judge)
     judge_s = time.time() - t0
     counts = [sum(passed[i * n : (i + 1) * n]) for i in range(len(rows))]
     n_tokens = sum(len(s.response_ids) for g in samples for s in g)
