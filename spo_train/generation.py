@@ -132,7 +132,7 @@ class TransformersGenerator:
         model,
         tokenizer,
         *,
-        batch_size: int = 64,
+        batch_size: int = 128,
         device: str | None = None,
         stop_strings: Sequence[str] | None = None,
         growable_cache: bool = True,
@@ -260,6 +260,7 @@ class TransformersGenerator:
             resp: list[list[int]] = [[] for _ in range(B)]
             lps: list[list[float]] = [[] for _ in range(B)]
             reason: list[FinishReason] = ["length"] * B
+            finished = [False] * B
             for step in range(limit):
                 act = torch.tensor(active, device=dev)
                 tok, lp = self._sample(
@@ -269,19 +270,23 @@ class TransformersGenerator:
                     uniforms.index_select(0, act)[:, step],
                 )
                 tok_l, lp_l = tok.tolist(), lp.tolist()
-                done_rows = []
+                n_done = 0
                 for r, b in enumerate(active):
+                    if finished[b]:
+                        n_done += 1
+                        continue
                     resp[b].append(tok_l[r])
                     lps[b].append(lp_l[r])
                     if tok_l[r] in self.eos_token_ids or self._hit_stop(resp[b]):
                         reason[b] = "stop"
-                        done_rows.append(r)
-                if step == limit - 1:
+                        finished[b] = True
+                        n_done += 1
+                if step == limit - 1 or n_done == len(active):
                     break
-                if done_rows:
-                    keep = [r for r in range(len(active)) if r not in set(done_rows)]
-                    if not keep:
-                        break
+                # Finished rows ride along (their tokens are ignored) until a quarter of the
+                # batch is done; then the batch is compacted (a copy of the whole KV cache).
+                if n_done and n_done * 4 >= len(active):
+                    keep = [r for r, b in enumerate(active) if not finished[b]]
                     keep_t = torch.tensor(keep, device=dev)
                     cache.batch_select_indices(keep_t)
                     mask = mask.index_select(0, keep_t)
@@ -423,8 +428,9 @@ def _growing_layer_class():
         def batch_select_indices(self, indices) -> None:
             length = self.get_seq_length()
             if length > 0:
-                self._buf_k = self._buf_k[indices]
-                self._buf_v = self._buf_v[indices]
+                cap = min(self._buf_k.shape[-2], length + self.block)
+                self._buf_k = self._buf_k[indices, :, :cap]
+                self._buf_v = self._buf_v[indices, :, :cap]
                 self.keys = self._buf_k[:, :, :length]
                 self.values = self._buf_v[:, :, :length]
 
@@ -561,7 +567,7 @@ def make_generator(
     model_path: str | None = None,
     *,
     device: str = "cpu",
-    batch_size: int = 64,
+    batch_size: int = 128,
     dtype=None,
     **kwargs,
 ) -> Generator:

@@ -532,7 +532,7 @@ def evaluate_model(
     max_new_tokens: int = EVAL_MAX_NEW,
     seed: int = 0,
     limit: int | None = None,
-    batch_size: int = 80,
+    batch_size: int = 160,
     device: str = "cpu",
     judge: str = "auto",
 ) -> dict:
