@@ -233,14 +233,17 @@ class TransformersGenerator:
 
         with torch.inference_mode():
             cache = _new_cache(self.model.config, growable=self.growable_cache)
-            outp = self.model(
+            prefill = dict(
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=pos,
                 past_key_values=cache,
                 use_cache=True,
-                logits_to_keep=1,
             )
+            try:  # only the last position's logits (a real vocabulary x a long prompt is big)
+                outp = self.model(**prefill, logits_to_keep=1)
+            except TypeError:  # transformers < 4.50
+                outp = self.model(**prefill, num_logits_to_keep=1)
             cache = outp.past_key_values
             rows = torch.tensor([row_of_prompt[i] for i, _ in chunk], device=dev)
             cache.batch_select_indices(rows)

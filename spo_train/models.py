@@ -31,6 +31,14 @@ TOKENIZER_FILES = (
 )
 
 
+def _dtype_kwarg() -> str:
+    """``from_pretrained``'s dtype keyword: ``dtype`` since transformers 4.56, else ``torch_dtype``."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
 def default_model_path() -> Path:
     """The shipped tiny ``pi_0`` (model + tokenizer) of the embedded default."""
     return Path(str(resources.files("spo_train.embedded") / "assets" / "pi0"))
@@ -95,7 +103,7 @@ def load_model_and_tokenizer(
     tok = load_tokenizer(p)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(p), local_files_only=True, dtype=dtype or torch.float32
+            str(p), local_files_only=True, **{_dtype_kwarg(): dtype or torch.float32}
         )
     except (OSError, ValueError, KeyError) as e:
         raise SpoError(f"cannot load a causal LM from '{p}': {str(e).splitlines()[0]}") from e
