@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     _register_all()
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="spo", standalone_mode=False)
+        # standalone_mode=False returns (not raises) the code of typer.Exit: pass it on.
+        sys.exit(command.main(args=argv, prog_name="spo", standalone_mode=False) or 0)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
@@ -63,7 +64,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except SpoError as exc:
         # The message is plain text: brackets in it (`[train]`) must not be read as rich markup.
-        err_console.print(Text.assemble(("error: ", "red"), str(exc)), highlight=False, soft_wrap=True)
+        err_console.print(
+            Text.assemble(("error: ", "red"), str(exc)), highlight=False, soft_wrap=True
+        )
         sys.exit(2)
 
 

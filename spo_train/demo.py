@@ -40,6 +40,8 @@ class DemoConfig:
 
     lake: str | None = None
     output: str = "runs/demo"
+    model: str | None = None
+    """pi_0 (default: the embedded tiny model)"""
     q0_problems: int = 128
     """train problems given a Q0 estimate"""
     q0_samples: int = 16
@@ -70,7 +72,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
     out.mkdir(parents=True, exist_ok=True)
     lake = Lake.open(config.lake)
     ensure_problems(lake, say=say)
-    pi0_path = resolve_model_path(None)
+    pi0_path = resolve_model_path(config.model)
     model, tok = load_model_and_tokenizer(pi0_path)
     model_id, tok_id = model_identity(pi0_path), tokenizer_identity(tok)
     timings: dict[str, float] = {}
@@ -129,6 +131,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
     # 4. SPO training
     t0 = time.perf_counter()
     train_cfg = TrainConfig(
+        model=str(pi0_path),
         lake=lake.uri,
         output=str(out),
         mix=config.mix,
