@@ -109,9 +109,8 @@ def ingest_human_solutions_cmd(
 
 
 def _make_verifier(bar: Progress, workers: int | None, unsafe_no_sandbox: bool):
-    from spo_train.sandbox import JudgeJob, judge_batch
-
     from spo_store.lake import problem_tests
+    from spo_train.sandbox import JudgeJob, judge_batch
 
     def verify(pairs):
         task = bar.add_task("judging", total=len(pairs))
