@@ -155,9 +155,10 @@ def test_sources_select_what_they_say(lake):
     seed_lake(lake)
     sampler = MixtureSampler(lake, "online:0.5,offline:0.5", run_id="train-1", staleness=1)
     sampler.index.refresh()
-    ids = lambda name, pv=0: set(
-        sampler.index.trajectories.take(sampler.candidates(name, pv)).column("traj_id").to_pylist()
-    )  # noqa: E731
+    def ids(name: str, pv: int = 0) -> set[str]:
+        rows = sampler.index.trajectories.take(sampler.candidates(name, pv))
+        return set(rows.column("traj_id").to_pylist())
+
     # offline: correct, deduplicated by content hash, no online rows of this run, train split, has q0.
     offline = ids("offline")
     assert len(offline) == 15 + 10
