@@ -155,6 +155,7 @@ def test_sources_select_what_they_say(lake):
     seed_lake(lake)
     sampler = MixtureSampler(lake, "online:0.5,offline:0.5", run_id="train-1", staleness=1)
     sampler.index.refresh()
+
     def ids(name: str, pv: int = 0) -> set[str]:
         rows = sampler.index.trajectories.take(sampler.candidates(name, pv))
         return set(rows.column("traj_id").to_pylist())
