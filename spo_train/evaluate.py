@@ -7,6 +7,7 @@ stores them as `source='eval'` trajectories and the results in `metrics`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from spo_store.errors import SpoError
@@ -45,13 +46,7 @@ def evaluate(
     total = 0
     for start in range(0, len(problems), chunk_problems):
         chunk = problems[start : start + chunk_problems]
-        chunk_settings = SamplerSettings(
-            settings.n,
-            settings.temperature,
-            settings.top_p,
-            settings.max_new_tokens,
-            settings.seed + start,
-        )
+        chunk_settings = replace(settings, seed=settings.seed + start)
         rows = sample_and_judge(
             generator,
             tokenizer,

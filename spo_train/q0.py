@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from spo_store.errors import SpoError
@@ -84,13 +84,7 @@ def estimate_q0(
             counts = _existing_samples(lake, [p["problem_id"] for p in chunk], model_id)
             fresh = [p for p in chunk if counts.get(p["problem_id"], (0, 0))[0] < settings.n]
             if fresh:
-                chunk_settings = SamplerSettings(
-                    settings.n,
-                    settings.temperature,
-                    settings.top_p,
-                    settings.max_new_tokens,
-                    settings.seed + start,
-                )
+                chunk_settings = replace(settings, seed=settings.seed + start)
                 rows = sample_and_judge(
                     generator,
                     tokenizer,
