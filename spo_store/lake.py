@@ -13,6 +13,7 @@ Design (see docs/lake.md):
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import getpass
 import hashlib
 import json
@@ -165,15 +166,28 @@ class Lake:
         except (ValueError, FileNotFoundError, OSError):
             if not create:
                 raise SpoError(f"lake {self.uri} has no table {name!r}") from None
-            try:
-                ds = lance.write_dataset(
-                    table_schema(name).empty_table(), self.table_uri(name), mode="create"
-                )
-            except (OSError, ValueError):
-                # Another process created it between our check and our write.
-                ds = lance.dataset(self.table_uri(name))
+            ds = self._create_table(name)
         check_schema(name, ds, self.uri)
         self._datasets[name] = ds
+
+    def _create_table(self, name: str) -> lance.LanceDataset:
+        """Create table `name` empty, once, even when several processes open a new lake.
+
+        Lance's existence check and its commit are not atomic: two racing `mode="create"`
+        writes can both pass the check, and the loser's commit is retried as an overwrite at
+        the next version, which would erase rows appended in between. A local lake therefore
+        creates its tables under an exclusive file lock and re-checks inside it.
+        """
+        uri = self.table_uri(name)
+        empty = table_schema(name).empty_table()
+        if "://" in self.uri:  # object stores have no flock; creation there is single-writer
+            return lance.write_dataset(empty, uri, mode="create")
+        with open(Path(self.uri) / ".create.lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                return lance.dataset(uri)
+            except (ValueError, FileNotFoundError, OSError):
+                return lance.write_dataset(empty, uri, mode="create")
 
     def dataset(self, name: str, version: int | str | None = None) -> lance.LanceDataset:
         """The dataset of table `name` at its latest version (refreshed), or at `version`."""

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -112,6 +113,38 @@ def test_concurrent_appenders_lose_and_duplicate_nothing(tmp_path):
     }
     # One commit per append: the table has exactly created + 80 versions, no lost commit.
     assert lake.dataset("trajectories").version == 1 + workers * appends
+
+
+def test_racing_opens_of_a_new_lake_create_each_table_once(tmp_path):
+    """Lance's create is check-then-commit: a racing loser commits an overwriting version 2.
+
+    Eight threads (Lance releases the GIL) open one new lake at once and each append a batch;
+    every table must have exactly one creating version and every batch must survive.
+    """
+    workers, rounds = 8, 10
+    for r in range(rounds):
+        uri = str(tmp_path / f"lake{r}")
+        barrier = threading.Barrier(workers)
+        errors: list[BaseException] = []
+
+        def open_and_append(w: int, uri: str = uri, barrier: threading.Barrier = barrier) -> None:
+            try:
+                barrier.wait()
+                Lake.open(uri).append("trajectories", h.batch_rows(f"o{w}"))
+            except BaseException as exc:  # surfaced by the assertion below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_and_append, args=(w,)) for w in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        versions = Lake.open(uri, create=False).versions()
+        assert versions.pop("trajectories") == 1 + workers, f"round {r}"
+        assert set(versions.values()) == {1}, (r, versions)
+        lake = Lake.open(uri, create=False)
+        assert lake.dataset("trajectories").count_rows() == workers * h.TRAJ_BATCH
 
 
 # --------------------------------------------------------------------------- (b) kill -9
