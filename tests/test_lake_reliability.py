@@ -127,7 +127,9 @@ def test_racing_opens_of_a_new_lake_create_each_table_once(tmp_path):
         barrier = threading.Barrier(workers)
         errors: list[BaseException] = []
 
-        def open_and_append(w: int, uri: str = uri, barrier: threading.Barrier = barrier) -> None:
+        def open_and_append(
+            w: int, uri: str = uri, barrier: threading.Barrier = barrier, errors: list = errors
+        ) -> None:
             try:
                 barrier.wait()
                 Lake.open(uri).append("trajectories", h.batch_rows(f"o{w}"))
