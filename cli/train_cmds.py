@@ -300,6 +300,13 @@ def train_cmd(
         str | None, typer.Option(help="TOML file with user mixture sources")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed")] = 0,
+    wandb: Annotated[
+        str,
+        typer.Option(
+            help="W&B logging: auto (offline under --output when wandb is installed), "
+            "offline, online, off"
+        ),
+    ] = "auto",
     model: ModelOpt = None,
     lake: LakeOpt = None,
     workers: WorkersOpt = None,
@@ -329,6 +336,7 @@ def train_cmd(
         checkpoint_every=checkpoint_every,
         resume=resume,
         seed=seed,
+        wandb=wandb,
         workers=workers,
         unsafe_no_sandbox=unsafe_no_sandbox,
     )

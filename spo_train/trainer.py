@@ -51,6 +51,7 @@ from spo_train.models import (
 from spo_train.q0 import DEFAULT_BETA
 from spo_train.rollout import SamplerSettings, load_problems, sample_and_judge, split_predicate
 
+WANDB_MODES = ("auto", "offline", "online", "off")
 LOSS_VARIANTS = ("terminal_ce", "terminal_sq", "reverse_q_ce", "reverse_q_sq", "advantage_bce")
 
 
@@ -72,6 +73,9 @@ class TrainConfig:
     """SPO variant: terminal_ce (paper's main), terminal_sq, reverse_q_ce, reverse_q_sq, advantage_bce"""
     beta: float = DEFAULT_BETA
     """KL strength; default 1/log(100000), so a failure is 1e5 times less likely under pi*"""
+    ce_clip_eps: float = 1e-6
+    """cross-entropy variants clip Q/beta to <= -eps (straight-through); the push-back gradient
+    of a failure above the clip is about 1/eps, so eps bounds one sequence's pull on a batch"""
     steps: int = 100
     """optimizer steps"""
     batch_size: int = 32
@@ -124,6 +128,9 @@ class TrainConfig:
     """continue from the last checkpoint in `output`"""
     tensorboard: bool = True
     """write TensorBoard event files under output/tb"""
+    wandb: str = "auto"
+    """Weights & Biases: auto (offline files under output/wandb when wandb is installed), offline,
+    online, or off"""
     unsafe_no_sandbox: bool = False
     """run judged programs without bubblewrap"""
 
@@ -144,6 +151,8 @@ class TrainConfig:
             raise SpoError("--beta must be a positive number")
         if not (self.lr > 0):
             raise SpoError("--lr must be positive")
+        if self.wandb not in WANDB_MODES:
+            raise SpoError(f"--wandb {self.wandb!r}: choose one of {', '.join(WANDB_MODES)}")
 
 
 @dataclass
@@ -201,6 +210,31 @@ def _save_checkpoint(
     marker_tmp.write_text(name)
     marker_tmp.replace(output / "latest")
     return final
+
+
+def _start_wandb(config: TrainConfig, run_id: str, output: Path) -> Any:
+    """A W&B run (offline by default: files under output/wandb, `wandb sync` uploads them)."""
+    if config.wandb == "off":
+        return None
+    try:
+        import wandb
+    except ImportError:
+        if config.wandb == "auto":
+            return None
+        raise SpoError(
+            f"--wandb {config.wandb} needs the wandb package: pip install 'spo[wandb]'"
+        ) from None
+    return wandb.init(
+        project="spo",
+        name=run_id,
+        id=run_id,
+        resume="allow",  # --resume continues the same W&B run
+        dir=str(output),
+        mode="online" if config.wandb == "online" else "offline",
+        config=dataclasses.asdict(config),
+        # console="off": W&B must not wrap stdout (`--json` prints the last line there)
+        settings=wandb.Settings(silent=True, console="off"),
+    )
 
 
 def train(
@@ -297,6 +331,7 @@ def train(
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(log_dir=str(output / "tb"))
+    wandb_run = _start_wandb(config, run_id, output)
     eval_problems = load_problems(lake, split_predicate(config.eval_split))[
         : config.eval_problems or None
     ]
@@ -327,9 +362,12 @@ def train(
             unsafe_no_sandbox=config.unsafe_no_sandbox,
         )
         policy.train()
+        evals = {f"eval/{config.eval_split}/pass@{k}": res[f"pass@{k}"] for k in config.eval_k}
         if writer:
-            for k in config.eval_k:
-                writer.add_scalar(f"eval/{config.eval_split}/pass@{k}", res[f"pass@{k}"], step)
+            for k, v in evals.items():
+                writer.add_scalar(k, v, step)
+        if wandb_run:
+            wandb_run.log(evals, step=step)
         return res
 
     result = TrainResult(run_id=run_id, steps_done=start_step, output=output)
@@ -406,6 +444,7 @@ def train(
                 mask,
                 config.beta,
                 config.loss,
+                eps=config.ce_clip_eps,
                 return_diagnostics=True,
             )
             optimizer.zero_grad(set_to_none=True)
@@ -417,13 +456,17 @@ def train(
             dt = time.perf_counter() - t0
             tokens = int(mask.sum())
             metrics = {f"train/{k}": v for k, v in diag.to_dict().items()}
+            # Per-sequence log-ratio sum(log pi_theta - log pi_0): successes should rise and
+            # failures fall; the batch mean alone (kl_estimate) hides which one moves.
+            log_ratio = (policy_lp.detach() - ref_lp).mul(mask).sum(1).cpu()
+            success = prepared.reward == 0
+            if success.any():
+                metrics["train/success_log_ratio"] = float(log_ratio[success].mean())
+            if (~success).any():
+                metrics["train/failure_log_ratio"] = float(log_ratio[~success].mean())
             is_online = torch.tensor([s == "online" for s in batch.sources])
             if is_online.any():
-                err = (
-                    (policy_lp.detach() - ref_lp).mul(mask).sum(1) * config.beta
-                    + prepared.q0
-                    - prepared.reward
-                )
+                err = log_ratio * config.beta + prepared.q0 - prepared.reward
                 metrics["train/online_terminal_abs_error"] = float(err[is_online].abs().mean())
             metrics.update(
                 {
@@ -445,6 +488,8 @@ def train(
             if writer:
                 for k, v in metrics.items():
                     writer.add_scalar(k, v, step)
+            if wandb_run:
+                wandb_run.log(metrics, step=step)
             result.metrics.append({"step": step, **metrics})
             result.steps_done = step + 1
             if on_step:
@@ -477,5 +522,7 @@ def train(
     finally:
         if writer:
             writer.close()
+        if wandb_run:
+            wandb_run.finish()
     lake.end_run(run_id, "completed")
     return result

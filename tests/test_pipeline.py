@@ -326,6 +326,9 @@ def test_train_survives_kill9_and_resumes(small_lake, tiny_model, tmp_path):
         == "completed"
     )
     assert list((out / "tb").glob("events.out.tfevents.*"))
+    # W&B (installed with the test extras) logged offline under --output, killed run included.
+    wandb_files = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert wandb_files and any(b"train/loss" in f.read_bytes() for f in wandb_files)
     # The same (seed, step) after resume draws the same offline ids as the killed run did.
     batches = small_lake.sql(
         f"SELECT step, traj_ids, sources FROM batches WHERE run_id = '{run_id}' ORDER BY created_at"
@@ -336,3 +339,54 @@ def test_train_survives_kill9_and_resumes(small_lake, tiny_model, tmp_path):
         by_step.setdefault(b["step"], []).append(offline)
     for repeats in by_step.values():
         assert all(x == repeats[0] for x in repeats)
+
+
+@pytest.mark.slow
+def test_estimate_q0_cli_survives_kill9_and_rerun_completes(small_lake, tiny_model, tmp_path):
+    args = [
+        "estimate-q0",
+        "--model",
+        str(tiny_model),
+        "--lake",
+        small_lake.uri,
+        "--samples",
+        "48",
+        "--max-new-tokens",
+        "48",
+        "--chunk-problems",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        ["spo", *args],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+    def done() -> int:
+        sql = "SELECT count(*) AS n FROM problems WHERE q0 IS NOT NULL"
+        return Lake.open(small_lake.uri, create=False).sql(sql)["n"][0]
+
+    deadline = time.time() + 300
+    while time.time() < deadline and done() < 1:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = done()
+    assert 1 <= killed_at < 4, f"{killed_at} problems done when killed (want a partial run)"
+    r = _spo(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    got = (
+        Lake.open(small_lake.uri, create=False)
+        .sql(
+            "SELECT p.problem_id, p.q0, p.q0_samples, p.q0_successes, p.q0_run_id, "
+            "count(t.traj_id) AS n FROM problems p LEFT JOIN trajectories t "
+            "ON t.problem_id = p.problem_id AND t.source = 'pi0' WHERE p.split = 'train' GROUP BY ALL"
+        )
+        .to_dicts()
+    )
+    # Every problem done exactly once: 48 samples each, none duplicated by the rerun.
+    assert len(got) == 4 and all(g["n"] == g["q0_samples"] == 48 for g in got), got
+    assert len({g["q0_run_id"] for g in got}) == 2  # the killed run's and the rerun's
+    assert all(-1.0 <= g["q0"] <= 0.0 for g in got)
