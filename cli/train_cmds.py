@@ -273,6 +273,12 @@ def train_cmd(
     ] = "terminal_ce",
     beta: Annotated[float, typer.Option(help="KL strength (default 1/log(100000))")] = 1
     / math.log(100000),
+    ce_clip_eps: Annotated[
+        float,
+        typer.Option(
+            help="CE variants: clip Q/beta to <= -eps; bounds a failure's gradient ~1/eps"
+        ),
+    ] = 1e-6,
     steps: Annotated[int, typer.Option(help="Optimizer steps")] = 100,
     batch_size: Annotated[int, typer.Option(help="Trajectories per step")] = 32,
     lr: Annotated[float, typer.Option(help="Learning rate")] = 1e-4,
@@ -323,6 +329,7 @@ def train_cmd(
         sources_file=sources_file,
         loss=loss,
         beta=beta,
+        ce_clip_eps=ce_clip_eps,
         steps=steps,
         batch_size=batch_size,
         lr=lr,

@@ -32,6 +32,9 @@ PROBLEM_COLUMNS = [
     "memory_limit_mb",
     "float_tolerance",
     "q0",
+    "q0_samples",
+    "q0_successes",
+    "q0_beta",
 ]
 
 

@@ -48,7 +48,7 @@ from spo_train.models import (
     resolve_model_path,
     tokenizer_identity,
 )
-from spo_train.q0 import DEFAULT_BETA
+from spo_train.q0 import DEFAULT_BETA, q0_value
 from spo_train.rollout import SamplerSettings, load_problems, sample_and_judge, split_predicate
 
 WANDB_MODES = ("auto", "offline", "online", "off")
@@ -151,6 +151,8 @@ class TrainConfig:
             raise SpoError("--beta must be a positive number")
         if not (self.lr > 0):
             raise SpoError("--lr must be positive")
+        if not (0 < self.ce_clip_eps < 1):
+            raise SpoError("--ce-clip-eps must be in (0, 1)")
         if self.wandb not in WANDB_MODES:
             raise SpoError(f"--wandb {self.wandb!r}: choose one of {', '.join(WANDB_MODES)}")
 
@@ -162,6 +164,27 @@ class TrainResult:
     output: Path
     metrics: list[dict[str, float]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+def rebase_q0(problems: list[dict[str, Any]], beta: float) -> int:
+    """Make every problem's `q0` the value at `beta`; returns how many were recomputed.
+
+    q0 depends on beta (`beta * log(S0 + (1 - S0) exp(-1/beta))`), and the lake keeps the counts
+    `(n, c)` behind it, so training at another beta recomputes q0 instead of silently using a
+    value estimated for a different objective.
+    """
+    changed = 0
+    for p in problems:
+        if p.get("q0_beta") is not None and math.isclose(p["q0_beta"], beta, rel_tol=1e-9):
+            continue
+        if not p.get("q0_samples") or p.get("q0_successes") is None:
+            raise SpoError(
+                f"problem {p['problem_id']}: q0 was set for beta {p.get('q0_beta')} without the "
+                f"(n, c) counts needed to recompute it for beta {beta}; rerun `spo estimate-q0`"
+            )
+        p["q0"] = q0_value(p["q0_successes"], p["q0_samples"], beta)
+        changed += 1
+    return changed
 
 
 def _set_seed(seed: int) -> None:
@@ -272,6 +295,9 @@ def train(
         say(
             f"{without} {config.train_split} problems have no q0 estimate and are left out (run `spo estimate-q0`)"
         )
+    rebased = rebase_q0(train_problems, config.beta)
+    if rebased:
+        say(f"q0 of {rebased} problems recomputed from their (n, c) for beta {config.beta:.4g}")
     problems_by_id = {p["problem_id"]: p for p in train_problems}
 
     # --- models: policy (trained), reference pi_0 (frozen), rollout policy (stale copy)

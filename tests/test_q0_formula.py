@@ -40,3 +40,19 @@ def test_monotone_in_successes():
 def test_bad_counts(c, n):
     with pytest.raises(SpoError):
         q0_value(c, n, DEFAULT_BETA)
+
+
+def test_training_at_another_beta_recomputes_q0_from_the_counts():
+    from spo_train.trainer import rebase_q0
+
+    at_default = {"problem_id": "a", "q0": q0_value(3, 16, DEFAULT_BETA), "q0_samples": 16}
+    at_default.update(q0_successes=3, q0_beta=DEFAULT_BETA)
+    already = {"problem_id": "b", "q0": -0.3, "q0_samples": 8, "q0_successes": 2, "q0_beta": 0.5}
+    assert rebase_q0([dict(at_default)], DEFAULT_BETA) == 0
+    problems = [dict(at_default), dict(already)]
+    assert rebase_q0(problems, 0.5) == 1
+    assert problems[0]["q0"] == pytest.approx(0.5 * math.log(3 / 16 + 13 / 16 * math.exp(-2)))
+    assert problems[1]["q0"] == -0.3  # estimated at this beta: kept as stored
+    bare = {"problem_id": "c", "q0": -0.2, "q0_samples": None, "q0_successes": None, "q0_beta": 1}
+    with pytest.raises(SpoError, match="problem c: .*spo estimate-q0"):
+        rebase_q0([bare], 0.5)
