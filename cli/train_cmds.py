@@ -278,7 +278,7 @@ def train_cmd(
         typer.Option(
             help="CE variants: clip Q/beta to <= -eps; bounds a failure's gradient ~1/eps"
         ),
-    ] = 1e-6,
+    ] = 0.1,
     steps: Annotated[int, typer.Option(help="Optimizer steps")] = 100,
     batch_size: Annotated[int, typer.Option(help="Trajectories per step")] = 32,
     lr: Annotated[float, typer.Option(help="Learning rate")] = 1e-4,

@@ -23,6 +23,7 @@ from spo_store.lake import Lake, sql_quote
 from spo_train.defaults import ensure_problems
 from spo_train.evaluate import evaluate
 from spo_train.generation import TransformersGenerator
+from spo_train.metrics import paired_pass_at_k_difference
 from spo_train.models import (
     load_model_and_tokenizer,
     model_identity,
@@ -193,12 +194,30 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
         f"{after['pass@10']:.3f}",
     )
     console.print(table)
+    # Paired over the same problems: how much of the change the problem draw can explain.
+    change = {}
+    for k in (1, 10):
+        pairs = [
+            (
+                (config.eval_n, before["correct_by_problem"][p]),
+                (config.eval_n, after["correct_by_problem"][p]),
+            )
+            for p in before["correct_by_problem"]
+        ]
+        diff, low, high = paired_pass_at_k_difference(
+            [b for b, _ in pairs], [a for _, a in pairs], k, seed=config.seed
+        )
+        change[f"pass@{k}"] = {"diff": diff, "ci95": [low, high]}
+        say(
+            f"pass@{k} change {diff:+.3f} (paired bootstrap 95% interval {low:+.3f} to {high:+.3f})"
+        )
     plot = out / "curves.png"
     write_plot(result.metrics, before, after, plot)
     summary = {
         "before": {k: before[k] for k in ("pass@1", "pass@10")},
         "after": {k: after[k] for k in ("pass@1", "pass@10")},
         "improved_pass@10": after["pass@10"] > before["pass@10"],
+        "change": change,
         "train_run_id": result.run_id,
         "demo_run_id": run_id,
         "steps": result.steps_done,

@@ -68,7 +68,11 @@ def evaluate(
     counts = [(settings.n, correct.get(p["problem_id"], 0)) for p in problems]
     result: dict[str, Any] = {f"pass@{k}": mean_pass_at_k(counts, k) for k in ks}
     result.update(
-        problems=len(problems), samples=total, correct=sum(c for _, c in counts), n=settings.n
+        problems=len(problems),
+        samples=total,
+        correct=sum(c for _, c in counts),
+        n=settings.n,
+        correct_by_problem={p["problem_id"]: correct.get(p["problem_id"], 0) for p in problems},
     )
     tag = f"{metric_prefix}/{split}" if split else metric_prefix
     lake.log_metrics(

@@ -39,3 +39,30 @@ def mean_pass_at_k(counts: Iterable[tuple[int, int]], k: int) -> float:
     if not values:
         raise SpoError("mean pass@k over no problems is undefined")
     return float(np.mean(values))
+
+
+def paired_pass_at_k_difference(
+    before: Iterable[tuple[int, int]],
+    after: Iterable[tuple[int, int]],
+    k: int,
+    *,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Mean pass@k(after) - pass@k(before) over the same problems, with a 95% bootstrap interval.
+
+    `before[i]` and `after[i]` are `(n, c)` for the same problem `i`; problems are resampled in
+    pairs, so the interval reflects which problems were drawn, not only the sampling noise of
+    each estimate. Returns `(difference, low, high)`.
+    """
+    b = np.array([pass_at_k(n, c, k) for n, c in before])
+    a = np.array([pass_at_k(n, c, k) for n, c in after])
+    if len(a) != len(b) or not len(a):
+        raise SpoError(
+            f"paired pass@k needs the same problems before and after ({len(b)} vs {len(a)})"
+        )
+    diff = a - b
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return float(diff.mean()), float(low), float(high)

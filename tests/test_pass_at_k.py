@@ -95,3 +95,20 @@ def test_mean_pass_at_k():
         mean_pass_at_k([], 1)
     with pytest.raises(SpoError):
         mean_pass_at_k([(3, 1)], 4)
+
+
+def test_paired_difference_and_its_interval():
+    from spo_train.metrics import paired_pass_at_k_difference
+
+    before = [(20, c) for c in (0, 2, 5, 10, 0, 1)] * 10
+    same = paired_pass_at_k_difference(before, before, 10)
+    assert same == (0.0, 0.0, 0.0)
+    better = [(20, min(20, c + 3)) for _, c in before]
+    diff, low, high = paired_pass_at_k_difference(before, better, 10)
+    assert diff == pytest.approx(mean_pass_at_k(better, 10) - mean_pass_at_k(before, 10))
+    assert 0 < low <= diff <= high
+    mixed = [(20, c + 5) if i % 2 else (20, 0) for i, (_, c) in enumerate(before)]
+    d2, lo2, hi2 = paired_pass_at_k_difference(before, mixed, 10)
+    assert lo2 < d2 < hi2 and hi2 - lo2 > high - low  # mixed changes: a wider interval
+    with pytest.raises(SpoError, match="same problems"):
+        paired_pass_at_k_difference(before, before[:3], 10)
