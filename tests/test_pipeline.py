@@ -207,6 +207,17 @@ def _spo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["spo", *args], capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
+def _spo_in_background(args: list[str], cwd: Path) -> subprocess.Popen:
+    """`spo ARGS` in its own process group, so a test can `kill -9` the whole of it."""
+    return subprocess.Popen(
+        ["spo", *args],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 def test_eval_json_last_line(small_lake, tiny_model, tmp_path):
     r = _spo(
         "eval",
@@ -295,13 +306,7 @@ def test_train_survives_kill9_and_resumes(small_lake, tiny_model, tmp_path):
         "--eval-n",
         "1",
     ]
-    proc = subprocess.Popen(
-        ["spo", *args],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = _spo_in_background(args, cwd=tmp_path)
     deadline = time.time() + 300
     while time.time() < deadline and not (out / "latest").exists():
         time.sleep(0.2)
@@ -356,13 +361,7 @@ def test_estimate_q0_cli_survives_kill9_and_rerun_completes(small_lake, tiny_mod
         "--chunk-problems",
         "1",
     ]
-    proc = subprocess.Popen(
-        ["spo", *args],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = _spo_in_background(args, cwd=tmp_path)
 
     def done() -> int:
         sql = "SELECT count(*) AS n FROM problems WHERE q0 IS NOT NULL"
@@ -390,3 +389,50 @@ def test_estimate_q0_cli_survives_kill9_and_rerun_completes(small_lake, tiny_mod
     assert len(got) == 4 and all(g["n"] == g["q0_samples"] == 48 for g in got), got
     assert len({g["q0_run_id"] for g in got}) == 2  # the killed run's and the rerun's
     assert all(-1.0 <= g["q0"] <= 0.0 for g in got)
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_reports(tmp_path, tiny_model):
+    from spo_train.demo import DemoConfig, run_demo
+
+    lake = Lake.open(tmp_path / "lake")
+    held_out = {
+        "name": "triple",
+        "statement": "Read n, print 3n.",
+        "split": "test",
+        "tests": [{"input": "2\n", "output": "6\n"}],
+        "solutions": ["print(3*int(input()))"],
+    }
+    ingest_human_solutions(lake, [write_jsonl(tmp_path / "p.jsonl", [*PROBLEMS, held_out])])
+    config = DemoConfig(
+        lake=lake.uri,
+        output=str(tmp_path / "demo"),
+        model=str(tiny_model),
+        q0_problems=4,
+        q0_samples=2,
+        eval_problems=1,
+        eval_n=10,
+        steps=2,
+        batch_size=4,
+        rollout_n=2,
+        max_new_tokens=8,
+    )
+    summary = run_demo(config)
+    assert summary["steps"] == 2 and summary["q0_problems"] == 4 and summary["eval_problems"] == 1
+    for when in ("before", "after"):
+        assert 0 <= summary[when]["pass@1"] <= summary[when]["pass@10"] <= 1
+    for k in ("pass@1", "pass@10"):
+        diff = summary["change"][k]["diff"]
+        low, high = summary["change"][k]["ci95"]
+        assert low <= diff <= high
+        assert diff == pytest.approx(summary["after"][k] - summary["before"][k])
+    out = tmp_path / "demo"
+    assert json.loads((out / "summary.json").read_text())["train_run_id"] == summary["train_run_id"]
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    runs = lake.sql("SELECT kind, status FROM runs WHERE kind IN ('demo', 'train')").to_dicts()
+    assert sorted(runs, key=lambda r: r["kind"]) == [
+        {"kind": "demo", "status": "completed"},
+        {"kind": "train", "status": "completed"},
+    ]
+    logged = lake.sql("SELECT DISTINCT name FROM metrics WHERE name LIKE 'demo/%'")["name"]
+    assert {"demo/before/test/pass@10", "demo/after/test/pass@10"} <= set(logged)
