@@ -80,7 +80,10 @@ def append_forever(lake_uri: str, batch: int, progress_file: str) -> None:
     while True:
         lake.append("trajectories", batch_rows(f"k-{i:05d}", batch))
         i += 1
-        Path(progress_file).write_text(str(i))
+        # Atomic: a kill between write_text's truncate and write would read back as 0.
+        tmp = Path(f"{progress_file}.tmp")
+        tmp.write_text(str(i))
+        tmp.replace(progress_file)
 
 
 def snapshot_writer(lake_uri: str, batches: int, batch: int, pause_s: float, start: Any) -> None:
