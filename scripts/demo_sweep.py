@@ -130,7 +130,7 @@ def main() -> None:
     ap.add_argument("--q0-problems", type=int, default=512)
     ap.add_argument("--q0-samples", type=int, default=4)
     ap.add_argument("--eval-n", type=int, default=20)
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     if args.step == "prepare":
         prepare(args.base, args.q0_problems, args.q0_samples)
     elif args.step == "before":
