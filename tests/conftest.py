@@ -7,8 +7,31 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+_ROOT = Path(__file__).resolve().parents[1]
+# shared/ sits beside the checkout (CI) or inside it (a device machine's copy).
+SHARED_DATA = next(
+    (d / "shared" / "data" for d in (_ROOT, _ROOT.parent) if (d / "shared" / "data").is_dir()),
+    _ROOT.parent / "shared" / "data",
+)
 CC_SAMPLE = SHARED_DATA / "code_contests_sample.parquet"
+
+
+def _sandbox_unavailable() -> str | None:
+    """Why the sandbox cannot run here (no bwrap, no user namespaces...), or None."""
+    from spo_store.errors import SpoError
+    from spo_train.sandbox import ensure_sandbox
+
+    try:
+        ensure_sandbox()
+    except SpoError as exc:
+        return str(exc)
+    return None
+
+
+SANDBOX_UNAVAILABLE = _sandbox_unavailable()
+needs_sandbox = pytest.mark.skipif(
+    SANDBOX_UNAVAILABLE is not None, reason=f"sandbox unavailable: {SANDBOX_UNAVAILABLE}"
+)
 
 
 @pytest.fixture

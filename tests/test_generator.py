@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import io
 import random
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from spo_train.embedded import generator as gen
 from spo_train.embedded.build import verify_local
+from tests.conftest import CC_SAMPLE
 
-_ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = next(
-    (
-        d / "shared" / "data" / "code_contests_sample.parquet"
-        for d in (_ROOT, _ROOT.parent)
-        if (d / "shared" / "data" / "code_contests_sample.parquet").exists()
-    ),
-    _ROOT / "shared" / "data" / "code_contests_sample.parquet",
-)
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +35,9 @@ def test_same_seed_same_bytes_other_seed_differs(small, tmp_path):
     assert [p.statement for p in other] != [p.statement for p in small["train"]]
 
 
-@pytest.mark.skipif(not SAMPLE.exists(), reason="shared CodeContests sample not available")
+@pytest.mark.skipif(not CC_SAMPLE.exists(), reason="shared CodeContests sample not available")
 def test_schema_equals_real_code_contests_sample(small, tmp_path):
-    real = pq.read_schema(SAMPLE)
+    real = pq.read_schema(CC_SAMPLE)
     path = gen.write_parquet(small["test"], tmp_path / "t.parquet")
     ours = pq.read_schema(path)
     shared = [n for n in real.names if n in ours.names]

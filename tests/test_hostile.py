@@ -12,24 +12,10 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
+from spo_train.sandbox import JudgeJob, judge, judge_batch, run_program
+from tests.conftest import needs_sandbox
 
-from spo_store.errors import SpoError
-from spo_train.sandbox import JudgeJob, ensure_sandbox, judge, judge_batch, run_program
-
-
-def _sandbox_skip_reason() -> str | None:
-    """Why the sandbox cannot run here (no bwrap, no user namespaces...), or None."""
-    try:
-        ensure_sandbox()
-    except SpoError as exc:
-        return str(exc)
-    return None
-
-
-_SKIP = _sandbox_skip_reason()
-
-pytestmark = pytest.mark.skipif(_SKIP is not None, reason=f"sandbox unavailable: {_SKIP}")
+pytestmark = needs_sandbox
 
 PRELUDE = (
     "import os, sys\n"

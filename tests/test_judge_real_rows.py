@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 
-from spo_store.errors import SpoError
-from spo_train.sandbox import JudgeJob, ensure_sandbox, judge, judge_batch
+from spo_train.sandbox import JudgeJob, judge, judge_batch
+from tests.conftest import CC_SAMPLE, needs_sandbox
 
-
-def _sandbox_skip_reason() -> str | None:
-    """Why the sandbox cannot run here (no bwrap, no user namespaces...), or None."""
-    try:
-        ensure_sandbox()
-    except SpoError as exc:
-        return str(exc)
-    return None
-
-
-_SKIP = _sandbox_skip_reason()
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SAMPLE = DATA / "code_contests_sample.parquet"
 
 pytestmark = [
-    pytest.mark.skipif(_SKIP is not None, reason=f"sandbox unavailable: {_SKIP}"),
+    needs_sandbox,
     pytest.mark.skipif(
-        not SAMPLE.exists(), reason=f"real CodeContests sample not found at {SAMPLE}"
+        not CC_SAMPLE.exists(), reason=f"real CodeContests sample not found at {CC_SAMPLE}"
     ),
 ]
 
@@ -113,7 +98,7 @@ print(len(set(data[1 + n:]) - set(data[1:1 + n])))
 def problems() -> dict[str, dict]:
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(SAMPLE).to_pylist()
+    rows = pq.read_table(CC_SAMPLE).to_pylist()
     out = {}
     for row in rows:
         tests = []

@@ -30,9 +30,8 @@ from spo_store.ingest import ingest_human_solutions, problem_id
 from spo_store.lake import Lake
 from spo_store.mixture import MixtureSampler, fetch_by_ids
 from tests import helpers_lake as h
+from tests.conftest import CC_SAMPLE
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CC_SAMPLE = SHARED_DATA / "code_contests_sample.parquet"
 SPAWN = mp.get_context("spawn")
 
 

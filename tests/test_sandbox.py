@@ -11,25 +11,12 @@ from spo_store.errors import SpoError
 from spo_train import sandbox
 from spo_train.sandbox import (
     JudgeJob,
-    ensure_sandbox,
     judge,
     judge_batch,
     outputs_match,
     run_program,
 )
-
-
-def _sandbox_skip_reason() -> str | None:
-    """Why the sandbox cannot run here (no bwrap, no user namespaces...), or None."""
-    try:
-        ensure_sandbox()
-    except SpoError as exc:
-        return str(exc)
-    return None
-
-
-_SKIP = _sandbox_skip_reason()
-needs_sandbox = pytest.mark.skipif(_SKIP is not None, reason=f"sandbox unavailable: {_SKIP}")
+from tests.conftest import needs_sandbox
 
 ECHO_SUM = "import sys\nprint(sum(map(int, sys.stdin.read().split())))\n"
 
