@@ -7,14 +7,20 @@ columns that simple analysis should not read (token ids, log-probs, long text): 
 keeps them out of its in-memory metadata cache and fetches them by row only when a batch needs
 them.
 
-Changing a schema: bump `SCHEMA_VERSION` and add a migration in `spo_store.schema.MIGRATIONS`.
+Changing a schema: bump `SCHEMA_VERSION` and add a step to `spo_store.migrate.MIGRATIONS`
+(from the old version to the new one), with a test on a fixture lake written by the old release
+(`tests/fixtures/`). Version history:
+- 1: the first release.
+- 2: problems gain platform, float_tolerance_source, checker, fn_name, input_file, output_file
+  and judge_issue; q0 moves from problems to `q0_estimates`, keyed by problem, reference model
+  and sampler settings.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 VERSION_KEY = b"spo.schema_version"
 
 TESTS_TYPE = pa.struct([("input", pa.list_(pa.string())), ("output", pa.list_(pa.string()))])
@@ -33,23 +39,99 @@ PROBLEMS = pa.schema(
         _f("problem_id", pa.string(), "stable id: hash of source_dataset and name", nullable=False),
         _f("name", pa.string(), "problem name as given by its dataset", nullable=False),
         _f("source_dataset", pa.string(), "code_contests | taco | jsonl | embedded"),
-        _f("split", pa.string(), "train | valid | test (as given by the dataset)"),
+        _f(
+            "platform",
+            pa.string(),
+            "contest platform the problem comes from: codeforces | codechef | atcoder | "
+            "hackerearth | codejam | aizu | leetcode | codewars | ... (NULL: unknown)",
+        ),
+        _f(
+            "split",
+            pa.string(),
+            "train | valid | test | unspecified (settable: spo lake set-split)",
+        ),
         _f("statement", pa.string(), "problem statement shown to the model", heavy=True),
         _f("public_tests", TESTS_TYPE, "tests shown in the statement", heavy=True),
         _f("private_tests", TESTS_TYPE, "hidden tests", heavy=True),
         _f("generated_tests", TESTS_TYPE, "generated tests (CodeContests)", heavy=True),
         _f("num_tests", pa.int32(), "public + private + generated tests"),
-        _f("time_limit_s", pa.float64(), "per-test time limit in seconds"),
+        _f("time_limit_s", pa.float64(), "per-test CPU time limit in seconds"),
         _f("memory_limit_mb", pa.int32(), "memory limit in MiB"),
-        _f("float_tolerance", pa.float64(), "absolute/relative tolerance for float outputs"),
+        _f(
+            "float_tolerance",
+            pa.float64(),
+            "absolute-or-relative error allowed on non-integer numeric output tokens "
+            "(NULL: exact token comparison)",
+        ),
+        _f(
+            "float_tolerance_source",
+            pa.string(),
+            "where float_tolerance comes from: statement | dataset | default | NULL",
+        ),
+        _f(
+            "checker",
+            pa.string(),
+            "Python 3 checker program run in the sandbox as `checker input expected actual` "
+            "(paths); exit 0 accepts (NULL: token comparison)",
+            heavy=True,
+        ),
+        _f(
+            "fn_name",
+            pa.string(),
+            "call-based problem (TACO Codewars/LeetCode): the function or Solution method the "
+            "tests call, with JSON-encoded arguments and return values (NULL: stdin/stdout)",
+        ),
+        _f("input_file", pa.string(), "file the program reads instead of stdin (NULL: stdin)"),
+        _f("output_file", pa.string(), "file the program writes instead of stdout (NULL: stdout)"),
+        _f(
+            "judge_issue",
+            pa.string(),
+            "why the problem cannot be judged reliably, as '<reason>: <detail>' (reasons: "
+            "no_tests, multiple_answers, labels_disagree, interactive, unsupported_io, "
+            "unsupported_limits, ...); NULL: judged reliably",
+        ),
         _f("difficulty", pa.string(), "dataset difficulty label"),
         _f("extra", pa.string(), "other dataset fields as JSON", heavy=True),
-        _f("q0", pa.float64(), "soft value of the prompt: beta*log(S0+(1-S0)exp(-1/beta))"),
-        _f("q0_samples", pa.int32(), "n: pi_0 samples behind q0"),
-        _f("q0_successes", pa.int32(), "c: successful samples among them"),
-        _f("q0_beta", pa.float64(), "beta q0 was computed with"),
-        _f("q0_run_id", pa.string(), "estimate-q0 run that wrote q0"),
         _f("ingest_run_id", pa.string(), "run that ingested the problem"),
+        _f("created_at", TIMESTAMP, "when the row was written"),
+    ]
+)
+
+# Q0 belongs to the reference model and sampler that estimated it (method doc, "Values"): one row
+# per (problem, reference model, sampler settings), keyed by `estimate_id`.
+Q0_ESTIMATES = pa.schema(
+    [
+        _f(
+            "estimate_id",
+            pa.string(),
+            "key: hash of problem_id, ref_model_id and sampler_key",
+            nullable=False,
+        ),
+        _f("problem_id", pa.string(), "problems.problem_id", nullable=False),
+        _f(
+            "ref_model_id",
+            pa.string(),
+            "identity of the reference model pi_0 sampled",
+            nullable=False,
+        ),
+        _f(
+            "sampler_key",
+            pa.string(),
+            "canonical sampler settings, 'temperature=..,top_p=..,max_new_tokens=..'",
+            nullable=False,
+        ),
+        _f("temperature", pa.float32(), "sampling temperature of the estimate's samples"),
+        _f("top_p", pa.float32(), "sampling top-p of the estimate's samples"),
+        _f("max_new_tokens", pa.int32(), "response length bound of the estimate's samples"),
+        _f("samples", pa.int32(), "n: judged pi_0 samples behind the estimate"),
+        _f("successes", pa.int32(), "c: successful samples among them"),
+        _f("beta", pa.float64(), "beta q0 was computed with"),
+        _f(
+            "q0",
+            pa.float64(),
+            "soft value of the prompt at beta: beta*log(S0+(1-S0)exp(-1/beta)), S0=c/n",
+        ),
+        _f("run_id", pa.string(), "estimate-q0 run that wrote the estimate"),
         _f("created_at", TIMESTAMP, "when the row was written"),
     ]
 )
@@ -168,12 +250,22 @@ BATCHES = pa.schema(
 
 TABLES: dict[str, pa.Schema] = {
     "problems": PROBLEMS,
+    "q0_estimates": Q0_ESTIMATES,
     "trajectories": TRAJECTORIES,
     "token_cache": TOKEN_CACHE,
     "runs": RUNS,
     "annotations": ANNOTATIONS,
     "metrics": METRICS,
     "batches": BATCHES,
+}
+
+
+# The key of each keyed table: `Lake.insert_new` adds only rows whose key is not yet present,
+# atomically under concurrent writers. Tables not listed are append-only logs.
+KEYS: dict[str, str] = {
+    "problems": "problem_id",
+    "trajectories": "traj_id",
+    "q0_estimates": "estimate_id",
 }
 
 
