@@ -12,7 +12,7 @@ Changing a schema: bump `SCHEMA_VERSION` and add a step to `spo_store.migrate.MI
 (`tests/fixtures/`). Version history:
 - 1: the first release.
 - 2: problems gain platform, float_tolerance_source, checker, fn_name, input_file, output_file
-  and judge_issue; q0 moves from problems to `q0_estimates`, keyed by problem, reference model
+  and judge_issue; trajectories gain max_new_tokens; q0 moves from problems to `q0_estimates`, keyed by problem, reference model
   and sampler settings.
 """
 
@@ -146,6 +146,7 @@ TRAJECTORIES = pa.schema(
         _f("model_id", pa.string(), "identity of the sampling model (NULL for human)"),
         _f("temperature", pa.float32(), "sampling temperature"),
         _f("top_p", pa.float32(), "sampling top-p"),
+        _f("max_new_tokens", pa.int32(), "response length bound of the sampler (NULL: human)"),
         _f("language", pa.string(), "programming language of the response"),
         _f("response", pa.string(), "response text", heavy=True),
         _f("response_chars", pa.int32(), "length of response in characters"),
