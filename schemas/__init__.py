@@ -146,7 +146,6 @@ TRAJECTORIES = pa.schema(
         _f("model_id", pa.string(), "identity of the sampling model (NULL for human)"),
         _f("temperature", pa.float32(), "sampling temperature"),
         _f("top_p", pa.float32(), "sampling top-p"),
-        _f("max_new_tokens", pa.int32(), "response length bound of the sampler (NULL: human)"),
         _f("language", pa.string(), "programming language of the response"),
         _f("response", pa.string(), "response text", heavy=True),
         _f("response_chars", pa.int32(), "length of response in characters"),
@@ -170,6 +169,8 @@ TRAJECTORIES = pa.schema(
         _f("ref_model_id", pa.string(), "identity of the reference model of ref_logprobs"),
         _f("ref_logprobs", pa.list_(pa.float32()), "log pi_0 of response tokens", heavy=True),
         _f("created_at", TIMESTAMP, "when the row was written"),
+        # Columns added by a migration go last: Lance adds columns at the end of a dataset.
+        _f("max_new_tokens", pa.int32(), "response length bound of the sampler (NULL: human)"),
     ]
 )
 
