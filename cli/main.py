@@ -39,9 +39,9 @@ def version() -> None:
 
 def _register_all() -> None:
     # Imported here so `spo --help` stays fast and each area owns its own module.
-    from spo_cli import judge_cmds, lake_cmds, train_cmds
+    from spo_cli import judge_cmds, lake_admin_cmds, lake_cmds, train_cmds
 
-    for module in (lake_cmds, judge_cmds, train_cmds):
+    for module in (lake_cmds, lake_admin_cmds, judge_cmds, train_cmds):
         module.register(app)
 
 
@@ -68,6 +68,23 @@ def main(argv: list[str] | None = None) -> None:
             Text.assemble(("error: ", "red"), str(exc)), highlight=False, soft_wrap=True
         )
         sys.exit(2)
+    except Exception as exc:  # noqa: BLE001 - a bug must still end in one line, not a traceback
+        if os.environ.get("SPO_DEBUG"):
+            raise
+        where = exc.__traceback__
+        while where is not None and where.tb_next is not None:
+            where = where.tb_next
+        loc = f" at {where.tb_frame.f_code.co_filename}:{where.tb_lineno}" if where else ""
+        err_console.print(
+            Text.assemble(
+                ("internal error: ", "red"),
+                f"{type(exc).__name__}: {exc}{loc} (a bug in spo: rerun with SPO_DEBUG=1 for "
+                "the traceback and report it)",
+            ),
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -151,7 +151,18 @@ class Lake:
             if not root.exists() and not create:
                 raise SpoError(f"no lake at {lake.uri} (run an ingest to create it)")
             root.mkdir(parents=True, exist_ok=True)
+        # Check the tables that exist before creating missing ones: a lake of another schema
+        # version is refused (or sent to `spo lake migrate`) without being touched.
+        missing = []
         for name in TABLES:
+            try:
+                ds = lance.dataset(lake.table_uri(name))
+            except (ValueError, FileNotFoundError, OSError):
+                missing.append(name)
+                continue
+            check_schema(name, ds, lake.uri)
+            lake._datasets[name] = ds
+        for name in missing:
             lake._ensure_table(name, create=create)
         return lake
 

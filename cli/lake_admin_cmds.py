@@ -1,0 +1,94 @@
+"""`spo lake migrate` and `spo lake batch`: schema upgrades and batch reproduction."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from spo_cli.lake_cmds import LakeOpt, lake_app
+
+console = Console()
+err = Console(stderr=True)
+
+
+@lake_app.command("migrate")
+def migrate_cmd(
+    lake: LakeOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object as the last line")
+    ] = False,
+) -> None:
+    """Upgrade a lake written by an older spo to this spo's schema (tags the old versions first)."""
+    from spo_store.migrate import migrate_lake
+
+    report = migrate_lake(lake, say=lambda m: err.print(m, highlight=False))
+    if report.from_version == report.to_version:
+        err.print(f"lake {report.uri} is at schema version {report.to_version}: nothing to do")
+    else:
+        tag = f"schema-v{report.from_version}"
+        err.print(
+            f"migrated lake {report.uri} from schema version {report.from_version} to "
+            f"{report.to_version}; the old versions stay readable under tag {tag!r}",
+            highlight=False,
+        )
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "lake": report.uri,
+                    "from_version": report.from_version,
+                    "to_version": report.to_version,
+                    "tagged": report.tagged,
+                    "notes": report.notes,
+                }
+            )
+        )
+
+
+@lake_app.command("batch")
+def batch_cmd(
+    run_id: Annotated[str, typer.Argument(help="Training run id")],
+    step: Annotated[int, typer.Option("--step", help="Training step of the batch")],
+    lake: LakeOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object as the last line")
+    ] = False,
+) -> None:
+    """Reproduce the batch a training run drew at a step, from its logged ids."""
+    from spo_store.lake import Lake
+    from spo_store.reproduce import reproduce_batch
+
+    cols = ["traj_id", "problem_id", "source", "reward", "content_hash"]
+    batch = reproduce_batch(Lake.open(lake, create=False), run_id, step, cols)
+    rows = batch.table.to_pylist()
+    where = (
+        f"at its logged version {batch.logged_version}"
+        if batch.exact_version
+        else f"by id at version {batch.read_version} (logged version {batch.logged_version} "
+        "was cleaned up; rows are keyed and immutable)"
+    )
+    err.print(f"batch of run {run_id} step {step}: {len(rows)} rows, read {where}")
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "run_id": run_id,
+                    "step": step,
+                    "logged_version": batch.logged_version,
+                    "read_version": batch.read_version,
+                    "rows": rows,
+                }
+            )
+        )
+    else:
+        for r in rows:
+            console.print(
+                f"{r['traj_id']}  {r['source']:<8} reward {r['reward']}  {r['problem_id']}",
+                highlight=False,
+            )
+
+
+def register(app: typer.Typer) -> None:
+    """The commands attach to `lake_app`, which `lake_cmds.register` adds to the app."""

@@ -1,0 +1,255 @@
+"""Schema migrations: bring a lake written by an older spo to the current schema, losing nothing.
+
+`spo lake migrate` (`migrate_lake`) runs one step per schema version (`MIGRATIONS[v]` takes a
+lake from version v to v + 1). Before the first step it tags every table's current version
+`schema-v<old>`, so the old lake stays readable by version (`lance.dataset(uri,
+version="schema-v1")`) and `spo lake cleanup` never removes it. Each step is idempotent and
+each table's `spo.schema_version` is raised only after its data is in place, so a migration
+killed half-way is finished by running it again.
+
+Run it with no other spo process writing to the lake: it holds the lake's keyed-write locks
+(`Lake.insert_new`) and its create lock, but plain appends of an older spo do not take them.
+
+Version history (see `spo_schemas`):
+- 1 -> 2: problems gain platform, float_tolerance_source, checker, fn_name, input_file,
+  output_file and judge_issue (derived from each row by `spo_store.problem_rules`); q0 moves
+  from problems to `q0_estimates`, keyed by problem, reference model and sampler settings (taken
+  from the estimate-q0 run that wrote it); trajectories gain max_new_tokens (from the config
+  of the run that sampled them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lance
+import pyarrow as pa
+from spo_schemas import KEYS, SCHEMA_VERSION, TABLES, VERSION_KEY, table_schema
+
+from spo_store.errors import SpoError
+from spo_store.lake import resolve_lake_uri, to_table, utc_now
+from spo_store.q0_estimates import estimate_id, sampler_key
+
+
+@dataclass
+class MigrationReport:
+    """What `migrate_lake` did: versions, tags made, and per-step notes (row counts)."""
+
+    uri: str
+    from_version: int
+    to_version: int
+    tagged: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _table_uri(root: str, name: str) -> str:
+    return f"{root}/{name}.lance"
+
+
+def _open(root: str, name: str, version: int | str | None = None) -> lance.LanceDataset | None:
+    try:
+        return lance.dataset(_table_uri(root, name), version=version)
+    except (ValueError, FileNotFoundError, OSError):
+        return None
+
+
+def schema_version_of(ds: lance.LanceDataset) -> int:
+    """The `spo.schema_version` a table was written with (SpoError when it has none)."""
+    found = (ds.schema.metadata or {}).get(VERSION_KEY)
+    if found is None:
+        raise SpoError(f"{ds.uri} has no spo schema version: not an spo lake")
+    return int(found)
+
+
+def lake_schema_version(uri: str | os.PathLike[str] | None) -> int:
+    """The oldest schema version among the lake's tables (its version for migration)."""
+    root = resolve_lake_uri(uri)
+    versions = [schema_version_of(ds) for n in TABLES if (ds := _open(root, n)) is not None]
+    if not versions:
+        raise SpoError(f"no lake at {root}")
+    return min(versions)
+
+
+@contextlib.contextmanager
+def _locks(root: str) -> Iterator[None]:
+    """Hold the migrate lock, the create lock and every keyed-write lock of a local lake."""
+    if "://" in root:
+        yield
+        return
+    names = [".migrate.lock", ".create.lock", *(f".{t}.lock" for t in sorted(KEYS))]
+    with contextlib.ExitStack() as stack:
+        for name in names:
+            fh = stack.enter_context(open(Path(root) / name, "a+b"))
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def migrate_lake(
+    uri: str | os.PathLike[str] | None, *, say: Callable[[str], None] | None = None
+) -> MigrationReport:
+    """Migrate the lake at `uri` to `SCHEMA_VERSION` (see the module docstring).
+
+    Raises SpoError when there is no lake there or it was written by a newer spo. A lake that is
+    already current is left untouched (the report's from and to versions are equal).
+    """
+    say = say or (lambda _m: None)
+    root = resolve_lake_uri(uri)
+    if "://" not in root and not Path(root).is_dir():
+        raise SpoError(f"no lake at {root}")
+    with _locks(root):
+        current = lake_schema_version(root)
+        if current > SCHEMA_VERSION:
+            raise SpoError(
+                f"lake {root} was written by schema version {current}, newer than this spo's "
+                f"{SCHEMA_VERSION}: upgrade spo"
+            )
+        report = MigrationReport(root, current, SCHEMA_VERSION)
+        if current == SCHEMA_VERSION:
+            return report
+        tag = f"schema-v{current}"
+        for name in TABLES:
+            ds = _open(root, name)
+            if ds is None or schema_version_of(ds) != current:
+                continue
+            if tag not in ds.tags.list():
+                ds.tags.create(tag, ds.version)
+            report.tagged[name] = ds.tags.list()[tag]["version"]
+        say(f"tagged the current version of every table {tag!r}")
+        for version in range(current, SCHEMA_VERSION):
+            MIGRATIONS[version](root, tag, report, say)
+        return report
+
+
+def _set_version(ds: lance.LanceDataset, version: int) -> None:
+    meta = {k.decode(): v.decode() for k, v in (ds.schema.metadata or {}).items()}
+    meta[VERSION_KEY.decode()] = str(version)
+    ds.replace_schema_metadata(meta)
+
+
+def _run_configs(root: str, tag: str) -> dict[str, dict[str, Any]]:
+    """run_id -> {kind, model_id, config} from the runs table (at the pre-migration tag)."""
+    ds = _open(root, "runs", tag) or _open(root, "runs")
+    if ds is None:
+        return {}
+    out = {}
+    for r in ds.to_table(columns=["run_id", "kind", "model_id", "config"]).to_pylist():
+        try:
+            cfg = json.loads(r["config"] or "{}")
+        except json.JSONDecodeError:
+            cfg = {}
+        out[r["run_id"]] = {"kind": r["kind"], "model_id": r["model_id"], "config": cfg}
+    return out
+
+
+def _v1_to_v2(root: str, tag: str, report: MigrationReport, say: Callable[[str], None]) -> None:
+    runs = _run_configs(root, tag)
+
+    # 1. q0_estimates from the q0 columns of v1 problems (read at the tag: it survives a
+    # migration killed after the problems rewrite).
+    if _open(root, "q0_estimates") is None:
+        lance.write_dataset(
+            table_schema("q0_estimates").empty_table(), _table_uri(root, "q0_estimates")
+        )
+    old_problems = _open(root, "problems", tag)
+    estimates = []
+    if old_problems is not None and "q0" in old_problems.schema.names:
+        cols = ["problem_id", "q0", "q0_samples", "q0_successes", "q0_beta", "q0_run_id"]
+        for p in old_problems.to_table(columns=cols, filter="q0 IS NOT NULL").to_pylist():
+            run = runs.get(p["q0_run_id"] or "", {})
+            cfg = run.get("config", {})
+            model = run.get("model_id") or "unknown (migrated from schema v1)"
+            temp, top_p = float(cfg.get("temperature", 1.0)), float(cfg.get("top_p", 1.0))
+            max_new = int(cfg.get("max_new_tokens", 256))
+            key = sampler_key(temp, top_p, max_new)
+            estimates.append(
+                {
+                    "estimate_id": estimate_id(p["problem_id"], model, key),
+                    "problem_id": p["problem_id"],
+                    "ref_model_id": model,
+                    "sampler_key": key,
+                    "temperature": temp,
+                    "top_p": top_p,
+                    "max_new_tokens": max_new,
+                    "samples": p["q0_samples"],
+                    "successes": p["q0_successes"],
+                    "beta": p["q0_beta"],
+                    "q0": p["q0"],
+                    "run_id": p["q0_run_id"],
+                    "created_at": utc_now(),
+                }
+            )
+    q0_ds = lance.dataset(_table_uri(root, "q0_estimates"))
+    have = set(q0_ds.to_table(columns=["estimate_id"]).column(0).to_pylist())
+    new = [e for e in estimates if e["estimate_id"] not in have]
+    if new:
+        lance.write_dataset(to_table("q0_estimates", new), q0_ds.uri, mode="append")
+    report.notes.append(f"q0_estimates: {len(new)} estimates moved from problems")
+    say(report.notes[-1])
+
+    # 2. problems: rewritten with the v2 columns (small table: one overwrite commit).
+    ds = _open(root, "problems")
+    if ds is not None and schema_version_of(ds) < 2:
+        from spo_store.problem_rules import annotate_problem
+
+        rows = ds.to_table().to_pylist()
+        v2_names = set(TABLES["problems"].names)
+        out = []
+        for row in rows:
+            new_row = {k: v for k, v in row.items() if k in v2_names}
+            if row.get("float_tolerance") is not None:
+                new_row["float_tolerance_source"] = "dataset"
+            out.append(annotate_problem(new_row))
+        lance.write_dataset(to_table("problems", out), ds.uri, mode="overwrite")
+        flagged = sum(r.get("judge_issue") is not None for r in out)
+        report.notes.append(
+            f"problems: {len(out)} rows rewritten with the v2 columns ({flagged} flagged "
+            "with a judge_issue)"
+        )
+        say(report.notes[-1])
+
+    # 3. trajectories: max_new_tokens from the run that sampled each row (new column only).
+    ds = _open(root, "trajectories")
+    if ds is not None and schema_version_of(ds) < 2:
+        if "max_new_tokens" not in ds.schema.names:
+            by_run = {
+                run_id: int(r["config"]["max_new_tokens"])
+                for run_id, r in runs.items()
+                if isinstance(r["config"].get("max_new_tokens"), int | float)
+            }
+
+            @lance.batch_udf(output_schema=pa.schema([pa.field("max_new_tokens", pa.int32())]))
+            def fill(batch: pa.RecordBatch) -> pa.RecordBatch:
+                runs_col = batch.column("run_id").to_pylist()
+                src = batch.column("source").to_pylist()
+                values = [
+                    None if s == "human" else by_run.get(r)
+                    for r, s in zip(runs_col, src, strict=True)
+                ]
+                return pa.record_batch([pa.array(values, pa.int32())], names=["max_new_tokens"])
+
+            ds.add_columns(fill, read_columns=["run_id", "source"])
+            ds = lance.dataset(ds.uri)
+        filled = ds.count_rows(filter="max_new_tokens IS NOT NULL")
+        _set_version(ds, 2)
+        report.notes.append(f"trajectories: max_new_tokens set on {filled} sampled rows")
+        say(report.notes[-1])
+
+    # 4. every other table: same columns, new version number.
+    for name in TABLES:
+        ds = _open(root, name)
+        if ds is None:
+            lance.write_dataset(table_schema(name).empty_table(), _table_uri(root, name))
+        elif schema_version_of(ds) < 2:
+            _set_version(ds, 2)
+
+
+MIGRATIONS: dict[int, Callable[[str, str, MigrationReport, Callable[[str], None]], None]] = {
+    1: _v1_to_v2,
+}
