@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import marshal
-import math
 import os
 import select
 import shutil
@@ -51,8 +50,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +68,6 @@ NOFILE_LIMIT = 256
 WALL_FACTOR, WALL_SLACK_S = 1.5, 1.0  # wall-clock limit per test = 1.5 x CPU limit + 1 s
 HOST_SLACK_S = 5.0  # the host's watchdog fires this long after the driver's own wall limit
 START_TIMEOUT_S = 20.0  # sandbox start + compile (+ import preloading)
-PREVIEW_CHARS = 2000  # per-test stdout/stderr/expected kept in `TestResult` for display
 
 RUN_STATUSES = (
     "ok",
@@ -80,7 +77,6 @@ RUN_STATUSES = (
     "output_limit",
     "sandbox_error",
 )
-VERDICT_STATUSES = (*RUN_STATUSES, "wrong_answer", "compile_error")
 
 _DRIVER_SOURCE = (Path(__file__).with_name("sandbox_driver.py")).read_text(encoding="utf-8")
 
@@ -97,74 +93,6 @@ class RunResult:
     cpu_s: float = 0.0
     signal: int | None = None
     max_rss_kb: int = 0
-
-
-@dataclass(frozen=True)
-class TestResult:
-    """One test of a judged program, with short previews for display."""
-
-    index: int
-    status: str  # ok / wrong_answer / runtime_error / time_limit / ...
-    passed: bool
-    wall_s: float
-    cpu_s: float
-    exit_code: int | None
-    stdout: str  # previews, at most PREVIEW_CHARS each
-    stderr: str
-    expected: str
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The judgement of one program against its tests."""
-
-    passed: bool
-    status: str  # one of VERDICT_STATUSES: "ok" when passed, else the first failure's status
-    passed_tests: int
-    total_tests: int
-    tests: list[TestResult] = field(default_factory=list)
-    detail: str = ""  # compile error text, sandbox failure, ... (one paragraph)
-    wall_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class JudgeJob:
-    """One program and its tests, for `judge_batch`."""
-
-    source: str
-    tests: Sequence[tuple[str, str]]
-    time_limit_s: float = 2.0
-    memory_limit_mb: int = 256
-    float_tolerance: float | None = None
-
-
-# ---------------------------------------------------------------------------------------------
-# Output comparison
-
-
-def outputs_match(actual: str, expected: str, float_tolerance: float | None = None) -> bool:
-    """Token-by-token comparison (any whitespace separates tokens), as contest judges do.
-
-    With `float_tolerance`, tokens that both parse as finite floats match when
-    |a - e| <= tol or |a - e| <= tol * |e| (absolute or relative error).
-    """
-    got, want = actual.split(), expected.split()
-    if got == want:
-        return True
-    if float_tolerance is None or len(got) != len(want):
-        return False
-    for a, e in zip(got, want, strict=True):
-        if a == e:
-            continue
-        try:
-            fa, fe = float(a), float(e)
-        except ValueError:
-            return False
-        if not (math.isfinite(fa) and math.isfinite(fe)):
-            return False
-        if abs(fa - fe) > float_tolerance * max(1.0, abs(fe)):
-            return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,6 +328,7 @@ class _SessionOutcome:
     compile_error: str | None = None
     results: list[RunResult] = field(default_factory=list)
     failure: str | None = None  # set when the sandbox itself failed
+    started: bool = False  # the driver answered READY (a failure before that: start failure)
 
 
 class _Pipe:
@@ -585,7 +514,7 @@ def _parse_result(head: bytes, out_cap: int) -> tuple[RunResult, int, int] | Non
 
 def _run_session(
     source: str,
-    inputs: Sequence[str],
+    inputs: Sequence[str | bytes],
     *,
     time_limit_s: float,
     memory_limit_mb: int,
@@ -593,10 +522,14 @@ def _run_session(
     output_limit_bytes: int = OUTPUT_LIMIT_BYTES,
     wall_limit_s: float | None = None,
     keep_going: Callable[[int, RunResult], bool] | None = None,
+    config_extra: Mapping[str, Any] | None = None,
 ) -> _SessionOutcome:
     """Run `source` on each input in one sandbox (`sandbox=None`: without bwrap).
 
     `keep_going(i, result)` decides after each test whether to send the next one.
+    `config_extra`: further driver options (see `sandbox_driver`: input_file, output_file,
+    argv, exc_status, fn_name, file_frames); with `file_frames` each input is a ready
+    `bytes` frame. A `str` input is the test's stdin (UTF-8).
     """
     if not (time_limit_s > 0 and memory_limit_mb > 0):
         raise SpoError(
@@ -636,6 +569,7 @@ def _run_session(
             "nofile": NOFILE_LIMIT,
             "workdir": workdir,
             "sandboxed": sandbox is not None,
+            **(config_extra or {}),
         }
     )
     proc: subprocess.Popen | None = None
@@ -674,8 +608,9 @@ def _run_session(
             text = pipe.read_exact(int(parts[1]), deadline) or b""
             outcome.compile_error = text.decode("utf-8", "replace")
             return outcome
+        outcome.started = True
         for i, text in enumerate(inputs):
-            data = _encode_input(text)
+            data = text if isinstance(text, bytes) else _encode_input(text)
             started = time.monotonic()
             deadline = started + wall + HOST_SLACK_S + len(data) / 50e6
             parsed = None
@@ -775,121 +710,14 @@ def run_program(
     )
 
 
-def _preview(text: str) -> str:
-    return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + "..."
+# Judging moved to `spo_train.judge`; the old names still resolve here (lazily: judge imports
+# this module).
+_MOVED = ("JudgeJob", "TestResult", "Verdict", "judge", "judge_batch", "outputs_match")
 
 
-def judge(
-    source: str,
-    tests: Sequence[tuple[str, str]],
-    *,
-    time_limit_s: float = 2.0,
-    memory_limit_mb: int = 256,
-    stop_on_first_failure: bool = True,
-    float_tolerance: float | None = None,
-    unsafe_no_sandbox: bool = False,
-) -> Verdict:
-    """Judge one program on `(input, expected_output)` tests in one sandbox.
+def __getattr__(name: str) -> Any:
+    if name in _MOVED or name == "VERDICT_STATUSES":
+        from spo_train import judge as _judge
 
-    Outputs are compared token by token (whitespace-insensitive), with an optional absolute or
-    relative `float_tolerance`. The verdict's status is `ok` when every test passed, else the
-    status of the first failing test (`wrong_answer`, `runtime_error`, `time_limit`, ...), or
-    `compile_error` for a syntax error, or `sandbox_error` when the sandbox itself failed.
-    """
-    tests = [(str(i), str(o)) for i, o in tests]
-    if not tests:
-        raise SpoError("judge needs at least one test")
-    sandbox = _sandbox_for(unsafe_no_sandbox)
-    started = time.monotonic()
-    results: list[TestResult] = []
-
-    def keep_going(i: int, run: RunResult) -> bool:
-        expected = tests[i][1]
-        if run.status == "ok":
-            ok = outputs_match(run.stdout, expected, float_tolerance)
-            status = "ok" if ok else "wrong_answer"
-        else:
-            ok, status = False, run.status
-        results.append(
-            TestResult(
-                index=i,
-                status=status,
-                passed=ok,
-                wall_s=run.wall_s,
-                cpu_s=run.cpu_s,
-                exit_code=run.exit_code,
-                stdout=_preview(run.stdout),
-                stderr=_preview(run.stderr),
-                expected=_preview(expected),
-            )
-        )
-        return ok or not stop_on_first_failure
-
-    out = _run_session(
-        source,
-        [t[0] for t in tests],
-        time_limit_s=time_limit_s,
-        memory_limit_mb=memory_limit_mb,
-        sandbox=sandbox,
-        keep_going=keep_going,
-    )
-    # A watchdog result (the driver never answered) does not go through keep_going.
-    for extra in out.results[len(results) :]:
-        keep_going(len(results), extra)
-    wall = time.monotonic() - started
-    passed_tests = sum(r.passed for r in results)
-    if out.compile_error is not None:
-        return Verdict(False, "compile_error", 0, len(tests), [], out.compile_error.strip(), wall)
-    if out.failure is not None:
-        return Verdict(False, "sandbox_error", passed_tests, len(tests), results, out.failure, wall)
-    first_bad = next((r for r in results if not r.passed), None)
-    if first_bad is None and len(results) == len(tests):
-        return Verdict(True, "ok", passed_tests, len(tests), results, "", wall)
-    status = first_bad.status if first_bad is not None else "sandbox_error"
-    detail = f"test {first_bad.index}: {status}" if first_bad is not None else "tests missing"
-    return Verdict(False, status, passed_tests, len(tests), results, detail, wall)
-
-
-def judge_batch(
-    jobs: Sequence[JudgeJob],
-    *,
-    workers: int | None = None,
-    progress: Callable[[int], None] | None = None,
-    unsafe_no_sandbox: bool = False,
-    stop_on_first_failure: bool = True,
-) -> list[Verdict]:
-    """Judge many programs in parallel (one sandbox each); verdicts in the order of `jobs`.
-
-    `workers` defaults to `os.cpu_count()`. `progress(n)` is called from the calling thread
-    with the number of jobs just finished (1 each time), e.g. `lambda n: bar.advance(task, n)`.
-    A failure of one job (sandbox trouble, bad limits) becomes that job's `sandbox_error`
-    verdict; only a missing bwrap raises (SpoError), before anything runs.
-    """
-    jobs = list(jobs)
-    if not jobs:
-        return []
-    _sandbox_for(unsafe_no_sandbox)  # fail fast, and find the layout once before the threads
-    workers = max(1, workers or os.cpu_count() or 1)
-
-    def one(job: JudgeJob) -> Verdict:
-        try:
-            return judge(
-                job.source,
-                job.tests,
-                time_limit_s=job.time_limit_s,
-                memory_limit_mb=job.memory_limit_mb,
-                stop_on_first_failure=stop_on_first_failure,
-                float_tolerance=job.float_tolerance,
-                unsafe_no_sandbox=unsafe_no_sandbox,
-            )
-        except Exception as exc:  # noqa: BLE001 - one bad job must not kill the batch
-            return Verdict(False, "sandbox_error", 0, len(job.tests), [], f"{exc}")
-
-    verdicts: list[Verdict | None] = [None] * len(jobs)
-    with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-        futures = {pool.submit(one, job): i for i, job in enumerate(jobs)}
-        for fut in as_completed(futures):
-            verdicts[futures[fut]] = fut.result()
-            if progress is not None:
-                progress(1)
-    return [v for v in verdicts if v is not None]
+        return getattr(_judge, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

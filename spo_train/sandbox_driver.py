@@ -8,7 +8,16 @@ Protocol (binary frames, so outputs need no escaping):
 
 - host -> driver (stdin): ``b"<n>\\n"`` then n bytes. The first frame is the config, a
   `marshal`-ed dict (``source, cpu_s, wall_s, mem_bytes, out_bytes, err_keep, fsize_bytes,
-  nproc, nofile, workdir, sandboxed``); every later frame is one test's raw stdin. EOF ends.
+  nproc, nofile, workdir, sandboxed``, optional ``argv, exc_status, input_file, output_file,
+  fn_name, call_prelude, file_frames``); every later frame is one test's raw stdin, or with
+  `file_frames` a marshalled ``(stdin, {file name: bytes})`` written into the working directory
+  first (a checker's input/output/answer files). EOF ends.
+- ``input_file``: the test input is also written to that file in the working directory;
+  ``output_file``: the program's answer is read from that file (stdout if it made none).
+- ``fn_name`` (call-based): after the program ran (its prints discarded, as TACO's evaluator
+  captures them), the child calls ``fn_name`` (a top-level function, else a method of class
+  ``Solution``) with the JSON argument list read from stdin and writes the JSON of the return
+  value to stdout.
 - driver -> host (stdout): ``b"READY <n>\\n"`` + n bytes of compile error text (n = 0: none);
   then per test ``b"RESULT <status> <exit|-> <signal|-> <wall_s> <cpu_s> <max_rss_kb> <n_out>
   <n_err>\\n"`` + n_out bytes of stdout + n_err bytes of stderr.
@@ -146,9 +155,41 @@ def _print_traceback(source: str) -> None:
         pass
 
 
+def _unjsonable(obj):
+    """JSON for a return value JSON cannot encode (a set, an object): never equal to a test's."""
+    return {"__unjsonable__": repr(obj)}
+
+
+def _call_function(glb: dict, fn_name: str, real_stdout) -> None:
+    """Call-based tests (TACO): call `fn_name` with the JSON args on stdin, print JSON result."""
+    import json
+
+    args = json.loads(sys.stdin.read())
+    if not isinstance(args, list):
+        args = [args]
+    if args and isinstance(args[0], dict):  # TACO turns a dict argument's keys into ints
+        try:
+            args = [{int(k): v for k, v in args[0].items()}, *args[1:]]
+        except ValueError:
+            pass
+    fn = glb.get(fn_name)
+    if not callable(fn):
+        cls = glb.get("Solution")
+        if cls is None:
+            raise NameError(f"no function {fn_name!r} and no class Solution")
+        fn = getattr(cls(), fn_name)
+    result = fn(*args)
+    if isinstance(result, tuple):
+        result = list(result)
+    real_stdout.write(json.dumps(result, default=_unjsonable))
+
+
 def _child(code, source: str, stdin_fd: int, out_w: int, err_w: int, cfg: dict, vsz: int):
     """Runs in the forked child: never returns."""
     status = 1
+    exc_status = cfg.get("exc_status", 1)
+    fn_name = cfg.get("fn_name")
+    prelude = cfg.get("prelude_code")
     try:
         os.setsid()  # own session and process group: unsandboxed mode kills the group
         os.dup2(stdin_fd, 0)
@@ -194,12 +235,15 @@ def _child(code, source: str, stdin_fd: int, out_w: int, err_w: int, cfg: dict, 
             errors="backslashreplace",
             line_buffering=True,
         )
-        sys.argv = ["solution.py"]
+        sys.argv = list(cfg.get("argv") or ["solution.py"])
         main = type(sys)("__main__")
         main.__dict__["__builtins__"] = builtins
         main.__dict__["__file__"] = "solution.py"
         sys.modules["__main__"] = main
         glb = main.__dict__
+        real_stdout = sys.stdout
+        if fn_name:  # the program's own prints are not its answer (TACO captures them)
+            sys.stdout = sys.__stdout__ = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
         gc.enable()
     except BaseException as exc:  # noqa: BLE001 - setup failure: report, never run the program
         try:
@@ -208,7 +252,11 @@ def _child(code, source: str, stdin_fd: int, out_w: int, err_w: int, cfg: dict, 
             os._exit(1)
     del cfg, stdin_fd, out_w, err_w  # nothing of the driver the program needs
     try:
+        if prelude is not None:
+            exec(prelude, glb)  # noqa: S102 - our own imports for call-based programs
         exec(code, glb)  # noqa: S102 - this is the judged program, confined by the sandbox
+        if fn_name:
+            _call_function(glb, fn_name, real_stdout)
         status = 0
     except SystemExit as exc:
         status = _exit_status_of(exc)
@@ -219,7 +267,7 @@ def _child(code, source: str, stdin_fd: int, out_w: int, err_w: int, cfg: dict, 
         except BaseException:  # noqa: BLE001
             pass
     except BaseException:  # noqa: BLE001 - any uncaught error is the program's runtime error
-        status = 1
+        status = exc_status
         _print_traceback(source)
     # What the interpreter does at exit: wait for non-daemon threads, run atexit, flush.
     try:
@@ -234,7 +282,7 @@ def _child(code, source: str, stdin_fd: int, out_w: int, err_w: int, cfg: dict, 
         atexit._run_exitfuncs()
     except BaseException:  # noqa: BLE001
         pass
-    for stream in (sys.stdout, sys.stderr):
+    for stream in (sys.stdout, sys.stderr, real_stdout):
         try:
             stream.flush()
         except BaseException:  # noqa: BLE001 - e.g. a closed pipe: like CPython, exit 120
@@ -431,6 +479,12 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
         status = "runtime_error"
     else:
         status = "ok"
+    if cfg.get("output_file") and status == "ok":
+        got = _read_output_file(os.path.join(cfg["workdir"], cfg["output_file"]), out_cap)
+        if got is not None:
+            out = bytearray(got)
+            if len(out) > out_cap:
+                status = "output_limit"
     if len(out) > out_cap:
         del out[out_cap:]
     return (
@@ -443,6 +497,42 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
         bytes(out),
         bytes(err),
     )
+
+
+def _read_output_file(path: str, cap: int):
+    """The program's output file (at most cap + 1 bytes), or None if it made no regular file.
+
+    O_NOFOLLOW | O_NONBLOCK and the regular-file check: a symlink to /dev/zero or a FIFO left by
+    the program must not hang or flood the driver.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if (os.fstat(fd).st_mode & 0o170000) != 0o100000:
+            return None
+        data = bytearray()
+        while len(data) <= cap:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            data += chunk
+        return bytes(data)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def _clean_workdir(path: str) -> None:
@@ -487,6 +577,13 @@ def main() -> None:
     if not cfg["sandboxed"]:
         _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans of a test re-parent to us
     source = cfg.pop("source")
+    if cfg.get("call_prelude"):
+        cfg["prelude_code"] = compile(cfg["call_prelude"], "<prelude>", "exec")
+        for name in ("json", "typing", "functools", "random", "string"):
+            try:
+                __import__(name)
+            except ImportError:
+                pass
     builtins.exit = _Quitter("exit")
     builtins.quit = _Quitter("quit")
     try:
@@ -511,6 +608,12 @@ def main() -> None:
         data = chan.frame()
         if data is None:
             os._exit(0)  # the host is waiting for us to go: skip interpreter teardown
+        if cfg.get("file_frames"):
+            data, files = marshal.loads(data)
+            for name, content in files.items():
+                _write_file(os.path.join(cfg["workdir"], name), content)
+        if cfg.get("input_file"):
+            _write_file(os.path.join(cfg["workdir"], cfg["input_file"]), data)
         status, exit_code, sig, wall, cpu, rss, out, err = _run_test(code, source, data, cfg)
         del data
         _clean_workdir(cfg["workdir"])
