@@ -113,6 +113,11 @@ def migrate_lake(
         report = MigrationReport(root, current, SCHEMA_VERSION)
         if current == SCHEMA_VERSION:
             return report
+        if current not in MIGRATIONS:
+            raise SpoError(
+                f"lake {root} uses schema version {current}, which no spo release wrote: "
+                "no migration exists from it"
+            )
         tag = f"schema-v{current}"
         for name in TABLES:
             ds = _open(root, name)
