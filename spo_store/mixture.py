@@ -9,6 +9,11 @@ A mixture names sources with weights. Each source is a SQL predicate over the al
 3. per-source counts are exact (largest remainder), the draw is seeded by `(seed, step)`;
 4. the heavy columns (text, token ids, log-probs) are fetched by row with Lance `take` from the
    pinned version, and `(lake version, trajectory ids)` identifies the batch for reproduction.
+
+`p` is the problems table plus the q0 estimate of the run's reference model and q0 sampler
+settings (`q0_estimates`, LEFT JOIN: `p.q0` is NULL where that model has no estimate; see
+`spo_store.q0_estimates.problems_with_q0_sql`), so predicates over `p.q0` mean the q0 the run
+trains against. Problems with a `judge_issue` are left out unless `include_unreliable`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from spo_schemas import light_columns
 
 from spo_store.errors import SpoError
 from spo_store.lake import Lake
+from spo_store.q0_estimates import problems_with_q0_sql
 
 # Predicates over t (trajectories) and p (problems). {run_id}, {policy_version} and {staleness}
 # are filled from the sampling context; a source that needs them fails clearly without one.
@@ -47,6 +53,8 @@ BUILTIN_SOURCES: dict[str, str] = {
 DEDUPLICATED = {"offline", "human"}
 # Every source only sees judged trajectories of problems with a Q0 estimate (SPO needs both).
 BASE_PREDICATE = "t.reward IS NOT NULL AND p.q0 IS NOT NULL"
+# ... and, unless the sampler is told to include them, problems the judge handles reliably.
+RELIABLE_PREDICATE = "p.judge_issue IS NULL"
 
 
 @dataclass(frozen=True)
@@ -128,25 +136,43 @@ class SampledBatch:
 
 
 class MetadataIndex:
-    """Light columns of trajectories and problems in memory, refreshed incrementally."""
+    """Light columns of trajectories and problems in memory, refreshed incrementally.
 
-    def __init__(self, lake: Lake) -> None:
+    `problems` also carries the q0 columns of `problems_with_q0_sql(ref_model_id,
+    q0_sampler_key, beta)`; it is rebuilt when `problems` or `q0_estimates` moves.
+    """
+
+    def __init__(
+        self,
+        lake: Lake,
+        ref_model_id: str | None = None,
+        q0_sampler_key: str | None = None,
+        beta: float | None = None,
+    ) -> None:
         self.lake = lake
         self.version = -1
         self.dataset: lance.LanceDataset | None = None
         self.trajectories: pa.Table | None = None
         self.problems: pa.Table | None = None
         self._fragments: list[tuple[int, int, Any]] = []
-        self._problems_version = -1
+        self._problems_version: tuple[int, int] = (-1, -1)
+        self._q0_sql = problems_with_q0_sql(ref_model_id, q0_sampler_key, beta)
 
     def refresh(self) -> bool:
         """Bring the index to the latest lake version; True when anything changed."""
         ds = self.lake.dataset("trajectories")
         pds = self.lake.dataset("problems")
+        qds = self.lake.dataset("q0_estimates")
         changed = False
-        if pds.version != self._problems_version:
-            self.problems = pds.to_table(columns=light_columns("problems"))
-            self._problems_version = pds.version
+        if (pds.version, qds.version) != self._problems_version:
+            con = duckdb.connect()
+            try:
+                con.register("problems", pds.to_table(columns=light_columns("problems")))
+                con.register("q0_estimates", qds.to_table())
+                self.problems = con.sql(self._q0_sql).to_arrow_table()
+            finally:
+                con.close()
+            self._problems_version = (pds.version, qds.version)
             changed = True
         if ds.version == self.version:
             return changed
@@ -190,15 +216,24 @@ class MixtureSampler:
         staleness: int = 10,
         split: str | None = "train",
         seed: int = 0,
+        ref_model_id: str | None = None,
+        q0_sampler_key: str | None = None,
+        beta: float | None = None,
+        include_unreliable: bool = False,
     ) -> None:
+        """`ref_model_id` and `q0_sampler_key` choose the q0 estimates that `p.q0` shows
+        (without them no problem has a q0, so BASE_PREDICATE selects nothing); `beta`
+        recomputes `p.q0` at the training beta; `include_unreliable` keeps problems with a
+        `judge_issue` (left out by default: their rewards are not trustworthy)."""
         self.sources = dict(sources or BUILTIN_SOURCES)
         self.spec = (
             spec if isinstance(spec, MixtureSpec) else MixtureSpec.parse(spec, list(self.sources))
         )
         self.run_id, self.staleness, self.split, self.seed = run_id, staleness, split, seed
-        self.index = MetadataIndex(lake)
+        self.include_unreliable = include_unreliable
+        self.index = MetadataIndex(lake, ref_model_id, q0_sampler_key, beta)
         self.lake = lake
-        self._candidates: dict[tuple[str, int, int], np.ndarray] = {}
+        self._candidates: dict[tuple[str, int, tuple[int, int], int], np.ndarray] = {}
 
     def _predicate(self, name: str, policy_version: int) -> str:
         params = {
@@ -211,13 +246,36 @@ class MixtureSampler:
         except KeyError as exc:
             raise SpoError(f"source {name!r}: unknown placeholder {exc}") from None
         where = f"({BASE_PREDICATE}) AND ({pred})"
+        if not self.include_unreliable:
+            where += f" AND ({RELIABLE_PREDICATE})"
         if self.split:
             where += " AND p.split = '" + self.split.replace("'", "''") + "'"
         return where
 
+    def left_out(self) -> dict[str, int]:
+        """Problems of the split left out for a `judge_issue`, counted per reason (the text
+        before ':'); empty when `include_unreliable`."""
+        self.index.refresh()
+        if self.include_unreliable:
+            return {}
+        where = "p.judge_issue IS NOT NULL"
+        if self.split:
+            where += " AND p.split = '" + self.split.replace("'", "''") + "'"
+        rows = self.index.query(
+            "SELECT trim(split_part(p.judge_issue, ':', 1)) AS reason, count(*) AS n "
+            f"FROM p_index p WHERE {where} GROUP BY 1 ORDER BY 2 DESC, 1"
+        ).to_pylist()
+        return {r["reason"]: int(r["n"]) for r in rows}
+
     def candidates(self, name: str, policy_version: int = 0) -> np.ndarray:
         """Row positions (at the index's version) that source `name` may draw from."""
-        key = (name, self.index.version, policy_version if name == "online" else 0)
+        # problems (and their q0) move independently of trajectories: both versions key the cache
+        key = (
+            name,
+            self.index.version,
+            self.index._problems_version,
+            policy_version if name == "online" else 0,
+        )
         if key not in self._candidates:
             where = self._predicate(name, policy_version)
             select = "t._pos, t.content_hash, t.traj_id"
@@ -230,9 +288,7 @@ class MixtureSampler:
             except duckdb.Error as exc:
                 first = str(exc).strip().splitlines()[0]
                 raise SpoError(f"source {name!r}: bad SQL predicate ({first})") from None
-            self._candidates = {
-                k: v for k, v in self._candidates.items() if k[1] == self.index.version
-            }
+            self._candidates = {k: v for k, v in self._candidates.items() if k[1:3] == key[1:3]}
             self._candidates[key] = rows.column("_pos").to_numpy()
         return self._candidates[key]
 

@@ -11,13 +11,38 @@ from hypothesis import strategies as st
 from spo_store.errors import SpoError
 from spo_store.mixture import (
     BUILTIN_SOURCES,
-    MixtureSampler,
     MixtureSpec,
     fetch_by_ids,
     load_sources,
 )
+from spo_store.q0_estimates import estimate_row, sampler_key, write_estimates
 
 KNOWN = list(BUILTIN_SOURCES)
+REF = "model-A"
+Q0_SETTINGS = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 256}
+KEY = sampler_key(**Q0_SETTINGS)
+
+
+def MixtureSampler(lake, spec, **kw):  # noqa: N802 - the sampler of model A's q0 estimates
+    from spo_store.mixture import MixtureSampler as Sampler
+
+    kw.setdefault("ref_model_id", REF)
+    kw.setdefault("q0_sampler_key", KEY)
+    return Sampler(lake, spec, **kw)
+
+
+def add_estimate(lake, problem_id, successes, samples=4, ref=REF, **settings):
+    row = estimate_row(
+        problem_id,
+        ref,
+        **{**Q0_SETTINGS, **settings},
+        samples=samples,
+        successes=successes,
+        beta=0.1,
+        run_id="q0run",
+    )
+    write_estimates(lake, [row])
+    return row
 
 
 @pytest.mark.parametrize(
@@ -68,12 +93,17 @@ def seed_lake(lake, run_id="train-1"):
     lake.append(
         "problems",
         [
-            {"problem_id": "p1", "name": "one", "split": "train", "q0": -0.5},
-            {"problem_id": "p2", "name": "two", "split": "train", "q0": -0.9},
-            {"problem_id": "p3", "name": "three", "split": "test", "q0": -0.5},
-            {"problem_id": "p4", "name": "four", "split": "train", "q0": None},
+            {"problem_id": "p1", "name": "one", "split": "train"},
+            {"problem_id": "p2", "name": "two", "split": "train"},
+            {"problem_id": "p3", "name": "three", "split": "test"},
+            {"problem_id": "p4", "name": "four", "split": "train"},
         ],
     )
+    # q0 of model A for p1-p3; p4 has only model B's estimate and another sampler's of A.
+    for pid, c in (("p1", 2), ("p2", 1), ("p3", 2)):
+        add_estimate(lake, pid, c)
+    add_estimate(lake, "p4", 2, ref="model-B")
+    add_estimate(lake, "p4", 2, max_new_tokens=512)
     rows = []
     for i in range(30):  # human, correct; pairs share a response (duplicates)
         rows.append(
@@ -245,3 +275,73 @@ def test_empty_source_and_bad_user_source(lake, tmp_path):
     cfg.write_text("not toml [")
     with pytest.raises(SpoError, match="invalid TOML"):
         load_sources(cfg)
+
+
+def test_q0_is_the_run_models_estimate_and_user_predicates_see_it(lake, tmp_path):
+    seed_lake(lake)
+    # p4's human row is left out for model A (only B and another sampler have a q0 there)...
+    a_ids = set(MixtureSampler(lake, "human:1").sample(64).traj_ids)
+    assert "no-q0" not in a_ids and a_ids
+    # ...and is in for model B, for which p1's rows are out (B has no q0 for p1).
+    b = MixtureSampler(lake, "human:1", ref_model_id="model-B")
+    assert set(b.sample(8).traj_ids) == {"no-q0"}
+    # Without a reference model nothing has a q0: the source is empty, and says so.
+    with pytest.raises(SpoError, match="'human' is empty"):
+        MixtureSampler(lake, "human:1", ref_model_id=None).sample(2)
+    # A user predicate over p.q0 sees model A's value (p2: S0 = 1/4 is the lower q0).
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('[sources]\nhard = "t.reward IS NOT NULL AND p.q0 < -0.1"\n')
+    hard = MixtureSampler(lake, "hard:1", sources=load_sources(cfg))
+    assert set(hard.sample(32).table.column("problem_id").to_pylist()) == {"p2"}
+    # At another beta p.q0 is recomputed from the counts (S0 = 1/2 at beta 1: log(0.5 + 0.5/e)).
+    at_beta = MixtureSampler(lake, "human:1", beta=1.0)
+    at_beta.index.refresh()
+    q0 = dict(
+        zip(
+            at_beta.index.problems.column("problem_id").to_pylist(),
+            at_beta.index.problems.column("q0").to_pylist(),
+            strict=True,
+        )
+    )
+    assert q0["p1"] == pytest.approx(__import__("math").log(0.5 + 0.5 * __import__("math").exp(-1)))
+    assert q0["p4"] is None
+
+
+def test_an_estimate_written_later_moves_the_candidates(lake):
+    seed_lake(lake)
+    sampler = MixtureSampler(lake, "human:1")
+    sampler.index.refresh()
+    before = set(
+        sampler.index.trajectories.take(sampler.candidates("human")).column("traj_id").to_pylist()
+    )
+    assert "no-q0" not in before
+    add_estimate(lake, "p4", 1)  # model A's estimate for p4 arrives; trajectories unchanged
+    sampler.index.refresh()
+    after = set(
+        sampler.index.trajectories.take(sampler.candidates("human")).column("traj_id").to_pylist()
+    )
+    assert after == before | {"no-q0"}
+
+
+def test_problems_with_a_judge_issue_are_left_out_by_default(lake):
+    seed_lake(lake)
+    lake.update_rows(
+        "problems",
+        "problem_id",
+        [{"problem_id": "p1", "judge_issue": "multiple_answers: any order"}],
+    )
+    sampler = MixtureSampler(lake, "offline:1")
+    sampler.index.refresh()
+    kept = set(
+        sampler.index.trajectories.take(sampler.candidates("offline"))
+        .column("problem_id")
+        .to_pylist()
+    )
+    assert kept == {"p2"}
+    assert sampler.left_out() == {"multiple_answers": 1}
+    loose = MixtureSampler(lake, "offline:1", include_unreliable=True)
+    loose.index.refresh()
+    kept = set(
+        loose.index.trajectories.take(loose.candidates("offline")).column("problem_id").to_pylist()
+    )
+    assert kept == {"p1", "p2"} and loose.left_out() == {}
