@@ -12,7 +12,8 @@ import time
 import uuid
 from pathlib import Path
 
-from spo_train.sandbox import JudgeJob, judge, judge_batch, run_program
+from spo_train.judge import JudgeJob, judge, judge_batch
+from spo_train.sandbox import run_program
 from tests.conftest import needs_sandbox
 
 pytestmark = needs_sandbox

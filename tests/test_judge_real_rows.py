@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from spo_train.sandbox import JudgeJob, judge, judge_batch
+from spo_train.judge import JudgeJob, judge, judge_batch
 from tests.conftest import CC_SAMPLE, needs_sandbox
 
 

@@ -9,13 +9,8 @@ import pytest
 
 from spo_store.errors import SpoError
 from spo_train import sandbox
-from spo_train.sandbox import (
-    JudgeJob,
-    judge,
-    judge_batch,
-    outputs_match,
-    run_program,
-)
+from spo_train.judge import JudgeJob, judge, judge_batch, outputs_match, verdict_reward
+from spo_train.sandbox import run_program
 from tests.conftest import needs_sandbox
 
 ECHO_SUM = "import sys\nprint(sum(map(int, sys.stdin.read().split())))\n"
@@ -149,7 +144,14 @@ def test_invalid_limits_raise():
     with pytest.raises(SpoError):
         run_program("print(1)", "", time_limit_s=0)
     with pytest.raises(SpoError):
-        judge("print(1)", [], time_limit_s=1)
+        judge("print(1)", [("", "1")], time_limit_s=0)
+    with pytest.raises(SpoError):
+        judge("print(1)", [("", "1")], float_tolerance=-1e-6)
+
+
+def test_no_tests_is_not_judged_and_has_no_reward():
+    v = judge("print(1)", [])
+    assert (v.status, v.judged, v.passed, verdict_reward(v)) == ("no_tests", False, False, None)
 
 
 # ------------------------------------------------------------------ comparison
@@ -291,11 +293,14 @@ def test_judge_batch_one_bad_job_does_not_kill_the_batch():
     assert [v.status for v in verdicts] == [
         "ok",
         "sandbox_error",
-        "sandbox_error",
+        "no_tests",
         "time_limit",
         "ok",
     ]
     assert "limit" in verdicts[1].detail
+    # Bad limits and no tests are not judgements: no reward; a real TLE is one.
+    assert [verdict_reward(v) for v in verdicts] == [0.0, None, None, -1.0, 0.0]
+    assert [v.judged for v in verdicts] == [True, False, False, True, True]
 
 
 @needs_sandbox
