@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -59,12 +61,7 @@ def load_tests_file(path: Path) -> list[tuple[str, str]]:
 def _problem_from_lake(lake_uri: str | None, id_or_name: str) -> dict[str, Any]:
     from spo_store.lake import Lake
 
-    problem = Lake.open(lake_uri, create=False).get_problem(id_or_name)
-    tests = [(t["input"], t["output"]) for t in problem.get("tests") or []]
-    if not tests:
-        raise SpoError(f"problem {id_or_name!r} has no tests in the lake")
-    problem["tests"] = tests
-    return problem
+    return Lake.open(lake_uri, create=False).get_problem(id_or_name)
 
 
 def _cell(text: str) -> Text:
@@ -73,6 +70,26 @@ def _cell(text: str) -> Text:
     if len(flat) > CELL_CHARS:
         flat = flat[: CELL_CHARS - 1] + "…"
     return Text(flat)
+
+
+def _print_rows(verdict: Any, title: str, call_based: bool) -> None:
+    table = Table(title=title, title_justify="left")
+    columns = ["test", "verdict", "cpu s", "wall s", "returned" if call_based else "output"]
+    columns += ["expected", "stderr / checker"]
+    for name in columns:
+        table.add_column(name, justify="right" if name in ("test", "cpu s", "wall s") else "left")
+    for t in verdict.tests:
+        err_lines = (t.checker_message or t.stderr).strip().splitlines()
+        table.add_row(
+            str(t.index),
+            Text(t.status, style=STATUS_STYLE.get(t.status, "yellow")),
+            f"{t.cpu_s:.3f}",
+            f"{t.wall_s:.3f}",
+            _cell(t.stdout),
+            _cell(t.expected),
+            _cell(err_lines[-1] if err_lines else ""),
+        )
+    console.print(table)
 
 
 def judge_cmd(
@@ -98,88 +115,92 @@ def judge_cmd(
     ] = None,
     float_tolerance: Annotated[
         float | None,
-        typer.Option("--float-tolerance", help="Accept float tokens within this abs/rel error"),
+        typer.Option(
+            "--float-tolerance",
+            help="Accept numeric tokens within this absolute-or-relative error "
+            "(overrides the problem's; default: the problem's, else exact)",
+        ),
     ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show every test's row even when all pass")
+    ] = False,
     unsafe_no_sandbox: Annotated[
         bool,
         typer.Option("--unsafe-no-sandbox", help="Run without bubblewrap (trusted code only)"),
     ] = False,
 ) -> None:
-    """Judge PROGRAM on every test (no stop at the first failure); exit 0 if all pass, else 1."""
-    from spo_train.sandbox import judge
+    """Judge PROGRAM on every test (no stop at the first failure); exit 0 if all pass, else 1.
+
+    With --problem the judgement is the training judge's (`spo_train.judge.job_for_problem`):
+    the problem's limits, float tolerance, checker, call-based `fn_name` and input/output files.
+    A passing run prints one summary line; test rows are shown on failure or with --verbose.
+    """
+    from spo_train.judge import JudgeJob, job_for_problem, judge_job
 
     if (tests is None) == (problem is None):
         raise SpoError("give exactly one of --tests FILE or --problem ID_OR_NAME")
+    if float_tolerance is not None and not (
+        math.isfinite(float_tolerance) and float_tolerance >= 0
+    ):
+        raise SpoError(f"--float-tolerance must be finite and >= 0, got {float_tolerance}")
+    if (time_limit is not None and not (math.isfinite(time_limit) and time_limit > 0)) or (
+        memory_limit is not None and memory_limit <= 0
+    ):
+        raise SpoError("--time-limit and --memory-limit must be positive")
     source = _read_text(program, "program")
-    limits: dict[str, Any] = {}
     if tests is not None:
-        cases = load_tests_file(tests)
+        job = JudgeJob(
+            source,
+            load_tests_file(tests),
+            float_tolerance=float_tolerance,
+            float_tolerance_source="user" if float_tolerance is not None else None,
+        )
         title = f"{program.name} on {tests.name}"
     else:
         row = _problem_from_lake(lake, problem or "")
-        cases = row["tests"]
-        limits = {
-            "time_limit_s": row.get("time_limit_s"),
-            "memory_limit_mb": row.get("memory_limit_mb"),
-            "float_tolerance": row.get("float_tolerance"),
-        }
+        job = job_for_problem(row, source, float_tolerance_override=float_tolerance)
+        if not job.tests:
+            raise SpoError(f"problem {problem!r} has no tests in the lake")
         title = f"{program.name} on {row.get('name') or row.get('problem_id')}"
-    time_s = time_limit if time_limit is not None else limits.get("time_limit_s") or 2.0
-    mem_mb = memory_limit if memory_limit is not None else limits.get("memory_limit_mb") or 256
-    tol = float_tolerance if float_tolerance is not None else limits.get("float_tolerance")
-    if time_s <= 0 or mem_mb <= 0:
-        raise SpoError("--time-limit and --memory-limit must be positive")
-
-    verdict = judge(
-        source,
-        cases,
-        time_limit_s=float(time_s),
-        memory_limit_mb=int(mem_mb),
-        stop_on_first_failure=False,
-        float_tolerance=tol,
-        unsafe_no_sandbox=unsafe_no_sandbox,
+    job = dataclasses.replace(
+        job,
+        time_limit_s=float(time_limit) if time_limit is not None else job.time_limit_s,
+        memory_limit_mb=int(memory_limit) if memory_limit is not None else job.memory_limit_mb,
     )
+
+    verdict = judge_job(job, stop_on_first_failure=False, unsafe_no_sandbox=unsafe_no_sandbox)
 
     if verdict.status == "compile_error":
         console.print(Text(verdict.detail))
-    else:
-        table = Table(title=title, title_justify="left")
-        for name, kw in (
-            ("test", {"justify": "right"}),
-            ("verdict", {}),
-            ("cpu s", {"justify": "right"}),
-            ("wall s", {"justify": "right"}),
-            ("output", {}),
-            ("expected", {}),
-            ("stderr", {}),
-        ):
-            table.add_column(name, **kw)
-        for t in verdict.tests:
-            err_lines = t.stderr.strip().splitlines()
-            table.add_row(
-                str(t.index),
-                Text(t.status, style=STATUS_STYLE.get(t.status, "yellow")),
-                f"{t.cpu_s:.3f}",
-                f"{t.wall_s:.3f}",
-                _cell(t.stdout),
-                _cell(t.expected),
-                _cell(err_lines[-1] if err_lines else ""),
-            )
-        console.print(table)
+    elif verbose or not verdict.passed:
+        _print_rows(verdict, title, bool(job.fn_name))
     summary = Text()
     if verdict.passed:
         summary.append("PASSED", style="bold green")
+    elif not verdict.judged:
+        summary.append(f"NOT JUDGED ({verdict.status})", style="bold yellow")
     else:
         summary.append(f"FAILED ({verdict.status})", style="bold red")
+    how = []
+    if job.fn_name:
+        how.append(f"calls {job.fn_name}()")
+    if job.checker:
+        how.append("checker")
+    if job.float_tolerance is not None:
+        how.append(f"float tolerance {job.float_tolerance:g} ({job.float_tolerance_source})")
+    if job.input_file or job.output_file:
+        how.append(f"files {job.input_file or 'stdin'} -> {job.output_file or 'stdout'}")
     summary.append(
-        f" {verdict.passed_tests}/{verdict.total_tests} tests, "
-        f"limits {time_s:g} s CPU / {mem_mb} MiB" + (", UNSANDBOXED" if unsafe_no_sandbox else "")
+        f" {verdict.passed_tests}/{verdict.total_tests} tests, {title}, limits "
+        f"{job.time_limit_s:g} s CPU / {job.memory_limit_mb} MiB"
+        + "".join(f", {h}" for h in how)
+        + (", UNSANDBOXED" if unsafe_no_sandbox else "")
     )
-    if verdict.status == "sandbox_error":
+    if not verdict.judged:
         summary.append(f": {verdict.detail}")
     console.print(summary)
     # SystemExit, not typer.Exit: with standalone_mode=False (cli/main.py) click returns a
-    # typer.Exit's code instead of exiting with it.
+    # typer.Exit's code instead of exiting with it. Not judged is not a pass: exit 1.
     raise SystemExit(0 if verdict.passed else 1)
 
 
