@@ -99,7 +99,10 @@ class ReferenceCache:
                     prompt_ids[i] = encode_prompt(
                         self.tokenizer, build_prompt(statement, self.tokenizer)
                     )
-                    response_ids[i] = encode_response(self.tokenizer, data[i]["response"])
+                    # a response cut at max_new_tokens gets no eos it never generated
+                    response_ids[i] = encode_response(
+                        self.tokenizer, data[i]["response"], data[i].get("finish_reason")
+                    )
             # One reference forward per distinct trajectory (a batch may repeat rows).
             unique = list({data[i]["traj_id"]: i for i in todo}.values())
             with torch.no_grad():

@@ -140,15 +140,23 @@ def response_text(response: str) -> str:
     return format_response(response)
 
 
-def encode_response(tokenizer, response: str) -> list[int]:
+def encode_response(tokenizer, response: str, finish_reason: str | None = None) -> list[int]:
     """Token ids of a response as a generator would have produced them.
 
-    Bare code (a human solution) is first wrapped by :func:`format_response`. The eos token is
-    appended unless a stop string of this tokenizer's format ends the text (generation stops
-    there without sampling eos, see :func:`stop_strings_for`).
+    - ``finish_reason=None`` (text that was not sampled: a human solution, offline text): bare
+      code is first wrapped by :func:`format_response`; the eos token is appended unless a stop
+      string of this tokenizer's format ends the text (generation stops there without sampling
+      eos, see :func:`stop_strings_for`).
+    - ``"stop"`` (or any other reason: sampled, ended by eos or a stop string): the text as
+      sampled, never wrapped;
+      eos appended unless a stop string is in it (the generator's text drops the eos token).
+    - ``"length"`` (sampled, cut at max_new_tokens): the text as sampled and **no** eos: the
+      model never generated one, and training on it would teach an end that was not there.
     """
-    text = response_text(response)
+    text = response_text(response) if finish_reason is None else response
     ids = [int(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    if finish_reason == "length":
+        return ids
     stops = stop_strings_for(tokenizer)
     if any(s in text for s in stops):
         return ids
