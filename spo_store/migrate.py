@@ -105,9 +105,10 @@ def migrate_lake(
         raise SpoError(f"no lake at {root}")
     with _locks(root):
         current = lake_schema_version(root)
-        if current > SCHEMA_VERSION:
+        newest = max(schema_version_of(ds) for n in TABLES if (ds := _open(root, n)) is not None)
+        if newest > SCHEMA_VERSION:
             raise SpoError(
-                f"lake {root} was written by schema version {current}, newer than this spo's "
+                f"lake {root} was written by schema version {newest}, newer than this spo's "
                 f"{SCHEMA_VERSION}: upgrade spo"
             )
         report = MigrationReport(root, current, SCHEMA_VERSION)
@@ -135,7 +136,7 @@ def migrate_lake(
 def _set_version(ds: lance.LanceDataset, version: int) -> None:
     meta = {k.decode(): v.decode() for k, v in (ds.schema.metadata or {}).items()}
     meta[VERSION_KEY.decode()] = str(version)
-    ds.replace_schema_metadata(meta)
+    ds.update_schema_metadata(meta, replace=True)
 
 
 def _run_configs(root: str, tag: str) -> dict[str, dict[str, Any]]:

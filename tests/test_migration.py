@@ -162,7 +162,7 @@ def test_reingest_after_migration_adds_nothing(v1_lake: Path) -> None:
 def test_newer_lake_is_refused(tmp_path: Path) -> None:
     lake = Lake.open(tmp_path / "lake")
     ds = lake.dataset("runs")
-    ds.replace_schema_metadata({"spo.schema_version": "99"})
+    ds.update_schema_metadata({"spo.schema_version": "99"}, replace=True)
     with pytest.raises(SpoError, match="newer"):
         migrate_lake(tmp_path / "lake")
     out = spo("lake", "migrate", "--lake", str(tmp_path / "nowhere"))
