@@ -101,6 +101,13 @@ def test_migrate_cli_keeps_every_row_and_moves_q0(v1_lake: Path) -> None:
         )
         assert e["ref_model_id"] == q0_runs[0]["model_id"]  # the model that estimated it
         assert e["sampler_key"] == "temperature=1,top_p=1,max_new_tokens=48"
+    # the new problem columns are derived from each old row (statement, extra JSON, labels)
+    probs = {r["name"]: r for r in lake.dataset("problems").to_table().to_pylist()}
+    battle = probs["1045_D. Interstellar battle"]
+    assert (battle["float_tolerance"], battle["float_tolerance_source"]) == (1e-4, "statement")
+    assert battle["platform"] == "codeforces" and battle["judge_issue"] is None
+    assert probs["1256_C. Platforms Jumping"]["judge_issue"].startswith("multiple_answers")
+    assert probs["halve"]["float_tolerance_source"] == "dataset"  # given by the JSONL row
     # sampled rows learn their max_new_tokens from their run's config; human rows stay NULL
     mnt = lake.sql(
         "SELECT source, max_new_tokens AS m, count(*) AS n FROM trajectories GROUP BY ALL"
