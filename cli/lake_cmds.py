@@ -69,7 +69,20 @@ def ingest_human_solutions_cmd(
         str, typer.Option(help="Comma-separated languages to keep, or 'all'")
     ] = "python3",
     verify: Annotated[
-        bool, typer.Option("--verify", help="Judge every solution; store the verdict as reward")
+        bool,
+        typer.Option(
+            "--verify",
+            help="Judge every new solution; store the verdict as reward (NULL: not judged) "
+            "and flag problems whose labelled-correct solutions disagree",
+        ),
+    ] = False,
+    rejudge: Annotated[
+        bool,
+        typer.Option(
+            "--rejudge",
+            help="With --verify: also re-judge these files' solutions already in the lake "
+            "and update their rewards",
+        ),
     ] = False,
     unsafe_no_sandbox: Annotated[
         bool, typer.Option("--unsafe-no-sandbox", help="Run solutions without bubblewrap")
@@ -78,15 +91,25 @@ def ingest_human_solutions_cmd(
         int | None, typer.Option(help="Parallel judge workers (default: all cores)")
     ] = None,
 ) -> None:
-    """Ingest CodeContests Parquet, TACO or JSONL problems with their human solutions."""
-    from spo_store.ingest import ingest_human_solutions
+    """Ingest CodeContests Parquet, TACO or JSONL problems with their human solutions.
+
+    Prints what it added and skipped, the split of the problems, and every problem it flagged
+    with a judge_issue and why (docs/ingest.md).
+    """
+    from spo_store.ingest import ingest_files_report, ingest_human_solutions
     from spo_store.lake import Lake
 
+    if rejudge and not verify:
+        raise SpoError("--rejudge re-judges stored solutions: use it with --verify")
+    if workers is not None and workers < 1:
+        raise SpoError(f"--workers must be >= 1, got {workers}")
     langs = (
         None
         if languages.strip() == "all"
         else [x.strip() for x in languages.split(",") if x.strip()]
     )
+    if langs is not None and not langs:
+        raise SpoError("--languages is empty: give a comma-separated list, or 'all'")
     lk = Lake.open(lake)
     with progress_bar() as bar:
         files_task = bar.add_task("files", total=None)
@@ -98,58 +121,49 @@ def ingest_human_solutions_cmd(
             split=split,
             languages=langs,
             verify=verifier,
+            rejudge=rejudge,
             progress=lambda done, total: bar.update(files_task, completed=done, total=total),
         )
-    skipped = ", ".join(f"{n} {why}" for why, n in sorted(report.skipped.items())) or "none"
     console.print(
-        f"ingested {report.problems_added} new problems ({report.problems_seen} seen) and "
-        f"{report.solutions_added} new solutions ({report.solutions_seen} seen) from "
-        f"{report.files} file(s) into {lk.uri}; skipped: {skipped}; run {report.run_id}"
+        ingest_files_report(report) + f"\nlake: {lk.uri}", highlight=False, soft_wrap=True
     )
 
 
 def _make_verifier(bar: Progress, workers: int | None, unsafe_no_sandbox: bool):
-    from spo_store.lake import problem_tests
-    from spo_train.sandbox import JudgeJob, judge_batch
+    """A verifier judging (problem row, solution) pairs with spo_train.judge (Python 3 only)."""
+    from spo_store.ingest import Judged
+    from spo_train.judge import job_for_problem, judge_batch, verdict_reward
+    from spo_train.sandbox import ensure_sandbox
+
+    if not unsafe_no_sandbox:
+        ensure_sandbox()  # a missing bwrap is one line before anything is judged
 
     def verify(pairs):
         task = bar.add_task("judging", total=len(pairs))
-        jobs, judgeable = [], []
-        for prob, sol in pairs:
+        out: list[Judged | None] = [None] * len(pairs)
+        jobs, where = [], []
+        for i, (row, sol) in enumerate(pairs):
             if sol.language != "python3":
-                continue
-            row = {
-                "public_tests": prob.public_tests,
-                "private_tests": prob.private_tests,
-                "generated_tests": prob.generated_tests,
-            }
-            tests = [(t["input"], t["output"]) for t in problem_tests(row)]
-            judgeable.append(len(jobs))
-            jobs.append(
-                JudgeJob(
-                    sol.text, tests, prob.time_limit_s, prob.memory_limit_mb, prob.float_tolerance
-                )
-            )
-        verdicts = (
-            judge_batch(
-                jobs,
-                workers=workers,
-                progress=lambda n=1: bar.advance(task, n),
-                unsafe_no_sandbox=unsafe_no_sandbox,
-                stop_on_first_failure=False,
-            )
-            if jobs
-            else []
-        )
-        out, it = [], iter(verdicts)
-        for _prob, sol in pairs:
-            if sol.language != "python3":
-                out.append((None, f"unsupported language {sol.language}", 0, 0))
+                out[i] = Judged(None, f"unsupported_language {sol.language}")
                 bar.advance(task)
                 continue
-            v = next(it)
-            out.append((0.0 if v.passed else -1.0, v.status, v.passed_tests, v.total_tests))
-        return out
+            try:
+                jobs.append(job_for_problem(row, sol.text))
+            except SpoError as exc:  # a row the judge cannot run (bad file name, ...)
+                out[i] = Judged(None, f"not_judged: {exc}")
+                bar.advance(task)
+                continue
+            where.append(i)
+        verdicts = judge_batch(
+            jobs,
+            workers=workers,
+            progress=lambda n=1: bar.advance(task, n),
+            unsafe_no_sandbox=unsafe_no_sandbox,
+            stop_on_first_failure=False,
+        )
+        for i, v in zip(where, verdicts, strict=True):
+            out[i] = Judged(verdict_reward(v), v.status, v.passed_tests, v.total_tests)
+        return [j for j in out if j is not None]
 
     return verify
 
@@ -298,6 +312,80 @@ def export_cmd(
     ver: str | int | None = int(version) if version and version.isdigit() else version
     counts = export_parquet(Lake.open(lake, create=False), output, table, version=ver)
     console.print(", ".join(f"{t}: {n} rows" for t, n in counts.items()) + f" -> {output}")
+
+
+@lake_app.command("audit")
+def audit_cmd(
+    lake: LakeOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object (the last line of output)")
+    ] = False,
+    update: Annotated[
+        bool,
+        typer.Option(
+            "--update",
+            help="First re-derive platform, float tolerance and judge issues of stored "
+            "problems from their rows (keeps labels_disagree flags from --verify)",
+        ),
+    ] = False,
+    limit: Annotated[int, typer.Option(help="Flagged problems to list (table output)")] = 50,
+) -> None:
+    """List problems by reliability: judged reliably, or flagged with a judge_issue and why."""
+    from spo_store.audit import audit, update_problems
+    from spo_store.lake import Lake
+
+    if limit < 0:
+        raise SpoError(f"--limit must be >= 0, got {limit}")
+    lk = Lake.open(lake, create=False)
+    updated = update_problems(lk) if update else None
+    result = audit(lk)
+    if updated is not None:
+        result["update"] = updated
+    if as_json:
+        sys.stdout.write(json.dumps(result, default=str, sort_keys=True) + "\n")
+        return
+    if updated is not None:
+        fields = ", ".join(f"{n} {f}" for f, n in sorted(updated["changes"].items())) or "none"
+        console.print(
+            f"updated {updated['updated']} of {updated['checked']} problems (changed: {fields})",
+            highlight=False,
+        )
+    reasons = ", ".join(f"{n} {r}" for r, n in result["by_reason"].items()) or "none"
+    console.print(
+        f"{result['problems']} problems: {result['reliable']} judged reliably, "
+        f"{result['flagged']} flagged ({reasons})",
+        highlight=False,
+    )
+    groups = pa.Table.from_pylist(
+        [
+            {
+                "source_dataset": g["source_dataset"],
+                "split": g["split"],
+                "problems": g["problems"],
+                "reliable": g["reliable"],
+                "flagged": ", ".join(f"{n} {r}" for r, n in sorted(g["by_reason"].items())),
+            }
+            for g in result["groups"]
+        ]
+    )
+    if groups.num_rows:
+        _print_table(groups, 80)
+    shown = result["flagged_problems"][:limit]
+    if shown:
+        _print_table(
+            pa.Table.from_pylist(
+                [
+                    {k: f[k] for k in ("name", "source_dataset", "split", "judge_issue")}
+                    for f in shown
+                ]
+            ),
+            100,
+        )
+    if len(result["flagged_problems"]) > len(shown):
+        console.print(
+            f"... {len(result['flagged_problems']) - len(shown)} more flagged (--limit, --json)",
+            highlight=False,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -1,64 +1,62 @@
-"""Ingest of human solutions: DeepMind CodeContests Parquet, TACO (Parquet or JSONL), generic JSONL.
+"""Ingest of human solutions: DeepMind CodeContests Parquet, TACO (Parquet or JSONL), JSONL.
 
-Every adapter yields `ParsedProblem`s in one normal form; `ingest_human_solutions` writes them:
-problems are keyed by a stable id (hash of dataset and name) and skipped when present,
-solutions become `trajectories` rows with `source='human'`, deduplicated by content hash, so
-re-ingesting the same data adds nothing. All inputs are checked before anything is written,
-and each file lands as one commit per table, so bad input leaves the lake unchanged.
+The readers (`spo_store.adapters`) yield `ParsedProblem`s in one normal form;
+`ingest_human_solutions` writes them (docs/ingest.md):
+- problems are keyed by a stable id (hash of dataset and name) and annotated by
+  `spo_store.problem_rules.annotate_problem` (platform, float tolerance and its origin,
+  `judge_issue`);
+- solutions become `trajectories` rows with `source='human'`, keyed by
+  traj_id = 'h-' + sha256(problem_id \\0 response)[:24] (the same key schema v1 wrote), so
+  re-ingesting the same data adds nothing, also across the upgrade; empty and whitespace-only
+  solutions and repeats are skipped;
+- every keyed write goes through `Lake.insert_new`, so concurrent ingests of the same data
+  store each problem and each distinct solution once;
+- a solution's reward is its dataset label (0 correct, -1 incorrect), except on a problem with
+  no tests, where nothing can be judged: reward NULL (judge_status 'no_tests'). With a
+  verifier, the judge's verdict replaces the label: 0 passed, -1 failed, NULL not judged.
+All inputs are parsed before anything is written, so bad input leaves the lake unchanged.
 """
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from spo_store.errors import SpoError
-from spo_store.lake import Lake, utc_now
-
-DEFAULT_TIME_LIMIT_S = 2.0
-DEFAULT_MEMORY_LIMIT_MB = 256
-# CodeContests' language codes.
-CC_LANGUAGES = {0: "unknown", 1: "python2", 2: "cpp", 3: "python3", 4: "java"}
-FORMATS = ("code_contests", "taco", "jsonl")
-CC_REQUIRED = {"name", "description", "public_tests", "private_tests", "solutions"}
-TACO_REQUIRED = {"question", "solutions", "input_output"}
-
-
-@dataclass
-class Solution:
-    language: str
-    text: str
-    reward: float  # the dataset's label: 0 correct, -1 incorrect
+from spo_store.adapters import (  # noqa: F401 - re-exported: the readers' old home
+    CC_LANGUAGES,
+    DEFAULT_MEMORY_LIMIT_MB,
+    DEFAULT_TIME_LIMIT_S,
+    FORMATS,
+    ParsedProblem,
+    Solution,
+    content_hash,
+    detect_format,
+    expand_paths,
+    parse_file,
+    problem_id,
+    read_code_contests,
+    read_jsonl,
+    read_taco,
+)
+from spo_store.lake import Lake, sql_quote, utc_now
+from spo_store.problem_rules import annotate_problem, reason_of, reason_severity
 
 
-@dataclass
-class ParsedProblem:
-    name: str
-    statement: str
-    source_dataset: str
-    split: str
-    public_tests: dict[str, list[str]]
-    private_tests: dict[str, list[str]]
-    generated_tests: dict[str, list[str]]
-    time_limit_s: float = DEFAULT_TIME_LIMIT_S
-    memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB
-    difficulty: str | None = None
-    float_tolerance: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    solutions: list[Solution] = field(default_factory=list)
+@dataclass(frozen=True)
+class Judged:
+    """A verifier's answer for one solution: the reward (None = not judged) and the verdict."""
 
-    @property
-    def problem_id(self) -> str:
-        return problem_id(self.source_dataset, self.name)
+    reward: float | None
+    status: str
+    passed_tests: int = 0
+    total_tests: int = 0
+
+
+# Judges (problem row, solution) pairs; the row has the problems columns of schema v2.
+Verifier = Callable[[list[tuple[dict[str, Any], Solution]]], list[Judged]]
 
 
 @dataclass
@@ -70,273 +68,21 @@ class IngestReport:
     solutions_seen: int = 0
     solutions_added: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    splits: dict[str, int] = field(default_factory=dict)  # problems seen per split
+    flagged: dict[str, int] = field(default_factory=dict)  # problems flagged, per reason
+    flags: list[tuple[str, str]] = field(default_factory=list)  # (problem name, judge_issue)
+    verdicts: dict[str, int] = field(default_factory=dict)  # judge statuses under verify
+    rejudged: int = 0
+    rewards_changed: int = 0
+    not_judged: int = 0
 
     def skip(self, reason: str, n: int = 1) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + n
 
-
-def problem_id(source_dataset: str, name: str) -> str:
-    """Stable problem id: the same dataset and name give the same id on every ingest."""
-    digest = hashlib.sha256(f"{source_dataset}\0{name}".encode()).hexdigest()[:16]
-    return f"{source_dataset[:2]}-{digest}"
-
-
-def content_hash(problem_id_: str, response: str) -> str:
-    return hashlib.sha256(f"{problem_id_}\0{response}".encode()).hexdigest()
-
-
-def _tests(inputs: Sequence[str] | None, outputs: Sequence[str] | None) -> dict[str, list[str]]:
-    return {"input": list(inputs or []), "output": list(outputs or [])}
-
-
-def _split_from_path(path: Path) -> str | None:
-    for part in [path.stem.lower(), path.parent.name.lower()]:
-        for token in part.replace("-", "_").split("_"):
-            if token in ("train", "test"):
-                return token
-            if token in ("valid", "validation", "dev"):
-                return "valid"
-    return None
-
-
-# ---------------------------------------------------------------------------- adapters
-def read_code_contests(
-    path: Path, *, split: str | None, source_dataset: str = "code_contests"
-) -> Iterator[ParsedProblem]:
-    """DeepMind CodeContests rows as published in Parquet (one problem per row)."""
-    table = _read_parquet_checked(path, CC_REQUIRED)
-    split = split or _split_from_path(path) or "unspecified"
-    extra_cols = [
-        c
-        for c in table.column_names
-        if c.startswith("cf_") or c in ("source", "input_file", "output_file")
-    ]
-    for row in table.to_pylist():
-        limit = row.get("time_limit") or {}
-        seconds = (limit.get("seconds") or 0) + (limit.get("nanos") or 0) / 1e9
-        mem = row.get("memory_limit_bytes") or 0
-        solutions = []
-        for key, reward in (("solutions", 0.0), ("incorrect_solutions", -1.0)):
-            block = row.get(key) or {}
-            for lang, text in zip(
-                block.get("language") or [], block.get("solution") or [], strict=False
-            ):
-                solutions.append(Solution(CC_LANGUAGES.get(lang, str(lang)), text, reward))
-        yield ParsedProblem(
-            name=row["name"],
-            statement=row.get("description") or "",
-            source_dataset=source_dataset,
-            split=split,
-            public_tests=_tests(**_io(row.get("public_tests"))),
-            private_tests=_tests(**_io(row.get("private_tests"))),
-            generated_tests=_tests(**_io(row.get("generated_tests"))),
-            time_limit_s=seconds if seconds > 0 else DEFAULT_TIME_LIMIT_S,
-            memory_limit_mb=int(mem // (1024 * 1024)) if mem > 0 else DEFAULT_MEMORY_LIMIT_MB,
-            difficulty=None if row.get("difficulty") is None else str(row["difficulty"]),
-            extra={c: row.get(c) for c in extra_cols},
-            solutions=solutions,
-        )
-
-
-def _io(block: dict[str, Any] | None) -> dict[str, Any]:
-    block = block or {}
-    return {"inputs": block.get("input"), "outputs": block.get("output")}
-
-
-def _taco_row(row: dict[str, Any], where: str, split: str) -> ParsedProblem | None:
-    try:
-        io = json.loads(row["input_output"]) if row.get("input_output") else {}
-        sols = json.loads(row["solutions"]) if row.get("solutions") else []
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise SpoError(f"{where}: TACO field is not valid JSON ({exc})") from exc
-    if io.get("fn_name"):
-        return None  # call-based problem: our judge runs stdin/stdout programs only
-    inputs = [x if isinstance(x, str) else "\n".join(map(str, x)) for x in io.get("inputs", [])]
-    outputs = [x if isinstance(x, str) else "\n".join(map(str, x)) for x in io.get("outputs", [])]
-    name = row.get("name") or hashlib.sha256((row.get("question") or "").encode()).hexdigest()[:16]
-    time_limit = _parse_seconds(row.get("time_limit"))
-    return ParsedProblem(
-        name=str(name),
-        statement=row.get("question") or "",
-        source_dataset="taco",
-        split=split,
-        public_tests=_tests([], []),
-        private_tests=_tests(inputs, outputs),
-        generated_tests=_tests([], []),
-        time_limit_s=time_limit or DEFAULT_TIME_LIMIT_S,
-        difficulty=row.get("difficulty"),
-        extra={k: row.get(k) for k in ("source", "url", "tags", "skill_types") if k in row},
-        solutions=[Solution("python3", s, 0.0) for s in sols if isinstance(s, str)],
-    )
-
-
-def _parse_seconds(text: Any) -> float | None:
-    if isinstance(text, int | float):
-        return float(text)
-    if not isinstance(text, str):
-        return None
-    try:
-        return float(text.strip().split()[0])
-    except (ValueError, IndexError):
-        return None
-
-
-def read_taco(path: Path, *, split: str | None) -> Iterator[ParsedProblem | None]:
-    """TACO rows (Parquet or JSONL): `solutions` and `input_output` are string-encoded JSON."""
-    split = split or _split_from_path(path) or "unspecified"
-    if path.suffix == ".parquet":
-        rows: Iterable[tuple[str, dict[str, Any]]] = (
-            (f"{path} row {i}", r)
-            for i, r in enumerate(_read_parquet_checked(path, TACO_REQUIRED).to_pylist())
-        )
-    else:
-        rows = _jsonl_rows(path)
-    for where, row in rows:
-        missing = TACO_REQUIRED - set(row)
-        if missing:
-            raise SpoError(f"{where}: not a TACO row, missing {sorted(missing)}")
-        yield _taco_row(row, where, split)
-
-
-def read_jsonl(path: Path, *, split: str | None) -> Iterator[ParsedProblem]:
-    """Generic JSONL, one problem per line (see docs/ingest.md for the fields)."""
-    for where, row in _jsonl_rows(path):
-        if "name" not in row or not ("statement" in row or "description" in row):
-            raise SpoError(f"{where}: a problem needs 'name' and 'statement'")
-        tests = row.get("tests") or []
-        try:
-            private = _tests([t["input"] for t in tests], [t["output"] for t in tests])
-        except (KeyError, TypeError) as exc:
-            raise SpoError(f"{where}: each test needs 'input' and 'output'") from exc
-        sols = [Solution(row.get("language", "python3"), s, 0.0) for s in row.get("solutions", [])]
-        sols += [
-            Solution(row.get("language", "python3"), s, -1.0)
-            for s in row.get("incorrect_solutions", [])
-        ]
-        yield ParsedProblem(
-            name=str(row["name"]),
-            statement=row.get("statement") or row.get("description") or "",
-            source_dataset=row.get("source_dataset", "jsonl"),
-            split=row.get("split") or split or _split_from_path(path) or "unspecified",
-            public_tests=_tests(
-                [t["input"] for t in row.get("public_tests", [])],
-                [t["output"] for t in row.get("public_tests", [])],
-            ),
-            private_tests=private,
-            generated_tests=_tests([], []),
-            time_limit_s=float(row.get("time_limit_s", DEFAULT_TIME_LIMIT_S)),
-            memory_limit_mb=int(row.get("memory_limit_mb", DEFAULT_MEMORY_LIMIT_MB)),
-            difficulty=None if row.get("difficulty") is None else str(row["difficulty"]),
-            float_tolerance=row.get("float_tolerance"),
-            solutions=sols,
-        )
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise SpoError(f"{path}:{line}: invalid UTF-8 ({exc.reason})") from None
-    for i, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SpoError(f"{path}:{i}: broken JSON line ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise SpoError(f"{path}:{i}: expected a JSON object per line")
-        yield f"{path}:{i}", row
-
-
-def _read_parquet_checked(path: Path, required: set[str]) -> pa.Table:
-    try:
-        table = pq.read_table(path)
-        table.validate(full=True)  # catches invalid UTF-8 in string columns
-    except (pa.ArrowException, OSError) as exc:
-        raise SpoError(f"{path}: unreadable Parquet ({str(exc).splitlines()[0]})") from None
-    missing = required - set(table.column_names)
-    if missing:
-        raise SpoError(f"{path}: wrong schema, missing column(s) {sorted(missing)}")
-    return table
-
-
-# ---------------------------------------------------------------------------- input discovery
-def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Files, directories (searched recursively) and glob patterns, each checked to exist."""
-    out: list[Path] = []
-    for raw in paths:
-        text = str(raw)
-        if any(ch in text for ch in "*?["):
-            matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
-            if not matches:
-                raise SpoError(f"{text}: no file matches this pattern")
-            out.extend(m for m in matches if m.is_file())
-            continue
-        path = Path(text)
-        if not path.exists():
-            raise SpoError(f"{text}: no such file or directory")
-        if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.suffix in (".parquet", ".jsonl", ".json") and p.is_file()
-            )
-            if not found:
-                raise SpoError(f"{text}: directory holds no .parquet or .jsonl file")
-            out.extend(found)
-        else:
-            out.append(path)
-    for path in out:
-        if path.stat().st_size == 0:
-            raise SpoError(f"{path}: empty file")
-    return out
-
-
-def detect_format(path: Path) -> str:
-    """code_contests or taco for Parquet (by columns), taco or jsonl for JSON lines."""
-    if path.suffix == ".parquet":
-        try:
-            names = set(pq.read_schema(path).names)
-        except (pa.ArrowException, OSError) as exc:
-            raise SpoError(f"{path}: unreadable Parquet ({str(exc).splitlines()[0]})") from None
-        if CC_REQUIRED <= names:
-            return "code_contests"
-        if TACO_REQUIRED <= names:
-            return "taco"
-        raise SpoError(f"{path}: wrong schema: neither CodeContests nor TACO columns")
-    with open(path, "rb") as fh:
-        first = fh.readline()
-    try:
-        row = json.loads(first.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise SpoError(f"{path}:1: invalid UTF-8 ({exc.reason})") from None
-    except json.JSONDecodeError as exc:
-        raise SpoError(f"{path}:1: broken JSON line ({exc.msg})") from None
-    return "taco" if isinstance(row, dict) and TACO_REQUIRED <= set(row) else "jsonl"
-
-
-def parse_file(
-    path: Path, fmt: str, *, split: str | None, source_dataset: str | None = None
-) -> list[ParsedProblem | None]:
-    """Parse a whole file (raising SpoError on any bad row) before anything is written."""
-    if fmt == "code_contests":
-        return list(
-            read_code_contests(path, split=split, source_dataset=source_dataset or "code_contests")
-        )
-    if fmt == "taco":
-        return list(read_taco(path, split=split))
-    if fmt == "jsonl":
-        return list(read_jsonl(path, split=split))
-    raise SpoError(f"unknown format {fmt!r}; formats: auto, {', '.join(FORMATS)}")
-
-
-# ---------------------------------------------------------------------------- writing
-Verifier = Callable[
-    [list[tuple[ParsedProblem, Solution]]], list[tuple[float | None, str, int, int]]
-]
+    def flag(self, name: str, issue: str) -> None:
+        reason = reason_of(issue) or issue
+        self.flagged[reason] = self.flagged.get(reason, 0) + 1
+        self.flags.append((name, issue))
 
 
 def ingest_human_solutions(
@@ -348,13 +94,19 @@ def ingest_human_solutions(
     languages: Sequence[str] | None = ("python3",),
     source_dataset: str | None = None,
     verify: Verifier | None = None,
+    rejudge: bool = False,
     progress: Callable[[int, int], None] | None = None,
     run_kind: str = "ingest",
 ) -> IngestReport:
     """Ingest problems and their human solutions from `paths` into `lake`.
 
-    `languages=None` keeps every language. `verify`, when given, judges each solution and its
-    verdict replaces the dataset's label as the reward. `progress(done, total)` is called per file.
+    `languages=None` keeps every language. `verify`, when given, judges each new solution and
+    its verdict replaces the dataset's label as the reward; `rejudge=True` (with `verify`) also
+    judges the solutions of these files already in the lake and updates their rewards. Under
+    `verify`, labelled-correct solutions failing with wrong_answer flag their problem
+    'labels_disagree: ...' when other labelled-correct ones pass, when two or more fail, or when
+    the statement suggests several answers. `progress(done, total)` is called per file.
+    Raises SpoError (nothing written) for missing or malformed inputs.
     """
     files = expand_paths(paths)
     plan = [(p, detect_format(p) if fmt == "auto" else fmt) for p in files]
@@ -369,21 +121,30 @@ def ingest_human_solutions(
             "split": split,
             "languages": list(languages) if languages else None,
             "verify": verify is not None,
+            "rejudge": rejudge,
         },
         inputs=files,
     )
     try:
-        known_problems = set(
-            lake.sql_arrow("SELECT problem_id FROM problems").column(0).to_pylist()
-        )
+        stored = lake.sql_arrow("SELECT problem_id, judge_issue FROM problems").to_pylist()
+        known_problems = {r["problem_id"]: r["judge_issue"] for r in stored}
         known_hashes = set(
             lake.sql_arrow("SELECT content_hash FROM trajectories WHERE source = 'human'")
             .column(0)
             .to_pylist()
         )
-        for done, (path, problems) in enumerate(parsed, start=1):
+        seen: set[str] = set()
+        for done, (_path, problems) in enumerate(parsed, start=1):
             _write_file(
-                lake, path, problems, languages, verify, known_problems, known_hashes, report
+                lake,
+                problems,
+                languages,
+                verify,
+                rejudge and verify is not None,
+                known_problems,
+                known_hashes,
+                seen,
+                report,
             )
             if progress:
                 progress(done, len(parsed))
@@ -396,79 +157,195 @@ def ingest_human_solutions(
 
 def _write_file(
     lake: Lake,
-    path: Path,
-    problems: list[ParsedProblem | None],
+    problems: list[ParsedProblem],
     languages: Sequence[str] | None,
     verify: Verifier | None,
-    known_problems: set[str],
+    rejudge: bool,
+    known_problems: dict[str, str | None],
     known_hashes: set[str],
+    seen: set[str],
     report: IngestReport,
 ) -> None:
     now = utc_now()
-    problem_rows: list[dict[str, Any]] = []
-    pending: list[tuple[ParsedProblem, Solution, str]] = []
+    rows: dict[str, dict[str, Any]] = {}  # this file's problems, annotated
+    new_rows: dict[str, dict[str, Any]] = {}
+    pending: list[tuple[str, Solution, str]] = []  # new solutions
+    again: list[tuple[str, Solution, str]] = []  # solutions in the lake, to re-judge
     for prob in problems:
-        if prob is None:
-            report.skip("call-based TACO problem")
-            continue
         report.problems_seen += 1
+        report.splits[prob.split] = report.splits.get(prob.split, 0) + 1
         pid = prob.problem_id
+        row = rows.get(pid) or _problem_row(prob, report.run_id, now)
+        rows[pid] = row
         if pid not in known_problems:
-            known_problems.add(pid)
-            problem_rows.append(_problem_row(prob, report.run_id, now))
+            known_problems[pid] = row["judge_issue"]
+            new_rows[pid] = row
         for sol in prob.solutions:
             report.solutions_seen += 1
             if languages is not None and sol.language not in languages:
                 report.skip(f"language {sol.language}")
                 continue
+            if not sol.text.strip():
+                report.skip("empty solution")
+                continue
             digest = content_hash(pid, sol.text)
+            if digest in seen:
+                report.skip("duplicate solution")
+                continue
+            seen.add(digest)
             if digest in known_hashes:
-                report.skip("already in the lake")
+                if rejudge:
+                    again.append((pid, sol, digest))
+                else:
+                    report.skip("already in the lake")
                 continue
             known_hashes.add(digest)
-            pending.append((prob, sol, digest))
+            pending.append((pid, sol, digest))
 
-    verdicts = verify([(p, s) for p, s, _ in pending]) if verify and pending else None
+    judged: list[Judged] | None = None
+    if verify is not None and (pending or again):
+        judged = verify([(rows[pid], sol) for pid, sol, _ in pending + again])
+        for j in judged:
+            report.verdicts[j.status] = report.verdicts.get(j.status, 0) + 1
+            report.not_judged += j.reward is None
+    problem_updates = _labels_disagree(rows, pending + again, judged, known_problems, new_rows)
+
     traj_rows = []
-    for i, (prob, sol, digest) in enumerate(pending):
-        row = {
-            "traj_id": f"h-{digest[:24]}",
-            "problem_id": prob.problem_id,
-            "run_id": report.run_id,
-            "source": "human",
-            "language": sol.language,
-            "response": sol.text,
-            "response_chars": len(sol.text),
-            "reward": sol.reward,
-            "reward_source": "label",
-            "content_hash": digest,
-            "created_at": now,
-        }
-        if verdicts is not None:
-            reward, status, passed, total = verdicts[i]
-            row.update(
-                reward=reward,
-                reward_source="judge",
-                judge_status=status,
-                passed_tests=passed,
-                total_tests=total,
-            )
-        traj_rows.append(row)
+    for i, (pid, sol, digest) in enumerate(pending):
+        traj_rows.append(_traj_row(pid, sol, digest, rows[pid], report.run_id, now))
+        if judged is not None:
+            _apply(traj_rows[-1], judged[i])
     # Problems before their trajectories: a kill in between leaves problems a rerun completes.
-    lake.append("problems", problem_rows)
-    lake.append("trajectories", traj_rows)
-    report.problems_added += len(problem_rows)
-    report.solutions_added += len(traj_rows)
+    _, added = lake.insert_new("problems", list(new_rows.values()))
+    report.problems_added += added
+    for pid, row in new_rows.items():
+        if row["judge_issue"] and pid not in problem_updates:
+            report.flag(row["name"], row["judge_issue"])
+    _, added = lake.insert_new("trajectories", traj_rows)
+    report.solutions_added += added
+    if len(traj_rows) > added:  # a concurrent ingest stored them first
+        report.skip("already in the lake", len(traj_rows) - added)
+
+    if problem_updates:
+        lake.update_rows(
+            "problems",
+            "problem_id",
+            [{"problem_id": pid, "judge_issue": issue} for pid, issue in problem_updates.items()],
+        )
+        for pid, issue in problem_updates.items():
+            report.flag(rows[pid]["name"], issue)
+    if again and judged is not None:
+        _rejudge_rows(lake, again, judged[len(pending) :], report)
+
+
+def _labels_disagree(
+    rows: dict[str, dict[str, Any]],
+    solutions: list[tuple[str, Solution, str]],
+    judged: list[Judged] | None,
+    known_problems: dict[str, str | None],
+    new_rows: dict[str, dict[str, Any]],
+) -> dict[str, str]:
+    """judge_issue updates of problems already in the lake (new rows are patched in place)."""
+    if judged is None:
+        return {}
+    by_pid: dict[str, list[Judged]] = {}
+    for (pid, sol, _), j in zip(solutions, judged, strict=True):
+        if sol.reward == 0.0 and j.reward is not None:  # labelled correct, and judged
+            by_pid.setdefault(pid, []).append(j)
+    updates: dict[str, str] = {}
+    for pid, verdicts in by_pid.items():
+        n = len(verdicts)
+        wrong = sum(j.status == "wrong_answer" for j in verdicts)
+        passed = sum(j.reward == 0.0 for j in verdicts)
+        current = known_problems.get(pid)
+        multiple = reason_of(rows[pid].get("judge_issue")) == "multiple_answers"
+        if wrong == 0 or not (passed or multiple or wrong >= 2):
+            continue  # one failing label alone may just be a wrong label
+        issue = f"labels_disagree: {wrong} of {n} labelled-correct solutions fail (wrong_answer)"
+        if passed:
+            issue += f", {passed} pass"
+        if multiple:
+            issue += "; statement suggests several answers"
+        if current is not None and reason_severity(reason_of(current)) < reason_severity(
+            "labels_disagree"
+        ):
+            continue  # a more basic issue (no tests, interactive, ...) already explains it
+        if current == issue:
+            continue
+        known_problems[pid] = issue
+        if pid in new_rows:
+            new_rows[pid]["judge_issue"] = issue
+        else:
+            updates[pid] = issue
+    return updates
+
+
+def _rejudge_rows(
+    lake: Lake,
+    again: list[tuple[str, Solution, str]],
+    judged: list[Judged],
+    report: IngestReport,
+) -> None:
+    ids = [f"h-{digest[:24]}" for _, _, digest in again]
+    old: dict[str, Any] = {}
+    for start in range(0, len(ids), 5000):
+        chunk = ", ".join(sql_quote(t) for t in ids[start : start + 5000])
+        for r in lake.sql_arrow(
+            f"SELECT traj_id, reward FROM trajectories WHERE traj_id IN ({chunk})"
+        ).to_pylist():
+            old[r["traj_id"]] = r["reward"]
+    updates = []
+    for traj_id, j in zip(ids, judged, strict=True):
+        if traj_id not in old:
+            continue  # stored under another key by an older release: nothing to update
+        update = {"traj_id": traj_id}
+        _apply(update, j)
+        updates.append(update)
+        report.rewards_changed += old[traj_id] != j.reward
+    lake.update_rows("trajectories", "traj_id", updates)
+    report.rejudged += len(updates)
+
+
+def _apply(row: dict[str, Any], j: Judged) -> None:
+    row.update(
+        reward=j.reward,
+        reward_source="judge",
+        judge_status=j.status,
+        passed_tests=j.passed_tests,
+        total_tests=j.total_tests,
+    )
+
+
+def _traj_row(
+    pid: str, sol: Solution, digest: str, problem: dict[str, Any], run_id: str, now: Any
+) -> dict[str, Any]:
+    # A label on a problem without tests claims what nothing here can check: not a reward.
+    untestable = reason_of(problem.get("judge_issue")) == "no_tests"
+    return {
+        "traj_id": f"h-{digest[:24]}",
+        "problem_id": pid,
+        "run_id": run_id,
+        "source": "human",
+        "language": sol.language,
+        "response": sol.text,
+        "response_chars": len(sol.text),
+        "reward": None if untestable else sol.reward,
+        "reward_source": "label",
+        "judge_status": "no_tests" if untestable else None,
+        "content_hash": digest,
+        "created_at": now,
+    }
 
 
 def _problem_row(prob: ParsedProblem, run_id: str, now: Any) -> dict[str, Any]:
     n_tests = sum(
         len(t["input"]) for t in (prob.public_tests, prob.private_tests, prob.generated_tests)
     )
-    return {
+    row = {
         "problem_id": prob.problem_id,
         "name": prob.name,
         "source_dataset": prob.source_dataset,
+        "platform": prob.platform,
         "split": prob.split,
         "statement": prob.statement,
         "public_tests": prob.public_tests,
@@ -478,8 +355,43 @@ def _problem_row(prob: ParsedProblem, run_id: str, now: Any) -> dict[str, Any]:
         "time_limit_s": prob.time_limit_s,
         "memory_limit_mb": prob.memory_limit_mb,
         "float_tolerance": prob.float_tolerance,
+        "float_tolerance_source": "dataset" if prob.float_tolerance is not None else None,
+        "checker": prob.checker,
+        "fn_name": prob.fn_name,
+        "input_file": prob.input_file,
+        "output_file": prob.output_file,
+        "judge_issue": prob.judge_issue,
         "difficulty": prob.difficulty,
         "extra": json.dumps(prob.extra, default=str),
         "ingest_run_id": run_id,
         "created_at": now,
     }
+    return annotate_problem(row)
+
+
+def ingest_files_report(report: IngestReport) -> str:
+    """The one-paragraph summary the CLI prints (counts, skips, flags with reasons)."""
+    skipped = ", ".join(f"{n} {why}" for why, n in sorted(report.skipped.items())) or "none"
+    splits = ", ".join(f"{n} {s}" for s, n in sorted(report.splits.items())) or "none"
+    lines = [
+        f"ingested {report.problems_added} new problems ({report.problems_seen} seen; splits: "
+        f"{splits}) and {report.solutions_added} new solutions ({report.solutions_seen} seen) "
+        f"from {report.files} file(s); skipped: {skipped}; run {report.run_id}"
+    ]
+    if report.verdicts:
+        verdicts = ", ".join(f"{n} {s}" for s, n in sorted(report.verdicts.items()))
+        lines.append(
+            f"judged: {verdicts} ({report.not_judged} not judged: reward NULL); "
+            f"re-judged {report.rejudged} stored solutions, {report.rewards_changed} rewards "
+            "changed"
+        )
+    if report.flagged:
+        counts = ", ".join(f"{n} {r}" for r, n in sorted(report.flagged.items()))
+        lines.append(f"flagged {len(report.flags)} problem(s) with a judge_issue: {counts}")
+        for name, issue in report.flags[:30]:
+            lines.append(f"  {name}: {issue}")
+        if len(report.flags) > 30:
+            lines.append(f"  ... and {len(report.flags) - 30} more (spo lake audit lists all)")
+    else:
+        lines.append("flagged: none")
+    return "\n".join(lines)
