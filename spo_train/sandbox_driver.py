@@ -12,8 +12,9 @@ Protocol (binary frames, so outputs need no escaping):
   fn_name, call_prelude, file_frames``); every later frame is one test's raw stdin, or with
   `file_frames` a marshalled ``(stdin, {file name: bytes})`` written into the working directory
   first (a checker's input/output/answer files). EOF ends.
-- ``input_file``: the test input is also written to that file in the working directory;
-  ``output_file``: the program's answer is read from that file (stdout if it made none).
+- ``input_file``: the test input is written to that file in the working directory (stdin is
+  empty, as on a contest judge); ``output_file``: the program's answer is that file's content
+  (empty if it made none), not its stdout.
 - ``fn_name`` (call-based): after the program ran (its prints discarded, as TACO's evaluator
   captures them), the child calls ``fn_name`` (a top-level function, else a method of class
   ``Solution``) with the JSON argument list read from stdin and writes the JSON of the return
@@ -480,11 +481,11 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
     else:
         status = "ok"
     if cfg.get("output_file") and status == "ok":
+        # The answer is the file's content (none: empty answer); stdout is not the answer.
         got = _read_output_file(os.path.join(cfg["workdir"], cfg["output_file"]), out_cap)
-        if got is not None:
-            out = bytearray(got)
-            if len(out) > out_cap:
-                status = "output_limit"
+        out = bytearray(got or b"")
+        if len(out) > out_cap:
+            status = "output_limit"
     if len(out) > out_cap:
         del out[out_cap:]
     return (
@@ -612,8 +613,9 @@ def main() -> None:
             data, files = marshal.loads(data)
             for name, content in files.items():
                 _write_file(os.path.join(cfg["workdir"], name), content)
-        if cfg.get("input_file"):
+        if cfg.get("input_file"):  # as on the contest judge: the file, not stdin
             _write_file(os.path.join(cfg["workdir"], cfg["input_file"]), data)
+            data = b""
         status, exit_code, sig, wall, cpu, rss, out, err = _run_test(code, source, data, cfg)
         del data
         _clean_workdir(cfg["workdir"])

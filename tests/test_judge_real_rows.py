@@ -9,7 +9,6 @@ import pytest
 from spo_train.judge import JudgeJob, judge, judge_batch
 from tests.conftest import CC_SAMPLE, needs_sandbox
 
-
 pytestmark = [
     needs_sandbox,
     pytest.mark.skipif(
