@@ -29,6 +29,7 @@ from spo_store.errors import SpoError
 from spo_store.ingest import ingest_human_solutions, problem_id
 from spo_store.lake import Lake
 from spo_store.mixture import MixtureSampler, fetch_by_ids
+from spo_store.q0_estimates import estimate_row, write_estimates
 from tests import helpers_lake as h
 from tests.conftest import CC_SAMPLE
 
@@ -312,11 +313,27 @@ def test_sampled_batches_equal_the_pinned_rows_while_the_lake_grows(tmp_path):
     """A batch (light columns from the in-memory index, heavy ones from Lance) is row for row
     what its logged `(version, ids)` reads back, through incremental index refreshes."""
     lake = Lake.open(tmp_path / "lake")
-    lake.append(
-        "problems",
-        [{"problem_id": "p-bench", "name": "bench", "split": "train", "q0": -0.5}],
+    lake.append("problems", [{"problem_id": "p-bench", "name": "bench", "split": "train"}])
+    est = estimate_row(
+        "p-bench",
+        "model-a",
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=64,
+        samples=4,
+        successes=1,
+        beta=0.1,
+        run_id="r",
     )
-    sampler = MixtureSampler(lake, "all:1", sources={"all": "TRUE"}, seed=3)
+    write_estimates(lake, [est])
+    sampler = MixtureSampler(
+        lake,
+        "all:1",
+        sources={"all": "TRUE"},
+        seed=3,
+        ref_model_id="model-a",
+        q0_sampler_key=est["sampler_key"],
+    )
     for i in range(4):
         lake.append("trajectories", h.batch_rows(f"g{i}", 40))
         for step in range(3):
