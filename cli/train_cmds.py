@@ -43,6 +43,27 @@ UnsafeOpt = Annotated[
     bool,
     typer.Option("--unsafe-no-sandbox", help="Run programs without bubblewrap (trusted code only)"),
 ]
+UnreliableOpt = Annotated[
+    bool,
+    typer.Option(
+        "--include-unreliable",
+        help="Keep problems with a judge_issue (left out by default: their rewards are not "
+        "trustworthy)",
+    ),
+]
+
+
+def parse_ks(text: str, option: str = "--k") -> list[int]:
+    """`"1,10"` -> [1, 10]; a bad value is one SpoError line naming the option."""
+    try:
+        ks = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SpoError(
+            f"{option} {text!r}: expected comma-separated integers such as 1,10"
+        ) from None
+    if not ks:
+        raise SpoError(f"{option} {text!r}: expected comma-separated integers such as 1,10")
+    return ks
 
 
 def progress() -> Progress:
@@ -134,23 +155,30 @@ def estimate_q0_cmd(
     lake: LakeOpt = None,
     backend: BackendOpt = "transformers",
     workers: WorkersOpt = None,
+    include_unreliable: UnreliableOpt = False,
     unsafe_no_sandbox: UnsafeOpt = False,
 ) -> None:
-    """Estimate Q0 for each problem by sampling pi_0 and judging (resumable)."""
+    """Estimate Q0 of --model for each problem by sampling it and judging (resumable).
+
+    Estimates are kept per (problem, model, sampler settings): another model or sampler gets
+    its own; a rerun with the same settings adds nothing; a larger --samples tops them up.
+    """
     from spo_store.lake import sql_quote
-    from spo_train.q0 import estimate_q0
-    from spo_train.rollout import SamplerSettings
+    from spo_train.q0 import estimate_q0, q0_sampler_key, q0_todo_predicate
+    from spo_train.rollout import SamplerSettings, count_problems
 
     if samples < 1:
         raise SpoError("--samples must be at least 1")
+    if max_new_tokens < 1:
+        raise SpoError("--max-new-tokens must be at least 1")
     lk = _open_lake_with_problems(lake)
     gen, tok, model_id, tok_id = load_generator(model, backend)
     predicate = where or f"p.split = {sql_quote(split)}"
     settings = SamplerSettings(samples, temperature, top_p, max_new_tokens, seed)
-    todo = (
-        lk.sql_arrow(f"SELECT count(*) FROM problems p WHERE ({predicate}) AND p.q0 IS NULL")
-        .column(0)[0]
-        .as_py()
+    todo = count_problems(
+        lk,
+        q0_todo_predicate(predicate, samples, include_unreliable=include_unreliable),
+        q0_of=(model_id, q0_sampler_key(settings)),
     )
     todo = min(todo, limit) if limit is not None else todo
     with progress() as bar:
@@ -169,16 +197,31 @@ def estimate_q0_cmd(
             chunk_problems=chunk_problems,
             limit=limit,
             workers=workers,
+            include_unreliable=include_unreliable,
             on_problems=lambda n: bar.advance(ptask, n),
             on_samples=advance_with_rate(bar, stask, "samples"),
             unsafe_no_sandbox=unsafe_no_sandbox,
         )
+    from spo_train.rollout import left_out_line
+
+    say = lambda m: console.print(m, highlight=False)  # noqa: E731
+    line = left_out_line(report.left_out, "estimate-q0")
+    if line:
+        say(line)
     mean_s0 = report.successes / max(1, sum(p["n"] for p in report.per_problem))
-    console.print(
-        f"q0 estimated for {report.problems} problems ({report.samples} new samples, {report.reused} reused, "
-        f"mean S0 {mean_s0:.3f}); run {report.run_id}",
-        highlight=False,
+    say(
+        f"q0 of {model_id[:19]} ({report.sampler_key}) estimated for {report.problems} problems "
+        f"({report.samples} new samples, {report.reused} reused; {report.inserted} new "
+        f"estimates, {report.updated} updated; mean S0 {mean_s0:.3f}); run {report.run_id}"
     )
+    if report.unjudged:
+        say(
+            f"{report.unjudged} new samples could not be judged (reward NULL) and are not "
+            "counted in n; a rerun samples replacements"
+        )
+    if report.no_estimate:
+        shown = ", ".join(report.no_estimate[:5]) + (", ..." if len(report.no_estimate) > 5 else "")
+        say(f"{len(report.no_estimate)} problems have no judged sample and no estimate: {shown}")
 
 
 def eval_cmd(
@@ -200,19 +243,36 @@ def eval_cmd(
     lake: LakeOpt = None,
     backend: BackendOpt = "transformers",
     workers: WorkersOpt = None,
+    include_unreliable: UnreliableOpt = False,
     unsafe_no_sandbox: UnsafeOpt = False,
 ) -> None:
-    """pass@k of a model on a split (or an SQL selection) of the lake's problems."""
-    from spo_store.lake import sql_quote
-    from spo_train.evaluate import evaluate
-    from spo_train.rollout import SamplerSettings, load_problems
+    """pass@k of a model on a split (or an SQL selection) of the lake's problems.
 
-    try:
-        ks = [int(x) for x in k.split(",") if x.strip()]
-    except ValueError:
-        raise SpoError(f"--k {k!r}: expected comma-separated integers such as 1,10") from None
+    Counts only judged samples (a sample the sandbox could not judge is reported, not scored);
+    problems with a judge_issue are left out unless --include-unreliable.
+    """
+    from spo_store.lake import sql_quote
+    from spo_train.evaluate import eval_notes, evaluate
+    from spo_train.rollout import (
+        RELIABLE,
+        SamplerSettings,
+        judge_issue_counts,
+        left_out_line,
+        load_problems,
+    )
+
+    ks = parse_ks(k)
+    bad = [x for x in ks if not 1 <= x <= n]
+    if bad:
+        raise SpoError(f"--k {k}: pass@k needs 1 <= k <= --n ({n})")
     lk = _open_lake_with_problems(lake)
-    problems = load_problems(lk, where or f"p.split = {sql_quote(split)}")[: limit or None]
+    predicate = where or f"p.split = {sql_quote(split)}"
+    left_out = {} if include_unreliable else judge_issue_counts(lk, predicate)
+    reliable = "TRUE" if include_unreliable else RELIABLE
+    problems = load_problems(lk, f"({predicate}) AND {reliable}")[: limit or None]
+    line = left_out_line(left_out, "eval")
+    if line:
+        console.print(line, highlight=False)
     gen, tok, model_id, tok_id = load_generator(model, backend)
     run_id = lk.start_run(
         "eval",
@@ -225,6 +285,7 @@ def eval_cmd(
             "top_p": top_p,
             "limit": limit,
             "seed": seed,
+            "include_unreliable": include_unreliable,
         },
         model_id=model_id,
         tokenizer_id=tok_id,
@@ -255,10 +316,14 @@ def eval_cmd(
     table = Table(title=f"pass@k on {where or split} ({result['problems']} problems, n={n})")
     for key in [f"pass@{x}" for x in ks]:
         table.add_column(key)
-    table.add_row(*[f"{result[f'pass@{x}']:.3f}" for x in ks])
+    table.add_row(
+        *[f"{result[f'pass@{x}']:.3f}" if result[f"pass@{x}"] is not None else "n/a" for x in ks]
+    )
     console.print(table)
+    for note in eval_notes(result):
+        console.print(note, highlight=False)
     if json_out:
-        sys.stdout.write(json.dumps({**result, "run_id": run_id}) + "\n")
+        sys.stdout.write(json.dumps({**result, "left_out": left_out, "run_id": run_id}) + "\n")
 
 
 def train_cmd(
@@ -274,11 +339,14 @@ def train_cmd(
     beta: Annotated[float, typer.Option(help="KL strength (default 1/log(100000))")] = 1
     / math.log(100000),
     ce_clip_eps: Annotated[
-        float,
+        float | None,
         typer.Option(
-            help="CE variants: clip Q/beta to <= -eps; bounds a failure's gradient ~1/eps"
+            help="CE variants: clip Q/beta to <= -eps; bounds a failure's gradient ~1/eps "
+            "(default 0.1 for terminal_ce, 1e-6 for reverse_q_ce, whose per-token targets "
+            "above exp(-eps) a larger eps moves to 1; docs/losses.md)",
+            show_default=False,
         ),
-    ] = 0.1,
+    ] = None,
     steps: Annotated[int, typer.Option(help="Optimizer steps")] = 100,
     batch_size: Annotated[int, typer.Option(help="Trajectories per step")] = 32,
     lr: Annotated[float, typer.Option(help="Learning rate")] = 1e-4,
@@ -286,15 +354,39 @@ def train_cmd(
         int, typer.Option(help="Steps between rollout-policy weight updates")
     ] = 10,
     staleness: Annotated[
-        int, typer.Option(help="Online data: policy versions at most this many steps old")
+        int,
+        typer.Option(
+            help="Online data: policy versions at most this many steps older than the rollout "
+            "policy's version (not the trainer step)"
+        ),
     ] = 10,
     rollout_n: Annotated[int, typer.Option(help="Online samples per problem")] = 4,
     eval_every: Annotated[
-        int, typer.Option(help="Steps between validation evaluations (0: end only)")
+        int,
+        typer.Option(help="Steps between extra evaluations (0: none; start and end always)"),
     ] = 0,
-    eval_n: Annotated[int, typer.Option(help="Samples per problem in evaluation")] = 10,
-    eval_problems: Annotated[int, typer.Option(help="Validation problems per evaluation")] = 100,
+    eval_n: Annotated[int, typer.Option(help="Samples per problem in evaluation (paper: 20)")] = 20,
+    eval_k: Annotated[str, typer.Option(help="pass@k values, each <= --eval-n")] = "1,10",
+    eval_temperature: Annotated[float, typer.Option(help="Evaluation temperature")] = 0.4,
+    eval_top_p: Annotated[float, typer.Option(help="Evaluation top-p")] = 0.95,
+    eval_split: Annotated[str, typer.Option(help="Split evaluated")] = "valid",
+    eval_problems: Annotated[
+        int, typer.Option(help="Problems per evaluation (0: do not evaluate)")
+    ] = 100,
     max_new_tokens: Annotated[int, typer.Option(help="Response length bound")] = 256,
+    q0_temperature: Annotated[
+        float, typer.Option(help="Sampler of the q0 estimates to use: temperature")
+    ] = 1.0,
+    q0_top_p: Annotated[
+        float, typer.Option(help="Sampler of the q0 estimates to use: top-p")
+    ] = 1.0,
+    q0_max_new_tokens: Annotated[
+        int | None,
+        typer.Option(
+            help="Sampler of the q0 estimates to use: length bound (default: --max-new-tokens)",
+            show_default=False,
+        ),
+    ] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints")] = 25,
     output: Annotated[
         str, typer.Option(help="Checkpoints, TensorBoard events, run summary")
@@ -316,9 +408,14 @@ def train_cmd(
     model: ModelOpt = None,
     lake: LakeOpt = None,
     workers: WorkersOpt = None,
+    include_unreliable: UnreliableOpt = False,
     unsafe_no_sandbox: UnsafeOpt = False,
 ) -> None:
-    """Train with SPO on a mixture of online rollouts and offline lake data."""
+    """Train with SPO on a mixture of online rollouts and offline lake data.
+
+    Uses the q0 estimates of --model under the q0 sampler settings (refuses, naming the
+    `spo estimate-q0` command, without them); evaluates the policy at the start and the end.
+    """
     from spo_train.trainer import TrainConfig, train
 
     config = TrainConfig(
@@ -338,8 +435,16 @@ def train_cmd(
         rollout_n=rollout_n,
         eval_every=eval_every,
         eval_n=eval_n,
+        eval_k=tuple(parse_ks(eval_k, "--eval-k")),
+        eval_temperature=eval_temperature,
+        eval_top_p=eval_top_p,
+        eval_split=eval_split,
         eval_problems=eval_problems,
         max_new_tokens=max_new_tokens,
+        q0_temperature=q0_temperature,
+        q0_top_p=q0_top_p,
+        q0_max_new_tokens=q0_max_new_tokens,
+        include_unreliable=include_unreliable,
         checkpoint_every=checkpoint_every,
         resume=resume,
         seed=seed,
@@ -347,6 +452,7 @@ def train_cmd(
         workers=workers,
         unsafe_no_sandbox=unsafe_no_sandbox,
     )
+    config.validate()  # bad settings fail before the lake or a model is touched
     _open_lake_with_problems(lake)
     with progress() as bar:
         task = bar.add_task("steps", total=steps, rate="")

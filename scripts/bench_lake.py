@@ -3,7 +3,7 @@
 
 Builds a synthetic lake of `--rows` trajectories (default 1M) of about 512 tokens each
 (`response_ids` list<int32> ~512, `ref_logprobs` list<float32> ~512, `prompt_ids` ~100, a
-response of ~1.5 KB) over ~5000 problems with q0 set (split 'train'); sources mix human, pi0 and
+response of ~1.5 KB) over ~5000 problems with a q0 estimate each (split 'train'); sources mix human, pi0 and
 online with rewards 0/-1. Then measures, in one run:
 
 1. `Lake.append` throughput in batches of `--batch` rows (data generation not timed), fragments;
@@ -37,7 +37,13 @@ from spo_schemas import table_schema
 
 from spo_store.lake import Lake
 from spo_store.maintenance import fragment_counts
-from spo_store.mixture import BASE_PREDICATE, BUILTIN_SOURCES, MixtureSampler
+from spo_store.mixture import (
+    BASE_PREDICATE,
+    BUILTIN_SOURCES,
+    RELIABLE_PREDICATE,
+    MixtureSampler,
+)
+from spo_store.q0_estimates import estimate_row, problems_with_q0_sql, sampler_key
 
 BYTES_PER_ROW = 6_500  # ~512*4*2 token/logprob bytes + ~400 prompt bytes + ~1.5 KB text + meta
 N_PROBLEMS = 5_000
@@ -163,17 +169,33 @@ def make_problems(rng: np.random.Generator) -> pa.Table:
             "num_tests": 10,
             "time_limit_s": 2.0,
             "memory_limit_mb": 256,
-            "q0": float(-rng.random()),
-            "q0_samples": 800,
-            "q0_successes": int(rng.integers(0, 800)),
-            "q0_beta": 0.1,
-            "q0_run_id": "estimate-q0-bench",
             "ingest_run_id": "ingest-bench",
             "created_at": now,
         }
         for i in range(N_PROBLEMS)
     ]
     return pa.Table.from_pylist(rows)
+
+
+Q0_KEY = sampler_key(1.0, 1.0, 256)
+
+
+def make_q0_estimates(rng: np.random.Generator) -> list[dict]:
+    """One q0 estimate of the bench's pi_0 per problem (800 samples, random successes)."""
+    return [
+        estimate_row(
+            f"bench-{i:05d}",
+            "pi0-bench",
+            temperature=1.0,
+            top_p=1.0,
+            max_new_tokens=256,
+            samples=800,
+            successes=int(rng.integers(0, 800)),
+            beta=0.1,
+            run_id="estimate-q0-bench",
+        )
+        for i in range(N_PROBLEMS)
+    ]
 
 
 def timed(fn, *args, **kwargs):
@@ -194,7 +216,13 @@ def open_and_query(root: Path) -> tuple[float, float]:
 
 def new_sampler(lake: Lake) -> MixtureSampler:
     return MixtureSampler(
-        lake, "online:0.5,offline:0.5", run_id=RUN_ID, staleness=STALENESS, split="train"
+        lake,
+        "online:0.5,offline:0.5",
+        run_id=RUN_ID,
+        staleness=STALENESS,
+        split="train",
+        ref_model_id="pi0-bench",
+        q0_sampler_key=Q0_KEY,
     )
 
 
@@ -242,6 +270,7 @@ def main() -> None:
     try:
         lake = Lake.open(root)
         lake.append("problems", make_problems(rng))
+        lake.insert_new("q0_estimates", make_q0_estimates(rng))
         problem_ids = np.array([f"bench-{i:05d}" for i in range(N_PROBLEMS)])
 
         # 1. appends
@@ -351,8 +380,10 @@ def main() -> None:
         offline = BUILTIN_SOURCES["offline"].format(run_id=f"'{RUN_ID}'")
         cols = ", ".join(f"t.{c}" for c in SAMPLE_COLUMNS)
         naive_sql = (
-            f"SELECT {cols} FROM trajectories t JOIN problems p USING (problem_id) "
-            f"WHERE ({BASE_PREDICATE}) AND p.split = 'train' AND (({online}) OR ({offline})) "
+            f"SELECT {cols} FROM trajectories t "
+            f"JOIN ({problems_with_q0_sql('pi0-bench', Q0_KEY)}) p USING (problem_id) "
+            f"WHERE ({BASE_PREDICATE}) AND ({RELIABLE_PREDICATE}) AND p.split = 'train' "
+            f"AND (({online}) OR ({offline})) "
             "ORDER BY random() LIMIT 128"
         )
         naive = []

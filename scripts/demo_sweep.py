@@ -39,7 +39,7 @@ EVAL_SEED, EVAL_PROBLEMS, MAX_NEW_TOKENS = 1, 100, 192  # as `spo demo`
 
 
 def evaluate_on_test(lake: Lake, model, tok, model_id: str, n: int) -> dict:
-    problems = load_problems(lake, "p.split = 'test'")[:EVAL_PROBLEMS]
+    problems = load_problems(lake, "p.split = 'test' AND p.judge_issue IS NULL")[:EVAL_PROBLEMS]
     settings = SamplerSettings(n, 0.4, 0.95, MAX_NEW_TOKENS, seed=EVAL_SEED)
     return evaluate(
         lake,
@@ -59,7 +59,7 @@ def prepare(base: Path, q0_problems: int, q0_samples: int) -> None:
     ensure_problems(lake)
     path = resolve_model_path(None)
     model, tok = load_model_and_tokenizer(path)
-    subset = load_problems(lake, "p.split = 'train'")[:q0_problems]
+    subset = load_problems(lake, "p.split = 'train' AND p.judge_issue IS NULL")[:q0_problems]
     ids = ", ".join(sql_quote(p["problem_id"]) for p in subset)
     estimate_q0(
         lake,
@@ -90,6 +90,7 @@ def run(base: Path, name: str, n: int, settings: dict) -> None:
         output=str(out / "ckpt"),
         max_new_tokens=MAX_NEW_TOKENS,
         checkpoint_every=10**9,  # only the final checkpoint
+        eval_problems=0,  # evaluated below on the test split, like the baseline
         tensorboard=False,
         wandb="off",
         **settings,

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from spo_store.lake import Lake, sql_quote
 from spo_train.defaults import ensure_problems
-from spo_train.evaluate import evaluate
+from spo_train.evaluate import eval_notes, evaluate
 from spo_train.generation import TransformersGenerator
 from spo_train.metrics import paired_pass_at_k_difference
 from spo_train.models import (
@@ -81,7 +81,9 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
 
     # 2. Q0 on a fixed subset of train problems (resumable: done ones are skipped)
     t0 = time.perf_counter()
-    subset = load_problems(lake, "p.split = 'train'")[: config.q0_problems]
+    subset = load_problems(lake, "p.split = 'train' AND p.judge_issue IS NULL")[
+        : config.q0_problems
+    ]
     ids = ", ".join(sql_quote(p["problem_id"]) for p in subset)
     with console.status(
         f"estimating Q0 on {len(subset)} train problems x {config.q0_samples} samples"
@@ -105,7 +107,10 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
     )
 
     # 3. pi_0 on held-out problems
-    eval_set = load_problems(lake, "p.split = 'test'")[: config.eval_problems]
+    # Problems the judge cannot handle reliably are left out (their pass rates mean nothing).
+    eval_set = load_problems(lake, "p.split = 'test' AND p.judge_issue IS NULL")[
+        : config.eval_problems
+    ]
     settings = SamplerSettings(
         config.eval_n, 0.4, 0.95, config.max_new_tokens, seed=config.seed + 1
     )
@@ -127,7 +132,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
         )
     timings["eval_before_s"] = time.perf_counter() - t0
     say(
-        f"pi_0: pass@1 {before['pass@1']:.3f}, pass@10 {before['pass@10']:.3f} ({timings['eval_before_s']:.0f} s)"
+        f"pi_0: pass@1 {_fmt(before['pass@1'])}, pass@10 {_fmt(before['pass@10'])} ({timings['eval_before_s']:.0f} s)"
     )
 
     # 4. SPO training
@@ -146,7 +151,9 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
         rollout_n=config.rollout_n,
         max_new_tokens=config.max_new_tokens,
         checkpoint_every=config.steps,
-        eval_every=0,
+        # The demo evaluates before and after itself (test split, one seed for both), so the
+        # training run's own start/end evaluation would only repeat that work.
+        eval_problems=0,
         seed=config.seed,
         unsafe_no_sandbox=config.unsafe_no_sandbox,
     )
@@ -188,23 +195,28 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
     )
     for col in ("", "pass@1", "pass@10"):
         table.add_column(col)
-    table.add_row("pi_0 (before)", f"{before['pass@1']:.3f}", f"{before['pass@10']:.3f}")
+    table.add_row("pi_0 (before)", _fmt(before["pass@1"]), _fmt(before["pass@10"]))
     table.add_row(
-        f"SPO, {result.steps_done} steps (after)",
-        f"{after['pass@1']:.3f}",
-        f"{after['pass@10']:.3f}",
+        f"SPO, {result.steps_done} steps (after)", _fmt(after["pass@1"]), _fmt(after["pass@10"])
     )
     console.print(table)
+    for note in eval_notes(before) + eval_notes(after):
+        say(note)
     # Paired over the same problems: how much of the change the problem draw can explain.
+    # Per problem n = its judged samples; a pair enters pass@k only with k judged on both sides.
     change = {}
     for k in (1, 10):
         pairs = [
             (
-                (config.eval_n, before["correct_by_problem"][p]),
-                (config.eval_n, after["correct_by_problem"][p]),
+                (before["judged_by_problem"][p], before["correct_by_problem"][p]),
+                (after["judged_by_problem"][p], after["correct_by_problem"][p]),
             )
             for p in before["correct_by_problem"]
+            if min(before["judged_by_problem"][p], after["judged_by_problem"][p]) >= k
         ]
+        if not pairs:
+            say(f"pass@{k} change: no problem has {k} judged samples before and after")
+            continue
         diff, low, high = paired_pass_at_k_difference(
             [b for b, _ in pairs], [a for _, a in pairs], k, seed=config.seed
         )
@@ -217,7 +229,9 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
     summary = {
         "before": {k: before[k] for k in ("pass@1", "pass@10")},
         "after": {k: after[k] for k in ("pass@1", "pass@10")},
-        "improved_pass@10": after["pass@10"] > before["pass@10"],
+        "improved_pass@10": None
+        if before["pass@10"] is None or after["pass@10"] is None
+        else after["pass@10"] > before["pass@10"],
         "change": change,
         "train_run_id": result.run_id,
         "demo_run_id": run_id,
@@ -232,6 +246,10 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     say(f"plot: {plot}; summary: {out / 'summary.json'}; total {timings['total_s']:.0f} s")
     return summary
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def write_plot(
@@ -263,8 +281,8 @@ def write_plot(
         ax.set_xlabel("step")
     ks = ["pass@1", "pass@10"]
     xs = range(len(ks))
-    axes[4].bar([x - 0.2 for x in xs], [before[k] for k in ks], width=0.4, label="pi_0")
-    axes[4].bar([x + 0.2 for x in xs], [after[k] for k in ks], width=0.4, label="SPO")
+    axes[4].bar([x - 0.2 for x in xs], [before[k] or 0.0 for k in ks], width=0.4, label="pi_0")
+    axes[4].bar([x + 0.2 for x in xs], [after[k] or 0.0 for k in ks], width=0.4, label="SPO")
     axes[4].set_xticks(list(xs), ks)
     axes[4].set_title("held-out test")
     axes[4].legend()

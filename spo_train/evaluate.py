@@ -2,6 +2,11 @@
 
 Samples n responses per problem (paper: n=20, temperature 0.4, top-p 0.95), judges them,
 stores them as `source='eval'` trajectories and the results in `metrics`.
+
+Only judged samples count (reward NOT NULL, `spo_train.judge.verdict_reward`): a sample the
+sandbox could not judge is neither a pass nor a failure. Each problem's pass@k uses its own
+`n = judged samples`; a problem with fewer than k judged samples has no unbiased pass@k, so it
+is left out of that k's mean and *reported* (`short_of_k`), never silently dropped.
 """
 
 from __future__ import annotations
@@ -36,14 +41,22 @@ def evaluate(
     unsafe_no_sandbox: bool = False,
     metric_prefix: str = "eval",
 ) -> dict[str, Any]:
-    """pass@k for each k in `ks`, plus counts; writes trajectories and metrics to the lake."""
+    """pass@k for each k in `ks`, plus counts; writes trajectories and metrics to the lake.
+
+    Returns `pass@k` (None when no problem has k judged samples), `pass@k_problems` (how many
+    problems entered that mean), `problems`, `samples`, `judged`, `unjudged`, `correct`, `n`,
+    `correct_by_problem` and `judged_by_problem` (per problem id), and `short_of_k`
+    (`{"pass@k": [problem names with fewer than k judged samples]}`). Logs `<prefix>/pass@k`
+    and `<prefix>/unjudged`. Raises SpoError with no problems or a k outside 1..n.
+    """
     if not problems:
         raise SpoError("no problems to evaluate on (check --split or --where)")
     bad = [k for k in ks if k < 1 or k > settings.n]
     if bad:
         raise SpoError(f"pass@k needs 1 <= k <= n={settings.n}; got k={bad}")
     correct: dict[str, int] = {}
-    total = 0
+    judged: dict[str, int] = {}
+    total = unjudged = 0
     for start in range(0, len(problems), chunk_problems):
         chunk = problems[start : start + chunk_problems]
         chunk_settings = replace(settings, seed=settings.seed + start)
@@ -63,19 +76,54 @@ def evaluate(
         )
         lake.append("trajectories", rows)
         for row in rows:
-            correct[row["problem_id"]] = correct.get(row["problem_id"], 0) + (row["reward"] == 0)
+            if row["reward"] is None:
+                unjudged += 1
+                continue
+            pid = row["problem_id"]
+            judged[pid] = judged.get(pid, 0) + 1
+            correct[pid] = correct.get(pid, 0) + (row["reward"] == 0)
         total += len(rows)
-    counts = [(settings.n, correct.get(p["problem_id"], 0)) for p in problems]
-    result: dict[str, Any] = {f"pass@{k}": mean_pass_at_k(counts, k) for k in ks}
+    ids = [p["problem_id"] for p in problems]
+    names = {p["problem_id"]: p.get("name", p["problem_id"]) for p in problems}
+    result: dict[str, Any] = {}
+    short: dict[str, list[str]] = {}
+    for k in ks:
+        counts = [(judged.get(i, 0), correct.get(i, 0)) for i in ids if judged.get(i, 0) >= k]
+        result[f"pass@{k}"] = mean_pass_at_k(counts, k) if counts else None
+        result[f"pass@{k}_problems"] = len(counts)
+        missing = [names[i] for i in ids if judged.get(i, 0) < k]
+        if missing:
+            short[f"pass@{k}"] = missing
     result.update(
         problems=len(problems),
         samples=total,
-        correct=sum(c for _, c in counts),
+        judged=total - unjudged,
+        unjudged=unjudged,
+        correct=sum(correct.values()),
         n=settings.n,
-        correct_by_problem={p["problem_id"]: correct.get(p["problem_id"], 0) for p in problems},
+        correct_by_problem={i: correct.get(i, 0) for i in ids},
+        judged_by_problem={i: judged.get(i, 0) for i in ids},
+        short_of_k=short,
     )
     tag = f"{metric_prefix}/{split}" if split else metric_prefix
-    lake.log_metrics(
-        run_id, step, {f"{tag}/pass@{k}": result[f"pass@{k}"] for k in ks}, split=split
-    )
+    values = {f"{tag}/pass@{k}": result[f"pass@{k}"] for k in ks if result[f"pass@{k}"] is not None}
+    values[f"{tag}/unjudged"] = float(unjudged)
+    lake.log_metrics(run_id, step, values, split=split)
     return result
+
+
+def eval_notes(result: dict[str, Any]) -> list[str]:
+    """Lines a user must read next to the pass@k table: unjudged samples, problems short of k."""
+    notes = []
+    if result.get("unjudged"):
+        notes.append(
+            f"{result['unjudged']} of {result['samples']} samples could not be judged (reward "
+            "NULL: sandbox or checker failure); pass@k counts only judged samples"
+        )
+    for key, names in (result.get("short_of_k") or {}).items():
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        notes.append(
+            f"{key}: {len(names)} problem(s) have fewer judged samples than k and are not in its "
+            f"mean ({result[key + '_problems']} are): {shown}"
+        )
+    return notes

@@ -5,9 +5,17 @@ For each selected problem, n responses are sampled from pi_0 and judged; with c 
 Every sample is stored as a `source='pi0'` trajectory (reusable offline data; since the
 sampler is pi_0 itself at temperature 1, its log-probs are stored as reference log-probs).
 
-Resumable: problems are done in chunks, each committed as one trajectories append and one
-problems update. A rerun selects the problems still without q0 and first reuses pi_0 samples
-already in the lake for them (a run killed between the two commits loses nothing).
+Q0 belongs to the reference model and sampler that estimated it (issue 9, item 8): each
+estimate is one `q0_estimates` row keyed by (problem, reference model identity, sampler key:
+temperature, top-p, max_new_tokens). `n` and `c` count only *judged* samples (reward NOT NULL).
+
+Resumable and incremental: problems are done in chunks, each committed as one trajectories
+append and one q0_estimates write (new keys with `Lake.insert_new`, more samples by
+`update_rows` on `estimate_id`). A run selects the problems whose estimate for this model and
+sampler has fewer than n judged samples, and first reuses this model's own `pi0` samples with
+the same sampler settings already in the lake (a run killed between the two commits loses
+nothing; `--samples 800` after 4 samples 796 more). A rerun with the same settings adds nothing.
+Problems with a `judge_issue` are left out unless `include_unreliable`.
 """
 
 from __future__ import annotations
@@ -19,8 +27,15 @@ from typing import Any
 
 from spo_store.errors import SpoError
 from spo_store.lake import Lake, sql_quote
+from spo_store.q0_estimates import estimate_row, sampler_key, write_estimates
 from spo_train.losses import q0_from_success_rate
-from spo_train.rollout import SamplerSettings, load_problems, sample_and_judge
+from spo_train.rollout import (
+    RELIABLE,
+    SamplerSettings,
+    judge_issue_counts,
+    load_problems,
+    sample_and_judge,
+)
 
 DEFAULT_BETA = 1.0 / math.log(100000.0)
 
@@ -36,12 +51,54 @@ def q0_value(successes: int, samples: int, beta: float) -> float:
 
 @dataclass
 class Q0Report:
+    """What one estimate-q0 run did. `problems`: problems it worked on; `samples`: new samples
+    drawn; `reused`: judged samples of this model and sampler already in the lake; `successes`:
+    c summed over the problems; `unjudged`: new samples the judge could not judge (reward NULL,
+    not counted in n); `no_estimate`: problems left without any judged sample (no row written);
+    `left_out`: problems skipped for a judge_issue, per reason; `sampler_key`: the estimates' key.
+    """
+
     run_id: str = ""
     problems: int = 0
     samples: int = 0
     reused: int = 0
     successes: int = 0
+    unjudged: int = 0
+    no_estimate: list[str] = field(default_factory=list)
+    inserted: int = 0
+    updated: int = 0
+    left_out: dict[str, int] = field(default_factory=dict)
+    sampler_key: str = ""
     per_problem: list[dict[str, Any]] = field(default_factory=list)
+
+
+def q0_sampler_key(settings: SamplerSettings) -> str:
+    """The `q0_estimates.sampler_key` of `settings` (a fixed temperature is required)."""
+    if isinstance(settings.temperature, tuple):
+        raise SpoError("q0 needs one fixed sampling temperature, not a range")
+    return sampler_key(settings.temperature, settings.top_p, settings.max_new_tokens)
+
+
+def q0_todo_predicate(where: str, n: int, *, include_unreliable: bool = False) -> str:
+    """Problems (over the q0 view `p`) whose estimate has fewer than `n` judged samples."""
+    pred = f"({where}) AND (p.q0_samples IS NULL OR p.q0_samples < {int(n)})"
+    return pred if include_unreliable else f"{pred} AND {RELIABLE}"
+
+
+def q0_todo(
+    lake: Lake,
+    where: str,
+    *,
+    model_id: str,
+    settings: SamplerSettings,
+    include_unreliable: bool = False,
+) -> list[dict[str, Any]]:
+    """The problems `estimate_q0` would work on (see `q0_todo_predicate`), ordered by id."""
+    return load_problems(
+        lake,
+        q0_todo_predicate(where, settings.n, include_unreliable=include_unreliable),
+        q0_of=(model_id, q0_sampler_key(settings)),
+    )
 
 
 def estimate_q0(
@@ -57,23 +114,36 @@ def estimate_q0(
     chunk_problems: int = 16,
     limit: int | None = None,
     workers: int | None = None,
+    include_unreliable: bool = False,
     on_problems: Callable[[int], None] | None = None,
     on_samples: Callable[[int], None] | None = None,
     unsafe_no_sandbox: bool = False,
 ) -> Q0Report:
-    """Estimate q0 for the problems matching `where` that have none yet (see module docstring)."""
-    todo = load_problems(lake, f"({where}) AND p.q0 IS NULL")
+    """Estimate q0 of the model `model_id` (the generator's; it is pi_0 here) for the problems
+    matching `where` (SQL over `p`: problems plus this model's and sampler's q0 columns) whose
+    estimate has fewer than `settings.n` judged samples (see module docstring).
+
+    Raises SpoError for a temperature range (q0 needs one sampler).
+    """
+    key = q0_sampler_key(settings)
+    todo = q0_todo(
+        lake, where, model_id=model_id, settings=settings, include_unreliable=include_unreliable
+    )
     if limit is not None:
         todo = todo[:limit]
-    report = Q0Report(problems=len(todo))
+    report = Q0Report(problems=len(todo), sampler_key=key)
+    if not include_unreliable:
+        report.left_out = judge_issue_counts(lake, where, q0_of=(model_id, key))
     config = {
         "where": where,
         "n": settings.n,
         "temperature": settings.temperature,
         "top_p": settings.top_p,
         "max_new_tokens": settings.max_new_tokens,
+        "sampler_key": key,
         "beta": beta,
         "seed": settings.seed,
+        "include_unreliable": include_unreliable,
     }
     report.run_id = lake.start_run(
         "estimate-q0", config, model_id=model_id, tokenizer_id=tokenizer_id
@@ -81,15 +151,24 @@ def estimate_q0(
     try:
         for start in range(0, len(todo), chunk_problems):
             chunk = todo[start : start + chunk_problems]
-            counts = _existing_samples(lake, [p["problem_id"] for p in chunk], model_id)
-            fresh = [p for p in chunk if counts.get(p["problem_id"], (0, 0))[0] < settings.n]
-            if fresh:
-                chunk_settings = replace(settings, seed=settings.seed + start)
-                rows = sample_and_judge(
+            have = _existing_samples(lake, [p["problem_id"] for p in chunk], model_id, settings)
+            counts = {p["problem_id"]: have.get(p["problem_id"], (0, 0)) for p in chunk}
+            report.reused += sum(n for n, _ in counts.values())
+            # Problems needing the same number of new samples share one generate call; the seed
+            # moves with the samples already there, so top-ups never repeat earlier draws.
+            groups: dict[int, list[dict[str, Any]]] = {}
+            for p in chunk:
+                need = settings.n - counts[p["problem_id"]][0]
+                if need > 0:
+                    groups.setdefault(need, []).append(p)
+            new_rows: list[dict[str, Any]] = []
+            for need, probs in sorted(groups.items()):
+                seed = settings.seed + start + 1_000_003 * (settings.n - need)
+                new_rows += sample_and_judge(
                     generator,
                     tokenizer,
-                    fresh,
-                    chunk_settings,
+                    probs,
+                    replace(settings, n=need, seed=seed),
                     source="pi0",
                     run_id=report.run_id,
                     model_id=model_id,
@@ -99,25 +178,33 @@ def estimate_q0(
                     on_generated=on_samples,
                     unsafe_no_sandbox=unsafe_no_sandbox,
                 )
-                lake.append("trajectories", rows)
-                report.samples += len(rows)
-                for p in fresh:
-                    mine = [r for r in rows if r["problem_id"] == p["problem_id"]]
-                    counts[p["problem_id"]] = (len(mine), sum(r["reward"] == 0 for r in mine))
-            report.reused += sum(counts[p["problem_id"]][0] for p in chunk if p not in fresh)
-            updates = []
+            if new_rows:
+                lake.append("trajectories", new_rows)
+            report.samples += len(new_rows)
+            for r in new_rows:
+                if r["reward"] is None:  # not judged: not a sample of S0
+                    report.unjudged += 1
+                    continue
+                n, c = counts[r["problem_id"]]
+                counts[r["problem_id"]] = (n + 1, c + (r["reward"] == 0))
+            rows = []
             for p in chunk:
                 n, c = counts[p["problem_id"]]
-                updates.append(
-                    {
-                        "problem_id": p["problem_id"],
-                        "q0": q0_value(c, n, beta),
-                        "q0_samples": n,
-                        "q0_successes": c,
-                        "q0_beta": beta,
-                        "q0_run_id": report.run_id,
-                    }
+                if n == 0:
+                    report.no_estimate.append(p["name"])
+                    continue
+                row = estimate_row(
+                    p["problem_id"],
+                    model_id,
+                    temperature=float(settings.temperature),  # type: ignore[arg-type]
+                    top_p=settings.top_p,
+                    max_new_tokens=settings.max_new_tokens,
+                    samples=n,
+                    successes=c,
+                    beta=beta,
+                    run_id=report.run_id,
                 )
+                rows.append(row)
                 report.successes += c
                 report.per_problem.append(
                     {
@@ -125,10 +212,12 @@ def estimate_q0(
                         "name": p["name"],
                         "n": n,
                         "c": c,
-                        "q0": updates[-1]["q0"],
+                        "q0": row["q0"],
                     }
                 )
-            lake.update_rows("problems", "problem_id", updates)
+            inserted, updated = write_estimates(lake, rows)
+            report.inserted += inserted
+            report.updated += updated
             if on_problems:
                 on_problems(len(chunk))
     except BaseException as exc:
@@ -141,13 +230,17 @@ def estimate_q0(
 
 
 def _existing_samples(
-    lake: Lake, problem_ids: list[str], model_id: str
+    lake: Lake, problem_ids: list[str], model_id: str, settings: SamplerSettings
 ) -> dict[str, tuple[int, int]]:
-    """(n, c) of judged pi_0 samples of this model already in the lake, per problem."""
+    """(n, c) of the judged pi_0 samples of this model under these sampler settings already in
+    the lake, per problem (temperature and top-p are stored as float32: compared to 1e-6)."""
     ids = ", ".join(sql_quote(p) for p in problem_ids)
     rows = lake.sql_arrow(
-        "SELECT problem_id, count(*) AS n, count(*) FILTER (WHERE reward = 0) AS c FROM trajectories "
-        f"WHERE source = 'pi0' AND model_id = {sql_quote(model_id)} AND reward IS NOT NULL "
+        "SELECT problem_id, count(*) AS n, count(*) FILTER (WHERE reward = 0) AS c "
+        f"FROM trajectories WHERE source = 'pi0' AND model_id = {sql_quote(model_id)} "
+        f"AND reward IS NOT NULL AND max_new_tokens = {int(settings.max_new_tokens)} "
+        f"AND abs(temperature - {float(settings.temperature)!r}) < 1e-6 "  # type: ignore[arg-type]
+        f"AND abs(top_p - {float(settings.top_p)!r}) < 1e-6 "
         f"AND problem_id IN ({ids}) GROUP BY problem_id"
     ).to_pylist()
     return {r["problem_id"]: (int(r["n"]), int(r["c"])) for r in rows}

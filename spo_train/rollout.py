@@ -3,7 +3,12 @@
 One path serves Q0 estimation (`source='pi0'`), evaluation (`source='eval'`) and online
 rollouts (`source='online'`): rows carry the token ids, the behaviour policy's log-probs and,
 when the sampling model is the reference model, the reference log-probs too, so later
-training batches skip both tokenisation and the reference forward.
+training batches skip both tokenisation and the reference forward. Every sampled row records
+its sampler (temperature, top-p, max_new_tokens): q0 reuses samples only under the same one.
+
+Rewards come from `spo_train.judge.verdict_reward`: 0 passed, -1 judged and failed, NULL when
+the program was not really judged (sandbox trouble, checker failure, no tests), so a sandbox
+that failed to start never counts as a wrong answer.
 """
 
 from __future__ import annotations
@@ -16,26 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from spo_store.lake import Lake, problem_tests, sql_quote, utc_now
+from spo_store.lake import Lake, sql_quote, utc_now
+from spo_store.q0_estimates import Q0_VIEW_COLUMNS, problems_with_q0_sql
+from spo_train.judge import JUDGE_PROBLEM_COLUMNS, job_for_problem, judge_batch, verdict_reward
 from spo_train.prompting import build_prompt, extract_code
-from spo_train.sandbox import JudgeJob, judge_batch
 
-PROBLEM_COLUMNS = [
-    "problem_id",
-    "name",
-    "split",
-    "statement",
-    "public_tests",
-    "private_tests",
-    "generated_tests",
-    "time_limit_s",
-    "memory_limit_mb",
-    "float_tolerance",
-    "q0",
-    "q0_samples",
-    "q0_successes",
-    "q0_beta",
-]
+PROBLEM_COLUMNS = list(
+    dict.fromkeys(
+        ["problem_id", "name", "split", "statement", "judge_issue", *JUDGE_PROBLEM_COLUMNS]
+    )
+)
 
 
 @dataclass
@@ -49,16 +44,69 @@ class SamplerSettings:
     seed: int = 0
 
 
-def load_problems(lake: Lake, where: str) -> list[dict[str, Any]]:
-    """Problems matching a SQL predicate over `problems` (aliased `p`), ordered by id."""
-    cols = ", ".join(f"p.{c}" for c in PROBLEM_COLUMNS)
+def load_problems(
+    lake: Lake,
+    where: str,
+    *,
+    q0_of: tuple[str, str] | None = None,
+    beta: float | None = None,
+) -> list[dict[str, Any]]:
+    """Problems matching a SQL predicate over `p`, ordered by id.
+
+    `p` is `problems` joined (LEFT) with the q0 estimate of `q0_of = (ref_model_id,
+    sampler_key)`: rows gain `q0`, `q0_samples`, `q0_successes`, `q0_beta`, `q0_estimate_id`
+    (NULL without an estimate), and `beta` recomputes `q0` at that beta from the counts. Without
+    `q0_of` the q0 columns are NULL (a q0 always belongs to a model and sampler).
+    """
+    ref, key = q0_of if q0_of is not None else (None, None)
+    cols = ", ".join(f"p.{c}" for c in [*PROBLEM_COLUMNS, *Q0_VIEW_COLUMNS])
+    view = problems_with_q0_sql(ref, key, beta)
     return lake.sql_arrow(
-        f"SELECT {cols} FROM problems p WHERE {where} ORDER BY p.problem_id"
+        f"SELECT {cols} FROM ({view}) p WHERE {where} ORDER BY p.problem_id"
     ).to_pylist()
+
+
+def count_problems(lake: Lake, where: str, *, q0_of: tuple[str, str] | None = None) -> int:
+    """How many problems `load_problems(lake, where, q0_of=q0_of)` would return."""
+    ref, key = q0_of if q0_of is not None else (None, None)
+    view = problems_with_q0_sql(ref, key)
+    return int(
+        lake.sql_arrow(f"SELECT count(*) FROM ({view}) p WHERE {where}").column(0)[0].as_py()
+    )
 
 
 def split_predicate(split: str) -> str:
     return f"p.split = {sql_quote(split)}"
+
+
+RELIABLE = "p.judge_issue IS NULL"
+"""Problems the judge handles reliably (`problems.judge_issue` NULL)."""
+
+
+def judge_issue_counts(
+    lake: Lake, where: str, *, q0_of: tuple[str, str] | None = None
+) -> dict[str, int]:
+    """Problems matching `where` (over `p`, as in `load_problems`) that have a `judge_issue`,
+    counted per reason (the text before ':'), most frequent first."""
+    ref, key = q0_of if q0_of is not None else (None, None)
+    rows = lake.sql_arrow(
+        "SELECT trim(split_part(p.judge_issue, ':', 1)) AS reason, count(*) AS n "
+        f"FROM ({problems_with_q0_sql(ref, key)}) p "
+        f"WHERE ({where}) AND p.judge_issue IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1"
+    ).to_pylist()
+    return {r["reason"]: int(r["n"]) for r in rows}
+
+
+def left_out_line(counts: dict[str, int], what: str, flag: str = "--include-unreliable") -> str:
+    """One line naming how many problems were left out for a judge_issue and why, or ''."""
+    if not counts:
+        return ""
+    reasons = ", ".join(f"{n} {r}" for r, n in counts.items())
+    total = sum(counts.values())
+    return (
+        f"{what}: left out {total} problem{'s' if total != 1 else ''} the judge cannot handle "
+        f"reliably ({reasons}); {flag} keeps them"
+    )
 
 
 def judge_responses(
@@ -69,17 +117,9 @@ def judge_responses(
     progress: Callable[[int], None] | None = None,
     unsafe_no_sandbox: bool = False,
 ) -> list[Any]:
-    """Judge `codes[i]` against all tests of `problems[i]` (in parallel, sandboxed)."""
-    jobs = [
-        JudgeJob(
-            code,
-            [(t["input"], t["output"]) for t in problem_tests(p)],
-            float(p.get("time_limit_s") or 2.0),
-            int(p.get("memory_limit_mb") or 256),
-            p.get("float_tolerance"),
-        )
-        for p, code in zip(problems, codes, strict=True)
-    ]
+    """Judge `codes[i]` against all tests of `problems[i]` (in parallel, sandboxed); the job
+    of each comes from `spo_train.judge.job_for_problem` (limits, tolerance, checker, ...)."""
+    jobs = [job_for_problem(p, code) for p, code in zip(problems, codes, strict=True)]
     return judge_batch(
         jobs, workers=workers, progress=progress, unsafe_no_sandbox=unsafe_no_sandbox
     )
@@ -152,10 +192,11 @@ def sample_and_judge(
                 "model_id": model_id,
                 "temperature": float(sample.temperature),
                 "top_p": float(sample.top_p),
+                "max_new_tokens": int(settings.max_new_tokens),
                 "language": "python3",
                 "response": sample.text,
                 "response_chars": len(sample.text),
-                "reward": 0.0 if verdict.passed else -1.0,
+                "reward": verdict_reward(verdict),
                 "reward_source": "judge",
                 "judge_status": verdict.status,
                 "passed_tests": verdict.passed_tests,

@@ -14,6 +14,13 @@ Reads top to bottom (CleanRL style). Each step:
    `kill -9` with the same data order.
 This issue runs rollouts synchronously in the trainer process; async workers append the same
 rows to the same table.
+
+q0 is the estimate of *this* `--model` (its `model_identity`) under the q0 sampler settings
+(`q0_temperature`, `q0_top_p`, `q0_max_new_tokens`; see `spo_store.q0_estimates`), recomputed
+at the training beta from its `(samples, successes)`; a run without such estimates refuses with
+the `spo estimate-q0` command to run. The policy is evaluated before the first step (step 0)
+and after the last (always; `eval_every` adds evaluations in between), with the paper's
+settings by default (n=20, T=0.4, top-p 0.95, pass@1 and pass@10).
 """
 
 from __future__ import annotations
@@ -34,11 +41,12 @@ import numpy as np
 import torch
 
 from spo_store.errors import SpoError
-from spo_store.lake import Lake, utc_now
+from spo_store.lake import Lake, sql_quote, utc_now
 from spo_store.maintenance import maybe_compact
 from spo_store.mixture import MixtureSampler, load_sources
+from spo_store.q0_estimates import sampler_key
 from spo_train.batch import ReferenceCache, pad_right
-from spo_train.evaluate import evaluate
+from spo_train.evaluate import eval_notes, evaluate
 from spo_train.generation import TransformersGenerator
 from spo_train.logprobs import response_logprobs
 from spo_train.losses import spo_loss
@@ -49,10 +57,21 @@ from spo_train.models import (
     tokenizer_identity,
 )
 from spo_train.q0 import DEFAULT_BETA, q0_value
-from spo_train.rollout import SamplerSettings, load_problems, sample_and_judge, split_predicate
+from spo_train.rollout import (
+    RELIABLE,
+    SamplerSettings,
+    count_problems,
+    judge_issue_counts,
+    left_out_line,
+    load_problems,
+    sample_and_judge,
+    split_predicate,
+)
 
 WANDB_MODES = ("auto", "offline", "online", "off")
 LOSS_VARIANTS = ("terminal_ce", "terminal_sq", "reverse_q_ce", "reverse_q_sq", "advantage_bce")
+# CE clip margin per variant when --ce-clip-eps is not given (see TrainConfig.ce_clip_eps).
+DEFAULT_CE_CLIP_EPS = {"terminal_ce": 0.1, "reverse_q_ce": 1e-6}
 
 
 @dataclass
@@ -73,12 +92,21 @@ class TrainConfig:
     """SPO variant: terminal_ce (paper's main), terminal_sq, reverse_q_ce, reverse_q_sq, advantage_bce"""
     beta: float = DEFAULT_BETA
     """KL strength; default 1/log(100000), so a failure is 1e5 times less likely under pi*"""
-    ce_clip_eps: float = 0.1
-    """cross-entropy variants clip Q/beta to <= -eps (straight-through). A failure whose
-    Q_T/beta is above -eps pushes back with a gradient of about 1/eps: with the paper's "close to
-    zero" (1e-6 here) one failure on a problem with q0 near 0 gave a 5e6 gradient norm that
-    owned the whole clipped step. 0.1 caps it near 10x a success's pull and leaves every optimum
-    (log(1e-5) for a failure) unchanged"""
+    ce_clip_eps: float | None = None
+    """cross-entropy variants clip the predicted Q/beta to <= -eps in the forward pass
+    (straight-through gradient). None: 0.1 for terminal_ce, the paper's 1e-6 for reverse_q_ce.
+
+    Where the clip is harmless: a CE term with target probability x has its optimum at
+    log x when log x < -eps; for x > exp(-eps) the clipped straight-through gradient has no zero
+    below 0 and its fixed point moves to Q/beta = 0 (probability 1). terminal_ce's targets are
+    1 (success: any Q_T >= 0 is optimal, the clip never acts on it) and exp(-1/beta) (failure:
+    optimum -1/beta, far below -eps while eps < 1/beta, which `validate` checks), so there the
+    clip only bounds a failure's push-back near 0 (about 1/eps: with 1e-6, one failure on a
+    problem with q0 near 0 gave a 5e6 gradient norm that owned the whole clipped step). The
+    per-token reverse-Q targets of reverse_q_ce (and Monte-Carlo targets) take any value, and
+    targets above exp(-eps) (0.905 for eps 0.1) are common near the end of successes: there a
+    large eps moves the optimum, so reverse_q_ce keeps 1e-6 unless told otherwise, and the
+    trainer says so when a larger eps is given. docs/losses.md has the derivation."""
     steps: int = 100
     """optimizer steps"""
     batch_size: int = 32
@@ -94,7 +122,11 @@ class TrainConfig:
     model_update_interval: int = 10
     """steps between rollout-policy weight updates (paper: 10 for SPO, 1 for PPO)"""
     staleness: int = 10
-    """online = this run's rollouts whose policy version is within this many steps"""
+    """online = this run's rollouts whose policy version v satisfies R - staleness <= v <= R,
+    where R is the *rollout policy's* version (the step at which it last took the trainer's
+    weights), not the current trainer step. With model_update_interval M, a step s has
+    R = M * floor(s / M), so an online row can be up to staleness + M - 1 trainer steps older
+    than the weights being trained (the paper's workers are stale the same way)"""
     rollout_n: int = 4
     """samples per problem in an online rollout"""
     rollout_temperature: tuple[float, float] = (0.1, 0.8)
@@ -102,21 +134,33 @@ class TrainConfig:
     top_p: float = 0.95
     """nucleus sampling for rollouts and evaluation"""
     max_new_tokens: int = 256
-    """response length bound"""
+    """response length bound (rollouts and evaluation)"""
+    q0_temperature: float = 1.0
+    """sampler of the q0 estimates to train against: temperature (estimate-q0's default; q0 is
+    defined under pi_0 itself)"""
+    q0_top_p: float = 1.0
+    """sampler of the q0 estimates to train against: top-p"""
+    q0_max_new_tokens: int | None = None
+    """sampler of the q0 estimates to train against: length bound (None: max_new_tokens)"""
+    include_unreliable: bool = False
+    """keep problems with a judge_issue in the mixture, the rollouts and evaluation"""
     train_split: str = "train"
     """split the mixture and the rollouts draw problems from"""
     eval_split: str = "valid"
     """split evaluated every `eval_every` steps"""
     eval_every: int = 0
-    """steps between evaluations (0: only at the end)"""
-    eval_n: int = 10
-    """samples per problem for evaluation"""
+    """steps between extra evaluations (0: none); the start (step 0) and the end are always
+    evaluated"""
+    eval_n: int = 20
+    """samples per problem for evaluation (paper: 20)"""
     eval_k: tuple[int, ...] = (1, 10)
-    """pass@k reported"""
+    """pass@k reported (each k <= eval_n)"""
     eval_problems: int | None = 100
-    """evaluate on at most this many problems of the split (None: all)"""
+    """evaluate on at most this many problems of the split (None: all; 0: no evaluation)"""
     eval_temperature: float = 0.4
     """evaluation temperature (paper: 0.4)"""
+    eval_top_p: float = 0.95
+    """evaluation top-p (paper: 0.95)"""
     checkpoint_every: int = 25
     """steps between checkpoints (and at the end)"""
     micro_batch_size: int | None = None
@@ -154,8 +198,23 @@ class TrainConfig:
             raise SpoError("--beta must be a positive number")
         if not (self.lr > 0):
             raise SpoError("--lr must be positive")
-        if not (0 < self.ce_clip_eps < 1):
-            raise SpoError("--ce-clip-eps must be in (0, 1)")
+        if self.ce_clip_eps is not None and not (0 < self.ce_clip_eps < 1 / self.beta):
+            # at eps >= 1/beta the clip moves even terminal_ce's failure optimum (-1/beta)
+            raise SpoError(
+                f"--ce-clip-eps must be in (0, 1/beta = {1 / self.beta:.4g}), got {self.ce_clip_eps}"
+            )
+        if self.q0_max_new_tokens is not None and self.q0_max_new_tokens < 1:
+            raise SpoError("--q0-max-new-tokens must be at least 1")
+        if self.eval_problems is not None and self.eval_problems < 0:
+            raise SpoError("--eval-problems must be >= 0 (0: no evaluation)")
+        if self.eval_every < 0:
+            raise SpoError("--eval-every must be >= 0")
+        bad = [k for k in self.eval_k if not 1 <= k <= self.eval_n]
+        if not self.eval_k or bad:
+            raise SpoError(
+                f"--eval-k {','.join(map(str, self.eval_k))}: pass@k needs 1 <= k <= --eval-n "
+                f"({self.eval_n}); raise --eval-n or lower k"
+            )
         if self.wandb not in WANDB_MODES:
             raise SpoError(f"--wandb {self.wandb!r}: choose one of {', '.join(WANDB_MODES)}")
 
@@ -167,6 +226,61 @@ class TrainResult:
     output: Path
     metrics: list[dict[str, float]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+def effective_ce_clip_eps(config: TrainConfig) -> float:
+    """The CE clip margin the loss gets: `config.ce_clip_eps`, else the variant's default
+    (`DEFAULT_CE_CLIP_EPS`; see `TrainConfig.ce_clip_eps` for where a clip moves the optimum)."""
+    if config.ce_clip_eps is not None:
+        return config.ce_clip_eps
+    return DEFAULT_CE_CLIP_EPS.get(config.loss, 0.1)
+
+
+def q0_sampler_key(config: TrainConfig) -> str:
+    """The `q0_estimates.sampler_key` of the estimates this run trains against."""
+    return sampler_key(
+        config.q0_temperature, config.q0_top_p, config.q0_max_new_tokens or config.max_new_tokens
+    )
+
+
+def estimate_q0_command(config: TrainConfig, lake_uri: str) -> str:
+    """The exact `spo estimate-q0 ...` that gives this run the q0 estimates it needs."""
+    parts = ["spo estimate-q0"]
+    if config.model:
+        parts.append(f"--model {config.model}")
+    parts += [f"--lake {lake_uri}", f"--split {config.train_split}"]
+    if config.q0_temperature != 1.0:
+        parts.append(f"--temperature {config.q0_temperature:g}")
+    if config.q0_top_p != 1.0:
+        parts.append(f"--top-p {config.q0_top_p:g}")
+    parts.append(f"--max-new-tokens {config.q0_max_new_tokens or config.max_new_tokens}")
+    if config.include_unreliable:
+        parts.append("--include-unreliable")
+    return " ".join(parts)
+
+
+def policy_logprobs(
+    policy: torch.nn.Module,
+    prompt_ids: list[list[int]],
+    response_ids: list[list[int]],
+    *,
+    pad_token_id: int,
+    micro_batch_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of the taken response tokens under `policy`, with gradients, dropout off.
+
+    The loss compares log pi_theta with log pi_0 token by token, so both must come from the
+    deterministic network: the forward runs in eval mode (dropout off) while autograd records
+    (as TRL does for its policy forward). Returns `([B, T] log-probs, [B, T] bool mask)`.
+    """
+    policy.eval()
+    return response_logprobs(
+        policy,
+        prompt_ids,
+        response_ids,
+        pad_token_id=pad_token_id,
+        micro_batch_size=micro_batch_size,
+    )
 
 
 def rebase_q0(problems: list[dict[str, Any]], beta: float) -> int:
@@ -278,26 +392,40 @@ def train(
     pi0_path = resolve_model_path(config.model)
     sources = load_sources(config.sources_file)
 
-    # --- problems with q0 on the training split: SPO's Q-parameterisation needs q0
+    # --- problems with q0 of this pi_0 and q0 sampler on the training split (SPO needs q0)
+    ref_model_id = model_identity(pi0_path)
+    q0_key = q0_sampler_key(config)
+    q0_of = (ref_model_id, q0_key)
+    in_split = split_predicate(config.train_split)
+    reliable = "TRUE" if config.include_unreliable else RELIABLE
     train_problems = load_problems(
-        lake, f"{split_predicate(config.train_split)} AND p.q0 IS NOT NULL"
+        lake, f"{in_split} AND {reliable} AND p.q0 IS NOT NULL", q0_of=q0_of
     )
     if not train_problems:
+        others = lake.sql_arrow(
+            "SELECT count(DISTINCT (ref_model_id, sampler_key)) AS n FROM q0_estimates q "
+            f"JOIN problems p USING (problem_id) WHERE {in_split}"
+        ).to_pylist()[0]["n"]
         raise SpoError(
-            f"no {config.train_split!r} problem in lake {lake.uri} has a q0 estimate: "
-            "run `spo estimate-q0` first"
+            f"no {config.train_split!r} problem in lake {lake.uri} has a q0 estimate of this "
+            f"model ({ref_model_id[:19]}) with sampler {q0_key}"
+            + (
+                f" ({others} other model/sampler estimates exist and are not used)"
+                if others
+                else ""
+            )
+            + f": run `{estimate_q0_command(config, lake.uri)}`"
         )
-    without = (
-        lake.sql_arrow(
-            f"SELECT count(*) FROM problems p WHERE {split_predicate(config.train_split)} AND p.q0 IS NULL"
-        )
-        .column(0)[0]
-        .as_py()
-    )
+    without = count_problems(lake, f"{in_split} AND {reliable} AND p.q0 IS NULL", q0_of=q0_of)
     if without:
         say(
-            f"{without} {config.train_split} problems have no q0 estimate and are left out (run `spo estimate-q0`)"
+            f"{without} {config.train_split} problems have no q0 estimate of this model and "
+            f"sampler and are left out (run `{estimate_q0_command(config, lake.uri)}`)"
         )
+    if not config.include_unreliable:
+        line = left_out_line(judge_issue_counts(lake, in_split), f"train ({config.train_split})")
+        if line:
+            say(line)
     rebased = rebase_q0(train_problems, config.beta)
     if rebased:
         say(f"q0 of {rebased} problems recomputed from their (n, c) for beta {config.beta:.4g}")
@@ -307,12 +435,13 @@ def train(
     _set_seed(config.seed)
     ref_model, tokenizer = load_model_and_tokenizer(pi0_path, device=config.device)
     ref_model.eval().requires_grad_(False)
-    ref_model_id, tokenizer_id = model_identity(pi0_path), tokenizer_identity(tokenizer)
+    tokenizer_id = tokenizer_identity(tokenizer)
     ckpt = _latest_checkpoint(output) if config.resume else None
     if config.resume and ckpt is None:
         say(f"no checkpoint in {output}: starting fresh")
     policy, _ = load_model_and_tokenizer(ckpt or pi0_path, device=config.device)
-    policy.train()
+    # Dropout stays off: the loss forward is deterministic (see `policy_logprobs`).
+    policy.eval()
     optimizer = torch.optim.AdamW(
         policy.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -352,7 +481,17 @@ def train(
         staleness=config.staleness,
         split=config.train_split,
         seed=config.seed,
+        ref_model_id=ref_model_id,
+        q0_sampler_key=q0_key,
+        beta=config.beta,
+        include_unreliable=config.include_unreliable,
     )
+    eps = effective_ce_clip_eps(config)
+    if config.loss == "reverse_q_ce" and eps > DEFAULT_CE_CLIP_EPS["reverse_q_ce"]:
+        say(
+            f"--ce-clip-eps {eps:g} with reverse_q_ce moves every per-token target above "
+            f"exp(-{eps:g}) = {math.exp(-eps):.3g} to probability 1 (docs/losses.md)"
+        )
     online_weight = sampler.spec.weights.get("online", 0.0)
     online_per_step = sampler.spec.counts(config.batch_size).get("online", 0)
     writer = None
@@ -361,16 +500,43 @@ def train(
 
         writer = SummaryWriter(log_dir=str(output / "tb"))
     wandb_run = _start_wandb(config, run_id, output)
-    eval_problems = load_problems(lake, split_predicate(config.eval_split))[
-        : config.eval_problems or None
-    ]
+    eval_problems: list[dict[str, Any]] = []
+    if config.eval_problems != 0:
+        eval_where = split_predicate(config.eval_split)
+        eval_problems = load_problems(lake, f"{eval_where} AND {reliable}")[
+            : config.eval_problems or None
+        ]
+        if not config.include_unreliable:
+            line = left_out_line(
+                judge_issue_counts(lake, eval_where), f"eval ({config.eval_split})"
+            )
+            if line:
+                say(line)
+        if not eval_problems:
+            raise SpoError(
+                f"no {config.eval_split!r} problems to evaluate on in lake {lake.uri}: choose "
+                "another --eval-split, or --eval-problems 0 to train without evaluation"
+            )
+    else:
+        say("--eval-problems 0: this run is not evaluated")
+    # Steps already evaluated by this run (a resumed run never repeats step 0 or the end).
+    evaluated: set[int] = set()
+    if ckpt is not None:
+        evaluated = set(
+            lake.sql_arrow(
+                f"SELECT DISTINCT step FROM metrics WHERE run_id = {sql_quote(run_id)} "
+                f"AND name = {sql_quote(f'eval/{config.eval_split}/unjudged')}"
+            )
+            .column(0)
+            .to_pylist()
+        )
 
     def run_eval(step: int) -> dict[str, Any]:
         gen = TransformersGenerator(policy.eval(), tokenizer, device=config.device)
         settings = SamplerSettings(
             config.eval_n,
             config.eval_temperature,
-            config.top_p,
+            config.eval_top_p,
             config.max_new_tokens,
             seed=config.seed + 7,
         )
@@ -390,17 +556,37 @@ def train(
             workers=config.workers,
             unsafe_no_sandbox=config.unsafe_no_sandbox,
         )
-        policy.train()
-        evals = {f"eval/{config.eval_split}/pass@{k}": res[f"pass@{k}"] for k in config.eval_k}
+        evals = {
+            f"eval/{config.eval_split}/pass@{k}": res[f"pass@{k}"]
+            for k in config.eval_k
+            if res[f"pass@{k}"] is not None
+        }
         if writer:
             for k, v in evals.items():
                 writer.add_scalar(k, v, step)
         if wandb_run:
             wandb_run.log(evals, step=step)
+        shown = ", ".join(
+            f"pass@{k} {res[f'pass@{k}']:.3f}" if res[f"pass@{k}"] is not None else f"pass@{k} n/a"
+            for k in config.eval_k
+        )
+        say(
+            f"eval step {step} ({config.eval_split}, {len(eval_problems)} problems, "
+            f"n={config.eval_n}, T={config.eval_temperature:g}, top-p {config.eval_top_p:g}): {shown}"
+        )
+        for note in eval_notes(res):
+            say(note)
+        evaluated.add(step)
         return res
+
+    def maybe_eval(step: int) -> None:
+        if eval_problems and step not in evaluated:
+            result.evals.append({"step": step, **run_eval(step)})
 
     result = TrainResult(run_id=run_id, steps_done=start_step, output=output)
     try:
+        if start_step == 0:
+            maybe_eval(0)  # the policy it starts from
         for step in range(start_step, config.steps):
             t0 = time.perf_counter()
             # 1. the rollout policy takes new weights every model_update_interval steps
@@ -457,7 +643,7 @@ def train(
             # 4. token ids and reference log-probs (rows, cache, or one reference forward)
             prepared = ref_cache.prepare(batch.table, problems_by_id)
             # 5. the SPO loss on the policy's log-probs
-            policy_lp, mask = response_logprobs(
+            policy_lp, mask = policy_logprobs(
                 policy,
                 prepared.prompt_ids,
                 prepared.response_ids,
@@ -473,7 +659,7 @@ def train(
                 mask,
                 config.beta,
                 config.loss,
-                eps=config.ce_clip_eps,
+                eps=eps,
                 return_diagnostics=True,
             )
             optimizer.zero_grad(set_to_none=True)
@@ -501,9 +687,12 @@ def train(
                 {
                     "train/grad_norm": float(grad_norm),
                     "train/lr": scheduler.get_last_lr()[0],
-                    "rollout/reward_mean": float(np.mean([r["reward"] for r in online_rows]))
-                    if online_rows
+                    "rollout/reward_mean": float(
+                        np.mean([r["reward"] for r in online_rows if r["reward"] is not None])
+                    )
+                    if any(r["reward"] is not None for r in online_rows)
                     else float("nan"),
+                    "rollout/unjudged": float(sum(r["reward"] is None for r in online_rows)),
                     "rollout/samples_per_s": len(online_rows) / t_rollout
                     if online_rows and t_rollout > 0
                     else 0.0,
@@ -523,12 +712,8 @@ def train(
             result.steps_done = step + 1
             if on_step:
                 on_step(step, metrics)
-            if (
-                config.eval_every
-                and (step + 1) % config.eval_every == 0
-                and step + 1 < config.steps
-            ):
-                result.evals.append({"step": step + 1, **run_eval(step + 1)})
+            if config.eval_every and (step + 1) % config.eval_every == 0:
+                maybe_eval(step + 1)
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
                 _save_checkpoint(
                     output,
@@ -545,6 +730,9 @@ def train(
                     },
                 )
                 maybe_compact(lake)
+        # The policy it ends with, always (after its checkpoint, so a kill here loses no
+        # training; a resumed run evaluates it if this did not finish).
+        maybe_eval(config.steps)
     except BaseException as exc:
         lake.end_run(run_id, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
         raise

@@ -118,11 +118,17 @@ def test_estimate_q0_is_resumable_and_reuses_samples(small_lake, tiny_model):
     )
     assert first.problems == 2 and first.samples == 6
     done = small_lake.sql(
-        "SELECT problem_id, q0_run_id FROM problems WHERE q0 IS NOT NULL ORDER BY 1"
+        "SELECT problem_id, run_id, ref_model_id, sampler_key FROM q0_estimates ORDER BY 1"
     ).to_dicts()
-    assert len(done) == 2 and {d["q0_run_id"] for d in done} == {first.run_id}
+    assert len(done) == 2 and {d["run_id"] for d in done} == {first.run_id}
+    assert {(d["ref_model_id"], d["sampler_key"]) for d in done} == {
+        (model_id, "temperature=1,top_p=1,max_new_tokens=8")
+    }
     # A run killed between its two commits: samples are in the lake, q0 is not. Simulate it.
-    third = load_problems(small_lake, "p.split = 'train' AND p.q0 IS NULL")[0]
+    key = "temperature=1,top_p=1,max_new_tokens=8"
+    third = load_problems(small_lake, "p.split = 'train' AND p.q0 IS NULL", q0_of=(model_id, key))[
+        0
+    ]
     rows = sample_and_judge(
         gen,
         tok,
@@ -149,14 +155,20 @@ def test_estimate_q0_is_resumable_and_reuses_samples(small_lake, tiny_model):
         second.problems == 2 and second.reused == 3 and second.samples == 3
     )  # only the 4th is sampled
     got = small_lake.sql(
-        "SELECT p.problem_id, p.q0, p.q0_samples, p.q0_successes, count(t.traj_id) AS n FROM problems p JOIN trajectories t ON t.problem_id = p.problem_id AND t.source = 'pi0' WHERE p.split = 'train' GROUP BY ALL"
+        "SELECT q.problem_id, q.q0, q.samples, q.successes, count(t.traj_id) AS n, "
+        "count(t.traj_id) FILTER (WHERE t.reward = 0) AS c FROM q0_estimates q "
+        "JOIN trajectories t ON t.problem_id = q.problem_id AND t.source = 'pi0' GROUP BY ALL"
     ).to_dicts()
     assert len(got) == 4
     for r in got:
-        assert r["n"] == r["q0_samples"] == 3
+        assert r["n"] == r["samples"] == 3 and r["c"] == r["successes"]
         assert r["q0"] == pytest.approx(
-            q0_value(r["q0_successes"], 3, 1 / __import__("math").log(1e5))
+            q0_value(r["successes"], 3, 1 / __import__("math").log(1e5))
         )
+    # Every sampled row records its sampler's length bound (q0 reuses samples only under it).
+    assert small_lake.sql("SELECT DISTINCT max_new_tokens FROM trajectories WHERE source = 'pi0'")[
+        "max_new_tokens"
+    ].to_list() == [8]
     # pi_0 samples carry reference log-probs (the sampler is pi_0 at temperature 1).
     assert (
         small_lake.sql(
@@ -260,11 +272,18 @@ def test_train_without_q0_names_estimate_q0(small_lake, tiny_model, tmp_path):
         small_lake.uri,
         "--steps",
         "1",
+        "--max-new-tokens",
+        "8",
         "--output",
         str(tmp_path / "o"),
         cwd=tmp_path,
     )
-    assert r.returncode == 2 and "spo estimate-q0" in r.stderr and "Traceback" not in r.stderr
+    want = (
+        f"spo estimate-q0 --model {tiny_model} --lake {small_lake.uri} --split train "
+        "--max-new-tokens 8"
+    )
+    err = " ".join(r.stderr.split())  # rich wraps long lines
+    assert r.returncode == 2 and want in err and "Traceback" not in r.stderr, r.stderr
 
 
 @pytest.mark.slow
@@ -304,7 +323,9 @@ def test_train_survives_kill9_and_resumes(small_lake, tiny_model, tmp_path):
         "--eval-problems",
         "1",
         "--eval-n",
-        "1",
+        "2",
+        "--eval-k",
+        "1,2",
     ]
     proc = _spo_in_background(args, cwd=tmp_path)
     deadline = time.time() + 300
@@ -344,6 +365,12 @@ def test_train_survives_kill9_and_resumes(small_lake, tiny_model, tmp_path):
         by_step.setdefault(b["step"], []).append(offline)
     for repeats in by_step.values():
         assert all(x == repeats[0] for x in repeats)
+    # Evaluated once at the start (the resume did not repeat step 0) and once at the end.
+    evals = small_lake.sql(
+        f"SELECT step, count(*) AS n FROM metrics WHERE run_id = '{run_id}' "
+        "AND name = 'eval/valid/pass@2' GROUP BY step ORDER BY step"
+    ).to_dicts()
+    assert evals == [{"step": 0, "n": 1}, {"step": 6, "n": 1}]
 
 
 @pytest.mark.slow
@@ -364,7 +391,7 @@ def test_estimate_q0_cli_survives_kill9_and_rerun_completes(small_lake, tiny_mod
     proc = _spo_in_background(args, cwd=tmp_path)
 
     def done() -> int:
-        sql = "SELECT count(*) AS n FROM problems WHERE q0 IS NOT NULL"
+        sql = "SELECT count(*) AS n FROM q0_estimates"
         return Lake.open(small_lake.uri, create=False).sql(sql)["n"][0]
 
     deadline = time.time() + 300
@@ -379,15 +406,16 @@ def test_estimate_q0_cli_survives_kill9_and_rerun_completes(small_lake, tiny_mod
     got = (
         Lake.open(small_lake.uri, create=False)
         .sql(
-            "SELECT p.problem_id, p.q0, p.q0_samples, p.q0_successes, p.q0_run_id, "
-            "count(t.traj_id) AS n FROM problems p LEFT JOIN trajectories t "
-            "ON t.problem_id = p.problem_id AND t.source = 'pi0' WHERE p.split = 'train' GROUP BY ALL"
+            "SELECT p.problem_id, q.q0, q.samples, q.successes, q.run_id, "
+            "count(t.traj_id) AS n FROM problems p JOIN q0_estimates q USING (problem_id) "
+            "LEFT JOIN trajectories t ON t.problem_id = p.problem_id AND t.source = 'pi0' "
+            "WHERE p.split = 'train' GROUP BY ALL"
         )
         .to_dicts()
     )
     # Every problem done exactly once: 48 samples each, none duplicated by the rerun.
-    assert len(got) == 4 and all(g["n"] == g["q0_samples"] == 48 for g in got), got
-    assert len({g["q0_run_id"] for g in got}) == 2  # the killed run's and the rerun's
+    assert len(got) == 4 and all(g["n"] == g["samples"] == 48 for g in got), got
+    assert len({g["run_id"] for g in got}) == 2  # the killed run's and the rerun's
     assert all(-1.0 <= g["q0"] <= 0.0 for g in got)
 
 
