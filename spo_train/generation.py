@@ -19,6 +19,7 @@ distribution is recorded separately (``temperature``, ``top_p``).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import random
 from collections.abc import Sequence
@@ -143,6 +144,10 @@ class TransformersGenerator:
 
         self.growable_cache = growable_cache
         self.model = model
+        # transformers 5.x names the KV cache argument `cache` and warns on `past_key_values`
+        # (on every forward: the warning broke progress bars); older releases know only the latter.
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self.tokenizer = tokenizer
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
@@ -237,14 +242,14 @@ class TransformersGenerator:
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=pos,
-                past_key_values=cache,
                 use_cache=True,
+                **{self._cache_arg: cache},
             )
             try:  # only the last position's logits (a real vocabulary x a long prompt is big)
                 outp = self.model(**prefill, logits_to_keep=1)
             except TypeError:  # transformers < 4.50
                 outp = self.model(**prefill, num_logits_to_keep=1)
-            cache = outp.past_key_values
+            cache = _cache_of(outp)
             rows = torch.tensor([row_of_prompt[i] for i, _ in chunk], device=dev)
             cache.batch_select_indices(rows)
             logits = outp.logits[:, -1, :].float().index_select(0, rows)
@@ -303,10 +308,10 @@ class TransformersGenerator:
                     input_ids=tok[:, None],
                     attention_mask=mask,
                     position_ids=next_pos[:, None],
-                    past_key_values=cache,
                     use_cache=True,
+                    **{self._cache_arg: cache},
                 )
-                cache = outp.past_key_values
+                cache = _cache_of(outp)
                 logits = outp.logits[:, -1, :].float()
                 next_pos = next_pos + 1
 
@@ -357,6 +362,12 @@ class TransformersGenerator:
             return False
         tail = self.tokenizer.decode(ids[-self._stop_window :], skip_special_tokens=True)
         return any(s in tail for s in self.stop_strings)
+
+
+def _cache_of(outp):
+    """The KV cache a forward returned (`cache` in transformers 5.x, else `past_key_values`)."""
+    cache = getattr(outp, "cache", None)
+    return cache if cache is not None else outp.past_key_values
 
 
 def _new_cache(config, growable: bool = True):
