@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
@@ -50,6 +51,15 @@ def main(argv: list[str] | None = None) -> None:
     # transformers' own bars (weights loading, shard writing) would interleave with ours.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _register_all()
+    # SIGTERM (timeout, Slurm, Docker, systemd) ends a command like Ctrl-C: runs are marked
+    # `interrupted`, committed work is kept, and the command says how to resume.
+    terminated = []
+
+    def _on_sigterm(signum: int, _frame: object) -> None:
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     command = typer.main.get_command(app)
     try:
         # standalone_mode=False returns (not raises) the code of typer.Exit: pass it on.
@@ -57,8 +67,12 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        err_console.print("[yellow]interrupted[/yellow]; committed work is kept, rerun to resume")
-        sys.exit(130)
+        how = "terminated (SIGTERM)" if terminated else "interrupted"
+        err_console.print(
+            f"[yellow]{how}[/yellow]; committed work is kept: rerun the same command to resume "
+            "(`spo train` needs --resume)"
+        )
+        sys.exit(143 if terminated else 130)
     except click_exceptions.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
