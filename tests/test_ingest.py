@@ -115,12 +115,14 @@ def test_taco_jsonl_and_parquet(lake, tmp_path):
     parquet = tmp_path / "taco_test.parquet"
     pq.write_table(pa.Table.from_pylist([taco_row("t3")]), parquet)
     report = ingest_human_solutions(lake, [jsonl, parquet])
-    assert report.problems_added == 2 and report.skipped == {"call-based TACO problem": 1}
+    # The call-based row is ingested too (tests as JSON text: see test_ingest_taco.py).
+    assert report.problems_added == 3 and report.skipped == {}
+    assert lake.get_problem("t2")["fn_name"] == "solve"
     got = lake.get_problem("t1")
     assert got["source_dataset"] == "taco" and got["split"] == "train"
     assert got["tests"] == [{"input": "1 2\n", "output": "3\n"}, {"input": "3\n4", "output": "7\n"}]
     assert lake.get_problem("t3")["split"] == "test"
-    assert lake.sql("SELECT count(*) AS n FROM trajectories WHERE reward = 0")["n"][0] == 2
+    assert lake.sql("SELECT count(*) AS n FROM trajectories WHERE reward = 0")["n"][0] == 3
 
 
 def test_generic_jsonl_directory_and_glob(lake, tmp_path):
