@@ -198,7 +198,11 @@ def judge_cmd(
     )
     if not verdict.judged:
         summary.append(f": {verdict.detail}")
-    console.print(summary)
+    elif not verdict.passed and verdict.tests:
+        bad = next((t for t in verdict.tests if not t.passed), verdict.tests[-1])
+        why = bad.checker_message.strip().splitlines()
+        summary.append(f"; first failure: test {bad.index}" + (f" ({why[-1]})" if why else ""))
+    console.print(summary, soft_wrap=True)  # one line, however narrow the terminal
     # SystemExit, not typer.Exit: with standalone_mode=False (cli/main.py) click returns a
     # typer.Exit's code instead of exiting with it. Not judged is not a pass: exit 1.
     raise SystemExit(0 if verdict.passed else 1)
