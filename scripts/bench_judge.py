@@ -2,25 +2,37 @@
 
 Compares `judge_batch` (one bubblewrap sandbox per program, a driver inside that forks once
 per test) with the naive design (one sandboxed `python3` process per test), in the same run.
+With `--compare-ref REF` it also times the judge of git revision REF (its sandbox.py and
+sandbox_driver.py, loaded from git into a temporary module) on the same jobs, alternating
+old/new runs so that both see the same machine load. `--features` adds call-based and checker
+workloads (one extra sandbox session per program for the checker).
 
     python scripts/bench_judge.py --programs 200 --tests 10
+    python scripts/bench_judge.py --programs 200 --tests 10 --compare-ref e45fbf2~1 --repeats 2
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import subprocess
+import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import ModuleType
 
 from rich.console import Console
 from rich.table import Table
 
 from spo_train import sandbox
-from spo_train.sandbox import JudgeJob, judge_batch, outputs_match
+from spo_train.judge import JudgeJob, judge_batch, outputs_match
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_jobs(programs: int, tests: int) -> list[JudgeJob]:
@@ -31,6 +43,46 @@ def make_jobs(programs: int, tests: int) -> list[JudgeJob]:
         cases = [(f"{p} {t}\nhello {t}\n", f"{p} {t} hello {t}") for t in range(tests)]
         jobs.append(JudgeJob(src, cases, time_limit_s=2.0, memory_limit_mb=256))
     return jobs
+
+
+def make_call_jobs(programs: int, tests: int) -> list[JudgeJob]:
+    """Call-based (TACO Codewars style) programs: `fn_name` called with JSON arguments."""
+    jobs = []
+    for p in range(programs):
+        src = f"# program {p}\ndef echo(a, b):\n    return [a, b]\n"
+        cases = [(json.dumps([p, f"t{t}"]), json.dumps([p, f"t{t}"])) for t in range(tests)]
+        jobs.append(JudgeJob(src, cases, fn_name="echo"))
+    return jobs
+
+
+CHECKER = """import sys
+out, ans = (open(p).read().split() for p in sys.argv[2:4])
+sys.exit(0 if sorted(out) == sorted(ans) else 1)
+"""
+
+
+def make_checker_jobs(programs: int, tests: int) -> list[JudgeJob]:
+    """The echo programs judged by a checker (any order of the tokens is accepted)."""
+    return [JudgeJob(j.source, j.tests, checker=CHECKER) for j in make_jobs(programs, tests)]
+
+
+def load_old_judge(ref: str) -> ModuleType:
+    """spo_train/sandbox.py of git revision `ref` (the judge before the split) as a module."""
+    tmp = Path(tempfile.mkdtemp(prefix="spo-bench-old-"))
+    for name in ("sandbox.py", "sandbox_driver.py"):
+        text = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{ref}:spo_train/{name}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        (tmp / name).write_text(text)
+    spec = importlib.util.spec_from_file_location("spo_old_sandbox", tmp / "sandbox.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["spo_old_sandbox"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def naive_one_sandbox_per_test(jobs: list[JudgeJob], workers: int) -> tuple[float, int]:
@@ -71,18 +123,44 @@ def main() -> None:
     ap.add_argument("--naive-programs", type=int, default=40, help="naive design is slow")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--compare-ref", help="git revision whose judge to time on the same jobs")
+    ap.add_argument("--repeats", type=int, default=1, help="alternating old/new runs")
+    ap.add_argument("--features", action="store_true", help="also call-based and checker")
     args = ap.parse_args()
 
     jobs = make_jobs(args.programs, args.tests)
     judge_batch(jobs[:2], workers=args.workers)  # warm-up: layout probe, page cache
+    old = load_old_judge(args.compare_ref) if args.compare_ref else None
+    if old is not None:
+        old_jobs = [old.JudgeJob(j.source, j.tests) for j in jobs]
+        old.judge_batch(old_jobs[:2], workers=args.workers)
     load = os.getloadavg()[0]
     rows = []
 
-    t0 = time.perf_counter()
-    verdicts = judge_batch(jobs, workers=args.workers)
-    secs = time.perf_counter() - t0
-    assert all(v.passed for v in verdicts), [v for v in verdicts if not v.passed][:1]
-    rows.append(("judge_batch (sandbox per program)", args.workers, len(jobs), secs))
+    for _ in range(args.repeats):
+        if old is not None:
+            t0 = time.perf_counter()
+            verdicts = old.judge_batch(old_jobs, workers=args.workers)
+            secs = time.perf_counter() - t0
+            assert all(v.passed for v in verdicts)
+            rows.append((f"judge_batch of {args.compare_ref}", args.workers, len(jobs), secs))
+        t0 = time.perf_counter()
+        verdicts = judge_batch(jobs, workers=args.workers)
+        secs = time.perf_counter() - t0
+        assert all(v.passed for v in verdicts), [v for v in verdicts if not v.passed][:1]
+        rows.append(("judge_batch (sandbox per program)", args.workers, len(jobs), secs))
+
+    if args.features:
+        for name, make in (
+            ("judge_batch, call-based (fn_name)", make_call_jobs),
+            ("judge_batch, with a checker", make_checker_jobs),
+        ):
+            feature_jobs = make(max(1, args.programs // 2), args.tests)
+            t0 = time.perf_counter()
+            verdicts = judge_batch(feature_jobs, workers=args.workers)
+            secs = time.perf_counter() - t0
+            assert all(v.passed for v in verdicts), [v for v in verdicts if not v.passed][:1]
+            rows.append((name, args.workers, len(feature_jobs), secs))
 
     t0 = time.perf_counter()
     verdicts = judge_batch(jobs[: max(1, len(jobs) // 4)], workers=1)
@@ -128,7 +206,8 @@ def main() -> None:
             f"{programs / seconds:.1f}",
         )
     console.print(table)
-    speedup = figures[0]["test_runs_per_s"] / figures[-1]["test_runs_per_s"]
+    new = [f for f in figures if f["design"].startswith("judge_batch (")]
+    speedup = new[0]["test_runs_per_s"] / figures[-1]["test_runs_per_s"]
     console.print(f"sandbox-per-program vs sandbox-per-test: {speedup:.1f}x")
     if args.json:
         with open(args.json, "w") as fh:
