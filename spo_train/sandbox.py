@@ -1,10 +1,15 @@
-"""Sandboxed judge for untrusted Python 3 stdin/stdout programs.
+"""Sandbox for untrusted Python 3 programs: the isolation under `spo_train.judge`.
+
+This module runs programs (`run_program`, and the sessions `spo_train.judge` builds on); what
+counts as correct (token comparison, tolerance, checkers, call-based tests) is decided in
+`spo_train.judge` (docs/judge.md). The old names `judge`, `judge_batch`, `JudgeJob`,
+`Verdict`, `TestResult`, `outputs_match` still resolve here (lazily), for old callers.
 
 One bubblewrap sandbox per program; inside it a small stdlib-only driver
 (`spo_train/sandbox_driver.py`, run by the system `/usr/bin/python3 -I -S`, passed on the
 command line as bytecode, never as a file) forks once per test, applies rlimits in the child
-and reports each result as a binary frame. Expected outputs stay on the host and are compared
-here, token by token; the sandbox only ever sees the program and the test inputs.
+and reports each result as a binary frame. Expected outputs stay on the host; the sandbox only
+ever sees the program and the test inputs (a checker runs in a session of its own).
 
 Isolation (see `_bwrap_argv`):
 - When we are root, bwrap is started through `setpriv` as host uid/gid 65534 (nobody): the
