@@ -9,6 +9,7 @@ from spo_store.errors import SpoError
 from spo_train.judge import (
     JUDGE_PROBLEM_COLUMNS,
     call_results_match,
+    default_float_tolerance,
     job_for_problem,
     judge_job,
     outputs_match,
@@ -116,6 +117,12 @@ def test_call_results_compare_numbers_like_tokens():
 # ------------------------------------------------------------------ job_for_problem
 
 
+def test_default_tolerance_is_the_ingest_rules_one():
+    from spo_store.problem_rules import DEFAULT_FLOAT_TOLERANCE
+
+    assert default_float_tolerance() == DEFAULT_FLOAT_TOLERANCE
+
+
 def test_job_for_problem_reads_every_judge_column():
     from spo_schemas import TABLES
 
@@ -173,10 +180,12 @@ def test_job_for_problem_rejects_bad_fields(field, value, message):
     [
         (None, None, False),  # the bug: 0/71 with exact comparison
         (1e-4, "statement", True),  # the statement's "absolute or relative error 10^{-4}"
-        (1e-6, "default", True),  # the default reaches it too: both tokens are decimals
+        ("default", "default", True),  # the default reaches it too: both tokens are decimals
     ],
 )
 def test_1045_D_ten_decimals_against_five(tol, source, passes):
+    if tol == "default":
+        tol = default_float_tolerance()
     row = sample_row(
         "1045_D. Interstellar battle", float_tolerance=tol, float_tolerance_source=source
     )
