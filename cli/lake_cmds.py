@@ -388,6 +388,29 @@ def audit_cmd(
         )
 
 
+@lake_app.command("set-split")
+def set_split_cmd(
+    split: Annotated[str, typer.Argument(help="train | valid | test | unspecified")],
+    lake: LakeOpt = None,
+    problem: Annotated[
+        list[str] | None, typer.Option("--problem", "-p", help="Problem id or name (repeatable)")
+    ] = None,
+    from_split: Annotated[
+        str | None, typer.Option("--from-split", help="Only problems now in this split")
+    ] = None,
+    source_dataset: Annotated[
+        str | None, typer.Option("--source-dataset", help="Only problems of this dataset")
+    ] = None,
+) -> None:
+    """Move problems to another split (e.g. an ingest that recorded 'unspecified')."""
+    from spo_store.audit import set_split
+    from spo_store.lake import Lake
+
+    lk = Lake.open(lake, create=False)
+    n = set_split(lk, split, problems=problem, from_split=from_split, source_dataset=source_dataset)
+    console.print(f"moved {n} problem(s) to split {split}", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add `ingest`, `sql` and `lake` to the `spo` app."""
     app.add_typer(ingest_app, name="ingest")

@@ -126,3 +126,53 @@ def update_problems(lake: Lake) -> dict[str, Any]:
     if updates:
         lake.update_rows("problems", "problem_id", updates)
     return {"checked": len(rows), "updated": len(updates), "changes": changes}
+
+
+SPLITS = ("train", "valid", "test", "unspecified")
+
+
+def set_split(
+    lake: Lake,
+    split: str,
+    *,
+    problems: list[str] | None = None,
+    from_split: str | None = None,
+    source_dataset: str | None = None,
+) -> int:
+    """Move the selected problems to `split`; returns how many changed (one commit).
+
+    Selectors combine (AND): `problems` (ids or names), `from_split`, `source_dataset`; at least
+    one is required (pass `from_split` of every split to move all). Raises SpoError for a split
+    not in SPLITS, a problem name or id not in the lake, or a selector that matches nothing
+    (naming what exists).
+    """
+    from spo_store.errors import SpoError
+
+    if split not in SPLITS:
+        raise SpoError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+    if not problems and from_split is None and source_dataset is None:
+        raise SpoError("name the problems to move: --problem, --from-split or --source-dataset")
+    rows = lake.sql_arrow(
+        "SELECT problem_id, name, split, source_dataset FROM problems"
+    ).to_pylist()
+    chosen = rows
+    if problems:
+        wanted = set(problems)
+        chosen = [r for r in chosen if r["problem_id"] in wanted or r["name"] in wanted]
+        found = {r["problem_id"] for r in chosen} | {r["name"] for r in chosen}
+        missing = sorted(wanted - found)
+        if missing:
+            raise SpoError(f"no problem with id or name {missing[0]!r} in lake {lake.uri}")
+    for col, value in (("split", from_split), ("source_dataset", source_dataset)):
+        if value is None:
+            continue
+        present = sorted({r[col] or "" for r in rows})
+        if value not in present:
+            raise SpoError(f"no problem has {col} {value!r}; present: {', '.join(present)}")
+        chosen = [r for r in chosen if r[col] == value]
+    updates = [
+        {"problem_id": r["problem_id"], "split": split} for r in chosen if r["split"] != split
+    ]
+    if updates:
+        lake.update_rows("problems", "problem_id", updates)
+    return len(updates)

@@ -72,6 +72,7 @@ class IngestReport:
     flagged: dict[str, int] = field(default_factory=dict)  # problems flagged, per reason
     flags: list[tuple[str, str]] = field(default_factory=list)  # (problem name, judge_issue)
     verdicts: dict[str, int] = field(default_factory=dict)  # judge statuses under verify
+    split_changed: int = 0  # stored problems moved to the explicit --split
     rejudged: int = 0
     rewards_changed: int = 0
     not_judged: int = 0
@@ -126,8 +127,10 @@ def ingest_human_solutions(
         inputs=files,
     )
     try:
-        stored = lake.sql_arrow("SELECT problem_id, judge_issue FROM problems").to_pylist()
+        stored = lake.sql_arrow("SELECT problem_id, judge_issue, split FROM problems").to_pylist()
         known_problems = {r["problem_id"]: r["judge_issue"] for r in stored}
+        # An explicit --split also moves problems already in the lake (re-ingest to fix it).
+        stored_splits = {r["problem_id"]: r["split"] for r in stored} if split else {}
         known_hashes = set(
             lake.sql_arrow("SELECT content_hash FROM trajectories WHERE source = 'human'")
             .column(0)
@@ -145,6 +148,7 @@ def ingest_human_solutions(
                 known_hashes,
                 seen,
                 report,
+                stored_splits,
             )
             if progress:
                 progress(done, len(parsed))
@@ -165,6 +169,7 @@ def _write_file(
     known_hashes: set[str],
     seen: set[str],
     report: IngestReport,
+    stored_splits: dict[str, str | None],
 ) -> None:
     now = utc_now()
     rows: dict[str, dict[str, Any]] = {}  # this file's problems, annotated
@@ -209,6 +214,11 @@ def _write_file(
             report.verdicts[j.status] = report.verdicts.get(j.status, 0) + 1
             report.not_judged += j.reward is None
     problem_updates = _labels_disagree(rows, pending + again, judged, known_problems, new_rows)
+    moved = {
+        pid: row["split"]
+        for pid, row in rows.items()
+        if pid in stored_splits and pid not in new_rows and stored_splits[pid] != row["split"]
+    }
 
     traj_rows = []
     for i, (pid, sol, digest) in enumerate(pending):
@@ -226,14 +236,17 @@ def _write_file(
     if len(traj_rows) > added:  # a concurrent ingest stored them first
         report.skip("already in the lake", len(traj_rows) - added)
 
-    if problem_updates:
-        lake.update_rows(
-            "problems",
-            "problem_id",
-            [{"problem_id": pid, "judge_issue": issue} for pid, issue in problem_updates.items()],
-        )
+    if problem_updates or moved:
+        updates: dict[str, dict[str, Any]] = {}
+        for pid, issue in problem_updates.items():
+            updates.setdefault(pid, {"problem_id": pid})["judge_issue"] = issue
+        for pid, new_split in moved.items():
+            updates.setdefault(pid, {"problem_id": pid})["split"] = new_split
+            stored_splits[pid] = new_split
+        lake.update_rows("problems", "problem_id", list(updates.values()))
         for pid, issue in problem_updates.items():
             report.flag(rows[pid]["name"], issue)
+        report.split_changed += len(moved)
     if again and judged is not None:
         _rejudge_rows(lake, again, judged[len(pending) :], report)
 
@@ -378,6 +391,16 @@ def ingest_files_report(report: IngestReport) -> str:
         f"{splits}) and {report.solutions_added} new solutions ({report.solutions_seen} seen) "
         f"from {report.files} file(s); skipped: {skipped}; run {report.run_id}"
     ]
+    if report.splits.get("unspecified"):
+        lines.append(
+            f"{report.splits['unspecified']} problem(s) have split 'unspecified' (no --split, "
+            "nothing in the file names): commands that select a split skip them; set one with "
+            "--split on a re-ingest or `spo lake set-split`"
+        )
+    if report.split_changed:
+        lines.append(
+            f"moved {report.split_changed} problem(s) already in the lake to the split given"
+        )
     if report.verdicts:
         verdicts = ", ".join(f"{n} {s}" for s, n in sorted(report.verdicts.items()))
         lines.append(
