@@ -121,6 +121,21 @@ def judge_cmd(
             "(overrides the problem's; default: the problem's, else exact)",
         ),
     ] = None,
+    fn_name: Annotated[
+        str | None,
+        typer.Option(
+            "--fn-name",
+            help="Call-based tests (TACO): call this function / Solution method with each "
+            "test's JSON argument list and compare the JSON return value",
+        ),
+    ] = None,
+    checker: Annotated[
+        Path | None,
+        typer.Option(
+            "--checker",
+            help="Python 3 checker, run as `checker INPUT OUTPUT ANSWER` (exit 0 accepts)",
+        ),
+    ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show every test's row even when all pass")
     ] = False,
@@ -134,6 +149,7 @@ def judge_cmd(
     With --problem the judgement is the training judge's (`spo_train.judge.job_for_problem`):
     the problem's limits, float tolerance, checker, call-based `fn_name` and input/output files.
     A passing run prints one summary line; test rows are shown on failure or with --verbose.
+    --fn-name and --checker set (or override) how the tests are judged.
     """
     from spo_train.judge import JudgeJob, job_for_problem, judge_job
 
@@ -162,6 +178,12 @@ def judge_cmd(
         if not job.tests:
             raise SpoError(f"problem {problem!r} has no tests in the lake")
         title = f"{program.name} on {row.get('name') or row.get('problem_id')}"
+    if fn_name is not None:
+        if not fn_name.isidentifier():
+            raise SpoError(f"--fn-name {fn_name!r} is not a Python identifier")
+        job = dataclasses.replace(job, fn_name=fn_name)
+    if checker is not None:
+        job = dataclasses.replace(job, checker=_read_text(checker, "checker"))
     job = dataclasses.replace(
         job,
         time_limit_s=float(time_limit) if time_limit is not None else job.time_limit_s,

@@ -118,3 +118,36 @@ def test_bad_float_tolerance_is_one_line_exit_2(tmp_path, capsys, lake_dir, valu
 def test_problem_without_tests_is_one_line_exit_2(tmp_path, capsys, lake_dir):
     code, _, err = _judge(tmp_path, capsys, lake_dir, "print(1)", "--problem", "no-tests")
     assert code == 2 and "has no tests" in err and err.strip().count("\n") == 0
+
+
+def test_tests_file_with_fn_name_and_checker(tmp_path, capsys):
+    prog = tmp_path / "p.py"
+    prog.write_text(CODEWARS)
+    tests = tmp_path / "t.json"
+    tests.write_text(
+        json.dumps([{"input": "[39]", "output": "3"}, {"input": "[4]", "output": "0"}])
+    )
+    code, out, _ = _spo(["judge", str(prog), "--tests", str(tests)], capsys)
+    assert code == 1  # a stdin program that prints nothing
+    code, out, _ = _spo(
+        ["judge", str(prog), "--tests", str(tests), "--fn-name", "persistence"], capsys
+    )
+    assert code == 0 and "PASSED 2/2" in out
+    code, _, err = _spo(["judge", str(prog), "--tests", str(tests), "--fn-name", "a-b"], capsys)
+    assert code == 2 and "not a Python identifier" in err
+
+    # Any permutation of the expected tokens is accepted by this checker.
+    checker = tmp_path / "checker.py"
+    checker.write_text(
+        "import sys\n"
+        "out, ans = (sorted(open(p).read().split()) for p in sys.argv[2:4])\n"
+        "sys.exit(0 if out == ans else 1)\n"
+    )
+    prog.write_text("print(*reversed(input().split()))\n")
+    tests.write_text(json.dumps([{"input": "1 2 3", "output": "1 2 3"}]))
+    code, out, _ = _spo(["judge", str(prog), "--tests", str(tests)], capsys)
+    assert code == 1
+    code, out, _ = _spo(
+        ["judge", str(prog), "--tests", str(tests), "--checker", str(checker)], capsys
+    )
+    assert code == 0 and "PASSED 1/1" in out and "checker" in out
