@@ -189,6 +189,12 @@ def sql_cmd(
     """Run SQL over the lake (tables: problems, trajectories, runs, annotations, metrics, ...)."""
     from spo_store.lake import Lake
 
+    if not query.strip():
+        raise SpoError("the SQL query is empty; e.g. spo sql 'SELECT count(*) FROM problems'")
+    if max_width < 1:
+        raise SpoError(f"--max-width must be >= 1, got {max_width}")
+    if output is not None:
+        _check_output_file(output)
     result = Lake.open(lake, create=False).sql_arrow(query)
     if format is OutputFormat.parquet:
         if output is None:
@@ -214,6 +220,14 @@ def sql_cmd(
         output.write_text(text + ("\n" if not text.endswith("\n") else ""))
     else:
         sys.stdout.write(text + ("\n" if not text.endswith("\n") else ""))
+
+
+def _check_output_file(output: Path) -> None:
+    """One line, before any work, for an output file that cannot be written."""
+    if output.is_dir():
+        raise SpoError(f"--output {output} is a directory; give a file name")
+    if not output.parent.is_dir():
+        raise SpoError(f"--output {output}: folder {output.parent} does not exist")
 
 
 def _json_default(value: Any) -> Any:
@@ -309,6 +323,8 @@ def export_cmd(
     from spo_store.lake import Lake
     from spo_store.maintenance import export_parquet
 
+    if output.exists() and not output.is_dir():
+        raise SpoError(f"{output} is a file; export writes <table>.parquet files into a folder")
     ver: str | int | None = int(version) if version and version.isdigit() else version
     counts = export_parquet(Lake.open(lake, create=False), output, table, version=ver)
     console.print(", ".join(f"{t}: {n} rows" for t, n in counts.items()) + f" -> {output}")

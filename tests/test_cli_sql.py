@@ -44,3 +44,29 @@ def test_sql_errors_are_one_line(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     r = spo("sql", "SELECT 1", lake=tmp_path / "missing")
     assert r.returncode == 2 and "no lake" in r.stderr
+
+
+def test_bad_options_are_one_line_before_any_work(tmp_path):
+    """Issue 10 item 8: `sql -o` into a missing folder, an empty query, export onto a file."""
+    lake_dir = tmp_path / "lake"
+    Lake.open(lake_dir)
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (
+            ["sql", "SELECT 1", "-o", str(tmp_path / "missing" / "x.json"), "--format", "json"],
+            "folder",
+        ),
+        (
+            ["sql", "SELECT 1", "--format", "parquet", "-o", str(tmp_path / "missing" / "x.pq")],
+            "does not exist",
+        ),
+        (["sql", "SELECT 1", "-o", str(tmp_path), "--format", "csv"], "is a directory"),
+        (["sql", "   "], "the SQL query is empty"),
+        (["lake", "export", str(tmp_path / "afile")], "is a file"),
+    ]
+    for args, message in cases:
+        r = spo(*args, lake=lake_dir)
+        assert r.returncode == 2, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
+    assert not (tmp_path / "missing").exists()
+    assert (tmp_path / "afile").read_text() == "x"
