@@ -30,7 +30,8 @@ Isolation (see `_bwrap_argv`):
   or lake files, no shell or other binaries. If that layout cannot start Python on some system,
   all of /usr is bound read-only instead (checked once per process, with a warning).
 - Per test (in the child): RLIMIT_AS = memory limit on top of what the forked interpreter
-  already maps, RLIMIT_CPU (backstop; the driver polls CPU time every 20 ms), RLIMIT_FSIZE
+  already maps, RLIMIT_STACK = memory limit (deep recursion works as on Codeforces, see
+  docs/judge.md), RLIMIT_CPU (backstop; the driver polls CPU time every 20 ms), RLIMIT_FSIZE
   64 MiB, RLIMIT_NPROC 32 (processes and threads; the count is per user namespace on Linux >=
   5.14, so each sandbox has its own), RLIMIT_NOFILE 256, no core files; stdout and stderr are
   capped by the driver (`output_limit`); a wall-clock limit of 1.5 x time limit + 1 s in the
