@@ -23,6 +23,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from spo_store.adapters import (  # noqa: F401 - re-exported: the readers' old home
@@ -41,6 +42,7 @@ from spo_store.adapters import (  # noqa: F401 - re-exported: the readers' old h
     read_jsonl,
     read_taco,
 )
+from spo_store.errors import SpoError
 from spo_store.lake import Lake, sql_quote, utc_now
 from spo_store.problem_rules import annotate_problem, reason_of, reason_severity
 
@@ -114,6 +116,9 @@ def ingest_human_solutions(
     # Parse everything first: any bad file fails the ingest before a single row is written.
     parsed = [(p, parse_file(p, f, split=split, source_dataset=source_dataset)) for p, f in plan]
 
+    if languages is not None:
+        _check_languages(languages, parsed)
+
     report = IngestReport(files=len(files))
     report.run_id = lake.start_run(
         run_kind,
@@ -157,6 +162,20 @@ def ingest_human_solutions(
         raise
     lake.end_run(report.run_id, "completed")
     return report
+
+
+def _check_languages(
+    languages: Sequence[str], parsed: list[tuple[Path, list[ParsedProblem]]]
+) -> None:
+    """A requested language no solution has and no dataset knows is a typo: say so."""
+    present = {s.language for _, probs in parsed for p in probs for s in p.solutions}
+    known = set(CC_LANGUAGES.values()) | present
+    unknown = [lang for lang in languages if lang not in known]
+    if unknown:
+        raise SpoError(
+            f"--languages {unknown[0]!r} is no language of these inputs; languages present: "
+            f"{', '.join(sorted(present)) or 'none (no solutions)'} (or 'all')"
+        )
 
 
 def _write_file(

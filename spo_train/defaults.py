@@ -31,7 +31,10 @@ def ensure_problems(lake: Lake, say: Callable[[str], None] | None = None) -> boo
         lake, files, source_dataset="embedded", run_kind="ingest-default"
     )
     if say:
+        flagged = sum(report.flagged.values())
         say(
-            f"loaded the embedded default problem set into {lake.uri}: {report.problems_added} problems, {report.solutions_added} solutions"
+            f"loaded the embedded default problem set into {lake.uri}: "
+            f"{report.problems_added} problems, {report.solutions_added} solutions"
+            + (f" ({flagged} flagged with a judge_issue: spo lake audit)" if flagged else "")
         )
     return True

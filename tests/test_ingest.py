@@ -178,3 +178,33 @@ def test_missing_inputs_are_named(lake, tmp_path):
     (tmp_path / "empty.jsonl").write_bytes(b"")
     with pytest.raises(SpoError, match="empty file"):
         ingest_human_solutions(lake, [tmp_path / "empty.jsonl"])
+
+
+def test_mistyped_language_is_refused(lake, tmp_path):
+    path = write_cc_parquet(tmp_path / "x.parquet", [{"name": "A", "solutions": [(3, "print(1)")]}])
+    before = lake.versions()
+    with pytest.raises(SpoError, match=r"--languages 'pyhton3' is no language of these inputs"):
+        ingest_human_solutions(lake, [path], languages=["pyhton3"])
+    assert lake.versions() == before
+    assert ingest_human_solutions(lake, [path], languages=["java"]).problems_added == 1
+
+
+def test_empty_and_repeated_solutions_are_skipped(lake, tmp_path):
+    path = write_cc_parquet(
+        tmp_path / "x.parquet",
+        [
+            {
+                "name": "A",
+                "solutions": [(3, "print(1)"), (3, ""), (3, " \n\t"), (3, "print(1)")],
+                "incorrect": [(3, "print(1)"), (3, "print(2)")],
+            }
+        ],
+    )
+    report = ingest_human_solutions(lake, [path])
+    assert report.solutions_added == 2
+    assert report.skipped == {"empty solution": 2, "duplicate solution": 2}
+    rows = lake.sql("SELECT response, reward FROM trajectories ORDER BY 1").to_dicts()
+    assert rows == [
+        {"response": "print(1)", "reward": 0.0},
+        {"response": "print(2)", "reward": -1.0},
+    ]
