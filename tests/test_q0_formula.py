@@ -56,3 +56,18 @@ def test_training_at_another_beta_recomputes_q0_from_the_counts():
     bare = {"problem_id": "c", "q0": -0.2, "q0_samples": None, "q0_successes": None, "q0_beta": 1}
     with pytest.raises(SpoError, match="problem c: .*spo estimate-q0"):
         rebase_q0([bare], 0.5)
+
+
+@given(st.integers(1, 2000), st.data(), st.floats(1e-3, 10.0))
+def test_store_formula_and_its_sql_match_the_loss_module(n, data, beta):
+    """spo_store (no torch) computes q0 in Python and in DuckDB SQL (the mixture's p.q0 at the
+    training beta); both equal spo_train.losses.q0_from_success_rate."""
+    import duckdb
+
+    from spo_store.q0_estimates import q0_at_beta, q0_sql
+
+    c = data.draw(st.integers(0, n))
+    want = float(q0_from_success_rate(c / n, beta))
+    assert q0_at_beta(c, n, beta) == pytest.approx(want, abs=1e-12)
+    got = duckdb.sql(f"SELECT {q0_sql(str(c), str(n), beta)} AS q").fetchall()[0][0]
+    assert got == pytest.approx(want, abs=1e-9)

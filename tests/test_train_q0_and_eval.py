@@ -145,3 +145,40 @@ def test_eval_k_above_eval_n_is_refused_before_anything_runs(tmp_path):
     )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "--eval-k" in r.stderr and not (tmp_path / "lake").exists()
+
+
+def test_train_leaves_out_judge_issue_problems_and_says_why(
+    small_lake,  # noqa: F811
+    tiny_model,  # noqa: F811
+    tmp_path,
+):
+    _estimates(small_lake, tiny_model, successes_of=1)
+    pids = small_lake.sql("SELECT problem_id FROM problems WHERE split = 'train' ORDER BY name")
+    bad = pids["problem_id"].to_list()[:2]
+    small_lake.update_rows(
+        "problems",
+        "problem_id",
+        [{"problem_id": p, "judge_issue": "multiple_answers: any valid answer"} for p in bad],
+    )
+    events: list[str] = []
+    train(_config(small_lake, tiny_model, tmp_path, steps=2, batch_size=8), on_event=events.append)
+    assert any(
+        "train (train): left out 2 problems the judge cannot handle reliably (2 multiple_answers)"
+        in e
+        for e in events
+    ), events
+    run = small_lake.sql("SELECT run_id FROM runs WHERE kind = 'train'")["run_id"][0]
+    drawn = small_lake.sql(
+        f"SELECT DISTINCT t.problem_id FROM batches b, unnest(b.traj_ids) AS u(id) "
+        f"JOIN trajectories t ON t.traj_id = u.id WHERE b.run_id = '{run}'"
+    )["problem_id"].to_list()
+    assert drawn and not set(drawn) & set(bad)
+    # --include-unreliable keeps them in the mixture
+    keep = _config(small_lake, tiny_model, tmp_path / "all", steps=3, batch_size=16)
+    keep.include_unreliable = True
+    result = train(keep)
+    drawn = small_lake.sql(
+        f"SELECT DISTINCT t.problem_id FROM batches b, unnest(b.traj_ids) AS u(id) "
+        f"JOIN trajectories t ON t.traj_id = u.id WHERE b.run_id = '{result.run_id}'"
+    )["problem_id"].to_list()
+    assert set(drawn) & set(bad)
