@@ -21,6 +21,7 @@ was really judged (`Verdict.judged`); `verdict_reward` maps it to the lake's rew
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import marshal
 import math
@@ -434,9 +435,8 @@ def judge(
     sandbox = _sb._sandbox_for(unsafe_no_sandbox)
     results: list[TestResult] = []
     outputs: list[str] = []  # full outputs of the runs that exited ok (checker problems)
-    # With a checker, correctness is known only after the checker session: run on until a run
-    # itself fails, then check all outputs in one checker session.
-    stop_early = stop_on_first_failure
+    # With a checker, correctness is known only after the checker session: the program runs on
+    # until a run itself fails, then one checker session checks all outputs.
 
     def compare(i: int, out_text: str) -> bool:
         expected = tests[i][1]
@@ -466,7 +466,7 @@ def judge(
                 expected=_preview(tests[i][1]),
             )
         )
-        return ok or not stop_early
+        return ok or not stop_on_first_failure
 
     def run_program() -> _sb._SessionOutcome:
         results.clear()
@@ -501,13 +501,8 @@ def judge(
         )
         for r, (accepted, msg) in zip(ok_runs, checked, strict=False):
             status = {True: "ok", False: "wrong_answer", None: "checker_error"}[accepted]
-            results[r.index] = TestResult(
-                **{
-                    **r.__dict__,
-                    "status": status,
-                    "passed": bool(accepted),
-                    "checker_message": _preview(msg),
-                }
+            results[r.index] = dataclasses.replace(
+                r, status=status, passed=bool(accepted), checker_message=_preview(msg)
             )
         bad = next((m for a, m in checked if a is None), None)
         if failure is not None or bad is not None:
