@@ -228,7 +228,12 @@ def _write_file(
 
     judged: list[Judged] | None = None
     if verify is not None and (pending or again):
-        judged = verify([(rows[pid], sol) for pid, sol, _ in pending + again])
+        # Problems already in the lake are judged as stored (a checker or tolerance set since).
+        judge_rows = {
+            **rows,
+            **_stored_rows(lake, {p for p, _, _ in pending + again} - set(new_rows)),
+        }
+        judged = verify([(judge_rows[pid], sol) for pid, sol, _ in pending + again])
         for j in judged:
             report.verdicts[j.status] = report.verdicts.get(j.status, 0) + 1
             report.not_judged += j.reward is None
@@ -290,7 +295,7 @@ def _labels_disagree(
         wrong = sum(j.status == "wrong_answer" for j in verdicts)
         passed = sum(j.reward == 0.0 for j in verdicts)
         current = known_problems.get(pid)
-        multiple = reason_of(rows[pid].get("judge_issue")) == "multiple_answers"
+        multiple = reason_of(current) == "multiple_answers"
         if wrong == 0 or not (passed or multiple or wrong >= 2):
             continue  # one failing label alone may just be a wrong label
         issue = f"labels_disagree: {wrong} of {n} labelled-correct solutions fail (wrong_answer)"
@@ -310,6 +315,16 @@ def _labels_disagree(
         else:
             updates[pid] = issue
     return updates
+
+
+def _stored_rows(lake: Lake, pids: set[str]) -> dict[str, dict[str, Any]]:
+    if not pids:
+        return {}
+    ids = ", ".join(sql_quote(p) for p in sorted(pids))
+    return {
+        r["problem_id"]: r
+        for r in lake.dataset("problems").to_table(filter=f"problem_id IN ({ids})").to_pylist()
+    }
 
 
 def _rejudge_rows(

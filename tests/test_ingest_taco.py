@@ -279,3 +279,35 @@ def test_cli_bad_input_is_one_line(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [f"error: {bad}:1: 'checker' must be a string, got int"]
     assert Path(tmp_path / "lake").exists()
+
+
+@needs_sandbox
+def test_rejudge_judges_the_problem_as_stored(tmp_path):
+    """A tolerance set in the lake since the first ingest is what --rejudge judges with."""
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {
+                "name": "third",
+                "statement": "Print 1/3.",
+                "tests": [{"input": "", "output": "0.333333"}],
+                "solutions": ["print(0.3333)"],
+            }
+        ],
+    )
+    lake = tmp_path / "lake"
+    r = spo("ingest", "human-solutions", str(path), "--lake", str(lake), "--verify")
+    assert r.returncode == 0 and "judged: 1 wrong_answer" in r.stdout  # default 1e-5: too far
+    from spo_store.lake import Lake
+
+    lk = Lake.open(lake)
+    pid = lk.get_problem("third")["problem_id"]
+    lk.update_rows(
+        "problems",
+        "problem_id",
+        [{"problem_id": pid, "float_tolerance": 1e-3, "float_tolerance_source": "dataset"}],
+    )
+    r = spo("ingest", "human-solutions", str(path), "--lake", str(lake), "--verify", "--rejudge")
+    assert r.returncode == 0, r.stderr
+    assert "judged: 1 ok" in r.stdout and "1 rewards changed" in r.stdout
+    assert lk.sql("SELECT reward FROM trajectories")["reward"].to_list() == [0.0]
