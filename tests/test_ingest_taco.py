@@ -82,6 +82,17 @@ ROWS = [
         url="https://www.codechef.com/problems/X",
     ),
     taco("empty", ["print(1)"], {"inputs": [], "outputs": []}, source="atcoder", url=""),
+    # LeetCode shape: a Solution class, unwrapped expected values
+    taco(
+        "lc_add",
+        ["class Solution:\n    def addTwo(self, a: int, b: int) -> int:\n        return a + b\n"],
+        {"fn_name": "addTwo", "inputs": [[1, 2], [5, 6]], "outputs": [3, 11]},
+        starter_code="class Solution:\n    def addTwo(self, a: int, b: int) -> int:\n        ",
+        source="leetcode",
+        url="https://leetcode.com/problems/add-two",
+        time_limit=None,
+        memory_limit=None,
+    ),
 ]
 
 
@@ -90,7 +101,7 @@ def test_taco_fields_parquet_and_jsonl(lake, tmp_path):
     pq.write_table(pa.Table.from_pylist(ROWS[:3]), parquet)
     jsonl = write_jsonl(tmp_path / "taco_test.jsonl", ROWS[3:])
     report = ingest_human_solutions(lake, [parquet, jsonl])
-    assert report.problems_added == 5
+    assert report.problems_added == 6
     assert report.skipped == {"empty solution": 1, "duplicate solution": 1}
     got = {
         r["name"]: r
@@ -237,6 +248,7 @@ def test_verify_judges_taco_rows_and_reports_flags(tmp_path):
     assert by["pair"] == [(0.0, "ok")]  # TACO's list-wrapped expected value
     assert by["sum"] == [(0.0, "ok"), (0.0, "ok")]
     assert by["empty"] == [(None, "no_tests")]  # not judged: reward NULL
+    assert by["lc_add"] == [(0.0, "ok")]
 
 
 @needs_sandbox
