@@ -96,19 +96,27 @@ def tolerance_from_statement(text: str | None) -> float | None:
     Reads sentences that speak of error/precision/tolerance ("absolute or relative error does
     not exceed 10^{-6}", "$10^{-4}$", "1e-6", "10-6" as flattened text, "within 10^-9", CodeChef's
     "error of at most 10^-2", "k·10^-6") and returns the number they name, e.g. 1e-6. Only values
-    in (0, 0.5] count, so constraints like "1 ≤ n ≤ 10^9" never do. Several stated values: the
-    smallest (the strictest) wins.
+    in (0, 0.5] count (written-out decimals: (0, 0.01]), so constraints like "1 ≤ n ≤ 10^9"
+    never do; the number must follow such words within its paragraph (200 characters, 60 for a
+    written-out decimal). Several stated values: the smallest (the strictest) wins.
     """
     if not text:
         return None
     found: list[float] = []
-    for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z])|\n", _normalise(text)):
-        if not _TOL_CONTEXT.search(sentence):
+    text = _normalise(text)
+    for m in _TOL_NUMBER.finditer(text):
+        # The words before the number (same paragraph) must speak of error or precision; a bare
+        # decimal must follow them closely ("precision 0.000001").
+        reach = 60 if m.group("dec") is not None else 200
+        before = text[max(0, m.start() - reach) : m.start()].rsplit("\n\n", 1)[-1]
+        if not _TOL_CONTEXT.search(before):
             continue
-        for m in _TOL_NUMBER.finditer(sentence):
-            value = _match_value(m)
-            if value is not None and 0 < value <= 0.5 and math.isfinite(value):
-                found.append(value)
+        value = _match_value(m)
+        # A decimal written out is a tolerance only when small (0.01, 0.000001); larger ones
+        # near the word "error" are more often data.
+        limit = 0.01 if m.group("dec") is not None else 0.5
+        if value is not None and 0 < value <= limit and math.isfinite(value):
+            found.append(value)
     return min(found) if found else None
 
 

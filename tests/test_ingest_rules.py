@@ -49,6 +49,9 @@ SAMPLE_ISSUES = {
         ("The checker accepts an absolute error up to 10<sup>−6</sup>", 1e-6),
         ("Error up to 2·10^{-6} is allowed.", 2e-6),
         ("Print the answer with precision 0.000001.", 1e-6),
+        ("It is accepted if the absolute error is less than\n10^-6.", 1e-6),  # line break
+        ("If an error occurs print 0.5; otherwise print 0.25.", None),  # data, not a tolerance
+        ("Error handling.\n\nConstraints\n\n1 ≤ x ≤ 10^-5", None),  # another paragraph
         ("1 ≤ n ≤ 10^9. Print the minimal number of jumps.", None),
         ("Print the answer modulo 10^9 + 7.", None),
         ("", None),
