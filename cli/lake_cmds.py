@@ -63,7 +63,11 @@ def ingest_human_solutions_cmd(
         IngestFormat, typer.Option("--format", help="Input format")
     ] = IngestFormat.auto,
     split: Annotated[
-        str | None, typer.Option(help="Split to record (default: from file names)")
+        str | None,
+        typer.Option(
+            help="Split to record: train, valid, test or unspecified (default: the row's, "
+            "else from file names); also moves these problems if already in the lake"
+        ),
     ] = None,
     languages: Annotated[
         str, typer.Option(help="Comma-separated languages to keep, or 'all'")
@@ -96,11 +100,14 @@ def ingest_human_solutions_cmd(
     Prints what it added and skipped, the split of the problems, and every problem it flagged
     with a judge_issue and why (docs/ingest.md).
     """
+    from spo_store.audit import SPLITS
     from spo_store.ingest import ingest_files_report, ingest_human_solutions
     from spo_store.lake import Lake
 
     if rejudge and not verify:
         raise SpoError("--rejudge re-judges stored solutions: use it with --verify")
+    if split is not None and split not in SPLITS:
+        raise SpoError(f"--split {split!r} is not one of {', '.join(SPLITS)}")
     if workers is not None and workers < 1:
         raise SpoError(f"--workers must be >= 1, got {workers}")
     langs = (

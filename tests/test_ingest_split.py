@@ -25,6 +25,9 @@ def test_split_is_reported_and_reingest_with_split_moves_problems(tmp_path, cc_s
     assert r.returncode == 0, r.stderr
     assert "moved 20 problem(s) already in the lake to the split given" in r.stdout
     assert _splits(lake) == {"train": 20}
+    r = spo("ingest", "human-solutions", str(cc_sample), "--lake", str(lake), "--split", "tran")
+    assert r.returncode == 2 and "--split 'tran' is not one of train, valid, test" in r.stderr
+    assert _splits(lake) == {"train": 20}
 
 
 def test_set_split_command(tmp_path, cc_sample):
