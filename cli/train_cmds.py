@@ -454,19 +454,28 @@ def train_cmd(
     )
     config.validate()  # bad settings fail before the lake or a model is touched
     _open_lake_with_problems(lake)
-    with progress() as bar:
-        task = bar.add_task("steps", total=steps, rate="")
+    # The bar starts with the first step, so a refusal (no q0, bad data) stays one line.
+    bar = progress()
+    task: Any = None
 
-        def on_step(step: int, m: dict[str, float]) -> None:
-            bar.update(
-                task,
-                completed=step + 1,
-                rate=f"loss {m.get('train/loss', float('nan')):.4f} |Q_T-r| {m.get('train/terminal_abs_error', float('nan')):.3f}",
-            )
+    def on_step(step: int, m: dict[str, float]) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("steps", total=steps, completed=step, rate="")
+        bar.update(
+            task,
+            completed=step + 1,
+            rate=f"loss {m.get('train/loss', float('nan')):.4f} |Q_T-r| {m.get('train/terminal_abs_error', float('nan')):.3f}",
+        )
 
+    try:
         result = train(
             config, on_step=on_step, on_event=lambda m: console.print(m, highlight=False)
         )
+    finally:
+        if task is not None:
+            bar.stop()
     console.print(
         f"trained {result.steps_done} steps; run {result.run_id}; checkpoints in {result.output}",
         highlight=False,

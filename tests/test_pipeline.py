@@ -284,6 +284,7 @@ def test_train_without_q0_names_estimate_q0(small_lake, tiny_model, tmp_path):
     )
     err = " ".join(r.stderr.split())  # rich wraps long lines
     assert r.returncode == 2 and want in err and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("error: ") and err.count("error: ") == 1
 
 
 @pytest.mark.slow
