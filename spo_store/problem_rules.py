@@ -136,7 +136,7 @@ def _match_value(m: re.Match[str]) -> float | None:
 _INTERACTIVE = [
     re.compile(p, re.IGNORECASE | re.MULTILINE)
     for p in (
-        r"\binteractive problem\b",
+        r"\binteractive\s+(?:problem|task)\b",
         r"^\s*interaction\s*$",
         r"flush(?:ing)? (?:the |your )?output|\bfflush\s*\(\s*stdout|stdout\.flush\s*\(\)",
         r"\binteractor\b",
@@ -153,6 +153,7 @@ _MULTIPLE = re.compile(
     # makes the answer unique: 127_C "If there are several optimal variants, Bob chooses ...")
     + r"|\b(?:if|when)\s+there\s+(?:are|is|exist)\s+(?:several|multiple|many|more\s+than\s+one)"
     r"[^.]{0,80}?\bany\b"
+    r"|\bany\s+(?:one\s+)?of\s+them\s+(?:will\s+be|is|are)\s+(?:accepted|considered|correct)"
     r"|\b(?:answer|solution)\s+is\s+not\s+(?:necessarily\s+)?unique"
     r"|\bnot\s+necessarily\s+unique",
     re.IGNORECASE,

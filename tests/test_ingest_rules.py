@@ -43,6 +43,11 @@ SAMPLE_ISSUES = {
         ),
         ("absolute or relative error does not exceed $10^{-4}$.", 1e-4),
         ("Answers with an error of at most 1e-6 are accepted.", 1e-6),
+        (
+            "Your output is considered correct when its absolute or relative error from our "
+            "answer is at most 10^{−6}.",  # AtCoder, with a Unicode minus
+            1e-6,
+        ),
         ("The relative error must not exceed 10-6.", 1e-6),  # flattened superscript
         ("Print the answer within 10^-9 of the correct one.", 1e-9),
         ("Your output will be accepted if it has an error of at most 10^-2.", 1e-2),  # CodeChef
@@ -72,6 +77,9 @@ def test_tolerance_from_statement(text, tol):
         ("You may return the answer in any order.", "multiple_answers"),
         ("The answer is not unique.", "multiple_answers"),
         ("This is an interactive problem.", "interactive"),
+        ("This problem is an interactive task.", "interactive"),  # AtCoder
+        ("There may be several solutions; any of them will be accepted.", "multiple_answers"),
+        ("If there are multiple solutions, any of them will be accepted.", "multiple_answers"),
         ("After printing a query do not forget to flush the output.", "interactive"),
         ("Interaction\n\nTo ask a query print ?", "interactive"),
         # tie-break rules make the answer unique
