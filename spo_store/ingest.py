@@ -74,6 +74,7 @@ class IngestReport:
     flagged: dict[str, int] = field(default_factory=dict)  # problems flagged, per reason
     flags: list[tuple[str, str]] = field(default_factory=list)  # (problem name, judge_issue)
     verdicts: dict[str, int] = field(default_factory=dict)  # judge statuses under verify
+    verified: bool = False  # a verifier judged this ingest
     split_changed: int = 0  # stored problems moved to the explicit --split
     rejudged: int = 0
     rewards_changed: int = 0
@@ -119,7 +120,7 @@ def ingest_human_solutions(
     if languages is not None:
         _check_languages(languages, parsed)
 
-    report = IngestReport(files=len(files))
+    report = IngestReport(files=len(files), verified=verify is not None)
     report.run_id = lake.start_run(
         run_kind,
         {
@@ -434,6 +435,12 @@ def ingest_files_report(report: IngestReport) -> str:
     if report.split_changed:
         lines.append(
             f"moved {report.split_changed} problem(s) already in the lake to the split given"
+        )
+    stored = report.skipped.get("already in the lake", 0)
+    if report.verified and stored and not report.rejudged:
+        lines.append(
+            f"{stored} solution(s) already in the lake kept their rewards (add --rejudge to "
+            "judge them again)"
         )
     if report.verdicts:
         verdicts = ", ".join(f"{n} {s}" for s, n in sorted(report.verdicts.items()))

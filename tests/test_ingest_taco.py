@@ -270,6 +270,7 @@ def test_verify_rejudge_updates_stored_labels(tmp_path):
     assert spo("ingest", "human-solutions", str(path), "--lake", str(lake)).returncode == 0
     r = spo("ingest", "human-solutions", str(path), "--lake", str(lake), "--verify")
     assert r.returncode == 0 and "2 already in the lake" in r.stdout
+    assert "2 solution(s) already in the lake kept their rewards (add --rejudge" in r.stdout
     r = spo("ingest", "human-solutions", str(path), "--lake", str(lake), "--verify", "--rejudge")
     assert r.returncode == 0, r.stderr
     assert "re-judged 2 stored solutions, 1 rewards changed" in r.stdout
