@@ -130,7 +130,11 @@ def write_estimates(lake: Lake, rows: Sequence[Mapping[str, Any]]) -> tuple[int,
         if any(stored[r["estimate_id"]][f] != r[f] for f in fields)
     ]
     if updates:
-        lake.update_rows("q0_estimates", "estimate_id", updates)
+        # update_rows is a merge-insert, which does not dedupe concurrent commits: hold the
+        # table's keyed-write lock (the one insert_new takes) around it.
+        # TODO(lake owner): a public Lake API for locked updates would replace `_table_lock`.
+        with lake._table_lock("q0_estimates"):
+            lake.update_rows("q0_estimates", "estimate_id", updates)
     return inserted, len(updates)
 
 
@@ -147,13 +151,21 @@ def problems_with_q0_sql(
     if ref_model_id is None or sampler_key_ is None:
         cond = "FALSE"
     else:
-        cond = f"q.ref_model_id = {sql_quote(ref_model_id)} AND q.sampler_key = {sql_quote(sampler_key_)}"
+        cond = (
+            f"ref_model_id = {sql_quote(ref_model_id)} AND sampler_key = {sql_quote(sampler_key_)}"
+        )
     q0 = "q.q0" if beta is None else q0_sql("q.successes", "q.samples", beta)
+    # One estimate per problem even if a key was ever stored twice (the most samples wins), so
+    # the join can never duplicate a problem (and with it every trajectory joined to it).
+    estimates = (
+        f"SELECT * FROM q0_estimates WHERE {cond} QUALIFY row_number() OVER "
+        "(PARTITION BY problem_id ORDER BY samples DESC, created_at DESC) = 1"
+    )
     return (
         f"SELECT pr.*, {q0} AS q0, q.samples AS q0_samples, q.successes AS q0_successes, "
         f"{'q.beta' if beta is None else f'CAST({float(beta)!r} AS DOUBLE)'} AS q0_beta, "
         "q.estimate_id AS q0_estimate_id "
-        f"FROM problems pr LEFT JOIN q0_estimates q ON q.problem_id = pr.problem_id AND {cond}"
+        f"FROM problems pr LEFT JOIN ({estimates}) q ON q.problem_id = pr.problem_id"
     )
 
 

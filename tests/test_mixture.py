@@ -345,3 +345,19 @@ def test_problems_with_a_judge_issue_are_left_out_by_default(lake):
         loose.index.trajectories.take(loose.candidates("offline")).column("problem_id").to_pylist()
     )
     assert kept == {"p1", "p2"} and loose.left_out() == {}
+
+
+def test_a_duplicated_estimate_never_duplicates_candidates(lake):
+    seed_lake(lake)
+    sampler = MixtureSampler(lake, "human:1")
+    sampler.index.refresh()
+    before = sorted(sampler.candidates("human").tolist())
+    # The same key stored twice (as a non-atomic writer could): the index still has one p1.
+    row = add_estimate(lake, "p1", 3)
+    lake.append("q0_estimates", [row])
+    again = MixtureSampler(lake, "human:1")
+    again.index.refresh()
+    assert again.index.problems.num_rows == 4
+    assert sorted(again.candidates("human").tolist()) == before
+    rows = {r["problem_id"]: r for r in again.index.problems.to_pylist()}
+    assert rows["p1"]["q0_successes"] == 3
