@@ -324,3 +324,37 @@ def test_rejudge_judges_the_problem_as_stored(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "judged: 1 ok" in r.stdout and "1 rewards changed" in r.stdout
     assert lk.sql("SELECT reward FROM trajectories")["reward"].to_list() == [0.0]
+
+
+@needs_sandbox
+def test_jsonl_checker_judges_any_valid_answer_under_verify(tmp_path):
+    """A stored checker (testlib order: input, output, answer) accepts every valid answer."""
+    checker = (
+        "import sys\n"
+        "n = int(open(sys.argv[1]).read())\n"
+        "got = open(sys.argv[2]).read().split()\n"
+        "sys.exit(0 if len(got) == 1 and got[0].isdigit() and int(got[0]) % n == 0 else 1)\n"
+    )
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {
+                "name": "multiple_of",
+                "statement": "Print any positive multiple of n. If there are several, print any.",
+                "tests": [{"input": "3\n", "output": "3\n"}, {"input": "5\n", "output": "5\n"}],
+                "checker": checker,
+                "solutions": ["print(int(input()))", "print(2 * int(input()))"],
+                "incorrect_solutions": ["print(int(input()) + 1)"],
+            }
+        ],
+    )
+    lake = tmp_path / "lake"
+    r = spo("ingest", "human-solutions", str(path), "--lake", str(lake), "--verify")
+    assert r.returncode == 0, r.stderr
+    assert "judged: 2 ok, 1 wrong_answer" in r.stdout and "flagged: none" in r.stdout
+    from spo_store.lake import Lake
+
+    lk = Lake.open(lake)
+    assert lk.get_problem("multiple_of")["judge_issue"] is None
+    rewards = sorted(lk.sql("SELECT reward FROM trajectories")["reward"].to_list())
+    assert rewards == [-1.0, 0.0, 0.0]
