@@ -71,7 +71,7 @@ PROBLEMS = pa.schema(
         _f(
             "checker",
             pa.string(),
-            "Python 3 checker program run in the sandbox as `checker input expected actual` "
+            "Python 3 checker run in its own sandbox as `checker INPUT OUTPUT ANSWER` (testlib order) "
             "(paths); exit 0 accepts (NULL: token comparison)",
             heavy=True,
         ),
