@@ -90,7 +90,7 @@ def test_random_subset_of_shipped_solutions(splits):
 
 
 def test_shipped_solutions_in_the_sandbox_judge(splits):
-    sandbox = pytest.importorskip("spo_train.sandbox")
+    judge = pytest.importorskip("spo_train.judge")
     rng = random.Random(7)
     rows = rng.sample(splits["test"], 3)
     jobs, want = [], []
@@ -98,13 +98,13 @@ def test_shipped_solutions_in_the_sandbox_judge(splits):
         for key, ok in (("solutions", True), ("incorrect_solutions", False)):
             for src in r[key]["solution"]:
                 jobs.append(
-                    sandbox.JudgeJob(
+                    judge.JudgeJob(
                         source=src, tests=r["tests"], time_limit_s=2.0, memory_limit_mb=256
                     )
                 )
                 want.append(ok)
     try:
-        verdicts = sandbox.judge_batch(jobs, workers=2)
+        verdicts = judge.judge_batch(jobs, workers=2)
     except SpoError as e:
         pytest.skip(f"sandbox cannot run here: {e}")
     if any(v.status == "sandbox_error" for v in verdicts):

@@ -17,7 +17,7 @@ Steps (all deterministic given the seed, on a given machine and torch build):
 
 Judges: ``--judge local`` (default) runs the generated solutions -- trusted code written by the
 generator -- with an in-process runner in worker processes (thousands of test-runs per second);
-``--judge sandbox`` uses ``spo_train.sandbox.judge_batch``; ``auto`` picks the sandbox when it
+``--judge sandbox`` uses ``spo_train.judge.judge_batch``; ``auto`` picks the sandbox when it
 is importable. Model samples in ``--eval`` are untrusted: they go to the sandbox when importable,
 else to a subprocess runner with time and memory limits.
 """
@@ -137,7 +137,7 @@ def verify_local(problems: Sequence[gen.Problem], workers: int | None = None) ->
 def _sandbox():
     try:
         from spo_train import sandbox  # noqa: F401
-        from spo_train.sandbox import JudgeJob, judge_batch
+        from spo_train.judge import JudgeJob, judge_batch
     except ImportError:
         return None
     return JudgeJob, judge_batch
