@@ -431,6 +431,27 @@ def train(
         say(f"q0 of {rebased} problems recomputed from their (n, c) for beta {config.beta:.4g}")
     problems_by_id = {p["problem_id"]: p for p in train_problems}
 
+    # --- evaluation problems (checked before anything is started or written)
+    eval_problems: list[dict[str, Any]] = []
+    if config.eval_problems != 0:
+        eval_where = split_predicate(config.eval_split)
+        eval_problems = load_problems(lake, f"{eval_where} AND {reliable}")[
+            : config.eval_problems or None
+        ]
+        if not config.include_unreliable:
+            line = left_out_line(
+                judge_issue_counts(lake, eval_where), f"eval ({config.eval_split})"
+            )
+            if line:
+                say(line)
+        if not eval_problems:
+            raise SpoError(
+                f"no {config.eval_split!r} problems to evaluate on in lake {lake.uri}: choose "
+                "another --eval-split, or --eval-problems 0 to train without evaluation"
+            )
+    else:
+        say("--eval-problems 0: this run is not evaluated")
+
     # --- models: policy (trained), reference pi_0 (frozen), rollout policy (stale copy)
     _set_seed(config.seed)
     ref_model, tokenizer = load_model_and_tokenizer(pi0_path, device=config.device)
@@ -500,25 +521,6 @@ def train(
 
         writer = SummaryWriter(log_dir=str(output / "tb"))
     wandb_run = _start_wandb(config, run_id, output)
-    eval_problems: list[dict[str, Any]] = []
-    if config.eval_problems != 0:
-        eval_where = split_predicate(config.eval_split)
-        eval_problems = load_problems(lake, f"{eval_where} AND {reliable}")[
-            : config.eval_problems or None
-        ]
-        if not config.include_unreliable:
-            line = left_out_line(
-                judge_issue_counts(lake, eval_where), f"eval ({config.eval_split})"
-            )
-            if line:
-                say(line)
-        if not eval_problems:
-            raise SpoError(
-                f"no {config.eval_split!r} problems to evaluate on in lake {lake.uri}: choose "
-                "another --eval-split, or --eval-problems 0 to train without evaluation"
-            )
-    else:
-        say("--eval-problems 0: this run is not evaluated")
     # Steps already evaluated by this run (a resumed run never repeats step 0 or the end).
     evaluated: set[int] = set()
     if ckpt is not None:

@@ -182,3 +182,15 @@ def test_train_leaves_out_judge_issue_problems_and_says_why(
         f"JOIN trajectories t ON t.traj_id = u.id WHERE b.run_id = '{result.run_id}'"
     )["problem_id"].to_list()
     assert set(drawn) & set(bad)
+
+
+def test_no_problems_to_evaluate_is_refused_before_a_run_starts(
+    small_lake,  # noqa: F811
+    tiny_model,  # noqa: F811
+    tmp_path,
+):
+    _estimates(small_lake, tiny_model, successes_of=1)
+    cfg = _config(small_lake, tiny_model, tmp_path, eval_problems=5, eval_split="nope")
+    with pytest.raises(SpoError, match="no 'nope' problems to evaluate on .* --eval-problems 0"):
+        train(cfg)
+    assert small_lake.sql("SELECT count(*) AS n FROM runs WHERE kind = 'train'")["n"][0] == 0
