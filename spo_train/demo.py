@@ -31,7 +31,7 @@ from spo_train.models import (
     tokenizer_identity,
 )
 from spo_train.q0 import DEFAULT_BETA, estimate_q0
-from spo_train.rollout import SamplerSettings, load_problems
+from spo_train.rollout import SamplerSettings, judge_issue_counts, left_out_line, load_problems
 from spo_train.trainer import TrainConfig, train
 
 
@@ -102,9 +102,17 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
             unsafe_no_sandbox=config.unsafe_no_sandbox,
         )
     timings["q0_s"] = time.perf_counter() - t0
+    judged = sum(p["n"] for p in q0.per_problem)
     say(
-        f"Q0: {q0.problems} problems, {q0.samples} samples, mean S0 {q0.successes / max(1, q0.samples or 1):.3f} ({timings['q0_s']:.0f} s)"
+        f"Q0: {q0.problems} problems, {q0.samples} new samples, mean S0 {q0.successes / max(1, judged):.3f} ({timings['q0_s']:.0f} s)"
     )
+    # the subset was drawn from reliable problems already; this names any others in the split
+    for line in (
+        left_out_line(judge_issue_counts(lake, "p.split = 'train'"), "Q0 and training", ""),
+        left_out_line(judge_issue_counts(lake, "p.split = 'test'"), "eval", ""),
+    ):
+        if line:
+            say(line)
 
     # 3. pi_0 on held-out problems
     # Problems the judge cannot handle reliably are left out (their pass rates mean nothing).

@@ -98,15 +98,17 @@ def judge_issue_counts(
 
 
 def left_out_line(counts: dict[str, int], what: str, flag: str = "--include-unreliable") -> str:
-    """One line naming how many problems were left out for a judge_issue and why, or ''."""
+    """One line naming how many problems were left out for a judge_issue and why (and the flag
+    that keeps them, when `flag`), or '' when none were."""
     if not counts:
         return ""
     reasons = ", ".join(f"{n} {r}" for r, n in counts.items())
     total = sum(counts.values())
-    return (
+    line = (
         f"{what}: left out {total} problem{'s' if total != 1 else ''} the judge cannot handle "
-        f"reliably ({reasons}); {flag} keeps them"
+        f"reliably ({reasons})"
     )
+    return f"{line}; {flag} keeps them" if flag else line
 
 
 def judge_responses(

@@ -450,7 +450,7 @@ def train(
                 "another --eval-split, or --eval-problems 0 to train without evaluation"
             )
     else:
-        say("--eval-problems 0: this run is not evaluated")
+        say("--eval-problems 0: the trainer does not evaluate this run")
 
     # --- models: policy (trained), reference pi_0 (frozen), rollout policy (stale copy)
     _set_seed(config.seed)
