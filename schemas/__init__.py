@@ -61,7 +61,7 @@ PROBLEMS = pa.schema(
             "float_tolerance",
             pa.float64(),
             "absolute-or-relative error allowed on non-integer numeric output tokens "
-            "(NULL: exact token comparison)",
+            "(NULL: exact token comparison; ingest sets one on every row, see float_tolerance_source)",
         ),
         _f(
             "float_tolerance_source",
@@ -150,7 +150,11 @@ TRAJECTORIES = pa.schema(
         _f("response", pa.string(), "response text", heavy=True),
         _f("response_chars", pa.int32(), "length of response in characters"),
         _f("reward", pa.float32(), "0 passes all tests, -1 fails, NULL not judged"),
-        _f("reward_source", pa.string(), "label (dataset's) | judge"),
+        _f(
+            "reward_source",
+            pa.string(),
+            "label (the dataset's; reward NULL when the problem has no tests) | judge",
+        ),
         _f("judge_status", pa.string(), "judge verdict status"),
         _f("passed_tests", pa.int32(), "tests passed"),
         _f("total_tests", pa.int32(), "tests run"),

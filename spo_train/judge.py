@@ -67,11 +67,9 @@ JUDGE_PROBLEM_COLUMNS = (
 
 
 def default_float_tolerance() -> float:
-    """`spo_store.problem_rules.DEFAULT_FLOAT_TOLERANCE` (1e-6 if that module is absent)."""
-    try:
-        from spo_store.problem_rules import DEFAULT_FLOAT_TOLERANCE
-    except ImportError:  # the ingest rules module is written in parallel; same value
-        return 1e-6
+    """`spo_store.problem_rules.DEFAULT_FLOAT_TOLERANCE` (one definition for ingest and judge)."""
+    from spo_store.problem_rules import DEFAULT_FLOAT_TOLERANCE
+
     return float(DEFAULT_FLOAT_TOLERANCE)
 
 
