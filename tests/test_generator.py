@@ -13,7 +13,6 @@ from spo_train.embedded.build import verify_local
 from tests.conftest import CC_SAMPLE
 
 
-
 @pytest.fixture(scope="module")
 def small():
     return gen.generate_problems(seed=3, sizes={"train": 120, "valid": 10, "test": 30})
