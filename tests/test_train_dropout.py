@@ -52,7 +52,7 @@ def test_loss_forward_is_deterministic_and_differentiable(make):
         ref, _ = response_logprobs(model.eval(), PROMPTS, RESPONSES, pad_token_id=0)
     assert torch.allclose(x[mask], ref[mask], atol=1e-6)
     # ...so A_t = beta (log pi_theta - log pi_0) is exactly 0 when pi_theta = pi_0...
-    assert float((x.detach() - ref)[mask].abs().max()) < 1e-6
+    assert float((x - ref).detach()[mask].abs().max()) < 1e-6
     # ...and gradients still flow to every trainable weight the log-probs depend on.
     x[mask].sum().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
