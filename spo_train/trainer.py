@@ -132,7 +132,7 @@ class TrainConfig:
     rollout_temperature: tuple[float, float] = (0.1, 0.8)
     """per-sample temperature range of online rollouts (paper: U(0.1, 0.8))"""
     top_p: float = 0.95
-    """nucleus sampling for rollouts and evaluation"""
+    """nucleus sampling of online rollouts (paper: 0.95; evaluation has eval_top_p)"""
     max_new_tokens: int = 256
     """response length bound (rollouts and evaluation)"""
     q0_temperature: float = 1.0
