@@ -271,6 +271,8 @@ def eval_cmd(
     reliable = "TRUE" if include_unreliable else RELIABLE
     problems = load_problems(lk, f"({predicate}) AND {reliable}")[: limit or None]
     line = left_out_line(left_out, "eval")
+    if not problems and left_out:
+        raise SpoError(f"{line}, and no other problem matches: nothing to evaluate")
     if line:
         console.print(line, highlight=False)
     gen, tok, model_id, tok_id = load_generator(model, backend)
