@@ -124,3 +124,31 @@ def write_ingest_files(
         path.write_text("\n".join(lines) + "\n")
         paths.append(path)
     return paths
+
+
+# ----------------------------------------------------------------------------- q0 estimates
+def q0_writer(lake_uri: str, worker: int, keys: int, rounds: int, start: Any) -> None:
+    """Write estimates for problems q-000..q-{keys-1} of one model, `rounds` times with growing
+    sample counts (first an insert, then updates), racing the other workers."""
+    from spo_store.lake import Lake
+    from spo_store.q0_estimates import estimate_row, write_estimates
+
+    lake = Lake.open(lake_uri)
+    start.wait(60)
+    for r in range(rounds):
+        n = 4 * (r + 1) + worker
+        rows = [
+            estimate_row(
+                f"q-{i:03d}",
+                "model-A",
+                temperature=1.0,
+                top_p=1.0,
+                max_new_tokens=64,
+                samples=n,
+                successes=i % (n + 1),
+                beta=0.1,
+                run_id=f"w{worker}-r{r}",
+            )
+            for i in range(keys)
+        ]
+        write_estimates(lake, rows)
