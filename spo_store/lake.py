@@ -12,6 +12,7 @@ Design (see docs/lake.md):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import getpass
@@ -286,8 +287,6 @@ class Lake:
 
     def _table_lock(self, name: str) -> Any:
         """An exclusive lock for keyed writes to `name` (a no-op context on object stores)."""
-        import contextlib
-
         if "://" in self.uri:
             return contextlib.nullcontext()
 
@@ -337,19 +336,26 @@ class Lake:
         """Set some columns of existing rows, matched on `key`, in one commit.
 
         Each update is `{key: value, column: new value, ...}`; the other columns keep their
-        values (rows are read, patched and merged back).
+        values (rows are read, patched and merged back). On a keyed table (`spo_schemas.KEYS`)
+        the read and the merge run under the table's keyed-write lock, the one `insert_new`
+        takes: Lance's merge-insert does not re-check keys against a concurrent commit, so an
+        unlocked update racing an insert could store a key twice. Raises SpoError when a key
+        is not in the table.
         """
         if not updates:
             return self.dataset(name).version
-        by_key = {u[key]: u for u in updates}
-        keys = ", ".join(sql_quote(k) for k in by_key)
-        current = self.dataset(name).to_table(filter=f"{key} IN ({keys})").to_pylist()
-        missing = set(by_key) - {r[key] for r in current}
-        if missing:
-            raise SpoError(f"table {name!r} has no row with {key} in {sorted(missing)[:3]}")
-        for row in current:
-            row.update(by_key[row[key]])
-        return self.upsert(name, pa.Table.from_pylist(current, schema=table_schema(name)), key)
+        lock = self._table_lock(name) if name in KEYS else contextlib.nullcontext()
+        with lock:
+            by_key = {u[key]: u for u in updates}
+            keys = ", ".join(sql_quote(k) for k in by_key)
+            current = self.dataset(name).to_table(filter=f"{key} IN ({keys})").to_pylist()
+            missing = set(by_key) - {r[key] for r in current}
+            if missing:
+                raise SpoError(f"table {name!r} has no row with {key} in {sorted(missing)[:3]}")
+            for row in current:
+                row.update(by_key[row[key]])
+            table = pa.Table.from_pylist(current, schema=table_schema(name))
+            return self.upsert(name, table, key)
 
     # ------------------------------------------------------------------ runs / provenance
     def start_run(

@@ -15,7 +15,8 @@ Version history (see `spo_schemas`):
   output_file and judge_issue (derived from each row by `spo_store.problem_rules`); q0 moves
   from problems to `q0_estimates`, keyed by problem, reference model and sampler settings (taken
   from the estimate-q0 run that wrote it); trajectories gain max_new_tokens (from the config
-  of the run that sampled them).
+  of the run that sampled them); token_cache entries of responses cut at max_new_tokens are
+  dropped (v1 re-encoded them with an EOS that was never generated).
 """
 
 from __future__ import annotations
@@ -247,7 +248,25 @@ def _v1_to_v2(root: str, tag: str, report: MigrationReport, say: Callable[[str],
         report.notes.append(f"trajectories: max_new_tokens set on {filled} sampled rows")
         say(report.notes[-1])
 
-    # 4. every other table: same columns, new version number.
+    # 4. token_cache: v1 re-encoded a response cut at max_new_tokens with an EOS it never
+    # generated; drop those entries (they are recomputed, correctly, when next needed).
+    tc = _open(root, "token_cache")
+    traj = _open(root, "trajectories")
+    if tc is not None and traj is not None and schema_version_of(tc) < 2:
+        cut = traj.to_table(columns=["traj_id"], filter="finish_reason = 'length'")
+        ids = sorted(
+            set(cut.column(0).to_pylist())
+            & set(tc.to_table(columns=["traj_id"]).column(0).to_pylist())
+        )
+        for start in range(0, len(ids), 1000):
+            chunk = ", ".join("'" + i.replace("'", "''") + "'" for i in ids[start : start + 1000])
+            tc.delete(f"traj_id IN ({chunk})")
+        report.notes.append(
+            f"token_cache: {len(ids)} entries of responses cut at max_new_tokens dropped"
+        )
+        say(report.notes[-1])
+
+    # 5. every other table: same columns, new version number.
     for name in TABLES:
         ds = _open(root, name)
         if ds is None:

@@ -130,11 +130,8 @@ def write_estimates(lake: Lake, rows: Sequence[Mapping[str, Any]]) -> tuple[int,
         if any(stored[r["estimate_id"]][f] != r[f] for f in fields)
     ]
     if updates:
-        # update_rows is a merge-insert, which does not dedupe concurrent commits: hold the
-        # table's keyed-write lock (the one insert_new takes) around it.
-        # TODO(lake owner): a public Lake API for locked updates would replace `_table_lock`.
-        with lake._table_lock("q0_estimates"):
-            lake.update_rows("q0_estimates", "estimate_id", updates)
+        # update_rows holds the table's keyed-write lock (the one insert_new takes).
+        lake.update_rows("q0_estimates", "estimate_id", updates)
     return inserted, len(updates)
 
 
