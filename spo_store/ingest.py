@@ -43,7 +43,7 @@ from spo_store.adapters import (  # noqa: F401 - re-exported: the readers' old h
     read_taco,
 )
 from spo_store.errors import SpoError
-from spo_store.lake import Lake, sql_quote, utc_now
+from spo_store.lake import Lake, run_status, sql_quote, utc_now
 from spo_store.problem_rules import annotate_problem, reason_of, reason_severity
 
 
@@ -76,6 +76,7 @@ class IngestReport:
     verdicts: dict[str, int] = field(default_factory=dict)  # judge statuses under verify
     verified: bool = False  # a verifier judged this ingest
     split_changed: int = 0  # stored problems moved to the explicit --split
+    split_option: str | None = None  # the --split given, None: from the rows and file names
     rejudged: int = 0
     rewards_changed: int = 0
     not_judged: int = 0
@@ -120,7 +121,7 @@ def ingest_human_solutions(
     if languages is not None:
         _check_languages(languages, parsed)
 
-    report = IngestReport(files=len(files), verified=verify is not None)
+    report = IngestReport(files=len(files), verified=verify is not None, split_option=split)
     report.run_id = lake.start_run(
         run_kind,
         {
@@ -158,8 +159,8 @@ def ingest_human_solutions(
             )
             if progress:
                 progress(done, len(parsed))
-    except BaseException:
-        lake.end_run(report.run_id, "failed")
+    except BaseException as exc:
+        lake.end_run(report.run_id, run_status(exc))  # Ctrl-C / SIGTERM: interrupted
         raise
     lake.end_run(report.run_id, "completed")
     return report
@@ -421,6 +422,7 @@ def ingest_files_report(report: IngestReport) -> str:
     """The one-paragraph summary the CLI prints (counts, skips, flags with reasons)."""
     skipped = ", ".join(f"{n} {why}" for why, n in sorted(report.skipped.items())) or "none"
     splits = ", ".join(f"{n} {s}" for s, n in sorted(report.splits.items())) or "none"
+    splits += " from --split" if report.split_option else " from the rows and file names"
     lines = [
         f"ingested {report.problems_added} new problems ({report.problems_seen} seen; splits: "
         f"{splits}) and {report.solutions_added} new solutions ({report.solutions_seen} seen) "

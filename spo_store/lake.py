@@ -22,6 +22,7 @@ import os
 import random
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -64,6 +65,52 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+RUN_STATUSES = ("running", "completed", "failed", "interrupted")
+"""What `runs.status` means, the same in every command: `running` (in progress, or its
+process died without a word on another host); `completed` (it did all it was asked);
+`failed` (an error stopped it: bad data, a bug, out of memory; rerunning the same command
+fails the same way until the cause is fixed); `interrupted` (stopped from outside: Ctrl-C,
+SIGTERM from timeout/Slurm/Docker, or found dead by `Lake.sweep_dead_runs`; its committed work
+is kept and rerunning the command resumes)."""
+
+
+def run_status(exc: BaseException | None) -> str:
+    """The `runs.status` a command ending with `exc` records (None: completed)."""
+    if exc is None:
+        return "completed"
+    return "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+
+
+def _host() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _process_alive_since(pid: int, started_at: dt.datetime | None) -> bool:
+    """Whether process `pid` exists and was started before `started_at` (else the pid was
+    reused by another process after the run's own one died)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, another user's
+    if started_at is None:
+        return True
+    try:  # Linux: field 22 of /proc/PID/stat is the start time in clock ticks after boot
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        btime = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return True
+    began = btime + ticks / os.sysconf("SC_CLK_TCK")
+    if started_at.tzinfo is None:
+        started_at = started_at.replace(tzinfo=dt.UTC)
+    return began <= started_at.timestamp() + 2.0
 
 
 def code_version() -> str:
@@ -369,9 +416,16 @@ class Lake:
         parent_run_id: str | None = None,
         run_id: str | None = None,
     ) -> str:
-        """Record a new run (config, input checksums, lake versions, code version)."""
+        """Record a new run (config, input checksums, lake versions, code version) as `running`.
+
+        `host` is `user@hostname pid N` (the process that runs it); first, `running` runs of
+        this host whose process is gone (kill -9, power loss) are marked `interrupted`
+        (`sweep_dead_runs`). Call it after validating the command's options, so a refusal
+        leaves no run behind; end the run with `end_run` or use `Lake.run`.
+        """
         run_id = run_id or new_id(kind)
         input_rows = [{"path": str(p), "sha256": file_sha256(p)} for p in inputs]
+        self.sweep_dead_runs()
         self.append(
             "runs",
             [
@@ -385,7 +439,7 @@ class Lake:
                     "inputs": json.dumps(input_rows),
                     "lake_version_at_start": json.dumps(self.versions()),
                     "code_version": code_version(),
-                    "host": f"{getpass.getuser()}@{socket.gethostname()}",
+                    "host": f"{_host()} pid {os.getpid()}",
                     "parent_run_id": parent_run_id,
                     "started_at": utc_now(),
                 }
@@ -394,7 +448,16 @@ class Lake:
         return run_id
 
     def end_run(self, run_id: str, status: str = "completed") -> None:
-        """Mark a run finished (`completed`, `failed` or `interrupted`)."""
+        """Mark a run finished: `completed`, `failed` or `interrupted` (see `RUN_STATUSES`).
+
+        Called with `failed` while a KeyboardInterrupt (Ctrl-C, or SIGTERM as `spo` turns it
+        into one) is being handled, it records `interrupted`: the run was stopped from outside,
+        not broken. Raises SpoError for another status.
+        """
+        if status not in RUN_STATUSES or status == "running":
+            raise SpoError(f"run status {status!r} is not one of completed, failed, interrupted")
+        if status == "failed" and isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            status = "interrupted"
         now = utc_now().strftime("%Y-%m-%d %H:%M:%S.%f")
         self.dataset("runs").update(
             {"status": f"'{status}'", "ended_at": f"CAST('{now}' AS TIMESTAMP)"},
@@ -402,6 +465,46 @@ class Lake:
             conflict_retries=COMMIT_RETRIES,
         )
         self._datasets.pop("runs", None)
+
+    @contextlib.contextmanager
+    def run(self, kind: str, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        """`with lake.run(kind, config) as run_id:` - `start_run`, then `end_run` with the
+        status the block's outcome means (`run_status`): completed, interrupted or failed."""
+        run_id = self.start_run(kind, config, **kwargs)
+        try:
+            yield run_id
+        except BaseException as exc:
+            self.end_run(run_id, run_status(exc))
+            raise
+        self.end_run(run_id, "completed")
+
+    def sweep_dead_runs(self) -> list[str]:
+        """Mark `interrupted` the `running` runs started on this host by a process that is gone
+        (kill -9, OOM killer, power loss: nothing could record their end); their `ended_at`
+        stays NULL. Returns their run ids. Runs of other hosts are left alone (their processes
+        cannot be checked from here)."""
+        me = _host()
+        rows = self.sql_arrow(
+            "SELECT run_id, host, started_at FROM runs WHERE status = 'running' "
+            f"AND host LIKE {sql_quote(me + ' pid %')}"
+        ).to_pylist()
+        dead = []
+        for r in rows:
+            try:
+                pid = int(r["host"].rsplit(" pid ", 1)[1])
+            except (IndexError, ValueError):
+                continue
+            if not _process_alive_since(pid, r["started_at"]):
+                dead.append(r["run_id"])
+        if dead:
+            ids = ", ".join(sql_quote(x) for x in dead)
+            self.dataset("runs").update(
+                {"status": "'interrupted'"},
+                where=f"run_id IN ({ids}) AND status = 'running'",
+                conflict_retries=COMMIT_RETRIES,
+            )
+            self._datasets.pop("runs", None)
+        return dead
 
     def log_metrics(
         self, run_id: str, step: int, values: Mapping[str, float], split: str | None = None
