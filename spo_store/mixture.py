@@ -19,6 +19,7 @@ trains against. Problems with a `judge_issue` are left out unless `include_unrel
 from __future__ import annotations
 
 import math
+import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -292,6 +293,70 @@ class MixtureSampler:
             self._candidates[key] = rows.column("_pos").to_numpy()
         return self._candidates[key]
 
+    def why_empty(self, name: str, policy_version: int = 0) -> str:
+        """One line saying why source `name` has no candidate and what to do instead, found by
+        narrowing down: no problem in the split, no q0 estimate there, all flagged, no judged
+        (or, for `offline`/`human`, no correct) trajectory. The raw SQL is appended only under
+        SPO_DEBUG=1 (a user source names its own predicate)."""
+        self.index.refresh()
+        head = f"mixture source {name!r} is empty at lake version {self.index.version}"
+        in_split = (
+            f"p.split = '{self.split.replace(chr(39), chr(39) * 2)}'" if self.split else "TRUE"
+        )
+        where_split = f"of split {self.split!r}" if self.split else "in the lake"
+
+        def count(where: str, *, trajectories: bool = False) -> int:
+            sql = (
+                f"SELECT count(*) FROM t_index t JOIN p_index p USING (problem_id) WHERE {where}"
+                if trajectories
+                else f"SELECT count(*) FROM p_index p WHERE {where}"
+            )
+            return int(self.index.query(sql).column(0)[0].as_py())
+
+        reliable = "TRUE" if self.include_unreliable else RELIABLE_PREDICATE
+        if count(in_split) == 0:
+            present = self.index.query(
+                "SELECT coalesce(split, 'NULL') AS s, count(*) AS n FROM p_index GROUP BY 1 "
+                "ORDER BY 1"
+            ).to_pylist()
+            splits = ", ".join(f"{r['s']} ({r['n']})" for r in present) or "none"
+            why = (
+                f"no problem {where_split} (splits present: {splits}; move problems with "
+                "`spo lake set-split`)"
+            )
+        elif count(f"{in_split} AND {reliable}") == 0:
+            why = f"every problem {where_split} has a judge_issue (--include-unreliable keeps them)"
+        elif count(f"{in_split} AND {reliable} AND p.q0 IS NOT NULL") == 0:
+            why = (
+                f"no problem {where_split} has a q0 estimate of this reference model and q0 "
+                "sampler: run `spo estimate-q0` with the same model and sampler settings first"
+            )
+        elif name == "online":
+            why = (
+                "no online rollout of this run within the staleness window yet (online rows "
+                "come from this run's own rollouts)"
+            )
+        elif name in ("offline", "human"):
+            what = "human solutions" if name == "human" else "trajectories"
+            why = (
+                f"no correct (reward 0) Python 3 {what} for the problems {where_split} with a "
+                "q0 estimate (lake holds "
+                f"{count(f'{in_split} AND t.reward = 0', trajectories=True)} correct, "
+                f"{count(f'{in_split} AND t.reward IS NOT NULL', trajectories=True)} judged "
+                f"rows there): train on rollouts only with `--mix online:1`, or ingest correct "
+                "solutions with `spo ingest human-solutions FILE` (labelled, or judged with "
+                "--verify)"
+            )
+        else:
+            why = (
+                f"source predicate {self.sources[name]!r} matches no judged trajectory of the "
+                f"problems {where_split} with a q0 estimate"
+            )
+        line = f"{head}: {why}"
+        if os.environ.get("SPO_DEBUG"):
+            line += f" [SQL: {self._predicate(name, policy_version)}]"
+        return line
+
     def sample(
         self,
         batch_size: int,
@@ -311,10 +376,7 @@ class MixtureSampler:
                 continue
             pool = self.candidates(name, policy_version)
             if len(pool) == 0:
-                raise SpoError(
-                    f"mixture source {name!r} is empty at lake version {self.index.version} "
-                    f"(predicate: {self._predicate(name, policy_version)})"
-                )
+                raise SpoError(self.why_empty(name, policy_version))
             pick = rng.choice(pool, size=count, replace=len(pool) < count)
             positions.append(pick)
             labels += [name] * count

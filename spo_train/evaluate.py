@@ -17,6 +17,7 @@ from typing import Any
 
 from spo_store.errors import SpoError
 from spo_store.lake import Lake
+from spo_store.selection import explain_empty
 from spo_train.metrics import mean_pass_at_k
 from spo_train.rollout import SamplerSettings, sample_and_judge
 
@@ -50,7 +51,11 @@ def evaluate(
     and `<prefix>/unjudged`. Raises SpoError with no problems or a k outside 1..n.
     """
     if not problems:
-        raise SpoError("no problems to evaluate on (check --split or --where)")
+        raise SpoError(
+            f"eval: {explain_empty(lake, split=split)}"
+            if split
+            else "eval: no problems to evaluate on (check --split or --where)"
+        )
     bad = [k for k in ks if k < 1 or k > settings.n]
     if bad:
         raise SpoError(f"pass@k needs 1 <= k <= n={settings.n}; got k={bad}")

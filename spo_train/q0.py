@@ -26,13 +26,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from spo_store.errors import SpoError
-from spo_store.lake import Lake, sql_quote
+from spo_store.lake import Lake, run_status, sql_quote
 from spo_store.q0_estimates import estimate_row, sampler_key, write_estimates
+from spo_store.selection import explain_empty
 from spo_train.losses import q0_from_success_rate
 from spo_train.rollout import (
     RELIABLE,
     SamplerSettings,
+    count_problems,
     judge_issue_counts,
+    left_out_line,
     load_problems,
     sample_and_judge,
 )
@@ -123,9 +126,15 @@ def estimate_q0(
     matching `where` (SQL over `p`: problems plus this model's and sampler's q0 columns) whose
     estimate has fewer than `settings.n` judged samples (see module docstring).
 
-    Raises SpoError for a temperature range (q0 needs one sampler).
+    Raises SpoError (before any run is recorded) for a temperature range (q0 needs one
+    sampler), a `where` matching no problem (naming the splits present), or one whose every
+    problem has a judge_issue while `include_unreliable` is off.
     """
     key = q0_sampler_key(settings)
+    # Nothing selected is one line saying why (a split with no problem, a typo), never a run
+    # that "estimated 0 problems" and exits 0.
+    if count_problems(lake, where) == 0:
+        raise SpoError(f"estimate-q0: {explain_empty(lake, where)}")
     todo = q0_todo(
         lake, where, model_id=model_id, settings=settings, include_unreliable=include_unreliable
     )
@@ -134,6 +143,11 @@ def estimate_q0(
     report = Q0Report(problems=len(todo), sampler_key=key)
     if not include_unreliable:
         report.left_out = judge_issue_counts(lake, where, q0_of=(model_id, key))
+        if not todo and count_problems(lake, f"({where}) AND {RELIABLE}") == 0:
+            raise SpoError(
+                f"{left_out_line(report.left_out, 'estimate-q0')}, and no other problem "
+                "matches: nothing to estimate"
+            )
     config = {
         "where": where,
         "n": settings.n,
@@ -221,9 +235,7 @@ def estimate_q0(
             if on_problems:
                 on_problems(len(chunk))
     except BaseException as exc:
-        lake.end_run(
-            report.run_id, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        )
+        lake.end_run(report.run_id, run_status(exc))  # Ctrl-C / SIGTERM: interrupted
         raise
     lake.end_run(report.run_id, "completed")
     return report
