@@ -16,8 +16,11 @@ encode them with ``add_special_tokens=False``.
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 USER_INSTRUCTION = (
     "Solve the following programming problem. Write a complete Python 3 program that reads "
@@ -39,14 +42,58 @@ def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def build_prompt(statement: str, tokenizer) -> str:
-    """The prompt text for ``statement`` (chat template when the tokenizer has one, else plain)."""
+CALL_INSTRUCTION = (
+    "Solve the following programming problem. Write Python 3 code defining the function "
+    "`{fn_name}` (a top-level function, or a method of class Solution); it is called with "
+    "each test's arguments and its return value is checked, so do not read standard input. "
+    "Put the whole code in a single ```python code block.\n\n{statement}"
+)
+CALL_SECTION = (
+    "\n\nComplete this code: the judge calls `{fn_name}` with each test's arguments and "
+    "compares its return value (no standard input).\n```python\n{starter}\n```"
+)
+"""Appended to a call-based problem's statement (TACO `fn_name`): without the signature a
+model writes a stdin program that can never pass (docs/judge.md, call-based problems)."""
+
+
+def build_prompt(
+    statement: str, tokenizer, *, fn_name: str | None = None, starter_code: str | None = None
+) -> str:
+    """The prompt text for ``statement`` (chat template when the tokenizer has one, else plain).
+
+    For a call-based problem (``fn_name``, TACO) the prompt shows the function to write: the
+    dataset's ``starter_code`` when it has one, else ``def {fn_name}(...):``; the chat
+    instruction asks for that function instead of a stdin program.
+    """
     statement = statement.strip("\n")
+    if fn_name:
+        starter = (starter_code or "").strip("\n") or f"def {fn_name}(*args):\n    ..."
+        statement += CALL_SECTION.format(fn_name=fn_name, starter=starter)
     if has_chat_template(tokenizer):
-        messages = [{"role": "user", "content": USER_INSTRUCTION.format(statement=statement)}]
+        instruction = CALL_INSTRUCTION if fn_name else USER_INSTRUCTION
+        content = instruction.format(statement=statement, fn_name=fn_name)
+        messages = [{"role": "user", "content": content}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     bos = getattr(tokenizer, "bos_token", None) or ""
     return PLAIN_TEMPLATE.format(bos=bos, statement=statement)
+
+
+def problem_prompt(problem: Mapping[str, Any], tokenizer) -> str:
+    """`build_prompt` for a `problems` row (needs `statement`; uses `fn_name` and the
+    `starter_code` kept in its `extra` JSON when present)."""
+    extra = problem.get("extra")
+    if isinstance(extra, str):
+        try:
+            extra = json.loads(extra)
+        except json.JSONDecodeError:
+            extra = None
+    starter = extra.get("starter_code") if isinstance(extra, dict) else None
+    return build_prompt(
+        problem["statement"],
+        tokenizer,
+        fn_name=problem.get("fn_name") or None,
+        starter_code=starter if isinstance(starter, str) else None,
+    )
 
 
 def stop_strings_for(tokenizer) -> tuple[str, ...]:

@@ -24,11 +24,19 @@ import numpy as np
 from spo_store.lake import Lake, sql_quote, utc_now
 from spo_store.q0_estimates import Q0_VIEW_COLUMNS, problems_with_q0_sql
 from spo_train.judge import JUDGE_PROBLEM_COLUMNS, job_for_problem, judge_batch, verdict_reward
-from spo_train.prompting import build_prompt, extract_code
+from spo_train.prompting import extract_code, problem_prompt
 
 PROBLEM_COLUMNS = list(
     dict.fromkeys(
-        ["problem_id", "name", "split", "statement", "judge_issue", *JUDGE_PROBLEM_COLUMNS]
+        [
+            "problem_id",
+            "name",
+            "split",
+            "statement",
+            "extra",  # starter_code of call-based problems (prompting.problem_prompt)
+            "judge_issue",
+            *JUDGE_PROBLEM_COLUMNS,
+        ]
     )
 )
 
@@ -149,7 +157,7 @@ def sample_and_judge(
     When `ref_model_id` is given the sampling model *is* that reference model, so the behaviour
     log-probs (temperature 1) are stored as reference log-probs too.
     """
-    prompts = [build_prompt(p["statement"], tokenizer) for p in problems]
+    prompts = [problem_prompt(p, tokenizer) for p in problems]
     rng = np.random.default_rng(settings.seed)
     if isinstance(settings.temperature, tuple):
         low, high = settings.temperature

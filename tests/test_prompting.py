@@ -130,3 +130,52 @@ def test_encode_response_wraps_bare_code_and_handles_eos():
 @pytest.mark.parametrize("fence", ["```", "````", "~~~"])
 def test_fence_styles(fence):
     assert extract_code(f"{fence}python\nx = 1\n{fence}\n") == "x = 1\n"
+
+
+def test_call_based_prompt_shows_the_starter_code():
+    """TACO call-based problems: the prompt shows the function to write (else the model
+    writes a stdin program that can never pass)."""
+    from spo_train.prompting import problem_prompt
+
+    starter = "class Solution:\n    def addTwo(self, a: int, b: int) -> int:\n        "
+    row = {
+        "statement": "Add two numbers.",
+        "fn_name": "addTwo",
+        "extra": '{"starter_code": "' + starter.replace("\n", "\\n") + '", "source": "leetcode"}',
+    }
+    plain = problem_prompt(row, PlainTok())
+    assert "def addTwo(self, a: int, b: int) -> int:" in plain
+    assert "calls `addTwo`" in plain and "no standard input" in plain
+    assert plain.endswith("### Python 3 solution\n")
+    chat = problem_prompt(row, ChatTok())
+    assert "defining the function `addTwo`" in chat and "reads the input from standard" not in chat
+    # No starter code in the dataset: the signature comes from fn_name.
+    bare = problem_prompt({"statement": "Add.", "fn_name": "add", "extra": "{}"}, PlainTok())
+    assert "def add(*args):" in bare
+    # A stdin problem's prompt is unchanged.
+    stdin = {"statement": STATEMENT, "fn_name": None, "extra": '{"starter_code": ""}'}
+    assert problem_prompt(stdin, PlainTok()) == build_prompt(STATEMENT, PlainTok())
+
+
+def test_lake_rows_carry_what_the_call_based_prompt_needs(lake, tmp_path):
+    """`load_problems` (eval, estimate-q0, rollouts) returns fn_name and extra, so the
+    sampled prompt of an ingested TACO call-based problem shows its starter code."""
+    import json
+
+    from spo_store.ingest import ingest_human_solutions
+    from spo_train.prompting import problem_prompt
+    from spo_train.rollout import load_problems
+
+    row = {
+        "question": "Return a + b.",
+        "solutions": json.dumps(["def add(a, b):\n    return a + b\n"]),
+        "input_output": json.dumps({"fn_name": "add", "inputs": [[1, 2]], "outputs": [[3]]}),
+        "starter_code": "def add(a, b):\n    ",
+        "source": "codewars",
+    }
+    path = tmp_path / "taco_train.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    ingest_human_solutions(lake, [path])
+    [problem] = load_problems(lake, "TRUE")
+    prompt = problem_prompt(problem, PlainTok())
+    assert "```python\ndef add(a, b):" in prompt and "calls `add`" in prompt
