@@ -434,6 +434,49 @@ def set_split_cmd(
     console.print(f"moved {n} problem(s) to split {split}", highlight=False)
 
 
+@lake_app.command("runs")
+def runs_cmd(
+    lake: LakeOpt = None,
+    limit: Annotated[int, typer.Option(help="Most recent runs to list")] = 20,
+    status: Annotated[
+        str | None,
+        typer.Option(help="Only runs with this status: running, completed, failed, interrupted"),
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="Only runs of this kind (ingest, eval, ...)")
+    ] = None,
+) -> None:
+    """List runs, newest first, with their status (docs/lake.md, Provenance).
+
+    First marks `interrupted` the `running` runs of this host whose process is gone (kill -9).
+    """
+    from spo_store.lake import RUN_STATUSES, Lake, sql_quote
+
+    if limit < 1:
+        raise SpoError(f"--limit must be >= 1, got {limit}")
+    if status is not None and status not in RUN_STATUSES:
+        raise SpoError(f"--status {status!r} is not one of {', '.join(RUN_STATUSES)}")
+    lk = Lake.open(lake, create=False)
+    swept = lk.sweep_dead_runs()
+    if swept:
+        console.print(
+            f"marked {len(swept)} run(s) interrupted: their process on this host is gone "
+            f"({', '.join(swept)})",
+            highlight=False,
+        )
+    where = []
+    if status:
+        where.append(f"status = {sql_quote(status)}")
+    if kind:
+        where.append(f"kind = {sql_quote(kind)}")
+    result = lk.sql_arrow(
+        "SELECT run_id, kind, status, started_at, ended_at, model_id, host FROM runs"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + f" ORDER BY started_at DESC LIMIT {int(limit)}"
+    )
+    _print_table(result, 40)
+
+
 def register(app: typer.Typer) -> None:
     """Add `ingest`, `sql` and `lake` to the `spo` app."""
     app.add_typer(ingest_app, name="ingest")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -23,8 +24,23 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            help="Torch threads of generating commands (default: $OMP_NUM_THREADS, else 1 "
+            "for models under 100M parameters, else all cores)",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
     """spo: Soft Policy Optimization around a versioned trajectory lake."""
+    if threads is not None:
+        if threads < 1:
+            raise SpoError(f"--threads must be >= 1, got {threads}")
+        # Read where models load (spo_train.models.choose_threads), in this process only.
+        os.environ["SPO_THREADS"] = str(threads)
 
 
 err_console = Console(stderr=True)
