@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import json
-import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -124,63 +125,55 @@ def _open_lake_with_problems(lake: str | None):
     return lk
 
 
-def estimate_q0_cmd(
-    samples: Annotated[
-        int, typer.Option("--samples", "-n", help="pi_0 samples per problem (paper: 800)")
-    ] = 800,
-    where: Annotated[
-        str | None, typer.Option(help="SQL predicate over problems (alias p); default: the --split")
-    ] = None,
-    split: Annotated[
-        str, typer.Option(help="Split to estimate when --where is not given")
-    ] = "train",
-    limit: Annotated[int | None, typer.Option(help="At most this many problems this run")] = None,
-    beta: Annotated[float, typer.Option(help="KL strength beta (default 1/log(100000))")] = 1
-    / math.log(100000),
-    temperature: Annotated[
-        float,
-        typer.Option(
-            help="Sampling temperature; 1.0 samples pi_0 itself, which Q0 is defined under"
-        ),
-    ] = 1.0,
-    top_p: Annotated[
-        float, typer.Option("--top-p", help="Nucleus sampling; 1.0 samples pi_0 itself")
-    ] = 1.0,
-    max_new_tokens: Annotated[int, typer.Option(help="Response length bound")] = 256,
-    chunk_problems: Annotated[
-        int, typer.Option(help="Problems per commit (resume granularity)")
-    ] = 16,
-    seed: Annotated[int, typer.Option(help="Sampling seed")] = 0,
-    model: ModelOpt = None,
-    lake: LakeOpt = None,
-    backend: BackendOpt = "transformers",
-    workers: WorkersOpt = None,
-    include_unreliable: UnreliableOpt = False,
-    unsafe_no_sandbox: UnsafeOpt = False,
-) -> None:
+def _sampling_config(cls: type, kwargs: dict[str, Any]) -> Any:
+    """The command's config from its options (defaults included), validated (one line)."""
+    from spo_train.config import build, coerce, field_map, flag_of
+
+    fields = field_map(cls)
+    return build(cls, {k: coerce(cls, k, v, flag_of(fields[k])) for k, v in kwargs.items()})
+
+
+def _selection(lk: Any, cfg: Any) -> str:
+    """The problems predicate of --where / --split; a split with no problem is one error."""
+    from spo_store.lake import sql_quote
+
+    if cfg.where:
+        return cfg.where
+    if cfg.split is None:
+        raise SpoError("give --split or --where")
+    try:
+        from spo_store.selection import check_split
+    except ImportError:  # selection.py is new in this issue
+        pass
+    else:
+        check_split(lk, cfg.split, "--split")
+    return f"p.split = {sql_quote(cfg.split)}"
+
+
+def _estimate_q0(_explicit: dict[str, Any], **kwargs: Any) -> None:
     """Estimate Q0 of --model for each problem by sampling it and judging (resumable).
 
     Estimates are kept per (problem, model, sampler settings): another model or sampler gets
-    its own; a rerun with the same settings adds nothing; a larger --samples tops them up.
+    its own; a rerun with the same settings adds nothing; a larger --n (--samples) tops them
+    up.
     """
-    from spo_store.lake import sql_quote
+    from spo_train.config import EstimateQ0Config
+
+    cfg: EstimateQ0Config = _sampling_config(EstimateQ0Config, kwargs)
     from spo_train.q0 import estimate_q0, q0_sampler_key, q0_todo_predicate
     from spo_train.rollout import SamplerSettings, count_problems
 
-    if samples < 1:
-        raise SpoError("--samples must be at least 1")
-    if max_new_tokens < 1:
-        raise SpoError("--max-new-tokens must be at least 1")
-    lk = _open_lake_with_problems(lake)
-    gen, tok, model_id, tok_id = load_generator(model, backend)
-    predicate = where or f"p.split = {sql_quote(split)}"
-    settings = SamplerSettings(samples, temperature, top_p, max_new_tokens, seed)
+    samples = cfg.n
+    lk = _open_lake_with_problems(cfg.lake)
+    predicate = _selection(lk, cfg)
+    gen, tok, model_id, tok_id = load_generator(cfg.model, cfg.backend)
+    settings = SamplerSettings(samples, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed)
     todo = count_problems(
         lk,
-        q0_todo_predicate(predicate, samples, include_unreliable=include_unreliable),
+        q0_todo_predicate(predicate, samples, include_unreliable=cfg.include_unreliable),
         q0_of=(model_id, q0_sampler_key(settings)),
     )
-    todo = min(todo, limit) if limit is not None else todo
+    todo = min(todo, cfg.limit) if cfg.limit is not None else todo
     with progress() as bar:
         ptask = bar.add_task("problems", total=todo, rate="")
         stask = bar.add_task("samples", total=todo * samples, rate="")
@@ -191,16 +184,16 @@ def estimate_q0_cmd(
             tok,
             where=predicate,
             settings=settings,
-            beta=beta,
+            beta=cfg.beta,
             model_id=model_id,
             tokenizer_id=tok_id,
-            chunk_problems=chunk_problems,
-            limit=limit,
-            workers=workers,
-            include_unreliable=include_unreliable,
+            chunk_problems=cfg.chunk_problems,
+            limit=cfg.limit,
+            workers=cfg.workers,
+            include_unreliable=cfg.include_unreliable,
             on_problems=lambda n: bar.advance(ptask, n),
             on_samples=advance_with_rate(bar, stask, "samples"),
-            unsafe_no_sandbox=unsafe_no_sandbox,
+            unsafe_no_sandbox=cfg.unsafe_no_sandbox,
         )
     from spo_train.rollout import left_out_line
 
@@ -224,34 +217,25 @@ def estimate_q0_cmd(
         say(f"{len(report.no_estimate)} problems have no judged sample and no estimate: {shown}")
 
 
-def eval_cmd(
-    split: Annotated[str, typer.Option(help="Problem split")] = "test",
-    where: Annotated[
-        str | None, typer.Option(help="SQL predicate over problems (alias p) instead of --split")
-    ] = None,
-    n: Annotated[int, typer.Option("--n", help="Samples per problem")] = 20,
-    k: Annotated[str, typer.Option("--k", help="Comma-separated k values")] = "1,10",
-    temperature: Annotated[float, typer.Option(help="Sampling temperature")] = 0.4,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling")] = 0.95,
-    max_new_tokens: Annotated[int, typer.Option(help="Response length bound")] = 256,
-    limit: Annotated[int | None, typer.Option(help="Evaluate at most this many problems")] = None,
-    seed: Annotated[int, typer.Option(help="Sampling seed")] = 0,
-    json_out: Annotated[
+JsonOpt = inspect.Parameter(
+    "json_out",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=False,
+    annotation=Annotated[
         bool, typer.Option("--json", help="Print one JSON object as the last line")
-    ] = False,
-    model: ModelOpt = None,
-    lake: LakeOpt = None,
-    backend: BackendOpt = "transformers",
-    workers: WorkersOpt = None,
-    include_unreliable: UnreliableOpt = False,
-    unsafe_no_sandbox: UnsafeOpt = False,
-) -> None:
+    ],
+)
+
+
+def _eval(_explicit: dict[str, Any], *, json_out: bool = False, **kwargs: Any) -> None:
     """pass@k of a model on a split (or an SQL selection) of the lake's problems.
 
     Counts only judged samples (a sample the sandbox could not judge is reported, not scored);
     problems with a judge_issue are left out unless --include-unreliable.
     """
-    from spo_store.lake import sql_quote
+    from spo_train.config import EvalConfig
+
+    cfg: EvalConfig = _sampling_config(EvalConfig, kwargs)
     from spo_train.evaluate import eval_notes, evaluate
     from spo_train.rollout import (
         RELIABLE,
@@ -261,21 +245,18 @@ def eval_cmd(
         load_problems,
     )
 
-    ks = parse_ks(k)
-    bad = [x for x in ks if not 1 <= x <= n]
-    if bad:
-        raise SpoError(f"--k {k}: pass@k needs 1 <= k <= --n ({n})")
-    lk = _open_lake_with_problems(lake)
-    predicate = where or f"p.split = {sql_quote(split)}"
-    left_out = {} if include_unreliable else judge_issue_counts(lk, predicate)
-    reliable = "TRUE" if include_unreliable else RELIABLE
-    problems = load_problems(lk, f"({predicate}) AND {reliable}")[: limit or None]
+    n, ks, split, where = cfg.n, list(cfg.k), cfg.split, cfg.where
+    lk = _open_lake_with_problems(cfg.lake)
+    predicate = _selection(lk, cfg)
+    left_out = {} if cfg.include_unreliable else judge_issue_counts(lk, predicate)
+    reliable = "TRUE" if cfg.include_unreliable else RELIABLE
+    problems = load_problems(lk, f"({predicate}) AND {reliable}")[: cfg.limit or None]
     line = left_out_line(left_out, "eval")
     if not problems and left_out:
         raise SpoError(f"{line}, and no other problem matches: nothing to evaluate")
     if line:
         console.print(line, highlight=False)
-    gen, tok, model_id, tok_id = load_generator(model, backend)
+    gen, tok, model_id, tok_id = load_generator(cfg.model, cfg.backend)
     run_id = lk.start_run(
         "eval",
         {
@@ -283,11 +264,11 @@ def eval_cmd(
             "where": where,
             "n": n,
             "k": ks,
-            "temperature": temperature,
-            "top_p": top_p,
-            "limit": limit,
-            "seed": seed,
-            "include_unreliable": include_unreliable,
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "limit": cfg.limit,
+            "seed": cfg.seed,
+            "include_unreliable": cfg.include_unreliable,
         },
         model_id=model_id,
         tokenizer_id=tok_id,
@@ -301,18 +282,20 @@ def eval_cmd(
                 gen,
                 tok,
                 problems,
-                settings=SamplerSettings(n, temperature, top_p, max_new_tokens, seed),
+                settings=SamplerSettings(
+                    n, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed
+                ),
                 ks=ks,
                 run_id=run_id,
                 model_id=model_id,
                 tokenizer_id=tok_id,
                 split=None if where else split,
-                workers=workers,
+                workers=cfg.workers,
                 on_samples=advance_with_rate(bar, task, "samples"),
-                unsafe_no_sandbox=unsafe_no_sandbox,
+                unsafe_no_sandbox=cfg.unsafe_no_sandbox,
             )
-        except BaseException:
-            lk.end_run(run_id, "failed")
+        except BaseException as exc:
+            lk.end_run(run_id, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
             raise
     lk.end_run(run_id, "completed")
     table = Table(title=f"pass@k on {where or split} ({result['problems']} problems, n={n})")
@@ -328,134 +311,66 @@ def eval_cmd(
         sys.stdout.write(json.dumps({**result, "left_out": left_out, "run_id": run_id}) + "\n")
 
 
-def train_cmd(
-    mix: Annotated[
-        str, typer.Option(help="Mixture, e.g. online:0.5,offline:0.5")
-    ] = "online:0.5,offline:0.5",
-    loss: Annotated[
-        str,
+ConfigOpt = inspect.Parameter(
+    "config_file",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=None,
+    annotation=Annotated[
+        str | None,
         typer.Option(
-            help="terminal_ce | terminal_sq | reverse_q_ce | reverse_q_sq | advantage_bce"
-        ),
-    ] = "terminal_ce",
-    beta: Annotated[float, typer.Option(help="KL strength (default 1/log(100000))")] = 1
-    / math.log(100000),
-    ce_clip_eps: Annotated[
-        float | None,
-        typer.Option(
-            help="CE variants: clip Q/beta to <= -eps; bounds a failure's gradient ~1/eps "
-            "(default 0.1 for terminal_ce, 1e-6 for reverse_q_ce, whose per-token targets "
-            "above exp(-eps) a larger eps moves to 1; docs/losses.md)",
+            "--config",
+            metavar="FILE",
+            help="TOML file of settings (keys: the option names with _, e.g. learning_rate = "
+            "2e-4); flags given override it. A run's own output/config.toml reproduces it",
             show_default=False,
         ),
-    ] = None,
-    steps: Annotated[int, typer.Option(help="Optimizer steps")] = 100,
-    batch_size: Annotated[int, typer.Option(help="Trajectories per step")] = 32,
-    lr: Annotated[float, typer.Option(help="Learning rate")] = 1e-4,
-    model_update_interval: Annotated[
-        int, typer.Option(help="Steps between rollout-policy weight updates")
-    ] = 10,
-    staleness: Annotated[
-        int,
-        typer.Option(
-            help="Online data: policy versions at most this many steps older than the rollout "
-            "policy's version (not the trainer step)"
-        ),
-    ] = 10,
-    rollout_n: Annotated[int, typer.Option(help="Online samples per problem")] = 4,
-    eval_every: Annotated[
-        int,
-        typer.Option(help="Steps between extra evaluations (0: none; start and end always)"),
-    ] = 0,
-    eval_n: Annotated[int, typer.Option(help="Samples per problem in evaluation (paper: 20)")] = 20,
-    eval_k: Annotated[str, typer.Option(help="pass@k values, each <= --eval-n")] = "1,10",
-    eval_temperature: Annotated[float, typer.Option(help="Evaluation temperature")] = 0.4,
-    eval_top_p: Annotated[float, typer.Option(help="Evaluation top-p")] = 0.95,
-    eval_split: Annotated[str, typer.Option(help="Split evaluated")] = "valid",
-    eval_problems: Annotated[
-        int, typer.Option(help="Problems per evaluation (0: do not evaluate)")
-    ] = 100,
-    max_new_tokens: Annotated[int, typer.Option(help="Response length bound")] = 256,
-    q0_temperature: Annotated[
-        float, typer.Option(help="Sampler of the q0 estimates to use: temperature")
-    ] = 1.0,
-    q0_top_p: Annotated[
-        float, typer.Option(help="Sampler of the q0 estimates to use: top-p")
-    ] = 1.0,
-    q0_max_new_tokens: Annotated[
-        int | None,
-        typer.Option(
-            help="Sampler of the q0 estimates to use: length bound (default: --max-new-tokens)",
-            show_default=False,
-        ),
-    ] = None,
-    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints")] = 25,
-    output: Annotated[
-        str, typer.Option(help="Checkpoints, TensorBoard events, run summary")
-    ] = "runs/spo",
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from the last checkpoint in --output")
-    ] = False,
-    sources_file: Annotated[
-        str | None, typer.Option(help="TOML file with user mixture sources")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed")] = 0,
-    wandb: Annotated[
-        str,
-        typer.Option(
-            help="W&B logging: auto (offline under --output when wandb is installed), "
-            "offline, online, off"
-        ),
-    ] = "auto",
-    model: ModelOpt = None,
-    lake: LakeOpt = None,
-    workers: WorkersOpt = None,
-    include_unreliable: UnreliableOpt = False,
-    unsafe_no_sandbox: UnsafeOpt = False,
-) -> None:
+    ],
+)
+
+
+def resolve_train_config(explicit: dict[str, Any], config_file: str | None) -> Any:
+    """The TrainConfig of `spo train`: defaults < --config FILE < flags given; with --resume
+    the stored run's settings are the base, and a setting given that differs from them is
+    refused (one line naming each). Validated; nothing is loaded or written."""
+    from spo_train.config import (
+        TrainConfig,
+        build,
+        differing_settings,
+        read_toml,
+        refuse_differing,
+        stored_train_config,
+    )
+
+    given = {**(read_toml(TrainConfig, config_file) if config_file else {}), **explicit}
+    base: dict[str, Any] = {}
+    if given.get("resume"):
+        output = given.get("output", TrainConfig.output)
+        stored = stored_train_config(output) if Path(output).is_dir() else None
+        if stored is not None:
+            values, source = stored
+            diffs = differing_settings(values, given)
+            if diffs:
+                refuse_differing(output, source, diffs)
+            base = values
+    return build(TrainConfig, {**base, **given})
+
+
+def _train(explicit: dict[str, Any], *, config_file: str | None = None, **_: Any) -> None:
     """Train with SPO on a mixture of online rollouts and offline lake data.
 
     Uses the q0 estimates of --model under the q0 sampler settings (refuses, naming the
     `spo estimate-q0` command, without them); evaluates the policy at the start and the end.
+    Settings: flags, or --config FILE (TOML, same names); the run's config.toml in --output
+    reloads as is. docs/settings.md lists them with their TRL / verl names.
     """
-    from spo_train.trainer import TrainConfig, train
+    from spo_train.config import check_output_dir
 
-    config = TrainConfig(
-        model=model,
-        lake=lake,
-        output=output,
-        mix=mix,
-        sources_file=sources_file,
-        loss=loss,
-        beta=beta,
-        ce_clip_eps=ce_clip_eps,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        model_update_interval=model_update_interval,
-        staleness=staleness,
-        rollout_n=rollout_n,
-        eval_every=eval_every,
-        eval_n=eval_n,
-        eval_k=tuple(parse_ks(eval_k, "--eval-k")),
-        eval_temperature=eval_temperature,
-        eval_top_p=eval_top_p,
-        eval_split=eval_split,
-        eval_problems=eval_problems,
-        max_new_tokens=max_new_tokens,
-        q0_temperature=q0_temperature,
-        q0_top_p=q0_top_p,
-        q0_max_new_tokens=q0_max_new_tokens,
-        include_unreliable=include_unreliable,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        seed=seed,
-        wandb=wandb,
-        workers=workers,
-        unsafe_no_sandbox=unsafe_no_sandbox,
-    )
-    config.validate()  # bad settings fail before the lake or a model is touched
-    _open_lake_with_problems(lake)
+    config = resolve_train_config(explicit, config_file)
+    check_output_dir(config)  # another run's --output, or a resume that changes settings
+    from spo_train.trainer import train
+
+    _open_lake_with_problems(config.lake)
+    steps = config.steps
     # The bar starts with the first step, so a refusal (no q0, bad data) stays one line.
     bar = progress()
     task: Any = None
@@ -509,8 +424,16 @@ def demo_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add estimate-q0, train, eval and demo to the `spo` app."""
-    app.command("estimate-q0")(estimate_q0_cmd)
-    app.command("train")(train_cmd)
-    app.command("eval")(eval_cmd)
-    app.command("demo")(demo_cmd)
+    """Add estimate-q0, train, eval and demo to the `spo` app (options from spo_train.config)."""
+    from spo_train.config import (
+        EstimateQ0Config,
+        EvalConfig,
+        SpoCommand,
+        TrainConfig,
+        command_from,
+    )
+
+    app.command("estimate-q0", cls=SpoCommand)(command_from(EstimateQ0Config, _estimate_q0))
+    app.command("train", cls=SpoCommand)(command_from(TrainConfig, _train, extra=[ConfigOpt]))
+    app.command("eval", cls=SpoCommand)(command_from(EvalConfig, _eval, extra=[JsonOpt]))
+    app.command("demo", cls=SpoCommand)(demo_cmd)

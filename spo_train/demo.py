@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +20,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from spo_store.errors import SpoError
 from spo_store.lake import Lake, sql_quote
+from spo_train.config import DEFAULT_BETA
 from spo_train.defaults import ensure_problems
 from spo_train.evaluate import eval_notes, evaluate
 from spo_train.generation import TransformersGenerator
@@ -30,7 +33,7 @@ from spo_train.models import (
     resolve_model_path,
     tokenizer_identity,
 )
-from spo_train.q0 import DEFAULT_BETA, estimate_q0
+from spo_train.q0 import estimate_q0
 from spo_train.rollout import SamplerSettings, judge_issue_counts, left_out_line, load_problems
 from spo_train.trainer import TrainConfig, train
 
@@ -64,9 +67,47 @@ class DemoConfig:
     seed: int = 0
     unsafe_no_sandbox: bool = False
 
+    def train_config(self, lake_uri: str | None, model: str | None) -> TrainConfig:
+        """The settings of the demo's training run (checkpoints in output/train)."""
+        return TrainConfig(
+            model=model,
+            lake=lake_uri,
+            output=str(Path(self.output) / "train"),
+            mix=self.mix,
+            loss=self.loss,
+            beta=self.beta,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            learning_rate=self.lr,
+            model_update_interval=self.model_update_interval,
+            rollout_n=self.rollout_n,
+            max_new_tokens=self.max_new_tokens,
+            checkpoint_every=max(1, self.steps),
+            # The demo evaluates before and after itself (test split, one seed for both), so
+            # the training run's own start/end evaluation would only repeat that work.
+            eval_problems=0,
+            seed=self.seed,
+            unsafe_no_sandbox=self.unsafe_no_sandbox,
+        )
+
+    def validate(self) -> None:
+        """Every setting checked (one SpoError line) before the lake or a model is touched."""
+        for name in ("q0_problems", "q0_samples", "eval_problems", "eval_n"):
+            if getattr(self, name) < 1:
+                raise SpoError(f"demo {name.replace('_', '-')} must be at least 1")
+        out = Path(self.output)
+        if out.exists() and not out.is_dir():
+            raise SpoError(f"--output {self.output} is a file; give a directory")
+        self.train_config(self.lake, self.model).validate()
+
 
 def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, Any]:
-    """Run the demo; returns the summary (also written to output/summary.json)."""
+    """Run the demo; returns the summary (also written to output/summary.json).
+
+    A rerun in the same output replaces the previous demo's training run (output/train),
+    and says so. Raises SpoError for a bad setting before any work.
+    """
+    config.validate()
     console = console or Console(stderr=True)
     say = lambda msg: console.print(msg, highlight=False)  # noqa: E731
     t_start = time.perf_counter()
@@ -145,26 +186,12 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
 
     # 4. SPO training
     t0 = time.perf_counter()
-    train_cfg = TrainConfig(
-        model=str(pi0_path),
-        lake=lake.uri,
-        output=str(out),
-        mix=config.mix,
-        loss=config.loss,
-        beta=config.beta,
-        steps=config.steps,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        model_update_interval=config.model_update_interval,
-        rollout_n=config.rollout_n,
-        max_new_tokens=config.max_new_tokens,
-        checkpoint_every=config.steps,
-        # The demo evaluates before and after itself (test split, one seed for both), so the
-        # training run's own start/end evaluation would only repeat that work.
-        eval_problems=0,
-        seed=config.seed,
-        unsafe_no_sandbox=config.unsafe_no_sandbox,
-    )
+    train_cfg = config.train_config(lake.uri, str(pi0_path))
+    train_dir = Path(train_cfg.output)
+    if train_dir.exists():
+        # The demo owns output/train: a rerun is a new demo, not a resume of the last one.
+        say(f"replacing the previous demo's training run in {train_dir}")
+        shutil.rmtree(train_dir)
     with console.status("training SPO") as status:
         result = train(
             train_cfg,
@@ -177,7 +204,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
     timings["train_s"] = time.perf_counter() - t0
 
     # 5. the trained policy on the same problems with the same seed
-    trained, _ = load_model_and_tokenizer(out / (out / "latest").read_text().strip())
+    trained, _ = load_model_and_tokenizer(train_dir / (train_dir / "latest").read_text().strip())
     t0 = time.perf_counter()
     with console.status("evaluating the trained policy on the test split"):
         after = evaluate(

@@ -46,6 +46,15 @@ from spo_store.maintenance import maybe_compact
 from spo_store.mixture import MixtureSampler, load_sources
 from spo_store.q0_estimates import sampler_key
 from spo_train.batch import ReferenceCache, pad_right
+from spo_train.config import (  # noqa: F401 - LOSS_VARIANTS, WANDB_MODES: re-exported
+    LOSS_VARIANTS,
+    WANDB_MODES,
+    TrainConfig,
+    as_saved,
+    check_output_dir,
+    dump_toml,
+    stored_train_config,
+)
 from spo_train.evaluate import eval_notes, evaluate
 from spo_train.generation import TransformersGenerator
 from spo_train.logprobs import response_logprobs
@@ -56,7 +65,7 @@ from spo_train.models import (
     resolve_model_path,
     tokenizer_identity,
 )
-from spo_train.q0 import DEFAULT_BETA, q0_value
+from spo_train.q0 import q0_value
 from spo_train.rollout import (
     RELIABLE,
     SamplerSettings,
@@ -68,155 +77,9 @@ from spo_train.rollout import (
     split_predicate,
 )
 
-WANDB_MODES = ("auto", "offline", "online", "off")
-LOSS_VARIANTS = ("terminal_ce", "terminal_sq", "reverse_q_ce", "reverse_q_sq", "advantage_bce")
+# The settings live in spo_train.config (one definition: CLI options, config.toml, checks).
 # CE clip margin per variant when --ce-clip-eps is not given (see TrainConfig.ce_clip_eps).
 DEFAULT_CE_CLIP_EPS = {"terminal_ce": 0.1, "reverse_q_ce": 1e-6}
-
-
-@dataclass
-class TrainConfig:
-    """Every hyper-parameter of `spo train`, with its meaning."""
-
-    model: str | None = None
-    """pi_0: a Hugging Face model directory (default: the embedded tiny model). Also the init."""
-    lake: str | None = None
-    """lake URI (default: $SPO_LAKE, else ./spo-lake)"""
-    output: str = "runs/spo"
-    """directory for checkpoints, TensorBoard events and the run summary"""
-    mix: str = "online:0.5,offline:0.5"
-    """training mixture: sources and weights (see spo_store.mixture)"""
-    sources_file: str | None = None
-    """TOML file adding user mixture sources"""
-    loss: str = "terminal_ce"
-    """SPO variant: terminal_ce (paper's main), terminal_sq, reverse_q_ce, reverse_q_sq, advantage_bce"""
-    beta: float = DEFAULT_BETA
-    """KL strength; default 1/log(100000), so a failure is 1e5 times less likely under pi*"""
-    ce_clip_eps: float | None = None
-    """cross-entropy variants clip the predicted Q/beta to <= -eps in the forward pass
-    (straight-through gradient). None: 0.1 for terminal_ce, the paper's 1e-6 for reverse_q_ce.
-
-    Where the clip is harmless: a CE term with target probability x has its optimum at
-    log x when log x < -eps; for x > exp(-eps) the clipped straight-through gradient has no zero
-    below 0 and its fixed point moves to Q/beta = 0 (probability 1). terminal_ce's targets are
-    1 (success: any Q_T >= 0 is optimal, the clip never acts on it) and exp(-1/beta) (failure:
-    optimum -1/beta, far below -eps while eps < 1/beta, which `validate` checks), so there the
-    clip only bounds a failure's push-back near 0 (about 1/eps: with 1e-6, one failure on a
-    problem with q0 near 0 gave a 5e6 gradient norm that owned the whole clipped step). The
-    per-token reverse-Q targets of reverse_q_ce (and Monte-Carlo targets) take any value, and
-    targets above exp(-eps) (0.905 for eps 0.1) are common near the end of successes: there a
-    large eps moves the optimum, so reverse_q_ce keeps 1e-6 unless told otherwise, and the
-    trainer says so when a larger eps is given. docs/losses.md has the derivation."""
-    steps: int = 100
-    """optimizer steps"""
-    batch_size: int = 32
-    """trajectories per step"""
-    lr: float = 1e-4
-    """Adam learning rate"""
-    weight_decay: float = 0.0
-    """AdamW weight decay"""
-    max_grad_norm: float = 1.0
-    """gradient clipping norm"""
-    warmup_steps: int = 5
-    """linear learning-rate warm-up"""
-    model_update_interval: int = 10
-    """steps between rollout-policy weight updates (paper: 10 for SPO, 1 for PPO)"""
-    staleness: int = 10
-    """online = this run's rollouts whose policy version v satisfies R - staleness <= v <= R,
-    where R is the *rollout policy's* version (the step at which it last took the trainer's
-    weights), not the current trainer step. With model_update_interval M, a step s has
-    R = M * floor(s / M), so an online row can be up to staleness + M - 1 trainer steps older
-    than the weights being trained (the paper's workers are stale the same way)"""
-    rollout_n: int = 4
-    """samples per problem in an online rollout"""
-    rollout_temperature: tuple[float, float] = (0.1, 0.8)
-    """per-sample temperature range of online rollouts (paper: U(0.1, 0.8))"""
-    top_p: float = 0.95
-    """nucleus sampling of online rollouts (paper: 0.95; evaluation has eval_top_p)"""
-    max_new_tokens: int = 256
-    """response length bound (rollouts and evaluation)"""
-    q0_temperature: float = 1.0
-    """sampler of the q0 estimates to train against: temperature (estimate-q0's default; q0 is
-    defined under pi_0 itself)"""
-    q0_top_p: float = 1.0
-    """sampler of the q0 estimates to train against: top-p"""
-    q0_max_new_tokens: int | None = None
-    """sampler of the q0 estimates to train against: length bound (None: max_new_tokens)"""
-    include_unreliable: bool = False
-    """keep problems with a judge_issue in the mixture, the rollouts and evaluation"""
-    train_split: str = "train"
-    """split the mixture and the rollouts draw problems from"""
-    eval_split: str = "valid"
-    """split evaluated every `eval_every` steps"""
-    eval_every: int = 0
-    """steps between extra evaluations (0: none); the start (step 0) and the end are always
-    evaluated"""
-    eval_n: int = 20
-    """samples per problem for evaluation (paper: 20)"""
-    eval_k: tuple[int, ...] = (1, 10)
-    """pass@k reported (each k <= eval_n)"""
-    eval_problems: int | None = 100
-    """evaluate on at most this many problems of the split (None: all; 0: no evaluation)"""
-    eval_temperature: float = 0.4
-    """evaluation temperature (paper: 0.4)"""
-    eval_top_p: float = 0.95
-    """evaluation top-p (paper: 0.95)"""
-    checkpoint_every: int = 25
-    """steps between checkpoints (and at the end)"""
-    micro_batch_size: int | None = None
-    """rows per forward chunk (bounds logits memory)"""
-    seed: int = 0
-    """seeds data order, rollouts and init"""
-    workers: int | None = None
-    """judge processes (default: all cores)"""
-    device: str = "cpu"
-    """torch device"""
-    resume: bool = False
-    """continue from the last checkpoint in `output`"""
-    tensorboard: bool = True
-    """write TensorBoard event files under output/tb"""
-    wandb: str = "auto"
-    """Weights & Biases: auto (offline files under output/wandb when wandb is installed), offline,
-    online, or off"""
-    unsafe_no_sandbox: bool = False
-    """run judged programs without bubblewrap"""
-
-    def validate(self) -> None:
-        if self.loss not in LOSS_VARIANTS:
-            raise SpoError(f"--loss {self.loss!r}: choose one of {', '.join(LOSS_VARIANTS)}")
-        for name in (
-            "steps",
-            "batch_size",
-            "model_update_interval",
-            "rollout_n",
-            "max_new_tokens",
-            "eval_n",
-        ):
-            if getattr(self, name) < 1:
-                raise SpoError(f"--{name.replace('_', '-')} must be at least 1")
-        if not (self.beta > 0 and math.isfinite(self.beta)):
-            raise SpoError("--beta must be a positive number")
-        if not (self.lr > 0):
-            raise SpoError("--lr must be positive")
-        if self.ce_clip_eps is not None and not (0 < self.ce_clip_eps < 1 / self.beta):
-            # at eps >= 1/beta the clip moves even terminal_ce's failure optimum (-1/beta)
-            raise SpoError(
-                f"--ce-clip-eps must be in (0, 1/beta = {1 / self.beta:.4g}), got {self.ce_clip_eps}"
-            )
-        if self.q0_max_new_tokens is not None and self.q0_max_new_tokens < 1:
-            raise SpoError("--q0-max-new-tokens must be at least 1")
-        if self.eval_problems is not None and self.eval_problems < 0:
-            raise SpoError("--eval-problems must be >= 0 (0: no evaluation)")
-        if self.eval_every < 0:
-            raise SpoError("--eval-every must be >= 0")
-        bad = [k for k in self.eval_k if not 1 <= k <= self.eval_n]
-        if not self.eval_k or bad:
-            raise SpoError(
-                f"--eval-k {','.join(map(str, self.eval_k))}: pass@k needs 1 <= k <= --eval-n "
-                f"({self.eval_n}); raise --eval-n or lower k"
-            )
-        if self.wandb not in WANDB_MODES:
-            raise SpoError(f"--wandb {self.wandb!r}: choose one of {', '.join(WANDB_MODES)}")
 
 
 @dataclass
@@ -352,6 +215,94 @@ def _save_checkpoint(
     return final
 
 
+def _prune_checkpoints(output: Path, keep: int | None) -> list[str]:
+    """Delete all but the newest `keep` checkpoint directories (never the latest one)."""
+    if keep is None:
+        return []
+    latest = (output / "latest").read_text().strip() if (output / "latest").exists() else None
+    ckpts = sorted(p for p in output.glob("checkpoint-*") if p.is_dir())
+    removed = []
+    for old in ckpts[: max(0, len(ckpts) - keep)]:
+        if old.name != latest:
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old.name)
+    return removed
+
+
+def _check_split(lake: Lake, split: str, option: str) -> None:
+    """A split with no problem (a typo included) is one error naming the splits present."""
+    try:
+        from spo_store.selection import check_split
+    except ImportError:  # pragma: no cover - selection.py is new in this issue
+        return
+    check_split(lake, split, option)
+
+
+def _splits_present_suffix(lake: Lake) -> str:
+    try:
+        from spo_store.selection import describe_splits, splits_present
+    except ImportError:  # pragma: no cover
+        return ""
+    return f" (splits present: {describe_splits(splits_present(lake))})"
+
+
+def _write_config(
+    output: Path, config: TrainConfig, run_id: str, say: Callable[[str], None]
+) -> None:
+    """Write output/config.toml (reloadable: `spo train --config output/config.toml`) and
+    run.json. On resume the stored settings equal these except operational ones (workers,
+    wandb, ...) and `steps`, which a resume may raise: that change is said, never silent."""
+    stored = stored_train_config(output)
+    if stored is not None and stored[0].get("steps", config.steps) != config.steps:
+        say(
+            f"--steps {config.steps}: the run continues to step {config.steps} "
+            f"(started with {stored[0]['steps']}); config.toml updated"
+        )
+    header = (
+        f"spo train settings of run {run_id}; `spo train --config {output / 'config.toml'}` "
+        "reproduces them\n(add --resume to continue this run, or give another --output)"
+    )
+    tmp = output / ".config.toml.tmp"
+    tmp.write_text(dump_toml(config, header), encoding="utf-8")
+    tmp.replace(output / "config.toml")
+    (output / "run.json").write_text(
+        json.dumps({"run_id": run_id, "config": as_saved(config)}, indent=2, default=str)
+    )
+
+
+def _drop_after(lake: Lake, run_id: str, step: int) -> int:
+    """Delete this run's metrics and batches logged for steps the resume runs again.
+
+    Training metrics and batches of step >= `step`, evaluations of step > `step` (the
+    evaluation at `step` ran before its checkpoint was written and is kept). Returns the
+    number of rows deleted.
+    """
+    rid = sql_quote(run_id)
+    where_metrics = (
+        f"run_id = {rid} AND ((step >= {step} AND name NOT LIKE 'eval/%') OR step > {step})"
+    )
+    n = 0
+    for table, where in (
+        ("metrics", where_metrics),
+        ("batches", f"run_id = {rid} AND step >= {step}"),
+    ):
+        found = int(lake.sql_arrow(f"SELECT count(*) FROM {table} WHERE {where}")[0][0].as_py())
+        if found:
+            lake.delete_rows(table, where)
+            n += found
+    return n
+
+
+def _relog_evals(lake: Lake, writer: Any, run_id: str, step: int) -> None:
+    """purge_step also hides the kept evaluation at the resume step: write it again."""
+    rows = lake.sql_arrow(
+        f"SELECT name, value FROM metrics WHERE run_id = {sql_quote(run_id)} AND step = {step} "
+        "AND name LIKE 'eval/%pass@%'"
+    ).to_pylist()
+    for r in rows:
+        writer.add_scalar(r["name"], r["value"], step)
+
+
 def _start_wandb(config: TrainConfig, run_id: str, output: Path) -> Any:
     """A W&B run (offline by default: files under output/wandb, `wandb sync` uploads them)."""
     if config.wandb == "off":
@@ -385,12 +336,13 @@ def train(
 ) -> TrainResult:
     """Run SPO training as configured; see the module docstring for the loop."""
     config.validate()
+    check_output_dir(config)  # another run's output, or a resume that changes settings
     say = on_event or (lambda _msg: None)
     output = Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
     lake = Lake.open(config.lake)
     pi0_path = resolve_model_path(config.model)
     sources = load_sources(config.sources_file)
+    _check_split(lake, config.train_split, "--train-split")
 
     # --- problems with q0 of this pi_0 and q0 sampler on the training split (SPO needs q0)
     ref_model_id = model_identity(pi0_path)
@@ -448,6 +400,7 @@ def train(
             raise SpoError(
                 f"no {config.eval_split!r} problems to evaluate on in lake {lake.uri}: choose "
                 "another --eval-split, or --eval-problems 0 to train without evaluation"
+                + _splits_present_suffix(lake)
             )
     else:
         say("--eval-problems 0: the trainer does not evaluate this run")
@@ -457,6 +410,7 @@ def train(
     ref_model, tokenizer = load_model_and_tokenizer(pi0_path, device=config.device)
     ref_model.eval().requires_grad_(False)
     tokenizer_id = tokenizer_identity(tokenizer)
+    output.mkdir(parents=True, exist_ok=True)
     ckpt = _latest_checkpoint(output) if config.resume else None
     if config.resume and ckpt is None:
         say(f"no checkpoint in {output}: starting fresh")
@@ -464,7 +418,7 @@ def train(
     # Dropout stays off: the loss forward is deterministic (see `policy_logprobs`).
     policy.eval()
     optimizer = torch.optim.AdamW(
-        policy.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        policy.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     start_step = 0
     if ckpt is not None:
@@ -475,13 +429,16 @@ def train(
         random.setstate(state["python_rng"])
         start_step, run_id = state["step"], state["run_id"]
         say(f"resumed run {run_id} from {ckpt.name} (step {start_step})")
+        # Steps after the checkpoint ran before the crash and run again now: drop what they
+        # logged, so each (run, step, name) holds one value.
+        dropped = _drop_after(lake, run_id, start_step)
+        if dropped:
+            say(f"dropped {dropped} metric and batch rows of steps >= {start_step} logged before")
     else:
         run_id = lake.start_run(
             "train", dataclasses.asdict(config), model_id=ref_model_id, tokenizer_id=tokenizer_id
         )
-    (output / "run.json").write_text(
-        json.dumps({"run_id": run_id, "config": dataclasses.asdict(config)}, indent=2, default=str)
-    )
+    _write_config(output, config, run_id, say)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps))
     )
@@ -519,7 +476,13 @@ def train(
     if config.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(log_dir=str(output / "tb"))
+        # purge_step: TensorBoard hides events of steps >= the resume step from earlier
+        # files (the killed run's steps after its checkpoint), as the lake rows are dropped.
+        tb_dir = output / "tb"
+        purge = start_step if (ckpt is not None or tb_dir.exists()) else None
+        writer = SummaryWriter(log_dir=str(tb_dir), purge_step=purge)
+        if ckpt is not None:
+            _relog_evals(lake, writer, run_id, start_step)
     wandb_run = _start_wandb(config, run_id, output)
     # Steps already evaluated by this run (a resumed run never repeats step 0 or the end).
     evaluated: set[int] = set()
@@ -606,7 +569,7 @@ def train(
                 settings = SamplerSettings(
                     config.rollout_n,
                     tuple(config.rollout_temperature),
-                    config.top_p,
+                    config.rollout_top_p,
                     config.max_new_tokens,
                     seed=config.seed * 100003 + step,
                 )
@@ -731,6 +694,7 @@ def train(
                         "config": dataclasses.asdict(config),
                     },
                 )
+                _prune_checkpoints(output, config.keep_checkpoints)
                 maybe_compact(lake)
         # The policy it ends with, always (after its checkpoint, so a kill here loses no
         # training; a resumed run evaluates it if this did not finish).

@@ -329,9 +329,17 @@ def test_train_survives_kill9_and_resumes(small_lake, tiny_model, tmp_path):
         "1,2",
     ]
     proc = _spo_in_background(args, cwd=tmp_path)
+
+    def logged_after_checkpoint() -> bool:
+        # Kill after a step past the first checkpoint was logged: the resume runs it again.
+        if not (out / "latest").exists():
+            return False
+        sql = "SELECT count(*) AS n FROM metrics WHERE name = 'train/loss' AND step >= 2"
+        return Lake.open(small_lake.uri, create=False).sql(sql)["n"][0] > 0
+
     deadline = time.time() + 300
-    while time.time() < deadline and not (out / "latest").exists():
-        time.sleep(0.2)
+    while time.time() < deadline and not logged_after_checkpoint():
+        time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert (out / "latest").exists(), "no checkpoint before the deadline"
@@ -348,6 +356,12 @@ def test_train_survives_kill9_and_resumes(small_lake, tiny_model, tmp_path):
         )["step"]
     )
     assert steps == set(range(6))
+    # Steps logged after the last checkpoint and run again after the resume count once.
+    for table, keys in (("metrics", "run_id, step, name"), ("batches", "run_id, step")):
+        dup = small_lake.sql(
+            f"SELECT {keys}, count(*) AS n FROM {table} GROUP BY {keys} HAVING count(*) > 1"
+        )
+        assert dup.height == 0, (table, dup)
     assert (
         small_lake.sql(f"SELECT status FROM runs WHERE run_id = '{run_id}'")["status"][0]
         == "completed"
@@ -364,6 +378,7 @@ def test_train_survives_kill9_and_resumes(small_lake, tiny_model, tmp_path):
     for b in batches:
         offline = [t for t, s in zip(b["traj_ids"], b["sources"], strict=True) if s == "offline"]
         by_step.setdefault(b["step"], []).append(offline)
+    assert sorted(by_step) == list(range(6))
     for repeats in by_step.values():
         assert all(x == repeats[0] for x in repeats)
     # Evaluated once at the start (the resume did not repeat step 0) and once at the end.

@@ -1,0 +1,742 @@
+"""One definition of every setting: dataclass fields -> CLI options, TOML files, validation.
+
+`TrainConfig` (and the configs of `spo estimate-q0` and `spo eval`) are plain dataclasses. Each
+field carries, in one place:
+- its type and default (the dataclass field),
+- its help: the attribute docstring under the field (read from this module's source),
+- its CLI flag (`--field-name`, or `flag=`), aliases kept for old names, a short flag,
+- its check (`check=`), run by `validate_fields` before any heavy work starts.
+
+`typer_parameters(cls)` turns the fields into typer options, `load_toml` / `dump_toml` read and
+write the same fields as a flat TOML file (the run's `config.toml`), so the CLI, the config
+file and the saved config can never drift. Names follow TRL / verl where one exists
+(`learning_rate`, `warmup_steps`, `max_grad_norm`, `weight_decay`; verl's `rollout.n`,
+`rollout.temperature`, `rollout.top_p` as `rollout_n`, `rollout_temperature`,
+`rollout_top_p`); docs/settings.md has the table. No torch here: the CLI validates before it
+imports the trainer.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import functools
+import inspect
+import json
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperCommand
+
+from spo_store.errors import SpoError
+
+DEFAULT_BETA = 1 / math.log(100000)
+"""beta = 1/log(1e5): a failure is 1e5 times less likely under pi* than under pi_0 (the paper)."""
+BETA_SHOWN = "1/log(100000) ≈ 0.0869"
+WANDB_MODES = ("auto", "offline", "online", "off")
+LOSS_VARIANTS = ("terminal_ce", "terminal_sq", "reverse_q_ce", "reverse_q_sq", "advantage_bce")
+
+Check = Callable[[Any], str | None]  # value -> what is wrong with it (None: fine)
+
+
+# ----------------------------------------------------------------------------- checks
+def at_least(low: int | float) -> Check:
+    return lambda v: None if v >= low else f"must be at least {low}"
+
+
+def positive_finite(v: float) -> str | None:
+    return None if v > 0 and math.isfinite(v) else "must be a positive finite number"
+
+
+def nonnegative_finite(v: float) -> str | None:
+    return None if v >= 0 and math.isfinite(v) else "must be a finite number >= 0"
+
+
+def temperature_check(v: float) -> str | None:
+    # 0 would divide the logits by zero; above 10 the sampler is uniform noise.
+    return None if 0 < v <= 10 and math.isfinite(v) else "must be in (0, 10]"
+
+
+def top_p_check(v: float) -> str | None:
+    return None if 0 < v <= 1 else "must be in (0, 1]"
+
+
+def temperature_range_check(v: tuple[float, float]) -> str | None:
+    if len(v) != 2 or any(temperature_check(t) for t in v) or v[0] > v[1]:
+        return "must be LOW,HIGH with 0 < LOW <= HIGH <= 10"
+    return None
+
+
+def one_of(*choices: str) -> Check:
+    return lambda v: None if v in choices else f"choose one of {', '.join(choices)}"
+
+
+def ks_check(v: tuple[int, ...]) -> str | None:
+    return None if v and all(k >= 1 for k in v) else "expected k values >= 1 such as 1,10"
+
+
+# ----------------------------------------------------------------------------- parsers
+def parse_ints(text: str | list | tuple) -> tuple[int, ...]:
+    """`"1,10"` (or [1, 10]) -> (1, 10); ValueError on anything else."""
+    items = text if isinstance(text, list | tuple) else [x for x in str(text).split(",")]
+    out = []
+    for x in items:
+        if isinstance(x, bool) or (isinstance(x, float) and not x.is_integer()):
+            raise ValueError(x)
+        if isinstance(x, str) and not x.strip():
+            continue
+        out.append(int(x))
+    return tuple(out)
+
+
+def parse_floats(text: str | list | tuple) -> tuple[float, ...]:
+    """`"0.1,0.8"` (or [0.1, 0.8]; one value means LOW = HIGH) -> (0.1, 0.8)."""
+    items = text if isinstance(text, list | tuple) else str(text).split(",")
+    vals = tuple(float(x) for x in items if not (isinstance(x, str) and not x.strip()))
+    return vals * 2 if len(vals) == 1 else vals
+
+
+def setting(
+    default: Any,
+    *,
+    flag: str | None = None,
+    aliases: tuple[str, ...] = (),
+    short: str | None = None,
+    check: Check | None = None,
+    parse: Callable[[Any], Any] | None = None,
+    metavar: str | None = None,
+    show_default: str | bool | None = None,
+    cli: bool = True,
+    saved: bool = True,
+    resumable_change: bool = False,
+) -> Any:
+    """A dataclass field with its CLI and check metadata.
+
+    `flag`: the CLI name (default `--<field-name>`); `aliases`: old names still accepted;
+    `parse`: text (CLI) or TOML value -> field value (tuples); `cli=False`: Python API only;
+    `saved=False`: not written to config.toml (an action, such as `resume`);
+    `resumable_change`: may differ from the stored config on `--resume` (operational).
+    """
+    meta = {
+        "flag": flag,
+        "aliases": aliases,
+        "short": short,
+        "check": check,
+        "parse": parse,
+        "metavar": metavar,
+        "show_default": show_default,
+        "cli": cli,
+        "saved": saved,
+        "resumable_change": resumable_change,
+    }
+    return field(default=default, metadata=meta)
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def field_map(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of `cls` (the string literal under each field), by field name."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(inspect.getsource(klass))
+        except (OSError, TypeError):  # no source (frozen app): help falls back to the name
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:], strict=False):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = inspect.cleandoc(nxt.value.value)
+    return docs
+
+
+def help_of(cls: type, name: str) -> str:
+    """The CLI help of a field: the first paragraph of its docstring, on one line."""
+    doc = field_docs(cls).get(name, name.replace("_", " "))
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+# ----------------------------------------------------------------------------- values
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """(the non-None type, whether None is allowed) of a field annotation."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing) | {"tuple": tuple})  # noqa: S307 - own source
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return annotation, False
+
+
+@functools.cache
+def _types(cls: type) -> dict[str, tuple[Any, bool]]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: _base_type(hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def coerce(cls: type, name: str, value: Any, where: str) -> Any:
+    """A CLI or TOML value as the field's type; SpoError naming `where` when it is not one."""
+    f = field_map(cls)[name]
+    base, optional = _types(cls)[name]
+    if value is None:
+        if optional:
+            return None
+        raise SpoError(f"{where}: a value is required")
+    try:
+        if f.metadata.get("parse"):
+            return f.metadata["parse"](value)
+        if base is bool:
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if base is int:
+            if isinstance(value, bool) or not float(value).is_integer():
+                raise ValueError
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    kind = {
+        parse_ints: "comma-separated integers such as 1,10",
+        parse_floats: "numbers such as 0.1,0.8",
+    }.get(f.metadata.get("parse"), getattr(base, "__name__", str(base)))
+    raise SpoError(f"{where}: expected {kind}, got {value!r}")
+
+
+def validate_fields(obj: Any) -> None:
+    """Run every field's check; the first failure is one SpoError naming the flag and value."""
+    for f in dataclasses.fields(obj):
+        check = f.metadata.get("check")
+        value = getattr(obj, f.name)
+        if check is None or value is None:
+            continue
+        problem = check(value)
+        if problem:
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            names = "/".join([flag_of(f), *f.metadata.get("aliases", ())])
+            raise SpoError(f"{names} {shown}: {problem}")
+
+
+def as_saved(obj: Any) -> dict[str, Any]:
+    """The settings written to config.toml (tuples as lists, None left out)."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        if not f.metadata.get("saved", True):
+            continue
+        v = getattr(obj, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("nan" if v != v else ("inf" if v > 0 else "-inf"))
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)  # a TOML basic string
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"no TOML form for {v!r}")
+
+
+def dump_toml(obj: Any, header: str = "") -> str:
+    """`obj`'s settings as flat TOML (`name = value`; unset optional settings as comments)."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    for name, value in as_saved(obj).items():
+        if value is None:
+            lines.append(f"# {name} = (not set: {help_of(type(obj), name)})")
+        else:
+            lines.append(f"{name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def read_toml(cls: type, path: str | Path) -> dict[str, Any]:
+    """Settings of `cls` from a flat TOML file, coerced to the field types.
+
+    Raises SpoError (one line naming the file) for a missing or unreadable file, a key that
+    is not a setting (with the closest name), or a value of the wrong type.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SpoError(f"--config {path}: no such file")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SpoError(f"--config {path}: not valid TOML ({exc})") from None
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("saved", True)}
+    out = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SpoError(f"--config {path}: {key!r} is not a setting{hint}")
+        out[key] = coerce(cls, key, value, f"--config {path}: {key}")
+    return out
+
+
+# ----------------------------------------------------------------------------- CLI
+class SpoCommand(TyperCommand):
+    """A typer command whose help shows no `<bool>` after switches (they take no value)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        for p in params:
+            if getattr(p, "is_flag", False) and p.metavar is None:
+                p.metavar = ""
+        return params
+
+
+def _cli_type(cls: type, name: str) -> Any:
+    f = field_map(cls)[name]
+    base, optional = _types(cls)[name]
+    if f.metadata.get("parse"):
+        base = str
+    return base | None if optional else base
+
+
+def _cli_default(f: dataclasses.Field) -> Any:
+    d = f.default
+    if f.metadata.get("parse") and isinstance(d, tuple):
+        return ",".join(map(str, d))
+    return d
+
+
+def typer_parameters(cls: type, *, skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
+    """One typer option per CLI field of `cls`, named by `flag_of`, help from its docstring."""
+    params = []
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("cli", True) or f.name in skip:
+            continue
+        base, _ = _types(cls)[f.name]
+        flag = flag_of(f)
+        names = [flag, *f.metadata.get("aliases", ())]
+        if f.metadata.get("short"):
+            names.append(f.metadata["short"])
+        show = f.metadata.get("show_default")
+        if base is bool:
+            decl = names if f.default is False else [f"{flag}/--no-{flag[2:]}"]
+            opt = typer.Option(*decl, help=help_of(cls, f.name), show_default=False)
+            ann: Any = Annotated[bool, opt]
+        else:
+            opt = typer.Option(
+                *names,
+                help=help_of(cls, f.name),
+                show_default=(f.default is not None) if show is None else show,
+                metavar=f.metadata.get("metavar"),
+            )
+            ann = Annotated[_cli_type(cls, f.name), opt]
+        params.append(
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=_cli_default(f), annotation=ann
+            )
+        )
+    return params
+
+
+def explicit_values(cls: type, ctx: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings the user gave on the command line, coerced to the field types."""
+    from typer._click.core import ParameterSource
+
+    fields = field_map(cls)
+    return {
+        k: coerce(cls, k, v, flag_of(fields[k]))
+        for k, v in kwargs.items()
+        if k in fields
+        and ctx.get_parameter_source(k)
+        in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    }
+
+
+def command_from(
+    cls: type,
+    body: Callable[..., None],
+    *,
+    extra: list[inspect.Parameter] = (),  # type: ignore[assignment]
+    skip: tuple[str, ...] = (),
+) -> Callable[..., None]:
+    """A typer command function with `cls`'s options plus `extra`.
+
+    It calls `body(explicit, **kwargs)`: `explicit` holds the settings of `cls` given on the
+    command line (coerced), `kwargs` every option's value (extras included).
+    """
+
+    def command(ctx: typer.Context, **kwargs: Any) -> None:
+        body(explicit_values(cls, ctx, kwargs), **kwargs)
+
+    ctx_param = inspect.Parameter(
+        "ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context
+    )
+    params = [*typer_parameters(cls, skip=skip), *extra]
+    command.__signature__ = inspect.Signature([ctx_param, *params])  # type: ignore[attr-defined]
+    command.__annotations__ = {"ctx": typer.Context} | {p.name: p.annotation for p in params}
+    command.__doc__ = body.__doc__
+    command.__name__ = body.__name__
+    return command
+
+
+def build(cls: type, values: Mapping[str, Any]) -> Any:
+    """`cls(**values)` after a validation of every field (the one-line SpoError of the first)."""
+    obj = cls(**values)
+    obj.validate()
+    return obj
+
+
+# ----------------------------------------------------------------------------- configs
+@dataclass
+class TrainConfig:
+    """Every hyper-parameter of `spo train`, with its meaning (the CLI and config.toml are
+    generated from these fields: see `spo_train.config`)."""
+
+    model: str | None = setting(None, metavar="DIR")
+    """pi_0: a Hugging Face model directory (default: the embedded tiny model); also the init"""
+    lake: str | None = setting(None, metavar="URI")
+    """lake URI (default: $SPO_LAKE, else ./spo-lake)"""
+    output: str = setting("runs/spo", metavar="DIR")
+    """directory for checkpoints, TensorBoard events, config.toml and run.json"""
+    mix: str = setting("online:0.5,offline:0.5")
+    """training mixture: sources and weights, e.g. online:0.5,offline:0.5 (spo_store.mixture)"""
+    sources_file: str | None = setting(None, metavar="FILE")
+    """TOML file adding user mixture sources"""
+    loss: str = setting("terminal_ce", check=one_of(*LOSS_VARIANTS))
+    """SPO variant: terminal_ce (the paper's main), terminal_sq, reverse_q_ce, reverse_q_sq,
+    advantage_bce (docs/losses.md)"""
+    beta: float = setting(DEFAULT_BETA, check=positive_finite, show_default=BETA_SHOWN)
+    """KL strength beta; the default 1/log(100000) makes a failure 1e5 times less likely under
+    pi* than under pi_0"""
+    ce_clip_eps: float | None = setting(None, check=positive_finite)
+    """cross-entropy variants clip the predicted Q/beta to <= -eps (straight-through); bounds a
+    failure's gradient to about 1/eps. Not set: 0.1 for terminal_ce, the paper's 1e-6 for
+    reverse_q_ce (docs/losses.md)
+
+    Where the clip is harmless: a CE term with target probability x has its optimum at
+    log x when log x < -eps; for x > exp(-eps) the clipped straight-through gradient has no zero
+    below 0 and its fixed point moves to Q/beta = 0 (probability 1). terminal_ce's targets are
+    1 (success: any Q_T >= 0 is optimal, the clip never acts on it) and exp(-1/beta) (failure:
+    optimum -1/beta, far below -eps while eps < 1/beta, which `validate` checks), so there the
+    clip only bounds a failure's push-back near 0 (about 1/eps: with 1e-6, one failure on a
+    problem with q0 near 0 gave a 5e6 gradient norm that owned the whole clipped step). The
+    per-token reverse-Q targets of reverse_q_ce (and Monte-Carlo targets) take any value, and
+    targets above exp(-eps) (0.905 for eps 0.1) are common near the end of successes: there a
+    large eps moves the optimum, so reverse_q_ce keeps 1e-6 unless told otherwise, and the
+    trainer says so when a larger eps is given. docs/losses.md has the derivation."""
+    steps: int = setting(100, aliases=("--max-steps",), check=at_least(1), resumable_change=True)
+    """optimizer steps (TRL: max_steps); a resumed run may raise it to train longer"""
+    batch_size: int = setting(32, check=at_least(1))
+    """trajectories per optimizer step"""
+    micro_batch_size: int | None = setting(None, check=at_least(1))
+    """rows per forward/backward chunk, bounds activation memory (not set: the whole batch)"""
+    learning_rate: float = setting(1e-4, aliases=("--lr",), check=positive_finite)
+    """AdamW learning rate"""
+    weight_decay: float = setting(0.0, check=nonnegative_finite)
+    """AdamW weight decay"""
+    max_grad_norm: float = setting(1.0, check=positive_finite)
+    """gradient clipping: the global gradient norm is clipped to this"""
+    warmup_steps: int = setting(5, check=at_least(0))
+    """linear learning-rate warm-up steps (constant afterwards)"""
+    model_update_interval: int = setting(10, check=at_least(1))
+    """steps between rollout-policy weight updates (paper: 10 for SPO, 1 for PPO)"""
+    staleness: int = setting(10, check=at_least(0))
+    """online data: this run's rollouts whose policy version is at most this many versions
+    older than the rollout policy's version (not the trainer step)
+
+    online = this run's rollouts whose policy version v satisfies R - staleness <= v <= R,
+    where R is the *rollout policy's* version (the step at which it last took the trainer's
+    weights), not the current trainer step. With model_update_interval M, a step s has
+    R = M * floor(s / M), so an online row can be up to staleness + M - 1 trainer steps older
+    than the weights being trained (the paper's workers are stale the same way)"""
+    rollout_n: int = setting(4, check=at_least(1))
+    """online samples per problem (verl: rollout.n; TRL: num_generations)"""
+    rollout_temperature: tuple[float, float] = setting(
+        (0.1, 0.8), parse=parse_floats, check=temperature_range_check, metavar="LOW,HIGH"
+    )
+    """per-sample temperature of online rollouts, drawn from U(LOW, HIGH) (paper: 0.1,0.8; one
+    value: fixed)"""
+    rollout_top_p: float = setting(0.95, check=top_p_check)
+    """nucleus sampling of online rollouts (paper: 0.95)"""
+    max_new_tokens: int = setting(256, check=at_least(1))
+    """response length bound (rollouts and evaluation)"""
+    q0_temperature: float = setting(1.0, check=temperature_check)
+    """sampler of the q0 estimates to train against: temperature (estimate-q0's default; q0 is
+    defined under pi_0 itself)"""
+    q0_top_p: float = setting(1.0, check=top_p_check)
+    """sampler of the q0 estimates to train against: top-p"""
+    q0_max_new_tokens: int | None = setting(None, check=at_least(1))
+    """sampler of the q0 estimates to train against: length bound (not set: max_new_tokens)"""
+    include_unreliable: bool = setting(False)
+    """keep problems with a judge_issue in the mixture, the rollouts and evaluation"""
+    train_split: str = setting("train")
+    """split the mixture and the rollouts draw problems from"""
+    eval_split: str = setting("valid")
+    """split evaluated at the start, the end and every eval_every steps"""
+    eval_every: int = setting(0, check=at_least(0))
+    """steps between extra evaluations (0: none); the start (step 0) and the end are always
+    evaluated"""
+    eval_n: int = setting(20, check=at_least(1))
+    """samples per problem for evaluation (paper: 20)"""
+    eval_k: tuple[int, ...] = setting((1, 10), parse=parse_ints, check=ks_check, metavar="K,K")
+    """pass@k reported (each k <= eval_n)"""
+    eval_problems: int = setting(100, check=at_least(0))
+    """evaluate on at most this many problems of the split (0: no evaluation)"""
+    eval_temperature: float = setting(0.4, check=temperature_check)
+    """evaluation temperature (paper: 0.4)"""
+    eval_top_p: float = setting(0.95, check=top_p_check)
+    """evaluation top-p (paper: 0.95)"""
+    checkpoint_every: int = setting(25, aliases=("--save-steps",), check=at_least(1))
+    """steps between checkpoints (and one at the end)"""
+    keep_checkpoints: int | None = setting(None, aliases=("--save-total-limit",), check=at_least(1))
+    """keep only the newest N checkpoints, deleting older ones (not set: keep all)"""
+    seed: int = setting(0)
+    """seeds data order, rollouts and init"""
+    workers: int | None = setting(None, check=at_least(1), resumable_change=True)
+    """judge processes (default: all cores)"""
+    device: str = setting("cpu", resumable_change=True)
+    """torch device (cpu, cuda, cuda:1, ...)"""
+    resume: bool = setting(False, saved=False)
+    """continue the run in --output from its last checkpoint, with its stored settings"""
+    tensorboard: bool = setting(True, resumable_change=True)
+    """write TensorBoard event files under output/tb"""
+    wandb: str = setting("auto", check=one_of(*WANDB_MODES), resumable_change=True)
+    """Weights & Biases: auto (offline files under output/wandb when wandb is installed),
+    offline, online, or off"""
+    unsafe_no_sandbox: bool = setting(False, resumable_change=True)
+    """run judged programs without bubblewrap (trusted code only)"""
+
+    def validate(self) -> None:
+        """Check every setting (one SpoError line naming the flag) before any heavy work."""
+        validate_fields(self)
+        if self.ce_clip_eps is not None and not (0 < self.ce_clip_eps < 1 / self.beta):
+            # at eps >= 1/beta the clip moves even terminal_ce's failure optimum (-1/beta)
+            raise SpoError(
+                f"--ce-clip-eps must be in (0, 1/beta = {1 / self.beta:.4g}), got {self.ce_clip_eps}"
+            )
+        bad = [k for k in self.eval_k if not 1 <= k <= self.eval_n]
+        if bad and self.eval_problems != 0:
+            raise SpoError(
+                f"--eval-k {','.join(map(str, self.eval_k))}: pass@k needs 1 <= k <= --eval-n "
+                f"({self.eval_n}); raise --eval-n or lower k"
+            )
+        out = Path(self.output)
+        if out.exists() and not out.is_dir():
+            raise SpoError(f"--output {self.output} is a file; give a directory")
+
+
+@dataclass
+class SamplingConfig:
+    """Settings shared by `spo estimate-q0` and `spo eval`: what to sample and how (the same
+    idea has the same flag in every command; `spo train` prefixes them by role: rollout_,
+    eval_, q0_)."""
+
+    n: int = setting(20, short="-n", aliases=("--samples",), check=at_least(1))
+    """samples per problem"""
+    temperature: float = setting(1.0, check=temperature_check)
+    """sampling temperature"""
+    top_p: float = setting(1.0, check=top_p_check)
+    """nucleus sampling top-p"""
+    max_new_tokens: int = setting(256, check=at_least(1))
+    """response length bound"""
+    seed: int = setting(0)
+    """sampling seed"""
+    split: str | None = setting(None)
+    """problem split (used when --where is not given)"""
+    where: str | None = setting(None, metavar="SQL")
+    """SQL predicate over problems (alias p) instead of --split"""
+    limit: int | None = setting(None, check=at_least(1))
+    """at most this many problems"""
+    model: str | None = setting(None, metavar="DIR")
+    """Hugging Face model directory (default: the embedded pi_0)"""
+    lake: str | None = setting(None, metavar="URI")
+    """lake URI (default: $SPO_LAKE, else ./spo-lake)"""
+    backend: str = setting("transformers", check=one_of("transformers", "vllm"))
+    """generation backend: transformers or vllm (vllm only where it is installed)"""
+    workers: int | None = setting(None, check=at_least(1))
+    """judge processes (default: all cores)"""
+    include_unreliable: bool = setting(False)
+    """keep problems with a judge_issue (left out by default: their rewards are not
+    trustworthy)"""
+    unsafe_no_sandbox: bool = setting(False)
+    """run programs without bubblewrap (trusted code only)"""
+
+    def validate(self) -> None:
+        validate_fields(self)
+        if self.where is not None and not self.where.strip():
+            raise SpoError("--where is empty: give an SQL predicate over p, or leave it out")
+
+
+@dataclass
+class EstimateQ0Config(SamplingConfig):
+    """`spo estimate-q0`: Q0 of --model per problem, by sampling it and judging."""
+
+    n: int = setting(800, short="-n", aliases=("--samples",), check=at_least(1))
+    """pi_0 samples per problem (paper: 800)"""
+    temperature: float = setting(1.0, check=temperature_check)
+    """sampling temperature; 1.0 samples pi_0 itself, which Q0 is defined under"""
+    top_p: float = setting(1.0, check=top_p_check)
+    """nucleus sampling; 1.0 samples pi_0 itself"""
+    split: str | None = setting("train")
+    """split to estimate when --where is not given"""
+    beta: float = setting(DEFAULT_BETA, check=positive_finite, show_default=BETA_SHOWN)
+    """KL strength beta the stored q0 is computed at (training recomputes it at its own beta)"""
+    chunk_problems: int = setting(16, check=at_least(1))
+    """problems per commit (resume granularity)"""
+
+
+@dataclass
+class EvalConfig(SamplingConfig):
+    """`spo eval`: pass@k of a model on a split (or an SQL selection) of the lake's problems."""
+
+    n: int = setting(20, short="-n", aliases=("--samples",), check=at_least(1))
+    """samples per problem (paper: 20)"""
+    k: tuple[int, ...] = setting((1, 10), parse=parse_ints, check=ks_check, metavar="K,K")
+    """pass@k values, each <= --n"""
+    temperature: float = setting(0.4, check=temperature_check)
+    """sampling temperature (paper: 0.4)"""
+    top_p: float = setting(0.95, check=top_p_check)
+    """nucleus sampling top-p (paper: 0.95)"""
+    split: str | None = setting("test")
+    """problem split (used when --where is not given)"""
+
+    def validate(self) -> None:
+        super().validate()
+        bad = [x for x in self.k if not 1 <= x <= self.n]
+        if bad:
+            raise SpoError(
+                f"--k {','.join(map(str, self.k))}: pass@k needs 1 <= k <= --n ({self.n})"
+            )
+
+
+# ----------------------------------------------------------------------------- resume
+def check_output_dir(config: TrainConfig) -> None:
+    """Refuse, in one line, an --output that cannot hold this run.
+
+    A file is refused. Without --resume, a directory holding another run (run.json,
+    config.toml, checkpoints) is refused: two runs' checkpoints and TensorBoard events would
+    mix. With --resume, settings that differ from the stored run's are refused (naming them):
+    resuming must not silently change the experiment or overwrite its config.
+    """
+    out = Path(config.output)
+    if out.exists() and not out.is_dir():
+        raise SpoError(f"--output {config.output} is a file; give a directory")
+    if not out.is_dir():
+        return
+    if not config.resume:
+        ckpts = sorted(p.name for p in out.glob("checkpoint-*") if p.is_dir())
+        marks = [n for n in ("run.json", "config.toml", "latest") if (out / n).exists()]
+        if ckpts or marks:
+            run_id = ""
+            if (out / "run.json").is_file():
+                try:
+                    run_id = " " + json.loads((out / "run.json").read_text())["run_id"]
+                except (ValueError, KeyError):
+                    pass
+            last = f", last checkpoint {ckpts[-1]}" if ckpts else ""
+            raise SpoError(
+                f"--output {config.output} already holds run{run_id}{last}: add --resume to "
+                "continue it, or choose another --output (runs never share a directory)"
+            )
+        return
+    stored = stored_train_config(out)
+    if stored is not None:
+        values, source = stored
+        diffs = differing_settings(values, as_saved(config))
+        if diffs:
+            refuse_differing(config.output, source, diffs)
+
+
+def stored_train_config(output: str | Path) -> tuple[dict[str, Any], Path] | None:
+    """The settings a run in `output` was started with: config.toml, else run.json's config
+    (runs written before config.toml existed). None when `output` holds no run."""
+    out = Path(output)
+    toml_path = out / "config.toml"
+    if toml_path.is_file():
+        values = read_toml(TrainConfig, toml_path)
+        return values, toml_path
+    run_json = out / "run.json"
+    if run_json.is_file():
+        stored = json.loads(run_json.read_text()).get("config", {})
+        renamed = {"lr": "learning_rate", "top_p": "rollout_top_p"}  # pre-config.toml names
+        fields = field_map(TrainConfig)
+        values = {}
+        for k, v in stored.items():
+            k = renamed.get(k, k)
+            if k in fields and fields[k].metadata.get("saved", True):
+                values[k] = coerce(TrainConfig, k, v, f"{run_json}: {k}")
+        return values, run_json
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    a = tuple(a) if isinstance(a, list) else a
+    b = tuple(b) if isinstance(b, list) else b
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
+    return a == b
+
+
+def differing_settings(
+    stored: Mapping[str, Any], given: Mapping[str, Any]
+) -> list[tuple[str, Any, Any]]:
+    """(name, stored value, given value) of every experiment setting in `given` that differs
+    from the stored run's (settings marked `resumable_change` may differ)."""
+    fields = field_map(TrainConfig)
+    out = []
+    for name, value in given.items():
+        f = fields.get(name)
+        if f is None or not f.metadata.get("saved", True) or f.metadata.get("resumable_change"):
+            continue
+        old = stored.get(name, f.default)
+        if not _same(old, value):
+            out.append((name, old, value))
+    return out
+
+
+def show_value(v: Any) -> str:
+    if isinstance(v, tuple | list):
+        return ",".join(map(str, v))
+    return "(not set)" if v is None else str(v)
+
+
+def refuse_differing(output: str | Path, source: Path, diffs: list[tuple[str, Any, Any]]) -> None:
+    """One SpoError line naming the settings that differ from the stored run's."""
+    fields = field_map(TrainConfig)
+    shown = "; ".join(
+        f"{flag_of(fields[n])} {show_value(new)} (run: {show_value(old)})" for n, old, new in diffs
+    )
+    raise SpoError(
+        f"--resume: these settings differ from the run in {output} ({source.name}): {shown}. "
+        f"Drop them to resume as started (`spo train --config {Path(output) / 'config.toml'} "
+        "--resume`), or train a new run with another --output"
+    )
