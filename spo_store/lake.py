@@ -567,7 +567,7 @@ class Lake:
 
     def delete_rows(self, name: str, where: str) -> int:
         """Delete the rows of table `name` matching the Lance SQL predicate `where` (one
-        commit, retried on conflicts); returns the new version. Used by `spo train --resume`
+        commit); returns the new version. Used by `spo train --resume`
         to drop what a killed run logged after its last checkpoint (metrics, batches)."""
         self.dataset(name).delete(where)
         self._datasets.pop(name, None)

@@ -117,13 +117,17 @@ def setting(
     cli: bool = True,
     saved: bool = True,
     resumable_change: bool = False,
+    trl: str | None = None,
+    verl: str | None = None,
 ) -> Any:
     """A dataclass field with its CLI and check metadata.
 
     `flag`: the CLI name (default `--<field-name>`); `aliases`: old names still accepted;
     `parse`: text (CLI) or TOML value -> field value (tuples); `cli=False`: Python API only;
     `saved=False`: not written to config.toml (an action, such as `resume`);
-    `resumable_change`: may differ from the stored config on `--resume` (operational).
+    `resumable_change`: may differ from the stored config on `--resume` (operational);
+    `trl`, `verl`: the name of the same setting there (TRL's GRPOConfig / TrainingArguments,
+    verl's ppo_trainer.yaml), for docs/settings.md.
     """
     meta = {
         "flag": flag,
@@ -136,6 +140,8 @@ def setting(
         "cli": cli,
         "saved": saved,
         "resumable_change": resumable_change,
+        "trl": trl,
+        "verl": verl,
     }
     return field(default=default, metadata=meta)
 
@@ -421,11 +427,15 @@ class TrainConfig:
     """Every hyper-parameter of `spo train`, with its meaning (the CLI and config.toml are
     generated from these fields: see `spo_train.config`)."""
 
-    model: str | None = setting(None, metavar="DIR")
+    model: str | None = setting(
+        None, metavar="DIR", trl="model_name_or_path", verl="actor_rollout_ref.model.path"
+    )
     """pi_0: a Hugging Face model directory (default: the embedded tiny model); also the init"""
     lake: str | None = setting(None, metavar="URI")
     """lake URI (default: $SPO_LAKE, else ./spo-lake)"""
-    output: str = setting("runs/spo", metavar="DIR")
+    output: str = setting(
+        "runs/spo", metavar="DIR", trl="output_dir", verl="trainer.default_local_dir"
+    )
     """directory for checkpoints, TensorBoard events, config.toml and run.json"""
     mix: str = setting("online:0.5,offline:0.5")
     """training mixture: sources and weights, e.g. online:0.5,offline:0.5 (spo_store.mixture)"""
@@ -434,7 +444,13 @@ class TrainConfig:
     loss: str = setting("terminal_ce", check=one_of(*LOSS_VARIANTS))
     """SPO variant: terminal_ce (the paper's main), terminal_sq, reverse_q_ce, reverse_q_sq,
     advantage_bce (docs/losses.md)"""
-    beta: float = setting(DEFAULT_BETA, check=positive_finite, show_default=BETA_SHOWN)
+    beta: float = setting(
+        DEFAULT_BETA,
+        check=positive_finite,
+        show_default=BETA_SHOWN,
+        trl="beta",
+        verl="actor_rollout_ref.actor.kl_loss_coef",
+    )
     """KL strength beta; the default 1/log(100000) makes a failure 1e5 times less likely under
     pi* than under pi_0"""
     ce_clip_eps: float | None = setting(None, check=positive_finite)
@@ -453,19 +469,54 @@ class TrainConfig:
     targets above exp(-eps) (0.905 for eps 0.1) are common near the end of successes: there a
     large eps moves the optimum, so reverse_q_ce keeps 1e-6 unless told otherwise, and the
     trainer says so when a larger eps is given. docs/losses.md has the derivation."""
-    steps: int = setting(100, aliases=("--max-steps",), check=at_least(1), resumable_change=True)
+    steps: int = setting(
+        100,
+        aliases=("--max-steps",),
+        check=at_least(1),
+        resumable_change=True,
+        trl="max_steps",
+        verl="trainer.total_training_steps",
+    )
     """optimizer steps (TRL: max_steps); a resumed run may raise it to train longer"""
-    batch_size: int = setting(32, check=at_least(1))
+    batch_size: int = setting(
+        32,
+        check=at_least(1),
+        trl="per_device_train_batch_size x gradient_accumulation_steps",
+        verl="actor_rollout_ref.actor.ppo_mini_batch_size",
+    )
     """trajectories per optimizer step"""
-    micro_batch_size: int | None = setting(None, check=at_least(1))
+    micro_batch_size: int | None = setting(
+        None,
+        check=at_least(1),
+        trl="per_device_train_batch_size",
+        verl="actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu",
+    )
     """rows per forward/backward chunk, bounds activation memory (not set: the whole batch)"""
-    learning_rate: float = setting(1e-4, aliases=("--lr",), check=positive_finite)
+    learning_rate: float = setting(
+        1e-4,
+        aliases=("--lr",),
+        check=positive_finite,
+        trl="learning_rate",
+        verl="actor_rollout_ref.actor.optim.lr",
+    )
     """AdamW learning rate"""
-    weight_decay: float = setting(0.0, check=nonnegative_finite)
+    weight_decay: float = setting(
+        0.0,
+        check=nonnegative_finite,
+        trl="weight_decay",
+        verl="actor_rollout_ref.actor.optim.weight_decay",
+    )
     """AdamW weight decay"""
-    max_grad_norm: float = setting(1.0, check=positive_finite)
+    max_grad_norm: float = setting(
+        1.0, check=positive_finite, trl="max_grad_norm", verl="actor_rollout_ref.actor.grad_clip"
+    )
     """gradient clipping: the global gradient norm is clipped to this"""
-    warmup_steps: int = setting(5, check=at_least(0))
+    warmup_steps: int = setting(
+        5,
+        check=at_least(0),
+        trl="warmup_steps",
+        verl="actor_rollout_ref.actor.optim.lr_warmup_steps",
+    )
     """linear learning-rate warm-up steps (constant afterwards)"""
     model_update_interval: int = setting(10, check=at_least(1))
     """steps between rollout-policy weight updates (paper: 10 for SPO, 1 for PPO)"""
@@ -478,16 +529,27 @@ class TrainConfig:
     weights), not the current trainer step. With model_update_interval M, a step s has
     R = M * floor(s / M), so an online row can be up to staleness + M - 1 trainer steps older
     than the weights being trained (the paper's workers are stale the same way)"""
-    rollout_n: int = setting(4, check=at_least(1))
+    rollout_n: int = setting(
+        4, check=at_least(1), trl="num_generations", verl="actor_rollout_ref.rollout.n"
+    )
     """online samples per problem (verl: rollout.n; TRL: num_generations)"""
     rollout_temperature: tuple[float, float] = setting(
-        (0.1, 0.8), parse=parse_floats, check=temperature_range_check, metavar="LOW,HIGH"
+        (0.1, 0.8),
+        parse=parse_floats,
+        check=temperature_range_check,
+        metavar="LOW,HIGH",
+        trl="temperature",
+        verl="actor_rollout_ref.rollout.temperature",
     )
     """per-sample temperature of online rollouts, drawn from U(LOW, HIGH) (paper: 0.1,0.8; one
     value: fixed)"""
-    rollout_top_p: float = setting(0.95, check=top_p_check)
+    rollout_top_p: float = setting(
+        0.95, check=top_p_check, trl="top_p", verl="actor_rollout_ref.rollout.top_p"
+    )
     """nucleus sampling of online rollouts (paper: 0.95)"""
-    max_new_tokens: int = setting(256, check=at_least(1))
+    max_new_tokens: int = setting(
+        256, check=at_least(1), trl="max_completion_length", verl="data.max_response_length"
+    )
     """response length bound (rollouts and evaluation)"""
     q0_temperature: float = setting(1.0, check=temperature_check)
     """sampler of the q0 estimates to train against: temperature (estimate-q0's default; q0 is
@@ -502,34 +564,54 @@ class TrainConfig:
     """split the mixture and the rollouts draw problems from"""
     eval_split: str = setting("valid")
     """split evaluated at the start, the end and every eval_every steps"""
-    eval_every: int = setting(0, check=at_least(0))
+    eval_every: int = setting(0, check=at_least(0), trl="eval_steps", verl="trainer.test_freq")
     """steps between extra evaluations (0: none); the start (step 0) and the end are always
     evaluated"""
-    eval_n: int = setting(20, check=at_least(1))
+    eval_n: int = setting(20, check=at_least(1), verl="actor_rollout_ref.rollout.val_kwargs.n")
     """samples per problem for evaluation (paper: 20)"""
     eval_k: tuple[int, ...] = setting((1, 10), parse=parse_ints, check=ks_check, metavar="K,K")
     """pass@k reported (each k <= eval_n)"""
     eval_problems: int = setting(100, check=at_least(0))
     """evaluate on at most this many problems of the split (0: no evaluation)"""
-    eval_temperature: float = setting(0.4, check=temperature_check)
+    eval_temperature: float = setting(
+        0.4, check=temperature_check, verl="actor_rollout_ref.rollout.val_kwargs.temperature"
+    )
     """evaluation temperature (paper: 0.4)"""
-    eval_top_p: float = setting(0.95, check=top_p_check)
+    eval_top_p: float = setting(
+        0.95, check=top_p_check, verl="actor_rollout_ref.rollout.val_kwargs.top_p"
+    )
     """evaluation top-p (paper: 0.95)"""
-    checkpoint_every: int = setting(25, aliases=("--save-steps",), check=at_least(1))
+    checkpoint_every: int = setting(
+        25, aliases=("--save-steps",), check=at_least(1), trl="save_steps", verl="trainer.save_freq"
+    )
     """steps between checkpoints (and one at the end)"""
-    keep_checkpoints: int | None = setting(None, aliases=("--save-total-limit",), check=at_least(1))
+    keep_checkpoints: int | None = setting(
+        None,
+        aliases=("--save-total-limit",),
+        check=at_least(1),
+        trl="save_total_limit",
+        verl="trainer.max_actor_ckpt_to_keep",
+    )
     """keep only the newest N checkpoints, deleting older ones (not set: keep all)"""
-    seed: int = setting(0)
+    seed: int = setting(0, trl="seed")
     """seeds data order, rollouts and init"""
     workers: int | None = setting(None, check=at_least(1), resumable_change=True)
     """judge processes (default: all cores)"""
     device: str = setting("cpu", resumable_change=True)
     """torch device (cpu, cuda, cuda:1, ...)"""
-    resume: bool = setting(False, saved=False)
+    resume: bool = setting(
+        False, saved=False, trl="resume_from_checkpoint", verl="trainer.resume_mode"
+    )
     """continue the run in --output from its last checkpoint, with its stored settings"""
     tensorboard: bool = setting(True, resumable_change=True)
     """write TensorBoard event files under output/tb"""
-    wandb: str = setting("auto", check=one_of(*WANDB_MODES), resumable_change=True)
+    wandb: str = setting(
+        "auto",
+        check=one_of(*WANDB_MODES),
+        resumable_change=True,
+        trl="report_to",
+        verl="trainer.logger",
+    )
     """Weights & Biases: auto (offline files under output/wandb when wandb is installed),
     offline, online, or off"""
     unsafe_no_sandbox: bool = setting(False, resumable_change=True)
@@ -740,3 +822,26 @@ def refuse_differing(output: str | Path, source: Path, diffs: list[tuple[str, An
         f"Drop them to resume as started (`spo train --config {Path(output) / 'config.toml'} "
         "--resume`), or train a new run with another --output"
     )
+
+
+def settings_table(cls: type = TrainConfig) -> str:
+    """The Markdown table of `cls`'s settings (docs/settings.md embeds it; a test keeps the two
+    equal): config.toml key, CLI flag and aliases, default, TRL and verl names, meaning."""
+    rows = [
+        "| config.toml key | flag (aliases) | default | TRL | verl | meaning |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for f in dataclasses.fields(cls):
+        flags = ", ".join(f"`{x}`" for x in (flag_of(f), *f.metadata.get("aliases", ())))
+        if _types(cls)[f.name][0] is bool and f.default is True:
+            flags = f"`{flag_of(f)}` / `--no-{flag_of(f)[2:]}`"
+        shown = f.metadata.get("show_default")
+        default = shown if isinstance(shown, str) else show_value(f.default)
+        key = f"`{f.name}`" if f.metadata.get("saved", True) else "(not saved)"
+        trl, verl = f.metadata.get("trl"), f.metadata.get("verl")
+        meaning = help_of(cls, f.name).replace("|", "\\|")
+        rows.append(
+            f"| {key} | {flags} | {default} | {f'`{trl}`' if trl else ''} | "
+            f"{f'`{verl}`' if verl else ''} | {meaning} |"
+        )
+    return "\n".join(rows) + "\n"

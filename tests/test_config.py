@@ -156,3 +156,14 @@ def test_config_file_then_flags_override(tmp_path) -> None:
 def test_each_setting_is_checked(cls, values, message) -> None:
     with pytest.raises(SpoError, match=message):
         cls(**values).validate()
+
+
+def test_settings_doc_is_the_definition() -> None:
+    """docs/settings.md's tables are generated from the fields: regenerate them on a change."""
+    from pathlib import Path
+
+    from spo_train.config import settings_table
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "settings.md").read_text()
+    for cls in (TrainConfig, EstimateQ0Config, EvalConfig):
+        assert settings_table(cls) in doc, f"docs/settings.md: regenerate the {cls.__name__} table"
