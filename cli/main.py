@@ -67,28 +67,43 @@ def main(argv: list[str] | None = None) -> None:
     # transformers' own bars (weights loading, shard writing) would interleave with ours.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _register_all()
-    # SIGTERM (timeout, Slurm, Docker, systemd) ends a command like Ctrl-C: runs are marked
-    # `interrupted`, committed work is kept, and the command says how to resume.
-    terminated = []
+    # SIGTERM (timeout, Slurm, Docker, systemd) ends a command like Ctrl-C: the command's
+    # `except` paths mark its run `interrupted` (spo_store.lake.run_status), committed work is
+    # kept, and the command says how to resume. Both signals are recorded here because typer
+    # turns a KeyboardInterrupt into a silent `Exit(130)` before it reaches this function.
+    stopped: list[int] = []
 
-    def _on_sigterm(signum: int, _frame: object) -> None:
-        terminated.append(signum)
+    def _on_signal(signum: int, _frame: object) -> None:
+        stopped.append(signum)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+
+    def _stopped() -> None:
+        term = signal.SIGTERM in stopped
+        how = "terminated (SIGTERM)" if term else "interrupted"
+        err_console.print(
+            f"[yellow]{how}[/yellow]; its run (if it started one) is marked interrupted and "
+            "committed work is kept: rerun the same command to resume (`spo train` with "
+            "--resume)",
+            soft_wrap=True,
+        )
+        sys.exit(143 if term else 130)
+
     command = typer.main.get_command(app)
     try:
         # standalone_mode=False returns (not raises) the code of typer.Exit: pass it on.
-        sys.exit(command.main(args=argv, prog_name="spo", standalone_mode=False) or 0)
+        rc = command.main(args=argv, prog_name="spo", standalone_mode=False)
+        if stopped:
+            _stopped()
+        sys.exit(rc or 0)
     except typer.Exit as exc:
+        if stopped:
+            _stopped()
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        how = "terminated (SIGTERM)" if terminated else "interrupted"
-        err_console.print(
-            f"[yellow]{how}[/yellow]; committed work is kept: rerun the same command to resume "
-            "(`spo train` needs --resume)"
-        )
-        sys.exit(143 if terminated else 130)
+        _stopped()
     except click_exceptions.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
