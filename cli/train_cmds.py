@@ -431,9 +431,12 @@ def register(app: typer.Typer) -> None:
         SpoCommand,
         TrainConfig,
         command_from,
+        use_spo_command,
     )
 
     app.command("estimate-q0", cls=SpoCommand)(command_from(EstimateQ0Config, _estimate_q0))
     app.command("train", cls=SpoCommand)(command_from(TrainConfig, _train, extra=[ConfigOpt]))
     app.command("eval", cls=SpoCommand)(command_from(EvalConfig, _eval, extra=[JsonOpt]))
     app.command("demo", cls=SpoCommand)(demo_cmd)
+    # Registered last (cli/main.py): no command's help shows `<bool>` after a switch.
+    use_spo_command(app)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
 from spo_store.errors import SpoError
 
@@ -315,15 +315,40 @@ def read_toml(cls: type, path: str | Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- CLI
+def _no_bool_metavar(params: list[Any]) -> list[Any]:
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""  # typer's help would print `<bool>` for a switch
+    return params
+
+
 class SpoCommand(TyperCommand):
     """A typer command whose help shows no `<bool>` after switches (they take no value)."""
 
     def get_params(self, ctx: Any) -> list[Any]:
-        params = super().get_params(ctx)
-        for p in params:
-            if getattr(p, "is_flag", False) and p.metavar is None:
-                p.metavar = ""
-        return params
+        return _no_bool_metavar(super().get_params(ctx))
+
+
+class SpoGroup(TyperGroup):
+    """A typer group (`spo`, `spo lake`) whose help shows no `<bool>` after `--help`."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _no_bool_metavar(super().get_params(ctx))
+
+
+def use_spo_command(app: typer.Typer) -> None:
+    """Give every command of `app` (and of its sub-apps) the `SpoCommand` class, so no help
+    shows `<bool>` after a switch. Call once after all commands are registered."""
+    if app.info.cls in (None, TyperGroup) or not isinstance(app.info.cls, type):
+        app.info.cls = SpoGroup
+    for info in app.registered_commands:
+        if info.cls in (None, TyperCommand):
+            info.cls = SpoCommand
+    for group in app.registered_groups:
+        if group.cls in (None, TyperGroup) or not isinstance(group.cls, type):
+            group.cls = SpoGroup
+        if group.typer_instance is not None:
+            use_spo_command(group.typer_instance)
 
 
 def _cli_type(cls: type, name: str) -> Any:

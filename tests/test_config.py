@@ -167,3 +167,26 @@ def test_settings_doc_is_the_definition() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "settings.md").read_text()
     for cls in (TrainConfig, EstimateQ0Config, EvalConfig):
         assert settings_table(cls) in doc, f"docs/settings.md: regenerate the {cls.__name__} table"
+
+
+def test_no_help_of_any_command_shows_bool() -> None:
+    """Item 14 across every command: switches take no value, so help shows no `<bool>`."""
+    from spo_cli import main
+    from typer.testing import CliRunner
+
+    main._register_all()
+    root = typer.main.get_command(main.app)
+
+    def walk(cmd, path):
+        yield path
+        if hasattr(cmd, "list_commands"):
+            ctx = typer._click.Context(cmd)
+            for name in cmd.list_commands(ctx):
+                yield from walk(cmd.get_command(ctx, name), [*path, name])
+
+    paths = list(walk(root, []))
+    assert len(paths) > 15
+    for path in paths:
+        r = CliRunner().invoke(main.app, [*path, "--help"], env={"COLUMNS": "200"})
+        assert r.exit_code == 0, (path, r.output)
+        assert "<bool>" not in r.output, path
