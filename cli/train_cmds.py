@@ -133,6 +133,13 @@ def _sampling_config(cls: type, kwargs: dict[str, Any]) -> Any:
     return build(cls, {k: coerce(cls, k, v, flag_of(fields[k])) for k, v in kwargs.items()})
 
 
+def _check_model(model: str | None) -> None:
+    """A --model that is not a model directory is one error before the lake is touched."""
+    from spo_train.models import check_model_dir
+
+    check_model_dir(model)
+
+
 def _selection(lk: Any, cfg: Any) -> str:
     """The problems predicate of --where / --split; a split with no problem is one error."""
     from spo_store.lake import sql_quote
@@ -164,6 +171,7 @@ def _estimate_q0(_explicit: dict[str, Any], **kwargs: Any) -> None:
     from spo_train.rollout import SamplerSettings, count_problems
 
     samples = cfg.n
+    _check_model(cfg.model)
     lk = _open_lake_with_problems(cfg.lake)
     predicate = _selection(lk, cfg)
     gen, tok, model_id, tok_id = load_generator(cfg.model, cfg.backend)
@@ -246,6 +254,7 @@ def _eval(_explicit: dict[str, Any], *, json_out: bool = False, **kwargs: Any) -
     )
 
     n, ks, split, where = cfg.n, list(cfg.k), cfg.split, cfg.where
+    _check_model(cfg.model)
     lk = _open_lake_with_problems(cfg.lake)
     predicate = _selection(lk, cfg)
     left_out = {} if cfg.include_unreliable else judge_issue_counts(lk, predicate)
@@ -367,7 +376,9 @@ def _train(explicit: dict[str, Any], *, config_file: str | None = None, **_: Any
 
     config = resolve_train_config(explicit, config_file)
     check_output_dir(config)  # another run's --output, or a resume that changes settings
-    from spo_train.trainer import train
+    from spo_train.trainer import preflight, train
+
+    preflight(config)  # --model, --sources-file and --mix, before the lake is touched
 
     _open_lake_with_problems(config.lake)
     steps = config.steps

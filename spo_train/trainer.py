@@ -43,7 +43,7 @@ import torch
 from spo_store.errors import SpoError
 from spo_store.lake import Lake, sql_quote, utc_now
 from spo_store.maintenance import maybe_compact
-from spo_store.mixture import MixtureSampler, load_sources
+from spo_store.mixture import MixtureSampler, MixtureSpec, load_sources
 from spo_store.q0_estimates import sampler_key
 from spo_train.batch import ReferenceCache, pad_right
 from spo_train.config import (  # noqa: F401 - LOSS_VARIANTS, WANDB_MODES: re-exported
@@ -328,6 +328,21 @@ def _start_wandb(config: TrainConfig, run_id: str, output: Path) -> Any:
     )
 
 
+def preflight(config: TrainConfig) -> tuple[Path, dict[str, str]]:
+    """Every check that needs no lake and no model load: the settings, --output, the --model
+    directory, --sources-file and --mix. Returns (pi_0 path, mixture sources); raises one
+    SpoError line."""
+    config.validate()
+    check_output_dir(config)
+    pi0_path = resolve_model_path(config.model)
+    sources = load_sources(config.sources_file)
+    try:
+        MixtureSpec.parse(config.mix, list(sources))
+    except SpoError as exc:
+        raise SpoError(f"--mix: {exc}") from None
+    return pi0_path, sources
+
+
 def train(
     config: TrainConfig,
     *,
@@ -335,13 +350,11 @@ def train(
     on_event: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Run SPO training as configured; see the module docstring for the loop."""
-    config.validate()
-    check_output_dir(config)  # another run's output, or a resume that changes settings
+    # another run's output, a resume that changes settings, a bad model/mixture: one line
+    pi0_path, sources = preflight(config)
     say = on_event or (lambda _msg: None)
     output = Path(config.output)
     lake = Lake.open(config.lake)
-    pi0_path = resolve_model_path(config.model)
-    sources = load_sources(config.sources_file)
     _check_split(lake, config.train_split, "--train-split")
 
     # --- problems with q0 of this pi_0 and q0 sampler on the training split (SPO needs q0)

@@ -66,6 +66,12 @@ BAD = [
     (["eval", "--workers", "0"], "--workers 0"),
     (["eval", "--temperature", "-1"], "--temperature -1.0"),
     (["eval", "--where", " "], "--where is empty"),
+    (["train", "--mix", "onlin:1"], "--mix: mixture spec 'onlin:1': unknown source 'onlin'"),
+    (["train", "--sources-file", "nope.toml"], "nope.toml: no such sources file"),
+    (["train", "--model", "nope"], "model path"),
+    (["eval", "--model", "nope"], "model path"),
+    (["estimate-q0", "--model", "nope"], "model path"),
+    (["train", "--config", "nope.toml"], "--config nope.toml: no such file"),
     (["demo", "--steps", "0"], "--steps/--max-steps 0"),
 ]
 
@@ -73,9 +79,8 @@ BAD = [
 @pytest.mark.parametrize(("args", "names"), BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_option_is_one_line_before_any_work(small_lake, tiny_model, tmp_path, args, names):  # noqa: F811
     before = small_lake.versions()
-    r = _spo(*args, "--lake", small_lake.uri, "--model", str(tiny_model), cwd=tmp_path)
-    if args[0] == "demo":  # demo has no --model
-        r = _spo(*args, "--lake", small_lake.uri, cwd=tmp_path)
+    model = [] if "--model" in args or args[0] == "demo" else ["--model", str(tiny_model)]
+    r = _spo(*args, "--lake", small_lake.uri, *model, cwd=tmp_path)
     line = _one_line_error(r)
     assert r.returncode == 2 and names in line, line
     assert _running(small_lake) == 0
