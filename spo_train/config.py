@@ -459,7 +459,11 @@ class TrainConfig:
     lake: str | None = setting(None, metavar="URI")
     """lake URI (default: $SPO_LAKE, else ./spo-lake)"""
     output: str = setting(
-        "runs/spo", metavar="DIR", trl="output_dir", verl="trainer.default_local_dir"
+        "runs/spo",
+        metavar="DIR",
+        resumable_change=True,  # it names the run to resume; a moved directory is the same run
+        trl="output_dir",
+        verl="trainer.default_local_dir",
     )
     """directory for checkpoints, TensorBoard events, config.toml and run.json"""
     mix: str = setting("online:0.5,offline:0.5")
@@ -805,6 +809,16 @@ def stored_train_config(output: str | Path) -> tuple[dict[str, Any], Path] | Non
     return None
 
 
+PATH_SETTINGS = ("model", "lake", "sources_file")
+
+
+def _as_path(v: Any) -> Any:
+    """A local path as an absolute one (`runs/x` and `./runs/x` are the same run input)."""
+    if isinstance(v, str) and "://" not in v:
+        return str(Path(v).expanduser().resolve())
+    return v
+
+
 def _same(a: Any, b: Any) -> bool:
     a = tuple(a) if isinstance(a, list) else a
     b = tuple(b) if isinstance(b, list) else b
@@ -825,6 +839,8 @@ def differing_settings(
         if f is None or not f.metadata.get("saved", True) or f.metadata.get("resumable_change"):
             continue
         old = stored.get(name, f.default)
+        if name in PATH_SETTINGS:
+            old, value = _as_path(old), _as_path(value)
         if not _same(old, value):
             out.append((name, old, value))
     return out

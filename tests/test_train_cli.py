@@ -5,6 +5,7 @@ the experiment, a resume logs each step once, the saved config.toml reproduces a
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -133,6 +134,15 @@ def test_output_of_another_run_and_resume_with_other_flags_are_refused(
     err = " ".join(r.stderr.split())
     assert f"resumed run {run_id}" in err and "continues to step 3 (started with 2)" in err
     assert read_toml(TrainConfig, out / "config.toml")["steps"] == 3
+    # The same paths written another way are the same run (nothing to refuse).
+    rel = [
+        "--output",
+        os.path.relpath(out, tmp_path),
+        "--lake",
+        os.path.relpath(small_lake.uri, tmp_path),
+    ]
+    r = _spo("train", *rel, "--resume", cwd=tmp_path)
+    assert r.returncode == 0 and "trained 3 steps" in " ".join(r.stderr.split()), r.stderr
 
 
 def test_saved_config_reproduces_the_run(small_lake, tiny_model, tmp_path):  # noqa: F811
