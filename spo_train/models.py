@@ -109,7 +109,70 @@ def load_model_and_tokenizer(
         raise SpoError(f"cannot load a causal LM from '{p}': {str(e).splitlines()[0]}") from e
     model.to(device)
     model.eval()
+    configure_threads(model)
     return model, tok
+
+
+SMALL_MODEL_PARAMS = 100_000_000
+"""Below this many parameters one torch thread is the default: a tiny model's matrix products
+gain little from a second thread (the 1.4M-parameter embedded pi_0 generates 1.4x faster with 2
+threads on an idle 2-core machine) and lose a lot when anything else wants a core (7-10x slower
+while the judge or another job runs: OpenMP threads wait on each other); `spo eval` on 2 busy
+cores took a median 17 s with 1 thread, 31-48 s with 2 (BENCHMARKS.md, "Threads")."""
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a Slurm or Docker cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def choose_threads(num_params: int | None) -> tuple[int, str]:
+    """(torch intra-op threads, why) for a generating command, chosen in one place.
+
+    `$SPO_THREADS` (`spo --threads N`) wins, then `$OMP_NUM_THREADS` (torch reads it too);
+    otherwise 1 for a model under `SMALL_MODEL_PARAMS` (threads only add synchronisation to
+    tiny matrix products and fight the judge's processes for the cores), else every available
+    core. Raises SpoError for a value that is not a positive integer.
+    """
+    for var in ("SPO_THREADS", "OMP_NUM_THREADS"):
+        raw = os.environ.get(var, "").strip()
+        if raw:
+            try:
+                n = int(raw)
+            except ValueError:
+                n = 0
+            if n < 1:
+                raise SpoError(f"${var}={raw!r}: expected a positive number of threads")
+            return n, var
+    if num_params is not None and num_params < SMALL_MODEL_PARAMS:
+        return 1, f"model under {SMALL_MODEL_PARAMS // 1_000_000}M parameters"
+    return available_cores(), "available cores"
+
+
+def configure_threads(model=None) -> int:
+    """Set torch's intra-op threads for `model` (see `choose_threads`); returns the count.
+
+    Called by `load_model_and_tokenizer`, so every generating command (estimate-q0, eval,
+    train, demo) gets the same choice; with several models loaded the largest decides.
+    """
+    import torch
+
+    params = None
+    if model is not None:
+        params = sum(p.numel() for p in model.parameters())
+        global _largest_params
+        _largest_params = max(_largest_params, params)
+        params = _largest_params
+    n, _why = choose_threads(params)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+_largest_params = 0
 
 
 def _weight_files(p: Path) -> list[Path]:
