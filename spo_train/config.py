@@ -7,7 +7,7 @@ field carries, in one place:
 - its CLI flag (`--field-name`, or `flag=`), aliases kept for old names, a short flag,
 - its check (`check=`), run by `validate_fields` before any heavy work starts.
 
-`typer_parameters(cls)` turns the fields into typer options, `load_toml` / `dump_toml` read and
+`typer_parameters(cls)` turns the fields into typer options, `read_toml` / `dump_toml` read and
 write the same fields as a flat TOML file (the run's `config.toml`), so the CLI, the config
 file and the saved config can never drift. Names follow TRL / verl where one exists
 (`learning_rate`, `warmup_steps`, `max_grad_norm`, `weight_decay`; verl's `rollout.n`,
@@ -187,8 +187,6 @@ def help_of(cls: type, name: str) -> str:
 # ----------------------------------------------------------------------------- values
 def _base_type(annotation: Any) -> tuple[Any, bool]:
     """(the non-None type, whether None is allowed) of a field annotation."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, vars(typing) | {"tuple": tuple})  # noqa: S307 - own source
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
         rest = [a for a in args if a is not type(None)]
