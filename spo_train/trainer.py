@@ -11,7 +11,10 @@ Reads top to bottom (CleanRL style). Each step:
 5. the SPO loss of the chosen variant is minimised on the policy's log-probs;
 6. metrics go to the lake, the console and TensorBoard; checkpoints are Hugging Face
    directories plus optimizer, RNG, step and lake version, so `--resume` continues after a
-   `kill -9` with the same data order.
+   `kill -9` with the same data order; the metrics and batches the killed process logged
+   after its last checkpoint are deleted first, and TensorBoard purges them, so each
+   (run, step, name) holds one value. Settings: `spo_train.config.TrainConfig` (CLI options,
+   the run's `config.toml` and their checks come from its fields).
 This issue runs rollouts synchronously in the trainer process; async workers append the same
 rows to the same table.
 
