@@ -466,6 +466,24 @@ class Lake:
         )
         self._datasets.pop("runs", None)
 
+    def resume_run(self, run_id: str) -> None:
+        """Mark an `interrupted` (or `failed`) run `running` again, in this process (`spo train
+        --resume` continues the same run id): host gets this pid, `ended_at` is cleared.
+        Raises SpoError for a run id not in `runs`."""
+        ds = self.dataset("runs")
+        if not self.sql_arrow(f"SELECT 1 FROM runs WHERE run_id = {sql_quote(run_id)}").num_rows:
+            raise SpoError(f"no run {run_id!r} in lake {self.uri}")
+        ds.update(
+            {
+                "status": "'running'",
+                "ended_at": "CAST(NULL AS TIMESTAMP)",
+                "host": sql_quote(f"{_host()} pid {os.getpid()}"),
+            },
+            where=f"run_id = {sql_quote(run_id)}",
+            conflict_retries=COMMIT_RETRIES,
+        )
+        self._datasets.pop("runs", None)
+
     @contextlib.contextmanager
     def run(self, kind: str, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
         """`with lake.run(kind, config) as run_id:` - `start_run`, then `end_run` with the

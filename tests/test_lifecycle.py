@@ -219,3 +219,80 @@ def test_refusals_leave_no_running_run(tmp_path):
         assert "Traceback" not in out.stderr
     assert runs(lake_dir, "estimate-q0") == []
     assert all(r["status"] != "running" for r in runs(lake_dir))
+
+
+def test_resume_run_marks_the_run_running_again(lake):
+    run = lake.start_run("train")
+    lake.end_run(run, "interrupted")
+    lake.resume_run(run)
+    [row] = lake.sql_arrow("SELECT status, ended_at, host FROM runs").to_pylist()
+    assert row["status"] == "running" and row["ended_at"] is None
+    assert row["host"].endswith(f" pid {os.getpid()}")
+    with pytest.raises(Exception, match="no run 'nope'"):
+        lake.resume_run("nope")
+
+
+@needs_sandbox
+def test_sigterm_judge_says_terminated(tmp_path):
+    """`spo judge` records no run; SIGTERM still ends it with 143 and the one line."""
+    prog = tmp_path / "slow.py"
+    prog.write_text("import time\nwhile True:\n    time.sleep(0.01)\n")
+    tests = tmp_path / "tests.json"
+    tests.write_text('[{"input": "1\\n", "output": "1\\n"}]' * 1)
+    proc = subprocess.Popen(
+        ["spo", "judge", str(prog), "--tests", str(tests), "--time-limit", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(4)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()
+    assert "terminated (SIGTERM)" in err.decode() and "Traceback" not in err.decode()
+
+
+@needs_sandbox
+def test_sigterm_train_then_resume(tmp_path):
+    """`spo train` (tiny, online only): SIGTERM after its first logged step -> 143, run
+    interrupted; `--resume` continues the same run and completes it."""
+    lake_dir, out = tmp_path / "lake", tmp_path / "run"
+    q0 = spo(
+        "estimate-q0", "--lake", str(lake_dir), "--samples", "2", "--max-new-tokens", "16",
+        "--limit", "4",
+    )  # fmt: skip
+    assert q0.returncode == 0, q0.stderr
+    argv = [
+        "train", "--lake", str(lake_dir), "--output", str(out), "--mix", "online:1",
+        "--steps", "40", "--batch-size", "2", "--rollout-n", "1", "--max-new-tokens", "16",
+        "--eval-problems", "0", "--checkpoint-every", "1", "--wandb", "off",
+    ]  # fmt: skip
+
+    def stepped(lk: Lake) -> bool:
+        return lk.sql_arrow("SELECT 1 FROM metrics WHERE step >= 1").num_rows > 0
+
+    rc, err = term_when(argv, lake_dir, stepped)
+    assert rc == 143, err
+    assert "terminated (SIGTERM)" in err and "--resume" in err
+    [first] = runs(lake_dir, "train")
+    assert first["status"] == "interrupted"
+    again = spo(*[a if a != "40" else "3" for a in argv], "--resume")
+    assert again.returncode == 0, again.stderr
+    [after] = runs(lake_dir, "train")
+    assert after["run_id"] == first["run_id"] and after["status"] == "completed"
+
+
+@needs_sandbox
+def test_sigterm_demo_marks_interrupted(tmp_path):
+    """SIGTERM while the demo estimates q0 (its first minutes): 143, and no run it started is
+    left `running`."""
+    lake_dir = tmp_path / "lake"
+    argv = ["demo", "--lake", str(lake_dir), "--output", str(tmp_path / "demo")]
+
+    def estimating(lk: Lake) -> bool:
+        return lk.sql_arrow("SELECT 1 FROM runs WHERE kind = 'estimate-q0'").num_rows > 0
+
+    rc, err = term_when(argv, lake_dir, estimating, delay_s=2)
+    assert rc == 143, err
+    assert "terminated (SIGTERM)" in err and "Traceback" not in err
+    statuses = {r["kind"]: r["status"] for r in runs(lake_dir)}
+    assert statuses["estimate-q0"] == "interrupted" and "running" not in statuses.values()
