@@ -58,7 +58,9 @@ class Q0Report:
     drawn; `reused`: judged samples of this model and sampler already in the lake; `successes`:
     c summed over the problems; `unjudged`: new samples the judge could not judge (reward NULL,
     not counted in n); `no_estimate`: problems left without any judged sample (no row written);
-    `left_out`: problems skipped for a judge_issue, per reason; `sampler_key`: the estimates' key.
+    `left_out`: problems skipped for a judge_issue, per reason; `sampler_key`: the estimates' key;
+    `already_done`: selected problems whose estimate already has >= n judged samples (a rerun
+    that works on 0 problems says this many were done before).
     """
 
     run_id: str = ""
@@ -72,6 +74,7 @@ class Q0Report:
     updated: int = 0
     left_out: dict[str, int] = field(default_factory=dict)
     sampler_key: str = ""
+    already_done: int = 0
     per_problem: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -141,6 +144,12 @@ def estimate_q0(
     if limit is not None:
         todo = todo[:limit]
     report = Q0Report(problems=len(todo), sampler_key=key)
+    reliable = "TRUE" if include_unreliable else RELIABLE
+    report.already_done = count_problems(
+        lake,
+        f"({where}) AND {reliable} AND p.q0_samples >= {int(settings.n)}",
+        q0_of=(model_id, key),
+    )
     if not include_unreliable:
         report.left_out = judge_issue_counts(lake, where, q0_of=(model_id, key))
         if not todo and count_problems(lake, f"({where}) AND {RELIABLE}") == 0:

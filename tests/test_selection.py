@@ -149,3 +149,30 @@ def test_real_sample_reaches_training(tmp_path, cc_sample):
     out = spo(*train[:4], str(tmp_path / "run2"), *train[5:], "--mix", "online:1")
     assert out.returncode == 0, out.stderr
     assert "trained 1 steps" in out.stderr
+
+
+@needs_sandbox
+def test_rerun_of_estimate_q0_reports_what_was_done_before(tmp_path):
+    """A rerun that selects problems already estimated works on 0 of them and says how many
+    were done before (`Q0Report.already_done`), rather than a bare "0 problems"."""
+    from spo_train.defaults import ensure_problems
+    from spo_train.generation import TransformersGenerator
+    from spo_train.models import load_model_and_tokenizer, model_identity, tokenizer_identity
+    from spo_train.q0 import estimate_q0
+    from spo_train.rollout import SamplerSettings, load_problems
+
+    lake = Lake.open(tmp_path / "lake")
+    ensure_problems(lake)
+    first = load_problems(lake, "p.split = 'train' AND p.judge_issue IS NULL")[0]["problem_id"]
+    model, tok = load_model_and_tokenizer(None)
+    kw = dict(
+        where=f"p.problem_id = '{first}'",
+        settings=SamplerSettings(n=1, temperature=1.0, top_p=1.0, max_new_tokens=8),
+        model_id=model_identity(None),
+        tokenizer_id=tokenizer_identity(tok),
+    )
+    gen = TransformersGenerator(model, tok)
+    done = estimate_q0(lake, gen, tok, **kw)
+    assert (done.problems, done.already_done) == (1, 0)
+    again = estimate_q0(lake, gen, tok, **kw)
+    assert (again.problems, again.already_done) == (0, 1)
