@@ -471,10 +471,18 @@ def runs_cmd(
     if kind:
         where.append(f"kind = {sql_quote(kind)}")
     result = lk.sql_arrow(
-        "SELECT run_id, kind, status, started_at, ended_at, model_id, host FROM runs"
+        "SELECT run_id, status, strftime(started_at, '%Y-%m-%d %H:%M:%S') AS started, "
+        "strftime(ended_at, '%H:%M:%S') AS ended, host FROM runs"
         + (" WHERE " + " AND ".join(where) if where else "")
         + f" ORDER BY started_at DESC LIMIT {int(limit)}"
     )
+    if result.num_rows == 0:
+        present = lk.sql_arrow(
+            "SELECT kind, status, count(*) AS n FROM runs GROUP BY 1, 2 ORDER BY 1, 2"
+        ).to_pylist()
+        shown = ", ".join(f"{r['kind']} {r['status']} ({r['n']})" for r in present) or "none"
+        console.print(f"no run matches; runs present: {shown}", highlight=False)
+        return
     _print_table(result, 40)
 
 

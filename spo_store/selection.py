@@ -95,4 +95,4 @@ def explain_empty(lake: Lake, where: str | None = None, split: str | None = None
             f"no problem matches --where {where!r} ({sum(counts.values())} problems in the "
             f"lake; splits present: {present})"
         )
-    return f"no problem selected; splits present: {present}"
+    return f"no problem selected ({sum(counts.values())} in the lake; splits present: {present})"

@@ -51,11 +51,7 @@ def evaluate(
     and `<prefix>/unjudged`. Raises SpoError with no problems or a k outside 1..n.
     """
     if not problems:
-        raise SpoError(
-            f"eval: {explain_empty(lake, split=split)}"
-            if split
-            else "eval: no problems to evaluate on (check --split or --where)"
-        )
+        raise SpoError(f"eval: {explain_empty(lake, split=split)} (check --split or --where)")
     bad = [k for k in ks if k < 1 or k > settings.n]
     if bad:
         raise SpoError(f"pass@k needs 1 <= k <= n={settings.n}; got k={bad}")
