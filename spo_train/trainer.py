@@ -445,6 +445,7 @@ def train(
         random.setstate(state["python_rng"])
         start_step, run_id = state["step"], state["run_id"]
         say(f"resumed run {run_id} from {ckpt.name} (step {start_step})")
+        lake.resume_run(run_id)  # the same run is running again, in this process
         # Steps after the checkpoint ran before the crash and run again now: drop what they
         # logged, so each (run, step, name) holds one value.
         dropped = _drop_after(lake, run_id, start_step)
