@@ -282,7 +282,7 @@ def dump_toml(obj: Any, header: str = "") -> str:
     lines = [f"# {line}" for line in header.splitlines()]
     for name, value in as_saved(obj).items():
         if value is None:
-            lines.append(f"# {name} = (not set: {help_of(type(obj), name)})")
+            lines.append(f"# {name}: not set (see --help)")
         else:
             lines.append(f"{name} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
