@@ -7,7 +7,7 @@ The numbers in docs/demo-tuning.md came from this script:
     python scripts/demo_sweep.py before --base /tmp/sweep/base512 --eval-n 20
     # per setting: copy the base lake, train exactly as the demo does, evaluate the same problems
     python scripts/demo_sweep.py run sq_1e-4 --base /tmp/sweep/base512 --eval-n 20 \
-        '{"loss": "terminal_sq", "lr": 1e-4, "steps": 100}'
+        '{"loss": "terminal_sq", "learning_rate": 1e-4, "steps": 100}'
 
 Each `run` appends one JSON line (settings, before/after pass@k, per-step curves) to
 BASE/../results.jsonl.
@@ -93,7 +93,8 @@ def run(base: Path, name: str, n: int, settings: dict) -> None:
         eval_problems=0,  # evaluated below on the test split, like the baseline
         tensorboard=False,
         wandb="off",
-        **settings,
+        # settings use TrainConfig's names; older sweep lines used "lr" for learning_rate
+        **{("learning_rate" if k == "lr" else k): v for k, v in settings.items()},
     )
     t0 = time.perf_counter()
     result = train(config)
