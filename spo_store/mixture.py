@@ -293,6 +293,18 @@ class MixtureSampler:
             self._candidates[key] = rows.column("_pos").to_numpy()
         return self._candidates[key]
 
+    def check_sources(self) -> None:
+        """Raise SpoError (`why_empty`'s line) for the first source with weight > 0, other than
+        `online` (filled by the run's own rollouts), that has no candidate now.
+
+        Call it before a run is recorded or its output claimed: a mixture that cannot be drawn
+        is a refusal, not a failed run (the advice `--mix online:1` must work as given).
+        """
+        self.index.refresh()
+        for name, weight in self.spec.weights.items():
+            if weight > 0 and name != "online" and len(self.candidates(name)) == 0:
+                raise SpoError(self.why_empty(name))
+
     def why_empty(self, name: str, policy_version: int = 0) -> str:
         """One line saying why source `name` has no candidate and what to do instead, found by
         narrowing down: no problem in the split, no q0 estimate there, all flagged, no judged

@@ -89,6 +89,9 @@ def test_empty_offline_source_says_what_to_do(lake, cc_sample):
         sampler.sample(4)
     msg = str(exc.value)
     assert "mixture source 'offline' is empty" in msg or "mixture source 'online' is empty" in msg
+    with pytest.raises(SpoError, match="mixture source 'offline' is empty.*--mix online:1"):
+        sampler.check_sources()  # before any run: `online` is not checked, `offline` is
+    MixtureSampler(lake, "online:1", ref_model_id=ref, q0_sampler_key=key).check_sources()
     offline = sampler.why_empty("offline")
     assert (
         "no correct (reward 0) Python 3 trajectories for the problems of split 'train'" in offline
