@@ -423,19 +423,8 @@ class MixtureSampler:
 def fetch_by_ids(
     lake: Lake, version: int, traj_ids: Sequence[str], columns: Sequence[str] | None = None
 ) -> pa.Table:
-    """Reproduce a logged batch: the rows of `traj_ids` at trajectories version `version`, in order."""
-    ds = lake.dataset("trajectories", version=version)
-    ids = pa.array(list(traj_ids), pa.string())
-    meta = ds.to_table(columns=["traj_id"], scan_in_order=True)
-    con = duckdb.connect()
-    try:
-        con.register("m", meta.append_column("_pos", pa.array(np.arange(meta.num_rows))))
-        con.register("wanted", pa.table({"traj_id": ids, "_ord": np.arange(len(ids))}))
-        pos = con.sql(
-            "SELECT m._pos FROM wanted w JOIN m USING (traj_id) ORDER BY w._ord"
-        ).to_arrow_table()
-    finally:
-        con.close()
-    if pos.num_rows != len(ids):
-        raise SpoError(f"some trajectory ids are not in trajectories version {version}")
-    return ds.take(pos.column(0), columns=list(columns) if columns else None)
+    """Reproduce a logged batch: the rows of `traj_ids` in order, at trajectories `version`
+    while it exists, else by id at the latest version (see `spo_store.reproduce`)."""
+    from spo_store.reproduce import fetch_rows_by_ids
+
+    return fetch_rows_by_ids(lake, version, traj_ids, columns).table
