@@ -18,7 +18,7 @@ import torch
 
 from spo_store.lake import Lake, sql_quote, utc_now
 from spo_train.logprobs import response_logprobs
-from spo_train.prompting import build_prompt, encode_prompt, encode_response
+from spo_train.prompting import encode_prompt, encode_response, problem_prompt
 
 
 @dataclass
@@ -95,9 +95,10 @@ class ReferenceCache:
         if todo:
             for i in todo:
                 if prompt_ids[i] is None:
-                    statement = problems[data[i]["problem_id"]]["statement"]
+                    # the prompt the rollouts are sampled with (fn_name, starter code included)
+                    problem = problems[data[i]["problem_id"]]
                     prompt_ids[i] = encode_prompt(
-                        self.tokenizer, build_prompt(statement, self.tokenizer)
+                        self.tokenizer, problem_prompt(problem, self.tokenizer)
                     )
                     # a response cut at max_new_tokens gets no eos it never generated
                     response_ids[i] = encode_response(
