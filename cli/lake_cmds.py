@@ -117,12 +117,18 @@ def ingest_human_solutions_cmd(
     )
     if langs is not None and not langs:
         raise SpoError("--languages is empty: give a comma-separated list, or 'all'")
-    lk = Lake.open(lake)
+    opened: list[Lake] = []
+
+    def open_lake() -> Lake:
+        # Opened (created) only after every input parsed: a bad file leaves no empty lake.
+        opened.append(Lake.open(lake))
+        return opened[0]
+
     with progress_bar() as bar:
         files_task = bar.add_task("files", total=None)
         verifier = _make_verifier(bar, workers, unsafe_no_sandbox) if verify else None
         report = ingest_human_solutions(
-            lk,
+            open_lake,
             paths,
             fmt=format.value,
             split=split,
@@ -132,7 +138,7 @@ def ingest_human_solutions_cmd(
             progress=lambda done, total: bar.update(files_task, completed=done, total=total),
         )
     console.print(
-        ingest_files_report(report) + f"\nlake: {lk.uri}", highlight=False, soft_wrap=True
+        ingest_files_report(report) + f"\nlake: {opened[0].uri}", highlight=False, soft_wrap=True
     )
 
 

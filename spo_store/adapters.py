@@ -274,14 +274,23 @@ def read_taco(path: Path, *, split: str | None) -> Iterator[ParsedProblem]:
 
 
 # ---------------------------------------------------------------------------- generic JSONL
-def _jsonl_tests(row: dict[str, Any], key: str, where: str) -> dict[str, list[str]]:
+def _jsonl_tests(
+    row: dict[str, Any], key: str, where: str, call_based: bool
+) -> dict[str, list[str]]:
     tests = row.get(key) or []
     if not isinstance(tests, list):
         raise SpoError(f"{where}: '{key}' must be a list of {{input, output}} objects")
     ins, outs = [], []
-    for t in tests:
+    for i, t in enumerate(tests):
         if not isinstance(t, dict) or "input" not in t or "output" not in t:
             raise SpoError(f"{where}: each test needs 'input' and 'output'")
+        for part in ("input", "output"):
+            if not call_based and not isinstance(t[part], str):
+                # stdin/stdout tests are text; only fn_name tests may be JSON values.
+                raise SpoError(
+                    f"{where}: '{key}' test {i} '{part}' must be a string (stdin/stdout "
+                    f"problem, no fn_name), got {type(t[part]).__name__}"
+                )
         # Call-based tests may give the argument list / value itself: stored as JSON text.
         ins.append(t["input"] if isinstance(t["input"], str) else json.dumps(t["input"]))
         outs.append(t["output"] if isinstance(t["output"], str) else json.dumps(t["output"]))
@@ -299,11 +308,48 @@ def _jsonl_number(row: dict[str, Any], key: str, where: str) -> float | None:
     return float(value)
 
 
+_ROW_SPLITS = {"train": "train", "valid": "valid", "validation": "valid", "dev": "valid"}
+_ROW_SPLITS |= {"test": "test", "unspecified": "unspecified"}
+
+
+def _jsonl_split(row: dict[str, Any], where: str) -> str | None:
+    """The row's `split`, normalised like a file-name split (validation/dev -> valid)."""
+    value = row.get("split")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or value.strip().lower() not in _ROW_SPLITS:
+        raise SpoError(f"{where}: 'split' {value!r} is not one of train, valid, test, unspecified")
+    return _ROW_SPLITS[value.strip().lower()]
+
+
+def _call_based_issue(tests: Iterable[dict[str, list[str]]]) -> str | None:
+    """unsupported_io when a call-based test input is not a JSON argument list (as TACO's)."""
+    n = 0
+    for block in tests:
+        for text in block["input"]:
+            try:
+                args = json.loads(text)
+            except json.JSONDecodeError:
+                args = None
+            if not isinstance(args, list):
+                return f"unsupported_io: call-based test {n} input is not a list of arguments"
+            n += 1
+    return None
+
+
 def read_jsonl(path: Path, *, split: str | None) -> Iterator[ParsedProblem]:
-    """Generic JSONL, one problem per line (docs/ingest.md lists the fields)."""
+    """Generic JSONL, one problem per line (docs/ingest.md lists the fields).
+
+    Raises SpoError naming `file:line` and the field for a missing or wrongly typed field.
+    """
     for where, row in _jsonl_rows(path):
         if "name" not in row or not ("statement" in row or "description" in row):
             raise SpoError(f"{where}: a problem needs 'name' and 'statement'")
+        if not isinstance(row["name"], str) or not row["name"].strip():
+            raise SpoError(f"{where}: 'name' must be a non-empty string, got {row['name']!r}")
+        for key in ("statement", "description", "source_dataset"):
+            if row.get(key) is not None and not isinstance(row[key], str):
+                raise SpoError(f"{where}: '{key}' must be a string, got {type(row[key]).__name__}")
         for key in JSONL_STRING_FIELDS:
             if row.get(key) is not None and not isinstance(row[key], str):
                 raise SpoError(f"{where}: '{key}' must be a string, got {type(row[key]).__name__}")
@@ -325,13 +371,19 @@ def read_jsonl(path: Path, *, split: str | None) -> Iterator[ParsedProblem]:
             extra["memory_limit"] = str(memory_limit)
         input_file = _file_or_none(row.get("input_file"))
         output_file = _file_or_none(row.get("output_file"))
+        call_based = bool(row.get("fn_name"))
+        public = _jsonl_tests(row, "public_tests", where, call_based)
+        private = _jsonl_tests(row, "tests", where, call_based)
+        issue = _io_issue(input_file, output_file)
+        if call_based and issue is None:
+            issue = _call_based_issue([public, private])  # the TACO adapter's rule
         yield ParsedProblem(
-            name=str(row["name"]),
+            name=row["name"],
             statement=row.get("statement") or row.get("description") or "",
-            source_dataset=row.get("source_dataset", "jsonl"),
-            split=row.get("split") or split or _split_from_path(path) or "unspecified",
-            public_tests=_jsonl_tests(row, "public_tests", where),
-            private_tests=_jsonl_tests(row, "tests", where),
+            source_dataset=row.get("source_dataset") or "jsonl",
+            split=_jsonl_split(row, where) or split or _split_from_path(path) or "unspecified",
+            public_tests=public,
+            private_tests=private,
             generated_tests=_tests([], []),
             time_limit_s=seconds or DEFAULT_TIME_LIMIT_S,
             memory_limit_mb=mb or DEFAULT_MEMORY_LIMIT_MB,
@@ -342,7 +394,7 @@ def read_jsonl(path: Path, *, split: str | None) -> Iterator[ParsedProblem]:
             fn_name=row.get("fn_name") or None,
             input_file=input_file,
             output_file=output_file,
-            judge_issue=_io_issue(input_file, output_file),
+            judge_issue=issue,
             where=where,
             extra=extra,
             solutions=sols,
@@ -382,7 +434,11 @@ def _read_parquet_checked(path: Path, required: set[str]) -> pa.Table:
 
 # ---------------------------------------------------------------------------- input discovery
 def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Files, directories (searched recursively) and glob patterns, each checked to exist."""
+    """Files, directories (searched recursively) and glob patterns, each checked to exist.
+
+    Returns each file once, in the order first named. Raises SpoError for a missing path, an
+    empty file, or a pattern or folder that matches no input file.
+    """
     out: list[Path] = []
     for raw in paths:
         text = str(raw)
@@ -406,10 +462,17 @@ def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
             out.extend(found)
         else:
             out.append(path)
+    # The same file named twice (or by a folder and a pattern) is read once: counts stay true.
+    seen: set[Path] = set()
+    unique = []
     for path in out:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append(path)
+    for path in unique:
         if path.stat().st_size == 0:
             raise SpoError(f"{path}: empty file")
-    return out
+    return unique
 
 
 def detect_format(path: Path) -> str:

@@ -91,7 +91,7 @@ class IngestReport:
 
 
 def ingest_human_solutions(
-    lake: Lake,
+    lake: Lake | Callable[[], Lake],
     paths: Sequence[str | os.PathLike[str]],
     *,
     fmt: str = "auto",
@@ -111,7 +111,9 @@ def ingest_human_solutions(
     `verify`, labelled-correct solutions failing with wrong_answer flag their problem
     'labels_disagree: ...' when other labelled-correct ones pass, when two or more fail, or when
     the statement suggests several answers. `progress(done, total)` is called per file.
-    Raises SpoError (nothing written) for missing or malformed inputs.
+    Raises SpoError (nothing written) for missing or malformed inputs. `lake` may be a
+    function opening the lake: it is called only once every input parsed, so a failed ingest
+    into a new path leaves no empty lake behind.
     """
     files = expand_paths(paths)
     plan = [(p, detect_format(p) if fmt == "auto" else fmt) for p in files]
@@ -120,6 +122,8 @@ def ingest_human_solutions(
 
     if languages is not None:
         _check_languages(languages, parsed)
+    if callable(lake):
+        lake = lake()
 
     report = IngestReport(files=len(files), verified=verify is not None, split_option=split)
     report.run_id = lake.start_run(

@@ -291,7 +291,7 @@ def test_cli_bad_input_is_one_line(tmp_path):
     r = spo("ingest", "human-solutions", str(bad), "--lake", str(tmp_path / "lake"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [f"error: {bad}:1: 'checker' must be a string, got int"]
-    assert Path(tmp_path / "lake").exists()
+    assert not Path(tmp_path / "lake").exists()  # nothing created before parsing succeeds
 
 
 @needs_sandbox
