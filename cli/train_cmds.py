@@ -6,7 +6,6 @@ import inspect
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -345,6 +344,7 @@ def resolve_train_config(explicit: dict[str, Any], config_file: str | None) -> A
         TrainConfig,
         build,
         differing_settings,
+        has_checkpoint,
         read_toml,
         refuse_differing,
         stored_train_config,
@@ -354,7 +354,8 @@ def resolve_train_config(explicit: dict[str, Any], config_file: str | None) -> A
     base: dict[str, Any] = {}
     if given.get("resume"):
         output = given.get("output", TrainConfig.output)
-        stored = stored_train_config(output) if Path(output).is_dir() else None
+        # Only a checkpoint is continued; without one the resume starts fresh with `given`.
+        stored = stored_train_config(output) if has_checkpoint(output) else None
         if stored is not None:
             values, source = stored
             diffs = differing_settings(values, given)

@@ -751,8 +751,9 @@ class EvalConfig(SamplingConfig):
 def check_output_dir(config: TrainConfig) -> None:
     """Refuse, in one line, an --output that cannot hold this run.
 
-    A file is refused. Without --resume, a directory holding another run (run.json,
-    config.toml, checkpoints) is refused: two runs' checkpoints and TensorBoard events would
+    A file is refused. A directory without a checkpoint is accepted (its run, if any, ended
+    before one and left nothing to continue). Without --resume, a directory holding another
+    run's checkpoints is refused: two runs' checkpoints and TensorBoard events would
     mix. With --resume, settings that differ from the stored run's are refused (naming them):
     resuming must not silently change the experiment or overwrite its config.
     """
@@ -760,6 +761,11 @@ def check_output_dir(config: TrainConfig) -> None:
     if out.exists() and not out.is_dir():
         raise SpoError(f"--output {config.output} is a file; give a directory")
     if not out.is_dir():
+        return
+    if not has_checkpoint(out):
+        # A run that stopped before its first checkpoint (a refusal, a crash, Ctrl-C) left
+        # nothing to continue: a fresh start (or --resume, which starts fresh) may reuse the
+        # directory with other settings; its config.toml and run.json are rewritten.
         return
     if not config.resume:
         ckpts = sorted(p.name for p in out.glob("checkpoint-*") if p.is_dir())
@@ -783,6 +789,12 @@ def check_output_dir(config: TrainConfig) -> None:
         diffs = differing_settings(values, as_saved(config))
         if diffs:
             refuse_differing(config.output, source, diffs)
+
+
+def has_checkpoint(output: str | Path) -> bool:
+    """Whether `output` holds a checkpoint (or its `latest` marker) that --resume continues."""
+    out = Path(output)
+    return (out / "latest").exists() or any(p.is_dir() for p in out.glob("checkpoint-*"))
 
 
 def stored_train_config(output: str | Path) -> tuple[dict[str, Any], Path] | None:

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from spo_store.errors import SpoError
-from spo_store.lake import Lake, sql_quote, utc_now
+from spo_store.lake import Lake, run_status, sql_quote, utc_now
 from spo_store.maintenance import maybe_compact
 from spo_store.mixture import MixtureSampler, MixtureSpec, load_sources
 from spo_store.q0_estimates import sampler_key
@@ -250,13 +250,18 @@ def _splits_present_suffix(lake: Lake) -> str:
 
 
 def _write_config(
-    output: Path, config: TrainConfig, run_id: str, say: Callable[[str], None]
+    output: Path,
+    config: TrainConfig,
+    run_id: str,
+    say: Callable[[str], None],
+    *,
+    resumed: bool = False,
 ) -> None:
     """Write output/config.toml (reloadable: `spo train --config output/config.toml`) and
     run.json. On resume the stored settings equal these except operational ones (workers,
     wandb, ...) and `steps`, which a resume may raise: that change is said, never silent."""
     stored = stored_train_config(output)
-    if stored is not None and stored[0].get("steps", config.steps) != config.steps:
+    if resumed and stored is not None and stored[0].get("steps", config.steps) != config.steps:
         say(
             f"--steps {config.steps}: the run continues to step {config.steps} "
             f"(started with {stored[0]['steps']}); config.toml updated"
@@ -356,6 +361,10 @@ def train(
     # another run's output, a resume that changes settings, a bad model/mixture: one line
     pi0_path, sources = preflight(config)
     say = on_event or (lambda _msg: None)
+    # Notes found while checking are said only once every check passed: a refusal is the
+    # command's only output.
+    pending: list[str] = []
+    note = pending.append
     output = Path(config.output)
     lake = Lake.open(config.lake)
     _check_split(lake, config.train_split, "--train-split")
@@ -386,17 +395,17 @@ def train(
         )
     without = count_problems(lake, f"{in_split} AND {reliable} AND p.q0 IS NULL", q0_of=q0_of)
     if without:
-        say(
+        note(
             f"{without} {config.train_split} problems have no q0 estimate of this model and "
             f"sampler and are left out (run `{estimate_q0_command(config, lake.uri)}`)"
         )
     if not config.include_unreliable:
         line = left_out_line(judge_issue_counts(lake, in_split), f"train ({config.train_split})")
         if line:
-            say(line)
+            note(line)
     rebased = rebase_q0(train_problems, config.beta)
     if rebased:
-        say(f"q0 of {rebased} problems recomputed from their (n, c) for beta {config.beta:.4g}")
+        note(f"q0 of {rebased} problems recomputed from their (n, c) for beta {config.beta:.4g}")
     problems_by_id = {p["problem_id"]: p for p in train_problems}
 
     # --- evaluation problems (checked before anything is started or written)
@@ -411,7 +420,7 @@ def train(
                 judge_issue_counts(lake, eval_where), f"eval ({config.eval_split})"
             )
             if line:
-                say(line)
+                note(line)
         if not eval_problems:
             raise SpoError(
                 f"no {config.eval_split!r} problems to evaluate on in lake {lake.uri}: choose "
@@ -419,7 +428,28 @@ def train(
                 + _splits_present_suffix(lake)
             )
     else:
-        say("--eval-problems 0: the trainer does not evaluate this run")
+        note("--eval-problems 0: the trainer does not evaluate this run")
+
+    # --- the mixture: a source that has nothing to draw is a refusal, before the run exists
+    sampler = MixtureSampler(
+        lake,
+        config.mix,
+        sources=sources,
+        run_id=None,  # set once the run is recorded (only `online` reads it)
+        staleness=config.staleness,
+        split=config.train_split,
+        seed=config.seed,
+        ref_model_id=ref_model_id,
+        q0_sampler_key=q0_key,
+        beta=config.beta,
+        include_unreliable=config.include_unreliable,
+    )
+    try:
+        sampler.check_sources()
+    except SpoError as exc:
+        raise SpoError(f"--mix {config.mix}: {exc}") from None
+    for line in pending:
+        say(line)
 
     # --- models: policy (trained), reference pi_0 (frozen), rollout policy (stale copy)
     _set_seed(config.seed)
@@ -455,118 +485,113 @@ def train(
         run_id = lake.start_run(
             "train", dataclasses.asdict(config), model_id=ref_model_id, tokenizer_id=tokenizer_id
         )
-    _write_config(output, config, run_id, say)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps))
-    )
-    if ckpt is not None:
-        scheduler.load_state_dict(state["scheduler"])
-
-    rollout_model = copy.deepcopy(policy).eval().requires_grad_(False)
-    rollout_gen = TransformersGenerator(rollout_model, tokenizer, device=config.device)
-    rollout_version = start_step  # the rollout policy starts with the weights it was loaded with
-    ref_cache = ReferenceCache(
-        lake, tokenizer, tokenizer_id, ref_model, ref_model_id, run_id, config.micro_batch_size
-    )
-    sampler = MixtureSampler(
-        lake,
-        config.mix,
-        sources=sources,
-        run_id=run_id,
-        staleness=config.staleness,
-        split=config.train_split,
-        seed=config.seed,
-        ref_model_id=ref_model_id,
-        q0_sampler_key=q0_key,
-        beta=config.beta,
-        include_unreliable=config.include_unreliable,
-    )
-    eps = effective_ce_clip_eps(config)
-    if config.loss == "reverse_q_ce" and eps > DEFAULT_CE_CLIP_EPS["reverse_q_ce"]:
-        say(
-            f"--ce-clip-eps {eps:g} with reverse_q_ce moves every per-token target above "
-            f"exp(-{eps:g}) = {math.exp(-eps):.3g} to probability 1 (docs/losses.md)"
-        )
-    online_weight = sampler.spec.weights.get("online", 0.0)
-    online_per_step = sampler.spec.counts(config.batch_size).get("online", 0)
-    writer = None
-    if config.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        # purge_step: TensorBoard hides events of steps >= the resume step from earlier
-        # files (the killed run's steps after its checkpoint), as the lake rows are dropped.
-        tb_dir = output / "tb"
-        purge = start_step if (ckpt is not None or tb_dir.exists()) else None
-        writer = SummaryWriter(log_dir=str(tb_dir), purge_step=purge)
-        if ckpt is not None:
-            _relog_evals(lake, writer, run_id, start_step)
-    wandb_run = _start_wandb(config, run_id, output)
-    # Steps already evaluated by this run (a resumed run never repeats step 0 or the end).
-    evaluated: set[int] = set()
-    if ckpt is not None:
-        evaluated = set(
-            lake.sql_arrow(
-                f"SELECT DISTINCT step FROM metrics WHERE run_id = {sql_quote(run_id)} "
-                f"AND name = {sql_quote(f'eval/{config.eval_split}/unjudged')}"
-            )
-            .column(0)
-            .to_pylist()
-        )
-
-    def run_eval(step: int) -> dict[str, Any]:
-        gen = TransformersGenerator(policy.eval(), tokenizer, device=config.device)
-        settings = SamplerSettings(
-            config.eval_n,
-            config.eval_temperature,
-            config.eval_top_p,
-            config.max_new_tokens,
-            seed=config.seed + 7,
-        )
-        res = evaluate(
-            lake,
-            gen,
-            tokenizer,
-            eval_problems,
-            settings=settings,
-            ks=config.eval_k,
-            run_id=run_id,
-            model_id=f"{run_id}@{step}",
-            tokenizer_id=tokenizer_id,
-            step=step,
-            policy_version=step,
-            split=config.eval_split,
-            workers=config.workers,
-            unsafe_no_sandbox=config.unsafe_no_sandbox,
-        )
-        evals = {
-            f"eval/{config.eval_split}/pass@{k}": res[f"pass@{k}"]
-            for k in config.eval_k
-            if res[f"pass@{k}"] is not None
-        }
-        if writer:
-            for k, v in evals.items():
-                writer.add_scalar(k, v, step)
-        if wandb_run:
-            wandb_run.log(evals, step=step)
-        shown = ", ".join(
-            f"pass@{k} {res[f'pass@{k}']:.3f}" if res[f"pass@{k}"] is not None else f"pass@{k} n/a"
-            for k in config.eval_k
-        )
-        say(
-            f"eval step {step} ({config.eval_split}, {len(eval_problems)} problems, "
-            f"n={config.eval_n}, T={config.eval_temperature:g}, top-p {config.eval_top_p:g}): {shown}"
-        )
-        for note in eval_notes(res):
-            say(note)
-        evaluated.add(step)
-        return res
-
-    def maybe_eval(step: int) -> None:
-        if eval_problems and step not in evaluated:
-            result.evals.append({"step": step, **run_eval(step)})
-
+    # From here the run is recorded: whatever stops it ends it (run_status), never `running`.
+    writer = wandb_run = None
+    ckpt_step = start_step  # the step of the newest checkpoint this run can resume from
+    mid_update = False  # inside a step's optimizer update (a checkpoint then is inconsistent)
     result = TrainResult(run_id=run_id, steps_done=start_step, output=output)
     try:
+        _write_config(output, config, run_id, say, resumed=ckpt is not None)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps))
+        )
+        if ckpt is not None:
+            scheduler.load_state_dict(state["scheduler"])
+
+        rollout_model = copy.deepcopy(policy).eval().requires_grad_(False)
+        rollout_gen = TransformersGenerator(rollout_model, tokenizer, device=config.device)
+        rollout_version = (
+            start_step  # the rollout policy starts with the weights it was loaded with
+        )
+        ref_cache = ReferenceCache(
+            lake, tokenizer, tokenizer_id, ref_model, ref_model_id, run_id, config.micro_batch_size
+        )
+        sampler.run_id = run_id
+        eps = effective_ce_clip_eps(config)
+        if config.loss == "reverse_q_ce" and eps > DEFAULT_CE_CLIP_EPS["reverse_q_ce"]:
+            say(
+                f"--ce-clip-eps {eps:g} with reverse_q_ce moves every per-token target above "
+                f"exp(-{eps:g}) = {math.exp(-eps):.3g} to probability 1 (docs/losses.md)"
+            )
+        online_weight = sampler.spec.weights.get("online", 0.0)
+        online_per_step = sampler.spec.counts(config.batch_size).get("online", 0)
+        if config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step: TensorBoard hides events of steps >= the resume step from earlier
+            # files (the killed run's steps after its checkpoint), as the lake rows are dropped.
+            tb_dir = output / "tb"
+            purge = start_step if (ckpt is not None or tb_dir.exists()) else None
+            writer = SummaryWriter(log_dir=str(tb_dir), purge_step=purge)
+            if ckpt is not None:
+                _relog_evals(lake, writer, run_id, start_step)
+        wandb_run = _start_wandb(config, run_id, output)
+        # Steps already evaluated by this run (a resumed run never repeats step 0 or the end).
+        evaluated: set[int] = set()
+        if ckpt is not None:
+            evaluated = set(
+                lake.sql_arrow(
+                    f"SELECT DISTINCT step FROM metrics WHERE run_id = {sql_quote(run_id)} "
+                    f"AND name = {sql_quote(f'eval/{config.eval_split}/unjudged')}"
+                )
+                .column(0)
+                .to_pylist()
+            )
+
+        def run_eval(step: int) -> dict[str, Any]:
+            gen = TransformersGenerator(policy.eval(), tokenizer, device=config.device)
+            settings = SamplerSettings(
+                config.eval_n,
+                config.eval_temperature,
+                config.eval_top_p,
+                config.max_new_tokens,
+                seed=config.seed + 7,
+            )
+            res = evaluate(
+                lake,
+                gen,
+                tokenizer,
+                eval_problems,
+                settings=settings,
+                ks=config.eval_k,
+                run_id=run_id,
+                model_id=f"{run_id}@{step}",
+                tokenizer_id=tokenizer_id,
+                step=step,
+                policy_version=step,
+                split=config.eval_split,
+                workers=config.workers,
+                unsafe_no_sandbox=config.unsafe_no_sandbox,
+            )
+            evals = {
+                f"eval/{config.eval_split}/pass@{k}": res[f"pass@{k}"]
+                for k in config.eval_k
+                if res[f"pass@{k}"] is not None
+            }
+            if writer:
+                for k, v in evals.items():
+                    writer.add_scalar(k, v, step)
+            if wandb_run:
+                wandb_run.log(evals, step=step)
+            shown = ", ".join(
+                f"pass@{k} {res[f'pass@{k}']:.3f}"
+                if res[f"pass@{k}"] is not None
+                else f"pass@{k} n/a"
+                for k in config.eval_k
+            )
+            say(
+                f"eval step {step} ({config.eval_split}, {len(eval_problems)} problems, "
+                f"n={config.eval_n}, T={config.eval_temperature:g}, top-p {config.eval_top_p:g}): {shown}"
+            )
+            for note in eval_notes(res):
+                say(note)
+            evaluated.add(step)
+            return res
+
+        def maybe_eval(step: int) -> None:
+            if eval_problems and step not in evaluated:
+                result.evals.append({"step": step, **run_eval(step)})
+
         if start_step == 0:
             maybe_eval(0)  # the policy it starts from
         for step in range(start_step, config.steps):
@@ -644,6 +669,7 @@ def train(
                 eps=eps,
                 return_diagnostics=True,
             )
+            mid_update = True  # until the step is counted done below
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
@@ -692,6 +718,7 @@ def train(
                 wandb_run.log(metrics, step=step)
             result.metrics.append({"step": step, **metrics})
             result.steps_done = step + 1
+            mid_update = False
             if on_step:
                 on_step(step, metrics)
             if config.eval_every and (step + 1) % config.eval_every == 0:
@@ -711,13 +738,32 @@ def train(
                         "config": dataclasses.asdict(config),
                     },
                 )
+                ckpt_step = step + 1
                 _prune_checkpoints(output, config.keep_checkpoints)
                 maybe_compact(lake)
         # The policy it ends with, always (after its checkpoint, so a kill here loses no
         # training; a resumed run evaluates it if this did not finish).
         maybe_eval(config.steps)
     except BaseException as exc:
-        lake.end_run(run_id, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+        if isinstance(exc, KeyboardInterrupt) and not mid_update and result.steps_done > ckpt_step:
+            # Ctrl-C / SIGTERM: keep the steps done since the last checkpoint (--resume
+            # continues from here; a small model saves in seconds).
+            _save_checkpoint(
+                output,
+                result.steps_done,
+                policy,
+                tokenizer,
+                optimizer,
+                scheduler,
+                {
+                    "step": result.steps_done,
+                    "run_id": run_id,
+                    "lake_versions": lake.versions(),
+                    "config": dataclasses.asdict(config),
+                },
+            )
+            say(f"interrupted: checkpoint-{result.steps_done:06d} saved; --resume continues")
+        lake.end_run(run_id, run_status(exc))
         raise
     finally:
         if writer:
