@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from spo_store.errors import SpoError
-from spo_store.lake import Lake, sql_quote
+from spo_store.lake import Lake, run_status, sql_quote
 from spo_train.config import DEFAULT_BETA
 from spo_train.defaults import ensure_problems
 from spo_train.evaluate import eval_notes, evaluate
@@ -164,63 +164,70 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
         config.eval_n, 0.4, 0.95, config.max_new_tokens, seed=config.seed + 1
     )
     run_id = lake.start_run("demo", asdict(config), model_id=model_id, tokenizer_id=tok_id)
-    t0 = time.perf_counter()
-    with console.status("evaluating pi_0 on the test split"):
-        before = evaluate(
-            lake,
-            TransformersGenerator(model, tok),
-            tok,
-            eval_set,
-            settings=settings,
-            run_id=run_id,
-            model_id=model_id,
-            tokenizer_id=tok_id,
-            split="test",
-            metric_prefix="demo/before",
-            unsafe_no_sandbox=config.unsafe_no_sandbox,
+    # whatever stops the demo ends its run (never left `running`)
+    try:
+        t0 = time.perf_counter()
+        with console.status("evaluating pi_0 on the test split"):
+            before = evaluate(
+                lake,
+                TransformersGenerator(model, tok),
+                tok,
+                eval_set,
+                settings=settings,
+                run_id=run_id,
+                model_id=model_id,
+                tokenizer_id=tok_id,
+                split="test",
+                metric_prefix="demo/before",
+                unsafe_no_sandbox=config.unsafe_no_sandbox,
+            )
+        timings["eval_before_s"] = time.perf_counter() - t0
+        say(
+            f"pi_0: pass@1 {_fmt(before['pass@1'])}, pass@10 {_fmt(before['pass@10'])} ({timings['eval_before_s']:.0f} s)"
         )
-    timings["eval_before_s"] = time.perf_counter() - t0
-    say(
-        f"pi_0: pass@1 {_fmt(before['pass@1'])}, pass@10 {_fmt(before['pass@10'])} ({timings['eval_before_s']:.0f} s)"
-    )
 
-    # 4. SPO training
-    t0 = time.perf_counter()
-    train_cfg = config.train_config(lake.uri, str(pi0_path))
-    train_dir = Path(train_cfg.output)
-    if train_dir.exists():
-        # The demo owns output/train: a rerun is a new demo, not a resume of the last one.
-        say(f"replacing the previous demo's training run in {train_dir}")
-        shutil.rmtree(train_dir)
-    with console.status("training SPO") as status:
-        result = train(
-            train_cfg,
-            on_step=lambda s, m: status.update(
-                f"training SPO: step {s + 1}/{config.steps} loss {m.get('train/loss', float('nan')):.4f} "
-                f"|Q_T-r| {m.get('train/terminal_abs_error', float('nan')):.3f}"
-            ),
-            on_event=say,
-        )
-    timings["train_s"] = time.perf_counter() - t0
+        # 4. SPO training
+        t0 = time.perf_counter()
+        train_cfg = config.train_config(lake.uri, str(pi0_path))
+        train_dir = Path(train_cfg.output)
+        if train_dir.exists():
+            # The demo owns output/train: a rerun is a new demo, not a resume of the last one.
+            say(f"replacing the previous demo's training run in {train_dir}")
+            shutil.rmtree(train_dir)
+        with console.status("training SPO") as status:
+            result = train(
+                train_cfg,
+                on_step=lambda s, m: status.update(
+                    f"training SPO: step {s + 1}/{config.steps} loss {m.get('train/loss', float('nan')):.4f} "
+                    f"|Q_T-r| {m.get('train/terminal_abs_error', float('nan')):.3f}"
+                ),
+                on_event=say,
+            )
+        timings["train_s"] = time.perf_counter() - t0
 
-    # 5. the trained policy on the same problems with the same seed
-    trained, _ = load_model_and_tokenizer(train_dir / (train_dir / "latest").read_text().strip())
-    t0 = time.perf_counter()
-    with console.status("evaluating the trained policy on the test split"):
-        after = evaluate(
-            lake,
-            TransformersGenerator(trained, tok),
-            tok,
-            eval_set,
-            settings=settings,
-            run_id=run_id,
-            model_id=f"{result.run_id}@{result.steps_done}",
-            tokenizer_id=tok_id,
-            split="test",
-            metric_prefix="demo/after",
-            unsafe_no_sandbox=config.unsafe_no_sandbox,
+        # 5. the trained policy on the same problems with the same seed
+        trained, _ = load_model_and_tokenizer(
+            train_dir / (train_dir / "latest").read_text().strip()
         )
-    timings["eval_after_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with console.status("evaluating the trained policy on the test split"):
+            after = evaluate(
+                lake,
+                TransformersGenerator(trained, tok),
+                tok,
+                eval_set,
+                settings=settings,
+                run_id=run_id,
+                model_id=f"{result.run_id}@{result.steps_done}",
+                tokenizer_id=tok_id,
+                split="test",
+                metric_prefix="demo/after",
+                unsafe_no_sandbox=config.unsafe_no_sandbox,
+            )
+        timings["eval_after_s"] = time.perf_counter() - t0
+    except BaseException as exc:
+        lake.end_run(run_id, run_status(exc))
+        raise
     lake.end_run(run_id, "completed")
     timings["total_s"] = time.perf_counter() - t_start
 
