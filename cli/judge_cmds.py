@@ -33,8 +33,13 @@ def _read_text(path: Path, what: str) -> str:
         raise SpoError(f"{what} {path} is not valid UTF-8 (byte {exc.start})") from None
 
 
-def load_tests_file(path: Path) -> list[tuple[str, str]]:
-    """Tests from a JSON file: a list of {"input": str, "output": str} objects."""
+def load_tests_file(path: Path, call_based: bool = False) -> list[tuple[str, str]]:
+    """Tests from a JSON file: a list of {"input": str, "output": str} objects.
+
+    With `call_based` (--fn-name) input and output may be JSON values (the argument list, the
+    return value), encoded as JSON text like generic JSONL's call-based tests; a string is kept
+    as the JSON text it already is. Raises SpoError naming the file and item otherwise.
+    """
     text = _read_text(path, "tests file")
     try:
         raw = json.loads(text)
@@ -46,6 +51,14 @@ def load_tests_file(path: Path) -> list[tuple[str, str]]:
         raise SpoError(f'tests file {path} must hold a non-empty list of {{"input", "output"}}')
     tests = []
     for i, item in enumerate(raw):
+        if call_based and isinstance(item, dict) and "input" in item and "output" in item:
+            tests.append(
+                tuple(
+                    v if isinstance(v, str) else json.dumps(v)
+                    for v in (item["input"], item["output"])
+                )
+            )
+            continue
         if (
             not isinstance(item, dict)
             or not isinstance(item.get("input"), str)
@@ -53,9 +66,27 @@ def load_tests_file(path: Path) -> list[tuple[str, str]]:
         ):
             raise SpoError(
                 f'tests file {path}: item {i} is not an object with string "input" and "output"'
+                + ("" if call_based else " (JSON values need --fn-name: call-based tests)")
             )
         tests.append((item["input"], item["output"]))
     return tests
+
+
+def _issue_warning(judge_issue: str, has_checker: bool) -> str | None:
+    """One line on a problem flagged unreliable (docs/judge.md), or None when a checker fixes it."""
+    reason, _, detail = judge_issue.partition(":")
+    reason, detail = reason.strip(), detail.strip()
+    if reason == "multiple_answers":
+        if has_checker:
+            return None
+        why = "its tests check one answer; add a checker (--checker)"
+    else:
+        why = "its verdict may not be reliable"
+    return (
+        f"warning: this problem is flagged {reason}"
+        + (f" ({detail})" if detail else "")
+        + f": {why}"
+    )
 
 
 def _problem_from_lake(lake_uri: str | None, id_or_name: str) -> dict[str, Any]:
@@ -118,7 +149,8 @@ def judge_cmd(
         typer.Option(
             "--float-tolerance",
             help="Accept numeric tokens within this absolute-or-relative error "
-            "(overrides the problem's; default: the problem's, else exact)",
+            "(overrides the problem's; default: the problem's, else exact; with --tests "
+            "the default tolerance 1e-5 on decimals only)",
         ),
     ] = None,
     fn_name: Annotated[
@@ -151,7 +183,7 @@ def judge_cmd(
     A passing run prints one summary line; test rows are shown on failure or with --verbose.
     --fn-name and --checker set (or override) how the tests are judged.
     """
-    from spo_train.judge import JudgeJob, job_for_problem, judge_job
+    from spo_train.judge import JudgeJob, default_float_tolerance, job_for_problem, judge_job
 
     if (tests is None) == (problem is None):
         raise SpoError("give exactly one of --tests FILE or --problem ID_OR_NAME")
@@ -164,12 +196,16 @@ def judge_cmd(
     ):
         raise SpoError("--time-limit and --memory-limit must be positive")
     source = _read_text(program, "program")
+    judge_issue = None
     if tests is not None:
+        # As a problem ingested without a tolerance: the default one, for decimals only.
         job = JudgeJob(
             source,
-            load_tests_file(tests),
-            float_tolerance=float_tolerance,
-            float_tolerance_source="user" if float_tolerance is not None else None,
+            load_tests_file(tests, call_based=fn_name is not None),
+            float_tolerance=float_tolerance
+            if float_tolerance is not None
+            else default_float_tolerance(),
+            float_tolerance_source="user" if float_tolerance is not None else "default",
         )
         title = f"{program.name} on {tests.name}"
     else:
@@ -177,6 +213,7 @@ def judge_cmd(
         job = job_for_problem(row, source, float_tolerance_override=float_tolerance)
         if not job.tests:
             raise SpoError(f"problem {problem!r} has no tests in the lake")
+        judge_issue = row.get("judge_issue") or None
         title = f"{program.name} on {row.get('name') or row.get('problem_id')}"
     if fn_name is not None:
         if not fn_name.isidentifier():
@@ -196,6 +233,9 @@ def judge_cmd(
         console.print(Text(verdict.detail))
     elif verbose or not verdict.passed:
         _print_rows(verdict, title, bool(job.fn_name))
+    warning = _issue_warning(judge_issue, bool(job.checker)) if judge_issue else None
+    if warning:
+        console.print(Text(warning, style="yellow"), soft_wrap=True)
     summary = Text()
     if verdict.passed:
         summary.append("PASSED", style="bold green")
@@ -208,7 +248,11 @@ def judge_cmd(
         how.append(f"calls {job.fn_name}()")
     if job.checker:
         how.append("checker")
-    if job.float_tolerance is not None:
+    if job.float_tolerance is None:
+        how.append("numbers compared exactly (no float tolerance)")
+    elif job.float_tolerance_source == "default":
+        how.append(f"float tolerance {job.float_tolerance:g} (default: decimals only)")
+    else:
         how.append(f"float tolerance {job.float_tolerance:g} ({job.float_tolerance_source})")
     if job.input_file or job.output_file:
         how.append(f"files {job.input_file or 'stdin'} -> {job.output_file or 'stdout'}")

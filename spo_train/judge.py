@@ -335,6 +335,11 @@ def _program_config(
     return cfg
 
 
+def _as_checker(text: str) -> str:
+    """The sandbox driver names every source solution.py; in checker messages it is the checker."""
+    return text.replace('File "solution.py"', 'File "checker.py"')
+
+
 def _run_checker(
     checker: str,
     tests: Sequence[tuple[str, str]],
@@ -364,7 +369,7 @@ def _run_checker(
     checked: list[tuple[bool | None, str]] = []
 
     def keep_going(i: int, run: RunResult) -> bool:
-        msg = (run.stdout + run.stderr).strip()
+        msg = _as_checker((run.stdout + run.stderr).strip())
         if run.status == "ok":
             checked.append((True, msg))
             return True
@@ -392,7 +397,7 @@ def _run_checker(
 
     out = _session_with_retry(session)
     if out.compile_error is not None:
-        return checked, f"checker does not compile: {out.compile_error.strip()}"
+        return checked, f"checker does not compile: {_as_checker(out.compile_error.strip())}"
     if out.failure is not None:
         return checked, f"checker sandbox: {out.failure}"
     for extra in out.results[len(checked) :]:  # a watchdog result skips keep_going
@@ -562,17 +567,19 @@ def judge_batch(
 ) -> list[Verdict]:
     """Judge many programs in parallel (one sandbox each); verdicts in the order of `jobs`.
 
-    `workers` defaults to `os.cpu_count()`. `progress(n)` is called from the calling thread
+    `workers` defaults to `default_workers()` (the CPUs this process may run on).
+    `progress(n)` is called from the calling thread
     with the number of jobs just finished (1 each time), e.g. `lambda n: bar.advance(task, n)`.
     A failure of one job (sandbox trouble, bad limits, no tests) becomes that job's not-judged
     verdict (`judged=False`, reward None); only a missing bwrap raises (SpoError), before
-    anything runs.
+    anything runs. An interrupt (KeyboardInterrupt, SystemExit from a SIGTERM handler) cancels
+    the jobs not yet started and propagates.
     """
     jobs = list(jobs)
     if not jobs:
         return []
     _sb._sandbox_for(unsafe_no_sandbox)  # fail fast, and find the layout once before threads
-    workers = max(1, workers or os.cpu_count() or 1)
+    workers = max(1, workers or default_workers())
 
     def one(job: JudgeJob) -> Verdict:
         try:
@@ -585,10 +592,26 @@ def judge_batch(
             return Verdict(False, "sandbox_error", 0, len(job.tests), [], f"{exc}", judged=False)
 
     verdicts: list[Verdict | None] = [None] * len(jobs)
-    with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+    pool = ThreadPoolExecutor(max_workers=min(workers, len(jobs)))
+    try:
         futures = {pool.submit(one, job): i for i, job in enumerate(jobs)}
         for fut in as_completed(futures):
             verdicts[futures[fut]] = fut.result()
             if progress is not None:
                 progress(1)
+    except BaseException:
+        # Ctrl-C / SIGTERM (or a failing progress callback): drop the queued jobs instead of
+        # judging them all before the interrupt can propagate; running ones finish their test.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return [v for v in verdicts if v is not None]
+
+
+def default_workers() -> int:
+    """Judge workers by default: the CPUs this process may run on (affinity, e.g. taskset or a
+    container's cpuset), not the machine's count; falls back to `os.cpu_count()`."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
