@@ -144,6 +144,7 @@ def _selection(lk: Any, cfg: Any) -> str:
     from spo_store.lake import sql_quote
 
     if cfg.where:
+        check_where(lk, cfg.where)
         return cfg.where
     if cfg.split is None:
         raise SpoError("give --split or --where")
@@ -154,6 +155,23 @@ def _selection(lk: Any, cfg: Any) -> str:
     else:
         check_split(lk, cfg.split, "--split")
     return f"p.split = {sql_quote(cfg.split)}"
+
+
+def check_where(lk: Any, where: str) -> None:
+    """The user's --where alone, before any query built around it: invalid SQL is one line
+    naming --where (not an internal query's "near GROUP"); a predicate that matches no problem
+    is `explain_empty`'s line. Both before any run is recorded."""
+    from spo_store.q0_estimates import problems_with_q0_sql
+    from spo_store.selection import explain_empty
+
+    view = problems_with_q0_sql(None, None, None)
+    try:
+        n = lk.sql_arrow(f"SELECT count(*) FROM ({view}) p WHERE ({where})")[0][0].as_py()
+    except SpoError as exc:
+        detail = str(exc).removeprefix("SQL error: ")
+        raise SpoError(f"--where: not valid SQL over problems (alias p): {detail}") from None
+    if not n:
+        raise SpoError(explain_empty(lk, where))
 
 
 def _estimate_q0(_explicit: dict[str, Any], **kwargs: Any) -> None:
@@ -208,6 +226,16 @@ def _estimate_q0(_explicit: dict[str, Any], **kwargs: Any) -> None:
     line = left_out_line(report.left_out, "estimate-q0")
     if line:
         say(line)
+    if report.problems == 0 and report.already_done:
+        say(
+            f"{report.already_done} problems already have estimates of {model_id[:19]} for "
+            f"sampler {report.sampler_key} with >= {samples} samples; nothing to do (a larger "
+            f"--samples tops them up); run {report.run_id}"
+        )
+        return
+    if report.problems == 0:
+        say(f"no problem to estimate; run {report.run_id}")
+        return
     mean_s0 = report.successes / max(1, sum(p["n"] for p in report.per_problem))
     say(
         f"q0 of {model_id[:19]} ({report.sampler_key}) estimated for {report.problems} problems "
@@ -262,6 +290,10 @@ def _eval(_explicit: dict[str, Any], *, json_out: bool = False, **kwargs: Any) -
     line = left_out_line(left_out, "eval")
     if not problems and left_out:
         raise SpoError(f"{line}, and no other problem matches: nothing to evaluate")
+    if not problems:  # before the eval run is recorded (it would end `failed`)
+        from spo_store.selection import explain_empty
+
+        raise SpoError(explain_empty(lk, where, None if where else split))
     if line:
         console.print(line, highlight=False)
     gen, tok, model_id, tok_id = load_generator(cfg.model, cfg.backend)

@@ -122,6 +122,9 @@ def estimate_q0_command(config: TrainConfig, lake_uri: str) -> str:
     parts.append(f"--max-new-tokens {config.q0_max_new_tokens or config.max_new_tokens}")
     if config.include_unreliable:
         parts.append("--include-unreliable")
+    # A small first step: the default --samples (800, the paper's) takes about a day on the
+    # embedded model; rerunning with a larger --samples tops the estimates up.
+    parts += ["--samples 4", "--limit 512"]
     return " ".join(parts)
 
 
@@ -391,7 +394,8 @@ def train(
                 if others
                 else ""
             )
-            + f": run `{estimate_q0_command(config, lake.uri)}`"
+            + f": run `{estimate_q0_command(config, lake.uri)}` (a small first estimate; "
+            "rerun it with a larger --samples, e.g. 64, to top the estimates up)"
         )
     without = count_problems(lake, f"{in_split} AND {reliable} AND p.q0 IS NULL", q0_of=q0_of)
     if without:
