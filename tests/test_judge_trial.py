@@ -135,3 +135,24 @@ def test_default_workers_follow_cpu_affinity():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
+
+
+def test_real_1256_c_flagged_multiple_answers_warns(tmp_path, capsys):
+    """The trial's example: 1256_C without its checker fails a valid different answer."""
+    from tests.test_judge_checker import C1256
+    from tests.test_judge_floats import sample_row
+
+    row = sample_row(
+        "1256_C. Platforms Jumping",
+        judge_issue="multiple_answers: statement says 'If there are multiple answers, print any'",
+        source_dataset="jsonl",
+    )
+    Lake.open(tmp_path / "lake").insert_new("problems", [row])
+    prog, _ = _files(tmp_path, C1256, [])
+    code, out, _ = _spo(
+        ["judge", prog, "--problem", "1256_C. Platforms Jumping", "--lake", str(tmp_path / "lake")],
+        capsys,
+    )
+    assert code == 1
+    assert "warning: this problem is flagged multiple_answers" in out
+    assert "its tests check one answer; add a checker (--checker)" in out
