@@ -480,11 +480,6 @@ def train(
         start_step, run_id = state["step"], state["run_id"]
         say(f"resumed run {run_id} from {ckpt.name} (step {start_step})")
         lake.resume_run(run_id)  # the same run is running again, in this process
-        # Steps after the checkpoint ran before the crash and run again now: drop what they
-        # logged, so each (run, step, name) holds one value.
-        dropped = _drop_after(lake, run_id, start_step)
-        if dropped:
-            say(f"dropped {dropped} metric and batch rows of steps >= {start_step} logged before")
     else:
         run_id = lake.start_run(
             "train", dataclasses.asdict(config), model_id=ref_model_id, tokenizer_id=tokenizer_id
@@ -495,6 +490,14 @@ def train(
     mid_update = False  # inside a step's optimizer update (a checkpoint then is inconsistent)
     result = TrainResult(run_id=run_id, steps_done=start_step, output=output)
     try:
+        if ckpt is not None:
+            # Steps after the checkpoint ran before the crash and run again now: drop what
+            # they logged, so each (run, step, name) holds one value.
+            dropped = _drop_after(lake, run_id, start_step)
+            if dropped:
+                say(
+                    f"dropped {dropped} metric and batch rows of steps >= {start_step} logged before"
+                )
         _write_config(output, config, run_id, say, resumed=ckpt is not None)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps))
