@@ -97,3 +97,32 @@ def test_interrupt_before_first_checkpoint_saves_the_steps_done(small_lake, tiny
         "ORDER BY 1"
     )["step"].to_list()
     assert steps == [0, 1, 2, 3]
+
+
+def test_notes_are_not_printed_before_a_refusal(small_lake, tiny_model, tmp_path):  # noqa: F811
+    """Problems without a q0 estimate are a note; a later refusal is the only output."""
+    from spo_store.q0_estimates import estimate_row, write_estimates
+    from spo_train.models import model_identity
+
+    pid = small_lake.sql("SELECT problem_id FROM problems WHERE split = 'train' LIMIT 1")
+    row = estimate_row(
+        pid["problem_id"][0],
+        model_identity(tiny_model),
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=8,
+        samples=4,
+        successes=1,
+        beta=0.5,
+        run_id="fake-q0",
+    )
+    write_estimates(small_lake, [row])
+    (tmp_path / "src.toml").write_text('[sources]\nnothing = "FALSE"\n')
+    r = _spo(
+        *("train", "--lake", small_lake.uri, "--model", str(tiny_model), "--output", "o"),
+        *("--max-new-tokens", "8", "--sources-file", "src.toml", "--mix", "nothing:1"),
+        cwd=tmp_path,
+    )
+    line = _one_line_error(r)
+    assert "'nothing' is empty" in line and "no q0 estimate" not in r.stderr, r.stderr
+    assert _runs(small_lake) == []
