@@ -381,7 +381,13 @@ def read_jsonl(path: Path, *, split: str | None) -> Iterator[ParsedProblem]:
             name=row["name"],
             statement=row.get("statement") or row.get("description") or "",
             source_dataset=row.get("source_dataset") or "jsonl",
-            split=_jsonl_split(row, where) or split or _split_from_path(path) or "unspecified",
+            # an explicit --split wins (it is how a user moves problems); the row's own split
+            # is still checked, so a typo in the file is an error either way
+            split=next(
+                s
+                for s in (split, _jsonl_split(row, where), _split_from_path(path), "unspecified")
+                if s
+            ),
             public_tests=public,
             private_tests=private,
             generated_tests=_tests([], []),

@@ -109,3 +109,22 @@ def test_same_file_twice_counts_each_problem_once(tmp_path):
     r = spo("ingest", "human-solutions", str(f), str(f), "--lake", str(tmp_path / "lake"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ingested 5 new problems (5 seen;" in r.stdout
+
+
+def test_explicit_split_wins_over_the_row_and_a_row_typo_is_still_refused(tmp_path):
+    from spo_store.ingest import ingest_human_solutions
+    from spo_store.lake import Lake
+
+    good = tmp_path / "rows.jsonl"
+    good.write_text('{"name": "a", "statement": "s", "split": "test", "tests": []}\n')
+    lake = Lake.open(tmp_path / "lake")
+    ingest_human_solutions(lake, [good], split="train")
+    assert lake.sql("SELECT split FROM problems")["split"].to_list() == ["train"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"name": "b", "statement": "s", "split": "tarin", "tests": []}\n')
+    import pytest
+
+    from spo_store.errors import SpoError
+
+    with pytest.raises(SpoError, match="tarin"):
+        ingest_human_solutions(lake, [bad], split="train")
