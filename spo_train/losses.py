@@ -1,6 +1,6 @@
 """SPO losses (project issue #5, item 1) and the RL baselines' losses (PPO, GAE, GRPO).
 
-References: "method doc" is `shared/docs/spo-method.md` (items 1-5 of "Losses"); "Eq. N" is the
+References: "method doc" is `docs/method.md` (items 1-5 of "Losses"); "Eq. N" is the
 paper (Cohen et al., ICML 2025, `shared/papers/spo-paper.txt`).
 
 Tensor contract, shared with `spo_train.logprobs.response_logprobs`:
