@@ -209,7 +209,10 @@ def sql_cmd(
         raise SpoError(f"--max-width must be >= 1, got {max_width}")
     if output is not None:
         _check_output_file(output)
-    result = Lake.open(lake, create=False).sql_arrow(query)
+    _check_read_only(query)
+    lk = Lake.open(lake, create=False)
+    _sweep(lk)
+    result = lk.sql_arrow(query)
     if format is OutputFormat.parquet:
         if output is None:
             raise SpoError("--format parquet needs --output FILE")
@@ -234,6 +237,42 @@ def sql_cmd(
         output.write_text(text + ("\n" if not text.endswith("\n") else ""))
     else:
         sys.stdout.write(text + ("\n" if not text.endswith("\n") else ""))
+
+
+def _sweep(lk: Any) -> list[str]:
+    """Mark `interrupted` this host's runs whose process is gone (kill -9) and say so on
+    stderr (stdout may be JSON/CSV); cheap: only this host's `running` rows are read."""
+    swept = lk.sweep_dead_runs()
+    if swept:
+        Console(stderr=True).print(
+            f"marked {len(swept)} run(s) interrupted: their process on this host is gone "
+            f"({', '.join(swept)})",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return swept
+
+
+def _check_read_only(query: str) -> None:
+    """`spo sql` only reads: refuse COPY, INSERT, CREATE, ATTACH, SET ... in one line.
+
+    DuckDB parses the query (`extract_statements`) and names each statement's type; WITH,
+    DESCRIBE, SHOW and SUMMARIZE parse as SELECT. PRAGMA is refused too (some write files)."""
+    import duckdb
+
+    try:
+        statements = duckdb.connect().extract_statements(query)
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise SpoError(f"SQL error: {first}") from exc
+    for st in statements:
+        kind = st.type.name  # StatementType.SELECT -> "SELECT"
+        if kind not in ("SELECT", "EXPLAIN"):
+            raise SpoError(
+                f"spo sql is read-only: a {kind} statement is refused (use SELECT, WITH, "
+                "DESCRIBE, SHOW, EXPLAIN or SUMMARIZE; export with --format/--output or "
+                "`spo lake export`)"
+            )
 
 
 def _check_output_file(output: Path) -> None:

@@ -76,6 +76,11 @@ SIGTERM from timeout/Slurm/Docker, or found dead by `Lake.sweep_dead_runs`; its 
 is kept and rerunning the command resumes)."""
 
 
+PROCESS_RUNS: dict[str, str] = {}
+"""Runs started (or resumed) by this process, run_id -> status it last recorded (`running`
+until `end_run`); `spo` names the interrupted ones when a signal stops a command."""
+
+
 def run_status(exc: BaseException | None) -> str:
     """The `runs.status` a command ending with `exc` records (None: completed)."""
     if exc is None:
@@ -445,6 +450,7 @@ class Lake:
                 }
             ],
         )
+        PROCESS_RUNS[run_id] = "running"
         return run_id
 
     def end_run(self, run_id: str, status: str = "completed") -> None:
@@ -465,6 +471,7 @@ class Lake:
             conflict_retries=COMMIT_RETRIES,
         )
         self._datasets.pop("runs", None)
+        PROCESS_RUNS[run_id] = status
 
     def resume_run(self, run_id: str) -> None:
         """Mark an `interrupted` (or `failed`) run `running` again, in this process (`spo train
@@ -483,6 +490,7 @@ class Lake:
             conflict_retries=COMMIT_RETRIES,
         )
         self._datasets.pop("runs", None)
+        PROCESS_RUNS[run_id] = "running"
 
     @contextlib.contextmanager
     def run(self, kind: str, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
@@ -499,7 +507,8 @@ class Lake:
     def sweep_dead_runs(self) -> list[str]:
         """Mark `interrupted` the `running` runs started on this host by a process that is gone
         (kill -9, OOM killer, power loss: nothing could record their end); their `ended_at`
-        stays NULL. Returns their run ids. Runs of other hosts are left alone (their processes
+        is the sweep time (when the death was noticed, not when it happened). Cheap: it reads
+        only this host's `running` rows. Returns their run ids. Runs of other hosts are left alone (their processes
         cannot be checked from here)."""
         me = _host()
         rows = self.sql_arrow(
@@ -516,8 +525,10 @@ class Lake:
                 dead.append(r["run_id"])
         if dead:
             ids = ", ".join(sql_quote(x) for x in dead)
+            # The death time is unknown: ended_at records when it was noticed (this sweep).
+            now = utc_now().strftime("%Y-%m-%d %H:%M:%S.%f")
             self.dataset("runs").update(
-                {"status": "'interrupted'"},
+                {"status": "'interrupted'", "ended_at": f"CAST('{now}' AS TIMESTAMP)"},
                 where=f"run_id IN ({ids}) AND status = 'running'",
                 conflict_retries=COMMIT_RETRIES,
             )

@@ -116,7 +116,7 @@ def test_kill_9_run_is_swept_to_interrupted(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "marked 1 run(s) interrupted" in out.stdout and run_id in out.stdout
     [row] = runs(lake_dir)
-    assert row["status"] == "interrupted" and row["ended_at"] is None
+    assert row["status"] == "interrupted" and row["ended_at"] is not None  # noticed at
     # Listing filters by status; a bad one is one line.
     out = spo("lake", "runs", "--lake", str(lake_dir), "--status", "done")
     assert out.returncode == 2 and "--status 'done' is not one of" in out.stderr

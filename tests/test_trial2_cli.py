@@ -1,0 +1,55 @@
+"""Second new-user trial (issue 9): a kill -9'd run is swept by `spo sql` with an end time,
+`spo sql` is read-only, option errors are one line, `spo lake runs --json`, short problem
+names, re-ingest reports flags already in the lake - all through `python -m spo_cli.main`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from spo_store.lake import Lake
+
+
+def spo(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "spo_cli.main", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_kill_9_run_is_swept_by_spo_sql_with_an_end_time(tmp_path: Path) -> None:
+    lake_dir = tmp_path / "lake"
+    Lake.open(lake_dir)
+    code = (
+        "import time; from spo_store.lake import Lake; "
+        f"print(Lake.open({str(lake_dir)!r}).start_run('victim'), flush=True); time.sleep(120)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    run_id = proc.stdout.readline().strip()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    out = spo("sql", "SELECT run_id, status, ended_at FROM runs", "--format", "json",
+              "--lake", str(lake_dir))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "marked 1 run(s) interrupted" in out.stderr and run_id in out.stderr
+    [row] = json.loads(out.stdout)
+    assert row["status"] == "interrupted" and row["ended_at"] is not None
+
+
+def test_spo_sql_is_read_only(tmp_path: Path) -> None:
+    lake_dir = tmp_path / "lake"
+    Lake.open(lake_dir)
+    target = tmp_path / "x.csv"
+    out = spo("sql", f"COPY (SELECT * FROM problems) TO '{target}'", "--lake", str(lake_dir))
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "read-only" in out.stderr
+    assert "COPY" in out.stderr and not target.exists()
+    out = spo("sql", "CREATE TABLE t AS SELECT 1", "--lake", str(lake_dir))
+    assert out.returncode == 2 and "read-only" in out.stderr
+    for ok in ("WITH a AS (SELECT 1 AS x) SELECT x FROM a", "DESCRIBE problems",
+               "SUMMARIZE SELECT 1 AS x", "SHOW TABLES"):  # fmt: skip
+        out = spo("sql", ok, "--lake", str(lake_dir))
+        assert out.returncode == 0, (ok, out.stderr)
