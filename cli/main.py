@@ -62,6 +62,22 @@ def _register_all() -> None:
         module.register(app)
 
 
+ROOT_OPTIONS = ("--threads",)
+"""Options of `spo` itself (before the command): `spo --threads 2 eval`."""
+
+
+def _usage_message(exc: click_exceptions.UsageError) -> str:
+    """`<message> (see spo <command> --help)`; an unknown option that is a root option says
+    where it goes."""
+    msg = " ".join(exc.format_message().split())
+    msg = (msg[:1].lower() + msg[1:]).rstrip(".")
+    path = exc.ctx.command_path if exc.ctx is not None else "spo"
+    if isinstance(exc, click_exceptions.NoSuchOption) and exc.option_name in ROOT_OPTIONS:
+        sub = path.removeprefix("spo").strip() or "COMMAND"
+        msg += f" ({exc.option_name} is an option of spo itself: spo {exc.option_name} N {sub})"
+    return f"{msg} (see {path} --help)"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; bad input becomes one line on stderr and a non-zero exit, never a traceback."""
     # transformers' own bars (weights loading, shard writing) would interleave with ours.
@@ -104,8 +120,18 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         _stopped()
+    except click_exceptions.UsageError as exc:
+        # click's 4-line "Usage: ... Try ... Error: ..." block becomes one line.
+        err_console.print(
+            Text.assemble(("error: ", "red"), _usage_message(exc)), highlight=False, soft_wrap=True
+        )
+        sys.exit(2)
     except click_exceptions.ClickException as exc:
-        exc.show()
+        err_console.print(
+            Text.assemble(("error: ", "red"), exc.format_message()),
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(exc.exit_code)
     except SpoError as exc:
         # The message is plain text: brackets in it (`[train]`) must not be read as rich markup.

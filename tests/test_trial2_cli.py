@@ -53,3 +53,23 @@ def test_spo_sql_is_read_only(tmp_path: Path) -> None:
                "SUMMARIZE SELECT 1 AS x", "SHOW TABLES"):  # fmt: skip
         out = spo("sql", ok, "--lake", str(lake_dir))
         assert out.returncode == 0, (ok, out.stderr)
+
+
+def test_option_errors_are_one_line_naming_the_command_help() -> None:
+    cases = [
+        (["train", "--stpes", "2"], "no such option: --stpes", "spo train --help"),
+        (["train", "--steps", "two"], "'--steps'", "spo train --help"),
+        (["sql", "SELECT 1", "--format", "xml"], "'xml'", "spo sql --help"),
+        (["sql"], "missing argument", "spo sql --help"),
+    ]
+    for argv, what, see in cases:
+        out = spo(*argv)
+        assert out.returncode == 2, (argv, out.stderr)
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1, (argv, out.stderr)
+        assert lines[0].startswith("error: ") and what in lines[0], lines
+        assert f"(see {see})" in lines[0] and "Usage:" not in out.stderr
+    # --threads belongs to spo itself: the line says where it goes.
+    out = spo("eval", "--threads", "1")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "spo --threads N eval" in out.stderr
