@@ -62,6 +62,27 @@ def _register_all() -> None:
         module.register(app)
 
 
+def _stop_detail(argv: list[str] | None) -> str:
+    """What a stop left behind: the run ids this process started and marked interrupted
+    (`spo_store.lake.PROCESS_RUNS`), and the command that resumes them."""
+    import shlex
+
+    lake_mod = sys.modules.get("spo_store.lake")
+    runs: dict[str, str] = getattr(lake_mod, "PROCESS_RUNS", {}) if lake_mod else {}
+    args = list(sys.argv[1:] if argv is None else argv)
+    again = "spo " + shlex.join(args)
+    if args[-1:] != ["--resume"] and "train" in args and "--resume" not in args:
+        again += " --resume"
+    stopped_runs = [r for r, st in runs.items() if st == "interrupted"]
+    if stopped_runs:
+        what = f"run {', '.join(stopped_runs)} marked interrupted"
+    elif runs:
+        what = f"run {', '.join(runs)} not ended (`spo lake runs` marks it interrupted)"
+    else:
+        what = "no run was started"
+    return f"{what}; committed work is kept: rerun the same command to resume: {again}"
+
+
 ROOT_OPTIONS = ("--threads",)
 """Options of `spo` itself (before the command): `spo --threads 2 eval`."""
 
@@ -100,9 +121,8 @@ def main(argv: list[str] | None = None) -> None:
         term = signal.SIGTERM in stopped
         how = "terminated (SIGTERM)" if term else "interrupted"
         err_console.print(
-            f"[yellow]{how}[/yellow]; its run (if it started one) is marked interrupted and "
-            "committed work is kept: rerun the same command to resume (`spo train` with "
-            "--resume)",
+            Text.assemble((how, "yellow"), f"; {_stop_detail(argv)}"),
+            highlight=False,
             soft_wrap=True,
         )
         sys.exit(143 if term else 130)

@@ -148,7 +148,11 @@ def test_sigterm_ingest_marks_interrupted(tmp_path):
     assert rc == 143, err
     assert "terminated (SIGTERM)" in err and "rerun the same command to resume" in err
     assert "Traceback" not in err
-    assert [r["status"] for r in runs(lake_dir, "ingest")] == ["interrupted"]
+    [run] = runs(lake_dir, "ingest")
+    assert run["status"] == "interrupted"
+    # The line names the run it marked and the command that resumes it.
+    assert f"run {run['run_id']} marked interrupted" in err
+    assert "spo ingest human-solutions" in err
 
 
 @needs_sandbox
