@@ -300,10 +300,16 @@ def _cell(value: Any, max_width: int | None) -> str:
     return text
 
 
-def _print_table(result: pa.Table, max_width: int) -> None:
-    table = Table(show_lines=False)
+def _print_table(
+    result: pa.Table, max_width: int, no_wrap: tuple[str, ...] = (), **table_kw: Any
+) -> None:
+    """A rich table; columns named in `no_wrap` (ids) are never folded mid-value."""
+    table = Table(show_lines=False, **table_kw)
     for name in result.column_names:
-        table.add_column(name, overflow="fold")
+        if name in no_wrap:
+            table.add_column(name, no_wrap=True, overflow="ignore", min_width=len(name))
+        else:
+            table.add_column(name, overflow="fold")
     for row in result.to_pylist():
         table.add_row(*[_cell(v, max_width) for v in row.values()])
     console.print(table)
@@ -491,6 +497,9 @@ def runs_cmd(
     kind: Annotated[
         str | None, typer.Option(help="Only runs of this kind (ingest, eval, ...)")
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object as the last line")
+    ] = False,
 ) -> None:
     """List runs, newest first, with their status (docs/lake.md, Provenance).
 
@@ -509,6 +518,7 @@ def runs_cmd(
             f"marked {len(swept)} run(s) interrupted: their process on this host is gone "
             f"({', '.join(swept)})",
             highlight=False,
+            soft_wrap=True,
         )
     where = []
     if status:
@@ -517,10 +527,14 @@ def runs_cmd(
         where.append(f"kind = {sql_quote(kind)}")
     result = lk.sql_arrow(
         "SELECT run_id, status, strftime(started_at, '%Y-%m-%d %H:%M:%S') AS started, "
-        "strftime(ended_at, '%H:%M:%S') AS ended, host FROM runs"
+        "strftime(ended_at, '%Y-%m-%d %H:%M:%S') AS ended, kind, host FROM runs"
         + (" WHERE " + " AND ".join(where) if where else "")
         + f" ORDER BY started_at DESC LIMIT {int(limit)}"
     )
+    if as_json:
+        doc = {"runs": result.to_pylist(), "swept": swept}
+        sys.stdout.write(json.dumps(doc, default=str, sort_keys=True) + "\n")
+        return
     if result.num_rows == 0:
         present = lk.sql_arrow(
             "SELECT kind, status, count(*) AS n FROM runs GROUP BY 1, 2 ORDER BY 1, 2"
@@ -528,7 +542,19 @@ def runs_cmd(
         shown = ", ".join(f"{r['kind']} {r['status']} ({r['n']})" for r in present) or "none"
         console.print(f"no run matches; runs present: {shown}", highlight=False)
         return
-    _print_table(result, 40)
+    # Ids and times never fold; at 80 columns the host is left out (it is in --json).
+    if console.width < 110:
+        result = result.drop_columns(["kind", "host"])
+    else:
+        result = result.drop_columns(["kind"])
+    for name in ("started", "ended"):
+        short = [None if v is None else v[5:16] for v in result.column(name).to_pylist()]
+        result = result.set_column(
+            result.column_names.index(name), name, pa.array(short, pa.string())
+        )
+    _print_table(
+        result, 40, no_wrap=("run_id", "status", "started", "ended"), box=None, pad_edge=False
+    )
 
 
 def register(app: typer.Typer) -> None:

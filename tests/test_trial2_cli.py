@@ -73,3 +73,28 @@ def test_option_errors_are_one_line_naming_the_command_help() -> None:
     out = spo("eval", "--threads", "1")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "spo --threads N eval" in out.stderr
+
+
+def test_lake_runs_json_and_80_columns_keep_ids_whole(tmp_path: Path) -> None:
+    lake_dir = tmp_path / "lake"
+    lk = Lake.open(lake_dir)
+    run_id = lk.start_run("estimate-q0")
+    lk.end_run(run_id)
+    out = subprocess.run(
+        [sys.executable, "-m", "spo_cli.main", "lake", "runs", "--lake", str(lake_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "80"},
+    )
+    assert out.returncode == 0, out.stderr
+    [line] = [ln for ln in out.stdout.splitlines() if "completed" in ln]
+    assert run_id in line and len(line.rstrip()) <= 80
+    day = run_id.split("-")[2][4:8]  # 20261201T... -> "1201": the date is shown
+    assert f"{day[:2]}-{day[2:]}" in line
+    out = spo("lake", "runs", "--lake", str(lake_dir), "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    [row] = doc["runs"]
+    assert row["run_id"] == run_id and row["status"] == "completed"
+    assert row["ended"].startswith(row["started"][:10]) and row["kind"] == "estimate-q0"
