@@ -124,12 +124,25 @@ def _open_lake_with_problems(lake: str | None):
     return lk
 
 
-def _sampling_config(cls: type, kwargs: dict[str, Any]) -> Any:
-    """The command's config from its options (defaults included), validated (one line)."""
-    from spo_train.config import build, coerce, field_map, flag_of
+def _sampling_config(
+    cls: type,
+    explicit: dict[str, Any],
+    kwargs: dict[str, Any],
+    config_file: str | None = None,
+) -> Any:
+    """The command's config: defaults < --config FILE < flags given; validated (one line).
+    --split and --where together are refused (which one selects would be a guess)."""
+    from spo_train.config import build, coerce, field_map, flag_of, read_toml
 
     fields = field_map(cls)
-    return build(cls, {k: coerce(cls, k, v, flag_of(fields[k])) for k, v in kwargs.items()})
+    values = {k: coerce(cls, k, v, flag_of(fields[k])) for k, v in kwargs.items() if k in fields}
+    given = {**(read_toml(cls, config_file) if config_file else {}), **explicit}
+    if given.get("split") is not None and given.get("where") is not None:
+        raise SpoError(
+            f"--split {given['split']} and --where given together: give one (to filter a "
+            f"split, put it in the predicate: --where \"p.split = '{given['split']}' AND ...\")"
+        )
+    return build(cls, {**values, **given})
 
 
 def _check_model(model: str | None) -> None:
@@ -174,7 +187,9 @@ def check_where(lk: Any, where: str) -> None:
         raise SpoError(explain_empty(lk, where))
 
 
-def _estimate_q0(_explicit: dict[str, Any], **kwargs: Any) -> None:
+def _estimate_q0(
+    _explicit: dict[str, Any], *, config_file: str | None = None, **kwargs: Any
+) -> None:
     """Estimate Q0 of --model for each problem by sampling it and judging (resumable).
 
     Estimates are kept per (problem, model, sampler settings): another model or sampler gets
@@ -183,7 +198,7 @@ def _estimate_q0(_explicit: dict[str, Any], **kwargs: Any) -> None:
     """
     from spo_train.config import EstimateQ0Config
 
-    cfg: EstimateQ0Config = _sampling_config(EstimateQ0Config, kwargs)
+    cfg: EstimateQ0Config = _sampling_config(EstimateQ0Config, _explicit, kwargs, config_file)
     from spo_train.q0 import estimate_q0, q0_sampler_key, q0_todo_predicate
     from spo_train.rollout import SamplerSettings, count_problems
 
@@ -262,7 +277,13 @@ JsonOpt = inspect.Parameter(
 )
 
 
-def _eval(_explicit: dict[str, Any], *, json_out: bool = False, **kwargs: Any) -> None:
+def _eval(
+    _explicit: dict[str, Any],
+    *,
+    json_out: bool = False,
+    config_file: str | None = None,
+    **kwargs: Any,
+) -> None:
     """pass@k of a model on a split (or an SQL selection) of the lake's problems.
 
     Counts only judged samples (a sample the sandbox could not judge is reported, not scored);
@@ -270,7 +291,7 @@ def _eval(_explicit: dict[str, Any], *, json_out: bool = False, **kwargs: Any) -
     """
     from spo_train.config import EvalConfig
 
-    cfg: EvalConfig = _sampling_config(EvalConfig, kwargs)
+    cfg: EvalConfig = _sampling_config(EvalConfig, _explicit, kwargs, config_file)
     from spo_train.evaluate import eval_notes, evaluate
     from spo_train.rollout import (
         RELIABLE,
@@ -361,7 +382,7 @@ ConfigOpt = inspect.Parameter(
             "--config",
             metavar="FILE",
             help="TOML file of settings (keys: the option names with _, e.g. learning_rate = "
-            "2e-4); flags given override it. A run's own output/config.toml reproduces it",
+            "2e-4); flags given override it. A train run's output/config.toml reproduces it",
             show_default=False,
         ),
     ],
@@ -478,9 +499,11 @@ def register(app: typer.Typer) -> None:
         use_spo_command,
     )
 
-    app.command("estimate-q0", cls=SpoCommand)(command_from(EstimateQ0Config, _estimate_q0))
+    app.command("estimate-q0", cls=SpoCommand)(
+        command_from(EstimateQ0Config, _estimate_q0, extra=[ConfigOpt])
+    )
     app.command("train", cls=SpoCommand)(command_from(TrainConfig, _train, extra=[ConfigOpt]))
-    app.command("eval", cls=SpoCommand)(command_from(EvalConfig, _eval, extra=[JsonOpt]))
+    app.command("eval", cls=SpoCommand)(command_from(EvalConfig, _eval, extra=[JsonOpt, ConfigOpt]))
     app.command("demo", cls=SpoCommand)(demo_cmd)
     # Registered last (cli/main.py): no command's help shows `<bool>` after a switch.
     use_spo_command(app)

@@ -121,6 +121,14 @@ def load_sources(path: str | Path | None = None) -> dict[str, str]:
     user = data.get("sources")
     if not isinstance(user, dict) or not all(isinstance(v, str) for v in user.values()):
         raise SpoError(f'{path}: expected a [sources] table of name = "SQL predicate"')
+    # A built-in name means what the docs say it means: redefining it would silently put
+    # other rows in (say) an "online" mixture.
+    clash = sorted(set(user) & set(BUILTIN_SOURCES))
+    if clash:
+        raise SpoError(
+            f"{path}: {', '.join(clash)} {'is a' if len(clash) == 1 else 'are'} built-in "
+            "source name(s) and cannot be redefined; give the source another name"
+        )
     sources.update(user)
     return sources
 

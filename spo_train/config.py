@@ -597,7 +597,7 @@ class TrainConfig:
     eval_n: int = setting(20, check=at_least(1), verl="actor_rollout_ref.rollout.val_kwargs.n")
     """samples per problem for evaluation (paper: 20)"""
     eval_k: tuple[int, ...] = setting((1, 10), parse=parse_ints, check=ks_check, metavar="K,K")
-    """pass@k reported (each k <= eval_n)"""
+    """pass@k reported (each k <= --eval-n)"""
     eval_problems: int = setting(100, check=at_least(0))
     """evaluate on at most this many problems of the split (0: no evaluation)"""
     eval_temperature: float = setting(
@@ -620,7 +620,7 @@ class TrainConfig:
         verl="trainer.max_actor_ckpt_to_keep",
     )
     """keep only the newest N checkpoints, deleting older ones (not set: keep all)"""
-    seed: int = setting(0, trl="seed")
+    seed: int = setting(0, check=at_least(0), trl="seed")
     """seeds data order, rollouts and init"""
     workers: int | None = setting(None, check=at_least(1), resumable_change=True)
     """judge processes (default: all cores)"""
@@ -658,9 +658,12 @@ class TrainConfig:
                 f"--eval-k {','.join(map(str, self.eval_k))}: pass@k needs 1 <= k <= --eval-n "
                 f"({self.eval_n}); raise --eval-n or lower k"
             )
-        out = Path(self.output)
-        if out.exists() and not out.is_dir():
-            raise SpoError(f"--output {self.output} is a file; give a directory")
+        if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
+            raise SpoError(
+                f"--micro-batch-size {self.micro_batch_size} is larger than --batch-size "
+                f"{self.batch_size}: a micro-batch is a chunk of the batch; lower it"
+            )
+        check_output_path(self.output)
 
 
 @dataclass
@@ -677,7 +680,7 @@ class SamplingConfig:
     """nucleus sampling top-p"""
     max_new_tokens: int = setting(256, check=at_least(1))
     """response length bound"""
-    seed: int = setting(0)
+    seed: int = setting(0, check=at_least(0))
     """sampling seed"""
     split: str | None = setting(None)
     """problem split (used when --where is not given)"""
@@ -748,6 +751,21 @@ class EvalConfig(SamplingConfig):
 
 
 # ----------------------------------------------------------------------------- resume
+def check_output_path(output: str) -> None:
+    """Refuse, in one line, an --output that is empty or cannot be a directory: a file, or a
+    path under a file (checked before any model loads)."""
+    if not output.strip():
+        raise SpoError("--output is empty: give a directory for the run")
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise SpoError(f"--output {output} is a file; give a directory")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SpoError(f"--output {output}: {parent} is a file, not a directory")
+            break
+
+
 def check_output_dir(config: TrainConfig) -> None:
     """Refuse, in one line, an --output that cannot hold this run.
 
@@ -757,9 +775,8 @@ def check_output_dir(config: TrainConfig) -> None:
     mix. With --resume, settings that differ from the stored run's are refused (naming them):
     resuming must not silently change the experiment or overwrite its config.
     """
+    check_output_path(config.output)
     out = Path(config.output)
-    if out.exists() and not out.is_dir():
-        raise SpoError(f"--output {config.output} is a file; give a directory")
     if not out.is_dir():
         return
     if not has_checkpoint(out):
@@ -783,12 +800,27 @@ def check_output_dir(config: TrainConfig) -> None:
                 "continue it, or choose another --output (runs never share a directory)"
             )
         return
+    step = checkpoint_step(out)
+    if step is not None and config.steps < step:
+        raise SpoError(
+            f"--steps {config.steps} is below the step of the run in {config.output} "
+            f"(checkpoint-{step:06d}): a resume trains on to --steps; give --steps >= {step}"
+        )
     stored = stored_train_config(out)
     if stored is not None:
         values, source = stored
         diffs = differing_settings(values, as_saved(config))
         if diffs:
             refuse_differing(config.output, source, diffs)
+
+
+def checkpoint_step(output: str | Path) -> int | None:
+    """The step of the checkpoint `latest` names in `output` (None: none, or unreadable)."""
+    marker = Path(output) / "latest"
+    try:
+        return int(marker.read_text().strip().removeprefix("checkpoint-"))
+    except (OSError, ValueError):
+        return None
 
 
 def has_checkpoint(output: str | Path) -> bool:

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from spo_store.errors import SpoError
 from spo_store.lake import Lake, run_status, sql_quote
-from spo_train.config import DEFAULT_BETA
+from spo_train.config import DEFAULT_BETA, check_output_path, has_checkpoint
 from spo_train.defaults import ensure_problems
 from spo_train.evaluate import eval_notes, evaluate
 from spo_train.generation import TransformersGenerator
@@ -95,9 +95,14 @@ class DemoConfig:
         for name in ("q0_problems", "q0_samples", "eval_problems", "eval_n"):
             if getattr(self, name) < 1:
                 raise SpoError(f"demo {name.replace('_', '-')} must be at least 1")
-        out = Path(self.output)
-        if out.exists() and not out.is_dir():
-            raise SpoError(f"--output {self.output} is a file; give a directory")
+        check_output_path(self.output)
+        if has_checkpoint(self.output):
+            # A `spo train` run's directory (its checkpoints at the top; the demo keeps its
+            # own under output/train): refused before anything loads, as train refuses it.
+            raise SpoError(
+                f"--output {self.output} holds a spo train run's checkpoints: the demo writes "
+                "its own directory; choose another --output"
+            )
         self.train_config(self.lake, self.model).validate()
 
 

@@ -32,6 +32,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -122,9 +123,9 @@ def estimate_q0_command(config: TrainConfig, lake_uri: str) -> str:
     parts.append(f"--max-new-tokens {config.q0_max_new_tokens or config.max_new_tokens}")
     if config.include_unreliable:
         parts.append("--include-unreliable")
-    # A small first step: the default --samples (800, the paper's) takes about a day on the
-    # embedded model; rerunning with a larger --samples tops the estimates up.
-    parts += ["--samples 4", "--limit 512"]
+    # A small first step: the default --n (800, the paper's) takes about a day on the
+    # embedded model; rerunning with a larger --n tops the estimates up.
+    parts += ["--n 4", "--limit 512"]
     return " ".join(parts)
 
 
@@ -339,12 +340,60 @@ def _start_wandb(config: TrainConfig, run_id: str, output: Path) -> Any:
     )
 
 
+def check_device(device: str) -> None:
+    """Refuse (one SpoError line) a --device torch cannot parse or this machine lacks (CUDA
+    not built in or no such GPU, MPS absent), before any model loads."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise SpoError(
+            f"--device {device!r}: not a torch device (cpu, cuda, cuda:1, mps)"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SpoError(
+                f"--device {device}: CUDA is not available to this torch ({torch.__version__}); "
+                "use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SpoError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise SpoError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise SpoError(f"--device {device}: spo trains on cpu, cuda or mps")
+
+
+def lock_output(output: Path) -> Any:
+    """Hold `output/.lock` exclusively (fcntl.flock, non-blocking) for the life of a run, so
+    two `spo train` never write one directory; the second gets one SpoError line with the
+    holder's pid. Returns the open lock file (closing it releases the lock)."""
+    import fcntl
+
+    fh = open(output / ".lock", "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        pid = fh.read().strip() or "?"
+        fh.close()
+        raise SpoError(f"--output {output} is in use by another spo train (pid {pid})") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
 def preflight(config: TrainConfig) -> tuple[Path, dict[str, str]]:
-    """Every check that needs no lake and no model load: the settings, --output, the --model
-    directory, --sources-file and --mix. Returns (pi_0 path, mixture sources); raises one
-    SpoError line."""
+    """Every check that needs no lake and no model load: the settings, --output, --device,
+    the --model directory, --sources-file and --mix. Returns (pi_0 path, mixture sources);
+    raises one SpoError line."""
     config.validate()
     check_output_dir(config)
+    check_device(config.device)
     pi0_path = resolve_model_path(config.model)
     sources = load_sources(config.sources_file)
     try:
@@ -360,9 +409,42 @@ def train(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     on_event: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Run SPO training as configured; see the module docstring for the loop."""
+    """Run SPO training as configured; see the module docstring for the loop.
+
+    Holds `output/.lock` for the whole run (a second `spo train` on the same --output is
+    refused); an --output this call created is removed again when the run is refused before
+    it wrote anything."""
     # another run's output, a resume that changes settings, a bad model/mixture: one line
     pi0_path, sources = preflight(config)
+    output = Path(config.output)
+    created = not output.exists()
+    output.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = lock_output(output)
+    except SpoError:
+        if created:
+            shutil.rmtree(output, ignore_errors=True)
+        raise
+    try:
+        # Checked again under the lock: the holder may have written its checkpoint since.
+        check_output_dir(config)
+        return _train_locked(config, pi0_path, sources, on_step=on_step, on_event=on_event)
+    except BaseException:
+        if created and {p.name for p in output.iterdir()} <= {".lock"}:
+            shutil.rmtree(output, ignore_errors=True)  # a refusal leaves no empty --output
+        raise
+    finally:
+        lock.close()
+
+
+def _train_locked(
+    config: TrainConfig,
+    pi0_path: Path,
+    sources: dict[str, str],
+    *,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    on_event: Callable[[str], None] | None = None,
+) -> TrainResult:
     say = on_event or (lambda _msg: None)
     # Notes found while checking are said only once every check passed: a refusal is the
     # command's only output.
@@ -395,7 +477,7 @@ def train(
                 else ""
             )
             + f": run `{estimate_q0_command(config, lake.uri)}` (a small first estimate; "
-            "rerun it with a larger --samples, e.g. 64, to top the estimates up)"
+            "rerun it with a larger --n, e.g. 64, to top the estimates up)"
         )
     without = count_problems(lake, f"{in_split} AND {reliable} AND p.q0 IS NULL", q0_of=q0_of)
     if without:
@@ -498,7 +580,9 @@ def train(
                 say(
                     f"dropped {dropped} metric and batch rows of steps >= {start_step} logged before"
                 )
-        _write_config(output, config, run_id, say, resumed=ckpt is not None)
+        # Saved resolved: the lake $SPO_LAKE named, the output as an absolute path.
+        saved = dataclasses.replace(config, lake=lake.uri, output=str(output.resolve()))
+        _write_config(output, saved, run_id, say, resumed=ckpt is not None)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps))
         )
