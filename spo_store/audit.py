@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from spo_store.lake import Lake
+from spo_store.lake import Lake, match_problems
 from spo_store.problem_rules import annotate_problem, reason_of, reason_severity
 
 # The problems columns annotate_problem reads or writes (tests are counted from num_tests).
@@ -157,12 +157,17 @@ def set_split(
     ).to_pylist()
     chosen = rows
     if problems:
-        wanted = set(problems)
-        chosen = [r for r in chosen if r["problem_id"] in wanted or r["name"] in wanted]
-        found = {r["problem_id"] for r in chosen} | {r["name"] for r in chosen}
-        missing = sorted(wanted - found)
-        if missing:
-            raise SpoError(f"no problem with id or name {missing[0]!r} in lake {lake.uri}")
+        ids: set[str] = set()
+        for want in problems:
+            found = match_problems(rows, want)
+            if not found:
+                raise SpoError(f"no problem with id or name {want!r} in lake {lake.uri}")
+            exact = found[0]["problem_id"] == want or found[0]["name"] == want
+            if len({r["problem_id"] for r in found}) > 1 and not exact:
+                names = "; ".join(sorted(f"{r['problem_id']} ({r['name']})" for r in found))
+                raise SpoError(f"{want!r} matches several problems: {names}; use an id")
+            ids |= {r["problem_id"] for r in found}
+        chosen = [r for r in chosen if r["problem_id"] in ids]
     for col, value in (("split", from_split), ("source_dataset", source_dataset)):
         if value is None:
             continue

@@ -581,15 +581,23 @@ class Lake:
         return con
 
     def get_problem(self, id_or_name: str) -> dict[str, Any]:
-        """One problem by id or by name, with all its tests combined under `tests`."""
+        """One problem by id, name or short name (`127_C` for "127_C. Hot Bath", see
+        `match_problems`), with all its tests combined under `tests`. Raises SpoError for
+        none or several matches (listing them)."""
         ds = self.dataset("problems")
         q = sql_quote(id_or_name)
         rows = ds.to_table(filter=f"problem_id = {q} OR name = {q}").to_pylist()
         if not rows:
+            light = ds.to_table(columns=["problem_id", "name"]).to_pylist()
+            ids = {r["problem_id"] for r in match_problems(light, id_or_name)}
+            if ids:
+                quoted = ", ".join(sql_quote(i) for i in sorted(ids))
+                rows = ds.to_table(filter=f"problem_id IN ({quoted})").to_pylist()
+        if not rows:
             raise SpoError(f"no problem with id or name {id_or_name!r} in lake {self.uri}")
         if len({r["problem_id"] for r in rows}) > 1:
-            ids = ", ".join(sorted({r["problem_id"] for r in rows}))
-            raise SpoError(f"name {id_or_name!r} matches several problems ({ids}); use an id")
+            names = "; ".join(sorted(f"{r['problem_id']} ({r['name']})" for r in rows))
+            raise SpoError(f"{id_or_name!r} matches several problems: {names}; use an id")
         row = rows[0]
         row["tests"] = problem_tests(row)
         return row
@@ -613,6 +621,22 @@ def problem_tests(
         for inp, out in zip(block.get("input") or [], block.get("output") or [], strict=False):
             tests.append({"input": inp, "output": out})
     return tests
+
+
+def match_problems(rows: Sequence[Mapping[str, Any]], wanted: str) -> list[Mapping[str, Any]]:
+    """The rows (with `problem_id`, `name`) `wanted` names: its exact id, else its exact name,
+    else names starting with `wanted` + "." - the short name of CodeContests' "<id>. <title>"
+    names ("127_C" -> "127_C. Hot Bath"). Several matches are returned for the caller to
+    refuse."""
+    for test in (
+        lambda r: r["problem_id"] == wanted,
+        lambda r: r["name"] == wanted,
+        lambda r: (r["name"] or "").startswith(wanted.rstrip(".") + ". "),
+    ):
+        found = [r for r in rows if test(r)]
+        if found:
+            return found
+    return []
 
 
 def sql_quote(value: str) -> str:

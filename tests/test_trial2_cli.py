@@ -98,3 +98,39 @@ def test_lake_runs_json_and_80_columns_keep_ids_whole(tmp_path: Path) -> None:
     [row] = doc["runs"]
     assert row["run_id"] == run_id and row["status"] == "completed"
     assert row["ended"].startswith(row["started"][:10]) and row["kind"] == "estimate-q0"
+
+
+def _two_problems(lake_dir: Path) -> Lake:
+    lk = Lake.open(lake_dir)
+    lk.insert_new(
+        "problems",
+        [
+            {"problem_id": "cc-1", "name": "127_C. Hot Bath", "split": "train",
+             "source_dataset": "code_contests"},
+            {"problem_id": "cc-2", "name": "127_D. Password", "split": "train",
+             "source_dataset": "code_contests"},
+            {"problem_id": "cc-3", "name": "127_D. Password", "split": "train",
+             "source_dataset": "other"},
+        ],
+    )  # fmt: skip
+    return lk
+
+
+def test_short_problem_names_up_to_the_dot(tmp_path: Path) -> None:
+    lake_dir = tmp_path / "lake"
+    lk = _two_problems(lake_dir)
+    assert lk.get_problem("127_C")["problem_id"] == "cc-1"
+    out = spo("lake", "set-split", "valid", "--problem", "127_C", "--lake", str(lake_dir))
+    assert out.returncode == 0, out.stderr
+    assert "moved 1 problem(s)" in out.stdout
+    rows = Lake.open(lake_dir).sql_arrow("SELECT problem_id, split FROM problems").to_pylist()
+    assert {r["problem_id"]: r["split"] for r in rows} == {
+        "cc-1": "valid", "cc-2": "train", "cc-3": "train"
+    }  # fmt: skip
+    # "127_" is no short name (the prefix must end at the '. '); "127_D" is ambiguous.
+    out = spo("lake", "set-split", "valid", "--problem", "127_", "--lake", str(lake_dir))
+    assert out.returncode == 2 and "no problem with id or name '127_'" in out.stderr
+    out = spo("lake", "set-split", "valid", "--problem", "127_D", "--lake", str(lake_dir))
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "matches several problems" in out.stderr and "cc-2" in out.stderr
+    assert "cc-3" in out.stderr
