@@ -73,6 +73,9 @@ class IngestReport:
     splits: dict[str, int] = field(default_factory=dict)  # problems seen per split
     flagged: dict[str, int] = field(default_factory=dict)  # problems flagged, per reason
     flags: list[tuple[str, str]] = field(default_factory=list)  # (problem name, judge_issue)
+    # Problems of these inputs already in the lake with a judge_issue (a re-ingest): id ->
+    # (name, judge_issue); reported with the new flags so a re-ingest does not say "none".
+    stored_flags: dict[str, tuple[str, str]] = field(default_factory=dict)
     verdicts: dict[str, int] = field(default_factory=dict)  # judge statuses under verify
     verified: bool = False  # a verifier judged this ingest
     split_changed: int = 0  # stored problems moved to the explicit --split
@@ -266,6 +269,10 @@ def _write_file(
     if len(traj_rows) > added:  # a concurrent ingest stored them first
         report.skip("already in the lake", len(traj_rows) - added)
 
+    for pid, row in rows.items():
+        if pid not in new_rows and pid not in problem_updates and known_problems.get(pid):
+            report.stored_flags.setdefault(pid, (row["name"], known_problems[pid]))
+
     if problem_updates or moved:
         updates: dict[str, dict[str, Any]] = {}
         for pid, issue in problem_updates.items():
@@ -455,13 +462,26 @@ def ingest_files_report(report: IngestReport) -> str:
             f"re-judged {report.rejudged} stored solutions, {report.rewards_changed} rewards "
             "changed"
         )
-    if report.flagged:
+    new_names = {name for name, _ in report.flags}
+    stored = [f for f in report.stored_flags.values() if f[0] not in new_names]
+    flags = report.flags + stored
+    if stored:
+        by_reason: dict[str, int] = {}
+        for _, issue in flags:
+            reason = reason_of(issue) or issue
+            by_reason[reason] = by_reason.get(reason, 0) + 1
+        counts = ", ".join(f"{n} {r}" for r, n in sorted(by_reason.items()))
+        lines.append(
+            f"{len(flags)} problem(s) have a judge_issue ({len(report.flags)} new): {counts}"
+        )
+    elif report.flagged:
         counts = ", ".join(f"{n} {r}" for r, n in sorted(report.flagged.items()))
         lines.append(f"flagged {len(report.flags)} problem(s) with a judge_issue: {counts}")
-        for name, issue in report.flags[:30]:
+    if flags:
+        for name, issue in flags[:30]:
             lines.append(f"  {name}: {issue}")
-        if len(report.flags) > 30:
-            lines.append(f"  ... and {len(report.flags) - 30} more (spo lake audit lists all)")
+        if len(flags) > 30:
+            lines.append(f"  ... and {len(flags) - 30} more (spo lake audit lists all)")
     else:
         lines.append("flagged: none")
     return "\n".join(lines)

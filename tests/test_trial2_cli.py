@@ -134,3 +134,18 @@ def test_short_problem_names_up_to_the_dot(tmp_path: Path) -> None:
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "matches several problems" in out.stderr and "cc-2" in out.stderr
     assert "cc-3" in out.stderr
+
+
+def test_reingest_reports_flags_already_in_the_lake(tmp_path: Path, cc_sample: Path) -> None:
+    lake_dir = tmp_path / "lake"
+    first = spo("ingest", "human-solutions", str(cc_sample), "--lake", str(lake_dir))
+    assert first.returncode == 0, first.stderr
+    assert "flagged 6 problem(s) with a judge_issue" in first.stdout
+    again = spo("ingest", "human-solutions", str(cc_sample), "--split", "valid",
+                "--lake", str(lake_dir))  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "flagged: none" not in again.stdout
+    assert "6 problem(s) have a judge_issue (0 new): 1 interactive, 5 multiple_answers" in (
+        again.stdout
+    )
+    assert "1256_C. Platforms Jumping: multiple_answers" in again.stdout
