@@ -418,12 +418,15 @@ def train(
     pi0_path, sources = preflight(config)
     output = Path(config.output)
     created = not output.exists()
+    top = output  # the outermost directory this call creates (removed again on a refusal)
+    while not top.parent.exists():
+        top = top.parent
     output.mkdir(parents=True, exist_ok=True)
     try:
         lock = lock_output(output)
     except SpoError:
         if created:
-            shutil.rmtree(output, ignore_errors=True)
+            shutil.rmtree(top, ignore_errors=True)
         raise
     try:
         # Checked again under the lock: the holder may have written its checkpoint since.
@@ -431,7 +434,7 @@ def train(
         return _train_locked(config, pi0_path, sources, on_step=on_step, on_event=on_event)
     except BaseException:
         if created and {p.name for p in output.iterdir()} <= {".lock"}:
-            shutil.rmtree(output, ignore_errors=True)  # a refusal leaves no empty --output
+            shutil.rmtree(top, ignore_errors=True)  # a refusal leaves no empty --output
         raise
     finally:
         lock.close()
