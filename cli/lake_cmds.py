@@ -109,7 +109,7 @@ def ingest_human_solutions_cmd(
     if split is not None and split not in SPLITS:
         raise SpoError(f"--split {split!r} is not one of {', '.join(SPLITS)}")
     if workers is not None and workers < 1:
-        raise SpoError(f"--workers must be >= 1, got {workers}")
+        raise SpoError(f"--workers {workers}: must be at least 1")
     langs = (
         None
         if languages.strip() == "all"
@@ -206,7 +206,7 @@ def sql_cmd(
     if not query.strip():
         raise SpoError("the SQL query is empty; e.g. spo sql 'SELECT count(*) FROM problems'")
     if max_width < 1:
-        raise SpoError(f"--max-width must be >= 1, got {max_width}")
+        raise SpoError(f"--max-width {max_width}: must be at least 1")
     if output is not None:
         _check_output_file(output)
     _check_read_only(query)
@@ -410,7 +410,7 @@ def audit_cmd(
     from spo_store.lake import Lake
 
     if limit < 0:
-        raise SpoError(f"--limit must be >= 0, got {limit}")
+        raise SpoError(f"--limit {limit}: must be at least 0")
     lk = Lake.open(lake, create=False)
     updated = update_problems(lk) if update else None
     result = audit(lk)
@@ -508,7 +508,7 @@ def runs_cmd(
     from spo_store.lake import RUN_STATUSES, Lake, sql_quote
 
     if limit < 1:
-        raise SpoError(f"--limit must be >= 1, got {limit}")
+        raise SpoError(f"--limit {limit}: must be at least 1")
     if status is not None and status not in RUN_STATUSES:
         raise SpoError(f"--status {status!r} is not one of {', '.join(RUN_STATUSES)}")
     lk = Lake.open(lake, create=False)

@@ -38,7 +38,7 @@ def _root(
     """spo: Soft Policy Optimization around a versioned trajectory lake."""
     if threads is not None:
         if threads < 1:
-            raise SpoError(f"--threads must be >= 1, got {threads}")
+            raise SpoError(f"--threads {threads}: must be at least 1")
         # Read where models load (spo_train.models.choose_threads), in this process only.
         os.environ["SPO_THREADS"] = str(threads)
 

@@ -51,7 +51,7 @@ def test_loading_the_embedded_model_sets_one_thread_unless_told():
 
 def test_threads_option_is_checked_and_reaches_the_command():
     bad = subprocess.run(["spo", "--threads", "0", "version"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "--threads must be >= 1, got 0" in bad.stderr
+    assert bad.returncode == 2 and "--threads 0: must be at least 1" in bad.stderr
     # `spo --threads N` sets $SPO_THREADS for the command, which model loading reads.
     code = (
         "import os, sys; from spo_cli.main import app, main; "

@@ -149,3 +149,20 @@ def test_reingest_reports_flags_already_in_the_lake(tmp_path: Path, cc_sample: P
         again.stdout
     )
     assert "1256_C. Platforms Jumping: multiple_answers" in again.stdout
+
+
+def test_bad_counts_use_one_wording_and_lower_case_error(tmp_path: Path, cc_sample: Path) -> None:
+    lake_dir = tmp_path / "lake"
+    out = spo("ingest", "human-solutions", str(cc_sample), "--workers", "-1",
+              "--lake", str(lake_dir))  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: --workers -1: must be at least 1"
+    out = spo("sql", "SELECT 1", "--max-width", "0", "--lake", str(lake_dir))
+    assert out.stderr.strip() == "error: --max-width 0: must be at least 1"
+    # estimate-q0 on a lake with no train problem: one lower-case line, no "Error:" block.
+    assert spo("ingest", "human-solutions", str(cc_sample), "--split", "valid",
+               "--lake", str(lake_dir)).returncode == 0  # fmt: skip
+    out = spo("estimate-q0", "--split", "train", "--lake", str(lake_dir))
+    assert out.returncode == 2, out.stderr
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith("error: --split train: no problem in split 'train'")
