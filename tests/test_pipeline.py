@@ -280,12 +280,12 @@ def test_train_without_q0_names_estimate_q0(small_lake, tiny_model, tmp_path):
     )
     want = (
         f"spo estimate-q0 --model {tiny_model} --lake {small_lake.uri} --split train "
-        "--max-new-tokens 8 --samples 4 --limit 512"
+        "--max-new-tokens 8 --n 4 --limit 512"
     )
     err = " ".join(r.stderr.split())  # rich wraps long lines
     assert r.returncode == 2 and want in err and "Traceback" not in r.stderr, r.stderr
     # a small first step (the default 800 samples take about a day), topped up later
-    assert "larger --samples" in err
+    assert "larger --n" in err
     assert r.stderr.startswith("error: ") and err.count("error: ") == 1
 
 
