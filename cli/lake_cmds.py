@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import io
 import json
+import re
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -267,9 +268,15 @@ def _check_read_only(query: str) -> None:
         raise SpoError(f"SQL error: {first}") from exc
     for st in statements:
         kind = st.type.name  # StatementType.SELECT -> "SELECT"
-        if kind not in ("SELECT", "EXPLAIN"):
+        if kind == "EXPLAIN":
+            # EXPLAIN ANALYZE runs its statement: only an explained read is let through.
+            inner = re.sub(r"^\s*EXPLAIN\s+(ANALY[SZ]E\s+)?", "", st.query, flags=re.I)
+            inner_kinds = [x.type.name for x in duckdb.connect().extract_statements(inner)]
+            kind = next((k for k in inner_kinds if k != "SELECT"), "SELECT")
+            kind = "EXPLAIN " + kind if kind != "SELECT" else kind
+        if kind != "SELECT":
             raise SpoError(
-                f"spo sql is read-only: a {kind} statement is refused (use SELECT, WITH, "
+                f"spo sql is read-only: {kind} is refused (use SELECT, WITH, "
                 "DESCRIBE, SHOW, EXPLAIN or SUMMARIZE; export with --format/--output or "
                 "`spo lake export`)"
             )

@@ -47,6 +47,9 @@ def test_spo_sql_is_read_only(tmp_path: Path) -> None:
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().count("\n") == 0 and "read-only" in out.stderr
     assert "COPY" in out.stderr and not target.exists()
+    # EXPLAIN ANALYZE runs the statement it explains.
+    out = spo("sql", f"EXPLAIN ANALYZE COPY (SELECT 1) TO '{target}'", "--lake", str(lake_dir))
+    assert out.returncode == 2 and "read-only" in out.stderr and not target.exists()
     out = spo("sql", "CREATE TABLE t AS SELECT 1", "--lake", str(lake_dir))
     assert out.returncode == 2 and "read-only" in out.stderr
     for ok in ("WITH a AS (SELECT 1 AS x) SELECT x FROM a", "DESCRIBE problems",
