@@ -243,7 +243,10 @@ def sql_cmd(
 def _sweep(lk: Any) -> list[str]:
     """Mark `interrupted` this host's runs whose process is gone (kill -9) and say so on
     stderr (stdout may be JSON/CSV); cheap: only this host's `running` rows are read."""
-    swept = lk.sweep_dead_runs()
+    try:
+        swept = lk.sweep_dead_runs()
+    except OSError:  # a lake this user may read but not write: reading still works
+        return []
     if swept:
         Console(stderr=True).print(
             f"marked {len(swept)} run(s) interrupted: their process on this host is gone "
@@ -419,6 +422,7 @@ def audit_cmd(
     if limit < 0:
         raise SpoError(f"--limit {limit}: must be at least 0")
     lk = Lake.open(lake, create=False)
+    _sweep(lk)
     updated = update_problems(lk) if update else None
     result = audit(lk)
     if updated is not None:
@@ -489,6 +493,7 @@ def set_split_cmd(
     from spo_store.lake import Lake
 
     lk = Lake.open(lake, create=False)
+    _sweep(lk)
     n = set_split(lk, split, problems=problem, from_split=from_split, source_dataset=source_dataset)
     console.print(f"moved {n} problem(s) to split {split}", highlight=False)
 
