@@ -87,12 +87,31 @@ ROOT_OPTIONS = ("--threads",)
 """Options of `spo` itself (before the command): `spo --threads 2 eval`."""
 
 
-def _usage_message(exc: click_exceptions.UsageError) -> str:
+def _command_path(args: list[str]) -> str:
+    """`spo lake runs` for `lake runs --limit`: the command words of `args`."""
+    cmd: object = typer.main.get_command(app)
+    path = ["spo"]
+    for arg in args:
+        sub = getattr(cmd, "commands", {}).get(arg)
+        if sub is not None:
+            cmd = sub
+            path.append(arg)
+        elif not arg.startswith("-") and len(path) > 1:
+            break
+    return " ".join(path)
+
+
+def _usage_message(exc: click_exceptions.UsageError, argv: list[str] | None) -> str:
     """`<message> (see spo <command> --help)`; an unknown option that is a root option says
     where it goes."""
     msg = " ".join(exc.format_message().split())
     msg = (msg[:1].lower() + msg[1:]).rstrip(".")
     path = exc.ctx.command_path if exc.ctx is not None else "spo"
+    # click reports some errors (an option missing its value) from the root context: the
+    # command named on the line is what its --help should be looked up for.
+    walked = _command_path(sys.argv[1:] if argv is None else argv)
+    if len(walked) > len(path):
+        path = walked
     if isinstance(exc, click_exceptions.NoSuchOption) and exc.option_name in ROOT_OPTIONS:
         sub = path.removeprefix("spo").strip() or "COMMAND"
         msg += f" ({exc.option_name} is an option of spo itself: spo {exc.option_name} N {sub})"
@@ -143,7 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     except click_exceptions.UsageError as exc:
         # click's 4-line "Usage: ... Try ... Error: ..." block becomes one line.
         err_console.print(
-            Text.assemble(("error: ", "red"), _usage_message(exc)), highlight=False, soft_wrap=True
+            Text.assemble(("error: ", "red"), _usage_message(exc, argv)),
+            highlight=False,
+            soft_wrap=True,
         )
         sys.exit(2)
     except click_exceptions.ClickException as exc:

@@ -64,6 +64,7 @@ def test_option_errors_are_one_line_naming_the_command_help() -> None:
         (["train", "--steps", "two"], "'--steps'", "spo train --help"),
         (["sql", "SELECT 1", "--format", "xml"], "'xml'", "spo sql --help"),
         (["sql"], "missing argument", "spo sql --help"),
+        (["lake", "runs", "--limit"], "requires an argument", "spo lake runs --help"),
     ]
     for argv, what, see in cases:
         out = spo(*argv)
