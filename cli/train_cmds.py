@@ -426,13 +426,12 @@ def _train(explicit: dict[str, Any], *, config_file: str | None = None, **_: Any
     Settings: flags, or --config FILE (TOML, same names); the run's config.toml in --output
     reloads as is. docs/settings.md lists them with their TRL / verl names.
     """
-    from spo_train.config import check_output_dir
-
-    config = resolve_train_config(explicit, config_file)
-    check_output_dir(config)  # another run's --output, or a resume that changes settings
     from spo_train.trainer import preflight, train
 
-    preflight(config)  # --model, --sources-file and --mix, before the lake is touched
+    config = resolve_train_config(explicit, config_file)
+    # settings, another run's --output or a resume that changes settings, --model,
+    # --sources-file and --mix: all refused before the lake is touched
+    preflight(config)
 
     _open_lake_with_problems(config.lake)
     steps = config.steps
