@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     # `except` paths mark its run `interrupted` (spo_store.lake.run_status), committed work is
     # kept, and the command says how to resume. Both signals are recorded here because typer
     # turns a KeyboardInterrupt into a silent `Exit(130)` before it reaches this function.
-    stopped: list[int] = []
+    from spo_store.stopping import STOP_SIGNALS as stopped
 
     def _on_signal(signum: int, _frame: object) -> None:
         stopped.append(signum)
@@ -175,12 +175,16 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(exc.exit_code)
     except SpoError as exc:
+        if stopped:  # a stop signal inside native code surfaced as an error: still a stop
+            _stopped()
         # The message is plain text: brackets in it (`[train]`) must not be read as rich markup.
         err_console.print(
             Text.assemble(("error: ", "red"), str(exc)), highlight=False, soft_wrap=True
         )
         sys.exit(2)
     except Exception as exc:  # noqa: BLE001 - a bug must still end in one line, not a traceback
+        if stopped:  # e.g. DuckDB turns the interrupt into "RuntimeError: Query interrupted"
+            _stopped()
         if os.environ.get("SPO_DEBUG"):
             raise
         where = exc.__traceback__

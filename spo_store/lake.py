@@ -37,6 +37,7 @@ from lance.fragment import write_fragments
 from spo_schemas import KEYS, SCHEMA_VERSION, TABLES, VERSION_KEY, table_schema
 
 from spo_store.errors import SpoError
+from spo_store.stopping import stop_requested
 
 DEFAULT_LAKE = "./spo-lake"
 COMMIT_RETRIES = 50
@@ -85,7 +86,8 @@ def run_status(exc: BaseException | None) -> str:
     """The `runs.status` a command ending with `exc` records (None: completed)."""
     if exc is None:
         return "completed"
-    return "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    stopped = isinstance(exc, KeyboardInterrupt) or stop_requested()
+    return "interrupted" if stopped else "failed"
 
 
 def _host() -> str:
@@ -457,12 +459,15 @@ class Lake:
         """Mark a run finished: `completed`, `failed` or `interrupted` (see `RUN_STATUSES`).
 
         Called with `failed` while a KeyboardInterrupt (Ctrl-C, or SIGTERM as `spo` turns it
-        into one) is being handled, it records `interrupted`: the run was stopped from outside,
+        into one) is being handled, or after a stop signal whatever exception it became
+        (`spo_store.stopping`), it records `interrupted`: the run was stopped from outside,
         not broken. Raises SpoError for another status.
         """
         if status not in RUN_STATUSES or status == "running":
             raise SpoError(f"run status {status!r} is not one of completed, failed, interrupted")
-        if status == "failed" and isinstance(sys.exc_info()[1], KeyboardInterrupt):
+        if status == "failed" and (
+            isinstance(sys.exc_info()[1], KeyboardInterrupt) or stop_requested()
+        ):
             status = "interrupted"
         now = utc_now().strftime("%Y-%m-%d %H:%M:%S.%f")
         self.dataset("runs").update(
