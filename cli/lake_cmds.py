@@ -146,8 +146,7 @@ def ingest_human_solutions_cmd(
 def _make_verifier(bar: Progress, workers: int | None, unsafe_no_sandbox: bool):
     """A verifier judging (problem row, solution) pairs with spo_train.judge (Python 3 only)."""
     from spo_store.ingest import Judged
-    from spo_train.judge import job_for_problem, verdict_reward
-    from spo_train.rollout import judge_interruptible
+    from spo_train.judge import job_for_problem, judge_batch, verdict_reward
     from spo_train.sandbox import ensure_sandbox
 
     if not unsafe_no_sandbox:
@@ -169,7 +168,7 @@ def _make_verifier(bar: Progress, workers: int | None, unsafe_no_sandbox: bool):
                 bar.advance(task)
                 continue
             where.append(i)
-        verdicts = judge_interruptible(  # Ctrl-C / SIGTERM stop within seconds
+        verdicts = judge_batch(  # cancels queued jobs on Ctrl-C / SIGTERM
             jobs,
             workers=workers,
             progress=lambda n=1: bar.advance(task, n),

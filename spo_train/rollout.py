@@ -14,7 +14,6 @@ that failed to start never counts as a wrong answer.
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -131,41 +130,9 @@ def judge_responses(
     """Judge `codes[i]` against all tests of `problems[i]` (in parallel, sandboxed); the job
     of each comes from `spo_train.judge.job_for_problem` (limits, tolerance, checker, ...)."""
     jobs = [job_for_problem(p, code) for p, code in zip(problems, codes, strict=True)]
-    return judge_interruptible(
+    return judge_batch(
         jobs, workers=workers, progress=progress, unsafe_no_sandbox=unsafe_no_sandbox
     )
-
-
-JOBS_PER_WORKER = 8
-"""Jobs handed to `judge_batch` at a time, per worker (see `judge_interruptible`)."""
-
-
-def judge_interruptible(
-    jobs: Sequence[Any],
-    *,
-    workers: int | None = None,
-    progress: Callable[[int], None] | None = None,
-    unsafe_no_sandbox: bool = False,
-    stop_on_first_failure: bool = True,
-) -> list[Any]:
-    """`spo_train.judge.judge_batch` in slices of `JOBS_PER_WORKER` jobs per worker.
-
-    `judge_batch`'s thread pool finishes every queued job before a KeyboardInterrupt (Ctrl-C,
-    SIGTERM) can leave it: 10,000 queued solutions kept a killed `ingest --verify` running for
-    minutes, past the grace time of Slurm (30 s) or Docker (10 s). In slices, an interrupt
-    waits for one slice only (seconds); the slice boundaries cost a little parallelism.
-    """
-    n = max(1, (workers or os.cpu_count() or 1)) * JOBS_PER_WORKER
-    verdicts: list[Any] = []
-    for start in range(0, len(jobs), n):
-        verdicts += judge_batch(
-            jobs[start : start + n],
-            workers=workers,
-            progress=progress,
-            unsafe_no_sandbox=unsafe_no_sandbox,
-            stop_on_first_failure=stop_on_first_failure,
-        )
-    return verdicts
 
 
 def sample_and_judge(
