@@ -2,10 +2,15 @@
 
 1. load the embedded problems into the lake (first use only);
 2. estimate Q0 on a subset of train problems (fewer samples than the paper's 800);
-3. evaluate pi_0 on held-out test problems (pass@1, pass@10);
+3. evaluate pi_0 on two sets (pass@1, pass@10): `trained`, problems of the run's training set
+   (train split, with the q0 estimate the run trains against: the problems the mixture and the
+   online rollouts draw from), and `heldout`, test problems (held-out compositions);
 4. train SPO half online / half offline for a fixed number of steps;
 5. evaluate the trained policy the same way (same problems, same seed);
-6. print a before/after table, write `curves.png` and `summary.json`.
+6. print a before/after table per set with the paired interval of the change, write
+   `curves.png` and `summary.json`.
+
+The budget (docs/demo-tuning.md) fits 10 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from rich.table import Table
 
 from spo_store.errors import SpoError
 from spo_store.lake import Lake, run_status, sql_quote
+from spo_store.q0_estimates import sampler_key
 from spo_train.config import DEFAULT_BETA, check_output_path, has_checkpoint
 from spo_train.defaults import ensure_problems
 from spo_train.evaluate import eval_notes, evaluate
@@ -34,25 +40,39 @@ from spo_train.models import (
     tokenizer_identity,
 )
 from spo_train.q0 import estimate_q0
-from spo_train.rollout import SamplerSettings, judge_issue_counts, left_out_line, load_problems
+from spo_train.rollout import (
+    RELIABLE,
+    SamplerSettings,
+    judge_issue_counts,
+    left_out_line,
+    load_problems,
+    split_predicate,
+)
 from spo_train.trainer import TrainConfig, train
+
+SETS = ("trained", "heldout")
+"""The two evaluated sets, in the order the summary, the table and the plot show them."""
+SET_TITLES = {"trained": "trained-on (train split)", "heldout": "held-out (test split)"}
 
 
 @dataclass
 class DemoConfig:
-    """The demo's budget; every number here was chosen to fit 10 minutes on 2 cores."""
+    """The demo's budget; every number here was chosen to fit 10 minutes on 2 cores
+    (docs/demo-tuning.md has the measurements)."""
 
     lake: str | None = None
     output: str = "runs/demo"
     model: str | None = None
     """pi_0 (default: the embedded tiny model)"""
-    q0_problems: int = 512
-    """train problems given a Q0 estimate: breadth of the offline data beat precision of q0 in
-    the measured sweep (docs/demo-tuning.md)"""
-    q0_samples: int = 4
-    """pi_0 samples per problem for Q0 (paper: 800; coarse here, S0 in {0, 1/4, ..., 1})"""
-    eval_problems: int = 100
-    """held-out test problems evaluated before and after"""
+    q0_problems: int = 128
+    """train problems given a Q0 estimate: the run's training set (the mixture and the online
+    rollouts draw only from problems with q0), so fewer problems are each trained on more often"""
+    q0_samples: int = 8
+    """pi_0 samples per problem for Q0 (paper: 800; coarse here, S0 in {0, 1/8, ..., 1})"""
+    trained_problems: int = 64
+    """problems of the run's training set evaluated before and after (`trained`)"""
+    heldout_problems: int = 64
+    """held-out test problems evaluated before and after (`heldout`)"""
     eval_n: int = 20
     """samples per problem (paper: 20; n = 10 made pass@10 a noisy any-of-10)"""
     steps: int = 60
@@ -81,9 +101,12 @@ class DemoConfig:
             learning_rate=self.lr,
             model_update_interval=self.model_update_interval,
             rollout_n=self.rollout_n,
+            # SPO's (the paper's) rollout sampler, set here so the measured demo stays pinned
+            rollout_temperature=(0.1, 0.8),
+            rollout_top_p=0.95,
             max_new_tokens=self.max_new_tokens,
             checkpoint_every=max(1, self.steps),
-            # The demo evaluates before and after itself (test split, one seed for both), so
+            # The demo evaluates before and after itself (both sets, one seed for all), so
             # the training run's own start/end evaluation would only repeat that work.
             eval_problems=0,
             seed=self.seed,
@@ -92,7 +115,7 @@ class DemoConfig:
 
     def validate(self) -> None:
         """Every setting checked (one SpoError line) before the lake or a model is touched."""
-        for name in ("q0_problems", "q0_samples", "eval_problems", "eval_n"):
+        for name in ("q0_problems", "q0_samples", "trained_problems", "heldout_problems", "eval_n"):
             if getattr(self, name) < 1:
                 raise SpoError(f"demo {name.replace('_', '-')} must be at least 1")
         check_output_path(self.output)
@@ -106,9 +129,55 @@ class DemoConfig:
         self.train_config(self.lake, self.model).validate()
 
 
+def trained_set(lake: Lake, config: DemoConfig, model_id: str) -> list[dict[str, Any]]:
+    """The first `config.trained_problems` (by id) of the problems the demo's run trains on.
+
+    Selected as the trainer selects its training set: train split, judged reliably, with a q0
+    estimate of pi_0 (`model_id`) under the run's q0 sampler (T 1, top-p 1, the run's
+    max_new_tokens). A lake holding estimates for more problems (an earlier `spo estimate-q0`)
+    widens the run's training set, and this set is drawn from that wider one.
+    """
+    train_cfg = config.train_config(lake.uri, None)
+    key = sampler_key(
+        train_cfg.q0_temperature,
+        train_cfg.q0_top_p,
+        train_cfg.q0_max_new_tokens or train_cfg.max_new_tokens,
+    )
+    where = f"{split_predicate(train_cfg.train_split)} AND {RELIABLE} AND p.q0 IS NOT NULL"
+    return load_problems(lake, where, q0_of=(model_id, key))[: config.trained_problems]
+
+
+def paired_change(
+    before: dict[str, Any], after: dict[str, Any], seed: int
+) -> dict[str, dict[str, Any]]:
+    """`{"pass@k": {"diff", "ci95": [low, high]}}` for k in 1, 10: after minus before over the
+    same problems, with the paired bootstrap 95% interval (how much of the change the problem
+    draw and the sampling can explain). A problem enters pass@k only with k judged samples on
+    both sides (n = its judged samples); a k no problem reaches is left out."""
+    change = {}
+    for k in (1, 10):
+        pairs = [
+            (
+                (before["judged_by_problem"][p], before["correct_by_problem"][p]),
+                (after["judged_by_problem"][p], after["correct_by_problem"][p]),
+            )
+            for p in before["correct_by_problem"]
+            if min(before["judged_by_problem"][p], after["judged_by_problem"][p]) >= k
+        ]
+        if pairs:
+            diff, low, high = paired_pass_at_k_difference(
+                [b for b, _ in pairs], [a for _, a in pairs], k, seed=seed
+            )
+            change[f"pass@{k}"] = {"diff": diff, "ci95": [low, high]}
+    return change
+
+
 def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, Any]:
     """Run the demo; returns the summary (also written to output/summary.json).
 
+    The summary holds `trained` and `heldout`, each `{"before": {"pass@1", "pass@10"}, "after":
+    {...}, "change": {"pass@k": {"diff", "ci95"}}, "problems": N, "split", "problem_ids"}`,
+    plus the run ids, `steps`, `q0_problems`, `timings` (seconds) and the config.
     A rerun in the same output replaces the previous demo's training run (output/train),
     and says so. Raises SpoError for a bad setting before any work.
     """
@@ -127,9 +196,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
 
     # 2. Q0 on a fixed subset of train problems (resumable: done ones are skipped)
     t0 = time.perf_counter()
-    subset = load_problems(lake, "p.split = 'train' AND p.judge_issue IS NULL")[
-        : config.q0_problems
-    ]
+    subset = load_problems(lake, f"p.split = 'train' AND {RELIABLE}")[: config.q0_problems]
     ids = ", ".join(sql_quote(p["problem_id"]) for p in subset)
     with console.status(
         f"estimating Q0 on {len(subset)} train problems x {config.q0_samples} samples"
@@ -160,35 +227,52 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
         if line:
             say(line)
 
-    # 3. pi_0 on held-out problems
-    # Problems the judge cannot handle reliably are left out (their pass rates mean nothing).
-    eval_set = load_problems(lake, "p.split = 'test' AND p.judge_issue IS NULL")[
-        : config.eval_problems
-    ]
+    # 3. pi_0 on both sets. Problems the judge cannot handle reliably are left out (their
+    # pass rates mean nothing).
+    sets = {
+        "trained": trained_set(lake, config, model_id),
+        "heldout": load_problems(lake, f"p.split = 'test' AND {RELIABLE}")[
+            : config.heldout_problems
+        ],
+    }
+    splits = {"trained": config.train_config(None, None).train_split, "heldout": "test"}
     settings = SamplerSettings(
         config.eval_n, 0.4, 0.95, config.max_new_tokens, seed=config.seed + 1
     )
     run_id = lake.start_run("demo", asdict(config), model_id=model_id, tokenizer_id=tok_id)
+
+    def evaluate_sets(generator: TransformersGenerator, eval_model_id: str, when: str) -> dict:
+        """pass@k of one policy on both sets (same problems and seed before and after)."""
+        results = {}
+        for name in SETS:
+            with console.status(f"evaluating {eval_model_id[:24]} on {SET_TITLES[name]}"):
+                results[name] = evaluate(
+                    lake,
+                    generator,
+                    tok,
+                    sets[name],
+                    settings=settings,
+                    run_id=run_id,
+                    model_id=eval_model_id,
+                    tokenizer_id=tok_id,
+                    split=splits[name],
+                    metric_prefix=f"demo/{when}",
+                    unsafe_no_sandbox=config.unsafe_no_sandbox,
+                )
+        return results
+
     # whatever stops the demo ends its run (never left `running`)
     try:
         t0 = time.perf_counter()
-        with console.status("evaluating pi_0 on the test split"):
-            before = evaluate(
-                lake,
-                TransformersGenerator(model, tok),
-                tok,
-                eval_set,
-                settings=settings,
-                run_id=run_id,
-                model_id=model_id,
-                tokenizer_id=tok_id,
-                split="test",
-                metric_prefix="demo/before",
-                unsafe_no_sandbox=config.unsafe_no_sandbox,
-            )
+        before = evaluate_sets(TransformersGenerator(model, tok), model_id, "before")
         timings["eval_before_s"] = time.perf_counter() - t0
         say(
-            f"pi_0: pass@1 {_fmt(before['pass@1'])}, pass@10 {_fmt(before['pass@10'])} ({timings['eval_before_s']:.0f} s)"
+            "pi_0: "
+            + "; ".join(
+                f"{name} pass@1 {_fmt(before[name]['pass@1'])}, pass@10 {_fmt(before[name]['pass@10'])}"
+                for name in SETS
+            )
+            + f" ({timings['eval_before_s']:.0f} s)"
         )
 
         # 4. SPO training
@@ -215,20 +299,9 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
             train_dir / (train_dir / "latest").read_text().strip()
         )
         t0 = time.perf_counter()
-        with console.status("evaluating the trained policy on the test split"):
-            after = evaluate(
-                lake,
-                TransformersGenerator(trained, tok),
-                tok,
-                eval_set,
-                settings=settings,
-                run_id=run_id,
-                model_id=f"{result.run_id}@{result.steps_done}",
-                tokenizer_id=tok_id,
-                split="test",
-                metric_prefix="demo/after",
-                unsafe_no_sandbox=config.unsafe_no_sandbox,
-            )
+        after = evaluate_sets(
+            TransformersGenerator(trained, tok), f"{result.run_id}@{result.steps_done}", "after"
+        )
         timings["eval_after_s"] = time.perf_counter() - t0
     except BaseException as exc:
         lake.end_run(run_id, run_status(exc))
@@ -237,54 +310,31 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
     timings["total_s"] = time.perf_counter() - t_start
 
     # 6. report
-    table = Table(
-        title=f"SPO demo: held-out test problems ({len(eval_set)} problems, n={config.eval_n}, T=0.4, top-p 0.95)"
-    )
-    for col in ("", "pass@1", "pass@10"):
-        table.add_column(col)
-    table.add_row("pi_0 (before)", _fmt(before["pass@1"]), _fmt(before["pass@10"]))
-    table.add_row(
-        f"SPO, {result.steps_done} steps (after)", _fmt(after["pass@1"]), _fmt(after["pass@10"])
-    )
-    console.print(table)
-    for note in eval_notes(before) + eval_notes(after):
-        say(note)
-    # Paired over the same problems: how much of the change the problem draw can explain.
-    # Per problem n = its judged samples; a pair enters pass@k only with k judged on both sides.
-    change = {}
-    for k in (1, 10):
-        pairs = [
-            (
-                (before["judged_by_problem"][p], before["correct_by_problem"][p]),
-                (after["judged_by_problem"][p], after["correct_by_problem"][p]),
-            )
-            for p in before["correct_by_problem"]
-            if min(before["judged_by_problem"][p], after["judged_by_problem"][p]) >= k
-        ]
-        if not pairs:
-            say(f"pass@{k} change: no problem has {k} judged samples before and after")
-            continue
-        diff, low, high = paired_pass_at_k_difference(
-            [b for b, _ in pairs], [a for _, a in pairs], k, seed=config.seed
-        )
-        change[f"pass@{k}"] = {"diff": diff, "ci95": [low, high]}
-        say(
-            f"pass@{k} change {diff:+.3f} (paired bootstrap 95% interval {low:+.3f} to {high:+.3f})"
-        )
+    report: dict[str, dict[str, Any]] = {}
+    for name in SETS:
+        report[name] = {
+            "before": {k: before[name][k] for k in ("pass@1", "pass@10")},
+            "after": {k: after[name][k] for k in ("pass@1", "pass@10")},
+            "change": paired_change(before[name], after[name], config.seed),
+            "problems": len(sets[name]),
+            "split": splits[name],
+            "problem_ids": [p["problem_id"] for p in sets[name]],
+        }
+    console.print(report_table(report, result.steps_done, config))
+    for name in SETS:
+        for note in eval_notes(before[name]) + eval_notes(after[name]):
+            say(f"{name}: {note}")
+        for k in ("pass@1", "pass@10"):
+            if k not in report[name]["change"]:
+                say(f"{name} {k} change: no problem has {k[5:]} judged samples before and after")
     plot = out / "curves.png"
-    write_plot(result.metrics, before, after, plot)
+    write_plot(result.metrics, report, plot)
     summary = {
-        "before": {k: before[k] for k in ("pass@1", "pass@10")},
-        "after": {k: after[k] for k in ("pass@1", "pass@10")},
-        "improved_pass@10": None
-        if before["pass@10"] is None or after["pass@10"] is None
-        else after["pass@10"] > before["pass@10"],
-        "change": change,
+        **report,
         "train_run_id": result.run_id,
         "demo_run_id": run_id,
         "steps": result.steps_done,
         "q0_problems": q0.problems,
-        "eval_problems": len(eval_set),
         "lake": lake.uri,
         "plot": str(plot),
         "timings": {k: round(v, 1) for k, v in timings.items()},
@@ -295,20 +345,55 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
     return summary
 
 
+def report_table(report: dict[str, dict[str, Any]], steps: int, config: DemoConfig) -> Table:
+    """Before, after and the paired change (95% interval) of both sets, one row each."""
+    table = Table(
+        title=f"SPO demo: pass@k before and after {steps} steps "
+        f"(n={config.eval_n}, T=0.4, top-p 0.95; change: paired bootstrap 95% interval)"
+    )
+    for col in ("problems", "", "pass@1", "pass@10"):
+        table.add_column(col)
+    for i, name in enumerate(SETS):
+        r = report[name]
+        table.add_row(
+            f"{SET_TITLES[name]}, {r['problems']}",
+            "pi_0 (before)",
+            _fmt(r["before"]["pass@1"]),
+            _fmt(r["before"]["pass@10"]),
+        )
+        table.add_row("", "SPO (after)", _fmt(r["after"]["pass@1"]), _fmt(r["after"]["pass@10"]))
+        table.add_row(
+            "",
+            "change",
+            *(_fmt_change(r["change"].get(k)) for k in ("pass@1", "pass@10")),
+            end_section=i < len(SETS) - 1,
+        )
+    return table
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _fmt_change(change: dict[str, Any] | None) -> str:
+    if change is None:
+        return "n/a"
+    low, high = change["ci95"]
+    return f"{change['diff']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def write_plot(
-    metrics: list[dict[str, float]], before: dict[str, Any], after: dict[str, Any], path: Path
+    metrics: list[dict[str, float]], report: dict[str, dict[str, Any]], path: Path
 ) -> None:
-    """Training curves and the before/after pass@k bars in one PNG."""
+    """Training curves and, per set, the before/after pass@k bars (the after bar carries the
+    paired 95% interval of the change) in one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 5, figsize=(20, 3.6))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7.2))
+    axes = axes.ravel()
     steps = [m["step"] for m in metrics]
     for ax, keys, title in (
         (axes[0], {"train/loss": None}, "loss"),
@@ -328,11 +413,31 @@ def write_plot(
         ax.set_xlabel("step")
     ks = ["pass@1", "pass@10"]
     xs = range(len(ks))
-    axes[4].bar([x - 0.2 for x in xs], [before[k] or 0.0 for k in ks], width=0.4, label="pi_0")
-    axes[4].bar([x + 0.2 for x in xs], [after[k] or 0.0 for k in ks], width=0.4, label="SPO")
-    axes[4].set_xticks(list(xs), ks)
-    axes[4].set_title("held-out test")
-    axes[4].legend()
+    for ax, name in zip(axes[4:], SETS, strict=True):
+        r = report[name]
+        before = [r["before"][k] or 0.0 for k in ks]
+        after = [r["after"][k] or 0.0 for k in ks]
+        # the interval of the change, drawn around the after bar (before + diff = after)
+        err = [
+            [
+                after[i] - (before[i] + r["change"][k]["ci95"][0]) if k in r["change"] else 0.0,
+                (before[i] + r["change"][k]["ci95"][1]) - after[i] if k in r["change"] else 0.0,
+            ]
+            for i, k in enumerate(ks)
+        ]
+        ax.bar([x - 0.2 for x in xs], before, width=0.4, label="pi_0")
+        ax.bar(
+            [x + 0.2 for x in xs],
+            after,
+            width=0.4,
+            label="SPO",
+            yerr=[[e[0] for e in err], [e[1] for e in err]],
+            capsize=4,
+        )
+        ax.set_xticks(list(xs), ks)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{SET_TITLES[name]}, {r['problems']} problems")
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
