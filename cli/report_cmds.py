@@ -1,0 +1,90 @@
+"""`spo report RUN_DIR...`: pass@k against step over seeds, to PNG, HTML, JSON and markdown."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def report_cmd(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="spo train output directories (run.json) and/or spo experiment directories "
+            "(experiment.json)",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Folder for pass_at_k.png, report.html, summary.json, results.md "
+            "(default: <first path>/report)",
+            show_default=False,
+        ),
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            "--reference",
+            help="Group (experiment arm) the others are compared with at the last step "
+            "(default: the experiment's reference_arm, else none)",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object as the last line")
+    ] = False,
+) -> None:
+    """Plot and tabulate pass@k against step: mean and min-max band over seeds, paired
+    bootstrap intervals over problems (docs/experiments.md, Reports)."""
+    from spo_train.report import build_report, set_title, table_columns, table_rows
+
+    def say(msg: str) -> None:
+        (err_console if as_json else console).print(msg, highlight=False, soft_wrap=True)
+
+    summary = build_report(paths, output=output, reference=reference, say=say)
+    if as_json:
+        doc = {
+            key: summary[key]
+            for key in ("title", "output", "files", "reference", "sets", "ks", "groups", "tables")
+        }
+        doc["warnings"] = summary["warnings"]
+        sys.stdout.write(json.dumps(doc, default=str, sort_keys=True) + "\n")
+        return
+    cols = table_columns(summary)
+    for eval_set in summary["sets"]:
+        for k in summary["ks"]:
+            rows = table_rows(summary, eval_set, k, compact=True)
+            if not rows:
+                continue
+            table = Table(title=f"{set_title(eval_set)}: pass@{k}")
+            for col in cols:
+                short = col.replace("pass@k at ", "").replace(" [95% CI]", "")
+                table.add_column(short.replace("change last - first", "change"))
+            for cells in rows:
+                table.add_row(*cells)
+            console.print(table)
+    console.print(summary["caption"], highlight=False, soft_wrap=True)
+    files = summary["files"]
+    console.print(
+        f"wrote {files['plot']}, {files['html']}, {files['summary']}, {files['markdown']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add `report` to the `spo` app."""
+    app.command("report")(report_cmd)
