@@ -12,15 +12,18 @@ Changing a schema: bump `SCHEMA_VERSION` and add a step to `spo_store.migrate.MI
 (`tests/fixtures/`). Version history:
 - 1: the first release.
 - 2: problems gain platform, float_tolerance_source, checker, fn_name, input_file, output_file
-  and judge_issue; trajectories gain max_new_tokens; q0 moves from problems to `q0_estimates`, keyed by problem, reference model
-  and sampler settings.
+  and judge_issue; trajectories gain max_new_tokens; q0 moves from problems to `q0_estimates`,
+  keyed by problem, reference model and sampler settings.
+- 3: trajectories' `behaviour_logprobs` mean the log-probs under the distribution that drew each
+  token (tempered, top-p renormalised); the sampling model's temperature-1 log-probs, which
+  `behaviour_logprobs` held until version 2, move to the new column `model_logprobs`.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 VERSION_KEY = b"spo.schema_version"
 
 TESTS_TYPE = pa.struct([("input", pa.list_(pa.string())), ("output", pa.list_(pa.string()))])
@@ -167,7 +170,10 @@ TRAJECTORIES = pa.schema(
         _f(
             "behaviour_logprobs",
             pa.list_(pa.float32()),
-            "log pi_behaviour of tokens (T=1)",
+            "log mu(a_t | prefix) of each response token under the distribution that drew it: "
+            "softmax(logits/temperature) renormalised over the top-p kept set; 0 when greedy "
+            "(temperature 0). NULL: not sampled here (human, ingested), or sampled at "
+            "temperature/top-p other than 1 by spo before schema 3 (not recoverable)",
             heavy=True,
         ),
         _f("ref_model_id", pa.string(), "identity of the reference model of ref_logprobs"),
@@ -175,6 +181,14 @@ TRAJECTORIES = pa.schema(
         _f("created_at", TIMESTAMP, "when the row was written"),
         # Columns added by a migration go last: Lance adds columns at the end of a dataset.
         _f("max_new_tokens", pa.int32(), "response length bound of the sampler (NULL: human)"),
+        _f(
+            "model_logprobs",
+            pa.list_(pa.float32()),
+            "log pi(a_t | prefix) of each response token under the sampling model itself "
+            "(temperature 1, no top-p): PPO's pi_old; pi_old/mu = exp(model_logprobs - "
+            "behaviour_logprobs). NULL: not sampled here (human, ingested)",
+            heavy=True,
+        ),
     ]
 )
 

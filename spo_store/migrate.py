@@ -17,6 +17,13 @@ Version history (see `spo_schemas`):
   from the estimate-q0 run that wrote it); trajectories gain max_new_tokens (from the config
   of the run that sampled them); token_cache entries of responses cut at max_new_tokens are
   dropped (v1 re-encoded them with an EOS that was never generated).
+- 2 -> 3: trajectories gain `model_logprobs` (the sampling model's temperature-1 log-probs),
+  filled from the old `behaviour_logprobs`, which held exactly that; `behaviour_logprobs` now
+  means the log-probs of the distribution that drew each token (tempered, top-p renormalised),
+  so it is kept only where that distribution was the model itself (temperature 1 and top-p 1),
+  set to 0 per token on greedy rows (temperature 0: the argmax is drawn with probability 1),
+  and set NULL on every other sampled row: recomputing it needs the sampling model's full
+  next-token distribution at every position, which the lake does not hold.
 """
 
 from __future__ import annotations
@@ -275,6 +282,70 @@ def _v1_to_v2(root: str, tag: str, report: MigrationReport, say: Callable[[str],
             _set_version(ds, 2)
 
 
+GREEDY_MAX_TEMPERATURE = 1e-6
+"""Rows sampled at or below this temperature were greedy (`TransformersGenerator._sample`)."""
+
+
+def _v2_to_v3(root: str, tag: str, report: MigrationReport, say: Callable[[str], None]) -> None:
+    ds = _open(root, "trajectories")
+    if ds is not None and schema_version_of(ds) < 3:
+        # 1. model_logprobs := the old behaviour_logprobs (raw temperature-1 log pi), as one
+        # add-column commit before behaviour_logprobs changes: a rerun after a kill finds the
+        # column and never copies the new meaning into it.
+        if "model_logprobs" not in ds.schema.names:
+            field_ = TABLES["trajectories"].field("model_logprobs")
+            out_schema = pa.schema([field_])
+
+            @lance.batch_udf(output_schema=out_schema)
+            def copy(batch: pa.RecordBatch) -> pa.RecordBatch:
+                old = batch.column("behaviour_logprobs").cast(field_.type)
+                return pa.record_batch([old], schema=out_schema)
+
+            ds.add_columns(copy, read_columns=["behaviour_logprobs"])
+            ds = lance.dataset(ds.uri)
+        # 2. behaviour_logprobs := log mu where it can be known without the model: greedy rows
+        # drew the argmax with probability 1 (log mu = 0 per token); rows drawn at temperature 1
+        # and top-p 1 keep theirs (mu is the model); the rest become NULL. Both updates are
+        # idempotent (a rerun rewrites the same values or matches nothing).
+        greedy = (
+            f"temperature IS NOT NULL AND temperature <= {GREEDY_MAX_TEMPERATURE} "
+            "AND behaviour_logprobs IS NOT NULL AND num_response_tokens IS NOT NULL"
+        )
+        ds.update(
+            {"behaviour_logprobs": "array_repeat(CAST(0.0 AS FLOAT), num_response_tokens)"},
+            where=greedy,
+        )
+        ds = lance.dataset(ds.uri)
+        ds.update(
+            {"behaviour_logprobs": "NULL"},
+            where=(
+                "behaviour_logprobs IS NOT NULL AND (temperature IS NULL OR top_p IS NULL OR "
+                f"((temperature != 1 OR top_p != 1) AND temperature > {GREEDY_MAX_TEMPERATURE}))"
+            ),
+        )
+        ds = lance.dataset(ds.uri)
+        with_model = ds.count_rows(filter="model_logprobs IS NOT NULL")
+        kept = ds.count_rows(filter="model_logprobs IS NOT NULL AND behaviour_logprobs IS NOT NULL")
+        zeroed = ds.count_rows(filter=f"model_logprobs IS NOT NULL AND {greedy}")
+        _set_version(ds, 3)
+        report.notes.append(
+            f"trajectories: model_logprobs set on {with_model} sampled rows (their old "
+            f"behaviour_logprobs, the model's temperature-1 log-probs); behaviour_logprobs kept "
+            f"on {kept - zeroed} rows sampled at temperature 1 and top-p 1, set to 0 on "
+            f"{zeroed} greedy rows, and NULL on {with_model - kept} rows sampled otherwise "
+            "(their sampling distribution's log-probs cannot be recomputed without the model)"
+        )
+        say(report.notes[-1])
+
+    for name in TABLES:
+        ds = _open(root, name)
+        if ds is None:
+            lance.write_dataset(table_schema(name).empty_table(), _table_uri(root, name))
+        elif schema_version_of(ds) < 3:
+            _set_version(ds, 3)
+
+
 MIGRATIONS: dict[int, Callable[[str, str, MigrationReport, Callable[[str], None]], None]] = {
     1: _v1_to_v2,
+    2: _v2_to_v3,
 }

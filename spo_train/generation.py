@@ -9,11 +9,19 @@ One interface, :class:`Generator`, two implementations:
   the batch size (up to float rounding of batched matmuls).
 - :class:`VLLMGenerator`: vLLM, imported lazily (``--backend vllm``).
 
-Log-probs: ``Sample.logprobs[t]`` is ``log pi(a_t | prefix)`` under the *raw* model
-distribution (softmax of the logits at temperature 1, no top-p), not the log-probability under
-the tempered / truncated distribution that actually drew the token. Off-policy losses (SPO's
-``log pi_theta - log pi_0``) and PPO importance weights need the policy itself; the sampling
-distribution is recorded separately (``temperature``, ``top_p``).
+Log-probs: two per token, from the same logits.
+
+- ``Sample.logprobs[t]`` is ``log pi(a_t | prefix)`` under the *raw* model distribution
+  (softmax of the logits at temperature 1, no top-p): the policy itself. SPO's
+  ``log pi_theta - log pi_0``, PPO's ``pi_old`` and its KL reward need this one.
+- ``Sample.behaviour_logprobs[t]`` is ``log mu(a_t | prefix)`` under the distribution that
+  actually drew the token: ``softmax(logits / T)`` renormalised over the top-p kept set (the
+  smallest prefix of the tokens sorted by tempered probability whose mass reaches ``top_p``,
+  always at least the most likely token); 0.0 for a greedy sample (``T == 0``: the argmax is
+  drawn with probability 1). Importance weights of stale rollouts are ``pi / mu``.
+
+At ``T == 1`` and ``top_p == 1`` the two are the same distribution (equal up to float
+rounding).
 """
 
 from __future__ import annotations
@@ -39,7 +47,9 @@ class Sample:
     completed a stop string (``finish_reason == "stop"``), excluding padding; ``text`` is their
     decoding without special tokens (so it ends with the stop string when one stopped it).
     ``logprobs[i]`` is the raw policy's (temperature 1, no top-p) log-prob of
-    ``response_ids[i]``.
+    ``response_ids[i]``; ``behaviour_logprobs[i]`` its log-prob under the sampling distribution
+    that drew it (tempered, top-p truncated and renormalised; 0.0 when greedy). Both are natural
+    logs, one float per response token.
     """
 
     text: str
@@ -49,6 +59,7 @@ class Sample:
     temperature: float
     top_p: float
     finish_reason: FinishReason
+    behaviour_logprobs: list[float]
     extra: dict = field(default_factory=dict)
 
 
@@ -267,17 +278,18 @@ class TransformersGenerator:
             active = list(range(B))  # sample index of each live row
             resp: list[list[int]] = [[] for _ in range(B)]
             lps: list[list[float]] = [[] for _ in range(B)]
+            blps: list[list[float]] = [[] for _ in range(B)]
             reason: list[FinishReason] = ["length"] * B
             finished = [False] * B
             for step in range(limit):
                 act = torch.tensor(active, device=dev)
-                tok, lp = self._sample(
+                tok, lp, blp = self._sample(
                     logits,
                     temp_t.index_select(0, act),
                     top_p,
                     uniforms.index_select(0, act)[:, step],
                 )
-                tok_l, lp_l = tok.tolist(), lp.tolist()
+                tok_l, lp_l, blp_l = tok.tolist(), lp.tolist(), blp.tolist()
                 n_done = 0
                 for r, b in enumerate(active):
                     if finished[b]:
@@ -285,6 +297,7 @@ class TransformersGenerator:
                         continue
                     resp[b].append(tok_l[r])
                     lps[b].append(lp_l[r])
+                    blps[b].append(blp_l[r])
                     if tok_l[r] in self.eos_token_ids or self._hit_stop(resp[b]):
                         reason[b] = "stop"
                         finished[b] = True
@@ -326,6 +339,7 @@ class TransformersGenerator:
                     temperature=temps[b],
                     top_p=float(top_p),
                     finish_reason=reason[b],
+                    behaviour_logprobs=blps[b],
                 )
             )
         return samples
@@ -334,28 +348,44 @@ class TransformersGenerator:
     def _sample(logits, temps, top_p: float, u):
         """Draw one token per row by inverse CDF over the tempered, top-p-truncated distribution.
 
-        Returns the tokens and their raw (temperature 1) log-probs.
+        Args:
+            logits: ``[B, V]`` float32 next-token logits.
+            temps: ``[B]`` temperatures; ``<= 1e-6`` means greedy (argmax).
+            top_p: nucleus mass in (0, 1].
+            u: ``[B]`` float64 uniforms in [0, 1), one per row.
+
+        Returns ``(tokens [B] long, raw [B], behaviour [B])``: ``raw`` is ``log pi(token)`` at
+        temperature 1 without top-p; ``behaviour`` is ``log mu(token)`` under the distribution
+        the token was drawn from: ``softmax(logits / T)`` restricted to the kept set (sorted by
+        probability, a token is kept when the mass before it is ``< top_p``; the first always
+        is) and renormalised; 0.0 for greedy rows.
         """
         import torch
 
         raw_logp = torch.log_softmax(logits, dim=-1)
         greedy = temps <= 1e-6
         t = torch.where(greedy, torch.ones_like(temps), temps)
-        probs = torch.softmax(logits / t[:, None], dim=-1)
+        scaled = logits / t[:, None]
+        probs = torch.softmax(scaled, dim=-1)
         sorted_p, order = probs.sort(dim=-1, descending=True)
         cum = sorted_p.cumsum(-1)
         keep = (cum - sorted_p) < top_p
         keep[:, 0] = True
         kept = torch.where(keep, sorted_p, torch.zeros_like(sorted_p)).double()
         kcum = kept.cumsum(-1)
-        target = (u * kcum[:, -1]).unsqueeze(1)
+        kept_mass = kcum[:, -1]
+        target = (u * kept_mass).unsqueeze(1)
         idx = torch.searchsorted(kcum, target, right=True).clamp(max=kept.shape[1] - 1)
         n_kept = keep.sum(-1, keepdim=True) - 1
         idx = torch.minimum(idx, n_kept)
         tok = order.gather(1, idx).squeeze(1)
         tok = torch.where(greedy, logits.argmax(-1), tok)
         lp = raw_logp.gather(1, tok[:, None]).squeeze(1)
-        return tok, lp
+        # log mu = log p_T(token) - log(mass of the kept set); the sampled token is always kept.
+        tempered_lp = scaled.gather(1, tok[:, None]).squeeze(1) - scaled.logsumexp(-1)
+        blp = tempered_lp.double() - kept_mass.log()
+        blp = torch.where(greedy, torch.zeros_like(blp), blp).to(lp.dtype)
+        return tok, lp, blp
 
     def _hit_stop(self, ids: list[int]) -> bool:
         if not self.stop_strings:
@@ -474,11 +504,40 @@ VLLM_MISSING = (
 )
 
 
+VLLM_MIN_VERSION = (0, 10, 2)
+"""The first vLLM release whose ``logprobs_mode="processed_logprobs"`` returns log-probs after
+temperature and top-k/top-p (vLLM pull requests #21398 and #22387)."""
+
+_VLLM_GREEDY_BELOW = 1e-5  # vLLM samples greedily below this temperature (its _SAMPLING_EPS)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split("+")[0].split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
 class VLLMGenerator:
     """Sampling with vLLM (imported lazily; raises SpoError when vllm is not installed).
 
-    Log-probs are requested as raw model log-probs (``logprobs_mode="raw_logprobs"``), the
-    same quantity as :class:`TransformersGenerator` returns. Each sample gets its own
+    Log-probs (the same two quantities as :class:`TransformersGenerator`):
+
+    - ``behaviour_logprobs``: the engine runs with ``logprobs_mode="processed_logprobs"``, so
+      the log-prob vLLM returns for the sampled token is ``log_softmax`` of the logits after
+      temperature and top-k/top-p masking: the distribution that drew it (vLLM >= 0.10.2;
+      older releases are refused). Greedy samples (temperature below vLLM's 1e-5) get 0.0.
+    - ``logprobs`` (raw, temperature 1, no top-p): one engine has one ``logprobs_mode``, so
+      these come from a second, prefill-only pass that scores ``prompt + response`` with
+      ``prompt_logprobs=0`` at temperature 1 and top-p 1 (where processed and raw agree). Samples
+      drawn at temperature 1 and top-p 1 skip it: their behaviour log-probs are the raw ones.
+
+    vLLM keeps a token when the mass of the tokens *below* it exceeds ``1 - top_p``, which can
+    differ from :class:`TransformersGenerator`'s rule on ties and rounding; the behaviour
+    log-probs are vLLM's own, so they describe what vLLM drew. Each sample gets its own
     ``SamplingParams`` (temperature, seed), so per-sample temperatures work as in the paper.
     Not exercised in this project's tests (vLLM cannot be installed on its machines).
     """
@@ -496,6 +555,17 @@ class VLLMGenerator:
             import vllm
         except ImportError as e:
             raise SpoError(VLLM_MISSING) from e
+        found = _version_tuple(getattr(vllm, "__version__", "0"))
+        if found and found < VLLM_MIN_VERSION:
+            need = ".".join(map(str, VLLM_MIN_VERSION))
+            raise SpoError(
+                f"backend 'vllm' needs vllm >= {need} (processed log-probs of the sampling "
+                f"distribution), found {vllm.__version__}; upgrade vllm or use --backend "
+                "transformers"
+            )
+        if llm_kwargs.get("logprobs_mode", "processed_logprobs") != "processed_logprobs":
+            raise SpoError("backend 'vllm' runs with logprobs_mode='processed_logprobs' only")
+        llm_kwargs.pop("logprobs_mode", None)
         from spo_train.models import check_model_dir, load_tokenizer
         from spo_train.prompting import stop_strings_for
 
@@ -507,10 +577,7 @@ class VLLMGenerator:
         )
         kwargs = dict(model=path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization)
         kwargs.update(llm_kwargs)
-        try:
-            self.llm = vllm.LLM(logprobs_mode="raw_logprobs", **kwargs)
-        except TypeError:  # older vLLM: logprobs of the raw model were the default
-            self.llm = vllm.LLM(**kwargs)
+        self.llm = vllm.LLM(logprobs_mode="processed_logprobs", **kwargs)
 
     def generate(
         self,
@@ -522,6 +589,7 @@ class VLLMGenerator:
         max_new_tokens: int = 512,
         seed: int | None = None,
     ) -> list[list[Sample]]:
+        """See :meth:`Generator.generate` and the class docstring for the log-probs."""
         _check_args(n, top_p, max_new_tokens)
         temps = per_sample_temperatures(temperature, len(prompts), n)
         if seed is None:
@@ -549,12 +617,19 @@ class VLLMGenerator:
                     )
                 )
         outputs = self.llm.generate(requests, params, use_tqdm=False)
-        result: list[list[Sample]] = [[] for _ in prompts]
+        drawn = []  # (prompt i, sample j, completion, token ids, behaviour log-probs)
         for k, o in enumerate(outputs):
             i, j = divmod(k, n)
             c = o.outputs[0]
-            ids = list(c.token_ids)
-            lps = [float(d[t].logprob) for t, d in zip(ids, c.logprobs or [], strict=False)]
+            ids = [int(t) for t in c.token_ids]
+            if temps[k] < _VLLM_GREEDY_BELOW:
+                behaviour = [0.0] * len(ids)
+            else:
+                behaviour = [float(d[t].logprob) for t, d in zip(ids, c.logprobs, strict=True)]
+            drawn.append((i, j, c, ids, behaviour))
+        raw = self._raw_logprobs(prompt_ids, drawn, temps, top_p, n)
+        result: list[list[Sample]] = [[] for _ in prompts]
+        for (i, j, c, ids, behaviour), lps in zip(drawn, raw, strict=True):
             result[i].append(
                 Sample(
                     text=c.text,
@@ -564,9 +639,35 @@ class VLLMGenerator:
                     temperature=temps[i * n + j],
                     top_p=float(top_p),
                     finish_reason="length" if c.finish_reason == "length" else "stop",
+                    behaviour_logprobs=behaviour,
                 )
             )
         return result
+
+    def _raw_logprobs(self, prompt_ids, drawn, temps, top_p: float, n: int) -> list[list[float]]:
+        """Temperature-1, no-top-p log-probs of every drawn response (see the class docstring)."""
+        from vllm import SamplingParams
+
+        out: list[list[float] | None] = []
+        todo, requests = [], []
+        for k, (i, _j, _c, ids, behaviour) in enumerate(drawn):
+            if (temps[k] == 1.0 and top_p >= 1.0) or not ids:
+                out.append(list(behaviour))  # sampled from pi itself: mu == pi
+                continue
+            out.append(None)
+            todo.append(k)
+            requests.append({"prompt_token_ids": prompt_ids[i] + ids})
+        if requests:
+            score = SamplingParams(
+                n=1, temperature=1.0, top_p=1.0, max_tokens=1, prompt_logprobs=0, detokenize=False
+            )
+            scored = self.llm.generate(requests, [score] * len(requests), use_tqdm=False)
+            for k, o in zip(todo, scored, strict=True):
+                i, ids = drawn[k][0], drawn[k][3]
+                p = len(prompt_ids[i])
+                per_pos = o.prompt_logprobs[p : p + len(ids)]
+                out[k] = [float(d[t].logprob) for t, d in zip(ids, per_pos, strict=True)]
+        return out  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------------------------

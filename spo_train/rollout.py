@@ -1,9 +1,11 @@
 """Sample responses to lake problems, judge them in the sandbox, and build trajectory rows.
 
 One path serves Q0 estimation (`source='pi0'`), evaluation (`source='eval'`) and online
-rollouts (`source='online'`): rows carry the token ids, the behaviour policy's log-probs and,
-when the sampling model is the reference model, the reference log-probs too, so later
-training batches skip both tokenisation and the reference forward. Every sampled row records
+rollouts (`source='online'`): rows carry the token ids, two log-probs per token (see
+`spo_train.generation`: `behaviour_logprobs`, log mu of the tempered top-p distribution that
+drew each token; `model_logprobs`, the sampling model's own temperature-1 log pi) and, when the
+sampling model is the reference model, the reference log-probs too (= `model_logprobs`), so
+later training batches skip both tokenisation and the reference forward. Every sampled row records
 its sampler (temperature, top-p, max_new_tokens): q0 reuses samples only under the same one.
 
 Rewards come from `spo_train.judge.verdict_reward`: 0 passed, -1 judged and failed, NULL when
@@ -154,8 +156,10 @@ def sample_and_judge(
 ) -> list[dict[str, Any]]:
     """`settings.n` responses per problem, judged; returns `trajectories` rows (not yet written).
 
-    When `ref_model_id` is given the sampling model *is* that reference model, so the behaviour
-    log-probs (temperature 1) are stored as reference log-probs too.
+    Each row stores `behaviour_logprobs` (log mu, the sampling distribution's) and
+    `model_logprobs` (log pi at temperature 1, the sampling model's). When `ref_model_id` is
+    given the sampling model *is* that reference model, so `model_logprobs` are stored as its
+    `ref_logprobs` too.
     """
     prompts = [problem_prompt(p, tokenizer) for p in problems]
     rng = np.random.default_rng(settings.seed)
@@ -191,7 +195,15 @@ def sample_and_judge(
     rows = []
     for prob, sample, verdict in zip(flat_problems, flat_samples, verdicts, strict=True):
         digest = hashlib.sha256(f"{prob['problem_id']}\0{sample.text}".encode()).hexdigest()
-        logprobs = [float(x) for x in sample.logprobs]
+        model_logprobs = [float(x) for x in sample.logprobs]
+        behaviour_logprobs = [float(x) for x in sample.behaviour_logprobs]
+        if len(behaviour_logprobs) != len(sample.response_ids) or len(model_logprobs) != len(
+            sample.response_ids
+        ):
+            raise ValueError(  # a generator bug: never store log-probs of other tokens
+                f"sample has {len(sample.response_ids)} tokens but {len(model_logprobs)} model "
+                f"and {len(behaviour_logprobs)} behaviour log-probs"
+            )
         rows.append(
             {
                 "traj_id": f"{source[:3]}-{uuid.uuid4().hex[:20]}",
@@ -217,9 +229,10 @@ def sample_and_judge(
                 "prompt_ids": list(sample.prompt_ids),
                 "response_ids": list(sample.response_ids),
                 "num_response_tokens": len(sample.response_ids),
-                "behaviour_logprobs": logprobs,
+                "behaviour_logprobs": behaviour_logprobs,
+                "model_logprobs": model_logprobs,
                 "ref_model_id": ref_model_id,
-                "ref_logprobs": logprobs if ref_model_id else None,
+                "ref_logprobs": model_logprobs if ref_model_id else None,
                 "created_at": now,
             }
         )

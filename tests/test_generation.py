@@ -60,8 +60,9 @@ def test_shapes_and_fields(tiny):
             assert isinstance(s, Sample)
             assert s.prompt_ids == encode_prompt(tok, prompt)
             assert 1 <= len(s.response_ids) <= 12
-            assert len(s.logprobs) == len(s.response_ids)
+            assert len(s.logprobs) == len(s.behaviour_logprobs) == len(s.response_ids)
             assert all(lp <= 0 for lp in s.logprobs)
+            assert all(lp <= 1e-6 for lp in s.behaviour_logprobs)
             assert s.text == tok.decode(s.response_ids, skip_special_tokens=True)
             assert s.temperature == 1.0 and s.top_p == 0.95
             if s.finish_reason == "length":
@@ -185,6 +186,7 @@ def test_growable_cache_matches_plain_dynamic_cache(tiny):
         for sa, sb in zip(ga, gb, strict=True):
             assert sa.response_ids == sb.response_ids
             assert sa.logprobs == pytest.approx(sb.logprobs, abs=1e-5)
+            assert sa.behaviour_logprobs == pytest.approx(sb.behaviour_logprobs, abs=1e-5)
 
 
 def test_backends():
