@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         err_console.print(
             Text.assemble(("error: ", "red"), str(exc)), highlight=False, soft_wrap=True
         )
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))
     except Exception as exc:  # noqa: BLE001 - a bug must still end in one line, not a traceback
         if stopped:  # e.g. DuckDB turns the interrupt into "RuntimeError: Query interrupted"
             _stopped()

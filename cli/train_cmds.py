@@ -418,11 +418,18 @@ def resolve_train_config(explicit: dict[str, Any], config_file: str | None) -> A
     return build(TrainConfig, {**base, **given})
 
 
-def _train(explicit: dict[str, Any], *, config_file: str | None = None, **_: Any) -> None:
-    """Train with SPO on a mixture of online rollouts and offline lake data.
+def _train(
+    explicit: dict[str, Any],
+    *,
+    json_out: bool = False,
+    config_file: str | None = None,
+    **_: Any,
+) -> None:
+    """Train with SPO (default), PPO or GRPO (--algo) around the lake.
 
-    Uses the q0 estimates of --model under the q0 sampler settings (refuses, naming the
-    `spo estimate-q0` command, without them); evaluates the policy at the start and the end.
+    SPO trains on a mixture of online rollouts and offline lake data against the q0 estimates
+    of --model (refuses, naming the `spo estimate-q0` command, without them); PPO and GRPO on
+    this run's online rollouts only. Evaluates the policy at the start and the end.
     Settings: flags, or --config FILE (TOML, same names); the run's config.toml in --output
     reloads as is. docs/settings.md lists them with their TRL / verl names.
     """
@@ -444,11 +451,17 @@ def _train(explicit: dict[str, Any], *, config_file: str | None = None, **_: Any
         if task is None:
             bar.start()
             task = bar.add_task("steps", total=steps, completed=step, rate="")
-        bar.update(
-            task,
-            completed=step + 1,
-            rate=f"loss {m.get('train/loss', float('nan')):.4f} |Q_T-r| {m.get('train/terminal_abs_error', float('nan')):.3f}",
-        )
+        if config.algo == "spo":
+            shown = (
+                f"loss {m.get('train/loss', float('nan')):.4f} "
+                f"|Q_T-r| {m.get('train/terminal_abs_error', float('nan')):.3f}"
+            )
+        else:
+            shown = (
+                f"reward {m.get('rollout/reward_mean', float('nan')):.3f} "
+                f"clip {m.get('train/clip_frac', float('nan')):.3f}"
+            )
+        bar.update(task, completed=step + 1, rate=shown)
 
     try:
         result = train(
@@ -458,9 +471,12 @@ def _train(explicit: dict[str, Any], *, config_file: str | None = None, **_: Any
         if task is not None:
             bar.stop()
     console.print(
-        f"trained {result.steps_done} steps; run {result.run_id}; checkpoints in {result.output}",
+        f"trained {result.steps_done} steps ({config.algo}); run {result.run_id}; "
+        f"checkpoints in {result.output}",
         highlight=False,
     )
+    if json_out:
+        sys.stdout.write(json.dumps(result.summary(), default=str) + "\n")
 
 
 def demo_cmd(
@@ -501,7 +517,9 @@ def register(app: typer.Typer) -> None:
     app.command("estimate-q0", cls=SpoCommand)(
         command_from(EstimateQ0Config, _estimate_q0, extra=[ConfigOpt])
     )
-    app.command("train", cls=SpoCommand)(command_from(TrainConfig, _train, extra=[ConfigOpt]))
+    app.command("train", cls=SpoCommand)(
+        command_from(TrainConfig, _train, extra=[JsonOpt, ConfigOpt])
+    )
     app.command("eval", cls=SpoCommand)(command_from(EvalConfig, _eval, extra=[JsonOpt, ConfigOpt]))
     app.command("demo", cls=SpoCommand)(demo_cmd)
     # Registered last (cli/main.py): no command's help shows `<bool>` after a switch.

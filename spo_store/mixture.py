@@ -229,11 +229,15 @@ class MixtureSampler:
         q0_sampler_key: str | None = None,
         beta: float | None = None,
         include_unreliable: bool = False,
+        problem_where: str | None = None,
     ) -> None:
         """`ref_model_id` and `q0_sampler_key` choose the q0 estimates that `p.q0` shows
         (without them no problem has a q0, so BASE_PREDICATE selects nothing); `beta`
         recomputes `p.q0` at the training beta; `include_unreliable` keeps problems with a
-        `judge_issue` (left out by default: their rewards are not trustworthy)."""
+        `judge_issue` (left out by default: their rewards are not trustworthy);
+        `problem_where` (SQL over `p`) further restricts the problems every source draws from
+        (`spo train --train-problems N`)."""
+        self.problem_where = problem_where
         self.sources = dict(sources or BUILTIN_SOURCES)
         self.spec = (
             spec if isinstance(spec, MixtureSpec) else MixtureSpec.parse(spec, list(self.sources))
@@ -259,6 +263,8 @@ class MixtureSampler:
             where += f" AND ({RELIABLE_PREDICATE})"
         if self.split:
             where += " AND p.split = '" + self.split.replace("'", "''") + "'"
+        if self.problem_where:
+            where += f" AND ({self.problem_where})"
         return where
 
     def left_out(self) -> dict[str, int]:

@@ -9,6 +9,7 @@ same pi_0 skips the reference forward.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -138,7 +139,16 @@ class ReferenceCache:
                     for i in unique
                 ],
             )
-        q0 = torch.tensor([problems[r["problem_id"]]["q0"] for r in data], dtype=torch.float32)
+        # NaN where the problem has no q0 (PPO and GRPO need none; SPO's rows always have one)
+        q0 = torch.tensor(
+            [
+                math.nan
+                if problems[r["problem_id"]].get("q0") is None
+                else problems[r["problem_id"]]["q0"]
+                for r in data
+            ],
+            dtype=torch.float32,
+        )
         reward = torch.tensor([r["reward"] for r in data], dtype=torch.float32)
         return PreparedBatch(
             traj_ids=[r["traj_id"] for r in data],

@@ -43,6 +43,23 @@ DEFAULT_BETA = 1 / math.log(100000)
 BETA_SHOWN = "1/log(100000) ≈ 0.0869"
 WANDB_MODES = ("auto", "offline", "online", "off")
 LOSS_VARIANTS = ("terminal_ce", "terminal_sq", "reverse_q_ce", "reverse_q_sq", "advantage_bce")
+ALGORITHMS = ("spo", "ppo", "grpo")
+# What a setting left unset means, per algorithm (TrainConfig.resolved fills them in).
+ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "spo": {
+        "mix": "online:0.5,offline:0.5",
+        "model_update_interval": 10,
+        "rollout_temperature": (0.1, 0.8),
+        "rollout_top_p": 0.95,
+    },
+    "ppo": {
+        "mix": "online:1",
+        "model_update_interval": 1,
+        "rollout_temperature": (1.0, 1.0),
+        "rollout_top_p": 1.0,
+    },
+}
+ALGORITHM_DEFAULTS["grpo"] = dict(ALGORITHM_DEFAULTS["ppo"])
 
 Check = Callable[[Any], str | None]  # value -> what is wrong with it (None: fine)
 
@@ -464,8 +481,14 @@ class TrainConfig:
         verl="trainer.default_local_dir",
     )
     """directory for checkpoints, TensorBoard events, config.toml and run.json"""
-    mix: str = setting("online:0.5,offline:0.5")
-    """training mixture: sources and weights, e.g. online:0.5,offline:0.5 (spo_store.mixture)"""
+    algo: str = setting("spo", check=one_of(*ALGORITHMS))
+    """training algorithm: spo (Soft Policy Optimization, the paper's), ppo (KL-regularised
+    reward, value model, GAE) or grpo (group-normalised advantages); ppo and grpo train on this
+    run's online rollouts only and need no q0 (docs/algorithms.md)"""
+    mix: str | None = setting(None)
+    """training mixture: sources and weights, e.g. online:0.5,offline:0.5 (spo_store.mixture).
+    Not set: online:0.5,offline:0.5 for spo (the paper's half-online), online:1 for ppo and
+    grpo (the only mixture they take)"""
     sources_file: str | None = setting(None, metavar="FILE")
     """TOML file adding user mixture sources"""
     loss: str = setting("terminal_ce", check=one_of(*LOSS_VARIANTS))
@@ -476,7 +499,7 @@ class TrainConfig:
         check=positive_finite,
         show_default=BETA_SHOWN,
         trl="beta",
-        verl="actor_rollout_ref.actor.kl_loss_coef",
+        verl="algorithm.kl_ctrl.kl_coef",
     )
     """KL strength beta; the default 1/log(100000) makes a failure 1e5 times less likely under
     pi* than under pi_0"""
@@ -545,8 +568,9 @@ class TrainConfig:
         verl="actor_rollout_ref.actor.optim.lr_warmup_steps",
     )
     """linear learning-rate warm-up steps (constant afterwards)"""
-    model_update_interval: int = setting(10, check=at_least(1))
-    """steps between rollout-policy weight updates (paper: 10 for SPO, 1 for PPO)"""
+    model_update_interval: int | None = setting(None, check=at_least(1))
+    """steps between rollout-policy weight updates. Not set: 10 for spo, 1 for ppo and grpo
+    (the paper's settings)"""
     staleness: int = setting(10, check=at_least(0))
     """online data: this run's rollouts whose policy version is at most this many versions
     older than the rollout policy's version (not the trainer step)
@@ -560,20 +584,57 @@ class TrainConfig:
         4, check=at_least(1), trl="num_generations", verl="actor_rollout_ref.rollout.n"
     )
     """online samples per problem (verl: rollout.n; TRL: num_generations)"""
-    rollout_temperature: tuple[float, float] = setting(
-        (0.1, 0.8),
+    rollout_temperature: tuple[float, float] | None = setting(
+        None,
         parse=parse_floats,
         check=temperature_range_check,
         metavar="LOW,HIGH",
         trl="temperature",
         verl="actor_rollout_ref.rollout.temperature",
     )
-    """per-sample temperature of online rollouts, drawn from U(LOW, HIGH) (paper: 0.1,0.8; one
-    value: fixed)"""
-    rollout_top_p: float = setting(
-        0.95, check=top_p_check, trl="top_p", verl="actor_rollout_ref.rollout.top_p"
+    """per-sample temperature of online rollouts, drawn from U(LOW, HIGH) (one value: fixed).
+    Not set: 0.1,0.8 for spo (the paper's), 1 for ppo and grpo (on-policy sampling)"""
+    rollout_top_p: float | None = setting(
+        None, check=top_p_check, trl="top_p", verl="actor_rollout_ref.rollout.top_p"
     )
-    """nucleus sampling of online rollouts (paper: 0.95)"""
+    """nucleus sampling of online rollouts. Not set: 0.95 for spo (the paper's), 1 for ppo and
+    grpo"""
+    clip_eps: float = setting(
+        0.2, check=positive_finite, trl="epsilon", verl="actor_rollout_ref.actor.clip_ratio"
+    )
+    """ppo, grpo: the policy ratio pi_theta / pi_old is clipped to [1 - clip_eps, 1 + clip_eps]"""
+    update_epochs: int = setting(
+        1, check=at_least(1), trl="num_iterations", verl="actor_rollout_ref.actor.ppo_epochs"
+    )
+    """ppo, grpo: passes over each batch of rollouts"""
+    minibatches: int = setting(2, check=at_least(1))
+    """ppo, grpo: each pass splits the batch into this many minibatches, one optimizer step each
+    (the second and later ones see a ratio away from 1, where the clip acts)"""
+    importance_weight_cap: float = setting(2.0, check=positive_finite)
+    """ppo, grpo: per-token importance weight pi_old / mu of rollouts not drawn from pi_old
+    itself (temperature or top-p other than 1), truncated at this value"""
+    gae_lambda: float = setting(
+        0.95, check=lambda v: None if 0 <= v <= 1 else "must be in [0, 1]", verl="algorithm.lam"
+    )
+    """ppo: GAE lambda (gamma is 1: one reward at the end of an episode)"""
+    value_clip_eps: float = setting(
+        0.2, check=positive_finite, verl="actor_rollout_ref.critic.cliprange_value"
+    )
+    """ppo: the value model's prediction moves at most this far from its old value per update
+    (clipped value loss)"""
+    value_learning_rate: float | None = setting(None, check=positive_finite, verl="critic.optim.lr")
+    """ppo: AdamW learning rate of the value model (not set: learning_rate)"""
+    grpo_scale_rewards: bool = setting(True, trl="scale_rewards")
+    """grpo: divide each group's centred rewards by its standard deviation (GRPO); off: centre
+    only (Dr. GRPO)"""
+    grpo_length_norm: str = setting("sequence", check=one_of("sequence", "token"))
+    """grpo: sequence = mean over each response's tokens, then over responses (GRPO paper);
+    token = mean over all tokens of the batch (DAPO)"""
+    kl_coef: float | None = setting(
+        None, check=nonnegative_finite, verl="actor_rollout_ref.actor.kl_loss_coef"
+    )
+    """grpo: weight of the KL(pi_theta || pi_0) loss term (k3 estimator). Not set: beta, the KL
+    strength spo and ppo use"""
     max_new_tokens: int = setting(
         256, check=at_least(1), trl="max_completion_length", verl="data.max_response_length"
     )
@@ -589,6 +650,10 @@ class TrainConfig:
     """keep problems with a judge_issue in the mixture, the rollouts and evaluation"""
     train_split: str = setting("train")
     """split the mixture and the rollouts draw problems from"""
+    train_problems: int = setting(0, check=at_least(0))
+    """train on the first N problems of the split by problem_id (0: all); spo further keeps
+    those with a q0 estimate. `spo estimate-q0 --limit N` estimates the same first N, so spo,
+    ppo and grpo runs with one N see the same problems"""
     eval_split: str = setting("valid")
     """split evaluated at the start, the end and every eval_every steps"""
     eval_every: int = setting(0, check=at_least(0), trl="eval_steps", verl="trainer.test_freq")
@@ -600,6 +665,10 @@ class TrainConfig:
     """pass@k reported (each k <= --eval-n)"""
     eval_problems: int = setting(100, check=at_least(0))
     """evaluate on at most this many problems of the split (0: no evaluation)"""
+    eval_train_problems: int = setting(0, check=at_least(0))
+    """also evaluate on this many problems of the run's own training set (the first by
+    problem_id), as metrics eval/<train_split>/pass@k: what the run learned on problems it
+    trains on, beside held-out transfer (0: not evaluated)"""
     eval_temperature: float = setting(
         0.4, check=temperature_check, verl="actor_rollout_ref.rollout.val_kwargs.temperature"
     )
@@ -663,7 +732,45 @@ class TrainConfig:
                 f"--micro-batch-size {self.micro_batch_size} is larger than --batch-size "
                 f"{self.batch_size}: a micro-batch is a chunk of the batch; lower it"
             )
+        if self.algo in ("ppo", "grpo"):
+            offline = [
+                name.strip()
+                for name, _, weight in (
+                    part.partition(":") for part in self.resolved().mix.split(",")
+                )
+                if name.strip() != "online" and weight.strip() not in ("0", "0.0")
+            ]
+            if offline:
+                raise SpoError(
+                    f"--algo {self.algo} trains on this run's online rollouts only, but --mix "
+                    f"{self.mix} asks for {', '.join(offline)}: drop --mix (online:1) or use "
+                    "--algo spo for offline data",
+                    exit_code=1,
+                )
+            if self.batch_size % self.rollout_n:
+                raise SpoError(
+                    f"--batch-size {self.batch_size} is not a multiple of --rollout-n "
+                    f"{self.rollout_n}: --algo {self.algo} trains on whole groups of rollouts "
+                    "of a problem"
+                )
+            if self.minibatches > self.batch_size // self.rollout_n:
+                raise SpoError(
+                    f"--minibatches {self.minibatches} is more than the "
+                    f"{self.batch_size // self.rollout_n} problems of a batch (--batch-size / "
+                    "--rollout-n): a minibatch holds whole groups"
+                )
+        if self.eval_train_problems and self.eval_problems and self.eval_split == self.train_split:
+            raise SpoError(
+                f"--eval-train-problems with --eval-split {self.eval_split} = --train-split: "
+                "both would log eval/" + self.eval_split + "/pass@k; set --eval-train-problems 0"
+            )
         check_output_path(self.output)
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every setting left unset for the algorithm to choose filled in
+        (`ALGORITHM_DEFAULTS`): what the run actually uses, and what its config.toml saves."""
+        fill = {k: v for k, v in ALGORITHM_DEFAULTS[self.algo].items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **fill) if fill else self
 
 
 @dataclass
@@ -809,7 +916,7 @@ def check_output_dir(config: TrainConfig) -> None:
     stored = stored_train_config(out)
     if stored is not None:
         values, source = stored
-        diffs = differing_settings(values, as_saved(config))
+        diffs = differing_settings(values, as_saved(config.resolved()))
         if diffs:
             refuse_differing(config.output, source, diffs)
 

@@ -1,0 +1,130 @@
+"""One module per training algorithm, all driven by the same learner loop (`spo_train.trainer`).
+
+An algorithm owns its loss, its extra models (PPO's value model) and its metrics; the learner
+owns the policy, its optimizer and learning-rate schedule, the batch and everything around a
+step (rollouts, lake, checkpoints, logging, evaluation). The contract:
+
+- `Algorithm.update(batch, learner)` runs this step's optimisation on `batch` (a `TrainBatch`):
+  it computes the policy's log-probs through `learner.policy_logprobs(rows)` (gradients on),
+  takes optimizer steps through `learner.optimize(loss)` (one or several: PPO and GRPO do
+  `update_epochs x minibatches`) and returns the step's metrics (`train/...` names).
+- `needs_q0`: the algorithm trains against q0 estimates (SPO); `online_only`: its batch is this
+  step's own rollouts, whole groups per problem (PPO, GRPO), not a mixture draw.
+- `state_dict()` / `load_state_dict()`: what a checkpoint must keep besides the policy (the
+  value model and its optimizer), so `--resume` continues exactly.
+
+`make_algorithm(config, ...)` picks the module by `config.algo`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from spo_train.config import TrainConfig
+
+
+@dataclass
+class TrainBatch:
+    """One step's training rows, as tensors (B rows, T = the longest response).
+
+    `ref_logprobs`, `model_logprobs`, `behaviour_logprobs`: `[B, T]` float32, 0 on padding;
+    `model_logprobs` are the sampling model's own temperature-1 log-probs (PPO's pi_old),
+    `behaviour_logprobs` those of the distribution that drew each token (mu: temperature and
+    top-p applied); either is None when some row lacks it (offline rows). `mask` `[B, T]` bool,
+    True on real response tokens. `reward` `[B]` (0 success, -1 failure); `q0` `[B]` (NaN for
+    algorithms that need none). `group` `[B]` long: rows with the same value are samples of one
+    problem drawn in one step (GRPO's groups).
+    """
+
+    traj_ids: list[str]
+    problem_ids: list[str]
+    sources: list[str]
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    ref_logprobs: Tensor
+    mask: Tensor
+    reward: Tensor
+    q0: Tensor
+    group: Tensor
+    model_logprobs: Tensor | None = None
+    behaviour_logprobs: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.traj_ids)
+
+
+class Learner(Protocol):
+    """What the learner loop gives an algorithm (see `spo_train.trainer.PolicyLearner`)."""
+
+    policy: torch.nn.Module
+    device: str
+
+    def policy_logprobs(self, batch: TrainBatch, rows: Sequence[int] | None = None) -> Tensor:
+        """`[b, T]` log-probs of the taken tokens of `rows` (all when None) under the policy,
+        with gradients; padded to the batch's T."""
+        ...
+
+    def optimize(self, loss: Tensor) -> float:
+        """Backward, clip the policy's gradient norm, one optimizer step; returns the norm."""
+        ...
+
+
+class Algorithm:
+    """Base of the algorithm modules (see the module docstring)."""
+
+    name = ""
+    needs_q0 = False
+    online_only = False
+
+    def update(self, batch: TrainBatch, learner: Learner) -> dict[str, float]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+    def extra_parameters(self) -> int:
+        """Parameters this algorithm trains besides the policy (PPO: the value model)."""
+        return 0
+
+
+def make_algorithm(
+    config: TrainConfig,
+    *,
+    pi0_path: Path,
+    say: Callable[[str], None] = lambda _m: None,
+) -> Algorithm:
+    """The algorithm module of `config.algo` (`config` already resolved), with its extra
+    models loaded from `pi0_path` (PPO's value model is initialised from pi_0)."""
+    if config.algo == "spo":
+        from spo_train.algorithms.spo import SPO
+
+        return SPO(config, say=say)
+    if config.algo == "ppo":
+        from spo_train.algorithms.ppo import PPO
+
+        return PPO(config, pi0_path=pi0_path)
+    if config.algo == "grpo":
+        from spo_train.algorithms.grpo import GRPO
+
+        return GRPO(config)
+    raise ValueError(f"unknown algorithm {config.algo!r}")
+
+
+def minibatch_rows(group: Tensor, minibatches: int, generator: torch.Generator) -> list[list[int]]:
+    """Split row indices into `minibatches` shuffled parts of whole groups (a group's rows stay
+    together, so GRPO's group statistics and PPO's per-problem rollouts are never split)."""
+    groups = torch.unique(group).tolist()
+    order = torch.randperm(len(groups), generator=generator).tolist()
+    parts: list[list[int]] = [[] for _ in range(minibatches)]
+    for i, g in enumerate(order):
+        parts[i % minibatches].extend(torch.nonzero(group == groups[g]).flatten().tolist())
+    return [p for p in parts if p]

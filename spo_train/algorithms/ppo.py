@@ -1,0 +1,188 @@
+"""PPO, the paper's baseline (method doc, "PPO baseline"; paper Sec. 4; Ouyang et al. 2022;
+Gehring et al. 2024), on this run's online rollouts.
+
+Per step, on the batch of rollouts just drawn (whole groups per problem):
+1. pi_old = the rollout policy's own temperature-1 log-probs of the taken tokens (the rows'
+   `model_logprobs`, written by the sampler that drew them: the workers' log-probs);
+2. per-token KL-regularised reward r_t = -beta (log pi_old - log pi_0)_t, plus the judge's
+   reward (0 / -1) on the last token (`losses.kl_regularised_token_rewards`);
+3. values V_t of the value model (a copy of pi_0's transformer with a scalar head, zero-init)
+   before the update, GAE with gamma 1 and `gae_lambda` (`losses.gae`), advantages whitened
+   over the batch's tokens;
+4. `update_epochs` passes, each over `minibatches` shuffled minibatches of whole groups: the
+   clipped policy loss (`losses.ppo_loss`) with the per-token importance weight pi_old / mu
+   (mu = the distribution that drew the token, the rows' `behaviour_logprobs`; 1 when rollouts
+   are sampled at temperature 1 without top-p, the default), truncated at
+   `importance_weight_cap`; then the clipped value loss (`losses.value_loss`) on the value
+   model, with its own AdamW.
+Metrics: train/policy_loss, train/value_loss, train/clip_frac (policy ratio outside the clip,
+mean over minibatches), train/value_clip_frac, train/approx_kl (k2 of pi_old vs pi_theta),
+train/kl_to_ref (mean per-sequence sum of log pi_old - log pi_0), train/advantage_std,
+train/importance_weight_mean, train/grad_norm, train/value_grad_norm.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from spo_train.algorithms import Algorithm, Learner, TrainBatch, minibatch_rows
+from spo_train.config import TrainConfig
+from spo_train.logprobs import build_batch
+from spo_train.losses import gae, kl_regularised_token_rewards, masked_mean, ppo_loss, value_loss
+
+
+class ValueModel(nn.Module):
+    """pi_0's transformer (no LM head) with a scalar head: `V[i, j]` is the value of the state
+    *before* response token `j` of row `i` (read at the position that predicts that token).
+
+    Head initialised to zero, so the first values are 0 (the usual start: the reward scale is
+    0 / -1 here). Dropout off (eval mode), like the policy's loss forward."""
+
+    def __init__(self, pi0_path: str | Path, device: str = "cpu") -> None:
+        super().__init__()
+        from transformers import AutoModel
+
+        self.backbone = AutoModel.from_pretrained(str(pi0_path)).to(device)
+        self.backbone.float()
+        hidden = self.backbone.config.hidden_size
+        self.head = nn.Linear(hidden, 1, device=device)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.eval()
+
+    def forward(  # type: ignore[override]
+        self, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_token_id: int | None
+    ) -> Tensor:
+        """`[B, T]` values (0 on padding), T = the longest response."""
+        dev = self.head.weight.device
+        b = build_batch(prompt_ids, response_ids, pad_token_id=pad_token_id, device=dev)
+        hidden = self.backbone(
+            input_ids=b["input_ids"],
+            attention_mask=b["attention_mask"],
+            position_ids=b["position_ids"],
+            use_cache=False,
+        ).last_hidden_state
+        v = self.head(hidden[b["predict_mask"]].float()).squeeze(-1)
+        out = torch.zeros(b["mask"].shape, dtype=torch.float32, device=dev)
+        return out.masked_scatter(b["mask"], v)
+
+
+def _pad_to(x: Tensor, width: int) -> Tensor:
+    return x if x.shape[1] >= width else torch.nn.functional.pad(x, (0, width - x.shape[1]))
+
+
+class PPO(Algorithm):
+    """See the module docstring."""
+
+    name = "ppo"
+    needs_q0 = False
+    online_only = True
+
+    def __init__(self, config: TrainConfig, *, pi0_path: str | Path) -> None:
+        self.config = config
+        self.value_model = ValueModel(pi0_path, device=config.device)
+        self.value_optimizer = torch.optim.AdamW(
+            self.value_model.parameters(),
+            lr=config.value_learning_rate or config.learning_rate,
+            weight_decay=config.weight_decay,
+        )
+        self.generator = torch.Generator().manual_seed(config.seed + 17)
+
+    def extra_parameters(self) -> int:
+        return sum(p.numel() for p in self.value_model.parameters())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "value_model": self.value_model.state_dict(),
+            "value_optimizer": self.value_optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value_model.load_state_dict(state["value_model"])
+        self.value_optimizer.load_state_dict(state["value_optimizer"])
+        self.generator.set_state(state["generator"])
+
+    def values(self, batch: TrainBatch, rows: list[int]) -> Tensor:
+        pad = getattr(self, "pad_token_id", None)
+        v = self.value_model(
+            [batch.prompt_ids[i] for i in rows], [batch.response_ids[i] for i in rows], pad
+        )
+        return _pad_to(v, batch.mask.shape[1])
+
+    def update(self, batch: TrainBatch, learner: Learner) -> dict[str, float]:
+        c = self.config
+        self.pad_token_id = getattr(learner, "pad_token_id", None)
+        mask = batch.mask
+        old_lp = batch.model_logprobs
+        if old_lp is None:  # rows without the sampler's log-probs: pi_old is the policy now
+            with torch.no_grad():
+                old_lp = learner.policy_logprobs(batch).detach().cpu()
+        all_rows = list(range(len(batch)))
+        with torch.no_grad():
+            old_values = self.values(batch, all_rows).cpu()
+        token_rewards = kl_regularised_token_rewards(
+            old_lp, batch.ref_logprobs, batch.reward, mask, c.beta
+        )
+        adv, returns = gae(token_rewards, old_values, mask, gamma=1.0, lam=c.gae_lambda)
+        mean, std = masked_mean(adv, mask), masked_mean((adv - masked_mean(adv, mask)) ** 2, mask)
+        std = std.sqrt()
+        adv = torch.where(mask, (adv - mean) / (std + 1e-8), torch.zeros_like(adv))
+        weights = None
+        if batch.behaviour_logprobs is not None:
+            log_w = torch.where(mask, old_lp - batch.behaviour_logprobs, torch.zeros_like(old_lp))
+            weights = log_w.exp().clamp(max=c.importance_weight_cap)
+        sums: dict[str, list[float]] = {}
+
+        def add(name: str, value: float) -> None:
+            sums.setdefault(name, []).append(float(value))
+
+        for _ in range(c.update_epochs):
+            for rows in minibatch_rows(batch.group, c.minibatches, self.generator):
+                idx = torch.tensor(rows)
+                lp = learner.policy_logprobs(batch, rows)
+                dev = lp.device
+                loss, diag = ppo_loss(
+                    lp,
+                    old_lp[idx].to(dev),
+                    adv[idx].to(dev),
+                    mask[idx].to(dev),
+                    c.clip_eps,
+                    importance_weights=None if weights is None else weights[idx].to(dev),
+                )
+                add("train/grad_norm", learner.optimize(loss))
+                add("train/policy_loss", diag.loss)
+                add("train/clip_frac", diag.clip_fraction)
+                add("train/approx_kl", diag.approx_kl)
+                add("train/ratio_mean", diag.ratio_mean)
+                v = self.values(batch, rows)
+                vloss, vdiag = value_loss(
+                    v,
+                    old_values[idx].to(v.device),
+                    returns[idx].to(v.device),
+                    mask[idx].to(v.device),
+                    c.value_clip_eps,
+                )
+                self.value_optimizer.zero_grad(set_to_none=True)
+                vloss.backward()
+                vnorm = torch.nn.utils.clip_grad_norm_(
+                    self.value_model.parameters(), c.max_grad_norm
+                )
+                self.value_optimizer.step()
+                add("train/value_loss", vdiag.loss)
+                add("train/value_clip_frac", vdiag.clip_fraction)
+                add("train/value_error", vdiag.value_error)
+                add("train/value_grad_norm", vnorm)
+        metrics = {k: sum(v) / len(v) for k, v in sums.items()}
+        kl = torch.where(mask, old_lp - batch.ref_logprobs, torch.zeros_like(old_lp)).sum(1)
+        metrics["train/kl_to_ref"] = float(kl.mean())
+        metrics["train/advantage_std"] = float(std)
+        metrics["train/reward_mean"] = float(batch.reward.mean())
+        metrics["train/response_length_mean"] = float(mask.sum(1).float().mean())
+        if weights is not None:
+            metrics["train/importance_weight_mean"] = float(masked_mean(weights, mask))
+        return metrics

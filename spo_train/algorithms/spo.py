@@ -1,0 +1,75 @@
+"""SPO: one optimizer step per batch on the chosen loss variant (method doc, "Losses"; paper
+Sec. 3). The batch is any mixture of lake rows (online and offline): SPO needs no behaviour
+log-probs, only pi_0's log-probs, the reward and the q0 estimate of each row's problem."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from spo_train.algorithms import Algorithm, Learner, TrainBatch
+from spo_train.config import TrainConfig
+from spo_train.losses import spo_loss
+
+# CE clip margin per variant when --ce-clip-eps is not given (see TrainConfig.ce_clip_eps).
+DEFAULT_CE_CLIP_EPS = {"terminal_ce": 0.1, "reverse_q_ce": 1e-6}
+
+
+def effective_ce_clip_eps(config: TrainConfig) -> float:
+    """The CE clip margin the loss gets: `config.ce_clip_eps`, else the variant's default
+    (`DEFAULT_CE_CLIP_EPS`; see `TrainConfig.ce_clip_eps` for where a clip moves the optimum)."""
+    if config.ce_clip_eps is not None:
+        return config.ce_clip_eps
+    return DEFAULT_CE_CLIP_EPS.get(config.loss, 0.1)
+
+
+class SPO(Algorithm):
+    """Soft Policy Optimization with `config.loss` (`spo_train.losses.spo_loss`)."""
+
+    name = "spo"
+    needs_q0 = True
+    online_only = False
+
+    def __init__(self, config: TrainConfig, *, say: Callable[[str], None] = lambda _m: None):
+        self.config = config
+        self.eps = effective_ce_clip_eps(config)
+        if config.loss == "reverse_q_ce" and self.eps > DEFAULT_CE_CLIP_EPS["reverse_q_ce"]:
+            say(
+                f"--ce-clip-eps {self.eps:g} with reverse_q_ce moves every per-token target above "
+                f"exp(-{self.eps:g}) = {math.exp(-self.eps):.3g} to probability 1 (docs/losses.md)"
+            )
+
+    def update(self, batch: TrainBatch, learner: Learner) -> dict[str, float]:
+        c = self.config
+        policy_lp = learner.policy_logprobs(batch)
+        dev = policy_lp.device
+        ref_lp, mask = batch.ref_logprobs.to(dev), batch.mask.to(dev)
+        loss, diag = spo_loss(
+            policy_lp,
+            ref_lp,
+            batch.q0.to(dev),
+            batch.reward.to(dev),
+            mask,
+            c.beta,
+            c.loss,
+            eps=self.eps,
+            return_diagnostics=True,
+        )
+        grad_norm = learner.optimize(loss)
+        metrics = {f"train/{k}": v for k, v in diag.to_dict().items()}
+        metrics["train/grad_norm"] = grad_norm
+        # Per-sequence log-ratio sum(log pi_theta - log pi_0): successes should rise and
+        # failures fall; the batch mean alone (kl_estimate) hides which one moves.
+        log_ratio = (policy_lp.detach() - ref_lp).mul(mask).sum(1).cpu()
+        success = batch.reward == 0
+        if success.any():
+            metrics["train/success_log_ratio"] = float(log_ratio[success].mean())
+        if (~success).any():
+            metrics["train/failure_log_ratio"] = float(log_ratio[~success].mean())
+        is_online = torch.tensor([s == "online" for s in batch.sources])
+        if is_online.any():
+            err = log_ratio * c.beta + batch.q0 - batch.reward
+            metrics["train/online_terminal_abs_error"] = float(err[is_online].abs().mean())
+        return metrics

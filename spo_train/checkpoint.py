@@ -1,0 +1,77 @@
+"""Checkpoints of `spo train`: a Hugging Face directory per checkpoint plus `trainer_state.pt`
+(optimizer, scheduler, RNG states, step, run id, lake versions, the algorithm's own state such as
+PPO's value model), written atomically; `output/latest` names the newest complete one."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def latest_checkpoint(output: Path) -> Path | None:
+    """The checkpoint `output/latest` names, if it is complete."""
+    marker = output / "latest"
+    if not marker.exists():
+        return None
+    path = output / marker.read_text().strip()
+    return path if (path / "trainer_state.pt").exists() else None
+
+
+def save_checkpoint(
+    output: Path,
+    step: int,
+    policy: torch.nn.Module,
+    tokenizer: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+) -> Path:
+    """Write checkpoint-<step> atomically (temp dir, rename, then the `latest` marker)."""
+    name = f"checkpoint-{step:06d}"
+    final, tmp = output / name, output / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+            "python_rng": random.getstate(),
+            **state,
+        },
+        tmp / "trainer_state.pt",
+    )
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    marker_tmp = output / ".latest.tmp"
+    marker_tmp.write_text(name)
+    marker_tmp.replace(output / "latest")
+    return final
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Put back the RNG states a checkpoint saved (same data order after `--resume`)."""
+    torch.set_rng_state(state["torch_rng"])
+    np.random.set_state(state["numpy_rng"])
+    random.setstate(state["python_rng"])
+
+
+def prune_checkpoints(output: Path, keep: int | None) -> list[str]:
+    """Delete all but the newest `keep` checkpoint directories (never the latest one)."""
+    if keep is None:
+        return []
+    latest = (output / "latest").read_text().strip() if (output / "latest").exists() else None
+    ckpts = sorted(p for p in output.glob("checkpoint-*") if p.is_dir())
+    removed = []
+    for old in ckpts[: max(0, len(ckpts) - keep)]:
+        if old.name != latest:
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old.name)
+    return removed

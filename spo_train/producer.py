@@ -1,0 +1,95 @@
+"""The rollout producer: sample from the rollout policy, judge in the sandbox, append to the lake.
+
+The learner (`spo_train.trainer`) calls `RolloutProducer.produce(step)` once per step and
+`sync(policy, version)` every `model_update_interval` steps. The producer holds its own copy of
+the policy (the rollout policy: stale by up to `model_update_interval - 1` steps, as the paper's
+workers are), so moving it into a Ray actor (next issue) changes where `produce` runs, not what
+it writes: rows carry the rollout policy's version, the sampler settings and the log-probs of
+both the sampling distribution and the sampling model (see `spo_train.rollout`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from spo_store.lake import Lake
+from spo_train.config import TrainConfig
+from spo_train.generation import TransformersGenerator
+from spo_train.rollout import SamplerSettings, sample_and_judge
+
+
+class RolloutProducer:
+    """Online rollouts of one run (`config` resolved: temperatures and top-p filled in).
+
+    `problems`: the run's training problems (rows of `spo_train.rollout.load_problems`); each
+    step draws `ceil(online_per_step / rollout_n)` of them, seeded by `(seed, step)`, and
+    samples `rollout_n` responses of each (whole groups: GRPO's and PPO's batches are exactly
+    these rows)."""
+
+    def __init__(
+        self,
+        lake: Lake,
+        policy: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        config: TrainConfig,
+        problems: Sequence[Mapping[str, Any]],
+        run_id: str,
+        tokenizer_id: str,
+        ref_model_id: str,
+        online_per_step: int,
+        version: int,
+    ) -> None:
+        self.lake, self.tokenizer, self.config = lake, tokenizer, config
+        self.problems = list(problems)
+        self.run_id, self.tokenizer_id, self.ref_model_id = run_id, tokenizer_id, ref_model_id
+        self.online_per_step = online_per_step
+        self.model = copy.deepcopy(policy).eval().requires_grad_(False)
+        self.generator = TransformersGenerator(self.model, tokenizer, device=config.device)
+        self.version = version  # the trainer step whose weights the rollout policy holds
+
+    def sync(self, policy: torch.nn.Module, version: int) -> None:
+        """The rollout policy takes the trainer's current weights (a weight transfer)."""
+        self.model.load_state_dict(policy.state_dict())
+        self.version = version
+
+    def produce(self, step: int) -> list[dict[str, Any]]:
+        """Sample, judge and append this step's rollouts; returns the rows written (none when
+        the run draws no online data)."""
+        c = self.config
+        if self.online_per_step <= 0:
+            return []
+        rng = np.random.default_rng([c.seed, step, 1])
+        n_problems = max(1, math.ceil(self.online_per_step / c.rollout_n))
+        picks = rng.choice(
+            len(self.problems), size=n_problems, replace=len(self.problems) < n_problems
+        )
+        settings = SamplerSettings(
+            c.rollout_n,
+            tuple(c.rollout_temperature),  # U(low, high) per sample (low == high: fixed)
+            c.rollout_top_p,
+            c.max_new_tokens,
+            seed=c.seed * 100003 + step,
+        )
+        rows = sample_and_judge(
+            self.generator,
+            self.tokenizer,
+            [self.problems[i] for i in picks],
+            settings,
+            source="online",
+            run_id=self.run_id,
+            model_id=f"{self.run_id}@{self.version}",
+            tokenizer_id=self.tokenizer_id,
+            policy_version=self.version,
+            ref_model_id=self.ref_model_id if self.version == 0 else None,
+            workers=c.workers,
+            unsafe_no_sandbox=c.unsafe_no_sandbox,
+        )
+        self.lake.append("trajectories", rows)
+        return rows

@@ -1,0 +1,251 @@
+"""Everything around a `spo train` run that is not the loop itself: checks before anything
+loads (`preflight`), the output lock, the run's config.toml / run.json, q0 bookkeeping, what a
+resume drops, and the loggers (TensorBoard, W&B). The loop is `spo_train.trainer`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spo_store.errors import SpoError
+from spo_store.lake import Lake, sql_quote
+from spo_store.mixture import MixtureSpec, load_sources
+from spo_store.q0_estimates import sampler_key
+from spo_train.config import (
+    TrainConfig,
+    as_saved,
+    check_output_dir,
+    dump_toml,
+    stored_train_config,
+)
+from spo_train.models import resolve_model_path
+from spo_train.q0 import q0_value
+
+
+def q0_sampler_key(config: TrainConfig) -> str:
+    """The `q0_estimates.sampler_key` of the estimates this run trains against."""
+    return sampler_key(
+        config.q0_temperature, config.q0_top_p, config.q0_max_new_tokens or config.max_new_tokens
+    )
+
+
+def estimate_q0_command(config: TrainConfig, lake_uri: str) -> str:
+    """The exact `spo estimate-q0 ...` that gives this run the q0 estimates it needs."""
+    parts = ["spo estimate-q0"]
+    if config.model:
+        parts.append(f"--model {config.model}")
+    parts += [f"--lake {lake_uri}", f"--split {config.train_split}"]
+    if config.q0_temperature != 1.0:
+        parts.append(f"--temperature {config.q0_temperature:g}")
+    if config.q0_top_p != 1.0:
+        parts.append(f"--top-p {config.q0_top_p:g}")
+    parts.append(f"--max-new-tokens {config.q0_max_new_tokens or config.max_new_tokens}")
+    if config.include_unreliable:
+        parts.append("--include-unreliable")
+    # A small first step: the default --n (800, the paper's) takes about a day on the
+    # embedded model; rerunning with a larger --n tops the estimates up.
+    parts += ["--n 4", "--limit 512"]
+    return " ".join(parts)
+
+
+def rebase_q0(problems: list[dict[str, Any]], beta: float) -> int:
+    """Make every problem's `q0` the value at `beta`; returns how many were recomputed.
+
+    q0 depends on beta (`beta * log(S0 + (1 - S0) exp(-1/beta))`), and the lake keeps the counts
+    `(n, c)` behind it, so training at another beta recomputes q0 instead of silently using a
+    value estimated for a different objective.
+    """
+    changed = 0
+    for p in problems:
+        if p.get("q0_beta") is not None and math.isclose(p["q0_beta"], beta, rel_tol=1e-9):
+            continue
+        if not p.get("q0_samples") or p.get("q0_successes") is None:
+            raise SpoError(
+                f"problem {p['problem_id']}: q0 was set for beta {p.get('q0_beta')} without the "
+                f"(n, c) counts needed to recompute it for beta {beta}; rerun `spo estimate-q0`"
+            )
+        p["q0"] = q0_value(p["q0_successes"], p["q0_samples"], beta)
+        changed += 1
+    return changed
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def check_split(lake: Lake, split: str, option: str) -> None:
+    """A split with no problem (a typo included) is one error naming the splits present."""
+    try:
+        from spo_store.selection import check_split
+    except ImportError:  # pragma: no cover - selection.py is new in this issue
+        return
+    check_split(lake, split, option)
+
+
+def splits_present_suffix(lake: Lake) -> str:
+    try:
+        from spo_store.selection import describe_splits, splits_present
+    except ImportError:  # pragma: no cover
+        return ""
+    return f" (splits present: {describe_splits(splits_present(lake))})"
+
+
+def write_config(
+    output: Path,
+    config: TrainConfig,
+    run_id: str,
+    say: Callable[[str], None],
+    *,
+    resumed: bool = False,
+) -> None:
+    """Write output/config.toml (reloadable: `spo train --config output/config.toml`) and
+    run.json. On resume the stored settings equal these except operational ones (workers,
+    wandb, ...) and `steps`, which a resume may raise: that change is said, never silent."""
+    stored = stored_train_config(output)
+    if resumed and stored is not None and stored[0].get("steps", config.steps) != config.steps:
+        say(
+            f"--steps {config.steps}: the run continues to step {config.steps} "
+            f"(started with {stored[0]['steps']}); config.toml updated"
+        )
+    header = (
+        f"spo train settings of run {run_id}; `spo train --config {output / 'config.toml'}` "
+        "reproduces them\n(add --resume to continue this run, or give another --output)"
+    )
+    tmp = output / ".config.toml.tmp"
+    tmp.write_text(dump_toml(config, header), encoding="utf-8")
+    tmp.replace(output / "config.toml")
+    (output / "run.json").write_text(
+        json.dumps({"run_id": run_id, "config": as_saved(config)}, indent=2, default=str)
+    )
+
+
+def drop_after(lake: Lake, run_id: str, step: int) -> int:
+    """Delete this run's metrics and batches logged for steps the resume runs again.
+
+    Training metrics and batches of step >= `step`, evaluations of step > `step` (the
+    evaluation at `step` ran before its checkpoint was written and is kept). Returns the
+    number of rows deleted.
+    """
+    rid = sql_quote(run_id)
+    where_metrics = (
+        f"run_id = {rid} AND ((step >= {step} AND name NOT LIKE 'eval/%') OR step > {step})"
+    )
+    n = 0
+    for table, where in (
+        ("metrics", where_metrics),
+        ("batches", f"run_id = {rid} AND step >= {step}"),
+    ):
+        found = int(lake.sql_arrow(f"SELECT count(*) FROM {table} WHERE {where}")[0][0].as_py())
+        if found:
+            lake.delete_rows(table, where)
+            n += found
+    return n
+
+
+def relog_evals(lake: Lake, writer: Any, run_id: str, step: int) -> None:
+    """purge_step also hides the kept evaluation at the resume step: write it again."""
+    rows = lake.sql_arrow(
+        f"SELECT name, value FROM metrics WHERE run_id = {sql_quote(run_id)} AND step = {step} "
+        "AND name LIKE 'eval/%pass@%'"
+    ).to_pylist()
+    for r in rows:
+        writer.add_scalar(r["name"], r["value"], step)
+
+
+def start_wandb(config: TrainConfig, run_id: str, output: Path) -> Any:
+    """A W&B run (offline by default: files under output/wandb, `wandb sync` uploads them)."""
+    if config.wandb == "off":
+        return None
+    try:
+        import wandb
+    except ImportError:
+        if config.wandb == "auto":
+            return None
+        raise SpoError(
+            f"--wandb {config.wandb} needs the wandb package: pip install 'spo[wandb]'"
+        ) from None
+    return wandb.init(
+        project="spo",
+        name=run_id,
+        id=run_id,
+        resume="allow",  # --resume continues the same W&B run
+        dir=str(output),
+        mode="online" if config.wandb == "online" else "offline",
+        config=dataclasses.asdict(config),
+        # console="off": W&B must not wrap stdout (`--json` prints the last line there)
+        settings=wandb.Settings(silent=True, console="off"),
+    )
+
+
+def check_device(device: str) -> None:
+    """Refuse (one SpoError line) a --device torch cannot parse or this machine lacks (CUDA
+    not built in or no such GPU, MPS absent), before any model loads."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise SpoError(
+            f"--device {device!r}: not a torch device (cpu, cuda, cuda:1, mps)"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SpoError(
+                f"--device {device}: CUDA is not available to this torch ({torch.__version__}); "
+                "use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SpoError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise SpoError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise SpoError(f"--device {device}: spo trains on cpu, cuda or mps")
+
+
+def lock_output(output: Path) -> Any:
+    """Hold `output/.lock` exclusively (fcntl.flock, non-blocking) for the life of a run, so
+    two `spo train` never write one directory; the second gets one SpoError line with the
+    holder's pid. Returns the open lock file (closing it releases the lock)."""
+    import fcntl
+
+    fh = open(output / ".lock", "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        pid = fh.read().strip() or "?"
+        fh.close()
+        raise SpoError(f"--output {output} is in use by another spo train (pid {pid})") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
+def preflight(config: TrainConfig) -> tuple[Path, dict[str, str]]:
+    """Every check that needs no lake and no model load: the settings, --output, --device,
+    the --model directory, --sources-file and --mix. Returns (pi_0 path, mixture sources);
+    raises one SpoError line."""
+    config.validate()
+    check_output_dir(config)
+    check_device(config.device)
+    pi0_path = resolve_model_path(config.model)
+    sources = load_sources(config.sources_file)
+    try:
+        MixtureSpec.parse(config.resolved().mix, list(sources))
+    except SpoError as exc:
+        raise SpoError(f"--mix: {exc}") from None
+    return pi0_path, sources
