@@ -19,6 +19,7 @@ def report_cmd(
     paths: Annotated[
         list[Path],
         typer.Argument(
+            metavar="RUN_DIR",
             help="spo train output directories (run.json) and/or spo experiment directories "
             "(experiment.json)",
             show_default=False,
@@ -86,5 +87,7 @@ def report_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `report` to the `spo` app."""
-    app.command("report")(report_cmd)
+    """Add `report` to the `spo` app (its help shows no `<bool>` whatever the register order)."""
+    from spo_train.config import SpoCommand
+
+    app.command("report", cls=SpoCommand)(report_cmd)
