@@ -56,9 +56,17 @@ def version() -> None:
 
 def _register_all() -> None:
     # Imported here so `spo --help` stays fast and each area owns its own module.
-    from spo_cli import judge_cmds, lake_admin_cmds, lake_cmds, report_cmds, train_cmds
+    from spo_cli import (
+        experiment_cmds,
+        judge_cmds,
+        lake_admin_cmds,
+        lake_cmds,
+        report_cmds,
+        train_cmds,
+    )
 
-    for module in (lake_cmds, lake_admin_cmds, judge_cmds, train_cmds, report_cmds):
+    areas = (lake_cmds, lake_admin_cmds, judge_cmds, train_cmds, report_cmds, experiment_cmds)
+    for module in areas:
         module.register(app)
 
 
