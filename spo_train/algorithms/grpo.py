@@ -118,9 +118,8 @@ class GRPO(Algorithm):
         c = self.config
         mask = batch.mask
         old_lp = batch.model_logprobs
-        if old_lp is None:
-            with torch.no_grad():
-                old_lp = learner.policy_logprobs(batch).detach().cpu()
+        if old_lp is None:  # rows without the sampler's log-probs: pi_old is the policy now
+            old_lp = learner.policy_logprobs(batch).detach().cpu()
         adv, flat = self.advantages(batch.reward, batch.group, scale=c.grpo_scale_rewards)
         weights = None
         if batch.behaviour_logprobs is not None:

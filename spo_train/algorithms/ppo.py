@@ -45,8 +45,16 @@ class ValueModel(nn.Module):
     def __init__(self, pi0_path: str | Path, device: str = "cpu") -> None:
         super().__init__()
         from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
 
-        self.backbone = AutoModel.from_pretrained(str(pi0_path)).to(device)
+        # pi_0's LM head is not loaded here: transformers would report it as an unexpected key
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            self.backbone = AutoModel.from_pretrained(str(pi0_path), local_files_only=True)
+        finally:
+            hf_logging.set_verbosity(level)
+        self.backbone.to(device)
         self.backbone.float()
         hidden = self.backbone.config.hidden_size
         self.head = nn.Linear(hidden, 1, device=device)
@@ -120,8 +128,7 @@ class PPO(Algorithm):
         mask = batch.mask
         old_lp = batch.model_logprobs
         if old_lp is None:  # rows without the sampler's log-probs: pi_old is the policy now
-            with torch.no_grad():
-                old_lp = learner.policy_logprobs(batch).detach().cpu()
+            old_lp = learner.policy_logprobs(batch).detach().cpu()
         all_rows = list(range(len(batch)))
         with torch.no_grad():
             old_values = self.values(batch, all_rows).cpu()
