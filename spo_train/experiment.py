@@ -739,7 +739,11 @@ class _StopGuard:
             signal.signal(sig, handler)
 
 
-def stop_children(procs: list[subprocess.Popen], say: Callable[[str], None]) -> None:
+def stop_children(
+    procs: list[subprocess.Popen],
+    say: Callable[[str], None],
+    what: str = "run(s): each saves a checkpoint",
+) -> None:
     """SIGTERM each live child once (it checkpoints and ends its lake run `interrupted`),
     wait for them (a second Ctrl-C, or `STOP_GRACE_S`, kills them)."""
     with _StopGuard() as guard:
@@ -750,7 +754,7 @@ def stop_children(procs: list[subprocess.Popen], say: Callable[[str], None]) -> 
             except ProcessLookupError:
                 pass
         if live:
-            say(f"stopping {len(live)} run(s): each saves a checkpoint (Ctrl-C again to kill)")
+            say(f"stopping {len(live)} {what} (Ctrl-C again to kill)")
         deadline = time.monotonic() + STOP_GRACE_S
         while any(p.poll() is None for p in live):
             if guard.count or time.monotonic() > deadline:
@@ -891,11 +895,19 @@ class _Runner:
         record = experiment_record(self.exp, self.plans, self.lake_uri)
         _write_atomic(self.out / "experiment.json", json.dumps(record, indent=2) + "\n")
 
-    def stopped(self, procs: list[subprocess.Popen], stopped_plans: list[RunPlan], what: str):
+    def stopped(
+        self, procs: list[subprocess.Popen], stopped_plans: list[RunPlan], what: str
+    ) -> ExperimentStopped:
         """Stop the children, record their (interrupted) statuses; the exception to raise."""
         from spo_store.stopping import STOP_SIGNALS
 
-        stop_children(procs, self.say)
+        runs = what == "the runs"
+        kept = (
+            "stopped runs keep their checkpoints, none was marked completed"
+            if runs
+            else "estimates committed so far are kept, no run was started"
+        )
+        stop_children(procs, self.say, "run(s): each saves a checkpoint" if runs else "q0 estimate")
         reader = _open_existing_lake(self.lake_uri)
         for pl in stopped_plans:
             pl.run_id = _run_id_in(pl.output) or pl.run_id
@@ -907,8 +919,7 @@ class _Runner:
         how = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
         return ExperimentStopped(
             signum,
-            f"{how} during {what}; stopped runs keep their checkpoints, none was marked "
-            f"completed: rerun the same command to resume: {self.resume_hint}",
+            f"{how} during {what}; {kept}: rerun the same command to resume: {self.resume_hint}",
         )
 
     def prepare(self, needs: list[Q0Need]) -> None:
