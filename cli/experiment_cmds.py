@@ -98,12 +98,8 @@ def experiment_cmd(
     --config DIR/<arm>/seed-<s>.toml` (log DIR/<arm>/seed-<s>.log). A rerun skips completed
     runs and resumes stopped ones. `spo report DIR` draws the results.
     """
-    from spo_train.experiment import (
-        ExperimentStopped,
-        default_output,
-        load_experiment,
-        run_experiment,
-    )
+    from spo_train.experiment import ExperimentStopped, run_experiment
+    from spo_train.experiment_config import default_output, load_experiment
 
     exp = load_experiment(config)
     out = Path(output) if output is not None else default_output(exp)

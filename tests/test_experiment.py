@@ -21,7 +21,7 @@ import pytest
 from spo_store.errors import SpoError
 from spo_store.lake import Lake
 from spo_train.config import TrainConfig, read_toml
-from spo_train.experiment import FORBIDDEN, load_experiment
+from spo_train.experiment_config import FORBIDDEN, load_experiment
 from tests.conftest import needs_sandbox
 
 ROOT = Path(__file__).resolve().parents[1]

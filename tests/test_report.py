@@ -12,7 +12,8 @@ import pytest
 
 from spo_store.lake import Lake
 from spo_train.metrics import mean_pass_at_k, paired_pass_at_k_difference
-from spo_train.report import ReportRun, build_report, group_plain_runs
+from spo_train.report import build_report
+from spo_train.report_data import ReportRun, group_plain_runs
 
 PROBLEMS = {"valid": [f"v{i}" for i in range(6)], "train": [f"t{i}" for i in range(4)]}
 EVAL_N = 4
