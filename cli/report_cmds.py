@@ -44,6 +44,19 @@ def report_cmd(
             show_default=False,
         ),
     ] = None,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            "--only",
+            metavar="GROUP,...",
+            help="Report only these groups (experiment arms, or run labels), in this order",
+            show_default=False,
+        ),
+    ] = None,
+    title: Annotated[
+        str | None,
+        typer.Option("--title", help="Title of the report (default: the experiment's name)"),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object as the last line")
     ] = False,
@@ -55,7 +68,10 @@ def report_cmd(
     def say(msg: str) -> None:
         (err_console if as_json else console).print(msg, highlight=False, soft_wrap=True)
 
-    summary = build_report(paths, output=output, reference=reference, say=say)
+    groups = [g.strip() for g in only.split(",") if g.strip()] if only else None
+    summary = build_report(
+        paths, output=output, reference=reference, only=groups, title=title, say=say
+    )
     if as_json:
         doc = {
             key: summary[key]

@@ -94,6 +94,8 @@ def build_report(
     *,
     output: str | Path | None = None,
     reference: str | None = None,
+    only: Sequence[str] | None = None,
+    title: str | None = None,
     say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Read the runs under `paths`, write the report files to `output` and return the summary.
@@ -103,10 +105,25 @@ def build_report(
     path's `report/` folder). A run without evaluation metrics is left out with a warning
     while others remain. Raises SpoError (one line) for a path that is neither a run nor an
     experiment directory, a lake that cannot be opened, no evaluated run at all, or an
-    unknown `reference` group; nothing is written then.
+    unknown `reference` group; nothing is written then. `only` keeps these groups (experiment
+    arms or run labels; an unknown one is a SpoError naming the groups), in the order given;
+    `title` replaces the experiment's name as the report's title.
     """
     say = say or (lambda _msg: None)
     inputs = collect_inputs(paths, reference)
+    if only:
+        unknown = [g for g in only if g not in inputs.groups]
+        if unknown:
+            raise SpoError(
+                f"--only {','.join(unknown)}: not a group of these runs; groups: "
+                + ", ".join(inputs.groups)
+            )
+        inputs.runs = [r for r in inputs.runs if r.group in only]
+        inputs.groups = [g for g in only if g in inputs.groups]
+        if reference is None and inputs.reference not in inputs.groups:
+            inputs.reference = None  # the experiment's reference arm was left out
+    if title:
+        inputs.title = title
     evals = read_evaluations(inputs.runs)
     warnings = list(inputs.warnings)
     kept: list[ReportRun] = []

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from spo_store.errors import SpoError
 from spo_store.lake import Lake
 from spo_train.metrics import mean_pass_at_k, paired_pass_at_k_difference
 from spo_train.report import build_report
@@ -283,6 +284,15 @@ def test_experiment_with_reference_writes_static_html(runs):
     assert doc["tables"] == json.loads(json.dumps(summary["tables"]))
     md = (out / "results.md").read_text()
     assert "| group |" in md and "vs ppo at last step" in md and "noise" in md
+
+    # --only: one arm, its own title; the experiment's reference arm left out is no error
+    only = build_report([exp], output=tmp_path / "only", only=["spo"], title="SPO alone")
+    assert [g["label"] for g in only["groups"]] == ["spo"] and only["reference"] is None
+    assert only["title"] == "SPO alone"
+    assert _rows(only, "valid", 1)["spo"]["last"] == row["last"]
+    with pytest.raises(SpoError, match="--only nope: not a group"):
+        build_report([exp], output=tmp_path / "bad", only=["nope"])
+    assert not (tmp_path / "bad").exists()
 
 
 def test_cli_json_and_one_line_errors(runs, capsys):
