@@ -29,6 +29,7 @@ from spo_train.config import (
 )
 from spo_train.models import resolve_model_path
 from spo_train.q0 import q0_value
+from spo_train.rollout import RELIABLE, count_problems, load_problems, split_predicate
 
 
 def q0_sampler_key(config: TrainConfig) -> str:
@@ -249,3 +250,57 @@ def preflight(config: TrainConfig) -> tuple[Path, dict[str, str]]:
     except SpoError as exc:
         raise SpoError(f"--mix: {exc}") from None
     return pi0_path, sources
+
+
+def train_problems(
+    lake: Lake, config: TrainConfig, q0_of: tuple[str, str], note: Callable[[str], None]
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The problems this run trains on, and the SQL restriction (over `p`) that keeps the
+    mixture to them when `train_problems` is set. SPO keeps those with a q0 estimate."""
+    in_split = split_predicate(config.train_split)
+    reliable = "TRUE" if config.include_unreliable else RELIABLE
+    where = f"{in_split} AND {reliable}"
+    restrict = None
+    if config.train_problems:
+        ids = lake.sql_arrow(
+            f"SELECT p.problem_id FROM problems p WHERE {where} ORDER BY p.problem_id "
+            f"LIMIT {int(config.train_problems)}"
+        ).column(0)
+        if len(ids):
+            restrict = f"p.problem_id <= {sql_quote(ids[len(ids) - 1].as_py())}"
+            where += f" AND {restrict}"
+    if config.algo != "spo":
+        problems = load_problems(lake, where)
+        if not problems:
+            raise SpoError(
+                f"no {config.train_split!r} problem in lake {lake.uri} to train on"
+                + splits_present_suffix(lake)
+            )
+        return problems, restrict
+    problems = load_problems(lake, f"{where} AND p.q0 IS NOT NULL", q0_of=q0_of)
+    if not problems:
+        others = lake.sql_arrow(
+            "SELECT count(DISTINCT (ref_model_id, sampler_key)) AS n FROM q0_estimates q "
+            f"JOIN problems p USING (problem_id) WHERE {in_split}"
+        ).to_pylist()[0]["n"]
+        raise SpoError(
+            f"no {config.train_split!r} problem in lake {lake.uri} has a q0 estimate of this "
+            f"model ({q0_of[0][:19]}) with sampler {q0_of[1]}"
+            + (
+                f" ({others} other model/sampler estimates exist and are not used)"
+                if others
+                else ""
+            )
+            + f": run `{estimate_q0_command(config, lake.uri)}` (a small first estimate; "
+            "rerun it with a larger --n, e.g. 64, to top the estimates up)"
+        )
+    without = count_problems(lake, f"{where} AND p.q0 IS NULL", q0_of=q0_of)
+    if without:
+        note(
+            f"{without} {config.train_split} problems have no q0 estimate of this model and "
+            f"sampler and are left out (run `{estimate_q0_command(config, lake.uri)}`)"
+        )
+    rebased = rebase_q0(problems, config.beta)
+    if rebased:
+        note(f"q0 of {rebased} problems recomputed from their (n, c) for beta {config.beta:.4g}")
+    return problems, restrict

@@ -33,7 +33,7 @@ import dataclasses
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,12 +46,12 @@ from spo_store.errors import SpoError
 from spo_store.lake import Lake, run_status, sql_quote, utc_now
 from spo_store.maintenance import maybe_compact
 from spo_store.mixture import MixtureSampler
-from spo_train.algorithms import Algorithm, TrainBatch, make_algorithm
+from spo_train.algorithms import Algorithm, make_algorithm
 from spo_train.algorithms.spo import (  # noqa: F401 - re-exported
     DEFAULT_CE_CLIP_EPS,
     effective_ce_clip_eps,
 )
-from spo_train.batch import ReferenceCache, pad_right
+from spo_train.batch import ReferenceCache
 from spo_train.checkpoint import latest_checkpoint, prune_checkpoints, restore_rng, save_checkpoint
 from spo_train.config import (  # noqa: F401 - LOSS_VARIANTS, WANDB_MODES: re-exported
     LOSS_VARIANTS,
@@ -61,13 +61,16 @@ from spo_train.config import (  # noqa: F401 - LOSS_VARIANTS, WANDB_MODES: re-ex
 )
 from spo_train.evaluate import eval_notes, evaluate
 from spo_train.generation import TransformersGenerator
-from spo_train.logprobs import response_logprobs
+from spo_train.learner import (  # noqa: F401 - re-exported
+    PolicyLearner,
+    policy_logprobs,
+    to_train_batch,
+)
 from spo_train.models import load_model_and_tokenizer, model_identity, tokenizer_identity
 from spo_train.producer import RolloutProducer
 from spo_train.rollout import (
     RELIABLE,
     SamplerSettings,
-    count_problems,
     judge_issue_counts,
     left_out_line,
     load_problems,
@@ -88,6 +91,7 @@ from spo_train.train_setup import (  # noqa: F401 - re-exported (tests, CLI)
     start_wandb,
     write_config,
 )
+from spo_train.train_setup import train_problems as train_problems_of
 
 
 @dataclass
@@ -121,101 +125,6 @@ class TrainResult:
             "metrics": last,
             "eval": final,
         }
-
-
-def policy_logprobs(
-    policy: torch.nn.Module,
-    prompt_ids: list[list[int]],
-    response_ids: list[list[int]],
-    *,
-    pad_token_id: int,
-    micro_batch_size: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of the taken response tokens under `policy`, with gradients, dropout off.
-
-    The loss compares log pi_theta with log pi_0 token by token, so both must come from the
-    deterministic network: the forward runs in eval mode (dropout off) while autograd records
-    (as TRL does for its policy forward). Returns `([B, T] log-probs, [B, T] bool mask)`.
-    """
-    policy.eval()
-    return response_logprobs(
-        policy,
-        prompt_ids,
-        response_ids,
-        pad_token_id=pad_token_id,
-        micro_batch_size=micro_batch_size,
-    )
-
-
-class PolicyLearner:
-    """The policy, its AdamW and its schedule, as an algorithm sees them (`algorithms.Learner`)."""
-
-    def __init__(
-        self, policy: torch.nn.Module, config: TrainConfig, pad_token_id: int | None
-    ) -> None:
-        self.policy, self.config, self.pad_token_id = policy, config, pad_token_id
-        self.device = config.device
-        self.optimizer = torch.optim.AdamW(
-            policy.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps))
-        )
-        self.optimizer_steps = 0
-
-    def policy_logprobs(self, batch: TrainBatch, rows: Sequence[int] | None = None) -> torch.Tensor:
-        idx = list(range(len(batch))) if rows is None else list(rows)
-        lp, _mask = policy_logprobs(
-            self.policy,
-            [batch.prompt_ids[i] for i in idx],
-            [batch.response_ids[i] for i in idx],
-            pad_token_id=self.pad_token_id,
-            micro_batch_size=self.config.micro_batch_size,
-        )
-        width = batch.mask.shape[1]
-        return lp if lp.shape[1] >= width else torch.nn.functional.pad(lp, (0, width - lp.shape[1]))
-
-    def optimize(self, loss: torch.Tensor) -> float:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer_steps += 1
-        return float(norm)
-
-
-def _row_logprobs(table: pa.Table, column: str, width: int) -> torch.Tensor | None:
-    """`[B, width]` from a list<float> column, or None when the column is absent or any row
-    lacks it (offline rows carry no sampler log-probs)."""
-    if column not in table.column_names:
-        return None
-    values = table.column(column).to_pylist()
-    if any(v is None for v in values):
-        return None
-    return pad_right(values, width)
-
-
-def to_train_batch(
-    prepared: Any, table: pa.Table, sources: list[str], groups: list[int]
-) -> TrainBatch:
-    """The algorithms' view of a prepared batch (`spo_train.batch.PreparedBatch`)."""
-    lengths = [len(r) for r in prepared.response_ids]
-    width = max(lengths, default=0)
-    mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
-    return TrainBatch(
-        traj_ids=prepared.traj_ids,
-        problem_ids=table.column("problem_id").to_pylist(),
-        sources=sources,
-        prompt_ids=prepared.prompt_ids,
-        response_ids=prepared.response_ids,
-        ref_logprobs=pad_right(prepared.ref_logprobs, width),
-        mask=mask,
-        reward=prepared.reward,
-        q0=prepared.q0,
-        group=torch.tensor(groups, dtype=torch.long),
-        model_logprobs=_row_logprobs(table, "model_logprobs", width),
-        behaviour_logprobs=_row_logprobs(table, "behaviour_logprobs", width),
-    )
 
 
 def train(
@@ -256,60 +165,6 @@ def train(
         lock.close()
 
 
-def _train_problems(
-    lake: Lake, config: TrainConfig, q0_of: tuple[str, str], note: Callable[[str], None]
-) -> tuple[list[dict[str, Any]], str | None]:
-    """The problems this run trains on, and the SQL restriction (over `p`) that keeps the
-    mixture to them when `train_problems` is set. SPO keeps those with a q0 estimate."""
-    in_split = split_predicate(config.train_split)
-    reliable = "TRUE" if config.include_unreliable else RELIABLE
-    where = f"{in_split} AND {reliable}"
-    restrict = None
-    if config.train_problems:
-        ids = lake.sql_arrow(
-            f"SELECT p.problem_id FROM problems p WHERE {where} ORDER BY p.problem_id "
-            f"LIMIT {int(config.train_problems)}"
-        ).column(0)
-        if len(ids):
-            restrict = f"p.problem_id <= {sql_quote(ids[len(ids) - 1].as_py())}"
-            where += f" AND {restrict}"
-    if config.algo != "spo":
-        problems = load_problems(lake, where)
-        if not problems:
-            raise SpoError(
-                f"no {config.train_split!r} problem in lake {lake.uri} to train on"
-                + splits_present_suffix(lake)
-            )
-        return problems, restrict
-    problems = load_problems(lake, f"{where} AND p.q0 IS NOT NULL", q0_of=q0_of)
-    if not problems:
-        others = lake.sql_arrow(
-            "SELECT count(DISTINCT (ref_model_id, sampler_key)) AS n FROM q0_estimates q "
-            f"JOIN problems p USING (problem_id) WHERE {in_split}"
-        ).to_pylist()[0]["n"]
-        raise SpoError(
-            f"no {config.train_split!r} problem in lake {lake.uri} has a q0 estimate of this "
-            f"model ({q0_of[0][:19]}) with sampler {q0_of[1]}"
-            + (
-                f" ({others} other model/sampler estimates exist and are not used)"
-                if others
-                else ""
-            )
-            + f": run `{estimate_q0_command(config, lake.uri)}` (a small first estimate; "
-            "rerun it with a larger --n, e.g. 64, to top the estimates up)"
-        )
-    without = count_problems(lake, f"{where} AND p.q0 IS NULL", q0_of=q0_of)
-    if without:
-        note(
-            f"{without} {config.train_split} problems have no q0 estimate of this model and "
-            f"sampler and are left out (run `{estimate_q0_command(config, lake.uri)}`)"
-        )
-    rebased = rebase_q0(problems, config.beta)
-    if rebased:
-        note(f"q0 of {rebased} problems recomputed from their (n, c) for beta {config.beta:.4g}")
-    return problems, restrict
-
-
 def _train_locked(
     config: TrainConfig,
     pi0_path: Path,
@@ -330,7 +185,7 @@ def _train_locked(
     # --- the problems it trains on (SPO: those with q0 of this pi_0 and q0 sampler)
     ref_model_id = model_identity(pi0_path)
     q0_key = q0_sampler_key(config)
-    train_problems, restrict = _train_problems(lake, config, (ref_model_id, q0_key), note)
+    train_problems, restrict = train_problems_of(lake, config, (ref_model_id, q0_key), note)
     reliable = "TRUE" if config.include_unreliable else RELIABLE
     if not config.include_unreliable:
         line = left_out_line(

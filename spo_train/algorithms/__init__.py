@@ -60,7 +60,7 @@ class TrainBatch:
 
 
 class Learner(Protocol):
-    """What the learner loop gives an algorithm (see `spo_train.trainer.PolicyLearner`)."""
+    """What the learner loop gives an algorithm (see `spo_train.learner.PolicyLearner`)."""
 
     policy: torch.nn.Module
     device: str

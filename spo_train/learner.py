@@ -1,0 +1,111 @@
+"""The learner's side of a step: the policy, its optimizer and schedule as an algorithm sees
+them (`PolicyLearner`, the `spo_train.algorithms.Learner` contract), and the batch as tensors
+(`to_train_batch`: token ids, pi_0 log-probs, the sampler's log-probs, rewards, q0, groups)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from spo_train.algorithms import TrainBatch
+from spo_train.batch import pad_right
+from spo_train.config import TrainConfig
+from spo_train.logprobs import response_logprobs
+
+
+def policy_logprobs(
+    policy: torch.nn.Module,
+    prompt_ids: list[list[int]],
+    response_ids: list[list[int]],
+    *,
+    pad_token_id: int,
+    micro_batch_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of the taken response tokens under `policy`, with gradients, dropout off.
+
+    The loss compares log pi_theta with log pi_0 token by token, so both must come from the
+    deterministic network: the forward runs in eval mode (dropout off) while autograd records
+    (as TRL does for its policy forward). Returns `([B, T] log-probs, [B, T] bool mask)`.
+    """
+    policy.eval()
+    return response_logprobs(
+        policy,
+        prompt_ids,
+        response_ids,
+        pad_token_id=pad_token_id,
+        micro_batch_size=micro_batch_size,
+    )
+
+
+class PolicyLearner:
+    """The policy, its AdamW and its schedule, as an algorithm sees them (`algorithms.Learner`)."""
+
+    def __init__(
+        self, policy: torch.nn.Module, config: TrainConfig, pad_token_id: int | None
+    ) -> None:
+        self.policy, self.config, self.pad_token_id = policy, config, pad_token_id
+        self.device = config.device
+        self.optimizer = torch.optim.AdamW(
+            policy.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps))
+        )
+        self.optimizer_steps = 0
+
+    def policy_logprobs(self, batch: TrainBatch, rows: Sequence[int] | None = None) -> torch.Tensor:
+        idx = list(range(len(batch))) if rows is None else list(rows)
+        lp, _mask = policy_logprobs(
+            self.policy,
+            [batch.prompt_ids[i] for i in idx],
+            [batch.response_ids[i] for i in idx],
+            pad_token_id=self.pad_token_id,
+            micro_batch_size=self.config.micro_batch_size,
+        )
+        width = batch.mask.shape[1]
+        return lp if lp.shape[1] >= width else torch.nn.functional.pad(lp, (0, width - lp.shape[1]))
+
+    def optimize(self, loss: torch.Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer_steps += 1
+        return float(norm)
+
+
+def _row_logprobs(table: pa.Table, column: str, width: int) -> torch.Tensor | None:
+    """`[B, width]` from a list<float> column, or None when the column is absent or any row
+    lacks it (offline rows carry no sampler log-probs)."""
+    if column not in table.column_names:
+        return None
+    values = table.column(column).to_pylist()
+    if any(v is None for v in values):
+        return None
+    return pad_right(values, width)
+
+
+def to_train_batch(
+    prepared: Any, table: pa.Table, sources: list[str], groups: list[int]
+) -> TrainBatch:
+    """The algorithms' view of a prepared batch (`spo_train.batch.PreparedBatch`)."""
+    lengths = [len(r) for r in prepared.response_ids]
+    width = max(lengths, default=0)
+    mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+    return TrainBatch(
+        traj_ids=prepared.traj_ids,
+        problem_ids=table.column("problem_id").to_pylist(),
+        sources=sources,
+        prompt_ids=prepared.prompt_ids,
+        response_ids=prepared.response_ids,
+        ref_logprobs=pad_right(prepared.ref_logprobs, width),
+        mask=mask,
+        reward=prepared.reward,
+        q0=prepared.q0,
+        group=torch.tensor(groups, dtype=torch.long),
+        model_logprobs=_row_logprobs(table, "model_logprobs", width),
+        behaviour_logprobs=_row_logprobs(table, "behaviour_logprobs", width),
+    )
