@@ -17,7 +17,7 @@ sampler), so this times `Algorithm.update(batch, learner)` plus the schedule ste
    GRPO: `update_epochs` 1, `minibatches` 2), pi_0 frozen as the reference, the policy, the
    rollout policy's copy (the producer's), `PolicyLearner`, `make_algorithm(...)` (PPO: its
    value model, a copy of pi_0's transformer with a scalar head, and its AdamW), and the batch
-   through `ReferenceCache.prepare` and `trainer.to_train_batch`. It records its RSS, resets
+   through `ReferenceCache.prepare` and `learner.to_train_batch`. It records its RSS, resets
    the peak (`/proc/self/clear_refs`), runs 1 warm-up and `--steps` timed steps, and reports
    the peak RSS of the steps, the bytes of the trained state (parameters, gradients and AdamW
    moments, counted from the live tensors) and, on CUDA, `torch.cuda.max_memory_allocated`.
@@ -236,7 +236,7 @@ def measure(args: argparse.Namespace, algo: str, workdir: Path) -> dict[str, Any
         tokenizer_identity,
     )
     from spo_train.train_setup import set_seed
-    from spo_train.trainer import PolicyLearner, to_train_batch
+    from spo_train.learner import PolicyLearner, to_train_batch
 
     rss_start = _proc_status_kib("VmRSS")
     config = _config(args, algo, workdir)
