@@ -72,25 +72,49 @@ def fragment_counts(lake: Lake) -> dict[str, int]:
     return {name: len(lake.dataset(name).get_fragments()) for name in TABLES}
 
 
+def _is_commit_conflict(exc: BaseException) -> bool:
+    """Lance's "Retryable commit conflict": another writer committed a conflicting change
+    (e.g. two processes compacting the same table at once) and this commit was dropped."""
+    return "commit conflict" in str(exc).lower()
+
+
 def compact(
-    lake: Lake, tables: Sequence[str] | None = None, *, min_fragments: int = 2
+    lake: Lake,
+    tables: Sequence[str] | None = None,
+    *,
+    min_fragments: int = 2,
+    attempts: int = 3,
 ) -> dict[str, tuple[int, int]]:
     """Merge small fragments; returns `{table: (fragments before, after)}`.
 
-    Compaction commits a Rewrite, which Lance reconciles with concurrent appends.
+    Compaction commits a Rewrite, which Lance reconciles with concurrent appends; a Rewrite
+    preempted by another writer's Rewrite (two processes compacting one table) is retried on
+    the new version up to `attempts` times, then left to the other writer (nothing is lost:
+    the dropped rewrite's files are garbage for `cleanup`).
     """
     out = {}
     for name in _tables(tables):
-        ds = lake.dataset(name)
-        before = len(ds.get_fragments())
-        if before >= min_fragments:
-            ds.optimize.compact_files(target_rows_per_fragment=1 << 20, materialize_deletions=True)
+        before = len(lake.dataset(name).get_fragments())
+        for _attempt in range(attempts):
+            ds = lake.dataset(name)
+            if len(ds.get_fragments()) < min_fragments:
+                break
+            try:
+                ds.optimize.compact_files(
+                    target_rows_per_fragment=1 << 20, materialize_deletions=True
+                )
+                break
+            except (OSError, RuntimeError, ValueError) as exc:
+                if not _is_commit_conflict(exc):
+                    raise
+                # another writer compacted first: retry on its version (or leave it its result)
         out[name] = (before, len(lake.dataset(name).get_fragments()))
     return out
 
 
 def maybe_compact(lake: Lake, threshold: int = COMPACT_THRESHOLD_FRAGMENTS) -> None:
-    """Compact the tables whose fragment count passed `threshold` (called by long writers)."""
+    """Compact the tables whose fragment count passed `threshold` (called by long writers;
+    several processes may do it at once on one lake: see `compact`)."""
     crowded = [n for n, c in fragment_counts(lake).items() if c > threshold]
     if crowded:
         compact(lake, crowded)
