@@ -208,12 +208,14 @@ def setup(args: argparse.Namespace, workdir: Path, say: Any) -> dict[str, Any]:
     q0 = {p: q0_value(sum(x == 0 for x in rs), len(rs), beta) for p, rs in by_problem.items()}
     (workdir / "q0.json").write_text(json.dumps(q0))
     lengths = [r["num_response_tokens"] for r in judged]
+    prompts = [len(r["prompt_ids"]) for r in judged]
     return {
         "model": str(pi0),
         "rows": len(judged),
         "problems": len(by_problem),
         "response_tokens": sum(lengths),
         "response_length_min_mean_max": [min(lengths), sum(lengths) / len(lengths), max(lengths)],
+        "prompt_length_min_mean_max": [min(prompts), sum(prompts) / len(prompts), max(prompts)],
         "successes": sum(r["reward"] == 0 for r in judged),
         "rollouts": rollouts,
     }
@@ -229,6 +231,7 @@ def measure(args: argparse.Namespace, algo: str, workdir: Path) -> dict[str, Any
     from spo_store.lake import Lake
     from spo_train.algorithms import make_algorithm
     from spo_train.batch import ReferenceCache
+    from spo_train.learner import PolicyLearner, to_train_batch
     from spo_train.models import (
         load_model_and_tokenizer,
         model_identity,
@@ -236,7 +239,6 @@ def measure(args: argparse.Namespace, algo: str, workdir: Path) -> dict[str, Any
         tokenizer_identity,
     )
     from spo_train.train_setup import set_seed
-    from spo_train.learner import PolicyLearner, to_train_batch
 
     rss_start = _proc_status_kib("VmRSS")
     config = _config(args, algo, workdir)
@@ -480,10 +482,12 @@ def print_table(report: dict[str, Any]) -> None:
         m.add_row(*cells)
     console.print(m)
     lo, mean, hi = report["response_length_min_mean_max"]
+    plo, pmean, phi = report.get("prompt_length_min_mean_max", (0, 0, 0))
     load = report["machine"]["load_average"][0], report["load_average_end"][0]
     console.print(
         f"batch: {report['rows']} rollouts of pi_0 ({report['problems']} problems), "
-        f"{report['response_tokens']:,} response tokens (length {lo}-{hi}, mean {mean:.0f}), "
+        f"{report['response_tokens']:,} response tokens (length {lo}-{hi}, mean {mean:.0f}; "
+        f"prompts {plo}-{phi}, mean {pmean:.0f}), "
         f"{report['successes']} successes; torch threads {summary[algos[0]]['threads']}; "
         f"load average {load[0]:.2f} at start, {load[1]:.2f} at end"
     )
