@@ -44,6 +44,8 @@ def _resolve(root: Any, words: list[str]) -> tuple[Any, list[str], list[str]]:
     """The (sub)command the words name, its path, and the flags among the remaining words."""
     cmd, path = root, []
     rest = list(words)
+    if rest[:1] == ["--threads"]:  # the root's own option (`spo --threads N train ...`)
+        rest = rest[2:]
     while hasattr(cmd, "get_command") and rest and not rest[0].startswith("-"):
         sub = cmd.get_command(_click.Context(cmd), rest[0])
         if sub is None:
@@ -66,6 +68,8 @@ def test_named_command_and_flags_exist(doc: str, line: str) -> None:
     except ValueError:
         words = line.split()[1:]
     words = [w for w in words if w not in ("...",)]
+    if words[:1] == ["--threads"]:
+        words = words[2:]
     cmd, path, flags = _resolve(root, words)
     rest = words[len(path) :]
     if hasattr(cmd, "get_command") and rest and not rest[0].startswith("-"):
