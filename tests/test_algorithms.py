@@ -229,3 +229,34 @@ def test_train_json_is_the_last_stdout_line(small_lake, tiny_model, tmp_path):  
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(out) >= {"run_id", "algo", "steps", "metrics", "eval"}
     assert out["algo"] == "grpo" and out["steps"] == 1 and "train/clip_frac" in out["metrics"]
+
+
+def test_ppo_value_step_in_micro_batches_equals_one_pass(tiny_model, tmp_path):  # noqa: F811
+    """--micro-batch-size bounds the value model's activations without changing its update."""
+    import dataclasses
+
+    from spo_train.algorithms.ppo import PPO
+    from spo_train.config import TrainConfig
+    from spo_train.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_model)
+    config = TrainConfig(
+        model=str(tiny_model), algo="ppo", batch_size=4, rollout_n=2, output=str(tmp_path / "o")
+    ).resolved()
+    batch = _batch(tok, [3, 5, 2, 4], [0.0, -1.0, -1.0, 0.0])
+    returns = torch.where(batch.mask, torch.linspace(-1, 0, batch.mask.shape[1]), 0.0)
+    results = []
+    for micro in (None, 1):
+        ppo = PPO(dataclasses.replace(config, micro_batch_size=micro), pi0_path=tiny_model)
+        ppo.pad_token_id = tok.pad_token_id
+        with torch.no_grad():
+            old = ppo.values(batch, [0, 1, 2, 3])
+        metrics = ppo.value_step(batch, [0, 1, 2, 3], old, returns)
+        results.append((metrics, [p.detach().clone() for p in ppo.value_model.parameters()]))
+    (m_full, p_full), (m_micro, p_micro) = results
+    assert m_micro["train/value_loss"] == pytest.approx(m_full["train/value_loss"], rel=1e-5)
+    assert m_micro["train/value_grad_norm"] == pytest.approx(
+        m_full["train/value_grad_norm"], rel=1e-4
+    )
+    for a, b in zip(p_full, p_micro, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

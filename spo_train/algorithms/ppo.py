@@ -14,7 +14,8 @@ Per step, on the batch of rollouts just drawn (whole groups per problem):
    (mu = the distribution that drew the token, the rows' `behaviour_logprobs`; 1 when rollouts
    are sampled at temperature 1 without top-p, the default), truncated at
    `importance_weight_cap`; then the clipped value loss (`losses.value_loss`) on the value
-   model, with its own AdamW.
+   model, with its own AdamW (the value model's forwards and backwards run
+   `micro_batch_size` rows at a time, gradients accumulated).
 Metrics: train/policy_loss, train/value_loss, train/clip_frac (policy ratio outside the clip,
 mean over minibatches), train/value_clip_frac, train/approx_kl (k2 of pi_old vs pi_theta),
 train/kl_to_ref (mean per-sequence sum of log pi_old - log pi_0), train/advantage_std,
@@ -116,11 +117,52 @@ class PPO(Algorithm):
         self.generator.set_state(state["generator"])
 
     def values(self, batch: TrainBatch, rows: list[int]) -> Tensor:
+        """`[len(rows), T]` values of `rows`, the forward run `micro_batch_size` rows at a time."""
         pad = getattr(self, "pad_token_id", None)
-        v = self.value_model(
-            [batch.prompt_ids[i] for i in rows], [batch.response_ids[i] for i in rows], pad
-        )
-        return _pad_to(v, batch.mask.shape[1])
+        step = self.config.micro_batch_size or len(rows)
+        parts = [
+            _pad_to(
+                self.value_model(
+                    [batch.prompt_ids[i] for i in chunk],
+                    [batch.response_ids[i] for i in chunk],
+                    pad,
+                ),
+                batch.mask.shape[1],
+            )
+            for chunk in (rows[i : i + step] for i in range(0, len(rows), step))
+        ]
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def value_step(
+        self, batch: TrainBatch, rows: list[int], old_values: Tensor, returns: Tensor
+    ) -> dict[str, float]:
+        """One clipped value-loss step on `rows`: backward per micro-batch (gradients
+        accumulate, each chunk weighted by its share of the rows' tokens, so the step equals
+        one over the whole minibatch while only a micro-batch's activations are held)."""
+        c = self.config
+        step = c.micro_batch_size or len(rows)
+        total = int(batch.mask[rows].sum().clamp(min=1))
+        self.value_optimizer.zero_grad(set_to_none=True)
+        sums = {"train/value_loss": 0.0, "train/value_clip_frac": 0.0, "train/value_error": 0.0}
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            idx = torch.tensor(chunk)
+            share = float(batch.mask[chunk].sum()) / total
+            v = self.values(batch, chunk)
+            loss, diag = value_loss(
+                v,
+                old_values[idx].to(v.device),
+                returns[idx].to(v.device),
+                batch.mask[idx].to(v.device),
+                c.value_clip_eps,
+            )
+            (loss * share).backward()
+            sums["train/value_loss"] += float(diag.loss) * share
+            sums["train/value_clip_frac"] += float(diag.clip_fraction) * share
+            sums["train/value_error"] += float(diag.value_error) * share
+        norm = torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), c.max_grad_norm)
+        self.value_optimizer.step()
+        return {**sums, "train/value_grad_norm": float(norm)}
 
     def update(self, batch: TrainBatch, learner: Learner) -> dict[str, float]:
         c = self.config
@@ -166,24 +208,8 @@ class PPO(Algorithm):
                 add("train/clip_frac", diag.clip_fraction)
                 add("train/approx_kl", diag.approx_kl)
                 add("train/ratio_mean", diag.ratio_mean)
-                v = self.values(batch, rows)
-                vloss, vdiag = value_loss(
-                    v,
-                    old_values[idx].to(v.device),
-                    returns[idx].to(v.device),
-                    mask[idx].to(v.device),
-                    c.value_clip_eps,
-                )
-                self.value_optimizer.zero_grad(set_to_none=True)
-                vloss.backward()
-                vnorm = torch.nn.utils.clip_grad_norm_(
-                    self.value_model.parameters(), c.max_grad_norm
-                )
-                self.value_optimizer.step()
-                add("train/value_loss", vdiag.loss)
-                add("train/value_clip_frac", vdiag.clip_fraction)
-                add("train/value_error", vdiag.value_error)
-                add("train/value_grad_norm", vnorm)
+                for name, value in self.value_step(batch, rows, old_values, returns).items():
+                    add(name, value)
         metrics = {k: sum(v) / len(v) for k, v in sums.items()}
         kl = torch.where(mask, old_lp - batch.ref_logprobs, torch.zeros_like(old_lp)).sum(1)
         metrics["train/kl_to_ref"] = float(kl.mean())
