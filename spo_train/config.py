@@ -610,9 +610,12 @@ class TrainConfig:
     minibatches: int = setting(2, check=at_least(1))
     """ppo, grpo: each pass splits the batch into this many minibatches, one optimizer step each
     (the second and later ones see a ratio away from 1, where the clip acts)"""
-    importance_weight_cap: float = setting(2.0, check=positive_finite)
+    importance_weight_cap: float = setting(
+        2.0, check=lambda v: None if math.isfinite(v) and v >= 1 else "must be a number >= 1"
+    )
     """ppo, grpo: per-token importance weight pi_old / mu of rollouts not drawn from pi_old
-    itself (temperature or top-p other than 1), truncated at this value"""
+    itself (temperature or top-p other than 1), truncated at this value (>= 1: at the
+    default sampler every weight is 1)"""
     gae_lambda: float = setting(
         0.95, check=lambda v: None if 0 <= v <= 1 else "must be in [0, 1]", verl="algorithm.lam"
     )
@@ -770,6 +773,10 @@ class TrainConfig:
         """A copy with every setting left unset for the algorithm to choose filled in
         (`ALGORITHM_DEFAULTS`): what the run actually uses, and what its config.toml saves."""
         fill = {k: v for k, v in ALGORITHM_DEFAULTS[self.algo].items() if getattr(self, k) is None}
+        if self.algo == "grpo" and self.kl_coef is None:
+            fill["kl_coef"] = self.beta
+        if self.algo == "ppo" and self.value_learning_rate is None:
+            fill["value_learning_rate"] = self.learning_rate
         return dataclasses.replace(self, **fill) if fill else self
 
 

@@ -39,12 +39,17 @@ def q0_sampler_key(config: TrainConfig) -> str:
     )
 
 
-def estimate_q0_command(config: TrainConfig, lake_uri: str) -> str:
-    """The exact `spo estimate-q0 ...` that gives this run the q0 estimates it needs."""
+def estimate_q0_command(config: TrainConfig, lake_uri: str, restrict: str | None = None) -> str:
+    """The exact `spo estimate-q0 ...` that gives this run the q0 estimates it needs
+    (`restrict`: the SQL over `p` that keeps `--train-problems N`'s first N problems)."""
     parts = ["spo estimate-q0"]
     if config.model:
         parts.append(f"--model {config.model}")
-    parts += [f"--lake {lake_uri}", f"--split {config.train_split}"]
+    parts.append(f"--lake {lake_uri}")
+    if restrict:  # --where replaces --split in estimate-q0: the split goes into it
+        parts.append(f'--where "{split_predicate(config.train_split)} AND {restrict}"')
+    else:
+        parts.append(f"--split {config.train_split}")
     if config.q0_temperature != 1.0:
         parts.append(f"--temperature {config.q0_temperature:g}")
     if config.q0_top_p != 1.0:
@@ -54,7 +59,7 @@ def estimate_q0_command(config: TrainConfig, lake_uri: str) -> str:
         parts.append("--include-unreliable")
     # A small first step: the default --n (800, the paper's) takes about a day on the
     # embedded model; rerunning with a larger --n tops the estimates up.
-    parts += ["--n 4", "--limit 512"]
+    parts += ["--n 4"] if restrict else ["--n 4", "--limit 512"]
     return " ".join(parts)
 
 
@@ -291,14 +296,14 @@ def train_problems(
                 if others
                 else ""
             )
-            + f": run `{estimate_q0_command(config, lake.uri)}` (a small first estimate; "
+            + f": run `{estimate_q0_command(config, lake.uri, restrict)}` (a small first estimate; "
             "rerun it with a larger --n, e.g. 64, to top the estimates up)"
         )
     without = count_problems(lake, f"{where} AND p.q0 IS NULL", q0_of=q0_of)
     if without:
         note(
             f"{without} {config.train_split} problems have no q0 estimate of this model and "
-            f"sampler and are left out (run `{estimate_q0_command(config, lake.uri)}`)"
+            f"sampler and are left out (run `{estimate_q0_command(config, lake.uri, restrict)}`)"
         )
     rebased = rebase_q0(problems, config.beta)
     if rebased:

@@ -109,14 +109,12 @@ class TrainResult:
         last = dict(self.metrics[-1]) if self.metrics else {}
         last.pop("step", None)
         final: dict[str, Any] = {}
-        if self.evals:
-            end = max(e["step"] for e in self.evals)
-            for e in self.evals:
-                if e["step"] == end:
-                    final[e["set"]] = {
-                        k: v for k, v in e.items() if k.startswith("pass@") and "_" not in k
-                    }
-            final["step"] = end
+        end = max((e["step"] for e in self.evals), default=None)
+        for e in self.evals:
+            if e["step"] == end:
+                final[e["set"]] = {
+                    k: v for k, v in e.items() if k.startswith("pass@") and "_" not in k
+                }
         return {
             "run_id": self.run_id,
             "algo": self.algo,
@@ -124,7 +122,33 @@ class TrainResult:
             "output": str(self.output),
             "metrics": last,
             "eval": final,
+            "eval_step": end,
         }
+
+    def fill_from_lake(self, lake: Lake) -> None:
+        """A resumed run that had nothing left to do (its steps and evaluations were all
+        done before) reports what the lake holds: the last step's metrics, the last
+        evaluation's pass@k."""
+        rid = sql_quote(self.run_id)
+        if not self.metrics:
+            rows = lake.sql_arrow(
+                f"SELECT step, name, value FROM metrics WHERE run_id = {rid} "
+                "AND name NOT LIKE 'eval/%' AND step = (SELECT max(step) FROM metrics "
+                f"WHERE run_id = {rid} AND name NOT LIKE 'eval/%')"
+            ).to_pylist()
+            if rows:
+                self.metrics = [{"step": rows[0]["step"], **{r["name"]: r["value"] for r in rows}}]
+        if not self.evals:
+            rows = lake.sql_arrow(
+                f"SELECT step, name, value FROM metrics WHERE run_id = {rid} "
+                "AND name LIKE 'eval/%/pass@%' AND step = (SELECT max(step) FROM metrics "
+                f"WHERE run_id = {rid} AND name LIKE 'eval/%/pass@%')"
+            ).to_pylist()
+            sets: dict[str, dict[str, Any]] = {}
+            for r in rows:
+                _, name, k = r["name"].split("/")
+                sets.setdefault(name, {"step": r["step"], "set": name})[k] = r["value"]
+            self.evals = list(sets.values())
 
 
 def train(
@@ -215,7 +239,10 @@ def _train_locked(
             )
         eval_sets[config.eval_split] = held_out
     else:
-        note("--eval-problems 0: the trainer does not evaluate this run")
+        note(
+            "--eval-problems 0: the trainer evaluates no held-out problems"
+            + ("" if config.eval_train_problems else " (nor trained-on ones): no evaluation")
+        )
     if config.eval_train_problems:
         eval_sets[config.train_split] = train_problems[: config.eval_train_problems]
 
@@ -460,13 +487,14 @@ def _train_locked(
             # 5. the algorithm's loss and optimizer step(s)
             mid_update = True  # until the step is counted done below
             metrics = algorithm.update(train_batch, learner)
+            lr = learner.scheduler.get_last_lr()[0]  # the rate this step trained at
             learner.scheduler.step()
             # 6. metrics, checkpoints, evaluation
             dt = time.perf_counter() - t0
             judged_rewards = [r["reward"] for r in online_rows if r["reward"] is not None]
             metrics.update(
                 {
-                    "train/lr": learner.scheduler.get_last_lr()[0],
+                    "train/lr": lr,
                     "rollout/reward_mean": float(np.mean(judged_rewards))
                     if judged_rewards
                     else float("nan"),
@@ -516,4 +544,5 @@ def _train_locked(
         if wandb_run:
             wandb_run.finish()
     lake.end_run(run_id, "completed")
+    result.fill_from_lake(lake)
     return result

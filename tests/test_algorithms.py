@@ -169,6 +169,9 @@ def test_ppo_and_grpo_refuse_offline_data_with_exit_1(tmp_path):
         assert not (tmp_path / algo).exists()
     r = _spo("train", "--algo", "grpo", "--batch-size", "6", "--rollout-n", "4", cwd=tmp_path)
     assert r.returncode == 2 and "not a multiple of --rollout-n" in r.stderr
+    # a cap below 1 would silently scale every on-policy token's loss down
+    r = _spo("train", "--algo", "ppo", "--importance-weight-cap", "0.5", cwd=tmp_path)
+    assert r.returncode == 2 and "--importance-weight-cap 0.5: must be a number >= 1" in r.stderr
 
 
 @pytest.mark.parametrize("algo", ["ppo", "grpo"])
@@ -186,7 +189,7 @@ def test_train_algo_end_to_end_with_json_and_resume(algo, small_lake, tiny_model
     assert "train/clip_frac" in summary["metrics"]
     if algo == "ppo":
         assert "train/value_loss" in summary["metrics"]
-    assert set(summary["eval"]) == {"valid", "step"} and summary["eval"]["step"] == 2
+    assert set(summary["eval"]) == {"valid"} and summary["eval_step"] == 2
     assert 0 <= summary["eval"]["valid"]["pass@1"] <= 1
     # the batch of each step is exactly that step's rollouts, logged with their ids
     batches = small_lake.sql(
@@ -211,11 +214,24 @@ def test_train_algo_end_to_end_with_json_and_resume(algo, small_lake, tiny_model
         rollout_n=2, checkpoint_every=1, eval_problems=1, eval_n=2, eval_k=(1, 2), resume=True,
     ))  # fmt: skip
     assert resumed.run_id == result.run_id and resumed.steps_done == 3
+    # resumed again with nothing left to do: the summary still says what the run reached
+    again = train(_config(
+        small_lake, tiny_model, tmp_path, algo=algo, mix=None, steps=3, batch_size=4,
+        rollout_n=2, checkpoint_every=1, eval_problems=1, eval_n=2, eval_k=(1, 2), resume=True,
+    )).summary()  # fmt: skip
+    assert again["eval_step"] == 3 and set(again["eval"]["valid"]) == {"pass@1", "pass@2"}
+    assert again["metrics"]["train/clip_frac"] == resumed.summary()["metrics"]["train/clip_frac"]
     steps = small_lake.sql(
         f"SELECT step, count(*) AS n FROM metrics WHERE run_id = '{result.run_id}' "
         "AND name = 'train/clip_frac' GROUP BY step ORDER BY step"
     )
     assert steps["step"].to_list() == [0, 1, 2] and set(steps["n"]) == {1}
+    # train/lr is the rate each step trained at (warm-up (s + 1) / 5 of 1e-4)
+    lrs = small_lake.sql(
+        f"SELECT step, value FROM metrics WHERE run_id = '{result.run_id}' "
+        "AND name = 'train/lr' ORDER BY step"
+    )
+    assert lrs["value"].to_list() == pytest.approx([2e-5, 4e-5, 6e-5])
 
 
 def test_train_json_is_the_last_stdout_line(small_lake, tiny_model, tmp_path):  # noqa: F811
