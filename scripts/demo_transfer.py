@@ -321,10 +321,21 @@ def explain(
                     constants[label.split("(")[1].rstrip(")")] += 1
                     label = "one constant changed"
                 labels[label] += 1
+            # base rate: the share of train compositions among every structural one-edit
+            # variant of the set's problems (what a random structural mistake would give)
+            comps = [
+                tuple(op.kind for op in t) + (f.kind,)
+                for n in names
+                for lab, t, f, _ in variants(probs[n])
+                if lab in STRUCTURAL
+            ]
             out[f"{name}/{policy}"] = {
                 "wrong_answers_run": len(wrong),
                 "behaves_like": dict(labels.most_common()),
                 "structural_variant_is_a_train_composition": structural_in_train,
+                "base_rate_of_train_compositions": round(
+                    sum(c in train_comps for c in comps) / max(1, len(comps)), 3
+                ),
                 "constant_changed_in": dict(constants.most_common()),
             }
     return out

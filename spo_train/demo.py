@@ -52,7 +52,7 @@ from spo_train.trainer import TrainConfig, train
 
 SETS = ("trained", "heldout")
 """The two evaluated sets, in the order the summary, the table and the plot show them."""
-SET_TITLES = {"trained": "trained-on (train split)", "heldout": "held-out (test split)"}
+SET_TITLES = {"trained": "trained-on (train)", "heldout": "held-out (test)"}
 
 
 @dataclass
@@ -349,28 +349,30 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
 
 
 def report_table(report: dict[str, dict[str, Any]], steps: int, config: DemoConfig) -> Table:
-    """Before, after and the paired change (95% interval) of both sets, one row each."""
+    """Before, after, the paired change and its 95% interval for both sets (fits 80 columns)."""
     table = Table(
         title=f"SPO demo: pass@k before and after {steps} steps "
-        f"(n={config.eval_n}, T=0.4, top-p 0.95; change: paired bootstrap 95% interval)"
+        f"(n={config.eval_n}, T=0.4, top-p 0.95)"
     )
     for col in ("problems", "", "pass@1", "pass@10"):
         table.add_column(col)
+    ks = ("pass@1", "pass@10")
     for i, name in enumerate(SETS):
         r = report[name]
         table.add_row(
             f"{SET_TITLES[name]}, {r['problems']}",
             "pi_0 (before)",
-            _fmt(r["before"]["pass@1"]),
-            _fmt(r["before"]["pass@10"]),
+            *(_fmt(r["before"][k]) for k in ks),
         )
-        table.add_row("", "SPO (after)", _fmt(r["after"]["pass@1"]), _fmt(r["after"]["pass@10"]))
+        table.add_row("", "SPO (after)", *(_fmt(r["after"][k]) for k in ks))
+        table.add_row("", "change", *(_fmt_diff(r["change"].get(k)) for k in ks))
         table.add_row(
             "",
-            "change",
-            *(_fmt_change(r["change"].get(k)) for k in ("pass@1", "pass@10")),
+            "95% interval",
+            *(_fmt_interval(r["change"].get(k)) for k in ks),
             end_section=i < len(SETS) - 1,
         )
+    table.caption = "change: after - before; interval: paired bootstrap over the problems"
     return table
 
 
@@ -378,11 +380,15 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _fmt_change(change: dict[str, Any] | None) -> str:
+def _fmt_diff(change: dict[str, Any] | None) -> str:
+    return "n/a" if change is None else f"{change['diff']:+.3f}"
+
+
+def _fmt_interval(change: dict[str, Any] | None) -> str:
     if change is None:
         return "n/a"
     low, high = change["ci95"]
-    return f"{change['diff']:+.3f} [{low:+.3f}, {high:+.3f}]"
+    return f"{low:+.3f} to {high:+.3f}"
 
 
 def write_plot(
@@ -440,6 +446,7 @@ def write_plot(
         ax.set_xticks(list(xs), ks)
         ax.set_ylim(0, 1)
         ax.set_title(f"{SET_TITLES[name]}, {r['problems']} problems")
+        ax.set_xlabel("error bar: paired 95% interval of the change")
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
