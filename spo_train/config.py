@@ -989,6 +989,14 @@ def differing_settings(
     """(name, stored value, given value) of every experiment setting in `given` that differs
     from the stored run's (settings marked `resumable_change` may differ)."""
     fields = field_map(TrainConfig)
+    # A setting the algorithm resolves (`TrainConfig.resolved`) that the stored run left unset
+    # (saved before it was resolved) means what resolving the stored settings gives.
+    known = {k: v for k, v in stored.items() if k in fields}
+    try:
+        filled = as_saved(TrainConfig(**known).resolved())
+    except (TypeError, KeyError):
+        filled = {}
+    stored = {**stored, **{k: v for k, v in filled.items() if stored.get(k) is None}}
     out = []
     for name, value in given.items():
         f = fields.get(name)

@@ -190,3 +190,17 @@ def test_no_help_of_any_command_shows_bool() -> None:
         r = CliRunner().invoke(main.app, [*path, "--help"], env={"COLUMNS": "200"})
         assert r.exit_code == 0, (path, r.output)
         assert "<bool>" not in r.output, path
+
+
+def test_resume_reads_an_unset_stored_setting_as_the_algorithm_resolves_it() -> None:
+    """A run saved before a setting was resolved (None in its config.toml) still resumes with
+    the resolved value; a real difference is still refused."""
+    from spo_train.config import as_saved, differing_settings
+
+    stored = as_saved(TrainConfig(algo="ppo", learning_rate=3e-4))
+    stored["value_learning_rate"] = None  # what a config.toml saved before resolving holds
+    given = as_saved(TrainConfig(algo="ppo", learning_rate=3e-4).resolved())
+    assert given["value_learning_rate"] == 3e-4 and given["mix"] == "online:1"
+    assert differing_settings(stored, given) == []
+    other = as_saved(TrainConfig(algo="ppo", learning_rate=3e-4, value_learning_rate=1e-5))
+    assert [d[0] for d in differing_settings(stored, other)] == ["value_learning_rate"]
