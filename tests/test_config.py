@@ -202,5 +202,7 @@ def test_resume_reads_an_unset_stored_setting_as_the_algorithm_resolves_it() -> 
     given = as_saved(TrainConfig(algo="ppo", learning_rate=3e-4).resolved())
     assert given["value_learning_rate"] == 3e-4 and given["mix"] == "online:1"
     assert differing_settings(stored, given) == []
-    other = as_saved(TrainConfig(algo="ppo", learning_rate=3e-4, value_learning_rate=1e-5))
+    other = as_saved(
+        TrainConfig(algo="ppo", learning_rate=3e-4, value_learning_rate=1e-5).resolved()
+    )
     assert [d[0] for d in differing_settings(stored, other)] == ["value_learning_rate"]
