@@ -20,8 +20,9 @@ Changing a schema: bump `SCHEMA_VERSION` and add a step to `spo_store.migrate.MI
 - 4: annotations (pivotal token search, `spo pts`) gain a key `annotation_id` and record what
   their estimates are of: the reference model and sampler of the rollouts (`ref_model_id`,
   `sampler_key`, temperature, top-p, max_new_tokens), the rollouts asked per estimate and the
-  bisection threshold, successes per position, the response length in tokens, and the
-  `rollout_key` naming their rollouts (`trajectories` rows `pts-<rollout_key>@<position>#<k>`).
+  bisection threshold, successes per position, the response length in tokens, the text of
+  each response token, and the `rollout_key` naming their rollouts (`trajectories` rows
+  `pts-<rollout_key>@<position>#<k>`).
 """
 
 from __future__ import annotations
@@ -300,6 +301,13 @@ ANNOTATIONS = pa.schema(
             pa.string(),
             "the rollouts behind the estimates are trajectories with traj_id "
             "'pts-<rollout_key>@<position>#<k>' (source 'pts')",
+        ),
+        _f(
+            "tokens",
+            pa.list_(pa.string()),
+            "text of each response token (tokenizer_id's decoding of its id alone), so positions "
+            "can be read in context in SQL: tokens[t + 1] is token t (DuckDB lists are 1-based)",
+            heavy=True,
         ),
     ]
 )

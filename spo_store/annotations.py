@@ -89,12 +89,18 @@ def annotation_row(
     response_tokens: int,
     estimates: Mapping[int, tuple[int, int]],
     rollout_key_: str,
+    tokens: Sequence[str] | None = None,
     method: str = "pts",
 ) -> dict[str, Any]:
     """An `annotations` row from `estimates`: position -> (judged rollouts n, successes c),
-    positions in `-1 .. response_tokens - 2`, `n >= 1`, `0 <= c <= n`. Raises SpoError for
-    anything else (a bug upstream must not store targets at the wrong tokens)."""
+    positions in `-1 .. response_tokens - 2`, `n >= 1`, `0 <= c <= n`; `tokens`: the text of
+    each response token. Raises SpoError for anything else (a bug upstream must not store
+    targets at the wrong tokens)."""
     positions = sorted(estimates)
+    if tokens is not None and len(tokens) != response_tokens:
+        raise SpoError(
+            f"annotation of {traj_id}: {len(tokens)} token texts for {response_tokens} tokens"
+        )
     for p in positions:
         n, c = estimates[p]
         if not -1 <= p < max(response_tokens - 1, 0) or n < 1 or not 0 <= c <= n:
@@ -129,6 +135,7 @@ def annotation_row(
         "threshold": float(threshold),
         "response_tokens": int(response_tokens),
         "rollout_key": rollout_key_,
+        "tokens": list(tokens) if tokens is not None else None,
         "created_at": utc_now(),
     }
 

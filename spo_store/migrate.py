@@ -26,7 +26,7 @@ Version history (see `spo_schemas`):
   next-token distribution at every position, which the lake does not hold.
 - 3 -> 4: annotations gain their key `annotation_id` and the columns recording what their
   estimates are of (reference model, sampler, rollouts per estimate, threshold, successes,
-  response length, rollout key). No spo release wrote annotations before 4; rows a user
+  response length, rollout key, token texts). No spo release wrote annotations before 4; rows a user
   appended get `annotation_id = 'legacy-' + sha256(traj_id, run_id, method, created_at,
   positions)` (identical rows share it) and NULL in the other new columns: what model and
   sampler their estimates came from was never recorded.

@@ -594,6 +594,10 @@ def annotate(
         seed=seed,
         on_rollouts=on_rollouts,
     )
+
+    def token_text(token: int) -> str:  # special tokens (eos) shown, not skipped
+        return tokenizer.decode([token]) if tokenizer is not None else estimator.decode([token])
+
     try:
         for start in range(0, len(todo), chunk_trajectories):
             targets = load_targets(
@@ -630,6 +634,7 @@ def annotate(
                         response_tokens=t.length,
                         estimates=estimates,
                         rollout_key_=t.rollout_key,
+                        tokens=[token_text(i) for i in t.response_ids],
                     )
                 )
                 report.pivots += len(pivots_of(t.estimates, t.length, threshold))

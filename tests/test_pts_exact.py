@@ -177,6 +177,7 @@ def test_estimates_lie_within_sampling_error_and_both_pivots_are_found(tmp_path)
     assert a["response_tokens"] == total and a["rollouts_per_estimate"] == k
     assert a["ref_model_id"] == MODEL_ID and a["tokenizer_id"] == TOKENIZER_ID
     assert a["positions"] == sorted(a["positions"]) and a["positions"][0] == -1
+    assert "".join(a["tokens"]) == star  # tokens[t] is the text of token t
     for pos, s_hat, n, c in zip(
         a["positions"], a["s_t"], a["samples"], a["successes"], strict=True
     ):

@@ -123,6 +123,7 @@ def test_positions_are_the_trainers_log_prob_columns(world):
         parent, _ = _prepared(world, [a["traj_id"]])
         prompt, response = parent.prompt_ids[0], parent.response_ids[0]
         assert a["response_tokens"] == len(response)  # human text: encode_response's ids
+        assert a["tokens"] == [world["tok"].decode([i]) for i in response]
         rollouts = lake.sql(
             "SELECT traj_id, prompt_ids, response_ids, response FROM trajectories "
             f"WHERE traj_id LIKE 'pts-{a['rollout_key']}@%'"
@@ -239,3 +240,18 @@ def test_train_with_mc_weight_adds_the_mc_term_and_zero_leaves_it_out(world, tmp
     assert control["train/loss_mc"] == 0 and control["train/mc_count"] == 0
     assert control["train/loss"] == pytest.approx(with_mc["train/loss_main"])
     assert math.isfinite(with_mc["train/grad_norm"])
+
+
+def test_plot_draws_the_annotation_with_the_largest_jump(world, tmp_path):
+    from spo_train.pts import largest_jump_annotation, plot_annotation
+
+    lake = world["lake"]
+    rows = lake.sql("SELECT annotation_id, positions, s_t, response_tokens FROM annotations")
+    jumps = {}
+    for r in rows.to_dicts():
+        s = [*r["s_t"], 1.0]
+        jumps[r["annotation_id"]] = max(abs(b - a) for a, b in zip(s, s[1:], strict=False))
+    best = largest_jump_annotation(lake, list(jumps))
+    assert jumps[best] == max(jumps.values())
+    out = plot_annotation(lake, best, tmp_path / "s.png", world["tok"])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
