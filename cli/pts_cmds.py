@@ -116,6 +116,11 @@ def _pts(explicit: dict[str, Any], **kwargs: Any) -> None:
             f"trajectory), {report.rollouts} rollouts sampled, {report.reused} reused, "
             f"{report.pivots} pivotal tokens; {report.seconds:.1f} s; run {report.run_id}"
         )
+    if report.too_long or report.empty:
+        say(
+            f"skipped {report.too_long} trajectories longer than the model's context and "
+            f"{report.empty} with an empty response (not annotated)"
+        )
     if report.unjudged:
         say(f"{report.unjudged} rollouts could not be judged (reward NULL): not counted in S_t")
     if cfg.plot:

@@ -474,13 +474,16 @@ class PTSReport:
     """What one `spo pts` run did (`--json`): trajectories annotated now, already annotated
     before (with these settings), prefixes estimated, rollouts sampled now and reused,
     rollouts not judged (not counted in any estimate), pivotal tokens found (adjacent
-    positions whose S differs by more than the threshold), wall time."""
+    positions whose S differs by more than the threshold), wall time; trajectories skipped for
+    an empty response, or for a prompt and response longer than the model's context (they stay
+    unannotated)."""
 
     run_id: str = ""
     selected: int = 0
     already_done: int = 0
     trajectories: int = 0
     empty: int = 0
+    too_long: int = 0
     prefixes: int = 0
     rollouts: int = 0
     reused: int = 0
@@ -498,6 +501,8 @@ class PTSReport:
             "selected": self.selected,
             "already_done": self.already_done,
             "trajectories": self.trajectories,
+            "skipped_empty": self.empty,
+            "skipped_too_long": self.too_long,
             "prefixes": self.prefixes,
             "rollouts": self.rollouts,
             "reused": self.reused,
@@ -610,6 +615,11 @@ def annotate(
                 k=samples,
                 threshold=threshold,
             )
+            context = getattr(generator, "max_positions", None)
+            if context is not None:  # a prefix this long cannot be continued by the model
+                fits = [t for t in targets if len(t.prompt_ids) + t.length <= context]
+                report.too_long += len(targets) - len(fits)
+                targets = fits
             report.prefixes += pivotal_token_search(
                 targets, estimator, threshold, on_prefixes=on_prefixes
             )
@@ -642,7 +652,7 @@ def annotate(
             report.annotation_ids += [r["annotation_id"] for r in rows]
             report.trajectories += len(rows)
             if on_trajectories:
-                on_trajectories(len(targets))
+                on_trajectories(min(chunk_trajectories, len(todo) - start))
     except BaseException as exc:
         lake.end_run(report.run_id, run_status(exc))  # Ctrl-C / SIGTERM: interrupted
         raise
