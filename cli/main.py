@@ -61,11 +61,20 @@ def _register_all() -> None:
         judge_cmds,
         lake_admin_cmds,
         lake_cmds,
+        pts_cmds,
         report_cmds,
         train_cmds,
     )
 
-    areas = (lake_cmds, lake_admin_cmds, judge_cmds, train_cmds, report_cmds, experiment_cmds)
+    areas = (
+        lake_cmds,
+        lake_admin_cmds,
+        judge_cmds,
+        train_cmds,
+        report_cmds,
+        experiment_cmds,
+        pts_cmds,
+    )
     for module in areas:
         module.register(app)
 

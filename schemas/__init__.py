@@ -17,13 +17,19 @@ Changing a schema: bump `SCHEMA_VERSION` and add a step to `spo_store.migrate.MI
 - 3: trajectories' `behaviour_logprobs` mean the log-probs under the distribution that drew each
   token (tempered, top-p renormalised); the sampling model's temperature-1 log-probs, which
   `behaviour_logprobs` held until version 2, move to the new column `model_logprobs`.
+- 4: annotations (pivotal token search, `spo pts`) gain a key `annotation_id` and record what
+  their estimates are of: the reference model and sampler of the rollouts (`ref_model_id`,
+  `sampler_key`, temperature, top-p, max_new_tokens), the rollouts asked per estimate and the
+  bisection threshold, successes per position, the response length in tokens, the text of
+  each response token, and the `rollout_key` naming their rollouts (`trajectories` rows
+  `pts-<rollout_key>@<position>#<k>`).
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 VERSION_KEY = b"spo.schema_version"
 
 TESTS_TYPE = pa.struct([("input", pa.list_(pa.string())), ("output", pa.list_(pa.string()))])
@@ -231,16 +237,78 @@ RUNS = pa.schema(
     ]
 )
 
+# Sparse per-token success-probability estimates of one trajectory (`spo pts`: pivotal token
+# search, method doc "Pivotal Token Search"): one row per (trajectory, reference model, sampler,
+# tokenizer, rollouts per estimate, threshold), keyed by `annotation_id`.
 ANNOTATIONS = pa.schema(
     [
         _f("traj_id", pa.string(), "trajectories.traj_id", nullable=False),
         _f("run_id", pa.string(), "annotating run", nullable=False),
         _f("tokenizer_id", pa.string(), "tokenizer the positions refer to"),
-        _f("positions", pa.list_(pa.int32()), "response token positions t (0-based)"),
-        _f("s_t", pa.list_(pa.float32()), "estimated success probability after a_<=t"),
-        _f("samples", pa.list_(pa.int32()), "rollouts behind each estimate"),
+        _f(
+            "positions",
+            pa.list_(pa.int32()),
+            "response token positions t (0-based, ascending): index into the response's token "
+            "ids, as column t of the trainer's log-probs; -1 is the prompt alone (no response "
+            "token yet)",
+        ),
+        _f(
+            "s_t",
+            pa.list_(pa.float32()),
+            "estimated success probability after a_<=t under ref_model_id (successes/samples)",
+        ),
+        _f("samples", pa.list_(pa.int32()), "judged rollouts behind each estimate"),
         _f("method", pa.string(), "pts | mc | ..."),
         _f("created_at", TIMESTAMP, "when the row was written"),
+        # Columns added by a migration go last: Lance adds columns at the end of a dataset.
+        _f(
+            "annotation_id",
+            pa.string(),
+            "key: hash of traj_id, ref_model_id, tokenizer_id, sampler_key, rollouts_per_estimate, "
+            "threshold and method",
+            nullable=False,
+        ),
+        _f(
+            "ref_model_id",
+            pa.string(),
+            "identity of the model whose success probabilities these are (the rollouts' sampler; "
+            "NULL: not recorded, schema < 4)",
+        ),
+        _f(
+            "sampler_key",
+            pa.string(),
+            "canonical sampler settings of the rollouts, 'temperature=..,top_p=..,max_new_tokens=..' "
+            "(max_new_tokens: new tokens after the prefix)",
+        ),
+        _f("temperature", pa.float32(), "sampling temperature of the rollouts"),
+        _f("top_p", pa.float32(), "sampling top-p of the rollouts"),
+        _f("max_new_tokens", pa.int32(), "tokens a rollout may add after its prefix"),
+        _f("rollouts_per_estimate", pa.int32(), "K: rollouts sampled per position (paper: 10)"),
+        _f(
+            "threshold",
+            pa.float64(),
+            "bisection threshold: an interval is split while its ends' S differ by more",
+        ),
+        _f("successes", pa.list_(pa.int32()), "successful rollouts behind each estimate"),
+        _f(
+            "response_tokens",
+            pa.int32(),
+            "T: the response's length in tokens of tokenizer_id (its S after the last token is "
+            "1, the trajectory's own success: not an estimate, not stored)",
+        ),
+        _f(
+            "rollout_key",
+            pa.string(),
+            "the rollouts behind the estimates are trajectories with traj_id "
+            "'pts-<rollout_key>@<position>#<k>' (source 'pts')",
+        ),
+        _f(
+            "tokens",
+            pa.list_(pa.string()),
+            "text of each response token (tokenizer_id's decoding of its id alone), so positions "
+            "can be read in context in SQL: tokens[t + 1] is token t (DuckDB lists are 1-based)",
+            heavy=True,
+        ),
     ]
 )
 
@@ -286,6 +354,7 @@ KEYS: dict[str, str] = {
     "problems": "problem_id",
     "trajectories": "traj_id",
     "q0_estimates": "estimate_id",
+    "annotations": "annotation_id",
 }
 
 

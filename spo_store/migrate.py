@@ -24,12 +24,19 @@ Version history (see `spo_schemas`):
   set to 0 per token on greedy rows (temperature 0: the argmax is drawn with probability 1),
   and set NULL on every other sampled row: recomputing it needs the sampling model's full
   next-token distribution at every position, which the lake does not hold.
+- 3 -> 4: annotations gain their key `annotation_id` and the columns recording what their
+  estimates are of (reference model, sampler, rollouts per estimate, threshold, successes,
+  response length, rollout key, token texts). No spo release wrote annotations before 4; rows a user
+  appended get `annotation_id = 'legacy-' + sha256(traj_id, run_id, method, created_at,
+  positions)` (identical rows share it) and NULL in the other new columns: what model and
+  sampler their estimates came from was never recorded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -345,7 +352,60 @@ def _v2_to_v3(root: str, tag: str, report: MigrationReport, say: Callable[[str],
             _set_version(ds, 3)
 
 
+def legacy_annotation_id(row: dict[str, Any]) -> str:
+    """The key a pre-v4 annotations row gets (see the module docstring, 3 -> 4)."""
+    created = row.get("created_at")
+    parts = [
+        row.get("traj_id") or "",
+        row.get("run_id") or "",
+        row.get("method") or "",
+        created.isoformat() if created is not None else "",
+        json.dumps(row.get("positions")),
+    ]
+    return "legacy-" + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+def _v3_to_v4(root: str, tag: str, report: MigrationReport, say: Callable[[str], None]) -> None:
+    ds = _open(root, "annotations")
+    if ds is not None and schema_version_of(ds) < 4:
+        # One add-columns commit (a rerun after a kill finds the columns and skips it).
+        new = [f for f in TABLES["annotations"] if f.name not in ds.schema.names]
+        if new:
+            out_schema = pa.schema(new)
+            read = ["traj_id", "run_id", "method", "created_at", "positions"]
+
+            @lance.batch_udf(output_schema=out_schema)
+            def fill(batch: pa.RecordBatch) -> pa.RecordBatch:
+                rows = batch.to_pylist()
+                cols = [
+                    pa.array([legacy_annotation_id(r) for r in rows], f.type)
+                    if f.name == "annotation_id"
+                    else pa.nulls(batch.num_rows, f.type)
+                    for f in new
+                ]
+                return pa.record_batch(cols, schema=out_schema)
+
+            ds.add_columns(fill, read_columns=read)
+            ds = lance.dataset(ds.uri)
+        _set_version(ds, 4)
+        rows = ds.count_rows()
+        if rows:  # annotations were not written by any spo release before 4: usually none
+            report.notes.append(
+                f"annotations: {rows} rows written before schema 4 keyed by a 'legacy-' "
+                "annotation_id (their reference model and sampler were never recorded)"
+            )
+            say(report.notes[-1])
+
+    for name in TABLES:
+        ds = _open(root, name)
+        if ds is None:
+            lance.write_dataset(table_schema(name).empty_table(), _table_uri(root, name))
+        elif schema_version_of(ds) < 4:
+            _set_version(ds, 4)
+
+
 MIGRATIONS: dict[int, Callable[[str, str, MigrationReport, Callable[[str], None]], None]] = {
     1: _v1_to_v2,
     2: _v2_to_v3,
+    3: _v3_to_v4,
 }

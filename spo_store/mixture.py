@@ -10,7 +10,8 @@ A mixture names sources with weights. Each source is a SQL predicate over the al
 4. the heavy columns (text, token ids, log-probs) are fetched by row with Lance `take` from the
    pinned version, and `(lake version, trajectory ids)` identifies the batch for reproduction.
 
-`p` is the problems table plus the q0 estimate of the run's reference model and q0 sampler
+Predicates may also read `annotations` (light columns; `pts` does). `p` is the problems table
+plus the q0 estimate of the run's reference model and q0 sampler
 settings (`q0_estimates`, LEFT JOIN: `p.q0` is NULL where that model has no estimate; see
 `spo_store.q0_estimates.problems_with_q0_sql`), so predicates over `p.q0` mean the q0 the run
 trains against. Problems with a `judge_issue` are left out unless `include_unreliable`.
@@ -49,6 +50,13 @@ BUILTIN_SOURCES: dict[str, str] = {
     ),
     "human": "t.source = 'human' AND t.reward = 0 AND t.language = 'python3'",
     "pi0": "t.source = 'pi0'",
+    # Trajectories `spo pts` annotated under this run's reference model (their S_t targets
+    # feed --mc-weight), and the PTS rollouts themselves (the paper's Figure 2c control).
+    "pts": (
+        "t.reward = 0 AND t.traj_id IN (SELECT a.traj_id FROM annotations a "
+        "WHERE a.method = 'pts' AND a.ref_model_id = {ref_model_id})"
+    ),
+    "pts_rollouts": "t.source = 'pts' AND t.model_id = {ref_model_id}",
 }
 # Sources whose rows are deduplicated by content hash (one row per distinct response).
 DEDUPLICATED = {"offline", "human"}
@@ -163,8 +171,10 @@ class MetadataIndex:
         self.dataset: lance.LanceDataset | None = None
         self.trajectories: pa.Table | None = None
         self.problems: pa.Table | None = None
+        self.annotations: pa.Table | None = None
         self._fragments: list[tuple[int, int, Any]] = []
-        self._problems_version: tuple[int, int] = (-1, -1)
+        # (problems, q0_estimates, annotations) versions: what the candidates also depend on
+        self._problems_version: tuple[int, ...] = (-1, -1, -1)
         self._q0_sql = problems_with_q0_sql(ref_model_id, q0_sampler_key, beta)
 
     def refresh(self) -> bool:
@@ -172,8 +182,9 @@ class MetadataIndex:
         ds = self.lake.dataset("trajectories")
         pds = self.lake.dataset("problems")
         qds = self.lake.dataset("q0_estimates")
+        ads = self.lake.dataset("annotations")
         changed = False
-        if (pds.version, qds.version) != self._problems_version:
+        if (pds.version, qds.version, ads.version) != self._problems_version:
             con = duckdb.connect()
             try:
                 con.register("problems", pds.to_table(columns=light_columns("problems")))
@@ -181,7 +192,8 @@ class MetadataIndex:
                 self.problems = con.sql(self._q0_sql).to_arrow_table()
             finally:
                 con.close()
-            self._problems_version = (pds.version, qds.version)
+            self.annotations = ads.to_table(columns=light_columns("annotations"))
+            self._problems_version = (pds.version, qds.version, ads.version)
             changed = True
         if ds.version == self.version:
             return changed
@@ -207,6 +219,7 @@ class MetadataIndex:
         try:
             con.register("t_index", self.trajectories)
             con.register("p_index", self.problems)
+            con.register("annotations", self.annotations)
             return con.sql(sql).to_arrow_table()
         finally:
             con.close()
@@ -244,6 +257,7 @@ class MixtureSampler:
         )
         self.run_id, self.staleness, self.split, self.seed = run_id, staleness, split, seed
         self.include_unreliable = include_unreliable
+        self.ref_model_id = ref_model_id
         self.index = MetadataIndex(lake, ref_model_id, q0_sampler_key, beta)
         self.lake = lake
         self._candidates: dict[tuple[str, int, tuple[int, int], int], np.ndarray] = {}
@@ -253,6 +267,9 @@ class MixtureSampler:
             "run_id": "NULL" if self.run_id is None else "'" + self.run_id.replace("'", "''") + "'",
             "policy_version": str(int(policy_version)),
             "staleness": str(int(self.staleness)),
+            "ref_model_id": "NULL"
+            if self.ref_model_id is None
+            else "'" + self.ref_model_id.replace("'", "''") + "'",
         }
         try:
             pred = self.sources[name].format(**params)
@@ -372,6 +389,13 @@ class MixtureSampler:
                 f"rows there): train on rollouts only with `--mix online:1`, or ingest correct "
                 "solutions with `spo ingest human-solutions FILE` (labelled, or judged with "
                 "--verify)"
+            )
+        elif name in ("pts", "pts_rollouts"):
+            what = "successful trajectory annotated" if name == "pts" else "rollout stored"
+            why = (
+                f"no {what} by `spo pts` under this reference model for the problems "
+                f"{where_split} with a q0 estimate: run `spo pts` with the same --model first "
+                "(docs/pts.md)"
             )
         else:
             why = (

@@ -519,6 +519,10 @@ class TrainConfig:
     targets above exp(-eps) (0.905 for eps 0.1) are common near the end of successes: there a
     large eps moves the optimum, so reverse_q_ce keeps 1e-6 unless told otherwise, and the
     trainer says so when a larger eps is given. docs/losses.md has the derivation."""
+    mc_weight: float = setting(0.0, check=nonnegative_finite)
+    """spo: weight of the Monte-Carlo loss beside the main one: cross-entropy of Q_t toward the
+    S_t estimates that `spo pts` stored for a batch row (target probability
+    S_t + (1 - S_t) exp(-1/beta), clip 1e-6), at its annotated positions (0: off; docs/pts.md)"""
     steps: int = setting(
         100,
         aliases=("--max-steps",),
@@ -734,6 +738,11 @@ class TrainConfig:
             raise SpoError(
                 f"--micro-batch-size {self.micro_batch_size} is larger than --batch-size "
                 f"{self.batch_size}: a micro-batch is a chunk of the batch; lower it"
+            )
+        if self.mc_weight and self.algo != "spo":
+            raise SpoError(
+                f"--mc-weight {self.mc_weight:g} is an spo loss term; --algo {self.algo} has none "
+                "(drop --mc-weight)"
             )
         if self.algo in ("ppo", "grpo"):
             offline = [

@@ -185,6 +185,7 @@ class TransformersGenerator:
         self.pad_token_id = int(pad if pad is not None else (min(eos) if eos else 0))
         # Longest stop string in tokens is at most its length in bytes; decode a window that long.
         self._stop_window = max((len(s.encode()) for s in self.stop_strings), default=0) + 2
+        self._stop_context: list[list[int]] = []  # per prompt of a generate_ids call
         max_pos = getattr(model.config, "max_position_embeddings", None)
         self.max_positions = int(max_pos) if max_pos else None
 
@@ -200,12 +201,52 @@ class TransformersGenerator:
         seed: int | None = None,
     ) -> list[list[Sample]]:
         """See :meth:`Generator.generate`. ``seed=None`` draws a fresh seed."""
-        _check_args(n, top_p, max_new_tokens)
-        temps = per_sample_temperatures(temperature, len(prompts), n)
-        if seed is None:
-            seed = random.SystemRandom().randrange(1 << 62)
         enc = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
         prompt_ids = [list(map(int, ids)) for ids in enc]
+        return self.generate_ids(
+            prompt_ids,
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+        )
+
+    def generate_ids(
+        self,
+        prompt_ids: list[list[int]],
+        *,
+        n: int = 1,
+        temperature: float | Sequence[float] = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 512,
+        seed: int | None = None,
+        response_prefix_lengths: Sequence[int] | None = None,
+    ) -> list[list[Sample]]:
+        """:meth:`generate` from token ids: ``prompt_ids[i]`` is fed to the model as it is.
+
+        Continuing a response prefix (pivotal token search) needs this: decoding a prefix and
+        encoding the text again need not give the same ids. ``response_prefix_lengths[i]``
+        (default 0) says how many of the last tokens of ``prompt_ids[i]`` are the start of the
+        response: a stop string may begin in them and end in the new tokens (the stop check
+        sees them; ``Sample.text`` and ``Sample.response_ids`` hold the new tokens only).
+        """
+        _check_args(n, top_p, max_new_tokens)
+        temps = per_sample_temperatures(temperature, len(prompt_ids), n)
+        if seed is None:
+            seed = random.SystemRandom().randrange(1 << 62)
+        prompt_ids = [list(map(int, ids)) for ids in prompt_ids]
+        if response_prefix_lengths is None:
+            response_prefix_lengths = [0] * len(prompt_ids)
+        if len(response_prefix_lengths) != len(prompt_ids):
+            raise SpoError(
+                f"{len(response_prefix_lengths)} response prefix lengths for "
+                f"{len(prompt_ids)} prompts"
+            )
+        self._stop_context = [
+            ids[len(ids) - int(m) :] if m > 0 else []
+            for ids, m in zip(prompt_ids, response_prefix_lengths, strict=True)
+        ]
         for i, ids in enumerate(prompt_ids):
             if not ids:
                 raise SpoError(f"prompt {i} is empty")
@@ -214,8 +255,8 @@ class TransformersGenerator:
                     f"prompt {i} has {len(ids)} tokens, more than the model's context "
                     f"({self.max_positions})"
                 )
-        jobs = [(i, j) for i in range(len(prompts)) for j in range(n)]
-        out: list[list[Sample | None]] = [[None] * n for _ in prompts]
+        jobs = [(i, j) for i in range(len(prompt_ids)) for j in range(n)]
+        out: list[list[Sample | None]] = [[None] * n for _ in prompt_ids]
         for start in range(0, len(jobs), self.batch_size):
             chunk = jobs[start : start + self.batch_size]
             samples = self._generate_chunk(
@@ -298,7 +339,7 @@ class TransformersGenerator:
                     resp[b].append(tok_l[r])
                     lps[b].append(lp_l[r])
                     blps[b].append(blp_l[r])
-                    if tok_l[r] in self.eos_token_ids or self._hit_stop(resp[b]):
+                    if tok_l[r] in self.eos_token_ids or self._hit_stop(resp[b], chunk[b][0]):
                         reason[b] = "stop"
                         finished[b] = True
                         n_done += 1
@@ -387,9 +428,16 @@ class TransformersGenerator:
         blp = torch.where(greedy, torch.zeros_like(blp), blp).to(lp.dtype)
         return tok, lp, blp
 
-    def _hit_stop(self, ids: list[int]) -> bool:
+    def _hit_stop(self, ids: list[int], prompt: int | None = None) -> bool:
         if not self.stop_strings:
             return False
+        context = self._stop_context[prompt] if prompt is not None else []
+        if context and len(ids) < self._stop_window:
+            # a stop string that began in the response prefix (prompt tail) and ends now
+            before = context[-(self._stop_window - len(ids)) :]
+            seen = self.tokenizer.decode(before, skip_special_tokens=True)
+            tail = self.tokenizer.decode(before + ids, skip_special_tokens=True)
+            return any(tail.find(s, max(0, len(seen) - len(s) + 1)) >= 0 for s in self.stop_strings)
         tail = self.tokenizer.decode(ids[-self._stop_window :], skip_special_tokens=True)
         return any(s in tail for s in self.stop_strings)
 

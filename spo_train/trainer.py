@@ -484,6 +484,12 @@ def _train_locked(
             # 4. token ids and reference log-probs (rows, cache, or one reference forward)
             prepared = ref_cache.prepare(table, problems_by_id)
             train_batch = to_train_batch(prepared, table, labels, groups)
+            if config.mc_weight > 0:  # S_t targets of the rows `spo pts` annotated
+                from spo_train.pts import attach_mc_targets
+
+                attach_mc_targets(
+                    train_batch, lake, ref_model_id=ref_model_id, tokenizer_id=tokenizer_id
+                )
             # 5. the algorithm's loss and optimizer step(s)
             mid_update = True  # until the step is counted done below
             metrics = algorithm.update(train_batch, learner)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import lance
 import pytest
+from spo_schemas import SCHEMA_VERSION
 
 from spo_store import migrate as migrate_mod
 from spo_store.errors import SpoError
@@ -78,7 +79,7 @@ def test_migrate_cli_keeps_every_row_and_moves_q0(v1_lake: Path) -> None:
     out = spo("lake", "migrate", "--lake", str(v1_lake), "--json")
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
-    assert (summary["from_version"], summary["to_version"]) == (1, 3)
+    assert (summary["from_version"], summary["to_version"]) == (1, SCHEMA_VERSION)
 
     lake = Lake.open(v1_lake, create=False)
     for table, rows in before.items():
@@ -141,7 +142,7 @@ def test_migration_killed_half_way_finishes_on_rerun(v1_lake: Path, monkeypatch)
     assert lake_schema_version(v1_lake) == 1
     monkeypatch.setattr(migrate_mod, "_set_version", real)
     report = migrate_lake(v1_lake)
-    assert report.from_version == 1 and lake_schema_version(v1_lake) == 3
+    assert report.from_version == 1 and lake_schema_version(v1_lake) == SCHEMA_VERSION
     lake = Lake.open(v1_lake, create=False)
     assert lake.dataset("q0_estimates").count_rows() == 4  # no duplicate estimates
     assert lake.dataset("problems").count_rows() == 5

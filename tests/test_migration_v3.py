@@ -16,6 +16,7 @@ from pathlib import Path
 
 import lance
 import pytest
+from spo_schemas import SCHEMA_VERSION
 
 from spo_store import migrate as migrate_mod
 from spo_store.errors import SpoError
@@ -75,8 +76,8 @@ def test_migrate_keeps_every_row_and_splits_the_logprobs(v2_lake: Path) -> None:
     out = spo("lake", "migrate", "--lake", str(v2_lake), "--json")
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
-    assert (summary["from_version"], summary["to_version"]) == (2, 3)
-    assert lake_schema_version(v2_lake) == 3
+    assert (summary["from_version"], summary["to_version"]) == (2, SCHEMA_VERSION)
+    assert lake_schema_version(v2_lake) == SCHEMA_VERSION
 
     # Every table keeps every row; trajectories differ only in the two log-prob columns.
     for table in TABLES_WITH_ROWS:
@@ -164,7 +165,7 @@ def test_migration_killed_half_way_finishes_on_rerun(
     monkeypatch.undo()
 
     report = migrate_lake(v2_lake)
-    assert (report.from_version, report.to_version) == (2, 3)
+    assert (report.from_version, report.to_version) == (2, SCHEMA_VERSION)
     new = _by_id(v2_lake)
     assert new.keys() == old.keys()
     for traj_id, r in new.items():
@@ -178,8 +179,8 @@ def test_v1_lake_migrates_all_the_way_to_v3(tmp_path: Path) -> None:
     shutil.copytree(FIXTURES / "lake_v1", lake)
     old = _by_id(lake)
     report = migrate_lake(lake)
-    assert (report.from_version, report.to_version) == (1, 3)
-    assert lake_schema_version(lake) == 3
+    assert (report.from_version, report.to_version) == (1, SCHEMA_VERSION)
+    assert lake_schema_version(lake) == SCHEMA_VERSION
     new = _by_id(lake)
     assert new.keys() == old.keys()
     assert any(r["model_logprobs"] is not None for r in new.values())

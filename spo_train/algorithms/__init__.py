@@ -39,7 +39,10 @@ class TrainBatch:
     top-p applied); either is None when some row lacks it (offline rows). `mask` `[B, T]` bool,
     True on real response tokens. `reward` `[B]` (0 success, -1 failure); `q0` `[B]` (NaN for
     algorithms that need none). `group` `[B]` long: rows with the same value are samples of one
-    problem drawn in one step (GRPO's groups).
+    problem drawn in one step (GRPO's groups). `mc_positions` `[B, K]` long and `mc_targets`
+    `[B, K]` float: Monte-Carlo targets S_t of annotated rows in `spo_train.losses.spo_loss`'s
+    layout (prefix lengths, -1 for an empty slot), None when the run uses none (`mc_weight` 0)
+    or no row of the batch has one (`spo_train.pts.attach_mc_targets`).
     """
 
     traj_ids: list[str]
@@ -54,6 +57,8 @@ class TrainBatch:
     group: Tensor
     model_logprobs: Tensor | None = None
     behaviour_logprobs: Tensor | None = None
+    mc_positions: Tensor | None = None
+    mc_targets: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.traj_ids)

@@ -15,6 +15,9 @@ from spo_train.losses import spo_loss
 
 # CE clip margin per variant when --ce-clip-eps is not given (see TrainConfig.ce_clip_eps).
 DEFAULT_CE_CLIP_EPS = {"terminal_ce": 0.1, "reverse_q_ce": 1e-6}
+# The Monte-Carlo term's clip, whatever the main term's: its targets S_t take any value in
+# [0, 1], and a clip eps moves every target above exp(-eps) to 1 (docs/losses.md).
+MC_CLIP_EPS = 1e-6
 
 
 def effective_ce_clip_eps(config: TrainConfig) -> float:
@@ -57,8 +60,29 @@ class SPO(Algorithm):
             eps=self.eps,
             return_diagnostics=True,
         )
+        mc = None
+        if c.mc_weight > 0 and batch.mc_positions is not None:
+            mc_loss, mc = spo_loss(
+                policy_lp,
+                ref_lp,
+                batch.q0.to(dev),
+                batch.reward.to(dev),
+                mask,
+                c.beta,
+                "mc_ce",
+                mc_positions=batch.mc_positions.to(dev),
+                mc_targets=batch.mc_targets.to(dev),
+                eps=MC_CLIP_EPS,
+                return_diagnostics=True,
+            )
+            loss = loss + c.mc_weight * mc_loss
         grad_norm = learner.optimize(loss)
         metrics = {f"train/{k}": v for k, v in diag.to_dict().items()}
+        if mc is not None:  # beside the main term: total, MC term, targets, clipped share
+            metrics["train/loss"] = float(loss.detach())
+            metrics["train/loss_mc"] = float(mc.loss_mc)
+            metrics["train/mc_count"] = float(mc.mc_count)
+            metrics["train/mc_clip_fraction"] = float(mc.mc_clip_fraction)
         metrics["train/grad_norm"] = grad_norm
         # Per-sequence log-ratio sum(log pi_theta - log pi_0): successes should rise and
         # failures fall; the batch mean alone (kl_estimate) hides which one moves.
