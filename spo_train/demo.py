@@ -293,7 +293,9 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
                     f"training SPO: step {s + 1}/{config.steps} loss {m.get('train/loss', float('nan')):.4f} "
                     f"|Q_T-r| {m.get('train/terminal_abs_error', float('nan')):.3f}"
                 ),
-                on_event=say,
+                # the demo turned the run's own evaluation off on purpose (it evaluates both
+                # sets itself); the trainer's note about that would only confuse here
+                on_event=lambda msg: None if msg.startswith("--eval-problems 0") else say(msg),
             )
         timings["train_s"] = time.perf_counter() - t0
 

@@ -68,7 +68,13 @@ def test_demo_reports_trained_and_heldout_sets(tmp_path, tiny_model):  # noqa: F
         rollout_n=2,
         max_new_tokens=8,
     )
-    summary = run_demo(config)
+    shown = io.StringIO()
+    summary = run_demo(config, console=Console(file=shown, width=80))
+    text = shown.getvalue()
+    # the table shows both sets; the trainer's note on the evaluation the demo turned off is not
+    # shown (the demo evaluates itself)
+    assert "trained-on (train), 3" in text and "held-out (test), 2" in text
+    assert "95% interval" in text and "--eval-problems 0" not in text
     assert summary["steps"] == 2 and summary["q0_problems"] == 3
     assert not {"before", "after", "change"} & set(summary)  # moved into the two sets
 
