@@ -112,6 +112,7 @@ class DemoConfig:
             # The demo evaluates before and after itself (both sets, one seed for all), so
             # the training run's own start/end evaluation would only repeat that work.
             eval_problems=0,
+            eval_train_problems=0,
             seed=self.seed,
             unsafe_no_sandbox=self.unsafe_no_sandbox,
         )
