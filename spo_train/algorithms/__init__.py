@@ -133,3 +133,22 @@ def minibatch_rows(group: Tensor, minibatches: int, generator: torch.Generator) 
     for i, g in enumerate(order):
         parts[i % minibatches].extend(torch.nonzero(group == groups[g]).flatten().tolist())
     return [p for p in parts if p]
+
+
+def old_logprobs_and_weights(
+    batch: TrainBatch, learner: Learner, cap: float
+) -> tuple[Tensor, Tensor | None]:
+    """PPO's and GRPO's pi_old and importance weights, `[B, T]` each.
+
+    pi_old = the rows' `model_logprobs` (the sampling model's own temperature-1 log-probs), or,
+    for rows without them, the policy now (detached). The per-token weight pi_old / mu corrects
+    rollouts not drawn from pi_old itself (mu = `behaviour_logprobs`: temperature, top-p),
+    truncated at `cap` (truncated importance sampling); None when the rows carry no mu.
+    """
+    old = batch.model_logprobs
+    if old is None:
+        old = learner.policy_logprobs(batch).detach().cpu()
+    if batch.behaviour_logprobs is None:
+        return old, None
+    log_w = torch.where(batch.mask, old - batch.behaviour_logprobs, torch.zeros_like(old))
+    return old, log_w.exp().clamp(max=cap)

@@ -26,7 +26,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spo_train.algorithms import Algorithm, Learner, TrainBatch, minibatch_rows
+from spo_train.algorithms import (
+    Algorithm,
+    Learner,
+    TrainBatch,
+    minibatch_rows,
+    old_logprobs_and_weights,
+)
 from spo_train.config import TrainConfig
 from spo_train.losses import grpo_advantages, masked_mean
 
@@ -117,14 +123,8 @@ class GRPO(Algorithm):
     def update(self, batch: TrainBatch, learner: Learner) -> dict[str, float]:
         c = self.config
         mask = batch.mask
-        old_lp = batch.model_logprobs
-        if old_lp is None:  # rows without the sampler's log-probs: pi_old is the policy now
-            old_lp = learner.policy_logprobs(batch).detach().cpu()
+        old_lp, weights = old_logprobs_and_weights(batch, learner, c.importance_weight_cap)
         adv, flat = self.advantages(batch.reward, batch.group, scale=c.grpo_scale_rewards)
-        weights = None
-        if batch.behaviour_logprobs is not None:
-            log_w = torch.where(mask, old_lp - batch.behaviour_logprobs, torch.zeros_like(old_lp))
-            weights = log_w.exp().clamp(max=c.importance_weight_cap)
         sums: dict[str, list[float]] = {}
         for _ in range(c.update_epochs):
             for rows in minibatch_rows(batch.group, c.minibatches, self.generator):

@@ -30,7 +30,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from spo_train.algorithms import Algorithm, Learner, TrainBatch, minibatch_rows
+from spo_train.algorithms import (
+    Algorithm,
+    Learner,
+    TrainBatch,
+    minibatch_rows,
+    old_logprobs_and_weights,
+)
 from spo_train.config import TrainConfig
 from spo_train.logprobs import build_batch
 from spo_train.losses import gae, kl_regularised_token_rewards, masked_mean, ppo_loss, value_loss
@@ -168,9 +174,7 @@ class PPO(Algorithm):
         c = self.config
         self.pad_token_id = getattr(learner, "pad_token_id", None)
         mask = batch.mask
-        old_lp = batch.model_logprobs
-        if old_lp is None:  # rows without the sampler's log-probs: pi_old is the policy now
-            old_lp = learner.policy_logprobs(batch).detach().cpu()
+        old_lp, weights = old_logprobs_and_weights(batch, learner, c.importance_weight_cap)
         all_rows = list(range(len(batch)))
         with torch.no_grad():
             old_values = self.values(batch, all_rows).cpu()
@@ -181,10 +185,6 @@ class PPO(Algorithm):
         mean, std = masked_mean(adv, mask), masked_mean((adv - masked_mean(adv, mask)) ** 2, mask)
         std = std.sqrt()
         adv = torch.where(mask, (adv - mean) / (std + 1e-8), torch.zeros_like(adv))
-        weights = None
-        if batch.behaviour_logprobs is not None:
-            log_w = torch.where(mask, old_lp - batch.behaviour_logprobs, torch.zeros_like(old_lp))
-            weights = log_w.exp().clamp(max=c.importance_weight_cap)
         sums: dict[str, list[float]] = {}
 
         def add(name: str, value: float) -> None:
