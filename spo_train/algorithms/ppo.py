@@ -182,8 +182,8 @@ class PPO(Algorithm):
             old_lp, batch.ref_logprobs, batch.reward, mask, c.beta
         )
         adv, returns = gae(token_rewards, old_values, mask, gamma=1.0, lam=c.gae_lambda)
-        mean, std = masked_mean(adv, mask), masked_mean((adv - masked_mean(adv, mask)) ** 2, mask)
-        std = std.sqrt()
+        mean = masked_mean(adv, mask)
+        std = masked_mean((adv - mean) ** 2, mask).sqrt()
         adv = torch.where(mask, (adv - mean) / (std + 1e-8), torch.zeros_like(adv))
         sums: dict[str, list[float]] = {}
 
