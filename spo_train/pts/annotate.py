@@ -256,6 +256,9 @@ def annotate(
         todo = todo[:limit]
     if on_start:
         on_start(len(todo))
+    if not todo:  # nothing to annotate: no run is recorded (run_id stays None)
+        report.seconds = time.perf_counter() - started
+        return report
     run_config = {
         "where": where,
         "samples": samples,
