@@ -178,7 +178,7 @@ class PTSReport:
     def summary(self) -> dict[str, Any]:
         done = max(self.trajectories, 1)
         return {
-            "run_id": self.run_id,
+            "run_id": self.run_id or None,  # None: nothing to annotate, no run recorded
             "selected": self.selected,
             "already_done": self.already_done,
             "trajectories": self.trajectories,
