@@ -14,6 +14,7 @@ from rich.table import Table
 console = Console()
 err_console = Console(stderr=True)
 
+
 def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -59,7 +60,9 @@ def step_cmd(
     micro_batch_size: Annotated[
         int | None,
         typer.Option(
-            "--micro-batch-size", help="Rows per forward (default: the whole batch)", show_default=False
+            "--micro-batch-size",
+            help="Rows per forward (default: the whole batch)",
+            show_default=False,
         ),
     ] = None,
     steps: Annotated[int, typer.Option("--steps", help="Timed steps after one warm-up")] = 3,
@@ -77,6 +80,15 @@ def step_cmd(
         bool, typer.Option("--compile", help="Fast mode: torch.compile the models")
     ] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the random batch and model")] = 0,
+    profile: Annotated[
+        int,
+        typer.Option(
+            "--profile",
+            metavar="N",
+            help="Profile the timed steps (torch.profiler) and report the N costliest "
+            "operators (profiled step times are slower than unprofiled ones)",
+        ),
+    ] = 0,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object as the last line")
     ] = False,
@@ -102,6 +114,7 @@ def step_cmd(
         activation_checkpointing=activation_checkpointing,
         compile=compile_,
         seed=seed,
+        profile=profile,
     )
 
     def say(msg: str) -> None:
@@ -125,13 +138,25 @@ def step_cmd(
             f"{r['peak_memory_bytes'] / 2**20:.0f}",
         )
     console.print(table)
+    for r in doc["results"]:
+        for p in r.get("profile", []):
+            console.print(
+                f"{r['algo']} {r['mode']}: {p['share']:6.1%} {p['self_s_per_step'] * 1e3:9.2f} ms "
+                f"{p['calls_per_step']:7.0f} calls  {p['op']}",
+                highlight=False,
+            )
     console.print(f"memory: {doc['results'][0]['memory_measure']}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    """Add `bench step` to the `spo` app."""
+    """Add `bench step` to the `spo` app (registered after `train`, whose register gives the
+    app's commands their help class: this group sets its own)."""
+    from spo_train.config import SpoCommand, SpoGroup
+
     bench_app = typer.Typer(
-        help="Measure the training step (tokens/s, MFU, peak memory).", no_args_is_help=True
+        help="Measure the training step (tokens/s, MFU, peak memory).",
+        no_args_is_help=True,
+        cls=SpoGroup,
     )
-    bench_app.command("step")(step_cmd)
+    bench_app.command("step", cls=SpoCommand)(step_cmd)
     app.add_typer(bench_app, name="bench")

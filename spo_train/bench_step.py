@@ -28,6 +28,7 @@ torch's or not, so it includes the interpreter and imported libraries.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import platform
@@ -91,6 +92,7 @@ class BenchSpec:
     activation_checkpointing: bool = False
     compile: bool = False
     seed: int = 0
+    profile: int = 0  # > 0: profile the timed steps, keep this many top ops by self time
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -207,7 +209,6 @@ def synthetic_batch(spec: BenchSpec, vocab: int, ref_model: torch.nn.Module) -> 
 
     gen = torch.Generator().manual_seed(spec.seed)
     b, p = spec.batch_size, spec.prompt_len
-    r = spec.seq_len - spec.prompt_len
     # ids from 3 up: 0-2 are pad / bos / eos in the embedded tokenizer
     ids = torch.randint(3, vocab, (b, spec.seq_len), generator=gen).tolist()
     prompts, responses = [row[:p] for row in ids], [row[p:] for row in ids]
@@ -285,9 +286,10 @@ def measure(
         reset = _reset_peak_rss()
         before = _status_bytes("VmRSS") or 0
     times = []
-    for i in range(spec.steps):
-        times.append(step())
-        say(f"{algo} {mode}: step {i + 1}/{spec.steps} {times[-1]:.3f} s")
+    with _profiler(spec, cuda) as prof:
+        for i in range(spec.steps):
+            times.append(step())
+            say(f"{algo} {mode}: step {i + 1}/{spec.steps} {times[-1]:.3f} s")
     if cuda:
         peak = torch.cuda.max_memory_allocated()
         memory_measure = "torch.cuda.max_memory_allocated"
@@ -331,9 +333,41 @@ def measure(
         "step_memory_bytes": max(0, peak - before),
         "memory_measure": memory_measure,
     }
-    del algorithm, learner, policy, batch
-    _free(spec.device)
+    if prof is not None:
+        out["profile"] = profile_summary(prof, spec.profile, cuda, spec.steps)
     return out
+
+
+@contextlib.contextmanager
+def _profiler(spec: BenchSpec, cuda: bool):
+    """torch.profiler over the timed steps when `spec.profile` (profiling slows them: step
+    times of a profiled run are not the benchmark's), else nothing."""
+    if not spec.profile:
+        yield None
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        yield prof
+
+
+def profile_summary(prof: Any, top: int, cuda: bool, steps: int) -> list[dict[str, Any]]:
+    """The `top` operators by self time (device time on CUDA), per step: name, calls, self
+    seconds and share of the profiled self time."""
+    events = prof.key_averages()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    total = sum(getattr(e, key, 0) for e in events) or 1
+    rows = sorted(events, key=lambda e: getattr(e, key, 0), reverse=True)[:top]
+    return [
+        {
+            "op": e.key,
+            "calls_per_step": e.count / steps,
+            "self_s_per_step": getattr(e, key, 0) / 1e6 / steps,
+            "share": getattr(e, key, 0) / total,
+        }
+        for e in rows
+    ]
 
 
 def _as_lm(backbone: torch.nn.Module, policy: torch.nn.Module) -> Any:
@@ -410,6 +444,7 @@ def run(spec: BenchSpec, say: Callable[[str], None] = lambda _m: None) -> dict[s
             for algo in spec.algos:
                 say(f"{algo} {mode}: building")
                 results.append(measure(spec, algo, mode, model_dir, Path(tmp), say))
+                _free(spec.device)  # the run's models and optimizer state went with measure()
     ratios: dict[str, dict[str, float]] = {}
     for mode in spec.modes:
         by = {r["algo"]: r for r in results if r["mode"] == mode}

@@ -115,9 +115,7 @@ class PPO(Algorithm):
 
     def __init__(self, config: TrainConfig, *, pi0_path: str | Path) -> None:
         self.config = config
-        self.value_model = ValueModel(
-            pi0_path, device=config.device, options=step_options(config)
-        )
+        self.value_model = ValueModel(pi0_path, device=config.device, options=step_options(config))
         self.value_optimizer = torch.optim.AdamW(
             self.value_model.parameters(),
             lr=config.value_learning_rate or config.learning_rate,
