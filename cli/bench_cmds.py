@@ -44,7 +44,7 @@ def step_cmd(
             "--random-llama",
             metavar="SIZE",
             help="A randomly initialised Llama of this size instead of --model: 1b "
-            "(TinyLlama-1.1B's shape)",
+            "(TinyLlama-1.1B's shape) or 30m (a 32k vocabulary, CPU-sized)",
             show_default=False,
         ),
     ] = None,
@@ -125,7 +125,7 @@ def step_cmd(
         sys.stdout.write(json.dumps(doc, sort_keys=True) + "\n")
         return
     table = Table(title=f"one training step, {doc['machine'].get('gpu', spec.device)}")
-    for col in ("algo", "mode", "step s", "tokens/s", "MFU", "peak memory MiB"):
+    for col in ("algo", "mode", "step s", "tokens/s", "MFU", "peak MiB", "step MiB"):
         table.add_column(col)
     for r in doc["results"]:
         mfu = "-" if r["mfu"] is None else f"{r['mfu']:.1%}"
@@ -136,6 +136,7 @@ def step_cmd(
             f"{r['tokens_per_s']:.0f}",
             mfu,
             f"{r['peak_memory_bytes'] / 2**20:.0f}",
+            f"{r['step_memory_bytes'] / 2**20:.0f}",
         )
     console.print(table)
     for r in doc["results"]:
@@ -145,7 +146,11 @@ def step_cmd(
                 f"{p['calls_per_step']:7.0f} calls  {p['op']}",
                 highlight=False,
             )
-    console.print(f"memory: {doc['results'][0]['memory_measure']}", highlight=False)
+    console.print(
+        f"peak: {doc['results'][0]['memory_measure']}; step: the peak above what was "
+        "allocated before the timed steps",
+        highlight=False,
+    )
 
 
 def register(app: typer.Typer) -> None:

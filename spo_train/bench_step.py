@@ -69,6 +69,17 @@ RANDOM_LLAMAS: dict[str, dict[str, int]] = {
         "vocab_size": 32000,
         "max_position_embeddings": 4096,
     },
+    # A 35M-parameter Llama with a real 32k vocabulary, small enough for a CPU step: where
+    # the [tokens, vocab] float32 logits are a large share of the step's memory.
+    "30m": {
+        "hidden_size": 384,
+        "intermediate_size": 1024,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 6,
+        "num_key_value_heads": 6,
+        "vocab_size": 32000,
+        "max_position_embeddings": 4096,
+    },
 }
 
 
