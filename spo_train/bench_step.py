@@ -280,12 +280,15 @@ def measure(
         if cuda:
             torch.cuda.synchronize()
 
+    cpu_times: list[float] = []
+
     def step() -> float:
         sync()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         algorithm.update(batch, learner)
         learner.scheduler.step()
         sync()
+        cpu_times.append(time.process_time() - cpu_start)
         return time.perf_counter() - start
 
     warmup_s = step()  # allocates AdamW's state; compiles under --compile
@@ -334,6 +337,10 @@ def measure(
         "warmup_s": warmup_s,
         "step_s": median,
         "step_s_all": times,
+        # CPU seconds of this process (all its threads) per step: on a shared, loaded CPU
+        # machine less disturbed by other processes than wall time (a 1-thread run waiting for
+        # a core is not charged); not a GPU measure (kernels run asynchronously)
+        "step_cpu_s": statistics.median(cpu_times[1:]),
         "tokens_per_s": tokens / median,
         "model_flops_per_step": flops,
         "achieved_flops_per_s": flops / median,
