@@ -17,8 +17,9 @@ activation checkpointing and `torch.compile`, and the pieces that apply them.
   is done here rather than with `model.gradient_checkpointing_enable()` because transformers
   only checkpoints in training mode, and the policy's loss forward runs in eval mode (dropout
   off, see `spo_train.learner.policy_logprobs`).
-- **Compile.** `nn.Module.compile(dynamic=True)` in place (state-dict keys unchanged, so
-  checkpoints stay loadable); dynamic shapes because every batch has its own length.
+- **Compile.** `nn.Module.compile(dynamic=True)` in place, of the model and of its decoder
+  (`base_model`, which the chunked path calls directly); state-dict keys unchanged, so
+  checkpoints stay loadable; dynamic shapes because every batch has its own length.
 
 `StepOptions` carries the switches; `step_options(config)` builds them from a `TrainConfig`;
 `configure_model(model, options)` applies them to a model once (idempotent) and attaches them,
@@ -149,6 +150,11 @@ def configure_model(model: nn.Module, options: StepOptions) -> nn.Module:
     if options.activation_checkpointing:
         enable_activation_checkpointing(model)
     if options.compile and not getattr(model, "_spo_compiled", False):
+        # the chunked path calls the decoder (`base_model`) directly, the plain path the
+        # whole model: compile both (a compiled module inside a compiled one is inlined)
+        base = getattr(model, "base_model", None)
+        if isinstance(base, nn.Module) and base is not model:
+            base.compile(dynamic=True)
         model.compile(dynamic=True)
         model._spo_compiled = True
     setattr(model, _ATTR, options)
