@@ -107,16 +107,22 @@ class BenchSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def peak_flops_of(name: str) -> float | None:
+    """Peak dense bf16 FLOPs/s of a GPU named `name` (`torch.cuda.get_device_name`), None when
+    it is not in `PEAK_BF16_FLOPS` (the first key whose words all occur in the name)."""
+    for key, value in PEAK_BF16_FLOPS.items():
+        if all(part in name for part in key.split()):
+            return value
+    return None
+
+
 def peak_flops(device: str) -> tuple[float | None, str | None]:
     """(peak dense bf16 FLOPs/s, device name) of a CUDA device, (None, name) when unknown."""
     dev = torch.device(device)
     if dev.type != "cuda":
         return None, platform.processor() or platform.machine()
     name = torch.cuda.get_device_name(dev)
-    for key, value in PEAK_BF16_FLOPS.items():
-        if all(part in name for part in key.split()):
-            return value, name
-    return None, name
+    return peak_flops_of(name), name
 
 
 def model_flops(model: torch.nn.Module, rows: int, seq_len: int, response_len: int) -> float:

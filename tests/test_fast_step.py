@@ -323,3 +323,45 @@ def test_compiled_model_gives_the_same_logprobs_and_gradients():
     for name, g in g0.items():
         err = float((g1[name] - g).abs().max())
         assert err <= 1e-5 * float(g.abs().max()), (name, err)
+
+
+@pytest.mark.parametrize(
+    ("name", "peak"),
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("Tesla T4", None),
+    ],
+)
+def test_mfu_peak_by_gpu_name(name, peak):
+    from spo_train.bench_step import peak_flops_of
+
+    assert peak_flops_of(name) == peak
+
+
+def test_bench_random_llama_preset_builds_loads_and_steps():
+    """The GPU script's path on a CPU: a random Llama preset is built, saved with a tokenizer,
+    loaded the way the trainer loads models, and trained one step; its FLOPs count is PaLM's
+    6N per token plus attention (N without the input embedding, with the untied LM head)."""
+    from spo_train.bench_step import BenchSpec, run
+
+    doc = run(
+        BenchSpec(
+            algos=("spo",),
+            random_llama="30m",
+            batch_size=2,
+            group_size=1,
+            seq_len=24,
+            prompt_len=8,
+            steps=1,
+        )
+    )
+    (r,) = doc["results"]
+    assert r["policy_params"] == 35_197_824  # 6 layers of d_model 384, 32k vocabulary, untied
+    embed = 32000 * 384
+    body = r["policy_params"] - 2 * embed
+    expected = 2 * (6 * body * 24 + 6 * embed * 16 + 12 * 6 * 384 * 24 * 24)
+    assert r["model_flops_per_step"] == expected
+    assert r["step_s"] > 0 and r["tokens"] == 48
