@@ -8,7 +8,8 @@
 # `pip install -e . --no-deps`, which needs no network when torch and the dependencies are
 # there). Each measurement is one `spo bench step --json` run, written to OUTDIR/<name>.json
 # (its last line; stderr to OUTDIR/<name>.log) and limited by `timeout`, in order of priority,
-# so a budget that runs out still leaves the first ones. About 8 minutes on one H100/H200.
+# so a budget that runs out still leaves the first ones. About 8 minutes on one H100/H200
+# (estimated, never run). The random 1.1B model is built once under $TMPDIR.
 #
 #   1. 1b-fast        random 1.1B Llama, 8 x 2048 (512 prompt + 1536 response tokens), bf16
 #                     autocast, log-probs in 256-token chunks: SPO, PPO, GRPO (MFU, step-time
@@ -34,7 +35,13 @@ print("gpu:", torch.cuda.get_device_name(0), "torch", torch.__version__)
 EOF
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$OUTDIR/nvidia-smi.csv" 2>&1 || true
 
-BIG=(--device cuda --random-llama 1b --batch-size 8 --seq-len 2048 --prompt-len 512 --group-size 4)
+# the random 1.1B Llama, built once (4.4 GB, float32) outside OUTDIR, which may be sent back
+MODEL_DIR="${TMPDIR:-/tmp}/spo-random-llama-1b"
+if [ ! -f "$MODEL_DIR/config.json" ]; then
+    python -c "import sys; from spo_train.bench_step import save_random_llama as s; s('1b', sys.argv[1], 'cuda')" \
+        "$MODEL_DIR" 2> "$OUTDIR/build-1b.log" || { echo "could not build the 1B model: see $OUTDIR/build-1b.log" >&2; exit 2; }
+fi
+BIG=(--device cuda --model "$MODEL_DIR" --batch-size 8 --seq-len 2048 --prompt-len 512 --group-size 4)
 
 bench() {  # name, timeout seconds, spo bench step arguments...
     local name=$1 limit=$2

@@ -172,24 +172,30 @@ def _model_dir(spec: BenchSpec, workdir: Path) -> Path:
 
     if spec.random_llama is None:
         return resolve_model_path(spec.model)
-    if spec.random_llama not in RANDOM_LLAMAS:
-        raise SpoError(
-            f"--random-llama {spec.random_llama}: choose one of {', '.join(RANDOM_LLAMAS)}"
-        )
+    return save_random_llama(
+        spec.random_llama, workdir / f"llama-{spec.random_llama}", spec.device, spec.seed
+    )
+
+
+def save_random_llama(size: str, out: Path, device: str = "cpu", seed: int = 0) -> Path:
+    """Write a randomly initialised Llama of `size` (a `RANDOM_LLAMAS` key), float32, with the
+    embedded tokenizer, to the directory `out` (a model directory `--model` accepts; the GPU
+    script builds the 1B once and reuses it). Raises SpoError for an unknown size."""
+    if size not in RANDOM_LLAMAS:
+        raise SpoError(f"--random-llama {size}: choose one of {', '.join(RANDOM_LLAMAS)}")
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from spo_train.models import default_model_path, load_tokenizer
 
-    out = workdir / f"llama-{spec.random_llama}"
-    cfg = LlamaConfig(**RANDOM_LLAMAS[spec.random_llama], tie_word_embeddings=False)
-    torch.manual_seed(spec.seed)
-    with torch.device(spec.device):
+    cfg = LlamaConfig(**RANDOM_LLAMAS[size], tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    with torch.device(device):
         model = LlamaForCausalLM(cfg)
     model.save_pretrained(out)
     del model
     # the token ids are random anyway: the embedded tokenizer (its ids are < 32000) serves
     load_tokenizer(default_model_path()).save_pretrained(out)
-    return out
+    return Path(out)
 
 
 def _config(spec: BenchSpec, algo: str, mode: str, model_dir: Path, workdir: Path) -> Any:
