@@ -57,6 +57,7 @@ def version() -> None:
 def _register_all() -> None:
     # Imported here so `spo --help` stays fast and each area owns its own module.
     from spo_cli import (
+        bench_cmds,
         experiment_cmds,
         judge_cmds,
         lake_admin_cmds,
@@ -74,6 +75,7 @@ def _register_all() -> None:
         report_cmds,
         experiment_cmds,
         pts_cmds,
+        bench_cmds,
     )
     for module in areas:
         module.register(app)

@@ -35,7 +35,12 @@ class PreparedBatch:
 
 
 class ReferenceCache:
-    """Token ids and pi_0 log-probs for trajectories, backed by the lake's `token_cache`."""
+    """Token ids and pi_0 log-probs for trajectories, backed by the lake's `token_cache`.
+
+    Rows without cached log-probs get one `no_grad` forward of `ref_model` with its step
+    options (`spo_train.fast_step.configure_model`; by default bf16 autocast on CUDA, float32
+    on a CPU, log-probs in chunks). The cache is keyed by model identity, not precision
+    (docs/gpu.md, "Tolerances")."""
 
     def __init__(
         self,

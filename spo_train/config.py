@@ -546,6 +546,26 @@ class TrainConfig:
         verl="actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu",
     )
     """rows per forward/backward chunk, bounds activation memory (not set: the whole batch)"""
+    precision: str = setting(
+        "auto", check=one_of("auto", "bf16", "fp32"), resumable_change=True, trl="bf16"
+    )
+    """compute precision of the training forwards and backwards: auto (bf16 on a CUDA device
+    that has it, else fp32), bf16 (autocast; weights, gradients and AdamW state stay fp32), or
+    fp32 (docs/gpu.md)"""
+    logprob_chunk_size: int = setting(256, check=at_least(0), resumable_change=True)
+    """response tokens per chunk of the vocabulary projection and log-softmax, each chunk
+    recomputed in the backward, so no float32 [tokens, vocab] tensor exists at once (0: one
+    chunk, through the model's own forward; docs/gpu.md)"""
+    activation_checkpointing: bool = setting(
+        False,
+        resumable_change=True,
+        trl="gradient_checkpointing",
+        verl="actor_rollout_ref.model.enable_gradient_checkpointing",
+    )
+    """recompute each decoder layer's activations in the backward instead of keeping them
+    (less memory, about one more forward of compute; docs/gpu.md)"""
+    compile: bool = setting(False, resumable_change=True, trl="torch_compile")
+    """torch.compile the policy (and PPO's value model) with dynamic shapes (docs/gpu.md)"""
     learning_rate: float = setting(
         1e-4,
         aliases=("--lr",),

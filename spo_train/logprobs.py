@@ -10,8 +10,14 @@ that every loss in `spo_train.losses` consumes. Contract (shared with the losses
 - the log-softmax is taken in float32 whatever the model's dtype.
 
 Memory: the model projects only the hidden states that predict a response token onto the
-vocabulary (via `logits_to_keep`), so no `[B, L, V]` tensor exists, and the float32
-log-softmax runs on the `[N_response_tokens, V]` slice only.
+vocabulary, so no `[B, L, V]` tensor exists. On the fast path (`spo_train.fast_step`, the
+default) the projection and the float32 log-softmax run `logprob_chunk_size` tokens at a time,
+each chunk recomputed in the backward, so not even `[N_response_tokens, V]` exists in float32
+at once; the forward runs under bf16 autocast where the precision resolves to bf16 (CUDA by
+default). The plain path (`StepOptions(precision="fp32", logprob_chunk_size=0)`) projects the
+`N` rows through the model's own forward (`logits_to_keep`) and is the reference the tests
+compare the fast path with. Micro-batches are formed from rows sorted by length (length
+bucketing), so a micro-batch pads to the length of similar rows, not of the longest one.
 """
 
 from __future__ import annotations
@@ -22,6 +28,13 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+
+from spo_train.fast_step import (
+    StepOptions,
+    autocast,
+    chunked_token_logprobs,
+    model_options,
+)
 
 __all__ = ["response_logprobs", "build_batch"]
 
@@ -135,6 +148,52 @@ def _response_logits(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     return logits[predict_mask]
 
 
+def _response_hidden(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """Final hidden states `[N, H]` at the positions that predict response tokens (row-major),
+    from the model's base (decoder stack with its final norm), without the LM head."""
+    out = model.base_model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        use_cache=False,
+    )
+    return out.last_hidden_state[batch["predict_mask"]]
+
+
+def _hidden_path_ok(model: nn.Module) -> bool:
+    """Whether `lm_head(base_model(x))` reproduces the model's logits (checked once per model
+    on a 6-token input, in float32 without gradients). Models that scale or soft-cap their
+    logits after the head (e.g. Gemma 2's `final_logit_softcapping`) fail it and keep the
+    plain path; so does a model without a linear output embedding."""
+    cached = getattr(model, "_spo_hidden_path_ok", None)
+    if cached is not None:
+        return cached
+    ok = False
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    base = getattr(model, "base_model", None)
+    if isinstance(head, nn.Linear) and base is not None and base is not model:
+        device = head.weight.device
+        vocab = head.weight.shape[0]
+        ids = [[1 % vocab, 5 % vocab, 9 % vocab], [3 % vocab, 7 % vocab, 2 % vocab]]
+        batch = build_batch(ids[:1], ids[1:], pad_token_id=0, device=device)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                plain = _response_logits(model, batch).float()
+                hidden = _response_hidden(model, batch)
+                via_head = head(hidden).float()
+            ok = plain.shape == via_head.shape and torch.allclose(
+                plain, via_head, atol=1e-4, rtol=1e-4
+            )
+        except (TypeError, AttributeError, RuntimeError):
+            ok = False
+        finally:
+            model.train(was_training)
+    model._spo_hidden_path_ok = ok
+    return ok
+
+
 def response_logprobs(
     model: nn.Module,
     prompt_ids: list[list[int]],
@@ -143,6 +202,7 @@ def response_logprobs(
     pad_token_id: int | None,
     micro_batch_size: int | None = None,
     requires_grad: bool = True,
+    options: StepOptions | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Log-probs of the taken response tokens, batched and right-padded.
 
@@ -158,6 +218,9 @@ def response_logprobs(
             own length) and concatenate. With `requires_grad=True` the graphs of all chunks are
             kept, so this bounds the peak of the logits, not of the activations.
         requires_grad: False runs under `torch.no_grad()` (reference / behaviour log-probs).
+        options: precision and log-prob chunking (`spo_train.fast_step.StepOptions`); None:
+            the options `configure_model` attached to `model`, else the defaults (bf16
+            autocast on CUDA, fp32 on CPU; chunks of 256 tokens).
 
     Returns:
         `(logprobs, mask)`: `logprobs` float32 `[B, T]` with `T = max len(response_ids)`;
@@ -177,34 +240,53 @@ def response_logprobs(
     except StopIteration:  # parameter-less wrapper
         device = torch.device("cpu")
 
+    opts = options or model_options(model)
+    chunk_size = opts.logprob_chunk_size
+    fast = chunk_size > 0 and _hidden_path_ok(model)
     t_max = max(len(r) for r in response_ids)
+    # Length bucketing: micro-batches of rows of similar length pad less (results per row do
+    # not depend on which rows share a micro-batch).
+    order = list(range(n))
+    if step < n:
+        order.sort(key=lambda i: len(prompt_ids[i]) + len(response_ids[i]), reverse=True)
     out_mask = torch.zeros((n, t_max), dtype=torch.bool, device=device)
     chunks: list[Tensor] = []
     grad_ctx = torch.enable_grad() if requires_grad else torch.no_grad()
-    with grad_ctx:
+    with grad_ctx, autocast(opts, device):
         for start in range(0, n, step):
-            stop = min(start + step, n)
+            rows = order[start : start + step]
             batch = build_batch(
-                prompt_ids[start:stop],
-                response_ids[start:stop],
+                [prompt_ids[i] for i in rows],
+                [response_ids[i] for i in rows],
                 pad_token_id=pad_token_id,
                 device=device,
             )
             mask = batch["mask"]
             if not bool(mask.any()):
-                chunks.append(torch.zeros((stop - start, t_max), device=device))
+                chunks.append(torch.zeros((len(rows), t_max), device=device))
                 continue
-            logits = _response_logits(model, batch)  # [N, V], model dtype
-            # float32 log-softmax only on the N response rows (not [B, L, V]).
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            del logits
-            token_logp = logp.gather(-1, batch["targets"][mask].unsqueeze(-1)).squeeze(-1)
-            del logp
+            if fast:
+                hidden = _response_hidden(model, batch)  # [N, H]
+                token_logp = chunked_token_logprobs(
+                    hidden, model.get_output_embeddings(), batch["targets"][mask], chunk_size
+                )
+                del hidden
+            else:
+                logits = _response_logits(model, batch)  # [N, V], model dtype
+                # float32 log-softmax only on the N response rows (not [B, L, V]).
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                del logits
+                token_logp = logp.gather(-1, batch["targets"][mask].unsqueeze(-1)).squeeze(-1)
+                del logp
             chunk = torch.zeros(mask.shape, dtype=torch.float32, device=device)
-            chunk = chunk.masked_scatter(mask, token_logp)
+            chunk = chunk.masked_scatter(mask, token_logp.float())
             if chunk.shape[1] < t_max:
                 chunk = torch.nn.functional.pad(chunk, (0, t_max - chunk.shape[1]))
             chunks.append(chunk)
-            out_mask[start:stop, : mask.shape[1]] = mask
+            out_mask[rows, : mask.shape[1]] = mask
         out = torch.cat(chunks, dim=0) if len(chunks) > 1 else chunks[0]
+        if order != list(range(n)):
+            inverse = torch.empty(n, dtype=torch.long)
+            inverse[torch.tensor(order)] = torch.arange(n)
+            out = out[inverse.to(device)]
     return out, out_mask

@@ -93,7 +93,10 @@ def load_model_and_tokenizer(
     """Load ``(model, tokenizer)`` from a local HF directory (``None``: the shipped pi_0).
 
     The model is in eval mode on ``device``; ``dtype`` defaults to float32 (log-probs for
-    off-policy losses want full precision), pass e.g. ``torch.bfloat16`` to save memory.
+    off-policy losses want full precision; training computes in bf16 through autocast, see
+    ``spo_train.fast_step``), pass e.g. ``torch.bfloat16`` to save memory. Attention is
+    PyTorch's ``scaled_dot_product_attention`` (``attn_implementation="sdpa"``) where the
+    architecture has it, else the model's own.
     A tokenizer without a pad token gets its eos token as pad token.
     """
     import torch
@@ -101,10 +104,18 @@ def load_model_and_tokenizer(
 
     p = check_model_dir(path)
     tok = load_tokenizer(p)
+    kwargs = {"local_files_only": True, _dtype_kwarg(): dtype or torch.float32}
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(p), local_files_only=True, **{_dtype_kwarg(): dtype or torch.float32}
-        )
+        try:
+            # PyTorch's fused attention (flash / memory-efficient kernels where they apply)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(p), attn_implementation="sdpa", **kwargs
+            )
+        except ValueError as e:
+            if "sdpa" not in str(e).lower():
+                raise
+            # an architecture without an SDPA implementation: its own (eager) attention
+            model = AutoModelForCausalLM.from_pretrained(str(p), **kwargs)
     except (OSError, ValueError, KeyError) as e:
         raise SpoError(f"cannot load a causal LM from '{p}': {str(e).splitlines()[0]}") from e
     model.to(device)

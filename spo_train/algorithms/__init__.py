@@ -90,6 +90,14 @@ class Algorithm:
     def update(self, batch: TrainBatch, learner: Learner) -> dict[str, float]:
         raise NotImplementedError
 
+    def configure_policy(self, learner: Learner) -> None:
+        """Apply the run's step options (precision, log-prob chunks, activation checkpointing,
+        compile: `spo_train.fast_step`) to the learner's policy; once, idempotent. Called at
+        the top of every `update`, so any learner's policy gets them."""
+        from spo_train.fast_step import configure_model, step_options
+
+        configure_model(learner.policy, step_options(self.config))
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -122,6 +122,7 @@ class GRPO(Algorithm):
 
     def update(self, batch: TrainBatch, learner: Learner) -> dict[str, float]:
         c = self.config
+        self.configure_policy(learner)
         mask = batch.mask
         old_lp, weights = old_logprobs_and_weights(batch, learner, c.importance_weight_cap)
         adv, flat = self.advantages(batch.reward, batch.group, scale=c.grpo_scale_rewards)

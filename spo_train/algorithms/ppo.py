@@ -38,6 +38,12 @@ from spo_train.algorithms import (
     old_logprobs_and_weights,
 )
 from spo_train.config import TrainConfig
+from spo_train.fast_step import (
+    StepOptions,
+    autocast,
+    enable_activation_checkpointing,
+    step_options,
+)
 from spo_train.logprobs import build_batch
 from spo_train.losses import gae, kl_regularised_token_rewards, masked_mean, ppo_loss, value_loss
 
@@ -47,9 +53,13 @@ class ValueModel(nn.Module):
     *before* response token `j` of row `i` (read at the position that predicts that token).
 
     Head initialised to zero, so the first values are 0 (the usual start: the reward scale is
-    0 / -1 here). Dropout off (eval mode), like the policy's loss forward."""
+    0 / -1 here). Dropout off (eval mode), like the policy's loss forward. `options`: the
+    policy's precision, activation checkpointing and compile (`spo_train.fast_step`); the
+    scalar head always runs in float32."""
 
-    def __init__(self, pi0_path: str | Path, device: str = "cpu") -> None:
+    def __init__(
+        self, pi0_path: str | Path, device: str = "cpu", options: StepOptions | None = None
+    ) -> None:
         super().__init__()
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
@@ -67,6 +77,11 @@ class ValueModel(nn.Module):
         self.head = nn.Linear(hidden, 1, device=device)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        self.options = options or StepOptions()
+        if self.options.activation_checkpointing:
+            enable_activation_checkpointing(self.backbone)
+        if self.options.compile:
+            self.backbone.compile(dynamic=True)
         self.eval()
 
     def forward(  # type: ignore[override]
@@ -75,12 +90,13 @@ class ValueModel(nn.Module):
         """`[B, T]` values (0 on padding), T = the longest response."""
         dev = self.head.weight.device
         b = build_batch(prompt_ids, response_ids, pad_token_id=pad_token_id, device=dev)
-        hidden = self.backbone(
-            input_ids=b["input_ids"],
-            attention_mask=b["attention_mask"],
-            position_ids=b["position_ids"],
-            use_cache=False,
-        ).last_hidden_state
+        with autocast(self.options, dev):
+            hidden = self.backbone(
+                input_ids=b["input_ids"],
+                attention_mask=b["attention_mask"],
+                position_ids=b["position_ids"],
+                use_cache=False,
+            ).last_hidden_state
         v = self.head(hidden[b["predict_mask"]].float()).squeeze(-1)
         out = torch.zeros(b["mask"].shape, dtype=torch.float32, device=dev)
         return out.masked_scatter(b["mask"], v)
@@ -99,7 +115,7 @@ class PPO(Algorithm):
 
     def __init__(self, config: TrainConfig, *, pi0_path: str | Path) -> None:
         self.config = config
-        self.value_model = ValueModel(pi0_path, device=config.device)
+        self.value_model = ValueModel(pi0_path, device=config.device, options=step_options(config))
         self.value_optimizer = torch.optim.AdamW(
             self.value_model.parameters(),
             lr=config.value_learning_rate or config.learning_rate,
@@ -172,6 +188,7 @@ class PPO(Algorithm):
 
     def update(self, batch: TrainBatch, learner: Learner) -> dict[str, float]:
         c = self.config
+        self.configure_policy(learner)
         self.pad_token_id = getattr(learner, "pad_token_id", None)
         mask = batch.mask
         old_lp, weights = old_logprobs_and_weights(batch, learner, c.importance_weight_cap)

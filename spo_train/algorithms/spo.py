@@ -46,6 +46,7 @@ class SPO(Algorithm):
 
     def update(self, batch: TrainBatch, learner: Learner) -> dict[str, float]:
         c = self.config
+        self.configure_policy(learner)
         policy_lp = learner.policy_logprobs(batch)
         dev = policy_lp.device
         ref_lp, mask = batch.ref_logprobs.to(dev), batch.mask.to(dev)
