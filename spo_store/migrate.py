@@ -415,9 +415,7 @@ def _v4_to_v5(root: str, tag: str, report: MigrationReport, say: Callable[[str],
 
             @lance.batch_udf(output_schema=out_schema)
             def fill(batch: pa.RecordBatch) -> pa.RecordBatch:
-                return pa.record_batch(
-                    [pa.nulls(batch.num_rows, pa.string())], schema=out_schema
-                )
+                return pa.record_batch([pa.nulls(batch.num_rows, pa.string())], schema=out_schema)
 
             ds.add_columns(fill, read_columns=["traj_id"])
             ds = lance.dataset(ds.uri)
