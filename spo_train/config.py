@@ -728,8 +728,15 @@ class TrainConfig:
     """keep only the newest N checkpoints, deleting older ones (not set: keep all)"""
     seed: int = setting(0, check=at_least(0), trl="seed")
     """seeds data order, rollouts and init"""
-    workers: int | None = setting(None, check=at_least(1), resumable_change=True)
-    """judge processes (default: all cores)"""
+    workers: int | None = setting(
+        None,
+        flag="--judge-workers",
+        aliases=("--workers",),
+        check=at_least(1),
+        resumable_change=True,
+    )
+    """judge processes (default: all cores); --workers is its old name, kept as an alias
+    (renamed beside --rollout-workers)"""
     device: str = setting("cpu", resumable_change=True)
     """torch device (cpu, cuda, cuda:1, ...)"""
     resume: bool = setting(
@@ -858,8 +865,10 @@ class SamplingConfig:
     """lake URI (default: $SPO_LAKE, else ./spo-lake)"""
     backend: str = setting("transformers", check=one_of("transformers", "vllm"))
     """generation backend: transformers or vllm (vllm only where it is installed)"""
-    workers: int | None = setting(None, check=at_least(1))
-    """judge processes (default: all cores)"""
+    workers: int | None = setting(
+        None, flag="--judge-workers", aliases=("--workers",), check=at_least(1)
+    )
+    """judge processes (default: all cores; --workers: the old name)"""
     include_unreliable: bool = setting(False)
     """keep problems with a judge_issue (left out by default: their rewards are not
     trustworthy)"""

@@ -106,6 +106,7 @@ class WorkerSetup:
     device: str = "cpu"
     source: str = "online"  # rows of the current policy; reference workers write 'pi0'
     model_id: str | None = None  # current-policy rows: None -> '<run_id>@<version>'
+    fixed: bool = False  # `spo rollout`: sample the loaded model as is (no trainer, no version)
 
 
 class RolloutWorker:
@@ -139,7 +140,7 @@ class RolloutWorker:
         self.generator = TransformersGenerator(self.model, self.tokenizer, device=setup.device)
         # A current-policy worker samples only weights it was sent (None: none yet, e.g.
         # after a restart); a reference worker keeps pi_0, version 0.
-        self.version: int | None = 0 if decoding.policy == "reference" else None
+        self.version: int | None = 0 if (decoding.policy == "reference" or setup.fixed) else None
         self.tag = run_tag(setup.run_id)
         self.seq = self._next_seq()
 
@@ -168,7 +169,7 @@ class RolloutWorker:
     def set_weights(self, weights: Any, version: int) -> int | None:
         """Load the trainer's weights (a state dict, or the path of a saved one) as policy
         `version`; a reference worker keeps pi_0. Returns the version it now samples."""
-        if self.decoding.policy == "reference":
+        if self.decoding.policy == "reference" or self.setup.fixed:
             return self.version
         if isinstance(weights, str):
             import torch
@@ -195,6 +196,16 @@ class RolloutWorker:
         self.seq = seq + 1
         return {**out, "seq": seq}
 
+    def run_chunk(self, problem_ids: Sequence[str], n: int, seed: int) -> dict[str, Any]:
+        """`spo rollout`: `n` responses to each problem of `problem_ids`, committed as one
+        batch whose ids depend only on the run and the chunk (a chunk redone after a crash
+        that had committed adds nothing)."""
+        problems = _load_by_ids(self.lake, list(problem_ids))
+        key = hashlib.sha256("\0".join(problem_ids).encode()).hexdigest()[:10]
+        # no worker index in the ids: a chunk redone on another worker gets the same ones
+        out = self.sample(problems, n, seed, f"{self.setup.source[:3]}-{self.tag}-c{key}")
+        return {**out, "problems": len(problems)}
+
     def sample(
         self, problems: Sequence[Mapping[str, Any]], n: int, seed: int, id_prefix: str
     ) -> dict[str, Any]:
@@ -217,9 +228,10 @@ class RolloutWorker:
             run_id=s.run_id,
             model_id=s.ref_model_id if reference else (s.model_id or f"{s.run_id}@{version}"),
             tokenizer_id=s.tokenizer_id,
-            policy_version=version,
-            # the sampling model is pi_0 itself: its log-probs are the reference log-probs
-            ref_model_id=s.ref_model_id if (reference or version == 0) else None,
+            policy_version=None if s.fixed else version,
+            # the sampling model is pi_0 itself (or, for `spo rollout`, the model named as
+            # ref_model_id): its log-probs are that model's reference log-probs
+            ref_model_id=s.ref_model_id if (reference or s.fixed or version == 0) else None,
             workers=s.judge_workers,
             unsafe_no_sandbox=s.unsafe_no_sandbox,
         )
