@@ -65,6 +65,7 @@ def ray_session(address: str | None, *, num_workers: int) -> Iterator[None]:
         return
     term, intr = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     cpus = max(os.cpu_count() or 1, math.ceil(num_workers * WORKER_CPUS) + 1)
+    guard = _start_guard()
     try:
         if address:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
@@ -75,9 +76,12 @@ def ray_session(address: str | None, *, num_workers: int) -> Iterator[None]:
                 log_to_driver=False,
                 configure_logging=False,
             )
-    except Exception as exc:  # noqa: BLE001 - connection errors come in many types
+    except BaseException as exc:
         with contextlib.suppress(Exception):
             ray.shutdown()
+        _stop_guard(guard)
+        if not isinstance(exc, Exception):
+            raise
         where = f"--ray-address {address}" if address else "a local Ray"
         raise SpoError(f"could not start {where}: {type(exc).__name__}: {exc}") from None
     finally:
@@ -87,7 +91,50 @@ def ray_session(address: str | None, *, num_workers: int) -> Iterator[None]:
     try:
         yield
     finally:
-        ray.shutdown()
+        try:
+            ray.shutdown()
+        finally:
+            _stop_guard(guard)
+
+
+def _start_guard() -> tuple[Any, int, str | None]:
+    """Mark the Ray about to start (`SPO_RAY_SESSION`) and start `spo_train.ray_reaper`,
+    which kills every marked process once this process ends or calls `_stop_guard`."""
+    import secrets
+    import subprocess
+    import sys
+
+    from spo_train.ray_reaper import VAR
+
+    token = secrets.token_hex(8)
+    read_fd, write_fd = os.pipe()  # not inherited by Ray's processes (O_CLOEXEC)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spo_train.ray_reaper", token, str(read_fd)],
+        pass_fds=(read_fd,),
+        start_new_session=True,  # a Ctrl-C or killpg of the command does not reach it
+        env={k: v for k, v in os.environ.items() if k != VAR},
+    )
+    os.close(read_fd)
+    previous = os.environ.get(VAR)
+    os.environ[VAR] = token
+    return proc, write_fd, previous
+
+
+def _stop_guard(guard: tuple[Any, int, str | None]) -> None:
+    """Close the guard's pipe (it sweeps what `ray.shutdown` left) and wait for it."""
+    import subprocess
+
+    from spo_train.ray_reaper import VAR
+
+    proc, write_fd, previous = guard
+    if previous is None:
+        os.environ.pop(VAR, None)
+    else:
+        os.environ[VAR] = previous
+    with contextlib.suppress(OSError):
+        os.close(write_fd)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=30)
 
 
 @dataclass
@@ -158,7 +205,7 @@ class RolloutWorker:
 
         got = (
             self.lake.sql_arrow(
-                "SELECT max(CAST(regexp_extract(traj_id, '-b([0-9]+)-p', 1) AS BIGINT)) "
+                "SELECT max(TRY_CAST(NULLIF(regexp_extract(traj_id, '-b([0-9]+)-p', 1), '') AS BIGINT)) "
                 f"FROM trajectories WHERE worker_id = {sql_quote(self.worker_id)}"
             )
             .column(0)[0]
@@ -276,6 +323,12 @@ def remote_worker_class() -> Any:
     return ray.remote(num_cpus=WORKER_CPUS, max_restarts=-1, max_task_retries=0)(RolloutWorker)
 
 
+def _last_line(exc: BaseException) -> str:
+    """The last line of a Ray error's text (the remote exception, not Ray's preamble)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else type(exc).__name__
+
+
 def _is_actor_death(exc: BaseException) -> bool:
     import ray.exceptions as rex
 
@@ -365,7 +418,8 @@ class WorkerPool:
                     if self.restarts[index] > MAX_RESTARTS:
                         raise SpoError(
                             f"rollout worker {index} died {self.restarts[index]} times "
-                            f"(last: {type(exc).__name__}); see the Ray logs under /tmp/ray"
+                            f"(last: {type(exc).__name__}: {_last_line(exc)}); see the Ray logs "
+                            "under /tmp/ray"
                         ) from None
                     if self.on_restart:
                         self.on_restart(index)
