@@ -91,7 +91,9 @@ class RayRolloutProducer:
                 seed=c.seed,
                 judge_workers=c.workers or 1,
                 unsafe_no_sandbox=c.unsafe_no_sandbox,
-                device=c.device,
+                # Actors ask Ray for no GPU (Ray then hides the GPUs from them): they sample on
+                # CPU whatever --device the trainer uses (docs/rollouts.md, "Not yet").
+                device="cpu",
             )
             decodings = worker_decodings(
                 c.rollout_worker_decoding,

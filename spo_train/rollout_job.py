@@ -113,6 +113,7 @@ class RolloutReport:
     seconds: float = 0.0
     commit_s: float = 0.0
     workers: int = 0
+    startup_s: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         judged = self.rows - self.unjudged
@@ -127,6 +128,7 @@ class RolloutReport:
             "unjudged": self.unjudged,
             "workers": self.workers,
             "worker_restarts": self.restarts,
+            "startup_s": round(self.startup_s, 3),
             "seconds": round(self.seconds, 3),
             "rollouts_per_s": round(self.rows / self.seconds, 3) if self.seconds else None,
             "commit_s_mean": round(self.commit_s, 4),
@@ -155,6 +157,7 @@ def run_rollout(
         WorkerSetup,
         ray_session,
         remote_worker_class,
+        wait_started,
     )
     from spo_train.worker_spec import Decoding
 
@@ -236,6 +239,9 @@ def run_rollout(
             with ray_session(cfg.ray_address, num_workers=n_workers):
                 cls = remote_worker_class()
                 actors = [cls.remote(setup, i, decoding) for i in range(n_workers)]
+                wait_started(actors)  # models loaded (a worker that cannot start: one line)
+                report.startup_s = time.perf_counter() - t0
+                t0 = time.perf_counter()  # rollouts/s counts sampling, not start-up
                 pool = WorkerPool(actors, next_call=next_call, on_result=on_result, on_lost=on_lost)
                 say(f"{n_workers} rollout workers on {cfg.ray_address or 'a local Ray'}")
                 try:

@@ -329,6 +329,18 @@ def _last_line(exc: BaseException) -> str:
     return lines[-1][:300] if lines else type(exc).__name__
 
 
+def wait_started(actors: Sequence[Any]) -> None:
+    """Block until every actor has run its constructor; SpoError naming the first that could
+    not (its exception's last line)."""
+    import ray
+
+    for i, actor in enumerate(actors):
+        try:
+            ray.get(actor.pid.remote())
+        except Exception as exc:  # noqa: BLE001 - Ray wraps the constructor's error
+            raise SpoError(f"rollout worker {i} could not start: {_last_line(exc)}") from None
+
+
 def _is_actor_death(exc: BaseException) -> bool:
     import ray.exceptions as rex
 

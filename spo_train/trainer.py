@@ -8,6 +8,8 @@ Reads top to bottom (CleanRL style). Each step:
 3. the batch: SPO draws it from the lake by the SQL mixture (`online` = this run's rollouts
    within the staleness bound); PPO and GRPO take exactly this step's rollouts (whole groups);
    either way it is logged as `(lake version, trajectory ids)` in `batches`;
+   (with `rollout_workers`, steps 1-2 run on Ray actors all the time and the step waits until
+   the lake holds its data: `spo_train.async_producer`, docs/rollouts.md)
 4. token ids and pi_0 log-probs come from the rows or the lake's cache (`spo_train.batch`);
 5. the algorithm (`spo_train.algorithms.<algo>`) computes its loss and takes its optimizer
    step(s) through `PolicyLearner`;
