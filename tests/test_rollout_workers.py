@@ -354,6 +354,9 @@ def test_trainer_kill9_then_resume_keeps_worker_data_and_leaves_no_process(
         return (out / "latest").exists() and (out / "checkpoint-000002").exists()
 
     _wait_for(past_first_checkpoint)
+    # the command's own Ray (not this test module's): its raylet and workers carry the mark
+    names = " ".join(_marked(mark))
+    assert "raylet" in names and "ray::RolloutWor" in names, names  # (comm: 15 characters)
     os.kill(proc.pid, signal.SIGKILL)  # the trainer only: its workers are left to the guard
     proc.wait()
     run_id = json.loads((out / "run.json").read_text())["run_id"]
@@ -404,6 +407,8 @@ def test_sigterm_and_normal_exit_leave_no_ray_or_sandbox_process(
         text=True,
     )
     _wait_for(lambda: (out / "checkpoint-000001").exists())
+    names = " ".join(_marked(mark))
+    assert "raylet" in names and "ray::RolloutWor" in names, names
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
