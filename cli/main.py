@@ -99,7 +99,12 @@ def _stop_detail(argv: list[str] | None) -> str:
         what = f"run {', '.join(runs)} not ended (`spo lake runs` marks it interrupted)"
     else:
         what = "no run was started"
-    return f"{what}; committed work is kept: rerun the same command to resume: {again}"
+    tail = ""
+    if args[:1] == ["pts"] and any(a == "--limit" or a.startswith("--limit=") for a in args):
+        # --limit counts trajectories not annotated yet: the rerun finishes the stopped chunk
+        # and then goes on to up to N new ones (docs/pts.md, "Resumable").
+        tail = " (--limit counts trajectories not annotated yet, so the rerun may annotate more)"
+    return f"{what}; committed work is kept: rerun the same command to resume: {again}{tail}"
 
 
 ROOT_OPTIONS = ("--threads",)

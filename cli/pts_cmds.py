@@ -105,12 +105,14 @@ def _pts(explicit: dict[str, Any], **kwargs: Any) -> None:
     say = lambda m: console.print(m, highlight=False, soft_wrap=True)  # noqa: E731
     if report.trajectories == 0 and report.already_done:
         say(
-            f"{report.already_done} selected trajectories already have an annotation of "
-            f"{model_id[:19]} with these settings; nothing to do; run {report.run_id}"
+            f"{_count(report.already_done, 'selected trajectory', 'selected trajectories')} "
+            f"already {'has' if report.already_done == 1 else 'have'} an annotation of "
+            f"{model_id[:19]} with these settings: nothing to do (no run recorded)"
         )
     else:
         say(
-            f"annotated {report.trajectories} trajectories under {model_id[:19]} "
+            f"annotated {_count(report.trajectories, 'trajectory', 'trajectories')} under "
+            f"{model_id[:19]} "
             f"({report.sampler_key}, K={cfg.samples}, threshold {cfg.threshold:g}): "
             f"{report.prefixes} prefixes estimated ({summary['prefixes_per_trajectory']:.1f} per "
             f"trajectory), {report.rollouts} rollouts sampled, {report.reused} reused, "
@@ -159,3 +161,7 @@ def register(app: typer.Typer) -> None:
         ],
     )
     app.command("pts", cls=SpoCommand)(command_from(PTSConfig, _pts, extra=[json_opt]))
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"

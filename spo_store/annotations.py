@@ -179,17 +179,30 @@ def pooled_targets(
     method: str = "pts",
 ) -> dict[str, tuple[int, dict[int, tuple[int, int]]]]:
     """The stored estimates of `traj_ids` under one reference model and tokenizer, pooled:
-    traj_id -> (response_tokens, {position: (judged rollouts, successes)}). Annotations of the
-    same trajectory (other thresholds or rollouts per estimate) estimate the same `S_t`, so
-    their counts at a position add up; rows that disagree on the response length (another
-    tokenisation) are left out."""
+    traj_id -> (response_tokens, {position: (judged rollouts, successes)}).
+
+    Annotations of one trajectory made with the same sampler (other thresholds or rollouts per
+    estimate) share their rollouts: rollout `k` of a position is the same trajectory row
+    (`pts-<rollout_key>@<position>#<k>`) for every K, so adding their counts would count it
+    twice. At each position the estimate with the most judged rollouts is kept (it contains the
+    others' rollouts). Annotations made with different samplers (temperature, top-p,
+    max_new_tokens) estimate different `S_t` and are never mixed: the sampler with the most
+    judged rollouts over the trajectory is used (ties: the smaller `sampler_key`). Rows that
+    disagree on the response length (another tokenisation) are left out."""
     if not traj_ids:
         return {}
     ids = ", ".join(sql_quote(t) for t in sorted(set(traj_ids)))
     rows = (
         lake.dataset("annotations")
         .to_table(
-            columns=["traj_id", "positions", "samples", "successes", "response_tokens"],
+            columns=[
+                "traj_id",
+                "sampler_key",
+                "positions",
+                "samples",
+                "successes",
+                "response_tokens",
+            ],
             filter=(
                 f"traj_id IN ({ids}) AND ref_model_id = {sql_quote(ref_model_id)} "
                 f"AND tokenizer_id = {sql_quote(tokenizer_id)} AND method = {sql_quote(method)}"
@@ -197,14 +210,23 @@ def pooled_targets(
         )
         .to_pylist()
     )
-    out: dict[str, tuple[int, dict[int, tuple[int, int]]]] = {}
-    for r in sorted(rows, key=lambda r: r["traj_id"]):
+    # traj_id -> sampler_key -> (response_tokens, {position: (n, c)})
+    per_sampler: dict[str, dict[str, tuple[int, dict[int, tuple[int, int]]]]] = {}
+    for r in sorted(rows, key=lambda r: (r["traj_id"], r["sampler_key"] or "")):
         if r["successes"] is None or r["response_tokens"] is None:
             continue
-        length, pooled = out.setdefault(r["traj_id"], (r["response_tokens"], {}))
+        by_sampler = per_sampler.setdefault(r["traj_id"], {})
+        length, pooled = by_sampler.setdefault(r["sampler_key"] or "", (r["response_tokens"], {}))
         if length != r["response_tokens"]:
             continue
         for p, n, c in zip(r["positions"], r["samples"], r["successes"], strict=True):
-            n0, c0 = pooled.get(p, (0, 0))
-            pooled[p] = (n0 + n, c0 + c)
+            if n > pooled.get(p, (-1, 0))[0]:
+                pooled[p] = (n, c)
+    out: dict[str, tuple[int, dict[int, tuple[int, int]]]] = {}
+    for traj_id, by_sampler in per_sampler.items():
+        best = min(
+            by_sampler,
+            key=lambda k: (-sum(n for n, _c in by_sampler[k][1].values()), k),
+        )
+        out[traj_id] = by_sampler[best]
     return out

@@ -309,3 +309,25 @@ def train_problems(
     if rebased:
         note(f"q0 of {rebased} problems recomputed from their (n, c) for beta {config.beta:.4g}")
     return problems, restrict
+
+
+def mc_weight_note(lake: Lake, config: TrainConfig, ref_model_id: str) -> str | None:
+    """A warning when `--mc-weight` > 0 can have no effect: the lake holds no `spo pts`
+    annotation under this run's pi_0, so the MC term is 0 at every step (issue 12)."""
+    if config.mc_weight <= 0 or config.algo != "spo":
+        return None
+    found = (
+        lake.sql_arrow(
+            "SELECT count(*) FROM annotations WHERE method = 'pts' "
+            f"AND ref_model_id = {sql_quote(ref_model_id)}"
+        )
+        .column(0)[0]
+        .as_py()
+    )
+    if found:
+        return None
+    return (
+        f"--mc-weight {config.mc_weight:g}: lake {lake.uri} holds no `spo pts` annotation under "
+        f"this pi_0 ({ref_model_id[:19]}), so the MC term is 0 at every step; run `spo pts` "
+        "first (docs/pts.md)"
+    )

@@ -84,6 +84,7 @@ from spo_train.train_setup import (  # noqa: F401 - re-exported (tests, CLI)
     drop_after,
     estimate_q0_command,
     lock_output,
+    mc_weight_note,
     preflight,
     q0_sampler_key,
     rebase_q0,
@@ -272,6 +273,9 @@ def _train_locked(
         online_per_step = sampler.spec.counts(config.batch_size).get("online", 0)
     else:
         online_per_step = config.batch_size
+    line = mc_weight_note(lake, config, ref_model_id)
+    if line:
+        note(line)
     for line in pending:
         say(line)
 

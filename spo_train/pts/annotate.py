@@ -178,7 +178,7 @@ class PTSReport:
     def summary(self) -> dict[str, Any]:
         done = max(self.trajectories, 1)
         return {
-            "run_id": self.run_id,
+            "run_id": self.run_id or None,  # None: nothing to annotate, no run recorded
             "selected": self.selected,
             "already_done": self.already_done,
             "trajectories": self.trajectories,
@@ -256,6 +256,9 @@ def annotate(
         todo = todo[:limit]
     if on_start:
         on_start(len(todo))
+    if not todo:  # nothing to annotate: no run is recorded (run_id stays None)
+        report.seconds = time.perf_counter() - started
+        return report
     run_config = {
         "where": where,
         "samples": samples,

@@ -33,6 +33,24 @@ def _threshold_check(v: float) -> str | None:
     return None if 0 < v < 1 else "must be in (0, 1)"
 
 
+def _plot_check(v: str | None) -> str | None:
+    """The plot's file type is checked before any work (matplotlib picks it by extension)."""
+    if v is None:
+        return None
+    from pathlib import Path
+
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(v).suffix.lower().lstrip(".")
+    if suffix not in formats:
+        return f"the file name must end in an image type ({', '.join(sorted(formats))})"
+    parent = Path(v).parent
+    if not parent.is_dir():
+        return f"its folder {str(parent)!r} does not exist"
+    return None
+
+
 @dataclass
 class PTSConfig:
     """`spo pts`: estimate S_t along successful trajectories by rollouts of pi_0, bisecting where
@@ -67,7 +85,7 @@ class PTSConfig:
     not trustworthy)"""
     unsafe_no_sandbox: bool = setting(False)
     """run programs without bubblewrap (trusted code only)"""
-    plot: str | None = setting(None, metavar="PNG")
+    plot: str | None = setting(None, metavar="PNG", check=_plot_check)
     """also draw S_t along the response of the selected annotation with the largest jump of S
     (annotated now or before) to this PNG file"""
 
