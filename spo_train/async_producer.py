@@ -12,6 +12,8 @@
   within `--staleness` of the published version), and PPO/GRPO read whole groups of this run's
   rows that no logged batch holds yet, also within `--staleness`, from the lake by id. Either
   way the batch is `(lake version, ids)`, reproducible by `spo lake batch`.
+- a background thread keeps pumping the workers (results, restarts, queues) while the
+  trainer trains;
 - `close` kills the actors and shuts down the Ray it started (`ray_session`).
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -72,6 +75,13 @@ class RayRolloutProducer:
         self.version = version
         self.stats = PoolStats()
         self._step_stats = PoolStats()
+        # A background thread pumps the pool while the trainer trains (collects results,
+        # restarts and re-weights dead workers, tops queues up): workers never wait on a long
+        # training step. Every pool access holds this lock.
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
         self._rewards: list[Any] = []
         self.idle_s = 0.0
         self._last_step_at = time.perf_counter()
@@ -116,6 +126,10 @@ class RayRolloutProducer:
                 on_restart=self._send_weights,
             )
             self._publish(policy, version)
+            self._thread = threading.Thread(
+                target=self._background, name="spo-rollout-pump", daemon=True
+            )
+            self._thread.start()
             shown = ", ".join(f"w{i} {d.describe()}" for i, d in enumerate(decodings))
             where = c.ray_address or "a local Ray"
             self.say(f"rollout workers on {where}: {shown}")
@@ -141,9 +155,10 @@ class RayRolloutProducer:
                     old.unlink()
         else:
             payload = ray.put(state)
-        self._weights = (payload, version)
-        for i in range(len(self.pool.actors)):
-            self._send_weights(i)
+        with self._lock:
+            self._weights = (payload, version)
+            for i in range(len(self.pool.actors)):
+                self._send_weights(i)
 
     def _send_weights(self, index: int) -> None:
         if self._weights is not None and self.pool is not None:
@@ -169,6 +184,26 @@ class RayRolloutProducer:
             if result["version"] is not None:
                 st.versions.append(result["version"])
         self._rewards.extend(result["rewards"])
+
+    def _background(self) -> None:
+        while not self._stop.wait(POLL_S):
+            try:
+                with self._lock:
+                    if self.pool is None:
+                        return
+                    self.pool.pump(0.0)
+            except BaseException as exc:  # noqa: BLE001 - raised in the trainer's thread
+                self._error = exc
+                return
+
+    def _pump(self, sleep_s: float = 0.0) -> None:
+        """Pump once in this thread (re-raising what the background thread met), then sleep."""
+        if self._error is not None:
+            raise self._error
+        with self._lock:
+            self.pool.pump(0.0)
+        if sleep_s:
+            time.sleep(sleep_s)
 
     # ------------------------------------------------------------------ waiting for data
     def _enough(self) -> tuple[bool, str]:
@@ -205,10 +240,8 @@ class RayRolloutProducer:
         metrics only: the batch comes from the mixture sampler). PPO/GRPO: returns the rows
         of `batch_size / rollout_n` whole groups, read from the lake."""
         assert self.pool is not None
-        self._step_stats = PoolStats()
-        self._rewards = []
         t0 = time.perf_counter()
-        self.pool.pump(0.0)
+        self._pump()
         ok, missing = self._enough()
         while not ok:
             if time.perf_counter() - t0 > MAX_WAIT_S:
@@ -217,11 +250,13 @@ class RayRolloutProducer:
                     f"still holds {missing} (policy version {self.version}, --staleness "
                     f"{self.config.staleness}); see the Ray logs under /tmp/ray"
                 )
-            self.pool.pump(POLL_S)
+            self._pump(POLL_S)
             ok, missing = self._enough()
         self.idle_s = time.perf_counter() - t0
         if self.sampler is not None:
-            return [{"reward": r} for r in self._rewards]
+            with self._lock:
+                rewards, self._rewards = self._rewards, []
+            return [{"reward": r} for r in rewards]
         need = self.config.batch_size // self.config.rollout_n
         groups = self._fresh_groups()[:need]
         ids = [i for _, g in groups for i in g]
@@ -235,7 +270,8 @@ class RayRolloutProducer:
         """This step's rollout-side metrics: trainer idle time, worker batches and rows since
         the last step, commit latency, staleness (trainer versions) of the committed rows,
         worker restarts so far."""
-        st = self._step_stats
+        with self._lock:
+            st, self._step_stats = self._step_stats, PoolStats()
         now = time.perf_counter()
         wall, self._last_step_at = now - self._last_step_at, now
         out = {
@@ -253,9 +289,14 @@ class RayRolloutProducer:
 
     def close(self) -> None:
         """Kill the workers and shut down the Ray this producer started (idempotent)."""
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        with self._lock:
+            if self.pool is not None:
+                self.pool.close()
+                self.pool = None
         if self._session is not None:
             session, self._session = self._session, None
             session.__exit__(None, None, None)

@@ -95,7 +95,7 @@ def _assert_no_leftovers(mark: str, wait_s: float = 20.0) -> None:
 def _worker_rows(lake: Lake, run_id: str):
     return lake.sql(
         "SELECT traj_id, worker_id, source, policy_version, reward, ref_model_id, "
-        f"temperature, top_p FROM trajectories WHERE run_id = '{run_id}' "
+        f"temperature, top_p FROM trajectories WHERE run_id LIKE '{run_id}' "
         "AND worker_id IS NOT NULL"
     ).to_dicts()
 
@@ -105,6 +105,41 @@ def _seqs(rows) -> dict[str, list[int]]:
     for r in rows:
         by_worker[r["worker_id"]].add(int(r["traj_id"].split("-b")[1].split("-")[0]))
     return {w: sorted(s) for w, s in by_worker.items()}
+
+
+def _check_weight_versions(lake: Lake, run: str, output: Path, pi0: Path) -> None:
+    """A row's policy_version names the weights that drew it: its stored model log-probs are
+    those of the trainer's checkpoint of that step (version 0: pi_0), and not pi_0's."""
+    import torch
+
+    from spo_train.logprobs import response_logprobs
+    from spo_train.models import load_model_and_tokenizer
+
+    drawn = lake.sql(
+        "SELECT policy_version, prompt_ids, response_ids, model_logprobs FROM trajectories "
+        f"WHERE run_id = '{run}' AND worker_id IS NOT NULL AND num_response_tokens > 0"
+    ).to_dicts()
+    versions = sorted({r["policy_version"] for r in drawn})
+    assert max(versions) >= 2, versions  # the workers took published weights
+
+    def matches(path: Path, rows: list[dict]) -> list[bool]:
+        model, tok = load_model_and_tokenizer(path)
+        lp, mask = response_logprobs(
+            model,
+            [r["prompt_ids"] for r in rows],
+            [r["response_ids"] for r in rows],
+            pad_token_id=tok.pad_token_id,
+            requires_grad=False,
+        )
+        stored = [torch.tensor(r["model_logprobs"]) for r in rows]
+        return [torch.allclose(lp[i][mask[i]], x, atol=2e-3) for i, x in enumerate(stored)]
+
+    for v in versions:
+        rows = [r for r in drawn if r["policy_version"] == v][:4]
+        path = pi0 if v == 0 else output / f"checkpoint-{v:06d}"
+        assert all(matches(path, rows)), v
+        if v > 0:  # and not pi_0's: the check tells the weights apart
+            assert not any(matches(pi0, rows)), v
 
 
 def test_spo_with_two_workers_reads_online_only_through_the_lake(
@@ -217,6 +252,9 @@ def test_grpo_with_workers_trains_whole_groups_once(
         seen += ids
     assert len(seen) == len(set(seen)), "a rollout was trained on twice"
     assert (Path(cfg.output) / "weights").is_dir()  # weights went through files
+    for b in batches:  # read through the lake: reproducible from (lake version, ids)
+        again = reproduce_batch(small_lake, run, b["step"], ["traj_id"]).table
+        assert again.column("traj_id").to_pylist() == b["traj_ids"]
 
 
 def test_worker_kill9_loses_at_most_its_batch_and_the_run_continues(
@@ -228,13 +266,26 @@ def test_worker_kill9_loses_at_most_its_batch_and_the_run_continues(
     _estimates(small_lake, tiny_model, successes_of=1)
     killed: list[int] = []
 
+    at_kill: dict[str, int] = {}
+
+    def batches_per_worker() -> dict[str, int]:
+        return {w: len(s) for w, s in _seqs(_worker_rows(small_lake, "%")).items()}
+
+    def hold_until(cond) -> None:  # the test holds the trainer, the workers run on
+        deadline = time.time() + 120
+        while time.time() < deadline and not cond():
+            time.sleep(0.2)
+
     def on_step(step: int, _m: dict) -> None:
         if step == 1 and not killed:
+            hold_until(lambda: len(batches_per_worker()) == 2)  # both committed once
+            at_kill.update(batches_per_worker())
             pids = _worker_pids()
             assert len(pids) == 2
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
-            time.sleep(2)  # Ray notices the death and restarts the actor
+        elif step == 4:  # both workers (one restarted) committed again since the kill
+            hold_until(lambda: all(batches_per_worker()[w] > n for w, n in at_kill.items()))
 
     cfg = _config(
         small_lake,
@@ -247,6 +298,8 @@ def test_worker_kill9_loses_at_most_its_batch_and_the_run_continues(
         model_update_interval=2,
         staleness=20,
         rollout_workers=2,
+        learning_rate=1e-2,  # weights move visibly per step: versions can be told apart
+        warmup_steps=0,
     )
     result = train(cfg, on_step=on_step)
     assert killed and result.steps_done == 8
@@ -259,8 +312,10 @@ def test_worker_kill9_loses_at_most_its_batch_and_the_run_continues(
     assert len(seqs) == 2 and all(s == list(range(len(s))) for s in seqs.values())
     ids = [r["traj_id"] for r in rows]
     assert len(ids) == len(set(ids))
-    # The restarted worker got the trainer's weights again (never sampled without a version).
+    # The restarted worker got the trainer's weights again (never sampled without a version),
+    # and every version names the weights that drew the row.
     assert all(r["policy_version"] is not None for r in rows)
+    _check_weight_versions(small_lake, result.run_id, Path(cfg.output), tiny_model)
 
 
 def test_rollout_job_resumes_after_an_interrupt_without_duplicates(
