@@ -64,6 +64,7 @@ def _register_all() -> None:
         lake_cmds,
         pts_cmds,
         report_cmds,
+        rollout_cmds,
         train_cmds,
     )
 
@@ -72,6 +73,7 @@ def _register_all() -> None:
         lake_admin_cmds,
         judge_cmds,
         train_cmds,
+        rollout_cmds,
         report_cmds,
         experiment_cmds,
         pts_cmds,

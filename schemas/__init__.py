@@ -23,13 +23,16 @@ Changing a schema: bump `SCHEMA_VERSION` and add a step to `spo_store.migrate.MI
   bisection threshold, successes per position, the response length in tokens, the text of
   each response token, and the `rollout_key` naming their rollouts (`trajectories` rows
   `pts-<rollout_key>@<position>#<k>`).
+- 5: trajectories gain `worker_id`, the rollout worker that sampled a row (`spo train
+  --rollout-workers N`, `spo rollout`; NULL for rows sampled in the command's own process and
+  for every row written before schema 5).
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 VERSION_KEY = b"spo.schema_version"
 
 TESTS_TYPE = pa.struct([("input", pa.list_(pa.string())), ("output", pa.list_(pa.string()))])
@@ -194,6 +197,13 @@ TRAJECTORIES = pa.schema(
             "(temperature 1, no top-p): PPO's pi_old; pi_old/mu = exp(model_logprobs - "
             "behaviour_logprobs). NULL: not sampled here (human, ingested)",
             heavy=True,
+        ),
+        _f(
+            "worker_id",
+            pa.string(),
+            "rollout worker that sampled and committed the row: '<run_id>/w<index>' "
+            "(spo train --rollout-workers, spo rollout; docs/rollouts.md). NULL: sampled in "
+            "the command's own process, or written before schema 5",
         ),
     ]
 )

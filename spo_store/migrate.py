@@ -30,6 +30,8 @@ Version history (see `spo_schemas`):
   appended get `annotation_id = 'legacy-' + sha256(traj_id, run_id, method, created_at,
   positions)` (identical rows share it) and NULL in the other new columns: what model and
   sampler their estimates came from was never recorded.
+- 4 -> 5: trajectories gain `worker_id` (the rollout worker that sampled a row), NULL on every
+  existing row: before schema 5 every row was sampled in its command's own process.
 """
 
 from __future__ import annotations
@@ -404,8 +406,37 @@ def _v3_to_v4(root: str, tag: str, report: MigrationReport, say: Callable[[str],
             _set_version(ds, 4)
 
 
+def _v4_to_v5(root: str, tag: str, report: MigrationReport, say: Callable[[str], None]) -> None:
+    ds = _open(root, "trajectories")
+    if ds is not None and schema_version_of(ds) < 5:
+        # One add-columns commit of NULLs (a rerun after a kill finds the column and skips it).
+        if "worker_id" not in ds.schema.names:
+            out_schema = pa.schema([TABLES["trajectories"].field("worker_id")])
+
+            @lance.batch_udf(output_schema=out_schema)
+            def fill(batch: pa.RecordBatch) -> pa.RecordBatch:
+                return pa.record_batch([pa.nulls(batch.num_rows, pa.string())], schema=out_schema)
+
+            ds.add_columns(fill, read_columns=["traj_id"])
+            ds = lance.dataset(ds.uri)
+        _set_version(ds, 5)
+        report.notes.append(
+            f"trajectories: worker_id added, NULL on all {ds.count_rows()} existing rows "
+            "(sampled in their command's own process)"
+        )
+        say(report.notes[-1])
+
+    for name in TABLES:
+        ds = _open(root, name)
+        if ds is None:
+            lance.write_dataset(table_schema(name).empty_table(), _table_uri(root, name))
+        elif schema_version_of(ds) < 5:
+            _set_version(ds, 5)
+
+
 MIGRATIONS: dict[int, Callable[[str, str, MigrationReport, Callable[[str], None]], None]] = {
     1: _v1_to_v2,
     2: _v2_to_v3,
     3: _v3_to_v4,
+    4: _v4_to_v5,
 }

@@ -92,6 +92,12 @@ def temperature_range_check(v: tuple[float, float]) -> str | None:
     return None
 
 
+def _decoding_check(v: str) -> str | None:
+    from spo_train.worker_spec import decoding_problem
+
+    return decoding_problem(v)
+
+
 def one_of(*choices: str) -> Check:
     return lambda v: None if v in choices else f"choose one of {', '.join(choices)}"
 
@@ -604,6 +610,30 @@ class TrainConfig:
     weights), not the current trainer step. With model_update_interval M, a step s has
     R = M * floor(s / M), so an online row can be up to staleness + M - 1 trainer steps older
     than the weights being trained (the paper's workers are stale the same way)"""
+    rollout_workers: int = setting(0, check=at_least(0), resumable_change=True)
+    """rollout workers as Ray actors that sample, judge and append to the lake while the
+    trainer trains (0: the trainer samples in its own loop, one batch per step; docs/rollouts.md)
+
+    Each worker has its own decoding config (rollout_worker_decoding) and commits whole batches;
+    the trainer reads their rows only through the lake (SPO: the mixture's `online` source,
+    within staleness; PPO/GRPO: whole groups not trained on yet, within staleness) and waits
+    when too few are there"""
+    rollout_worker_decoding: str | None = setting(
+        None, check=lambda v: _decoding_check(v), metavar="SPEC;SPEC"
+    )
+    """per-worker decoding, ';'-separated, cycled over the workers: POLICY[:LOW-HIGH[:TOP_P]]
+    with POLICY current (the trainer's weights) or reference (pi_0, rows written as source
+    pi0), e.g. "current;reference:1:1". Not set: every worker samples the current policy at
+    rollout_temperature and rollout_top_p"""
+    ray_address: str | None = setting(None, metavar="ADDR", resumable_change=True)
+    """Ray cluster to run rollout workers on (e.g. ray://head:10001 or auto); not set: a local
+    Ray started and shut down by the command"""
+    weight_sync: str = setting(
+        "object_store", check=one_of("object_store", "checkpoint"), resumable_change=True
+    )
+    """how rollout workers get new weights: object_store (ray.put of the state dict) or
+    checkpoint (a file under output/weights that every worker reads: models too large for the
+    object store; the path must be visible to the workers)"""
     rollout_n: int = setting(
         4, check=at_least(1), trl="num_generations", verl="actor_rollout_ref.rollout.n"
     )
@@ -718,8 +748,15 @@ class TrainConfig:
     """keep only the newest N checkpoints, deleting older ones (not set: keep all)"""
     seed: int = setting(0, check=at_least(0), trl="seed")
     """seeds data order, rollouts and init"""
-    workers: int | None = setting(None, check=at_least(1), resumable_change=True)
-    """judge processes (default: all cores)"""
+    workers: int | None = setting(
+        None,
+        flag="--judge-workers",
+        aliases=("--workers",),
+        check=at_least(1),
+        resumable_change=True,
+    )
+    """judge processes (default: all cores); --workers is its old name, kept as an alias
+    (renamed beside --rollout-workers)"""
     device: str = setting("cpu", resumable_change=True)
     """torch device (cpu, cuda, cuda:1, ...)"""
     resume: bool = setting(
@@ -779,6 +816,17 @@ class TrainConfig:
                     "--algo spo for offline data",
                     exit_code=1,
                 )
+            if self.rollout_workers and self.rollout_worker_decoding:
+                from spo_train.worker_spec import parse_decoding
+
+                specs = parse_decoding(self.rollout_worker_decoding, (1.0, 1.0), 1.0)
+                if any(d.policy == "reference" for d in specs):
+                    raise SpoError(
+                        f"--rollout-worker-decoding {self.rollout_worker_decoding}: --algo "
+                        f"{self.algo} trains on rollouts of the current policy only; a "
+                        "reference worker's rows would never be used (use --algo spo, whose "
+                        "pi0 source draws them)"
+                    )
             if self.batch_size % self.rollout_n:
                 raise SpoError(
                     f"--batch-size {self.batch_size} is not a multiple of --rollout-n "
@@ -837,8 +885,10 @@ class SamplingConfig:
     """lake URI (default: $SPO_LAKE, else ./spo-lake)"""
     backend: str = setting("transformers", check=one_of("transformers", "vllm"))
     """generation backend: transformers or vllm (vllm only where it is installed)"""
-    workers: int | None = setting(None, check=at_least(1))
-    """judge processes (default: all cores)"""
+    workers: int | None = setting(
+        None, flag="--judge-workers", aliases=("--workers",), check=at_least(1)
+    )
+    """judge processes (default: all cores; --workers: the old name)"""
     include_unreliable: bool = setting(False)
     """keep problems with a judge_issue (left out by default: their rewards are not
     trustworthy)"""

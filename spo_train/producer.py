@@ -3,9 +3,11 @@
 The learner (`spo_train.trainer`) calls `RolloutProducer.produce(step)` once per step and
 `sync(policy, version)` every `model_update_interval` steps. The producer holds its own copy of
 the policy (the rollout policy: stale by up to `model_update_interval - 1` steps, as the paper's
-workers are), so moving it into a Ray actor (next issue) changes where `produce` runs, not what
-it writes: rows carry the rollout policy's version, the sampler settings and the log-probs of
-both the sampling distribution and the sampling model (see `spo_train.rollout`).
+workers are). `spo train --rollout-workers N` replaces it with
+`spo_train.async_producer.RayRolloutProducer` (same interface; Ray actors sample while the
+trainer trains, docs/rollouts.md); either way rows carry the rollout policy's version, the
+sampler settings and the log-probs of both the sampling distribution and the sampling model
+(see `spo_train.rollout`).
 """
 
 from __future__ import annotations

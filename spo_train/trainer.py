@@ -8,6 +8,8 @@ Reads top to bottom (CleanRL style). Each step:
 3. the batch: SPO draws it from the lake by the SQL mixture (`online` = this run's rollouts
    within the staleness bound); PPO and GRPO take exactly this step's rollouts (whole groups);
    either way it is logged as `(lake version, trajectory ids)` in `batches`;
+   (with `rollout_workers`, steps 1-2 run on Ray actors all the time and the step waits until
+   the lake holds its data: `spo_train.async_producer`, docs/rollouts.md)
 4. token ids and pi_0 log-probs come from the rows or the lake's cache (`spo_train.batch`);
 5. the algorithm (`spo_train.algorithms.<algo>`) computes its loss and takes its optimizer
    step(s) through `PolicyLearner`;
@@ -308,7 +310,7 @@ def _train_locked(
             "train", dataclasses.asdict(config), model_id=ref_model_id, tokenizer_id=tokenizer_id
         )
     # From here the run is recorded: whatever stops it ends it (run_status), never `running`.
-    writer = wandb_run = None
+    writer = wandb_run = producer = None
     ckpt_step = start_step  # the step of the newest checkpoint this run can resume from
     mid_update = False  # inside a step's optimizer update (a checkpoint then is inconsistent)
     result = TrainResult(run_id=run_id, steps_done=start_step, output=output, algo=config.algo)
@@ -342,23 +344,41 @@ def _train_locked(
         # Saved resolved: the lake $SPO_LAKE named, the output as an absolute path.
         saved = dataclasses.replace(config, lake=lake.uri, output=str(output.resolve()))
         write_config(output, saved, run_id, say, resumed=ckpt is not None)
-        producer = RolloutProducer(
-            lake,
-            policy,
-            tokenizer,
-            config=config,
-            problems=train_problems,
-            run_id=run_id,
-            tokenizer_id=tokenizer_id,
-            ref_model_id=ref_model_id,
-            online_per_step=online_per_step,
-            version=start_step,  # the rollout policy starts with the weights it was loaded with
-        )
+        if sampler is not None:
+            sampler.run_id = run_id
+        if config.rollout_workers:  # Ray actors; the trainer reads their rows from the lake
+            from spo_train.async_producer import RayRolloutProducer
+
+            producer = RayRolloutProducer(
+                lake,
+                policy,
+                config=config,
+                model_path=pi0_path,
+                problems=train_problems,
+                run_id=run_id,
+                tokenizer_id=tokenizer_id,
+                ref_model_id=ref_model_id,
+                online_per_step=online_per_step,
+                version=start_step,
+                sampler=sampler,
+                say=say,
+            )
+        else:
+            producer = RolloutProducer(
+                lake,
+                policy,
+                tokenizer,
+                config=config,
+                problems=train_problems,
+                run_id=run_id,
+                tokenizer_id=tokenizer_id,
+                ref_model_id=ref_model_id,
+                online_per_step=online_per_step,
+                version=start_step,  # the rollout policy starts with the weights it was loaded with
+            )
         ref_cache = ReferenceCache(
             lake, tokenizer, tokenizer_id, ref_model, ref_model_id, run_id, config.micro_batch_size
         )
-        if sampler is not None:
-            sampler.run_id = run_id
         if config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -518,6 +538,8 @@ def _train_locked(
                     "train/ref_forward_rows": float(prepared.ref_forwards),
                 }
             )
+            if hasattr(producer, "metrics"):  # rollout workers: idle time, commits, staleness
+                metrics.update(producer.metrics())
             metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
             lake.log_metrics(run_id, step, metrics)
             if writer:
@@ -549,6 +571,8 @@ def _train_locked(
         lake.end_run(run_id, run_status(exc))
         raise
     finally:
+        if producer is not None and hasattr(producer, "close"):
+            producer.close()  # rollout workers and the Ray this run started, on every exit
         if writer:
             writer.close()
         if wandb_run:

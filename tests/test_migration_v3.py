@@ -89,7 +89,9 @@ def test_migrate_keeps_every_row_and_splits_the_logprobs(v2_lake: Path) -> None:
     kept = nulled = 0
     for traj_id, r in new.items():
         was = old[traj_id]
-        same = {k: v for k, v in r.items() if k not in ("behaviour_logprobs", "model_logprobs")}
+        # (worker_id: added NULL by the later 4 -> 5 step)
+        later = ("behaviour_logprobs", "model_logprobs", "worker_id")
+        same = {k: v for k, v in r.items() if k not in later}
         assert same == {k: v for k, v in was.items() if k != "behaviour_logprobs"}
         assert r["model_logprobs"] == was["behaviour_logprobs"]  # the raw T=1 log-probs
         if was["behaviour_logprobs"] is None:  # human rows: neither
@@ -101,8 +103,9 @@ def test_migrate_keeps_every_row_and_splits_the_logprobs(v2_lake: Path) -> None:
             assert r["behaviour_logprobs"] is None
             nulled += 1
     assert kept and nulled and kept + nulled == len(sampled)
-    assert f"kept on {kept} rows" in summary["notes"][-1]
-    assert f"NULL on {nulled} rows" in summary["notes"][-1]
+    note = next(n for n in summary["notes"] if "behaviour_logprobs kept" in n)
+    assert f"kept on {kept} rows" in note
+    assert f"NULL on {nulled} rows" in note
 
     # The new code opens and queries it; the v2 lake stays readable under its tag.
     lake = Lake.open(v2_lake, create=False)

@@ -64,11 +64,16 @@ def test_v3_lake_is_refused_then_migrates_keeping_every_row(v3_lake: Path) -> No
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert (summary["from_version"], summary["to_version"]) == (3, SCHEMA_VERSION)
     assert lake_schema_version(v3_lake) == SCHEMA_VERSION
-    assert "annotations: 2 rows written before schema 4" in summary["notes"][-1]
+    assert any("annotations: 2 rows written before schema 4" in n for n in summary["notes"])
 
     for table in TABLES:  # every other table is the same, row for row
         if table != "annotations":
-            assert _rows(v3_lake, table) == old[table], table
+            # (columns later schemas add, such as trajectories.worker_id in 5, are NULL)
+            got = [
+                {k: r[k] for k in (old[table][0] if old[table] else r)}
+                for r in _rows(v3_lake, table)
+            ]
+            assert got == old[table], table
     new = _rows(v3_lake, "annotations")
     assert [{k: r[k] for k in V3_COLUMNS} for r in new] == old["annotations"]
     for r in new:
