@@ -5,7 +5,12 @@ A mixture names sources with weights. Each source is a SQL predicate over the al
 1. a `MetadataIndex` keeps the light columns of `trajectories` (and `problems`) in memory and
    refreshes incrementally when the lake version moves (appends add fragments; only those are
    read);
-2. each source's candidate rows are computed once per lake version by DuckDB over that index;
+2. each source's candidate rows are computed by DuckDB over that index and kept: when the
+   trajectories table only grew by appends, only the new rows are evaluated and merged in
+   (content-hash dedup included); deletions, updates, compaction or a change of problems,
+   q0 estimates or annotations recompute them whole. The merged set equals a full recompute
+   (tested), so a batch depends only on `(lake version, seed, step)`. The policy-version window
+   of `online` is applied to its kept set per call, so a new policy version costs no query;
 3. per-source counts are exact (largest remainder), the draw is seeded by `(seed, step)`;
 4. the heavy columns (text, token ids, log-probs) are fetched by row with Lance `take` from the
    pinned version, and `(lake version, trajectory ids)` identifies the batch for reproduction.
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +37,7 @@ import duckdb
 import lance
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from spo_schemas import light_columns
 
 from spo_store.errors import SpoError
@@ -39,11 +46,11 @@ from spo_store.q0_estimates import problems_with_q0_sql
 
 # Predicates over t (trajectories) and p (problems). {run_id}, {policy_version} and {staleness}
 # are filled from the sampling context; a source that needs them fails clearly without one.
+# The staleness window: a source whose predicate ends with `AND <POLICY_WINDOW>` keeps its
+# candidates without the window (they grow with appends) and applies it per policy version.
+POLICY_WINDOW = "t.policy_version BETWEEN {policy_version} - {staleness} AND {policy_version}"
 BUILTIN_SOURCES: dict[str, str] = {
-    "online": (
-        "t.source = 'online' AND t.run_id = {run_id} "
-        "AND t.policy_version BETWEEN {policy_version} - {staleness} AND {policy_version}"
-    ),
+    "online": "t.source = 'online' AND t.run_id = {run_id} AND " + POLICY_WINDOW,
     "offline": (
         "t.reward = 0 AND t.language = 'python3' "
         "AND NOT (t.source = 'online' AND t.run_id = {run_id})"
@@ -64,6 +71,35 @@ DEDUPLICATED = {"offline", "human"}
 BASE_PREDICATE = "t.reward IS NOT NULL AND p.q0 IS NOT NULL"
 # ... and, unless the sampler is told to include them, problems the judge handles reliably.
 RELIABLE_PREDICATE = "p.judge_issue IS NULL"
+# A predicate naming the trajectories index itself (a subquery over other rows) is not a
+# per-row test: adding rows can change old rows' membership, so it is recomputed whole.
+_WHOLE_TABLE = re.compile(r"\bt_index\b", re.IGNORECASE)
+
+
+def split_window(template: str) -> tuple[str, bool]:
+    """`(predicate without the trailing policy window, True)` for a source that ends with
+    `AND <POLICY_WINDOW>` and uses `{policy_version}` nowhere else (nor a top-level-looking
+    OR, whose precedence the split could change); else `(template, False)`."""
+    suffix = " AND " + POLICY_WINDOW
+    if template.endswith(suffix):
+        head = template[: -len(suffix)]
+        if "{policy_version}" not in head and " or " not in f" {head.lower()} ":
+            return head, True
+    return template, False
+
+
+@dataclass
+class _Candidates:
+    """A source's kept candidate set: row positions (sorted) of the index at `epoch`, computed
+    over its first `rows` rows under `problems_version`; `hashes`/`traj_ids` align with
+    `positions` for deduplicated sources (the current winner of each content hash)."""
+
+    epoch: int
+    problems_version: tuple[int, ...]
+    rows: int
+    positions: np.ndarray
+    hashes: pa.Array | None = None
+    traj_ids: pa.Array | None = None
 
 
 @dataclass(frozen=True)
@@ -172,7 +208,10 @@ class MetadataIndex:
         self.trajectories: pa.Table | None = None
         self.problems: pa.Table | None = None
         self.annotations: pa.Table | None = None
-        self._fragments: list[tuple[int, int, Any]] = []
+        self._fragments: list[tuple[Any, ...]] = []
+        # Bumped by every full reload: positions of one epoch stay valid while it lasts (only
+        # appends happened), so candidate sets computed in it can be extended.
+        self.epoch = 0
         # (problems, q0_estimates, annotations) versions: what the candidates also depend on
         self._problems_version: tuple[int, ...] = (-1, -1, -1)
         self._q0_sql = problems_with_q0_sql(ref_model_id, q0_sampler_key, beta)
@@ -198,7 +237,17 @@ class MetadataIndex:
         if ds.version == self.version:
             return changed
         frags = ds.get_fragments()
-        sig = [(f.fragment_id, f.metadata.physical_rows, f.metadata.deletion_file) for f in frags]
+        # A fragment is unchanged while its rows, deletions and data files are (a column
+        # rewritten in place would change the files).
+        sig = [
+            (
+                f.fragment_id,
+                f.metadata.physical_rows,
+                f.metadata.deletion_file,
+                tuple(d.path for d in f.metadata.files),
+            )
+            for f in frags
+        ]
         cols = light_columns("trajectories")
         if self.trajectories is not None and sig[: len(self._fragments)] == self._fragments:
             new = frags[len(self._fragments) :]
@@ -208,16 +257,20 @@ class MetadataIndex:
             table = pa.concat_tables(parts)
         else:
             table = ds.to_table(columns=cols, scan_in_order=True)
+            self.epoch += 1
         self.trajectories = table.append_column(
             "_pos", pa.array(np.arange(table.num_rows, dtype=np.int64))
         )
         self.dataset, self.version, self._fragments = ds, ds.version, sig
         return True
 
-    def query(self, sql: str) -> pa.Table:
+    def query(self, sql: str, *, start: int = 0) -> pa.Table:
+        """Run `sql` over `t_index` (trajectories from row `start` on: a zero-copy slice, so
+        new rows are evaluated without scanning old ones), `p_index` and `annotations`."""
         con = duckdb.connect()
         try:
-            con.register("t_index", self.trajectories)
+            t = self.trajectories if start == 0 else self.trajectories.slice(start)
+            con.register("t_index", t)
             con.register("p_index", self.problems)
             con.register("annotations", self.annotations)
             return con.sql(sql).to_arrow_table()
@@ -260,9 +313,12 @@ class MixtureSampler:
         self.ref_model_id = ref_model_id
         self.index = MetadataIndex(lake, ref_model_id, q0_sampler_key, beta)
         self.lake = lake
-        self._candidates: dict[tuple[str, int, tuple[int, int], int], np.ndarray] = {}
+        self._candidates: dict[tuple[str, int | None], _Candidates] = {}
+        self.stats = {"full": 0, "incremental": 0}
+        """How candidate sets were brought up to date: `full` recomputes, `incremental`
+        extensions over appended rows (benchmarks and tests read it)."""
 
-    def _predicate(self, name: str, policy_version: int) -> str:
+    def _predicate(self, name: str, policy_version: int, template: str | None = None) -> str:
         params = {
             "run_id": "NULL" if self.run_id is None else "'" + self.run_id.replace("'", "''") + "'",
             "policy_version": str(int(policy_version)),
@@ -272,7 +328,7 @@ class MixtureSampler:
             else "'" + self.ref_model_id.replace("'", "''") + "'",
         }
         try:
-            pred = self.sources[name].format(**params)
+            pred = (self.sources[name] if template is None else template).format(**params)
         except KeyError as exc:
             raise SpoError(f"source {name!r}: unknown placeholder {exc}") from None
         where = f"({BASE_PREDICATE}) AND ({pred})"
@@ -300,29 +356,125 @@ class MixtureSampler:
         return {r["reason"]: int(r["n"]) for r in rows}
 
     def candidates(self, name: str, policy_version: int = 0) -> np.ndarray:
-        """Row positions (at the index's version) that source `name` may draw from."""
-        # problems (and their q0) move independently of trajectories: both versions key the cache
-        key = (
-            name,
-            self.index.version,
-            self.index._problems_version,
-            policy_version if name == "online" else 0,
+        """Row positions (at the index's version, ascending) that source `name` may draw from.
+
+        Equal to evaluating the whole predicate over the whole index (see the module docstring
+        for when the kept set is extended instead); raises SpoError for a bad predicate.
+        """
+        template, windowed = split_window(self.sources[name])
+        windowed = windowed and name not in DEDUPLICATED
+        varies = "{policy_version}" in template
+        key = (name, policy_version if varies else None)
+        idx = self.index
+        n = idx.trajectories.num_rows if idx.trajectories is not None else 0
+        kept = self._candidates.get(key)
+        row_local = not _WHOLE_TABLE.search(template)
+        if (
+            kept is not None
+            and kept.epoch == idx.epoch
+            and kept.problems_version == idx._problems_version
+            and kept.rows <= n
+            and (row_local or kept.rows == n)
+        ):
+            if kept.rows < n:
+                self._extend(name, template, policy_version, kept, n)
+        else:
+            kept = self._full(name, template, policy_version, n)
+            if varies:  # one kept set per source and policy version is plenty
+                self._candidates = {k: v for k, v in self._candidates.items() if k[0] != name}
+            self._candidates[key] = kept
+        if not windowed:
+            return kept.positions
+        lo, hi = int(policy_version) - int(self.staleness), int(policy_version)
+        pv = idx.trajectories.column("policy_version").take(pa.array(kept.positions))
+        inside = pc.and_(pc.greater_equal(pv, lo), pc.less_equal(pv, hi)).fill_null(False)
+        return kept.positions[np.asarray(inside.to_numpy(zero_copy_only=False), dtype=bool)]
+
+    def _select(self, name: str, template: str, policy_version: int, *, start: int) -> pa.Table:
+        where = self._predicate(name, policy_version, template)
+        sql = (
+            "SELECT t._pos, t.content_hash, t.traj_id FROM t_index t "
+            f"JOIN p_index p USING (problem_id) WHERE {where}"
         )
-        if key not in self._candidates:
-            where = self._predicate(name, policy_version)
-            select = "t._pos, t.content_hash, t.traj_id"
-            sql = f"SELECT {select} FROM t_index t JOIN p_index p USING (problem_id) WHERE {where}"
-            if name in DEDUPLICATED:
-                sql += " QUALIFY row_number() OVER (PARTITION BY t.content_hash ORDER BY t.traj_id) = 1"
-            sql += " ORDER BY t._pos"
-            try:
-                rows = self.index.query(sql)
-            except duckdb.Error as exc:
-                first = str(exc).strip().splitlines()[0]
-                raise SpoError(f"source {name!r}: bad SQL predicate ({first})") from None
-            self._candidates = {k: v for k, v in self._candidates.items() if k[1:3] == key[1:3]}
-            self._candidates[key] = rows.column("_pos").to_numpy()
-        return self._candidates[key]
+        if name in DEDUPLICATED and start == 0:
+            # ties of traj_id (appends do not dedupe ids) go to the first row: deterministic
+            sql += (
+                " QUALIFY row_number() OVER (PARTITION BY t.content_hash "
+                "ORDER BY t.traj_id, t._pos) = 1"
+            )
+        sql += " ORDER BY t._pos"
+        try:
+            return self.index.query(sql, start=start)
+        except duckdb.Error as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise SpoError(f"source {name!r}: bad SQL predicate ({first})") from None
+
+    def _full(self, name: str, template: str, policy_version: int, n: int) -> _Candidates:
+        rows = self._select(name, template, policy_version, start=0)
+        self.stats["full"] += 1
+        dedup = name in DEDUPLICATED
+        return _Candidates(
+            epoch=self.index.epoch,
+            problems_version=self.index._problems_version,
+            rows=n,
+            positions=rows.column("_pos").to_numpy(),
+            hashes=rows.column("content_hash").combine_chunks() if dedup else None,
+            traj_ids=rows.column("traj_id").combine_chunks() if dedup else None,
+        )
+
+    def _extend(
+        self, name: str, template: str, policy_version: int, kept: _Candidates, n: int
+    ) -> None:
+        """Evaluate the predicate over rows `kept.rows..n` only and merge them into `kept`.
+
+        Deduplicated sources keep one row per content hash, the smallest `(traj_id, row)`:
+        an old winner can only be displaced by a new row of its hash, so only those hashes
+        are re-decided."""
+        new = self._select(name, template, policy_version, start=kept.rows)
+        self.stats["incremental"] += 1
+        kept.rows = n
+        if new.num_rows == 0:
+            return
+        if name not in DEDUPLICATED:
+            kept.positions = np.concatenate([kept.positions, new.column("_pos").to_numpy()])
+            return
+        assert kept.hashes is not None and kept.traj_ids is not None
+        new_hashes = new.column("content_hash").combine_chunks()
+        touched = pc.is_in(kept.hashes, value_set=new_hashes.unique(), skip_nulls=False)
+        touched = np.asarray(touched.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+        contenders = [
+            (h, t, int(p))
+            for h, t, p in zip(
+                kept.hashes.filter(pa.array(touched)).to_pylist(),
+                kept.traj_ids.filter(pa.array(touched)).to_pylist(),
+                kept.positions[touched],
+                strict=True,
+            )
+        ]
+        contenders += zip(
+            new_hashes.to_pylist(),
+            new.column("traj_id").to_pylist(),
+            new.column("_pos").to_pylist(),
+            strict=True,
+        )
+        best: dict[Any, tuple[str, int]] = {}
+        for h, t, p in contenders:
+            if h not in best or (t, p) < best[h]:
+                best[h] = (t, p)
+        keep = ~touched
+        positions = np.concatenate(
+            [kept.positions[keep], np.array([p for _, p in best.values()], dtype=np.int64)]
+        )
+        hashes = pa.concat_arrays(
+            [kept.hashes.filter(pa.array(keep)), pa.array(list(best), pa.string())]
+        )
+        traj_ids = pa.concat_arrays(
+            [kept.traj_ids.filter(pa.array(keep)), pa.array([t for t, _ in best.values()])]
+        )
+        order = np.argsort(positions, kind="stable")
+        kept.positions = positions[order]
+        kept.hashes = hashes.take(pa.array(order))
+        kept.traj_ids = traj_ids.take(pa.array(order))
 
     def check_sources(self) -> None:
         """Raise SpoError (`why_empty`'s line) for the first source with weight > 0, other than
