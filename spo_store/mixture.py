@@ -26,29 +26,29 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import duckdb
-import lance
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from spo_schemas import light_columns
 
 from spo_store.errors import SpoError
 from spo_store.lake import Lake
-from spo_store.q0_estimates import problems_with_q0_sql
+from spo_store.mixture_index import (
+    POLICY_WINDOW,
+    WHOLE_TABLE,
+    KeptCandidates,
+    MetadataIndex,
+    merge_deduplicated,
+    split_window,
+)
 
 # Predicates over t (trajectories) and p (problems). {run_id}, {policy_version} and {staleness}
 # are filled from the sampling context; a source that needs them fails clearly without one.
-# The staleness window: a source whose predicate ends with `AND <POLICY_WINDOW>` keeps its
-# candidates without the window (they grow with appends) and applies it per policy version.
-POLICY_WINDOW = "t.policy_version BETWEEN {policy_version} - {staleness} AND {policy_version}"
 BUILTIN_SOURCES: dict[str, str] = {
     "online": "t.source = 'online' AND t.run_id = {run_id} AND " + POLICY_WINDOW,
     "offline": (
@@ -71,35 +71,6 @@ DEDUPLICATED = {"offline", "human"}
 BASE_PREDICATE = "t.reward IS NOT NULL AND p.q0 IS NOT NULL"
 # ... and, unless the sampler is told to include them, problems the judge handles reliably.
 RELIABLE_PREDICATE = "p.judge_issue IS NULL"
-# A predicate naming the trajectories index itself (a subquery over other rows) is not a
-# per-row test: adding rows can change old rows' membership, so it is recomputed whole.
-_WHOLE_TABLE = re.compile(r"\bt_index\b", re.IGNORECASE)
-
-
-def split_window(template: str) -> tuple[str, bool]:
-    """`(predicate without the trailing policy window, True)` for a source that ends with
-    `AND <POLICY_WINDOW>` and uses `{policy_version}` nowhere else (nor a top-level-looking
-    OR, whose precedence the split could change); else `(template, False)`."""
-    suffix = " AND " + POLICY_WINDOW
-    if template.endswith(suffix):
-        head = template[: -len(suffix)]
-        if "{policy_version}" not in head and " or " not in f" {head.lower()} ":
-            return head, True
-    return template, False
-
-
-@dataclass
-class _Candidates:
-    """A source's kept candidate set: row positions (sorted) of the index at `epoch`, computed
-    over its first `rows` rows under `problems_version`; `hashes`/`traj_ids` align with
-    `positions` for deduplicated sources (the current winner of each content hash)."""
-
-    epoch: int
-    problems_version: tuple[int, ...]
-    rows: int
-    positions: np.ndarray
-    hashes: pa.Array | None = None
-    traj_ids: pa.Array | None = None
 
 
 @dataclass(frozen=True)
@@ -188,98 +159,6 @@ class SampledBatch:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-class MetadataIndex:
-    """Light columns of trajectories and problems in memory, refreshed incrementally.
-
-    `problems` also carries the q0 columns of `problems_with_q0_sql(ref_model_id,
-    q0_sampler_key, beta)`; it is rebuilt when `problems` or `q0_estimates` moves.
-    """
-
-    def __init__(
-        self,
-        lake: Lake,
-        ref_model_id: str | None = None,
-        q0_sampler_key: str | None = None,
-        beta: float | None = None,
-    ) -> None:
-        self.lake = lake
-        self.version = -1
-        self.dataset: lance.LanceDataset | None = None
-        self.trajectories: pa.Table | None = None
-        self.problems: pa.Table | None = None
-        self.annotations: pa.Table | None = None
-        self._fragments: list[tuple[Any, ...]] = []
-        # Bumped by every full reload: positions of one epoch stay valid while it lasts (only
-        # appends happened), so candidate sets computed in it can be extended.
-        self.epoch = 0
-        self._con: duckdb.DuckDBPyConnection | None = None
-        # (problems, q0_estimates, annotations) versions: what the candidates also depend on
-        self._problems_version: tuple[int, ...] = (-1, -1, -1)
-        self._q0_sql = problems_with_q0_sql(ref_model_id, q0_sampler_key, beta)
-
-    def refresh(self) -> bool:
-        """Bring the index to the latest lake version; True when anything changed."""
-        ds = self.lake.dataset("trajectories")
-        pds = self.lake.dataset("problems")
-        qds = self.lake.dataset("q0_estimates")
-        ads = self.lake.dataset("annotations")
-        changed = False
-        if (pds.version, qds.version, ads.version) != self._problems_version:
-            con = duckdb.connect()
-            try:
-                con.register("problems", pds.to_table(columns=light_columns("problems")))
-                con.register("q0_estimates", qds.to_table())
-                self.problems = con.sql(self._q0_sql).to_arrow_table()
-            finally:
-                con.close()
-            self.annotations = ads.to_table(columns=light_columns("annotations"))
-            self._problems_version = (pds.version, qds.version, ads.version)
-            changed = True
-        if ds.version == self.version:
-            return changed
-        frags = ds.get_fragments()
-        # A fragment is unchanged while its rows, deletions and data files are (a column
-        # rewritten in place would change the files).
-        sig = [
-            (
-                f.fragment_id,
-                f.metadata.physical_rows,
-                f.metadata.deletion_file,
-                tuple(d.path for d in f.metadata.files),
-            )
-            for f in frags
-        ]
-        cols = light_columns("trajectories")
-        if self.trajectories is not None and sig[: len(self._fragments)] == self._fragments:
-            new = frags[len(self._fragments) :]
-            parts = [self.trajectories.drop_columns(["_pos"])]
-            if new:
-                parts.append(ds.scanner(columns=cols, fragments=new, scan_in_order=True).to_table())
-            table = pa.concat_tables(parts)
-        else:
-            table = ds.to_table(columns=cols, scan_in_order=True)
-            self.epoch += 1
-        self.trajectories = table.append_column(
-            "_pos", pa.array(np.arange(table.num_rows, dtype=np.int64))
-        )
-        self.dataset, self.version, self._fragments = ds, ds.version, sig
-        return True
-
-    def query(self, sql: str, *, start: int = 0) -> pa.Table:
-        """Run `sql` over `t_index` (trajectories from row `start` on: a zero-copy slice, so
-        new rows are evaluated without scanning old ones), `p_index` and `annotations`."""
-        # One connection for the index's life: opening one costs ~10 ms, more than a query
-        # over a few new rows; registering an Arrow table again replaces the view.
-        if self._con is None:
-            self._con = duckdb.connect()
-        con = self._con
-        t = self.trajectories if start == 0 else self.trajectories.slice(start)
-        con.register("t_index", t)
-        con.register("p_index", self.problems)
-        con.register("annotations", self.annotations)
-        return con.sql(sql).to_arrow_table()
-
-
 class MixtureSampler:
     """Seeded, reproducible mixture batches from the lake (see the module docstring)."""
 
@@ -315,7 +194,7 @@ class MixtureSampler:
         self.ref_model_id = ref_model_id
         self.index = MetadataIndex(lake, ref_model_id, q0_sampler_key, beta)
         self.lake = lake
-        self._candidates: dict[tuple[str, int | None], _Candidates] = {}
+        self._candidates: dict[tuple[str, int | None], KeptCandidates] = {}
         self.stats = {"full": 0, "incremental": 0}
         """How candidate sets were brought up to date: `full` recomputes, `incremental`
         extensions over appended rows (benchmarks and tests read it)."""
@@ -370,7 +249,7 @@ class MixtureSampler:
         idx = self.index
         n = idx.trajectories.num_rows if idx.trajectories is not None else 0
         kept = self._candidates.get(key)
-        row_local = not _WHOLE_TABLE.search(template)
+        row_local = not WHOLE_TABLE.search(template)
         if (
             kept is not None
             and kept.epoch == idx.epoch
@@ -411,11 +290,11 @@ class MixtureSampler:
             first = str(exc).strip().splitlines()[0]
             raise SpoError(f"source {name!r}: bad SQL predicate ({first})") from None
 
-    def _full(self, name: str, template: str, policy_version: int, n: int) -> _Candidates:
+    def _full(self, name: str, template: str, policy_version: int, n: int) -> KeptCandidates:
         rows = self._select(name, template, policy_version, start=0)
         self.stats["full"] += 1
         dedup = name in DEDUPLICATED
-        return _Candidates(
+        return KeptCandidates(
             epoch=self.index.epoch,
             problems_version=self.index._problems_version,
             rows=n,
@@ -425,13 +304,11 @@ class MixtureSampler:
         )
 
     def _extend(
-        self, name: str, template: str, policy_version: int, kept: _Candidates, n: int
+        self, name: str, template: str, policy_version: int, kept: KeptCandidates, n: int
     ) -> None:
         """Evaluate the predicate over rows `kept.rows..n` only and merge them into `kept`.
 
-        Deduplicated sources keep one row per content hash, the smallest `(traj_id, row)`:
-        an old winner can only be displaced by a new row of its hash, so only those hashes
-        are re-decided."""
+        Deduplicated sources are merged by `merge_deduplicated`."""
         new = self._select(name, template, policy_version, start=kept.rows)
         self.stats["incremental"] += 1
         kept.rows = n
@@ -440,43 +317,7 @@ class MixtureSampler:
         if name not in DEDUPLICATED:
             kept.positions = np.concatenate([kept.positions, new.column("_pos").to_numpy()])
             return
-        assert kept.hashes is not None and kept.traj_ids is not None
-        new_hashes = new.column("content_hash").combine_chunks()
-        touched = pc.is_in(kept.hashes, value_set=new_hashes.unique(), skip_nulls=False)
-        touched = np.asarray(touched.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
-        contenders = [
-            (h, t, int(p))
-            for h, t, p in zip(
-                kept.hashes.filter(pa.array(touched)).to_pylist(),
-                kept.traj_ids.filter(pa.array(touched)).to_pylist(),
-                kept.positions[touched],
-                strict=True,
-            )
-        ]
-        contenders += zip(
-            new_hashes.to_pylist(),
-            new.column("traj_id").to_pylist(),
-            new.column("_pos").to_pylist(),
-            strict=True,
-        )
-        best: dict[Any, tuple[str, int]] = {}
-        for h, t, p in contenders:
-            if h not in best or (t, p) < best[h]:
-                best[h] = (t, p)
-        keep = ~touched
-        positions = np.concatenate(
-            [kept.positions[keep], np.array([p for _, p in best.values()], dtype=np.int64)]
-        )
-        hashes = pa.concat_arrays(
-            [kept.hashes.filter(pa.array(keep)), pa.array(list(best), pa.string())]
-        )
-        traj_ids = pa.concat_arrays(
-            [kept.traj_ids.filter(pa.array(keep)), pa.array([t for t, _ in best.values()])]
-        )
-        order = np.argsort(positions, kind="stable")
-        kept.positions = positions[order]
-        kept.hashes = hashes.take(pa.array(order))
-        kept.traj_ids = traj_ids.take(pa.array(order))
+        merge_deduplicated(kept, new)
 
     def check_sources(self) -> None:
         """Raise SpoError (`why_empty`'s line) for the first source with weight > 0, other than

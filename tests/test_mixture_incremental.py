@@ -155,7 +155,18 @@ def test_an_append_extends_and_a_delete_recomputes(tmp_path) -> None:
     fresh = _sampler(lake)
     assert fresh.sample(8, step=2, policy_version=5).traj_ids == batch.traj_ids
     assert batch.version > first.version
+    # a row of a new hash is appended to the kept set as it is
+    lake.append(
+        "trajectories", [{**base, "traj_id": "z9", "source": "human", "content_hash": "fresh"}]
+    )
+    sampler.index.refresh()
+    kept = sampler.index.trajectories.take(sampler.candidates("offline"))
+    assert kept.column("traj_id").to_pylist()[-1] == "z9"
+    fresh = _sampler(lake)
+    fresh.index.refresh()
+    assert sampler.candidates("offline").tolist() == fresh.candidates("offline").tolist()
+    assert sampler.stats == {"full": 2, "incremental": 3}
     # a delete moves positions: recomputed whole
     lake.delete_rows("trajectories", "traj_id = 'h0'")
     sampler.sample(8, step=3, policy_version=5)
-    assert sampler.stats == {"full": 4, "incremental": 2}
+    assert sampler.stats == {"full": 4, "incremental": 3}
