@@ -266,10 +266,16 @@ class MixtureSampler:
             self._candidates[key] = kept
         if not windowed:
             return kept.positions
+        # The kept rows' policy versions, read once per row (positions of a plain source only
+        # grow within an epoch); NULL is NaN, outside every window as in SQL.
+        have = kept.window_values if kept.window_values is not None else np.empty(0)
+        if len(have) < len(kept.positions):
+            tail = pa.array(kept.positions[len(have) :])
+            pv = idx.trajectories.column("policy_version").take(tail).cast(pa.float64())
+            tail_values = pc.fill_null(pv, float("nan")).to_numpy()
+            kept.window_values = have = np.concatenate([have, tail_values])
         lo, hi = int(policy_version) - int(self.staleness), int(policy_version)
-        pv = idx.trajectories.column("policy_version").take(pa.array(kept.positions))
-        inside = pc.and_(pc.greater_equal(pv, lo), pc.less_equal(pv, hi)).fill_null(False)
-        return kept.positions[np.asarray(inside.to_numpy(zero_copy_only=False), dtype=bool)]
+        return kept.positions[(have >= lo) & (have <= hi)]
 
     def _select(self, name: str, template: str, policy_version: int, *, start: int) -> pa.Table:
         where = self._predicate(name, policy_version, template)

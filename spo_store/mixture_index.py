@@ -54,6 +54,7 @@ class KeptCandidates:
     positions: np.ndarray
     hashes: pa.Array | pa.ChunkedArray | None = None
     traj_ids: pa.Array | pa.ChunkedArray | None = None
+    window_values: np.ndarray | None = None  # policy versions of `positions` (windowed)
 
 
 def merge_deduplicated(kept: KeptCandidates, new: pa.Table) -> None:

@@ -23,6 +23,7 @@ import contextlib
 import datetime as dt
 import email.utils
 import fcntl
+import functools
 import getpass
 import json
 import os
@@ -91,17 +92,24 @@ def _endpoint() -> str | None:
 
 
 def s3_client() -> Any:
-    """A boto3 S3 client configured from the environment (endpoint, region, credentials)."""
+    """A boto3 S3 client configured from the environment (endpoint, region, credentials);
+    one per distinct setting in a process (clients are thread-safe and slow to build)."""
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+    return _client(_endpoint(), region, tuple(os.environ.get(k) for k in keys))
+
+
+@functools.lru_cache(maxsize=8)
+def _client(endpoint: str | None, region: str, _creds: tuple[str | None, ...]) -> Any:
     try:
         import boto3
         from botocore.config import Config
     except ImportError:  # pragma: no cover - boto3 is a dependency
         raise SpoError("s3:// lakes need boto3 (pip install boto3)") from None
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     config = Config(
         retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=30
     )
-    return boto3.client("s3", region_name=region, endpoint_url=_endpoint(), config=config)
+    return boto3.client("s3", region_name=region, endpoint_url=endpoint, config=config)
 
 
 def _describe(exc: BaseException) -> str:

@@ -80,9 +80,7 @@ def test_a_lake_on_s3_does_what_a_local_one_does(s3_lake: str, tmp_path: Path) -
     with pytest.raises(SpoError, match="no lake at s3://"):
         Lake.open(s3_lake, create=False)
     lake = Lake.open(s3_lake)
-    assert any(
-        k.endswith("trajectories.lance/_versions/" + k.rsplit("/", 1)[1]) for k in _keys(s3_lake)
-    )
+    assert any("/trajectories.lance/_versions/" in k for k in _keys(s3_lake))
     seed_lake(lake)
     with lake.run("test", {"where": "s3"}) as run_id:
         pass
@@ -169,8 +167,6 @@ def test_the_cli_takes_an_s3_lake(s3_lake: str, tmp_path: Path) -> None:
     out = spo("sql", "--lake", s3_lake, "--format", "json", "SELECT count(*) AS n FROM problems")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)[0]["n"] == 3
-    out = spo("lake", "runs", "--lake", s3_lake, "--json")
-    assert out.returncode == 0 and "completed" in out.stdout, out.stderr
     # a missing bucket is one line and exit 2, not a Lance traceback
     out = spo("sql", "--lake", "s3://no-such-bucket-spo/x", "SELECT 1")
     assert out.returncode == 2
@@ -184,8 +180,8 @@ def test_spo_lake_migrate_upgrades_an_old_lake_on_s3(s3_lake: str) -> None:
     for path in root.rglob("*"):
         if path.is_file():
             client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(root)}")
-    out = spo("sql", "--lake", s3_lake, "SELECT 1")
-    assert out.returncode == 2 and "spo lake migrate" in out.stderr
+    with pytest.raises(SpoError, match="spo lake migrate"):
+        Lake.open(s3_lake)
     out = spo("lake", "migrate", "--lake", s3_lake, "--json")
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
