@@ -12,7 +12,10 @@ online with rewards 0/-1. Then measures, in one run:
    start, steady-state p50/p95 (lake version unchanged) and p50/p95 right after an append
    (index refresh + candidate recompute);
 4. the naive single query `SELECT <token columns> ... WHERE <predicate> ORDER BY random()
-   LIMIT 128` through `Lake.sql_arrow`, p50 over `--naive-runs`.
+   LIMIT 128` through `Lake.sql_arrow`, p50 over `--naive-runs`;
+5. candidate sets after one small append (`--small-append` online rows, a step's rollouts):
+   kept and extended over the new rows vs recomputed whole, `--after-append` rounds, the two
+   checked equal each round. `--only candidates` runs 1 (without timing it) and 5 alone.
 
 Usage: python scripts/bench_lake.py [--rows 1000000] [--batch 10000] [--root /tmp/spo-bench-lake]
 The lake is deleted at the end unless `--keep`. Needs about 6.5 KB x rows of disk, twice over
@@ -242,6 +245,46 @@ def steady_state(sampler: MixtureSampler, batches: int, step0: int) -> tuple[flo
     return pct(times, 50), pct(times, 95)
 
 
+def candidates_section(
+    lake: Lake, rounds: int, small: int, rng: np.random.Generator, problem_ids, next_id: int
+) -> dict[str, object]:
+    """Seconds to bring both sources' candidate sets up to date after an append of `small`
+    online rows: extended (the sampler's kept sets) vs recomputed whole (kept sets dropped),
+    alternating each round on the same lake version; also a policy-version change."""
+    sampler = new_sampler(lake)
+    sampler.sample(128, policy_version=POLICY_VERSION, columns=SAMPLE_COLUMNS)  # warm
+    names = ("online", "offline")
+    extend, full, refresh = [], [], []
+    for _ in range(rounds):
+        lake.append(
+            "trajectories",
+            make_batch(rng, next_id, small, problem_ids, "online", POLICY_VERSION),
+        )
+        next_id += small
+        t_ref, _ = timed(sampler.index.refresh)
+        before = dict(sampler.stats)
+        t_ext, kept = timed(lambda: [sampler.candidates(n, POLICY_VERSION) for n in names])
+        assert sampler.stats["incremental"] - before["incremental"] == len(names)
+        sampler._candidates.clear()
+        t_full, whole = timed(lambda: [sampler.candidates(n, POLICY_VERSION) for n in names])
+        assert all(np.array_equal(a, b) for a, b in zip(kept, whole, strict=True))
+        extend.append(t_ext)
+        full.append(t_full)
+        refresh.append(t_ref)
+    t_pv, _ = timed(sampler.candidates, "online", POLICY_VERSION + 1)
+    return {
+        "small_append_rows": small,
+        "rounds": rounds,
+        "candidates": {n: int(len(sampler.candidates(n, POLICY_VERSION))) for n in names},
+        "index_refresh_p50_ms": ms(pct(refresh, 50)),
+        "candidates_extended_p50_ms": ms(pct(extend, 50)),
+        "candidates_extended_p95_ms": ms(pct(extend, 95)),
+        "candidates_full_p50_ms": ms(pct(full, 50)),
+        "candidates_full_p95_ms": ms(pct(full, 95)),
+        "online_new_policy_version_ms": ms(t_pv),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -251,6 +294,8 @@ def main() -> None:
     ap.add_argument("--after-append", type=int, default=20, help="sample() calls after an append")
     ap.add_argument("--append-rows", type=int, default=1_000, help="rows of each of those appends")
     ap.add_argument("--naive-runs", type=int, default=3)
+    ap.add_argument("--small-append", type=int, default=16, help="rows of section 5's appends")
+    ap.add_argument("--only", choices=["all", "candidates"], default="all", help="sections to run")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic lake")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = ap.parse_args()
@@ -289,6 +334,16 @@ def main() -> None:
         res["fragments_after_appends"] = fragment_counts(lake)["trajectories"]
         res["lake_bytes"] = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
         print(json.dumps(res), flush=True)
+        if args.only == "candidates":
+            res.update(
+                candidates_section(
+                    lake, args.after_append, args.small_append, rng, problem_ids, done
+                )
+            )
+            print(json.dumps(res, indent=2), flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(res, indent=2) + "\n")
+            return
 
         # steady-state sampling on the uncompacted lake (one fragment per append)
         pre = new_sampler(lake)
@@ -391,6 +446,11 @@ def main() -> None:
             t, out = timed(lake.sql_arrow, naive_sql)
             assert out.num_rows == 128
             naive.append(t)
+        res.update(
+            candidates_section(
+                lake, args.after_append, args.small_append, rng, problem_ids, next_id + 10**7
+            )
+        )
         res["naive_sql_p50_ms"] = ms(statistics.median(naive))
         res["naive_sql_runs_ms"] = [ms(t) for t in naive]
         res["naive_sql"] = naive_sql

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import getpass
 import hashlib
 import json
@@ -37,6 +36,7 @@ from lance.fragment import write_fragments
 from spo_schemas import KEYS, SCHEMA_VERSION, TABLES, VERSION_KEY, table_schema
 
 from spo_store.errors import SpoError
+from spo_store.objstore import check_remote_lake, is_remote, lake_lock
 from spo_store.stopping import stop_requested
 
 DEFAULT_LAKE = "./spo-lake"
@@ -44,7 +44,8 @@ COMMIT_RETRIES = 50
 
 
 def resolve_lake_uri(uri: str | os.PathLike[str] | None) -> str:
-    """`uri` if given, else `$SPO_LAKE`, else `./spo-lake`. Object-store URIs pass untouched."""
+    """`uri` if given, else `$SPO_LAKE`, else `./spo-lake`. Object-store URIs (`s3://`) pass
+    untouched but for a trailing slash; local paths become absolute."""
     chosen = str(uri) if uri else os.environ.get("SPO_LAKE") or DEFAULT_LAKE
     if "://" in chosen:
         return chosen.rstrip("/")
@@ -199,7 +200,9 @@ class Lake:
     def open(cls, uri: str | os.PathLike[str] | None = None, *, create: bool = True) -> Lake:
         """Open the lake at `uri` (see `resolve_lake_uri`), creating missing tables."""
         lake = cls(resolve_lake_uri(uri))
-        if "://" not in lake.uri:
+        if is_remote(lake.uri):
+            check_remote_lake(lake.uri)
+        else:
             root = Path(lake.uri)
             if root.exists() and not root.is_dir():
                 raise SpoError(f"lake path {lake.uri} exists and is not a directory")
@@ -217,6 +220,8 @@ class Lake:
                 continue
             check_schema(name, ds, lake.uri)
             lake._datasets[name] = ds
+        if not create and len(missing) == len(TABLES):
+            raise SpoError(f"no lake at {lake.uri} (run an ingest to create it)")
         for name in missing:
             lake._ensure_table(name, create=create)
         return lake
@@ -241,19 +246,16 @@ class Lake:
 
         Lance's existence check and its commit are not atomic: two racing `mode="create"`
         writes can both pass the check, and the loser's commit is retried as an overwrite at
-        the next version, which would erase rows appended in between. A local lake therefore
-        creates its tables under an exclusive file lock and re-checks inside it.
+        the next version, which would erase rows appended in between. Tables are therefore
+        created under the lake's `create` lock (`objstore.lake_lock`: flock locally, a lease
+        object on S3) and re-checked inside it.
         """
         uri = self.table_uri(name)
-        empty = table_schema(name).empty_table()
-        if "://" in self.uri:  # object stores have no flock; creation there is single-writer
-            return lance.write_dataset(empty, uri, mode="create")
-        with open(Path(self.uri) / ".create.lock", "a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with lake_lock(self.uri, "create"):
             try:
                 return lance.dataset(uri)
             except (ValueError, FileNotFoundError, OSError):
-                return lance.write_dataset(empty, uri, mode="create")
+                return lance.write_dataset(table_schema(name).empty_table(), uri, mode="create")
 
     def dataset(self, name: str, version: int | str | None = None) -> lance.LanceDataset:
         """The dataset of table `name` at its latest version (refreshed), or at `version`."""
@@ -296,13 +298,12 @@ class Lake:
     ) -> tuple[int, int]:
         """Append the rows of keyed table `name` whose key is not in the table yet.
 
-        Returns `(new version, rows inserted)`. Atomic under concurrent writers on a local lake:
-        the key check and the append run under an exclusive lock on `<lake>/.<table>.lock`
-        (Lance's own merge-insert does not re-check keys when it rebases a concurrent commit:
-        6 processes inserting the same 200 keys stored 400-800 rows here). Duplicate keys
-        within `rows` keep their first row. Object-store lakes have no file lock: there the
-        check and the append are not atomic (documented as single writer per keyed table).
-        Raises SpoError for a table without a key (see `spo_schemas.KEYS`).
+        Returns `(new version, rows inserted)`. Atomic under concurrent writers, local or on
+        S3: the key check and the append run under the table's exclusive lock
+        (`objstore.lake_lock`; Lance's own merge-insert does not re-check keys when it rebases
+        a concurrent commit: 6 processes inserting the same 200 keys stored 400-800 rows here).
+        Duplicate keys within `rows` keep their first row. Raises SpoError for a table without
+        a key (see `spo_schemas.KEYS`), or when an S3 lock was lost before the commit.
         """
         key = KEYS.get(name)
         if key is None:
@@ -317,7 +318,7 @@ class Lake:
             first.setdefault(k, i)
         if len(first) != len(keys):
             table = table.take(pa.array(sorted(first.values()), pa.int64()))
-        with self._table_lock(name):
+        with self._table_lock(name) as lock:
             existing = self._existing_keys(name, key, list(first))
             if existing:
                 mask = pa.array([k not in existing for k in table.column(key).to_pylist()])
@@ -325,6 +326,7 @@ class Lake:
             if table.num_rows == 0:
                 return self.dataset(name).version, 0
             fragments = write_fragments(table, self.table_uri(name), schema=table.schema)
+            lock.check()
             return self._commit_append(name, fragments), table.num_rows
 
     def _existing_keys(self, name: str, key: str, candidates: list[str]) -> set[str]:
@@ -340,20 +342,10 @@ class Lake:
         return found
 
     def _table_lock(self, name: str) -> Any:
-        """An exclusive lock for keyed writes to `name` (a no-op context on object stores)."""
-        if "://" in self.uri:
-            return contextlib.nullcontext()
-
-        @contextlib.contextmanager
-        def held():
-            with open(Path(self.uri) / f".{name}.lock", "a+b") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(fh, fcntl.LOCK_UN)
-
-        return held()
+        """The exclusive lock for keyed writes to `name`: `<lake>/.<name>.lock` (see
+        `objstore.lake_lock`); entered, it yields an object whose `check()` raises SpoError
+        when the lock was lost."""
+        return lake_lock(self.uri, name)
 
     def _commit_append(self, name: str, fragments: list[Any]) -> int:
         uri = self.table_uri(name)
@@ -399,7 +391,7 @@ class Lake:
         if not updates:
             return self.dataset(name).version
         lock = self._table_lock(name) if name in KEYS else contextlib.nullcontext()
-        with lock:
+        with lock as held:
             by_key = {u[key]: u for u in updates}
             keys = ", ".join(sql_quote(k) for k in by_key)
             current = self.dataset(name).to_table(filter=f"{key} IN ({keys})").to_pylist()
@@ -409,6 +401,8 @@ class Lake:
             for row in current:
                 row.update(by_key[row[key]])
             table = pa.Table.from_pylist(current, schema=table_schema(name))
+            if held is not None:
+                held.check()
             return self.upsert(name, table, key)
 
     # ------------------------------------------------------------------ runs / provenance

@@ -5,7 +5,12 @@ A mixture names sources with weights. Each source is a SQL predicate over the al
 1. a `MetadataIndex` keeps the light columns of `trajectories` (and `problems`) in memory and
    refreshes incrementally when the lake version moves (appends add fragments; only those are
    read);
-2. each source's candidate rows are computed once per lake version by DuckDB over that index;
+2. each source's candidate rows are computed by DuckDB over that index and kept: when the
+   trajectories table only grew by appends, only the new rows are evaluated and merged in
+   (content-hash dedup included); deletions, updates, compaction or a change of problems,
+   q0 estimates or annotations recompute them whole. The merged set equals a full recompute
+   (tested), so a batch depends only on `(lake version, seed, step)`. The policy-version window
+   of `online` is applied to its kept set per call, so a new policy version costs no query;
 3. per-source counts are exact (largest remainder), the draw is seeded by `(seed, step)`;
 4. the heavy columns (text, token ids, log-probs) are fetched by row with Lance `take` from the
    pinned version, and `(lake version, trajectory ids)` identifies the batch for reproduction.
@@ -25,25 +30,27 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import duckdb
-import lance
 import numpy as np
 import pyarrow as pa
-from spo_schemas import light_columns
+import pyarrow.compute as pc
 
 from spo_store.errors import SpoError
 from spo_store.lake import Lake
-from spo_store.q0_estimates import problems_with_q0_sql
+from spo_store.mixture_index import (
+    POLICY_WINDOW,
+    WHOLE_TABLE,
+    KeptCandidates,
+    MetadataIndex,
+    merge_deduplicated,
+    split_window,
+)
 
 # Predicates over t (trajectories) and p (problems). {run_id}, {policy_version} and {staleness}
 # are filled from the sampling context; a source that needs them fails clearly without one.
 BUILTIN_SOURCES: dict[str, str] = {
-    "online": (
-        "t.source = 'online' AND t.run_id = {run_id} "
-        "AND t.policy_version BETWEEN {policy_version} - {staleness} AND {policy_version}"
-    ),
+    "online": "t.source = 'online' AND t.run_id = {run_id} AND " + POLICY_WINDOW,
     "offline": (
         "t.reward = 0 AND t.language = 'python3' "
         "AND NOT (t.source = 'online' AND t.run_id = {run_id})"
@@ -152,79 +159,6 @@ class SampledBatch:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-class MetadataIndex:
-    """Light columns of trajectories and problems in memory, refreshed incrementally.
-
-    `problems` also carries the q0 columns of `problems_with_q0_sql(ref_model_id,
-    q0_sampler_key, beta)`; it is rebuilt when `problems` or `q0_estimates` moves.
-    """
-
-    def __init__(
-        self,
-        lake: Lake,
-        ref_model_id: str | None = None,
-        q0_sampler_key: str | None = None,
-        beta: float | None = None,
-    ) -> None:
-        self.lake = lake
-        self.version = -1
-        self.dataset: lance.LanceDataset | None = None
-        self.trajectories: pa.Table | None = None
-        self.problems: pa.Table | None = None
-        self.annotations: pa.Table | None = None
-        self._fragments: list[tuple[int, int, Any]] = []
-        # (problems, q0_estimates, annotations) versions: what the candidates also depend on
-        self._problems_version: tuple[int, ...] = (-1, -1, -1)
-        self._q0_sql = problems_with_q0_sql(ref_model_id, q0_sampler_key, beta)
-
-    def refresh(self) -> bool:
-        """Bring the index to the latest lake version; True when anything changed."""
-        ds = self.lake.dataset("trajectories")
-        pds = self.lake.dataset("problems")
-        qds = self.lake.dataset("q0_estimates")
-        ads = self.lake.dataset("annotations")
-        changed = False
-        if (pds.version, qds.version, ads.version) != self._problems_version:
-            con = duckdb.connect()
-            try:
-                con.register("problems", pds.to_table(columns=light_columns("problems")))
-                con.register("q0_estimates", qds.to_table())
-                self.problems = con.sql(self._q0_sql).to_arrow_table()
-            finally:
-                con.close()
-            self.annotations = ads.to_table(columns=light_columns("annotations"))
-            self._problems_version = (pds.version, qds.version, ads.version)
-            changed = True
-        if ds.version == self.version:
-            return changed
-        frags = ds.get_fragments()
-        sig = [(f.fragment_id, f.metadata.physical_rows, f.metadata.deletion_file) for f in frags]
-        cols = light_columns("trajectories")
-        if self.trajectories is not None and sig[: len(self._fragments)] == self._fragments:
-            new = frags[len(self._fragments) :]
-            parts = [self.trajectories.drop_columns(["_pos"])]
-            if new:
-                parts.append(ds.scanner(columns=cols, fragments=new, scan_in_order=True).to_table())
-            table = pa.concat_tables(parts)
-        else:
-            table = ds.to_table(columns=cols, scan_in_order=True)
-        self.trajectories = table.append_column(
-            "_pos", pa.array(np.arange(table.num_rows, dtype=np.int64))
-        )
-        self.dataset, self.version, self._fragments = ds, ds.version, sig
-        return True
-
-    def query(self, sql: str) -> pa.Table:
-        con = duckdb.connect()
-        try:
-            con.register("t_index", self.trajectories)
-            con.register("p_index", self.problems)
-            con.register("annotations", self.annotations)
-            return con.sql(sql).to_arrow_table()
-        finally:
-            con.close()
-
-
 class MixtureSampler:
     """Seeded, reproducible mixture batches from the lake (see the module docstring)."""
 
@@ -260,9 +194,12 @@ class MixtureSampler:
         self.ref_model_id = ref_model_id
         self.index = MetadataIndex(lake, ref_model_id, q0_sampler_key, beta)
         self.lake = lake
-        self._candidates: dict[tuple[str, int, tuple[int, int], int], np.ndarray] = {}
+        self._candidates: dict[tuple[str, int | None], KeptCandidates] = {}
+        self.stats = {"full": 0, "incremental": 0}
+        """How candidate sets were brought up to date: `full` recomputes, `incremental`
+        extensions over appended rows (benchmarks and tests read it)."""
 
-    def _predicate(self, name: str, policy_version: int) -> str:
+    def _predicate(self, name: str, policy_version: int, template: str | None = None) -> str:
         params = {
             "run_id": "NULL" if self.run_id is None else "'" + self.run_id.replace("'", "''") + "'",
             "policy_version": str(int(policy_version)),
@@ -272,7 +209,7 @@ class MixtureSampler:
             else "'" + self.ref_model_id.replace("'", "''") + "'",
         }
         try:
-            pred = self.sources[name].format(**params)
+            pred = (self.sources[name] if template is None else template).format(**params)
         except KeyError as exc:
             raise SpoError(f"source {name!r}: unknown placeholder {exc}") from None
         where = f"({BASE_PREDICATE}) AND ({pred})"
@@ -300,29 +237,93 @@ class MixtureSampler:
         return {r["reason"]: int(r["n"]) for r in rows}
 
     def candidates(self, name: str, policy_version: int = 0) -> np.ndarray:
-        """Row positions (at the index's version) that source `name` may draw from."""
-        # problems (and their q0) move independently of trajectories: both versions key the cache
-        key = (
-            name,
-            self.index.version,
-            self.index._problems_version,
-            policy_version if name == "online" else 0,
+        """Row positions (at the index's version, ascending) that source `name` may draw from.
+
+        Equal to evaluating the whole predicate over the whole index (see the module docstring
+        for when the kept set is extended instead); raises SpoError for a bad predicate.
+        """
+        template, windowed = split_window(self.sources[name])
+        windowed = windowed and name not in DEDUPLICATED
+        varies = "{policy_version}" in template
+        key = (name, policy_version if varies else None)
+        idx = self.index
+        n = idx.trajectories.num_rows if idx.trajectories is not None else 0
+        kept = self._candidates.get(key)
+        row_local = not WHOLE_TABLE.search(template)
+        if (
+            kept is not None
+            and kept.epoch == idx.epoch
+            and kept.problems_version == idx._problems_version
+            and kept.rows <= n
+            and (row_local or kept.rows == n)
+        ):
+            if kept.rows < n:
+                self._extend(name, template, policy_version, kept, n)
+        else:
+            kept = self._full(name, template, policy_version, n)
+            if varies:  # one kept set per source and policy version is plenty
+                self._candidates = {k: v for k, v in self._candidates.items() if k[0] != name}
+            self._candidates[key] = kept
+        if not windowed:
+            return kept.positions
+        # The kept rows' policy versions, read once per row (positions of a plain source only
+        # grow within an epoch); NULL is NaN, outside every window as in SQL.
+        have = kept.window_values if kept.window_values is not None else np.empty(0)
+        if len(have) < len(kept.positions):
+            tail = pa.array(kept.positions[len(have) :])
+            pv = idx.trajectories.column("policy_version").take(tail).cast(pa.float64())
+            tail_values = pc.fill_null(pv, float("nan")).to_numpy()
+            kept.window_values = have = np.concatenate([have, tail_values])
+        lo, hi = int(policy_version) - int(self.staleness), int(policy_version)
+        return kept.positions[(have >= lo) & (have <= hi)]
+
+    def _select(self, name: str, template: str, policy_version: int, *, start: int) -> pa.Table:
+        where = self._predicate(name, policy_version, template)
+        sql = (
+            "SELECT t._pos, t.content_hash, t.traj_id FROM t_index t "
+            f"JOIN p_index p USING (problem_id) WHERE {where}"
         )
-        if key not in self._candidates:
-            where = self._predicate(name, policy_version)
-            select = "t._pos, t.content_hash, t.traj_id"
-            sql = f"SELECT {select} FROM t_index t JOIN p_index p USING (problem_id) WHERE {where}"
-            if name in DEDUPLICATED:
-                sql += " QUALIFY row_number() OVER (PARTITION BY t.content_hash ORDER BY t.traj_id) = 1"
-            sql += " ORDER BY t._pos"
-            try:
-                rows = self.index.query(sql)
-            except duckdb.Error as exc:
-                first = str(exc).strip().splitlines()[0]
-                raise SpoError(f"source {name!r}: bad SQL predicate ({first})") from None
-            self._candidates = {k: v for k, v in self._candidates.items() if k[1:3] == key[1:3]}
-            self._candidates[key] = rows.column("_pos").to_numpy()
-        return self._candidates[key]
+        if name in DEDUPLICATED and start == 0:
+            # ties of traj_id (appends do not dedupe ids) go to the first row: deterministic
+            sql += (
+                " QUALIFY row_number() OVER (PARTITION BY t.content_hash "
+                "ORDER BY t.traj_id, t._pos) = 1"
+            )
+        sql += " ORDER BY t._pos"
+        try:
+            return self.index.query(sql, start=start)
+        except duckdb.Error as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise SpoError(f"source {name!r}: bad SQL predicate ({first})") from None
+
+    def _full(self, name: str, template: str, policy_version: int, n: int) -> KeptCandidates:
+        rows = self._select(name, template, policy_version, start=0)
+        self.stats["full"] += 1
+        dedup = name in DEDUPLICATED
+        return KeptCandidates(
+            epoch=self.index.epoch,
+            problems_version=self.index._problems_version,
+            rows=n,
+            positions=rows.column("_pos").to_numpy(),
+            hashes=rows.column("content_hash").combine_chunks() if dedup else None,
+            traj_ids=rows.column("traj_id").combine_chunks() if dedup else None,
+        )
+
+    def _extend(
+        self, name: str, template: str, policy_version: int, kept: KeptCandidates, n: int
+    ) -> None:
+        """Evaluate the predicate over rows `kept.rows..n` only and merge them into `kept`.
+
+        Deduplicated sources are merged by `merge_deduplicated`."""
+        new = self._select(name, template, policy_version, start=kept.rows)
+        self.stats["incremental"] += 1
+        kept.rows = n
+        if new.num_rows == 0:
+            return
+        if name not in DEDUPLICATED:
+            kept.positions = np.concatenate([kept.positions, new.column("_pos").to_numpy()])
+            return
+        merge_deduplicated(kept, new)
 
     def check_sources(self) -> None:
         """Raise SpoError (`why_empty`'s line) for the first source with weight > 0, other than

@@ -1,0 +1,207 @@
+"""The sampler's in-memory index and the candidate sets it keeps (see `spo_store.mixture`).
+
+`MetadataIndex` holds the light columns of `trajectories` (and the problems with their q0) and
+follows the lake: appends are read as new rows at the end (positions of old rows stay; one
+"epoch"), anything else reloads it whole (a new epoch). `KeptCandidates` is one source's
+candidate set within an epoch, extended over appended rows by the sampler.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import lance
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from spo_schemas import light_columns
+
+from spo_store.lake import Lake
+from spo_store.q0_estimates import problems_with_q0_sql
+
+# The staleness window: a source whose predicate ends with `AND <POLICY_WINDOW>` keeps its
+# candidates without the window (they grow with appends) and applies it per policy version.
+POLICY_WINDOW = "t.policy_version BETWEEN {policy_version} - {staleness} AND {policy_version}"
+# A predicate naming the trajectories index itself (a subquery over other rows) is not a
+# per-row test: adding rows can change old rows' membership, so it is recomputed whole.
+WHOLE_TABLE = re.compile(r"\bt_index\b", re.IGNORECASE)
+
+
+def split_window(template: str) -> tuple[str, bool]:
+    """`(predicate without the trailing policy window, True)` for a source that ends with
+    `AND <POLICY_WINDOW>` and uses `{policy_version}` nowhere else (nor a top-level-looking
+    OR, whose precedence the split could change); else `(template, False)`."""
+    suffix = " AND " + POLICY_WINDOW
+    if template.endswith(suffix):
+        head = template[: -len(suffix)]
+        if "{policy_version}" not in head and " or " not in f" {head.lower()} ":
+            return head, True
+    return template, False
+
+
+@dataclass
+class KeptCandidates:
+    """A source's kept candidate set: row positions (sorted) of the index at `epoch`, computed
+    over its first `rows` rows under `problems_version`; `hashes`/`traj_ids` align with
+    `positions` for deduplicated sources (the current winner of each content hash)."""
+
+    epoch: int
+    problems_version: tuple[int, ...]
+    rows: int
+    positions: np.ndarray
+    hashes: pa.Array | pa.ChunkedArray | None = None
+    traj_ids: pa.Array | pa.ChunkedArray | None = None
+    window_values: np.ndarray | None = None  # policy versions of `positions` (windowed)
+
+
+def merge_deduplicated(kept: KeptCandidates, new: pa.Table) -> None:
+    """Merge `new` matching rows (`_pos`, `content_hash`, `traj_id`, all after `kept`'s rows)
+    into the deduplicated set `kept`: one row per content hash (NULL is one hash, as DuckDB's
+    PARTITION BY has it), the smallest `(traj_id, row)`. An old winner can only be displaced by
+    a new row of its own hash, so only those hashes are re-decided; the result equals the full
+    query's `QUALIFY row_number() OVER (PARTITION BY content_hash ORDER BY traj_id, _pos) = 1`.
+    """
+    assert kept.hashes is not None and kept.traj_ids is not None
+    new_hashes = new.column("content_hash").combine_chunks()
+    touched = pc.is_in(kept.hashes, value_set=new_hashes.unique(), skip_nulls=False)
+    touched = np.asarray(touched.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+    contenders = list(
+        zip(
+            new_hashes.to_pylist(),
+            new.column("traj_id").to_pylist(),
+            new.column("_pos").to_pylist(),
+            strict=True,
+        )
+    )
+    if touched.any():
+        mask = pa.array(touched)
+        contenders += zip(
+            kept.hashes.filter(mask).to_pylist(),
+            kept.traj_ids.filter(mask).to_pylist(),
+            kept.positions[touched].tolist(),
+            strict=True,
+        )
+    best: dict[Any, tuple[str, int]] = {}
+    for h, t, p in contenders:
+        if h not in best or (t, p) < best[h]:
+            best[h] = (t, p)
+    won = sorted((p, h, t) for h, (t, p) in best.items())
+    won_pos = np.array([p for p, _, _ in won], dtype=np.int64)
+    won_hashes = pa.array([h for _, h, _ in won], kept.hashes.type)
+    won_ids = pa.array([t for _, _, t in won], kept.traj_ids.type)
+    if not touched.any():
+        # the usual case: no new row shares a hash with a kept winner, so the new winners,
+        # all after the kept rows, are appended (chunks: no copy of the kept arrays)
+        kept.positions = np.concatenate([kept.positions, won_pos])
+        kept.hashes = _chunks(kept.hashes, won_hashes)
+        kept.traj_ids = _chunks(kept.traj_ids, won_ids)
+        return
+    keep = ~touched
+    positions = np.concatenate([kept.positions[keep], won_pos])
+    order = pa.array(np.argsort(positions, kind="stable"))
+    kept.positions = positions[order.to_numpy()]
+    kept.hashes = _chunks(kept.hashes.filter(pa.array(keep)), won_hashes).take(order)
+    kept.traj_ids = _chunks(kept.traj_ids.filter(pa.array(keep)), won_ids).take(order)
+
+
+def _chunks(old: pa.Array | pa.ChunkedArray, new: pa.Array) -> pa.ChunkedArray:
+    """`old` then `new` without copying, combined once the chunks grow many (each append
+    adds one)."""
+    parts = old.chunks if isinstance(old, pa.ChunkedArray) else [old]
+    out = pa.chunked_array([*parts, new], type=new.type)
+    return out if out.num_chunks <= 256 else pa.chunked_array([out.combine_chunks()])
+
+
+class MetadataIndex:
+    """Light columns of trajectories and problems in memory, refreshed incrementally.
+
+    `problems` also carries the q0 columns of `problems_with_q0_sql(ref_model_id,
+    q0_sampler_key, beta)`; it is rebuilt when `problems` or `q0_estimates` moves.
+    """
+
+    def __init__(
+        self,
+        lake: Lake,
+        ref_model_id: str | None = None,
+        q0_sampler_key: str | None = None,
+        beta: float | None = None,
+    ) -> None:
+        self.lake = lake
+        self.version = -1
+        self.dataset: lance.LanceDataset | None = None
+        self.trajectories: pa.Table | None = None
+        self.problems: pa.Table | None = None
+        self.annotations: pa.Table | None = None
+        self._fragments: list[tuple[Any, ...]] = []
+        # Bumped by every full reload: positions of one epoch stay valid while it lasts (only
+        # appends happened), so candidate sets computed in it can be extended.
+        self.epoch = 0
+        self._con: duckdb.DuckDBPyConnection | None = None
+        # (problems, q0_estimates, annotations) versions: what the candidates also depend on
+        self._problems_version: tuple[int, ...] = (-1, -1, -1)
+        self._q0_sql = problems_with_q0_sql(ref_model_id, q0_sampler_key, beta)
+
+    def refresh(self) -> bool:
+        """Bring the index to the latest lake version; True when anything changed."""
+        ds = self.lake.dataset("trajectories")
+        pds = self.lake.dataset("problems")
+        qds = self.lake.dataset("q0_estimates")
+        ads = self.lake.dataset("annotations")
+        changed = False
+        if (pds.version, qds.version, ads.version) != self._problems_version:
+            con = duckdb.connect()
+            try:
+                con.register("problems", pds.to_table(columns=light_columns("problems")))
+                con.register("q0_estimates", qds.to_table())
+                self.problems = con.sql(self._q0_sql).to_arrow_table()
+            finally:
+                con.close()
+            self.annotations = ads.to_table(columns=light_columns("annotations"))
+            self._problems_version = (pds.version, qds.version, ads.version)
+            changed = True
+        if ds.version == self.version:
+            return changed
+        frags = ds.get_fragments()
+        # A fragment is unchanged while its rows, deletions and data files are (a column
+        # rewritten in place would change the files).
+        sig = [
+            (
+                f.fragment_id,
+                f.metadata.physical_rows,
+                f.metadata.deletion_file,
+                tuple(d.path for d in f.metadata.files),
+            )
+            for f in frags
+        ]
+        cols = light_columns("trajectories")
+        if self.trajectories is not None and sig[: len(self._fragments)] == self._fragments:
+            new = frags[len(self._fragments) :]
+            parts = [self.trajectories.drop_columns(["_pos"])]
+            if new:
+                parts.append(ds.scanner(columns=cols, fragments=new, scan_in_order=True).to_table())
+            table = pa.concat_tables(parts)
+        else:
+            table = ds.to_table(columns=cols, scan_in_order=True)
+            self.epoch += 1
+        self.trajectories = table.append_column(
+            "_pos", pa.array(np.arange(table.num_rows, dtype=np.int64))
+        )
+        self.dataset, self.version, self._fragments = ds, ds.version, sig
+        return True
+
+    def query(self, sql: str, *, start: int = 0) -> pa.Table:
+        """Run `sql` over `t_index` (trajectories from row `start` on: a zero-copy slice, so
+        new rows are evaluated without scanning old ones), `p_index` and `annotations`."""
+        # One connection for the index's life: opening one costs ~10 ms, more than a query
+        # over a few new rows; registering an Arrow table again replaces the view.
+        if self._con is None:
+            self._con = duckdb.connect()
+        con = self._con
+        t = self.trajectories if start == 0 else self.trajectories.slice(start)
+        con.register("t_index", t)
+        con.register("p_index", self.problems)
+        con.register("annotations", self.annotations)
+        return con.sql(sql).to_arrow_table()
