@@ -37,7 +37,6 @@ Version history (see `spo_schemas`):
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -96,15 +95,14 @@ def lake_schema_version(uri: str | os.PathLike[str] | None) -> int:
 
 @contextlib.contextmanager
 def _locks(root: str) -> Iterator[None]:
-    """Hold the migrate lock, the create lock and every keyed-write lock of a local lake."""
-    if "://" in root:
-        yield
-        return
-    names = [".migrate.lock", ".create.lock", *(f".{t}.lock" for t in sorted(KEYS))]
+    """Hold the migrate lock, the create lock and every keyed-write lock of the lake: `flock`
+    files on a local lake, lease objects on S3 (`spo_store.objstore.lake_lock`)."""
+    from spo_store.objstore import lake_lock
+
+    names = ["migrate", "create", *sorted(KEYS)]
     with contextlib.ExitStack() as stack:
         for name in names:
-            fh = stack.enter_context(open(Path(root) / name, "a+b"))
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            stack.enter_context(lake_lock(root, name))
         yield
 
 
