@@ -1,0 +1,456 @@
+"""Data-parallel training (`spo train --nproc N`, or under `torchrun`): N processes, one policy
+replica each (gloo on CPU, NCCL on CUDA), the same optimizer steps as one process on the same
+global batch.
+
+Design (docs/distributed.md):
+- **Rank 0 drives, the others follow.** Rank 0 runs the whole learner loop of
+  `spo_train.trainer` and alone touches the lake as a writer (run record, online rollouts,
+  `batches`, reference cache, metrics, checkpoints, evaluation). Each step it draws the global
+  batch exactly as one process would and broadcasts the prepared `TrainBatch`
+  (`Follower.serve`'s "update" message); every rank then runs the same `algorithm.update` on
+  that same batch. The other ranks never open the lake for writing and need no reference
+  model, producer or judge.
+- **Each rank forwards a contiguous shard of rows.** Every `learner.policy_logprobs(batch,
+  rows)` call splits `rows` into `world_size` contiguous runs (`shard_bounds`: sizes differ by at
+  most one; a rank may get none), runs the policy on its own run only, and all-gathers the
+  `[rows, T]` log-probs (`gather_rows`), so the algorithm computes its loss on the whole batch,
+  bit-identical on every rank: whole-batch statistics (GRPO's groups, PPO's advantage
+  whitening, sequence or token means over unequal shards) need no change. The gather's
+  backward hands each rank the gradient of its own rows only, so each rank's parameter
+  gradient is its rows' share of the global loss's gradient.
+- **Gradients are summed across ranks before clipping** (`all_reduce_grads`, one all-reduce
+  per bucket of ~25M elements, in `PolicyLearner.optimize`): the sum of the shares is the
+  one-process gradient, so clipping, AdamW and the schedule see the same numbers on every rank
+  and the replicas stay equal without a weight broadcast. Why not `DistributedDataParallel`:
+  it averages each rank's gradient of its *own* loss, while here the loss is global and
+  replicated; it also all-reduces in every backward (an algorithm calls `policy_logprobs`
+  several times per step: PPO and GRPO minibatches x epochs, micro-batches within) and expects
+  the same number of forwards per rank, which unequal shards break.
+- **PPO's value model** is not sharded: every rank runs it on the whole batch (identical inputs
+  and weights, identical steps); only the policy's forward and backward are divided.
+- **FSDP2** (CUDA only, `SPO_FSDP=1`): `fully_shard` per decoder layer and the root, reduce-
+  scatter summing (`set_gradient_divide_factor(1.0)`) instead of the all-reduce above; rank 0
+  gathers a full copy for rollouts, evaluation and checkpoints (`Distributed.full_policy`, a
+  collective all ranks join). NOT YET RUN: no GPU was available when it was written.
+- **Failures end every rank.** `launch` (the `--nproc` parent) watches its children: when one
+  exits non-zero the others get SIGTERM (rank 0 then checkpoints if it can and ends the run
+  record `interrupted`), then SIGKILL after a grace period; a run record left `running` by a
+  killed rank 0 is ended `failed` by the parent. Under torchrun its agent does the killing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from spo_store.errors import SpoError
+
+# Followers wait in a broadcast while rank 0 samples rollouts, judges and evaluates: the
+# collective timeout must outlast the longest of those (a dead peer is noticed at once anyway).
+TIMEOUT = timedelta(hours=3)
+# Gradient all-reduce bucket, elements (DDP's default bucket is 25 MiB).
+BUCKET_ELEMENTS = 25 * 2**20
+# Seconds the other ranks get to end cleanly after one failed, before SIGKILL.
+GRACE_S = 30.0
+
+
+@contextmanager
+def peer_errors(rank: int) -> Iterator[None]:
+    """A collective that fails because another rank is gone (gloo/NCCL raise RuntimeError
+    subclasses) becomes one SpoError line naming this rank."""
+    try:
+        yield
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpoError(
+            f"rank {rank}: a collective with the other training processes failed (another "
+            f"process ended?): {first}"
+        ) from exc
+
+
+def world_from_env() -> tuple[int, int, int] | None:
+    """`(rank, world_size, local_rank)` when this process is one of a launched group (torchrun or
+    `launch`: RANK and WORLD_SIZE set, WORLD_SIZE > 1), else None."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    world = int(os.environ["WORLD_SIZE"])
+    if world <= 1:
+        return None
+    rank = int(os.environ["RANK"])
+    return rank, world, int(os.environ.get("LOCAL_RANK", rank))
+
+
+def env_rank() -> int:
+    """This process's rank (0 when not launched as a group)."""
+    w = world_from_env()
+    return 0 if w is None else w[0]
+
+
+def check_world(nproc: int, batch_size: int) -> None:
+    """`--nproc` against the batch and the launcher: one SpoError line when they disagree.
+
+    Raises SpoError when `nproc` > `batch_size` (a rank would never have a row), or when
+    torchrun's WORLD_SIZE differs from an `--nproc` given."""
+    w = world_from_env()
+    if w is not None and nproc not in (1, w[1]):
+        raise SpoError(
+            f"--nproc {nproc} but this process is one of WORLD_SIZE={w[1]} (torchrun): give "
+            f"--nproc {w[1]} or leave --nproc out under torchrun"
+        )
+    world = w[1] if w is not None else nproc
+    if world > batch_size:
+        raise SpoError(
+            f"--nproc {world} is more than --batch-size {batch_size}: every process needs at "
+            "least one row of the batch; lower --nproc or raise --batch-size"
+        )
+
+
+def shard_bounds(n: int, world: int, rank: int) -> tuple[int, int]:
+    """The contiguous run `[lo, hi)` of `n` rows that `rank` of `world` forwards: sizes differ
+    by at most one, earlier ranks hold the larger ones; empty when `n < world` for late ranks."""
+    return (n * rank) // world, (n * (rank + 1)) // world
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather of per-rank `[rows_r, T]` blocks into `[sum rows_r, T]` (rank order). The
+    loss built on the result is the same on every rank, so the gradient arriving here is too,
+    and each rank's share is its own block's slice: no communication in backward."""
+
+    @staticmethod
+    def forward(ctx: Any, local: torch.Tensor, n: int, world: int, rank: int) -> torch.Tensor:
+        sizes = [hi - lo for lo, hi in (shard_bounds(n, world, r) for r in range(world))]
+        most = max(sizes)
+        buf = local.new_zeros((most, *local.shape[1:]))
+        buf[: local.shape[0]] = local
+        parts = [torch.empty_like(buf) for _ in range(world)]
+        dist.all_gather(parts, buf.contiguous())
+        ctx.lo, ctx.hi = shard_bounds(n, world, rank)
+        return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        return grad[ctx.lo : ctx.hi], None, None, None
+
+
+def gather_rows(local: torch.Tensor, n: int, world: int, rank: int) -> torch.Tensor:
+    """`[n, T]` from each rank's `[hi - lo, T]` block (`shard_bounds`); differentiable: the
+    gradient of a loss computed identically on every rank flows back to each rank's block."""
+    return _GatherRows.apply(local, n, world, rank)
+
+
+def all_reduce_grads(params: Sequence[torch.nn.Parameter]) -> None:
+    """Sum `.grad` of `params` over all ranks, in buckets of `BUCKET_ELEMENTS` (a parameter a
+    rank did not use this step, e.g. no rows, counts as a zero gradient)."""
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    bucket: list[torch.nn.Parameter] = []
+    size = 0
+    for p in [*params, None]:
+        if p is not None and (not bucket or size + p.numel() <= BUCKET_ELEMENTS):
+            bucket.append(p)
+            size += p.numel()
+            continue
+        if bucket:
+            flat = torch.cat([q.grad.reshape(-1) for q in bucket])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            offset = 0
+            for q in bucket:
+                q.grad.copy_(flat[offset : offset + q.numel()].view_as(q.grad))
+                offset += q.numel()
+        bucket, size = ([p], p.numel()) if p is not None else ([], 0)
+
+
+@dataclass
+class Distributed:
+    """This process's place in the group: rank, world size, the device it trains on, whether
+    the policy is FSDP2-sharded. Created by `setup`."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: str
+    fsdp: bool = False
+    started: bool = False  # rank 0 has sent "start" (a refusal before it sends "abort")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # --- rank 0 -> all: the follower protocol (`Follower.serve`)
+    def broadcast(self, message: Any = None) -> Any:
+        """Rank 0's `message` on every rank (pickled; tensors travel on CPU)."""
+        box = [message if self.is_main else None]
+        with peer_errors(self.rank):
+            dist.broadcast_object_list(box, src=0, device=self._comm_device())
+        return box[0]
+
+    def start(self, pi0_path: Path, checkpoint: Path | None, step: int, algorithm: dict) -> None:
+        """Rank 0: the followers load the same weights, optimizer and algorithm state."""
+        self.broadcast(
+            (
+                "start",
+                {
+                    "pi0_path": str(pi0_path),
+                    "checkpoint": str(checkpoint) if checkpoint else None,
+                    "step": step,
+                    "algorithm": algorithm,
+                },
+            )
+        )
+        self.started = True
+
+    def abort(self) -> None:
+        """Rank 0, refused before "start": the followers return at once (best effort: a
+        follower already gone is not waited for)."""
+        if self.is_main and not self.started:
+            try:
+                self.broadcast(("abort", None))
+            except SpoError:
+                pass
+
+    def _comm_device(self) -> torch.device | None:
+        return torch.device(self.device) if self.device.startswith("cuda") else None
+
+    def shard(self, rows: list[int]) -> list[int]:
+        lo, hi = shard_bounds(len(rows), self.world_size, self.rank)
+        return rows[lo:hi]
+
+    def gather(self, local: torch.Tensor, n: int) -> torch.Tensor:
+        with peer_errors(self.rank):
+            return gather_rows(local, n, self.world_size, self.rank)
+
+    def all_reduce_grads(self, params: Sequence[torch.nn.Parameter]) -> None:
+        with peer_errors(self.rank):
+            all_reduce_grads(params)
+
+    def prepare_policy(self, policy: torch.nn.Module) -> torch.nn.Module:
+        """The policy as this rank trains it: itself (replicated), or FSDP2-sharded."""
+        if not self.fsdp:
+            return policy
+        return fsdp_shard(policy)
+
+    def full_policy(self, policy: torch.nn.Module, full: torch.nn.Module | None) -> Any:
+        """Rank 0: an unsharded module holding `policy`'s current weights (rollouts,
+        evaluation, checkpoints); the replicated policy itself without FSDP. With FSDP every
+        rank must call it at the same point (rank 0 asks the followers first). NOT YET RUN
+        with FSDP."""
+        if not self.fsdp:
+            return policy
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
+
+        if self.is_main:
+            self.broadcast(("full_policy", None))
+        state = get_model_state_dict(
+            policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        if self.is_main and full is not None:
+            full.load_state_dict(state)
+        return full
+
+    def finish(self) -> None:
+        """Rank 0: tell the followers the run is over (they return)."""
+        if self.is_main:
+            self.broadcast(("end", None))
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def setup(config: Any) -> Distributed | None:
+    """Join the process group when launched as one (`world_from_env`), else None.
+
+    Backend gloo for a CPU `config.device`, NCCL for CUDA (rank r trains on cuda:LOCAL_RANK).
+    FSDP2 only with CUDA and `SPO_FSDP=1`. Raises SpoError when `config.nproc` > 1 but this
+    process was not launched as one of a group (the Python API runs one rank per process)."""
+    w = world_from_env()
+    if w is None:
+        if config.nproc > 1:
+            raise SpoError(
+                f"--nproc {config.nproc} needs {config.nproc} processes: run `spo train --nproc "
+                f"{config.nproc} ...` (it launches them) or torchrun; train() runs one process"
+            )
+        return None
+    rank, world, local = w
+    check_world(config.nproc, config.batch_size)
+    cuda = config.device.startswith("cuda")
+    device = f"cuda:{local}" if cuda else config.device
+    if cuda:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+    fsdp = cuda and os.environ.get("SPO_FSDP") == "1"
+    return Distributed(rank=rank, world_size=world, local_rank=local, device=device, fsdp=fsdp)
+
+
+def fsdp_shard(policy: torch.nn.Module) -> torch.nn.Module:
+    """FSDP2 (`torch.distributed.fsdp.fully_shard`) on each decoder layer, then the root; the
+    reduce-scatter sums (divide factor 1) because each rank's loss is the replicated global one
+    (module docstring). NOT YET RUN: written without a GPU."""
+    from torch.distributed.fsdp import fully_shard
+
+    layers = getattr(getattr(policy, "model", policy), "layers", None)
+    for layer in layers or []:
+        fully_shard(layer)
+    fully_shard(policy)
+    policy.set_gradient_divide_factor(1.0)
+    return policy
+
+
+class Follower:
+    """A rank > 0: the policy, optimizer, schedule and algorithm, stepping on the batches rank 0
+    broadcasts. Never opens the lake for writing."""
+
+    def __init__(self, config: Any, ctx: Distributed) -> None:
+        self.config, self.ctx = config, ctx
+
+    def serve(self) -> int:
+        """Follow rank 0 until it says "end" (returns the last step) or "abort" (before the
+        start: rank 0 refused the run; returns -1)."""
+        from spo_train.algorithms import make_algorithm
+        from spo_train.learner import PolicyLearner
+        from spo_train.models import load_model_and_tokenizer
+        from spo_train.train_setup import set_seed
+
+        kind, start = self.ctx.broadcast()
+        if kind == "abort":
+            return -1
+        c = self.config
+        set_seed(c.seed)
+        ckpt = Path(start["checkpoint"]) if start["checkpoint"] else None
+        policy, tokenizer = load_model_and_tokenizer(
+            ckpt or Path(start["pi0_path"]), device=self.ctx.device
+        )
+        policy.eval()
+        policy = self.ctx.prepare_policy(policy)
+        learner = PolicyLearner(policy, c, tokenizer.pad_token_id, dist=self.ctx)
+        algorithm = make_algorithm(c, pi0_path=Path(start["pi0_path"]))
+        algorithm.load_state_dict(start["algorithm"])
+        if ckpt is not None:
+            state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+            learner.optimizer.load_state_dict(state["optimizer"])
+            learner.scheduler.load_state_dict(state["scheduler"])
+        step = start["step"]
+        while True:
+            kind, payload = self.ctx.broadcast()
+            if kind == "update":
+                step, batch = payload
+                algorithm.update(batch, learner)
+                learner.scheduler.step()
+            elif kind == "full_policy":
+                self.ctx.full_policy(policy, None)
+            elif kind == "end":
+                return step
+            else:  # pragma: no cover - a protocol bug
+                raise RuntimeError(f"unknown message {kind!r} from rank 0")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _end_stale_run(output: Path, lake_uri: str | None) -> None:
+    """After the group ended badly: a run record rank 0 could not end (SIGKILL) is ended
+    `failed`, so no run stays `running` with no process behind it."""
+    import json
+
+    from spo_store.lake import Lake, sql_quote
+
+    try:
+        run_id = json.loads((output / "run.json").read_text())["run_id"]
+        lake = Lake.open(lake_uri, create=False)
+        rows = lake.sql_arrow(
+            f"SELECT status FROM runs WHERE run_id = {sql_quote(run_id)}"
+        ).to_pylist()
+        if rows and rows[0]["status"] == "running":
+            lake.end_run(run_id, "failed")
+    except (OSError, KeyError, ValueError, SpoError):
+        return  # no run recorded yet, or nothing readable: nothing to end
+
+
+def launch(nproc: int, argv: list[str], *, output: Path, lake_uri: str | None) -> int:
+    """Run `spo <argv>` as `nproc` processes on this machine (RANK, LOCAL_RANK, WORLD_SIZE,
+    MASTER_ADDR, MASTER_PORT set as torchrun sets them) and wait for all of them.
+
+    One exiting non-zero ends the others (SIGTERM, SIGKILL after `GRACE_S`); Ctrl-C / SIGTERM
+    to this process is passed on the same way. Returns rank 0's exit code, or the first failed
+    rank's when rank 0 succeeded (never 0 when any rank failed)."""
+    port = _free_port()
+    procs: list[subprocess.Popen] = []
+    for rank in range(nproc):
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(nproc),
+            "LOCAL_WORLD_SIZE": str(nproc),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        procs.append(subprocess.Popen([sys.executable, "-m", "spo_cli.main", *argv], env=env))
+    interrupted: int | None = None
+    first_bad: tuple[int, int] | None = None  # (rank, exit code) of the first to fail
+    try:
+        while first_bad is None and any(p.poll() is None for p in procs):
+            for rank, p in enumerate(procs):
+                if p.poll() not in (None, 0):
+                    first_bad = (rank, p.returncode)
+                    break
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        from spo_store.stopping import STOP_SIGNALS
+
+        interrupted = signal.SIGTERM if signal.SIGTERM in STOP_SIGNALS else signal.SIGINT
+    _stop_all(procs, interrupted or signal.SIGTERM)
+    codes = [p.returncode for p in procs]
+    if first_bad is None:
+        first_bad = next(((r, c) for r, c in enumerate(codes) if c != 0), None)
+    if first_bad is not None:
+        _end_stale_run(output, lake_uri)
+    if interrupted is not None:
+        raise KeyboardInterrupt
+    if first_bad is None:
+        return 0
+    rank, code = first_bad
+    if code < 0 or rank != 0:  # rank 0 says its own error; a signal or another rank does not
+        what = f"signal {-code}" if code < 0 else f"exit code {code}"
+        print(
+            f"error: training process rank {rank} ended with {what}; the other ranks were stopped",
+            file=sys.stderr,
+        )
+    return 128 - code if code < 0 else code
+
+
+def _stop_all(procs: list[subprocess.Popen], sig: int) -> None:
+    """Signal every child still running, wait up to `GRACE_S`, then SIGKILL what is left."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(sig)
+    deadline = time.monotonic() + GRACE_S
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
