@@ -26,6 +26,8 @@ from tests.test_train_q0_and_eval import _config, _estimates
 # 3e-8 at most (measured), while the last step alone moved them by ~6e-4.
 WEIGHT_ATOL = 5e-6
 LOSS_RTOL = 1e-4
+# PPO's policy loss nears 0 (whitened advantages cancel): 1.4e-7 apart there (measured).
+LOSS_ATOL = 1e-6
 
 
 def _spo(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -47,8 +49,6 @@ def _cli_args(cfg) -> list[str]:
         cfg.lake,
         "--output",
         cfg.output,
-        "--mix",
-        cfg.mix,
         "--steps",
         str(cfg.steps),
         "--batch-size",
@@ -66,6 +66,7 @@ def _cli_args(cfg) -> list[str]:
         str(cfg.learning_rate),
         "--seed",
         str(cfg.seed),
+        *(["--mix", cfg.mix] if cfg.mix else []),
     ]
 
 
@@ -149,6 +150,52 @@ def test_two_processes_match_one_and_resume(small_lake, tiny_model, tmp_path):  
     one_ck, two_ck = Path(one.output) / "checkpoint-000003", Path(two.output) / "checkpoint-000003"
     diff = _max_diff(one_ck, two_ck)
     moved = _max_diff(one_ck, Path(one.output) / "checkpoint-000002")
+    assert diff < WEIGHT_ATOL and moved > 50 * WEIGHT_ATOL, (diff, moved)
+
+
+def _rows(lake: Lake, run_id: str) -> list[list[tuple[str, str]]]:
+    """Each step's batch as (problem, response) in batch order (online ids are fresh uuids)."""
+    rows = (
+        Lake.open(lake.uri, create=False)
+        .sql_arrow(
+            "SELECT b.step, u.i, t.problem_id, t.response FROM batches b, "
+            "unnest(b.traj_ids) WITH ORDINALITY AS u(id, i) JOIN trajectories t ON t.traj_id = u.id "
+            f"WHERE b.run_id = {sql_quote(run_id)} ORDER BY b.step, u.i"
+        )
+        .to_pylist()
+    )
+    steps: dict[int, list[tuple[str, str]]] = {}
+    for r in rows:
+        steps.setdefault(r["step"], []).append((r["problem_id"], r["response"]))
+    return [steps[k] for k in sorted(steps)]
+
+
+def test_ppo_two_processes_match_one(small_lake, tiny_model, tmp_path):  # noqa: F811
+    """PPO on this run's online rollouts (2 groups of 2, minibatches of one group: each rank
+    forwards one row of each; advantages whitened over the whole batch; the value model run
+    whole on each rank): the same rollouts, losses and weights as one process. (GRPO takes
+    the same path, but the tiny model solves nothing: equal rewards give it no gradient.)"""
+    base = dict(
+        algo="ppo", mix=None, steps=2, batch_size=4, rollout_n=2, minibatches=2,
+        learning_rate=1e-3, seed=5,
+    )  # fmt: skip
+    one = _config(small_lake, tiny_model, tmp_path, output=str(tmp_path / "one"), **base)
+    ref = train(one)
+    two = _config(small_lake, tiny_model, tmp_path, output=str(tmp_path / "two"), **base)
+    r = _spo(*_cli_args(two), "--algo", "ppo", "--rollout-n", "2", "--minibatches", "2", "--nproc", "2",
+             "--json", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    run_id = json.loads(r.stdout.strip().splitlines()[-1])["run_id"]
+    got, want = _rows(small_lake, run_id), _rows(small_lake, ref.run_id)
+    assert len(want) == 2 and all(len(b) == 4 for b in want)
+    assert got == want
+    for name in ("train/policy_loss", "train/value_loss", "train/grad_norm"):
+        g, w = _metric(small_lake, run_id, name), _metric(small_lake, ref.run_id, name)
+        assert len(g) == len(w) == 2 and all(w), (name, w)  # real gradients
+        assert g == pytest.approx(w, rel=LOSS_RTOL, abs=LOSS_ATOL), name
+    one_ck, two_ck = Path(one.output) / "checkpoint-000002", Path(two.output) / "checkpoint-000002"
+    diff = _max_diff(one_ck, two_ck)
+    moved = _max_diff(one_ck, Path(one.output) / "checkpoint-000001")
     assert diff < WEIGHT_ATOL and moved > 50 * WEIGHT_ATOL, (diff, moved)
 
 
