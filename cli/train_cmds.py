@@ -442,7 +442,15 @@ def _train(
     if distributed.env_rank() != 0:
         # a follower of a data-parallel group: rank 0 checks, writes and reports
         config.validate()
-        train(config)
+        try:
+            train(config)
+        except KeyboardInterrupt:
+            import signal
+
+            from spo_store.stopping import STOP_SIGNALS
+
+            term = signal.SIGTERM in STOP_SIGNALS
+            raise typer.Exit(distributed.quiet_stop(143 if term else 130)) from None
         return
     # settings, another run's --output or a resume that changes settings, --model,
     # --sources-file and --mix: all refused before the lake is touched

@@ -422,14 +422,16 @@ def launch(nproc: int, argv: list[str], *, output: Path, lake_uri: str | None) -
         from spo_store.stopping import STOP_SIGNALS
 
         interrupted = signal.SIGTERM if signal.SIGTERM in STOP_SIGNALS else signal.SIGINT
-    _stop_all(procs, interrupted or signal.SIGTERM)
+    # Ctrl-C reaches the whole foreground process group: the ranks stop on their own (rank 0
+    # checkpoints) and a second signal would cut that short, so they get the grace first.
+    _stop_all(procs, interrupted or signal.SIGTERM, wait_first=interrupted == signal.SIGINT)
     codes = [p.returncode for p in procs]
     if first_bad is None:
         first_bad = next(((r, c) for r, c in enumerate(codes) if c != 0), None)
     if first_bad is not None:
         _end_stale_run(output, lake_uri)
     if interrupted is not None:
-        raise KeyboardInterrupt
+        return quiet_stop(codes[0] if codes[0] else 128 + interrupted)
     if first_bad is None:
         return 0
     rank, code = first_bad
@@ -442,15 +444,34 @@ def launch(nproc: int, argv: list[str], *, output: Path, lake_uri: str | None) -
     return 128 - code if code < 0 else code
 
 
-def _stop_all(procs: list[subprocess.Popen], sig: int) -> None:
-    """Signal every child still running, wait up to `GRACE_S`, then SIGKILL what is left."""
+def quiet_stop(code: int) -> int:
+    """After a stop signal that rank 0 has already reported (how to resume): forget the signal,
+    so this process (the launcher, a follower) exits with `code` without a second report."""
+    from spo_store.stopping import STOP_SIGNALS
+
+    STOP_SIGNALS.clear()
+    return code
+
+
+def _stop_all(procs: list[subprocess.Popen], sig: int, *, wait_first: bool = False) -> None:
+    """Signal every child still running (after `GRACE_S` when `wait_first`), wait up to
+    `GRACE_S`, then SIGKILL what is left."""
+    if wait_first:
+        _wait_all(procs, GRACE_S)
     for p in procs:
         if p.poll() is None:
             p.send_signal(sig)
-    deadline = time.monotonic() + GRACE_S
+    _wait_all(procs, GRACE_S)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def _wait_all(procs: list[subprocess.Popen], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
     for p in procs:
         try:
             p.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+            return
