@@ -199,8 +199,10 @@ class Distributed:
             dist.broadcast_object_list(box, src=0, device=self._comm_device())
         return box[0]
 
-    def start(self, pi0_path: Path, checkpoint: Path | None, step: int, algorithm: dict) -> None:
-        """Rank 0: the followers load the same weights, optimizer and algorithm state."""
+    def start(self, pi0_path: Path, checkpoint: Path | None, step: int) -> None:
+        """Rank 0: the followers load the same weights, optimizer and algorithm state (from
+        `checkpoint`, or initialised from `pi0_path` as rank 0 did: the algorithms' own
+        initialisation is deterministic, e.g. PPO's zero value head, GRPO's seeded generator)."""
         self.broadcast(
             (
                 "start",
@@ -208,7 +210,6 @@ class Distributed:
                     "pi0_path": str(pi0_path),
                     "checkpoint": str(checkpoint) if checkpoint else None,
                     "step": step,
-                    "algorithm": algorithm,
                 },
             )
         )
@@ -265,10 +266,32 @@ class Distributed:
             full.load_state_dict(state)
         return full
 
-    def finish(self) -> None:
-        """Rank 0: tell the followers the run is over (they return)."""
+    def finish(self, policy: torch.nn.Module) -> str | None:
+        """Rank 0: tell the followers the run is over; every rank then compares its replica
+        (`replica_check`). Returns a warning line when the replicas drifted apart, else None."""
         if self.is_main:
             self.broadcast(("end", None))
+        return self.replica_check(policy)
+
+    def replica_check(self, policy: torch.nn.Module) -> str | None:
+        """Every rank: the replicas should be bit-identical (same gathered loss, same summed
+        gradients, same AdamW); a float64 sum of the weights per rank says whether they are.
+        None under FSDP (no replicas) or when they agree."""
+        if self.fsdp:
+            return None
+        with torch.no_grad():
+            mine = sum(p.detach().double().sum() for p in policy.parameters()).reshape(1)
+        parts = [torch.empty_like(mine) for _ in range(self.world_size)]
+        with peer_errors(self.rank):
+            dist.all_gather(parts, mine.to(self._comm_device() or "cpu"))
+        sums = [float(p[0]) for p in parts]
+        spread = max(sums) - min(sums)
+        if spread > 1e-6 * max(1.0, abs(sums[0])):
+            return (
+                f"data-parallel replicas drifted apart: weight sums per rank {sums} (a bug: the "
+                "checkpoint holds rank 0's weights)"
+            )
+        return None
 
     def close(self) -> None:
         if dist.is_initialized():
@@ -344,11 +367,12 @@ class Follower:
         policy = self.ctx.prepare_policy(policy)
         learner = PolicyLearner(policy, c, tokenizer.pad_token_id, dist=self.ctx)
         algorithm = make_algorithm(c, pi0_path=Path(start["pi0_path"]))
-        algorithm.load_state_dict(start["algorithm"])
         if ckpt is not None:
             state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
             learner.optimizer.load_state_dict(state["optimizer"])
             learner.scheduler.load_state_dict(state["scheduler"])
+            if "algorithm" in state:
+                algorithm.load_state_dict(state["algorithm"])
         step = start["step"]
         while True:
             kind, payload = self.ctx.broadcast()
@@ -359,6 +383,7 @@ class Follower:
             elif kind == "full_policy":
                 self.ctx.full_policy(policy, None)
             elif kind == "end":
+                self.ctx.replica_check(policy)
                 return step
             else:  # pragma: no cover - a protocol bug
                 raise RuntimeError(f"unknown message {kind!r} from rank 0")

@@ -314,6 +314,10 @@ def _train_locked(
     ckpt = latest_checkpoint(output) if config.resume else None
     if config.resume and ckpt is None:
         say(f"no checkpoint in {output}: starting fresh")
+    if ckpt is not None and dp is not None and dp.fsdp:
+        raise SpoError(  # its checkpoints hold rank 0's optimizer shard only (docs/distributed.md)
+            f"--resume of {output} with SPO_FSDP=1: not supported yet; resume without SPO_FSDP"
+        )
     policy, _ = load_model_and_tokenizer(ckpt or pi0_path, device=config.device)
     # Dropout stays off: the loss forward is deterministic (see `policy_logprobs`).
     policy.eval()
@@ -369,7 +373,7 @@ def _train_locked(
 
     try:
         if dp is not None:  # the other ranks load the same weights and state now
-            dp.start(pi0_path, ckpt, start_step, algorithm.state_dict())
+            dp.start(pi0_path, ckpt, start_step)
         if ckpt is not None:
             # Steps after the checkpoint ran before the crash and run again now: drop what
             # they logged, so each (run, step, name) holds one value.
@@ -582,7 +586,9 @@ def _train_locked(
         # training; a resumed run evaluates it if this did not finish).
         maybe_eval(config.steps)
         if dp is not None:
-            dp.finish()
+            drift = dp.finish(policy)
+            if drift:
+                say(drift)
     except BaseException as exc:
         if (
             isinstance(exc, KeyboardInterrupt)

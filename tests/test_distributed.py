@@ -135,6 +135,7 @@ def test_two_processes_match_one_and_resume(small_lake, tiny_model, tmp_path):  
     assert summary["steps"] == 1
     r = _spo(*args, "--nproc", "2", "--resume", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert "drifted" not in r.stderr  # the replicas stayed bit-identical (finish's check)
     assert json.loads(r.stdout.strip().splitlines()[-1])["run_id"] == run_id
     assert _status(small_lake, run_id) == "completed"
 
