@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -267,6 +268,30 @@ def test_a_dead_rank_ends_every_rank_and_the_run(small_lake, tiny_model, tmp_pat
     assert not any(_alive(p) for p in ranks.values())
     assert "rank 1 ended with signal 9" in err, err
     assert _status(small_lake, run_id) in ("failed", "interrupted")
+
+
+def test_torchrun_launches_the_same_command(small_lake, tiny_model, tmp_path):  # noqa: F811
+    """Under torchrun (RANK/WORLD_SIZE from its agent, no --nproc) the ranks find each other;
+    rank 0 alone prints the summary and writes the run; an --nproc that differs is refused."""
+    _estimates(small_lake, tiny_model, successes_of=1)
+    cfg = _config(
+        small_lake, tiny_model, tmp_path, steps=1, batch_size=4, output=str(tmp_path / "t")
+    )
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--no-python"]
+    spo = [str(Path(sys.executable).parent / "spo"), *_cli_args(cfg), "--json"]
+    r = subprocess.run([*run, *spo], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = [line for line in r.stdout.splitlines() if line.startswith("{")]
+    assert len(out) == 1  # one summary: rank 0's
+    run_id = json.loads(out[0])["run_id"]
+    assert _status(small_lake, run_id) == "completed" and len(_batches(small_lake, run_id)) == 1
+    # (torchrun's own parser would take a --nproc flag for its --nproc-per-node: a config file)
+    (tmp_path / "n3.toml").write_text("nproc = 3\n")
+    r = subprocess.run(
+        [*run, *spo, "--config", "n3.toml", "--resume"], capture_output=True, text=True,
+        timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode != 0 and "--nproc 3 but this process is one of WORLD_SIZE=2" in r.stderr
 
 
 @pytest.mark.parametrize(
