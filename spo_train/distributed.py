@@ -186,6 +186,7 @@ class Distributed:
     device: str
     fsdp: bool = False
     started: bool = False  # rank 0 has sent "start" (a refusal before it sends "abort")
+    stopped: bool = False  # rank 0 has sent "abort" or "end"
 
     @property
     def is_main(self) -> bool:
@@ -216,13 +217,17 @@ class Distributed:
         self.started = True
 
     def abort(self) -> None:
-        """Rank 0, refused before "start": the followers return at once (best effort: a
-        follower already gone is not waited for)."""
-        if self.is_main and not self.started:
-            try:
-                self.broadcast(("abort", None))
-            except SpoError:
-                pass
+        """Rank 0, failed or stopped while the followers wait for its next message (before
+        "start", or between steps): they return at once and quietly, so the run's error is
+        said once, by rank 0. Best effort: a follower already gone is not waited for. Not
+        under FSDP once started (a follower may be inside a weight gather)."""
+        if not self.is_main or self.stopped or (self.fsdp and self.started):
+            return
+        self.stopped = True
+        try:
+            self.broadcast(("abort", None))
+        except SpoError:
+            pass
 
     def _comm_device(self) -> torch.device | None:
         return torch.device(self.device) if self.device.startswith("cuda") else None
@@ -271,6 +276,7 @@ class Distributed:
         (`replica_check`). Returns a warning line when the replicas drifted apart, else None."""
         if self.is_main:
             self.broadcast(("end", None))
+            self.stopped = True
         return self.replica_check(policy)
 
     def replica_check(self, policy: torch.nn.Module) -> str | None:
@@ -347,8 +353,8 @@ class Follower:
         self.config, self.ctx = config, ctx
 
     def serve(self) -> int:
-        """Follow rank 0 until it says "end" (returns the last step) or "abort" (before the
-        start: rank 0 refused the run; returns -1)."""
+        """Follow rank 0 until it says "end" or "abort" (returns the last step; -1 when rank 0
+        refused the run before starting it)."""
         from spo_train.algorithms import make_algorithm
         from spo_train.learner import PolicyLearner
         from spo_train.models import load_model_and_tokenizer
@@ -384,6 +390,8 @@ class Follower:
                 self.ctx.full_policy(policy, None)
             elif kind == "end":
                 self.ctx.replica_check(policy)
+                return step
+            elif kind == "abort":  # rank 0 failed or stopped between steps: it reports
                 return step
             else:  # pragma: no cover - a protocol bug
                 raise RuntimeError(f"unknown message {kind!r} from rank 0")

@@ -178,7 +178,7 @@ def train(
     try:
         return _train_main(config, dp, on_step=on_step, on_event=on_event)
     except BaseException:
-        if dp is not None:
+        if dp is not None and not dp.started:
             dp.abort()  # refused before the followers started: they return at once
         raise
     finally:
@@ -590,6 +590,8 @@ def _train_locked(
             if drift:
                 say(drift)
     except BaseException as exc:
+        if dp is not None and not mid_update:
+            dp.abort()  # the followers wait for the next step: they return, rank 0 reports
         if (
             isinstance(exc, KeyboardInterrupt)
             and not mid_update
