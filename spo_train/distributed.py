@@ -28,10 +28,11 @@ Design (docs/distributed.md):
   the same number of forwards per rank, which unequal shards break.
 - **PPO's value model** is not sharded: every rank runs it on the whole batch (identical inputs
   and weights, identical steps); only the policy's forward and backward are divided.
-- **FSDP2** (CUDA only, `SPO_FSDP=1`): `fully_shard` per decoder layer and the root, reduce-
-  scatter summing (`set_gradient_divide_factor(1.0)`) instead of the all-reduce above; rank 0
+- **FSDP2** (`SPO_FSDP=1`): `fully_shard` per decoder layer and the root, its reduce-scatter
+  (an average, so the shares are scaled by the world size) instead of the all-reduce; rank 0
   gathers a full copy for rollouts, evaluation and checkpoints (`Distributed.full_policy`, a
-  collective all ranks join). NOT YET RUN: no GPU was available when it was written.
+  collective all ranks join). Run on CPU with gloo (tests/test_distributed.py); not yet on
+  GPUs with NCCL (no GPU was available when it was written).
 - **Failures end every rank.** `launch` (the `--nproc` parent) watches its children: when one
   exits non-zero the others get SIGTERM (rank 0 then checkpoints if it can and ends the run
   record `interrupted`), then SIGKILL after a grace period; a run record left `running` by a
@@ -130,7 +131,9 @@ class _GatherRows(torch.autograd.Function):
     and each rank's share is its own block's slice: no communication in backward."""
 
     @staticmethod
-    def forward(ctx: Any, local: torch.Tensor, n: int, world: int, rank: int) -> torch.Tensor:
+    def forward(
+        ctx: Any, local: torch.Tensor, n: int, world: int, rank: int, scale: float
+    ) -> torch.Tensor:
         sizes = [hi - lo for lo, hi in (shard_bounds(n, world, r) for r in range(world))]
         most = max(sizes)
         buf = local.new_zeros((most, *local.shape[1:]))
@@ -138,17 +141,22 @@ class _GatherRows(torch.autograd.Function):
         parts = [torch.empty_like(buf) for _ in range(world)]
         dist.all_gather(parts, buf.contiguous())
         ctx.lo, ctx.hi = shard_bounds(n, world, rank)
+        ctx.scale = scale
         return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)])
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        return grad[ctx.lo : ctx.hi], None, None, None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        block = grad[ctx.lo : ctx.hi]
+        return (block * ctx.scale if ctx.scale != 1.0 else block), None, None, None, None
 
 
-def gather_rows(local: torch.Tensor, n: int, world: int, rank: int) -> torch.Tensor:
+def gather_rows(
+    local: torch.Tensor, n: int, world: int, rank: int, grad_scale: float = 1.0
+) -> torch.Tensor:
     """`[n, T]` from each rank's `[hi - lo, T]` block (`shard_bounds`); differentiable: the
-    gradient of a loss computed identically on every rank flows back to each rank's block."""
-    return _GatherRows.apply(local, n, world, rank)
+    gradient of a loss computed identically on every rank flows back to each rank's block,
+    times `grad_scale` (FSDP2's reduce-scatter averages over ranks: `world` undoes that)."""
+    return _GatherRows.apply(local, n, world, rank, grad_scale)
 
 
 def all_reduce_grads(params: Sequence[torch.nn.Parameter]) -> None:
@@ -238,7 +246,8 @@ class Distributed:
 
     def gather(self, local: torch.Tensor, n: int) -> torch.Tensor:
         with peer_errors(self.rank):
-            return gather_rows(local, n, self.world_size, self.rank)
+            scale = float(self.world_size) if self.fsdp else 1.0
+            return gather_rows(local, n, self.world_size, self.rank, scale)
 
     def all_reduce_grads(self, params: Sequence[torch.nn.Parameter]) -> None:
         with peer_errors(self.rank):
@@ -253,8 +262,7 @@ class Distributed:
     def full_policy(self, policy: torch.nn.Module, full: torch.nn.Module | None) -> Any:
         """Rank 0: an unsharded module holding `policy`'s current weights (rollouts,
         evaluation, checkpoints); the replicated policy itself without FSDP. With FSDP every
-        rank must call it at the same point (rank 0 asks the followers first). NOT YET RUN
-        with FSDP."""
+        rank must call it at the same point (rank 0 asks the followers first)."""
         if not self.fsdp:
             return policy
         from torch.distributed.checkpoint.state_dict import (
@@ -308,7 +316,7 @@ def setup(config: Any) -> Distributed | None:
     """Join the process group when launched as one (`world_from_env`), else None.
 
     Backend gloo for a CPU `config.device`, NCCL for CUDA (rank r trains on cuda:LOCAL_RANK).
-    FSDP2 only with CUDA and `SPO_FSDP=1`. Raises SpoError when `config.nproc` > 1 but this
+    FSDP2 with `SPO_FSDP=1` (run on CPU/gloo; not yet on GPUs). Raises SpoError when `config.nproc` > 1 but this
     process was not launched as one of a group (the Python API runs one rank per process)."""
     w = world_from_env()
     if w is None:
@@ -327,21 +335,21 @@ def setup(config: Any) -> Distributed | None:
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
-    fsdp = cuda and os.environ.get("SPO_FSDP") == "1"
+    fsdp = os.environ.get("SPO_FSDP") == "1"
     return Distributed(rank=rank, world_size=world, local_rank=local, device=device, fsdp=fsdp)
 
 
 def fsdp_shard(policy: torch.nn.Module) -> torch.nn.Module:
-    """FSDP2 (`torch.distributed.fsdp.fully_shard`) on each decoder layer, then the root; the
-    reduce-scatter sums (divide factor 1) because each rank's loss is the replicated global one
-    (module docstring). NOT YET RUN: written without a GPU."""
+    """FSDP2 (`torch.distributed.fsdp.fully_shard`) on each decoder layer, then the root. Its
+    reduce-scatter averages over ranks while each rank's gradient is already its share of the
+    global one (module docstring), so `gather_rows` scales the shares by the world size (a
+    divide factor of 1 would need ReduceOp.PREMUL_SUM, which gloo lacks)."""
     from torch.distributed.fsdp import fully_shard
 
     layers = getattr(getattr(policy, "model", policy), "layers", None)
     for layer in layers or []:
         fully_shard(layer)
     fully_shard(policy)
-    policy.set_gradient_divide_factor(1.0)
     return policy
 
 

@@ -102,7 +102,7 @@ class PolicyLearner:
     ) -> torch.Tensor:
         """FSDP2: every rank runs the same number of forwards (each one all-gathers parameters),
         so a rank with fewer rows runs a one-token dummy forward, kept in the graph with weight
-        0 so its backward (the reduce-scatter) runs too. NOT YET RUN (written without a GPU)."""
+        0 so its backward (the reduce-scatter) runs too (run on CPU/gloo; not yet on GPUs)."""
         dist = self.dist
         assert dist is not None
         most = max(

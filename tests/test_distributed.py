@@ -119,7 +119,8 @@ def test_shard_bounds_cover_rows_contiguously_in_rank_order():
 def test_two_processes_match_one_and_resume(small_lake, tiny_model, tmp_path):  # noqa: F811
     """SPO on offline rows (seeded mixture draw, batch 5: unequal shards 3 + 2): the
     2-process run, resumed after its first step (rank 1 must restore its optimizer state too:
-    its rows' log-probs in step 3 come from its own replica), equals one process for 3 steps."""
+    its rows' log-probs in step 3 come from its own replica), equals one process for 3 steps;
+    so does a 2-process FSDP2 run (sharded parameters)."""
     _estimates(small_lake, tiny_model, successes_of=1)
     base = dict(steps=3, batch_size=5, learning_rate=1e-3, seed=3)
     one = _config(small_lake, tiny_model, tmp_path, output=str(tmp_path / "one"), **base)
@@ -153,6 +154,20 @@ def test_two_processes_match_one_and_resume(small_lake, tiny_model, tmp_path):  
     diff = _max_diff(one_ck, two_ck)
     moved = _max_diff(one_ck, Path(one.output) / "checkpoint-000002")
     assert diff < WEIGHT_ATOL and moved > 50 * WEIGHT_ATOL, (diff, moved)
+
+    # FSDP2 (SPO_FSDP=1, gloo): sharded parameters, the same steps
+    fsdp = _config(small_lake, tiny_model, tmp_path, output=str(tmp_path / "fsdp"), **base)
+    r = subprocess.run(
+        ["python", "-m", "spo_cli.main", *_cli_args(fsdp), "--nproc", "2", "--json"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "SPO_FSDP": "1"},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    fsdp_run = json.loads(r.stdout.strip().splitlines()[-1])["run_id"]
+    assert _batches(small_lake, fsdp_run) == _batches(small_lake, ref.run_id)
+    got = _metric(small_lake, fsdp_run, "train/loss")
+    assert got == pytest.approx(_metric(small_lake, ref.run_id, "train/loss"), rel=LOSS_RTOL)
+    assert _max_diff(one_ck, Path(fsdp.output) / "checkpoint-000003") < WEIGHT_ATOL
 
 
 def _rows(lake: Lake, run_id: str) -> list[list[tuple[str, str]]]:
