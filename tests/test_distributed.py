@@ -168,6 +168,18 @@ def test_two_processes_match_one_and_resume(small_lake, tiny_model, tmp_path):  
     got = _metric(small_lake, fsdp_run, "train/loss")
     assert got == pytest.approx(_metric(small_lake, ref.run_id, "train/loss"), rel=LOSS_RTOL)
     assert _max_diff(one_ck, Path(fsdp.output) / "checkpoint-000003") < WEIGHT_ATOL
+    # its checkpoints hold rank 0's optimizer shard only: a resume is refused, in one line
+    # (rank 0 refuses before the other rank starts and tells it to return)
+    args = _cli_args(fsdp)
+    args[args.index("--steps") + 1] = "4"
+    r = subprocess.run(
+        ["python", "-m", "spo_cli.main", *args, "--nproc", "2", "--resume"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "SPO_FSDP": "1"},
+    )  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "with SPO_FSDP=1: not supported yet" in errors[0], r.stderr
 
 
 def _rows(lake: Lake, run_id: str) -> list[list[tuple[str, str]]]:
