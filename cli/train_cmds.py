@@ -448,9 +448,10 @@ def _train(
             import signal
 
             from spo_store.stopping import STOP_SIGNALS
+            from spo_train.launch import quiet_stop
 
             term = signal.SIGTERM in STOP_SIGNALS
-            raise typer.Exit(distributed.quiet_stop(143 if term else 130)) from None
+            raise typer.Exit(quiet_stop(143 if term else 130)) from None
         return
     # settings, another run's --output or a resume that changes settings, --model,
     # --sources-file and --mix: all refused before the lake is touched
@@ -460,9 +461,9 @@ def _train(
     _open_lake_with_problems(config.lake)
     if config.nproc > 1 and distributed.world_from_env() is None:
         # --nproc N: this command again as N processes (rank 0 prints the progress and --json)
-        code = distributed.launch(
-            config.nproc, sys.argv[1:], output=Path(config.output), lake_uri=config.lake
-        )
+        from spo_train.launch import launch
+
+        code = launch(config.nproc, sys.argv[1:], output=Path(config.output), lake_uri=config.lake)
         raise typer.Exit(code)
     steps = config.steps
     # The bar starts with the first step, so a refusal (no q0, bad data) stays one line.
