@@ -433,14 +433,38 @@ def _train(
     Settings: flags, or --config FILE (TOML, same names); the run's config.toml in --output
     reloads as is. docs/settings.md lists them with their TRL / verl names.
     """
+    from pathlib import Path
+
+    from spo_train import distributed
     from spo_train.trainer import preflight, train
 
     config = resolve_train_config(explicit, config_file)
+    if distributed.env_rank() != 0:
+        # a follower of a data-parallel group: rank 0 checks, writes and reports
+        config.validate()
+        try:
+            train(config)
+        except KeyboardInterrupt:
+            import signal
+
+            from spo_store.stopping import STOP_SIGNALS
+            from spo_train.launch import quiet_stop
+
+            term = signal.SIGTERM in STOP_SIGNALS
+            raise typer.Exit(quiet_stop(143 if term else 130)) from None
+        return
     # settings, another run's --output or a resume that changes settings, --model,
     # --sources-file and --mix: all refused before the lake is touched
     preflight(config)
+    distributed.check_world(config.nproc, config.batch_size)
 
     _open_lake_with_problems(config.lake)
+    if config.nproc > 1 and distributed.world_from_env() is None:
+        # --nproc N: this command again as N processes (rank 0 prints the progress and --json)
+        from spo_train.launch import launch
+
+        code = launch(config.nproc, sys.argv[1:], output=Path(config.output), lake_uri=config.lake)
+        raise typer.Exit(code)
     steps = config.steps
     # The bar starts with the first step, so a refusal (no q0, bad data) stays one line.
     bar = progress()

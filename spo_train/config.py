@@ -759,6 +759,15 @@ class TrainConfig:
     (renamed beside --rollout-workers)"""
     device: str = setting("cpu", resumable_change=True)
     """torch device (cpu, cuda, cuda:1, ...)"""
+    nproc: int = setting(
+        1,
+        check=at_least(1),
+        resumable_change=True,
+        trl="accelerate launch --num_processes",
+        verl="trainer.n_gpus_per_node",
+    )
+    """data-parallel training processes on this machine (gloo on CPU, NCCL on CUDA: process r
+    trains on cuda:r); the global batch stays --batch-size, split by rows (docs/distributed.md)"""
     resume: bool = setting(
         False, saved=False, trl="resume_from_checkpoint", verl="trainer.resume_mode"
     )
@@ -795,6 +804,11 @@ class TrainConfig:
             raise SpoError(
                 f"--micro-batch-size {self.micro_batch_size} is larger than --batch-size "
                 f"{self.batch_size}: a micro-batch is a chunk of the batch; lower it"
+            )
+        if self.nproc > self.batch_size:
+            raise SpoError(
+                f"--nproc {self.nproc} is more than --batch-size {self.batch_size}: every "
+                "process needs at least one row of the batch; lower --nproc or raise --batch-size"
             )
         if self.mc_weight and self.algo != "spo":
             raise SpoError(

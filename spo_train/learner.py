@@ -13,6 +13,7 @@ import torch
 from spo_train.algorithms import TrainBatch
 from spo_train.batch import pad_right
 from spo_train.config import TrainConfig
+from spo_train.distributed import Distributed, shard_bounds
 from spo_train.logprobs import response_logprobs
 
 
@@ -41,13 +42,24 @@ def policy_logprobs(
 
 
 class PolicyLearner:
-    """The policy, its AdamW and its schedule, as an algorithm sees them (`algorithms.Learner`)."""
+    """The policy, its AdamW and its schedule, as an algorithm sees them (`algorithms.Learner`).
+
+    With `dist` (data-parallel, `spo_train.distributed`): `policy_logprobs` forwards this
+    rank's contiguous shard of the rows and returns all rows' log-probs (all-gathered, the
+    gradient flowing back to this rank's shard), and `optimize` sums the gradients over the
+    ranks before clipping, so every rank takes the one-process step on the global batch."""
 
     def __init__(
-        self, policy: torch.nn.Module, config: TrainConfig, pad_token_id: int | None
+        self,
+        policy: torch.nn.Module,
+        config: TrainConfig,
+        pad_token_id: int | None,
+        *,
+        dist: Distributed | None = None,
     ) -> None:
         self.policy, self.config, self.pad_token_id = policy, config, pad_token_id
-        self.device = config.device
+        self.dist = dist
+        self.device = dist.device if dist is not None else config.device
         self.optimizer = torch.optim.AdamW(
             policy.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
@@ -56,22 +68,71 @@ class PolicyLearner:
         )
         self.optimizer_steps = 0
 
-    def policy_logprobs(self, batch: TrainBatch, rows: Sequence[int] | None = None) -> torch.Tensor:
-        idx = list(range(len(batch))) if rows is None else list(rows)
+    def _forward(
+        self, batch: TrainBatch, idx: list[int], width: int, micro: int | None
+    ) -> torch.Tensor:
+        """`[len(idx), width]` log-probs of rows `idx` (with gradients)."""
         lp, _mask = policy_logprobs(
             self.policy,
             [batch.prompt_ids[i] for i in idx],
             [batch.response_ids[i] for i in idx],
             pad_token_id=self.pad_token_id,
-            micro_batch_size=self.config.micro_batch_size,
+            micro_batch_size=micro,
         )
+        lp = lp[:, :width]
+        return lp if lp.shape[1] == width else torch.nn.functional.pad(lp, (0, width - lp.shape[1]))
+
+    def policy_logprobs(self, batch: TrainBatch, rows: Sequence[int] | None = None) -> torch.Tensor:
+        idx = list(range(len(batch))) if rows is None else list(rows)
         width = batch.mask.shape[1]
-        return lp if lp.shape[1] >= width else torch.nn.functional.pad(lp, (0, width - lp.shape[1]))
+        micro = self.config.micro_batch_size
+        if self.dist is None:
+            return self._forward(batch, idx, width, micro)
+        mine = self.dist.shard(idx)
+        if self.dist.fsdp:
+            local = self._forward_fsdp(batch, idx, mine, width)
+        elif mine:
+            local = self._forward(batch, mine, width, micro).float()
+        else:  # no rows here this call: an empty block (the gather still needs one)
+            local = torch.zeros(0, width, device=self.device, requires_grad=True)
+        return self.dist.gather(local, len(idx))
+
+    def _forward_fsdp(
+        self, batch: TrainBatch, idx: list[int], mine: list[int], width: int
+    ) -> torch.Tensor:
+        """FSDP2: every rank runs the same number of forwards (each one all-gathers parameters),
+        so a rank with fewer rows runs a one-token dummy forward, kept in the graph with weight
+        0 so its backward (the reduce-scatter) runs too (run on CPU/gloo; not yet on GPUs)."""
+        dist = self.dist
+        assert dist is not None
+        most = max(
+            hi - lo
+            for lo, hi in (
+                shard_bounds(len(idx), dist.world_size, r) for r in range(dist.world_size)
+            )
+        )
+        micro = self.config.micro_batch_size or most
+        parts: list[torch.Tensor] = []
+        for k in range(max(1, -(-most // micro))):
+            chunk = mine[k * micro : (k + 1) * micro]
+            if chunk:
+                parts.append(self._forward(batch, chunk, width, None).float())
+            else:
+                ids = torch.tensor([[self.pad_token_id or 0]], device=self.device)
+                dummy = self.policy(input_ids=ids).logits.float().sum() * 0.0
+                parts.append(torch.zeros(0, width, device=self.device) + dummy)
+        return torch.cat(parts)
 
     def optimize(self, loss: torch.Tensor) -> float:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.dist is not None and not self.dist.fsdp:
+            # Each rank holds its shard's share of the global gradient: their sum is the
+            # one-process gradient, clipped and stepped identically on every rank.
+            self.dist.all_reduce_grads(list(self.policy.parameters()))
         norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
+        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor norm
+            norm = norm.full_tensor()
         self.optimizer.step()
         self.optimizer_steps += 1
         return float(norm)

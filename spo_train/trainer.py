@@ -31,6 +31,7 @@ default (n=20, T=0.4, top-p 0.95, pass@1 and pass@10).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import shutil
@@ -48,6 +49,7 @@ from spo_store.errors import SpoError
 from spo_store.lake import Lake, run_status, sql_quote, utc_now
 from spo_store.maintenance import maybe_compact
 from spo_store.mixture import MixtureSampler
+from spo_train import distributed
 from spo_train.algorithms import Algorithm, make_algorithm
 from spo_train.algorithms.spo import (  # noqa: F401 - re-exported
     DEFAULT_CE_CLIP_EPS,
@@ -62,6 +64,7 @@ from spo_train.config import (  # noqa: F401 - LOSS_VARIANTS, WANDB_MODES: re-ex
     check_output_dir,
 )
 from spo_train.evaluate import eval_notes, evaluate
+from spo_train.fast_step import configure_model, step_options
 from spo_train.generation import TransformersGenerator
 from spo_train.learner import (  # noqa: F401 - re-exported
     PolicyLearner,
@@ -164,7 +167,36 @@ def train(
 
     Holds `output/.lock` for the whole run (a second `spo train` on the same --output is
     refused); an --output this call created is removed again when the run is refused before
-    it wrote anything. Raises SpoError (one line) for a refusal."""
+    it wrote anything. Raises SpoError (one line) for a refusal.
+
+    Launched as one of a data-parallel group (RANK/WORLD_SIZE set: `spo train --nproc N`,
+    torchrun), rank 0 runs the loop below and the other ranks follow it
+    (`spo_train.distributed`); a follower returns a TrainResult with an empty run_id."""
+    dp = distributed.setup(config)
+    if dp is not None and not dp.is_main:
+        try:
+            steps = distributed.Follower(config.resolved(), dp).serve()
+        finally:
+            dp.close()
+        return TrainResult(run_id="", steps_done=max(steps, 0), output=Path(config.output))
+    try:
+        return _train_main(config, dp, on_step=on_step, on_event=on_event)
+    except BaseException:
+        if dp is not None and not dp.started:
+            dp.abort()  # refused before the followers started: they return at once
+        raise
+    finally:
+        if dp is not None:
+            dp.close()
+
+
+def _train_main(
+    config: TrainConfig,
+    dp: distributed.Distributed | None,
+    *,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    on_event: Callable[[str], None] | None = None,
+) -> TrainResult:
     # another run's output, a resume that changes settings, a bad model/mixture: one line
     pi0_path, sources = preflight(config)
     config = config.resolved()
@@ -183,7 +215,7 @@ def train(
     try:
         # Checked again under the lock: the holder may have written its checkpoint since.
         check_output_dir(config)
-        return _train_locked(config, pi0_path, sources, on_step=on_step, on_event=on_event)
+        return _train_locked(config, pi0_path, sources, on_step=on_step, on_event=on_event, dp=dp)
     except BaseException:
         if created and {p.name for p in output.iterdir()} <= {".lock"}:
             shutil.rmtree(top, ignore_errors=True)  # a refusal leaves no empty --output
@@ -199,6 +231,7 @@ def _train_locked(
     *,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     on_event: Callable[[str], None] | None = None,
+    dp: distributed.Distributed | None = None,
 ) -> TrainResult:
     say = on_event or (lambda _msg: None)
     # Notes found while checking are said only once every check passed: a refusal is the
@@ -283,15 +316,34 @@ def _train_locked(
     set_seed(config.seed)
     ref_model, tokenizer = load_model_and_tokenizer(pi0_path, device=config.device)
     ref_model.eval().requires_grad_(False)
+    # The reference forward (rows without cached log-probs) runs at the run's --precision;
+    # no gradient flows through it, so neither checkpointing nor compile is worth applying.
+    configure_model(
+        ref_model,
+        dataclasses.replace(step_options(config), activation_checkpointing=False, compile=False),
+    )
     tokenizer_id = tokenizer_identity(tokenizer)
     output.mkdir(parents=True, exist_ok=True)
     ckpt = latest_checkpoint(output) if config.resume else None
     if config.resume and ckpt is None:
         say(f"no checkpoint in {output}: starting fresh")
+    if ckpt is not None and dp is not None and dp.fsdp:
+        raise SpoError(  # its checkpoints hold rank 0's optimizer shard only (docs/distributed.md)
+            f"--resume of {output} with SPO_FSDP=1: not supported yet; resume without SPO_FSDP"
+        )
     policy, _ = load_model_and_tokenizer(ckpt or pi0_path, device=config.device)
     # Dropout stays off: the loss forward is deterministic (see `policy_logprobs`).
     policy.eval()
-    learner = PolicyLearner(policy, config, tokenizer.pad_token_id)
+    # Data-parallel: FSDP2 shards the trained policy, rank 0 keeps an unsharded copy for
+    # rollouts, evaluation and checkpoints (`weights()`); replicated, the policy is its own.
+    full = copy.deepcopy(policy) if dp is not None and dp.fsdp else None
+    if dp is not None:
+        policy = dp.prepare_policy(policy)
+
+    def weights() -> torch.nn.Module:
+        return policy if dp is None else dp.full_policy(policy, full)
+
+    learner = PolicyLearner(policy, config, tokenizer.pad_token_id, dist=dp)
     algorithm: Algorithm = make_algorithm(config, pi0_path=pi0_path, say=say)
     start_step = 0
     state: dict[str, Any] = {}
@@ -319,7 +371,7 @@ def _train_locked(
         save_checkpoint(
             output,
             step,
-            policy,
+            weights(),
             tokenizer,
             learner.optimizer,
             learner.scheduler,
@@ -333,6 +385,8 @@ def _train_locked(
         )
 
     try:
+        if dp is not None:  # the other ranks load the same weights and state now
+            dp.start(pi0_path, ckpt, start_step)
         if ckpt is not None:
             # Steps after the checkpoint ran before the crash and run again now: drop what
             # they logged, so each (run, step, name) holds one value.
@@ -351,7 +405,7 @@ def _train_locked(
 
             producer = RayRolloutProducer(
                 lake,
-                policy,
+                weights(),
                 config=config,
                 model_path=pi0_path,
                 problems=train_problems,
@@ -366,7 +420,7 @@ def _train_locked(
         else:
             producer = RolloutProducer(
                 lake,
-                policy,
+                weights(),
                 tokenizer,
                 config=config,
                 problems=train_problems,
@@ -403,7 +457,7 @@ def _train_locked(
             )
 
         def run_eval(step: int, name: str, problems: list[dict[str, Any]]) -> dict[str, Any]:
-            gen = TransformersGenerator(policy.eval(), tokenizer, device=config.device)
+            gen = TransformersGenerator(weights().eval(), tokenizer, device=config.device)
             settings = SamplerSettings(
                 config.eval_n,
                 config.eval_temperature,
@@ -465,7 +519,7 @@ def _train_locked(
             t0 = time.perf_counter()
             # 1. the rollout policy takes new weights every model_update_interval steps
             if step % config.model_update_interval == 0 and step != producer.version:
-                producer.sync(policy, step)
+                producer.sync(weights(), step)
             # 2. online rollouts from the (slightly stale) rollout policy, judged, into the lake
             online_rows = producer.produce(step)
             t_rollout = time.perf_counter() - t0
@@ -516,6 +570,8 @@ def _train_locked(
                 )
             # 5. the algorithm's loss and optimizer step(s)
             mid_update = True  # until the step is counted done below
+            if dp is not None:  # every rank steps on this same global batch
+                dp.broadcast(("update", (step, train_batch)))
             metrics = algorithm.update(train_batch, learner)
             lr = learner.scheduler.get_last_lr()[0]  # the rate this step trained at
             learner.scheduler.step()
@@ -562,8 +618,19 @@ def _train_locked(
         # The policy it ends with, always (after its checkpoint, so a kill here loses no
         # training; a resumed run evaluates it if this did not finish).
         maybe_eval(config.steps)
+        if dp is not None:
+            drift = dp.finish(policy)
+            if drift:
+                say(drift)
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt) and not mid_update and result.steps_done > ckpt_step:
+        if dp is not None and not mid_update:
+            dp.abort()  # the followers wait for the next step: they return, rank 0 reports
+        if (
+            isinstance(exc, KeyboardInterrupt)
+            and not mid_update
+            and result.steps_done > ckpt_step
+            and not (dp is not None and dp.fsdp)  # gathering FSDP weights needs every rank
+        ):
             # Ctrl-C / SIGTERM: keep the steps done since the last checkpoint (--resume
             # continues from here; a small model saves in seconds).
             checkpoint(result.steps_done)
