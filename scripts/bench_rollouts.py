@@ -101,12 +101,17 @@ def main() -> None:
             "max_new_tokens": args.max_new_tokens,
             "load": os.getloadavg(),
         }
-        for name, algo, interval in (("spo_interval10", "spo", 10), ("ppo_interval1", "ppo", 1)):
+        # PPO is on-policy: new weights every step and only rows of the current version
+        # (--staleness 0), as the paper's baseline; SPO takes weights every 10 steps and rows up
+        # to 10 versions old.
+        runs = (("spo_interval10", "spo", 10, 10), ("ppo_interval1", "ppo", 1, 0))
+        for name, algo, interval, staleness in runs:
             summary, seconds = spo(
                 "train", *common, "--algo", algo, "--steps", str(args.steps), "--batch-size",
                 str(args.batch_size), "--rollout-n", str(args.rollout_n), "--max-new-tokens",
                 mnt, "--train-problems", str(args.problems), "--model-update-interval",
-                str(interval), "--rollout-workers", str(args.workers), "--eval-problems", "0",
+                str(interval), "--staleness", str(staleness), "--rollout-workers",
+                str(args.workers), "--eval-problems", "0",
                 "--wandb", "off", "--no-tensorboard", "--checkpoint-every", str(args.steps),
                 "--output", str(Path(tmp) / name), "--json", env=env,
             )  # fmt: skip
