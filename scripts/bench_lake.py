@@ -15,7 +15,10 @@ online with rewards 0/-1. Then measures, in one run:
    LIMIT 128` through `Lake.sql_arrow`, p50 over `--naive-runs`;
 5. candidate sets after one small append (`--small-append` online rows, a step's rollouts):
    kept and extended over the new rows vs recomputed whole, `--after-append` rounds, the two
-   checked equal each round. `--only candidates` runs 1 (without timing it) and 5 alone.
+   checked equal each round. `--only candidates` runs 1 (without timing it) and 5 alone;
+6. `--only insert`: a rollout worker's keyed commit (`Lake.insert_new` of `--insert-rows` new
+   rows: lock, key check over the table's `traj_id`, write, commit) into the table as built,
+   `--after-append` rounds, and its key check alone.
 
 Usage: python scripts/bench_lake.py [--rows 1000000] [--batch 10000] [--root /tmp/spo-bench-lake]
 The lake is deleted at the end unless `--keep`. Needs about 6.5 KB x rows of disk, twice over
@@ -285,6 +288,32 @@ def candidates_section(
     }
 
 
+def insert_section(
+    lake: Lake, rounds: int, rows: int, rng: np.random.Generator, problem_ids, next_id: int
+) -> dict[str, object]:
+    """Seconds of one rollout worker's keyed commit (`Lake.insert_new` of `rows` new online
+    trajectories) into the table as it stands, and of its key check alone (the scan of
+    `traj_id` for the batch's keys), `rounds` times: the cost every worker batch pays."""
+    commit, check = [], []
+    for _ in range(rounds):
+        table = make_batch(rng, next_id, rows, problem_ids, "online", POLICY_VERSION)
+        next_id += rows
+        keys = table.column("traj_id").to_pylist()
+        t_check, found = timed(lake._existing_keys, "trajectories", "traj_id", keys)
+        assert not found
+        t_commit, (_, inserted) = timed(lake.insert_new, "trajectories", table)
+        assert inserted == rows
+        commit.append(t_commit)
+        check.append(t_check)
+    return {
+        "insert_rows": rows,
+        "insert_rounds": rounds,
+        "insert_new_p50_ms": ms(pct(commit, 50)),
+        "insert_new_p95_ms": ms(pct(commit, 95)),
+        "key_check_p50_ms": ms(pct(check, 50)),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -295,7 +324,10 @@ def main() -> None:
     ap.add_argument("--append-rows", type=int, default=1_000, help="rows of each of those appends")
     ap.add_argument("--naive-runs", type=int, default=3)
     ap.add_argument("--small-append", type=int, default=16, help="rows of section 5's appends")
-    ap.add_argument("--only", choices=["all", "candidates"], default="all", help="sections to run")
+    ap.add_argument(
+        "--only", choices=["all", "candidates", "insert"], default="all", help="sections to run"
+    )
+    ap.add_argument("--insert-rows", type=int, default=64, help="rows of a worker's keyed commit")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic lake")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = ap.parse_args()
@@ -334,6 +366,14 @@ def main() -> None:
         res["fragments_after_appends"] = fragment_counts(lake)["trajectories"]
         res["lake_bytes"] = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
         print(json.dumps(res), flush=True)
+        if args.only == "insert":
+            res.update(
+                insert_section(lake, args.after_append, args.insert_rows, rng, problem_ids, done)
+            )
+            print(json.dumps(res, indent=2), flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(res, indent=2) + "\n")
+            return
         if args.only == "candidates":
             res.update(
                 candidates_section(

@@ -85,6 +85,12 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--rollout-samples", type=int, default=4, help="n per problem, spo rollout")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also SPO with new weights every step and --staleness 0 (on-policy like PPO)",
+    )
+    ap.add_argument("--skip-rollout", action="store_true", help="skip the spo rollout runs")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-rollouts-") as tmp:
@@ -104,7 +110,9 @@ def main() -> None:
         # PPO is on-policy: new weights every step and only rows of the current version
         # (--staleness 0), as the paper's baseline; SPO takes weights every 10 steps and rows up
         # to 10 versions old.
-        runs = (("spo_interval10", "spo", 10, 10), ("ppo_interval1", "ppo", 1, 0))
+        runs = [("spo_interval10", "spo", 10, 10), ("ppo_interval1", "ppo", 1, 0)]
+        if args.ablation:  # SPO held on-policy like PPO: what the interval alone buys
+            runs.append(("spo_interval1", "spo", 1, 0))
         for name, algo, interval, staleness in runs:
             summary, seconds = spo(
                 "train", *common, "--algo", algo, "--steps", str(args.steps), "--batch-size",
@@ -117,7 +125,7 @@ def main() -> None:
             )  # fmt: skip
             assert summary is not None
             out[name] = {"seconds": round(seconds, 1), **run_metrics(lake, summary["run_id"])}
-        for w in (1, 2):
+        for w in () if args.skip_rollout else (1, 2):
             summary, seconds = spo(
                 "rollout", *common, "--split", "train", "--limit", str(args.problems), "--n",
                 str(args.rollout_samples), "--max-new-tokens", mnt, "--rollout-workers", str(w),
