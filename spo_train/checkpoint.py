@@ -56,6 +56,17 @@ def save_checkpoint(
     return final
 
 
+def load_trainer_state(ckpt: Path, learner: Any, algorithm: Any) -> dict[str, Any]:
+    """Restore the optimizer, schedule and algorithm state saved with `ckpt` into `learner`
+    (`PolicyLearner`) and `algorithm`; returns the whole saved state (step, run id, RNG, ...)."""
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    learner.optimizer.load_state_dict(state["optimizer"])
+    learner.scheduler.load_state_dict(state["scheduler"])
+    if "algorithm" in state:
+        algorithm.load_state_dict(state["algorithm"])
+    return state
+
+
 def restore_rng(state: dict[str, Any]) -> None:
     """Put back the RNG states a checkpoint saved (same data order after `--resume`)."""
     torch.set_rng_state(state["torch_rng"])

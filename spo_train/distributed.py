@@ -358,6 +358,7 @@ class Follower:
         """Follow rank 0 until it says "end" or "abort" (returns the last step; -1 when rank 0
         refused the run before starting it)."""
         from spo_train.algorithms import make_algorithm
+        from spo_train.checkpoint import load_trainer_state
         from spo_train.learner import PolicyLearner
         from spo_train.models import load_model_and_tokenizer
         from spo_train.train_setup import set_seed
@@ -376,11 +377,7 @@ class Follower:
         learner = PolicyLearner(policy, c, tokenizer.pad_token_id, dist=self.ctx)
         algorithm = make_algorithm(c, pi0_path=Path(start["pi0_path"]))
         if ckpt is not None:
-            state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-            learner.optimizer.load_state_dict(state["optimizer"])
-            learner.scheduler.load_state_dict(state["scheduler"])
-            if "algorithm" in state:
-                algorithm.load_state_dict(state["algorithm"])
+            load_trainer_state(ckpt, learner, algorithm)
         step = start["step"]
         while True:
             kind, payload = self.ctx.broadcast()

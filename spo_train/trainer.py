@@ -56,7 +56,13 @@ from spo_train.algorithms.spo import (  # noqa: F401 - re-exported
     effective_ce_clip_eps,
 )
 from spo_train.batch import ReferenceCache
-from spo_train.checkpoint import latest_checkpoint, prune_checkpoints, restore_rng, save_checkpoint
+from spo_train.checkpoint import (
+    latest_checkpoint,
+    load_trainer_state,
+    prune_checkpoints,
+    restore_rng,
+    save_checkpoint,
+)
 from spo_train.config import (  # noqa: F401 - LOSS_VARIANTS, WANDB_MODES: re-exported
     LOSS_VARIANTS,
     WANDB_MODES,
@@ -348,11 +354,7 @@ def _train_locked(
     start_step = 0
     state: dict[str, Any] = {}
     if ckpt is not None:
-        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        learner.optimizer.load_state_dict(state["optimizer"])
-        learner.scheduler.load_state_dict(state["scheduler"])
-        if "algorithm" in state:
-            algorithm.load_state_dict(state["algorithm"])
+        state = load_trainer_state(ckpt, learner, algorithm)
         restore_rng(state)
         start_step, run_id = state["step"], state["run_id"]
         say(f"resumed run {run_id} from {ckpt.name} (step {start_step})")

@@ -94,9 +94,16 @@ class Algorithm:
         """Apply the run's step options (precision, log-prob chunks, activation checkpointing,
         compile: `spo_train.fast_step`) to the learner's policy; once, idempotent. Called at
         the top of every `update`, so any learner's policy gets them."""
+        import dataclasses
+
         from spo_train.fast_step import configure_model, step_options
 
-        configure_model(learner.policy, step_options(self.config))
+        options = step_options(self.config)
+        if getattr(getattr(learner, "dist", None), "fsdp", False) and options.logprob_chunk_size:
+            # FSDP2 shards at the root module too; the chunked path calls the decoder directly
+            # and would skip the root's all-gather (docs/gpu.md, "Limits"): the plain path.
+            options = dataclasses.replace(options, logprob_chunk_size=0)
+        configure_model(learner.policy, options)
 
     def state_dict(self) -> dict[str, Any]:
         return {}
