@@ -154,9 +154,14 @@ def main(argv: list[str] | None = None) -> None:
     # kept, and the command says how to resume. Both signals are recorded here because typer
     # turns a KeyboardInterrupt into a silent `Exit(130)` before it reaches this function.
     from spo_store.stopping import STOP_SIGNALS as stopped
+    from spo_store.stopping import deferring
 
     def _on_signal(signum: int, _frame: object) -> None:
+        first = not stopped
         stopped.append(signum)
+        if first and deferring():  # inside a training step: finish it, save, then stop
+            os.write(2, b"stopping after this step (again to stop now)\n")
+            return
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _on_signal)

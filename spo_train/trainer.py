@@ -49,6 +49,7 @@ from spo_store.errors import SpoError
 from spo_store.lake import Lake, run_status, sql_quote, utc_now
 from spo_store.maintenance import maybe_compact
 from spo_store.mixture import MixtureSampler
+from spo_store.stopping import deferred_stop
 from spo_train import distributed
 from spo_train.algorithms import Algorithm, make_algorithm
 from spo_train.algorithms.spo import (  # noqa: F401 - re-exported
@@ -572,44 +573,48 @@ def _train_locked(
                 )
             # 5. the algorithm's loss and optimizer step(s)
             mid_update = True  # until the step is counted done below
-            if dp is not None:  # every rank steps on this same global batch
-                dp.broadcast(("update", (step, train_batch)))
-            metrics = algorithm.update(train_batch, learner)
-            lr = learner.scheduler.get_last_lr()[0]  # the rate this step trained at
-            learner.scheduler.step()
-            # 6. metrics, checkpoints, evaluation
-            dt = time.perf_counter() - t0
-            judged_rewards = [r["reward"] for r in online_rows if r["reward"] is not None]
-            metrics.update(
-                {
-                    "train/lr": lr,
-                    "rollout/reward_mean": float(np.mean(judged_rewards))
-                    if judged_rewards
-                    else float("nan"),
-                    "rollout/unjudged": float(sum(r["reward"] is None for r in online_rows)),
-                    "rollout/samples_per_s": len(online_rows) / t_rollout
-                    if online_rows and t_rollout > 0
-                    else 0.0,
-                    "train/tokens_per_s": int(train_batch.mask.sum()) / max(dt - t_rollout, 1e-9),
-                    "train/step_s": dt,
-                    "train/rollout_s": t_rollout,
-                    "train/ref_forward_rows": float(prepared.ref_forwards),
-                }
-            )
-            if hasattr(producer, "metrics"):  # rollout workers: idle time, commits, staleness
-                metrics.update(producer.metrics())
-            metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
-            lake.log_metrics(run_id, step, metrics)
-            if writer:
-                for k, v in metrics.items():
-                    writer.add_scalar(k, v, step)
-            if wandb_run:
-                wandb_run.log(metrics, step=step)
-            result.metrics.append({"step": step, **metrics})
-            result.steps_done = step + 1
-            mid_update = False
-            if on_step:
-                on_step(step, metrics)
+            # Ctrl-C inside the step stops after it (single process: the ranks of --nproc
+            # stop together through the launcher instead); a second Ctrl-C stops at once.
+            with deferred_stop(enabled=dp is None):
+                if dp is not None:  # every rank steps on this same global batch
+                    dp.broadcast(("update", (step, train_batch)))
+                metrics = algorithm.update(train_batch, learner)
+                lr = learner.scheduler.get_last_lr()[0]  # the rate this step trained at
+                learner.scheduler.step()
+                # 6. metrics, checkpoints, evaluation
+                dt = time.perf_counter() - t0
+                judged_rewards = [r["reward"] for r in online_rows if r["reward"] is not None]
+                metrics.update(
+                    {
+                        "train/lr": lr,
+                        "rollout/reward_mean": float(np.mean(judged_rewards))
+                        if judged_rewards
+                        else float("nan"),
+                        "rollout/unjudged": float(sum(r["reward"] is None for r in online_rows)),
+                        "rollout/samples_per_s": len(online_rows) / t_rollout
+                        if online_rows and t_rollout > 0
+                        else 0.0,
+                        "train/tokens_per_s": int(train_batch.mask.sum())
+                        / max(dt - t_rollout, 1e-9),
+                        "train/step_s": dt,
+                        "train/rollout_s": t_rollout,
+                        "train/ref_forward_rows": float(prepared.ref_forwards),
+                    }
+                )
+                if hasattr(producer, "metrics"):  # rollout workers: idle time, commits, staleness
+                    metrics.update(producer.metrics())
+                metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
+                lake.log_metrics(run_id, step, metrics)
+                if writer:
+                    for k, v in metrics.items():
+                        writer.add_scalar(k, v, step)
+                if wandb_run:
+                    wandb_run.log(metrics, step=step)
+                result.metrics.append({"step": step, **metrics})
+                result.steps_done = step + 1
+                mid_update = False
+                if on_step:
+                    on_step(step, metrics)
             if config.eval_every and (step + 1) % config.eval_every == 0:
                 maybe_eval(step + 1)
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
@@ -637,6 +642,12 @@ def _train_locked(
             # continues from here; a small model saves in seconds).
             checkpoint(result.steps_done)
             say(f"interrupted: checkpoint-{result.steps_done:06d} saved; --resume continues")
+        elif isinstance(exc, KeyboardInterrupt) and (mid_update or result.steps_done > ckpt_step):
+            since = f"checkpoint-{ckpt_step:06d}" if ckpt_step else "the start"
+            say(
+                f"interrupted inside a step: no checkpoint saved; --resume continues from {since} "
+                f"(steps after it run again)"
+            )
         lake.end_run(run_id, run_status(exc))
         raise
     finally:

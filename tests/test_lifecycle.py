@@ -33,7 +33,12 @@ def runs(lake_dir: Path, kind: str | None = None) -> list[dict]:
 
 
 def term_when(
-    argv: list[str], lake_dir: Path, ready, limit_s: float = 240, delay_s: float = 0.0
+    argv: list[str],
+    lake_dir: Path,
+    ready,
+    limit_s: float = 240,
+    delay_s: float = 0.0,
+    sig: int = signal.SIGTERM,
 ) -> tuple[int, str]:
     """Start `spo argv`, send SIGTERM `delay_s` after `ready(lake)` holds (polled); return
     (rc, stderr). The command must stop within 15 s (Docker waits 10, Slurm 30)."""
@@ -48,7 +53,7 @@ def term_when(
             time.sleep(0.3)
         time.sleep(delay_s)
         assert proc.poll() is None, "the command ended before it could be stopped"
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         sent = time.monotonic()
         _, err = proc.communicate(timeout=120)
         assert time.monotonic() - sent < 15, f"took {time.monotonic() - sent:.0f} s to stop"
@@ -283,6 +288,36 @@ def test_sigterm_train_then_resume(tmp_path):
     assert again.returncode == 0, again.stderr
     [after] = runs(lake_dir, "train")
     assert after["run_id"] == first["run_id"] and after["status"] == "completed"
+
+
+def test_ctrl_c_inside_a_step_finishes_it_and_saves(tmp_path):
+    """Ctrl-C (SIGINT) at any moment after a step was logged saves a checkpoint of the steps
+    done, never none: a signal inside a step's update, logging or checkpoint is deferred to the
+    step's end (`spo_store.stopping.deferred_stop`). Checkpoints are otherwise never due
+    (--checkpoint-every 1000), so the one found is the interrupt's."""
+    lake_dir, out = tmp_path / "lake", tmp_path / "run"
+    q0 = spo(
+        "estimate-q0", "--lake", str(lake_dir), "--samples", "2", "--max-new-tokens", "16",
+        "--limit", "4",
+    )  # fmt: skip
+    assert q0.returncode == 0, q0.stderr
+    argv = [
+        "train", "--lake", str(lake_dir), "--output", str(out), "--mix", "online:1",
+        "--steps", "60", "--batch-size", "2", "--rollout-n", "1", "--max-new-tokens", "16",
+        "--eval-problems", "0", "--checkpoint-every", "1000", "--wandb", "off",
+    ]  # fmt: skip
+
+    def stepped(lk: Lake) -> bool:
+        return lk.sql_arrow("SELECT 1 FROM metrics WHERE step >= 1").num_rows > 0
+
+    rc, err = term_when(argv, lake_dir, stepped, delay_s=0.7, sig=signal.SIGINT)
+    assert rc == 130, err
+    saved = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert len(saved) == 1 and "saved; --resume continues" in err, (saved, err[-1500:])
+    [run] = runs(lake_dir, "train")
+    assert run["status"] == "interrupted"
+    steps = Lake.open(lake_dir).sql_arrow("SELECT max(step) FROM metrics").column(0)[0].as_py()
+    assert saved == [f"checkpoint-{steps + 1:06d}"]  # the last logged step is in it
 
 
 @needs_sandbox
