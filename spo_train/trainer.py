@@ -180,6 +180,8 @@ def train(
     torchrun), rank 0 runs the loop below and the other ranks follow it
     (`spo_train.distributed`); a follower returns a TrainResult with an empty run_id."""
     dp = distributed.setup(config)
+    if dp is not None and config.nproc != dp.world_size:  # torchrun: the record says how many
+        config = dataclasses.replace(config, nproc=dp.world_size)
     if dp is not None and not dp.is_main:
         try:
             steps = distributed.Follower(config.resolved(), dp).serve()

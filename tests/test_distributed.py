@@ -312,6 +312,8 @@ def test_torchrun_launches_the_same_command(small_lake, tiny_model, tmp_path):  
     assert len(out) == 1  # one summary: rank 0's
     run_id = json.loads(out[0])["run_id"]
     assert _status(small_lake, run_id) == "completed" and len(_batches(small_lake, run_id)) == 1
+    saved = (tmp_path / "t" / "config.toml").read_text()
+    assert "nproc = 2" in saved  # the record says how many processes trained, not 1
     # (torchrun's own parser would take a --nproc flag for its --nproc-per-node: a config file)
     (tmp_path / "n3.toml").write_text("nproc = 3\n")
     r = subprocess.run(
