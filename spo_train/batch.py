@@ -12,14 +12,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import torch
 
-from spo_store.lake import Lake, sql_quote, utc_now
 from spo_train.logprobs import response_logprobs
 from spo_train.prompting import encode_prompt, encode_response, problem_prompt
+
+if TYPE_CHECKING:  # the lake (Lance, DuckDB) loads only where a cache is used: `spo bench
+    from spo_store.lake import Lake  # step` and the GPU check import this module without it
 
 
 @dataclass
@@ -60,6 +62,8 @@ class ReferenceCache:
     def lookup(self, traj_ids: list[str]) -> dict[str, dict[str, Any]]:
         if not traj_ids:
             return {}
+        from spo_store.lake import sql_quote
+
         ids = ", ".join(sql_quote(t) for t in traj_ids)
         rows = (
             self.lake.dataset("token_cache")
@@ -127,6 +131,8 @@ class ReferenceCache:
                 by_id[data[i]["traj_id"]] = lp[row_idx][mask[row_idx]].tolist()
             for i in todo:
                 ref_lp[i] = by_id[data[i]["traj_id"]]
+            from spo_store.lake import utc_now
+
             now = utc_now()
             self.lake.append(
                 "token_cache",

@@ -20,3 +20,18 @@ def test_every_package_is_listed() -> None:
             rel = init.parent.relative_to(folder)
             found.add(".".join([top, *rel.parts]))
     assert found == set(setup["packages"]), sorted(found ^ set(setup["packages"]))
+
+
+def test_bench_step_loads_without_the_lake_libraries():
+    """`scripts/gpu_step_check.sh` runs `spo bench step` on a GPU image that has torch and
+    transformers but not Lance, DuckDB or polars: the step's modules must not import them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import spo_cli.bench_cmds, spo_train.bench_step, spo_train.learner, "
+        "spo_train.algorithms.spo, spo_train.algorithms.ppo, spo_train.algorithms.grpo; "
+        "print(sorted(m for m in ('lance', 'duckdb', 'polars') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
