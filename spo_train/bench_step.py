@@ -44,6 +44,7 @@ from typing import Any
 import torch
 
 from spo_store.errors import SpoError
+from spo_train.fast_step import check_device, resolve_precision
 
 ALGOS = ("spo", "ppo", "grpo")
 MODES = ("fast", "plain")
@@ -337,6 +338,9 @@ def measure(
         "algo": algo,
         "mode": mode,
         "precision": config.precision,
+        "compute_dtype": str(resolve_precision(config.precision, spec.device)).removeprefix(
+            "torch."
+        ),
         "logprob_chunk_size": config.logprob_chunk_size,
         "activation_checkpointing": config.activation_checkpointing,
         "compile": config.compile,
@@ -454,8 +458,7 @@ def check_spec(spec: BenchSpec) -> None:
         raise SpoError(
             f"--batch-size {spec.batch_size} is not a multiple of --group-size {spec.group_size}"
         )
-    if torch.device(spec.device).type == "cuda" and not torch.cuda.is_available():
-        raise SpoError(f"--device {spec.device}: torch sees no CUDA device")
+    check_device(spec.device)
     if spec.model is not None and spec.random_llama is not None:
         raise SpoError("give --model or --random-llama, not both")
 

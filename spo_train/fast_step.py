@@ -38,6 +38,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from spo_store.errors import SpoError
+
 __all__ = [
     "DEFAULT_CHUNK",
     "PRECISIONS",
@@ -190,3 +192,29 @@ def chunked_token_logprobs(
         else:
             parts.append(_chunk_logprobs(h, lm_head.weight, lm_head.bias, t))
     return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def check_device(device: str) -> None:
+    """Refuse (one SpoError line) a --device torch cannot parse or this machine lacks (CUDA
+    not built in or no such GPU, MPS absent), before any model loads."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise SpoError(
+            f"--device {device!r}: not a torch device (cpu, cuda, cuda:1, mps)"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SpoError(
+                f"--device {device}: CUDA is not available to this torch ({torch.__version__}); "
+                "use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SpoError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise SpoError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise SpoError(f"--device {device}: spo trains on cpu, cuda or mps")

@@ -27,6 +27,7 @@ from spo_train.config import (
     dump_toml,
     stored_train_config,
 )
+from spo_train.fast_step import check_device  # noqa: F401 - re-exported
 from spo_train.models import resolve_model_path
 from spo_train.q0 import q0_value
 from spo_train.rollout import RELIABLE, count_problems, load_problems, split_predicate
@@ -192,32 +193,6 @@ def start_wandb(config: TrainConfig, run_id: str, output: Path) -> Any:
         # console="off": W&B must not wrap stdout (`--json` prints the last line there)
         settings=wandb.Settings(silent=True, console="off"),
     )
-
-
-def check_device(device: str) -> None:
-    """Refuse (one SpoError line) a --device torch cannot parse or this machine lacks (CUDA
-    not built in or no such GPU, MPS absent), before any model loads."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise SpoError(
-            f"--device {device!r}: not a torch device (cpu, cuda, cuda:1, mps)"
-        ) from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SpoError(
-                f"--device {device}: CUDA is not available to this torch ({torch.__version__}); "
-                "use --device cpu"
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise SpoError(
-                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
-    elif dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise SpoError(f"--device {device}: MPS is not available here; use --device cpu")
-    elif dev.type != "cpu":
-        raise SpoError(f"--device {device}: spo trains on cpu, cuda or mps")
 
 
 def lock_output(output: Path) -> Any:
