@@ -755,7 +755,8 @@ class TrainConfig:
         check=at_least(1),
         resumable_change=True,
     )
-    """judge processes (default: all cores); --workers is its old name, kept as an alias
+    """judge processes: of the trainer's own rollouts and evaluation (default: all cores) and of
+    each rollout worker (default: 1 per worker); --workers is its old name, kept as an alias
     (renamed beside --rollout-workers)"""
     device: str = setting("cpu", resumable_change=True)
     """torch device (cpu, cuda, cuda:1, ...)"""

@@ -82,6 +82,9 @@ class RolloutConfig:
             raise SpoError("--where is empty: give an SQL predicate over p, or leave it out")
         if self.split is not None and self.where is not None:
             raise SpoError("--split and --where given together: give one")
+        from spo_train.rollout_workers import check_ray_address
+
+        check_ray_address(self.ray_address)
 
     def run_key(self, model_id: str, predicate: str) -> str:
         """What decides the samples: the same key is the same (resumed) run."""

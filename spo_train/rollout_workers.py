@@ -51,6 +51,28 @@ def run_tag(run_id: str) -> str:
     return hashlib.sha256(run_id.encode()).hexdigest()[:8]
 
 
+def check_ray_address(address: str | None) -> None:
+    """Refuse (one SpoError line, before anything is written) a `--ray-address HOST:PORT` or
+    `ray://HOST:PORT` where nothing accepts a TCP connection within 5 s: `ray.init` would
+    otherwise retry for many minutes. `auto` and no address are left to Ray."""
+    import socket
+
+    if not address or address == "auto":
+        return
+    hostport = address.removeprefix("ray://").rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise SpoError(f"--ray-address {address}: give HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+            pass
+    except OSError as exc:
+        raise SpoError(
+            f"--ray-address {address}: nothing answers at {host}:{port} ({exc.strerror or exc}); "
+            "start the cluster (`ray start --head`) or leave --ray-address out for a local Ray"
+        ) from None
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None, *, num_workers: int) -> Iterator[None]:
     """Ray for the duration of the block: an already initialised Ray is used as is (and left
@@ -88,6 +110,10 @@ def ray_session(address: str | None, *, num_workers: int) -> Iterator[None]:
         with contextlib.suppress(ValueError, TypeError):
             signal.signal(signal.SIGTERM, term)
             signal.signal(signal.SIGINT, intr)
+    # Ray's processes have the mark now (the actors inherit it from the raylet); what this
+    # process starts later (the W&B service, evaluation's sandboxes) must not, or the guard
+    # would kill it with Ray.
+    _restore_mark(guard)
     try:
         yield
     finally:
@@ -120,17 +146,23 @@ def _start_guard() -> tuple[Any, int, str | None]:
     return proc, write_fd, previous
 
 
-def _stop_guard(guard: tuple[Any, int, str | None]) -> None:
-    """Close the guard's pipe (it sweeps what `ray.shutdown` left) and wait for it."""
-    import subprocess
-
+def _restore_mark(guard: tuple[Any, int, str | None]) -> None:
+    """This process's `SPO_RAY_SESSION` as it was before `_start_guard`."""
     from spo_train.ray_reaper import VAR
 
-    proc, write_fd, previous = guard
+    previous = guard[2]
     if previous is None:
         os.environ.pop(VAR, None)
     else:
         os.environ[VAR] = previous
+
+
+def _stop_guard(guard: tuple[Any, int, str | None]) -> None:
+    """Close the guard's pipe (it sweeps what `ray.shutdown` left) and wait for it."""
+    import subprocess
+
+    proc, write_fd, _previous = guard
+    _restore_mark(guard)
     with contextlib.suppress(OSError):
         os.close(write_fd)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -341,6 +373,17 @@ def wait_started(actors: Sequence[Any]) -> None:
             raise SpoError(f"rollout worker {i} could not start: {_last_line(exc)}") from None
 
 
+RESTART_RETRY_S = 2.0
+"""Seconds before calls go again to an actor that answered "restarting" (its model reloads)."""
+
+
+def _is_restarting(exc: BaseException) -> bool:
+    """Ray answered that the actor is being restarted (after a crash already counted)."""
+    import ray.exceptions as rex
+
+    return isinstance(exc, rex.ActorUnavailableError)
+
+
 def _is_actor_death(exc: BaseException) -> bool:
     import ray.exceptions as rex
 
@@ -381,6 +424,10 @@ class WorkerPool:
         self.depth = depth
         self.pending: dict[Any, tuple[int, str, tuple, int]] = {}
         self.restarts = [0] * len(actors)  # also each actor's incarnation as the pool knows it
+        # An actor Ray is still restarting answers ActorUnavailableError: not a new death; its
+        # calls wait until `retry_at`, and then it gets the weights again first.
+        self.retry_at = [0.0] * len(actors)
+        self.resend = [False] * len(actors)
 
     def call(self, index: int, method: str, *args: Any) -> Any:
         """Queue `method(*args)` on actor `index` (after what is queued there already)."""
@@ -392,7 +439,14 @@ class WorkerPool:
         return sum(1 for i, m, *_ in self.pending.values() if i == index and m != "set_weights")
 
     def fill(self) -> None:
+        now = time.monotonic()
         for i in range(len(self.actors)):
+            if now < self.retry_at[i]:
+                continue  # restarting: try again later
+            if self.resend[i]:
+                self.resend[i] = False
+                if self.on_restart:
+                    self.on_restart(i)
             while self.queued(i) < self.depth:
                 nxt = self.next_call(i)
                 if nxt is None:
@@ -425,6 +479,12 @@ class WorkerPool:
                         f"rollout worker {index}: {method} failed: {type(cause).__name__}: "
                         f"{str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
                     ) from None
+                if _is_restarting(exc):  # Ray is restarting it: wait, then weights again
+                    self.retry_at[index] = time.monotonic() + RESTART_RETRY_S
+                    self.resend[index] = True
+                    if self.on_lost and method != "set_weights":
+                        self.on_lost(index, method, args)
+                    continue
                 if incarnation == self.restarts[index]:  # a new death, not its queue's echo
                     self.restarts[index] += 1
                     if self.restarts[index] > MAX_RESTARTS:

@@ -223,6 +223,10 @@ def preflight(config: TrainConfig) -> tuple[Path, dict[str, str]]:
     config.validate()
     check_output_dir(config)
     check_device(config.device)
+    if config.rollout_workers:
+        from spo_train.rollout_workers import check_ray_address
+
+        check_ray_address(config.ray_address)
     pi0_path = resolve_model_path(config.model)
     sources = load_sources(config.sources_file)
     try:
