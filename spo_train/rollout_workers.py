@@ -428,6 +428,7 @@ class WorkerPool:
         # calls wait until `retry_at`, and then it gets the weights again first.
         self.retry_at = [0.0] * len(actors)
         self.resend = [False] * len(actors)
+        self.restarting = [False] * len(actors)  # its restart was counted, no answer since
 
     def call(self, index: int, method: str, *args: Any) -> Any:
         """Queue `method(*args)` on actor `index` (after what is queued there already)."""
@@ -480,27 +481,35 @@ class WorkerPool:
                         f"{str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
                     ) from None
                 if _is_restarting(exc):  # Ray is restarting it: wait, then weights again
+                    if incarnation == self.restarts[index] and not self.restarting[index]:
+                        self._count_restart(index, exc)  # the first news of this death
+                    self.restarting[index] = True
                     self.retry_at[index] = time.monotonic() + RESTART_RETRY_S
                     self.resend[index] = True
                     if self.on_lost and method != "set_weights":
                         self.on_lost(index, method, args)
                     continue
                 if incarnation == self.restarts[index]:  # a new death, not its queue's echo
-                    self.restarts[index] += 1
-                    if self.restarts[index] > MAX_RESTARTS:
-                        raise SpoError(
-                            f"rollout worker {index} died {self.restarts[index]} times "
-                            f"(last: {type(exc).__name__}: {_last_line(exc)}); see the Ray logs "
-                            "under /tmp/ray"
-                        ) from None
+                    self.restarting[index] = True
+                    self._count_restart(index, exc)
                     if self.on_restart:
                         self.on_restart(index)
                 if self.on_lost and method != "set_weights":
                     self.on_lost(index, method, args)
                 continue
+            self.restarting[index] = False
             self.on_result(index, result)
         self.fill()
         return len(ready)
+
+    def _count_restart(self, index: int, exc: BaseException) -> None:
+        self.restarts[index] += 1
+        if self.restarts[index] > MAX_RESTARTS:
+            raise SpoError(
+                f"rollout worker {index} died {self.restarts[index]} times "
+                f"(last: {type(exc).__name__}: {_last_line(exc)}); see the Ray logs "
+                "under /tmp/ray"
+            ) from None
 
     def close(self) -> None:
         """Kill every actor (their sandboxes die with them: bubblewrap --die-with-parent)."""
