@@ -42,6 +42,7 @@ Design (docs/distributed.md):
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -301,9 +302,20 @@ class Distributed:
             )
         return None
 
-    def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    def close(self, *, sync: bool = False) -> None:
+        """Leave the group. `sync` (a clean end on every rank): wait for the others first, so
+        no rank tears its communicator down while a peer still talks to it (a follower was
+        seen aborting at exit, "terminate called without an active exception", under
+        torchrun). After an error no rank waits: a peer may be gone."""
+        if not dist.is_initialized():
+            return
+        if sync:
+            with contextlib.suppress(Exception):
+                if dist.get_backend() == "gloo":
+                    dist.monitored_barrier(timeout=timedelta(seconds=60))
+                else:
+                    dist.barrier()
+        dist.destroy_process_group()
 
 
 def setup(config: Any) -> Distributed | None:
@@ -353,6 +365,7 @@ class Follower:
 
     def __init__(self, config: Any, ctx: Distributed) -> None:
         self.config, self.ctx = config, ctx
+        self.ended = False
 
     def serve(self) -> int:
         """Follow rank 0 until it says "end" or "abort" (returns the last step; -1 when rank 0
@@ -389,6 +402,7 @@ class Follower:
                 self.ctx.full_policy(policy, None)
             elif kind == "end":
                 self.ctx.replica_check(policy)
+                self.ended = True  # a clean end: every rank leaves the group together
                 return step
             elif kind == "abort":  # rank 0 failed or stopped between steps: it reports
                 return step

@@ -183,20 +183,24 @@ def train(
     if dp is not None and config.nproc != dp.world_size:  # torchrun: the record says how many
         config = dataclasses.replace(config, nproc=dp.world_size)
     if dp is not None and not dp.is_main:
+        follower = distributed.Follower(config.resolved(), dp)
         try:
-            steps = distributed.Follower(config.resolved(), dp).serve()
+            steps = follower.serve()
         finally:
-            dp.close()
+            dp.close(sync=follower.ended)
         return TrainResult(run_id="", steps_done=max(steps, 0), output=Path(config.output))
+    clean = False
     try:
-        return _train_main(config, dp, on_step=on_step, on_event=on_event)
+        result = _train_main(config, dp, on_step=on_step, on_event=on_event)
+        clean = True
+        return result
     except BaseException:
         if dp is not None and not dp.started:
             dp.abort()  # refused before the followers started: they return at once
         raise
     finally:
         if dp is not None:
-            dp.close()
+            dp.close(sync=clean)
 
 
 def _train_main(
