@@ -49,6 +49,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from spo_train.bench_step import _reset_peak_rss  # one reset, shared with spo bench step
+
 ALGOS = ("spo", "ppo", "grpo")
 MIB = 1024 * 1024
 
@@ -65,16 +67,6 @@ def _proc_status_kib(field: str) -> int:
 
 def _peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-
-
-def _reset_peak_rss() -> bool:
-    """Reset this process's peak RSS to its current RSS (Linux >= 4.0); False if refused."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def trained_state_bytes(optimizer: Any) -> int:
