@@ -44,6 +44,7 @@ Speed (see BENCHMARKS.md, "Judge"): a sandbox costs ~20-30 ms to start and a tes
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import marshal
 import os
@@ -74,6 +75,13 @@ NOFILE_LIMIT = 256
 WALL_FACTOR, WALL_SLACK_S = 1.5, 1.0  # wall-clock limit per test = 1.5 x CPU limit + 1 s
 HOST_SLACK_S = 5.0  # the host's watchdog fires this long after the driver's own wall limit
 START_TIMEOUT_S = 20.0  # sandbox start + compile (+ import preloading)
+STARVED_RERUNS = 2  # a test that ran out of wall time only because the machine was busy
+IDLE_TLE_S = 1.0  # ... is a time limit only if the program itself sat idle this long
+CGROUP_ROOT = "/sys/fs/cgroup"
+CGROUP_CONTROLLERS = ("memory", "cpuacct", "pids")
+# What a test may use beyond memory_limit_mb under cgroup accounting: the pages the forked
+# interpreter itself dirties (copy-on-write of the driver's heap, ~2-4 MiB) and its stacks.
+INTERPRETER_ALLOWANCE_BYTES = 16 << 20
 
 RUN_STATUSES = (
     "ok",
@@ -326,6 +334,138 @@ def _bwrap_argv(bwrap: str, binds: list[str], tmp_bytes: int) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Per-session cgroups (cgroup v1 memory + cpuacct + pids): limits that count every process,
+# thread, shared-memory page and tmpfs page of a test.
+
+_cg_lock = threading.Lock()
+_cg_parents: dict[str, str] | None = None
+_cg_checked = False
+_cg_names = itertools.count()
+
+
+def _cgroup_dirs() -> dict[str, str] | None:
+    """controller -> the directory under which sessions get their cgroups, or None.
+
+    Found once per process: we must be root (the sandboxed program is not, and the cgroups'
+    control files stay root-owned) on a cgroup v1 host with the memory, cpuacct and pids
+    controllers mounted writable; the sessions' cgroups go under our own cgroup of each, so
+    the limits of whoever runs us still apply. `SPO_JUDGE_CGROUPS=0` turns them off.
+    """
+    global _cg_parents, _cg_checked
+    with _cg_lock:
+        if _cg_checked:
+            return _cg_parents
+        _cg_checked = True
+        if os.geteuid() != 0 or os.environ.get("SPO_JUDGE_CGROUPS", "1") == "0":
+            return None
+        try:
+            mine: dict[str, str] = {}
+            with open("/proc/self/cgroup") as fh:
+                for line in fh:
+                    _, names, path = line.rstrip("\n").split(":", 2)
+                    for name in names.split(","):
+                        mine[name] = path
+            mounts: dict[str, tuple[str, str]] = {}
+            with open("/proc/self/mountinfo") as fh:
+                for line in fh:
+                    left, _, right = line.partition(" - ")
+                    fstype, _, opts = right.split()[:3]
+                    if fstype != "cgroup":
+                        continue
+                    fields = left.split()
+                    for name in opts.split(","):
+                        mounts[name] = (fields[3], fields[4])  # (root in the fs, mount point)
+            parents = {}
+            for name in CGROUP_CONTROLLERS:
+                root, point = mounts[name]
+                path = mine[name]
+                if not (path + "/").startswith(root.rstrip("/") + "/"):
+                    return None
+                own = os.path.join(point, path[len(root.rstrip("/")) :].lstrip("/"))
+                parent = os.path.join(own, "spo-judge")
+                os.makedirs(parent, exist_ok=True)
+                _remove_stale_cgroups(parent)
+                parents[name] = parent
+            probe = _TestCgroups(parents, 64 << 20, 4)
+            probe.close()
+        except (OSError, KeyError, ValueError):
+            return None
+        _cg_parents = parents
+        return parents
+
+
+def _remove_stale_cgroups(parent: str) -> None:
+    """Cgroups left by judge processes that died (named `<pid>-<n>`)."""
+    for name in os.listdir(parent):
+        pid = name.split("-", 1)[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                os.rmdir(os.path.join(parent, name))
+            except OSError:
+                pass
+
+
+class _TestCgroups:
+    """One session's cgroups, and the descriptors its driver uses on them.
+
+    Limits live in root-owned files the sandbox cannot see; the driver gets descriptors
+    opened here (as root): the three `cgroup.procs` (its test child writes `0` to each to move
+    itself in, before it closes every descriptor and runs the program), `cpuacct.usage`,
+    `memory.oom_control` and `memory.max_usage_in_bytes` (read, and reset per test).
+    """
+
+    def __init__(self, parents: Mapping[str, str], mem_bytes: int, nproc: int) -> None:
+        name = f"{os.getpid()}-{next(_cg_names)}"
+        self.dirs: list[str] = []
+        self.fds: list[int] = []
+        try:
+            for ctl in CGROUP_CONTROLLERS:
+                path = os.path.join(parents[ctl], name)
+                os.mkdir(path)
+                self.dirs.append(path)
+            mem, cpu, pids = self.dirs
+            _write(f"{mem}/memory.limit_in_bytes", mem_bytes)
+            if os.path.exists(f"{mem}/memory.memsw.limit_in_bytes"):  # no swapping around it
+                _write(f"{mem}/memory.memsw.limit_in_bytes", mem_bytes)
+            _write(f"{pids}/pids.max", nproc)
+            self.procs = [self._open(f"{d}/cgroup.procs", os.O_WRONLY) for d in self.dirs]
+            self.cpu = self._open(f"{cpu}/cpuacct.usage", os.O_RDONLY)
+            self.oom = self._open(f"{mem}/memory.oom_control", os.O_RDONLY)
+            self.peak = self._open(f"{mem}/memory.max_usage_in_bytes", os.O_RDWR)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, path: str, flags: int) -> int:
+        fd = os.open(path, flags | os.O_CLOEXEC)
+        self.fds.append(fd)
+        return fd
+
+    def config(self) -> dict[str, Any]:
+        return {"procs": self.procs, "cpu": self.cpu, "oom": self.oom, "peak": self.peak}
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+        for path in reversed(self.dirs):
+            for _ in range(50):  # the last tasks of a killed namespace may take a moment to go
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
+        self.dirs = []
+
+
+def _write(path: str, value: int) -> None:
+    with open(path, "w") as fh:
+        fh.write(str(value))
+
+
+# ---------------------------------------------------------------------------------------------
 # One sandbox session: start, stream tests, collect results
 
 
@@ -544,6 +684,7 @@ def _run_session(
     wall = wall_limit_s if wall_limit_s is not None else time_limit_s * WALL_FACTOR + WALL_SLACK_S
     outcome = _SessionOutcome()
     workdir_host: str | None = None
+    cgroups: _TestCgroups | None = None
     prefix, popen_kw = _drop_privileges()
     if sandbox is not None:
         bwrap, binds = sandbox
@@ -562,6 +703,15 @@ def _run_session(
         workdir, cwd = workdir_host, workdir_host
         env = {"PATH": "/usr/bin:/bin", "HOME": workdir_host}
         nproc = NPROC_LIMIT_UNSAFE if dropped else 0  # uid 0 ignores it; others share it
+    parents = _cgroup_dirs()
+    if parents is not None:
+        try:
+            cgroups = _TestCgroups(
+                parents, (int(memory_limit_mb) << 20) + INTERPRETER_ALLOWANCE_BYTES, NPROC_LIMIT
+            )
+        except OSError as exc:
+            outcome.failure = f"could not make the sandbox's cgroups: {exc}"
+            return outcome
     config = marshal.dumps(
         {
             "source": source,
@@ -575,6 +725,9 @@ def _run_session(
             "nofile": NOFILE_LIMIT,
             "workdir": workdir,
             "sandboxed": sandbox is not None,
+            "cgroup": cgroups.config() if cgroups else None,
+            "reruns": STARVED_RERUNS,
+            "idle_s": min(IDLE_TLE_S, wall / 2),
             **(config_extra or {}),
         }
     )
@@ -590,6 +743,7 @@ def _run_session(
                 env=env,
                 start_new_session=True,  # its own process group: the watchdog kills all of it
                 close_fds=True,
+                pass_fds=cgroups.fds if cgroups else (),
                 **popen_kw,
             )
         except OSError as exc:
@@ -618,7 +772,7 @@ def _run_session(
         for i, text in enumerate(inputs):
             data = text if isinstance(text, bytes) else _encode_input(text)
             started = time.monotonic()
-            deadline = started + wall + HOST_SLACK_S + len(data) / 50e6
+            deadline = started + wall * (STARVED_RERUNS + 1) + HOST_SLACK_S + len(data) / 50e6
             parsed = None
             if pipe.write(b"%d\n" % len(data) + data, deadline):
                 head = pipe.readline(deadline)
@@ -627,9 +781,10 @@ def _run_session(
             if parsed is None or body is None:
                 timed_out = time.monotonic() >= deadline
                 why = pipe.stderr_text()
-                if timed_out:  # the driver did not answer: the host watchdog ends the run
+                if timed_out:  # the driver did not answer: the judge failed, not the program
+                    why = "the sandbox did not answer in time" + (f": {why}" if why else "")
                     outcome.results.append(
-                        RunResult("time_limit", "", why, None, time.monotonic() - started)
+                        RunResult("sandbox_error", "", why, None, time.monotonic() - started)
                     )
                 else:
                     outcome.failure = "sandbox died during a test" + (f": {why}" if why else "")
@@ -652,6 +807,8 @@ def _run_session(
                     stream.close()  # type: ignore[union-attr]
                 except OSError:
                     pass
+        if cgroups is not None:
+            cgroups.close()
         if workdir_host is not None:
             shutil.rmtree(workdir_host, ignore_errors=True)
 

@@ -47,6 +47,8 @@ import time
 
 # Exit status the child uses to report an uncaught MemoryError (RLIMIT_AS hit).
 MEMORY_EXIT = 201
+# Exit status of a child whose setup failed before the program ran (the judge's failure).
+SETUP_EXIT = 202
 # Imported once here (cheap) so that each forked test gets them for free: most contest
 # programs use some of them.
 _PRELOAD = ("collections", "heapq", "bisect", "math", "itertools")
@@ -56,8 +58,9 @@ _POLL_S = 0.02  # how often a running test's CPU time is checked
 _SIGKILL = _signal.SIGKILL
 
 
-def _prctl(option: int, arg: int) -> int:
-    """prctl(2) through `_ctypes` alone (the `ctypes` package costs ~1 ms more to import)."""
+def _libc(name: str):
+    """A libc function taking and returning C ints, through `_ctypes` alone (the `ctypes`
+    package costs ~1 ms more to import)."""
     try:
         import _ctypes
 
@@ -68,11 +71,38 @@ def _prctl(option: int, arg: int) -> int:
             _flags_ = _ctypes.FUNCFLAG_CDECL
             _restype_ = _Int
 
-        return _Fn(_ctypes.dlsym(_ctypes.dlopen(None, 0), "prctl"))(option, arg, 0, 0, 0)
+        return _Fn(_ctypes.dlsym(_ctypes.dlopen(None, 0), name))
     except Exception:  # noqa: BLE001 - private API changed: take the documented way
         import ctypes
 
-        return ctypes.CDLL(None).prctl(option, arg, 0, 0, 0)
+        return getattr(ctypes.CDLL(None), name)
+
+
+def _prctl(option: int, arg: int) -> int:
+    """prctl(2)."""
+    return _libc("prctl")(option, arg, 0, 0, 0)
+
+
+def _remove_sysv_ipc() -> None:
+    """Remove every System V shared memory segment, message queue and semaphore set.
+
+    They outlive the processes that made them (the sandbox's IPC namespace is the session's),
+    so a test could otherwise hand memory or state to the next one. All belong to our uid.
+    """
+    for kind, fn, args in (
+        ("shm", "shmctl", (0, 0)),  # shmctl(id, IPC_RMID, NULL)
+        ("msg", "msgctl", (0, 0)),  # msgctl(id, IPC_RMID, NULL)
+        ("sem", "semctl", (0, 0)),  # semctl(id, 0, IPC_RMID)
+    ):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                ids = [int(line.split()[1]) for line in f.readlines()[1:] if line.strip()]
+        except (OSError, ValueError, IndexError):
+            continue
+        if ids:
+            call = _libc(fn)
+            for ident in ids:
+                call(ident, *args)
 
 
 class _Quitter:
@@ -196,10 +226,16 @@ def _child(code, source: str, stdin_fd: int, out_w: int, err_w: int, cfg: dict, 
         os.dup2(stdin_fd, 0)
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
-        os.closerange(3, 1 << 16)  # the host pipes, the pidfd, everything of the driver
-        os.chdir(cfg["workdir"])
-        # The program may use `mem_bytes` beyond what the forked interpreter already maps.
-        mem = cfg["mem_bytes"] + vsz
+        cg = cfg.get("cgroup")
+        if cg:  # into the test's cgroups (memory, cpuacct, pids), through the host's fds
+            for fd in cg["procs"]:
+                os.write(fd, b"0")
+        os.closerange(3, 1 << 16)  # the host pipes, the pidfd, the cgroup fds, all the driver's
+        os.chdir(cfg["rundir"])
+        # Without cgroups: the program may use `mem_bytes` of address space beyond what the
+        # forked interpreter already maps. With them the cgroup counts what is really used
+        # (thread stacks and malloc arenas reserve address space they never touch).
+        mem = resource.RLIM_INFINITY if cg else cfg["mem_bytes"] + vsz
         cpu_soft = int(cfg["cpu_s"]) + 1  # backstop; the driver polls CPU time precisely
         limits = [
             (resource.RLIMIT_AS, mem, mem),
@@ -220,6 +256,8 @@ def _child(code, source: str, stdin_fd: int, out_w: int, err_w: int, cfg: dict, 
                 cap = hard if cur_hard == resource.RLIM_INFINITY else min(hard, cur_hard)
                 resource.setrlimit(which, (min(soft, cap), cap))
         _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
+        if cfg.get("int_max_str_digits") is not None and hasattr(sys, "set_int_max_str_digits"):
+            sys.set_int_max_str_digits(cfg["int_max_str_digits"])
         sys.stdin = sys.__stdin__ = io.TextIOWrapper(
             io.BufferedReader(io.FileIO(0, "r", closefd=False)),
             encoding="utf-8",
@@ -250,7 +288,7 @@ def _child(code, source: str, stdin_fd: int, out_w: int, err_w: int, cfg: dict, 
         try:
             os.write(2, f"sandbox child setup failed: {exc!r}\n".encode())
         finally:
-            os._exit(1)
+            os._exit(SETUP_EXIT)
     del cfg, stdin_fd, out_w, err_w  # nothing of the driver the program needs
     try:
         if prelude is not None:
@@ -348,6 +386,46 @@ def _kill_leftovers(sandboxed: bool, pgid: int) -> None:
                 pass
 
 
+def _cg_int(fd: int) -> int:
+    """The number a cgroup file holds (cpuacct.usage, memory.max_usage_in_bytes)."""
+    return int(os.pread(fd, 64, 0))
+
+
+def _cg_oom_kills(fd: int) -> int:
+    """`oom_kill` of memory.oom_control: processes the kernel killed for the memory limit."""
+    for line in os.pread(fd, 512, 0).split(b"\n"):
+        if line.startswith(b"oom_kill "):
+            return int(line.split()[1])
+    return 0
+
+
+def _busiest_task_s(sandboxed: bool, pid: int) -> float:
+    """max over the test's live threads of (CPU time + time spent waiting for a CPU), in s.
+
+    From /proc/<pid>/task/<tid>/schedstat (run time, run-queue wait, ns). A test whose
+    busiest thread accounts for nearly all of its wall time was running or ready to run:
+    if it still ran out of wall time, the machine's load took it, not the program.
+    """
+    if sandboxed and os.getpid() == 1:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and p != "1"]
+    else:
+        pids = [pid]
+    best = 0
+    for p in pids:
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/schedstat", "rb") as f:
+                    run, wait = f.read().split()[:2]
+                best = max(best, int(run) + int(wait))
+            except (OSError, ValueError):
+                continue
+    return best / 1e9
+
+
 def _vsz_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -367,6 +445,11 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     vsz = _vsz_bytes()
+    cg = cfg.get("cgroup")
+    if cg:
+        os.pwrite(cg["peak"], b"0", 0)  # memory.max_usage_in_bytes: reset the peak
+        cpu0 = _cg_int(cg["cpu"])
+        oom0 = _cg_oom_kills(cg["oom"])
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
@@ -391,6 +474,8 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
     deadline = start + cfg["wall_s"]
     killed_for = None
     reaped = None
+    idle_s = None  # set when the wall clock ran out: how long the test was neither running
+    # nor waiting for a CPU
 
     def drain(fd: int) -> bool:
         """Read what is there; False at EOF."""
@@ -418,6 +503,7 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
         now = time.monotonic()
         if now >= deadline:
             killed_for = "time_limit"
+            idle_s = (now - start) - _busiest_task_s(cfg["sandboxed"], pid)
             break
         for fd, _ in poller.poll(min(deadline - now, _POLL_S) * 1000):
             if fd == pidfd:
@@ -428,9 +514,11 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
         if len(out) > out_cap or err_total > out_cap:
             killed_for = "output_limit"
             break
-        if not exited and _proc_cpu_s(pid) > cfg["cpu_s"]:
-            killed_for = "time_limit"
-            break
+        if not exited:
+            used = (_cg_int(cg["cpu"]) - cpu0) / 1e9 if cg else _proc_cpu_s(pid)
+            if used > cfg["cpu_s"]:
+                killed_for = "time_limit"
+                break
         if pidfd < 0:  # no pidfd (old kernel): poll for the exit instead
             got = os.wait4(pid, os.WNOHANG)
             if got[0] == pid:
@@ -464,15 +552,31 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
         os.close(fd)
     if pidfd >= 0:
         os.close(pidfd)
-    cpu = usage.ru_utime + usage.ru_stime
+    rss_kb = usage.ru_maxrss
+    oom_killed = False
+    if cg:  # every process of the test, threads and children included
+        cpu = (_cg_int(cg["cpu"]) - cpu0) / 1e9
+        oom_killed = _cg_oom_kills(cg["oom"]) > oom0
+        rss_kb = max(rss_kb, _cg_int(cg["peak"]) >> 10)
+    else:
+        cpu = usage.ru_utime + usage.ru_stime
     exit_code = os.waitstatus_to_exitcode(wstatus)
     sig = -exit_code if exit_code < 0 else None
     if killed_for is None and (len(out) > out_cap or err_total > out_cap):
         killed_for = "output_limit"
+    if killed_for == "time_limit" and idle_s is not None and cpu <= cfg["cpu_s"]:
+        # Out of wall time under the CPU limit: a time limit ("idleness") only if the program
+        # itself sat idle (sleeping, blocked) for long; otherwise the machine was too busy.
+        if idle_s < cfg.get("idle_s", 1.0):
+            killed_for = "starved"
     if killed_for is not None:
         status = killed_for
+    elif oom_killed:
+        status = "memory_limit"
     elif cpu > cfg["cpu_s"] or sig == _signal.SIGXCPU:
         status = "time_limit"
+    elif exit_code == SETUP_EXIT:
+        status = "sandbox_error"
     elif exit_code == MEMORY_EXIT:
         status = "memory_limit"
         exit_code = 1  # what the program would have exited with under plain CPython
@@ -482,7 +586,7 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
         status = "ok"
     if cfg.get("output_file") and status == "ok":
         # The answer is the file's content (none: empty answer); stdout is not the answer.
-        got = _read_output_file(os.path.join(cfg["workdir"], cfg["output_file"]), out_cap)
+        got = _read_output_file(os.path.join(cfg["rundir"], cfg["output_file"]), out_cap)
         out = bytearray(got or b"")
         if len(out) > out_cap:
             status = "output_limit"
@@ -494,7 +598,7 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
         sig,
         wall,
         cpu,
-        usage.ru_maxrss,
+        rss_kb,
         bytes(out),
         bytes(err),
     )
@@ -536,24 +640,86 @@ def _write_file(path: str, data: bytes) -> None:
         os.close(fd)
 
 
-def _clean_workdir(path: str) -> None:
-    """Each test starts from an empty working directory (best effort)."""
-    try:
-        names = os.listdir(path)
-    except OSError:
-        return
-    for name in names:
-        full = os.path.join(path, name)
-        try:
-            if os.path.isdir(full) and not os.path.islink(full):
-                import shutil
+def _wipe(top: str) -> str | None:
+    """Empty the directory `top` whatever the test left there; None, or why it failed.
 
-                os.chmod(full, 0o700)
-                shutil.rmtree(full, ignore_errors=True)
-            else:
-                os.unlink(full)
-        except OSError:
-            pass
+    Every process of the test is dead by now and everything here belongs to our uid, so modes
+    are no obstacle (we chmod as we go). No recursion and two descriptors at most: a non-empty
+    directory's entries are moved up into `top` (renamed) until it is empty, so trees of any
+    depth or shape go in time linear in their size.
+    """
+    import stat
+
+    try:
+        os.chmod(top, 0o755)
+        topfd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        return f"cannot open {top}: {exc}"
+    moved = 0
+    try:
+        for _ in range(1 << 16):  # each round removes at least the entries of one level
+            names = os.listdir(topfd)
+            if not names:
+                return None
+            for name in names:
+                try:
+                    st = os.stat(name, dir_fd=topfd, follow_symlinks=False)
+                    if not stat.S_ISDIR(st.st_mode):
+                        os.unlink(name, dir_fd=topfd)
+                        continue
+                    os.chmod(name, 0o700, dir_fd=topfd)
+                    try:
+                        os.rmdir(name, dir_fd=topfd)
+                        continue
+                    except OSError:
+                        pass
+                    sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=topfd)
+                    try:
+                        for child in os.listdir(sub):
+                            cst = os.stat(child, dir_fd=sub, follow_symlinks=False)
+                            if stat.S_ISDIR(cst.st_mode):  # renaming a dir needs write on it
+                                os.chmod(child, 0o700, dir_fd=sub)
+                            os.rename(child, f".spo-wipe-{moved}", src_dir_fd=sub, dst_dir_fd=topfd)
+                            moved += 1
+                    finally:
+                        os.close(sub)
+                    os.rmdir(name, dir_fd=topfd)
+                except FileNotFoundError:
+                    continue
+        return f"{top} still not empty"
+    except OSError as exc:
+        return f"cannot empty {top}: {exc}"
+    finally:
+        os.close(topfd)
+
+
+def _fresh_rundir(cfg: dict) -> str | None:
+    """Empty the scratch directory and make the next test's working directory in it.
+
+    None, or why it failed: the previous test left something the driver cannot remove (it is
+    that test's doing, so the caller makes it that test's verdict).
+    """
+    why = _wipe(cfg["workdir"])
+    if why is None:
+        try:
+            os.mkdir(cfg["rundir"], 0o755)
+        except OSError as exc:
+            why = f"cannot make the working directory: {exc}"
+    if cfg["sandboxed"] and os.getpid() == 1:
+        _remove_sysv_ipc()
+    return why
+
+
+def _write_inputs(cfg: dict, data: bytes) -> bytes:
+    """Write the test's files into the working directory; returns the test's stdin."""
+    if cfg.get("file_frames"):
+        data, files = marshal.loads(data)
+        for name, content in files.items():
+            _write_file(os.path.join(cfg["rundir"], name), content)
+    if cfg.get("input_file"):  # as on the contest judge: the file, not stdin
+        _write_file(os.path.join(cfg["rundir"], cfg["input_file"]), data)
+        data = b""
+    return data
 
 
 def main() -> None:
@@ -605,20 +771,57 @@ def main() -> None:
     _send(cout, b"READY %d\n" % len(compile_error), compile_error)
     if code is None:
         return
+    cfg["rundir"] = os.path.join(cfg["workdir"], "work")
+    dirty = _fresh_rundir(cfg)  # the scratch directory is fresh: this cannot fail but for bugs
+    if dirty is not None:
+        dirty = f"judge: {dirty}"
     while True:
-        data = chan.frame()
-        if data is None:
+        frame = chan.frame()
+        if frame is None:
             os._exit(0)  # the host is waiting for us to go: skip interpreter teardown
-        if cfg.get("file_frames"):
-            data, files = marshal.loads(data)
-            for name, content in files.items():
-                _write_file(os.path.join(cfg["workdir"], name), content)
-        if cfg.get("input_file"):  # as on the contest judge: the file, not stdin
-            _write_file(os.path.join(cfg["workdir"], cfg["input_file"]), data)
-            data = b""
-        status, exit_code, sig, wall, cpu, rss, out, err = _run_test(code, source, data, cfg)
-        del data
-        _clean_workdir(cfg["workdir"])
+        if dirty is not None:  # an earlier test left state we could not clear: never run again
+            status, exit_code, sig, wall, cpu, rss, out = "runtime_error", 1, None, 0.0, 0.0, 0, b""
+            err = dirty.encode()
+        for _attempt in range(cfg.get("reruns", 2) + 1) if dirty is None else ():
+            try:
+                data = _write_inputs(cfg, frame)
+            except OSError as exc:  # e.g. an input larger than the scratch space
+                status, exit_code, sig, wall, cpu, rss, out = (
+                    "sandbox_error",
+                    None,
+                    None,
+                    0,
+                    0,
+                    0,
+                    b"",
+                )
+                err = f"judge: cannot write the test's input files: {exc}".encode()
+                why = _fresh_rundir(cfg)
+                break
+            status, exit_code, sig, wall, cpu, rss, out, err = _run_test(code, source, data, cfg)
+            del data
+            why = _fresh_rundir(cfg)
+            if why is not None:
+                # The program left what the driver cannot remove: its verdict, never "not
+                # judged"; later tests of this session are not run.
+                dirty = (
+                    "judge: an earlier test left its working directory in a state the judge "
+                    f"cannot clean ({why})"
+                )
+                status, exit_code, sig = "runtime_error", 1, None
+                err = (
+                    err
+                    + f"\njudge: the program left files the judge cannot remove ({why})".encode()
+                )
+                break
+            if status != "starved":
+                break
+        if status == "starved":  # ran out of wall time only because the machine was busy
+            status = "sandbox_error"
+            err = (
+                b"judge: the test ran out of wall-clock time under its CPU limit while the"
+                b" machine was too busy, %d times" % (cfg.get("reruns", 2) + 1)
+            )
         head = b"RESULT %s %s %s %.6f %.6f %d %d %d\n" % (
             status.encode(),
             b"-" if exit_code is None else b"%d" % exit_code,

@@ -134,10 +134,10 @@ def test_non_daemon_threads_are_waited_for_like_cpython():
 
 
 @needs_sandbox
-def test_program_runs_as_nobody_in_empty_tmp_with_clear_env():
+def test_program_runs_as_nobody_in_an_empty_fresh_directory_with_clear_env():
     src = "import os\nprint(os.getuid(), os.getgid(), os.getcwd(), os.listdir('.'))\n"
     r = run_program(src, "")
-    assert r.stdout.split() == ["65534", "65534", "/tmp", "[]"]
+    assert r.stdout.split() == ["65534", "65534", "/tmp/work", "[]"]
 
 
 def test_invalid_limits_raise():
