@@ -168,6 +168,22 @@ def judge_cmd(
             help="Python 3 checker, run as `checker INPUT OUTPUT ANSWER` (exit 0 accepts)",
         ),
     ] = None,
+    input_file: Annotated[
+        str | None,
+        typer.Option("--input-file", help="The program reads each test's input from this file"),
+    ] = None,
+    output_file: Annotated[
+        str | None,
+        typer.Option("--output-file", help="The program's answer is this file, not its stdout"),
+    ] = None,
+    platform: Annotated[
+        str | None,
+        typer.Option(
+            "--platform",
+            help="Whose runtime a call-based program gets: leetcode (LeetCode's imports, "
+            "ListNode/TreeNode), else TACO's (default: the problem's)",
+        ),
+    ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show every test's row even when all pass")
     ] = False,
@@ -183,7 +199,13 @@ def judge_cmd(
     A passing run prints one summary line; test rows are shown on failure or with --verbose.
     --fn-name and --checker set (or override) how the tests are judged.
     """
-    from spo_train.judge import JudgeJob, default_float_tolerance, job_for_problem, judge_job
+    from spo_train.judge import (
+        JudgeJob,
+        check_file_name,
+        default_float_tolerance,
+        job_for_problem,
+        judge_job,
+    )
 
     if (tests is None) == (problem is None):
         raise SpoError("give exactly one of --tests FILE or --problem ID_OR_NAME")
@@ -221,6 +243,13 @@ def judge_cmd(
         job = dataclasses.replace(job, fn_name=fn_name)
     if checker is not None:
         job = dataclasses.replace(job, checker=_read_text(checker, "checker"))
+    for name, value in (("input_file", input_file), ("output_file", output_file)):
+        if value is not None:
+            job = dataclasses.replace(
+                job, **{name: check_file_name(value, "--" + name.replace("_", "-"))}
+            )
+    if platform is not None:
+        job = dataclasses.replace(job, platform=platform.strip().lower() or None)
     job = dataclasses.replace(
         job,
         time_limit_s=float(time_limit) if time_limit is not None else job.time_limit_s,

@@ -134,6 +134,7 @@ class JudgeJob:
     fn_name: str | None = None
     input_file: str | None = None
     output_file: str | None = None
+    platform: str | None = None  # the problems row's: what its runtime gives a program
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +231,8 @@ def call_results_match(
 # Jobs from lake rows
 
 
-def _file_name(value: Any, what: str) -> str | None:
+def check_file_name(value: Any, what: str) -> str | None:
+    """A bare file name in the program's working directory, or None; SpoError if it is not."""
     if value is None or value == "":
         return None
     name = str(value)
@@ -278,8 +280,9 @@ def job_for_problem(
         float_tolerance_source=tol_source,
         checker=problem.get("checker") or None,
         fn_name=problem.get("fn_name") or None,
-        input_file=_file_name(problem.get("input_file"), "input_file"),
-        output_file=_file_name(problem.get("output_file"), "output_file"),
+        input_file=check_file_name(problem.get("input_file"), "input_file"),
+        output_file=check_file_name(problem.get("output_file"), "output_file"),
+        platform=problem.get("platform") or None,
     )
 
 
@@ -306,32 +309,87 @@ def _session_with_retry(run: Callable[[], _sb._SessionOutcome]) -> _sb._SessionO
     return out
 
 
-_CALL_IMPORTS = (
-    # What TACO/APPS prepend to call-based solutions (minus numpy), so LeetCode-style code that
-    # uses `List[int]` or `Counter` without importing them runs as it does there.
-    "import sys, time, itertools, collections, functools, math, heapq, bisect, random, string\n"
+# What a platform's Python runtime gives a program before its first line (docs/judge.md,
+# "What the platform gives a program", has the sources).
+_TACO_CALL_PRELUDE = (
+    # TACO's evaluator (metrics/testing_util.py, `synthesize_cb_code`) prepends these to every
+    # call-based program (numpy aside: it is not installed here).
+    "import sys, time, itertools, collections, functools, math, fractions, heapq, bisect\n"
+    "import random, string\n"
     "from itertools import accumulate, product, permutations, combinations\n"
     "from collections import Counter, OrderedDict, deque, defaultdict, ChainMap\n"
     "from functools import lru_cache, reduce\n"
     "from math import sqrt, sin, cos, tan, ceil, fabs, floor, gcd, exp, log, log2\n"
-    "from heapq import heappush, heappop, heapify\n"
+    "from heapq import *\n"
     "from typing import List, Tuple, Dict, Set, Optional, Any\n"
 )
+_LEETCODE_PRELUDE = (
+    # LeetCode's Python 3 runs a solution with most of the standard library imported and
+    # `from typing import *` (its help: "most libraries are already imported automatically");
+    # the list is LiveCodeBench's LeetCode harness (lcb_runner/evaluation/testing_util.py,
+    # `import_string`), plus the ListNode / TreeNode classes LeetCode defines for its
+    # linked-list and tree problems.
+    "from string import *\nfrom re import *\nfrom datetime import *\n"
+    "from collections import *\nfrom heapq import *\nfrom bisect import *\n"
+    "from copy import *\nfrom math import *\nfrom random import *\n"
+    "from statistics import *\nfrom itertools import *\nfrom functools import *\n"
+    "from operator import *\nfrom io import *\nfrom sys import *\nfrom json import *\n"
+    "from builtins import *\nfrom typing import *\n"
+    "import string, re, datetime, collections, heapq, bisect, copy, math, random\n"
+    "import statistics, itertools, functools, operator, io, sys, json\n"
+    "sys.setrecursionlimit(50000)\n"
+    "class ListNode:\n"
+    "    def __init__(self, val=0, next=None):\n"
+    "        self.val = val\n"
+    "        self.next = next\n"
+    "class TreeNode:\n"
+    "    def __init__(self, val=0, left=None, right=None):\n"
+    "        self.val = val\n"
+    "        self.left = left\n"
+    "        self.right = right\n"
+)
+_PRELUDE_MODULES = {  # imported once in the driver, so that each test's fork has them
+    "taco": ("fractions", "functools", "json", "random", "string", "typing"),
+    "leetcode": (
+        "copy",
+        "datetime",
+        "functools",
+        "io",
+        "json",
+        "operator",
+        "random",
+        "re",
+        "statistics",
+        "string",
+        "typing",
+    ),
+}
+# Contest judges ran CPython older than 3.11 (or PyPy): no int <-> str digit limit.
+INT_MAX_STR_DIGITS = 0
+
+
+def call_prelude(platform: str | None) -> str:
+    """The code run before a call-based program of `platform` (LeetCode's or TACO's)."""
+    return _LEETCODE_PRELUDE if platform == "leetcode" else _TACO_CALL_PRELUDE
 
 
 def _program_config(
-    fn_name: str | None, input_file: str | None, output_file: str | None
+    fn_name: str | None,
+    input_file: str | None,
+    output_file: str | None,
+    platform: str | None = None,
 ) -> dict[str, Any]:
-    cfg: dict[str, Any] = {}
+    cfg: dict[str, Any] = {"int_max_str_digits": INT_MAX_STR_DIGITS}
     if input_file:
-        cfg["input_file"] = _file_name(input_file, "input_file")
+        cfg["input_file"] = check_file_name(input_file, "input_file")
     if output_file:
-        cfg["output_file"] = _file_name(output_file, "output_file")
+        cfg["output_file"] = check_file_name(output_file, "output_file")
     if fn_name:
         if not str(fn_name).isidentifier():
             raise SpoError(f"fn_name {fn_name!r} is not a Python identifier")
         cfg["fn_name"] = str(fn_name)
-        cfg["call_prelude"] = _CALL_IMPORTS
+        cfg["call_prelude"] = call_prelude(platform)
+        cfg["preload"] = _PRELUDE_MODULES["leetcode" if platform == "leetcode" else "taco"]
     return cfg
 
 
@@ -418,6 +476,7 @@ def judge(
     fn_name: str | None = None,
     input_file: str | None = None,
     output_file: str | None = None,
+    platform: str | None = None,
     unsafe_no_sandbox: bool = False,
 ) -> Verdict:
     """Judge one program on `(input, expected_output)` tests; see the module doc and JudgeJob.
@@ -434,7 +493,7 @@ def judge(
         return Verdict(False, "no_tests", 0, 0, [], "the problem has no tests", 0.0, judged=False)
     if float_tolerance is not None:
         _check_tolerance(float_tolerance, "float tolerance")
-    program_cfg = _program_config(fn_name, input_file, output_file)
+    program_cfg = _program_config(fn_name, input_file, output_file, platform)
     sandbox = _sb._sandbox_for(unsafe_no_sandbox)
     results: list[TestResult] = []
     outputs: list[str] = []  # full outputs of the runs that exited ok (checker problems)
@@ -469,7 +528,9 @@ def judge(
                 expected=_preview(tests[i][1]),
             )
         )
-        return ok or not stop_on_first_failure
+        # A test that was not judged (the machine too busy, the driver's own failure) does not
+        # stop the session: a later test may still fail as a judgement.
+        return ok or not stop_on_first_failure or status in NOT_JUDGED_STATUSES
 
     def run_program() -> _sb._SessionOutcome:
         results.clear()
@@ -517,7 +578,11 @@ def judge(
             del results[ok_runs[len(checked)].index :]
     wall = time.monotonic() - started
     passed_tests = sum(r.passed for r in results)
-    first_bad = next((r for r in results if not r.passed), None)
+    # The first failure that is a judgement decides; failing that, the first one that is not.
+    first_bad = next(
+        (r for r in results if not r.passed and r.status not in NOT_JUDGED_STATUSES),
+        next((r for r in results if not r.passed), None),
+    )
     if first_bad is None and len(results) == len(tests):
         return Verdict(True, "ok", passed_tests, len(tests), results, "", wall)
     if first_bad is None:
@@ -526,15 +591,11 @@ def judge(
         )
     if stop_on_first_failure:
         results = results[: first_bad.index + 1]
-    return Verdict(
-        False,
-        first_bad.status,
-        passed_tests,
-        len(tests),
-        results,
-        f"test {first_bad.index}: {first_bad.status}",
-        wall,
-    )
+    judged = first_bad.status not in NOT_JUDGED_STATUSES
+    detail = f"test {first_bad.index}: {first_bad.status}"
+    if not judged and first_bad.stderr:
+        detail += f" ({first_bad.stderr.strip()})"
+    return Verdict(False, first_bad.status, passed_tests, len(tests), results, detail, wall, judged)
 
 
 def judge_job(
@@ -553,6 +614,7 @@ def judge_job(
         fn_name=job.fn_name,
         input_file=job.input_file,
         output_file=job.output_file,
+        platform=job.platform,
         unsafe_no_sandbox=unsafe_no_sandbox,
     )
 

@@ -399,30 +399,50 @@ def _cg_oom_kills(fd: int) -> int:
     return 0
 
 
+def _autogroup_nice(pid) -> int:
+    """The nice value of the process's scheduling autogroup (0 where there are none)."""
+    try:
+        with open(f"/proc/{pid}/autogroup", "rb") as f:
+            return int(f.read().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _busiest_task_s(sandboxed: bool, pid: int) -> float:
     """max over the test's live threads of (CPU time + time spent waiting for a CPU), in s.
 
     From /proc/<pid>/task/<tid>/schedstat (run time, run-queue wait, ns). A test whose
     busiest thread accounts for nearly all of its wall time was running or ready to run:
-    if it still ran out of wall time, the machine's load took it, not the program.
+    if it still ran out of wall time, the machine's load took it, not the program. Waiting
+    counts only for threads that kept the priority they started with: a program that lowers
+    its own (nice, SCHED_IDLE/BATCH, its autogroup's nice) chose to wait.
     """
     if sandboxed and os.getpid() == 1:
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and p != "1"]
     else:
         pids = [pid]
+    base_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    base_group = _autogroup_nice("self")
     best = 0
     for p in pids:
         try:
             tids = os.listdir(f"/proc/{p}/task")
         except OSError:
             continue
+        demoted = _autogroup_nice(p) > base_group
         for tid in tids:
             try:
+                with open(f"/proc/{p}/task/{tid}/stat", "rb") as f:
+                    stat = f.read()
                 with open(f"/proc/{p}/task/{tid}/schedstat", "rb") as f:
-                    run, wait = f.read().split()[:2]
-                best = max(best, int(run) + int(wait))
+                    run, wait = (int(x) for x in f.read().split()[:2])
             except (OSError, ValueError):
                 continue
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            nice, policy = int(fields[16]), int(fields[38])  # stat fields 19 and 41
+            if demoted or nice > base_nice or policy != 0:  # 0: SCHED_OTHER
+                wait = 0
+            best = max(best, run + wait)
     return best / 1e9
 
 
@@ -746,7 +766,7 @@ def main() -> None:
     source = cfg.pop("source")
     if cfg.get("call_prelude"):
         cfg["prelude_code"] = compile(cfg["call_prelude"], "<prelude>", "exec")
-        for name in ("json", "typing", "functools", "random", "string"):
+        for name in cfg.get("preload", ("json", "typing", "functools", "random", "string")):
             try:
                 __import__(name)
             except ImportError:

@@ -1,0 +1,388 @@
+"""A verdict no program can bend (issue 19 items 1-5), through the real sandbox and `spo judge`.
+
+1. Whatever a program does to its files, directories or limits is its own verdict, never
+   "not judged": every test starts in a fresh working directory the previous one never saw.
+2. Limits count everything a test uses (all processes, threads, shared memory, tmpfs).
+3. A verdict does not depend on how busy the machine is.
+4. What the platform's runtime gives a program (LeetCode's imports, no int/str digit limit).
+5. What a correct program may use (threads at the default memory limit).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spo_train import sandbox as _sb
+from spo_train.judge import judge, verdict_reward
+from spo_train.sandbox import run_program
+from tests.conftest import needs_sandbox
+
+pytestmark = needs_sandbox
+SPO = str(Path(sys.executable).with_name("spo"))
+needs_cgroups = pytest.mark.skipif(
+    _sb._cgroup_dirs() is None, reason="no per-test cgroups here (not root, or no cgroup v1)"
+)
+
+# A correct answer for input-file tests ("a b" -> a + b) that also checks it starts clean.
+ANSWER_CLEAN = """
+import os
+assert os.getcwd() == '/tmp/work', os.getcwd()
+assert sorted(os.listdir('.')) == ['input.txt'], os.listdir('.')
+assert sorted(os.listdir('/tmp')) == ['work'], os.listdir('/tmp')
+a, b = map(int, open('input.txt').read().split())
+print(a + b)
+"""
+FILE_TESTS = [("1 2", "3"), ("3 4", "7"), ("10 20", "30")]
+
+# Each leaves something behind after answering (the kinds a policy could find).
+LEFTOVERS = {
+    "undeletable dir where the next input goes": """
+os.remove('input.txt')
+os.makedirs('input.txt/a/b')
+open('input.txt/a/b/f', 'w').write('x')
+for d in ('input.txt/a/b', 'input.txt/a', 'input.txt'):
+    os.chmod(d, 0)
+""",
+    "its working directory made unreadable": "os.chmod('.', 0)\n",
+    "/tmp made read-only and unreadable": (
+        "open('/tmp/junk', 'w').write('x')\nos.chmod('/tmp', 0o100)\n"
+    ),
+    "a deep tree of mode-0 directories filling /tmp": """
+os.chdir('/tmp')
+for i in range(3000):
+    os.mkdir('d')
+    os.chdir('d')
+os.chdir('/tmp')
+p = 'd'
+for i in range(50):
+    os.chmod(p, 0o300)
+    p += '/d'
+""",
+    "the working directory swapped for a symlink": """
+os.chdir('/tmp')
+os.rename('work', 'old')
+os.symlink('/dev/null', 'work')
+os.mkfifo('/tmp/fifo')
+""",
+    "/tmp filled to the brim": """
+try:
+    for k in range(100):
+        with open(f'/tmp/big{k}', 'wb') as f:
+            for i in range(16):
+                f.write(b'x' * (1 << 20))
+except OSError:  # no space left
+    pass
+""",
+    "a System V shared memory segment": """
+import ctypes
+libc = ctypes.CDLL(None)
+assert libc.shmget(0x5370, 1 << 20, 0o1600) >= 0
+""",
+}
+
+
+def _leaves(leftover: str) -> str:
+    """Answers correctly, checking it starts clean, then leaves `leftover` behind."""
+    check_ipc = "assert len(open('/proc/sysvipc/shm').readlines()) == 1, 'shm left over'\n"
+    return ANSWER_CLEAN + check_ipc + "import sys\nsys.stdout.flush()\n" + leftover
+
+
+@pytest.mark.parametrize("kind", list(LEFTOVERS))
+def test_leftovers_never_reach_the_next_test(kind):
+    v = judge(_leaves(LEFTOVERS[kind]), FILE_TESTS, input_file="input.txt", time_limit_s=2)
+    assert v.passed and v.judged, (v.status, v.detail, [t.stderr for t in v.tests])
+    assert verdict_reward(v) == 0.0
+
+
+def test_leftovers_through_the_cli(tmp_path):
+    prog = tmp_path / "prog.py"
+    prog.write_text(_leaves(LEFTOVERS["undeletable dir where the next input goes"]))
+    tests = tmp_path / "t.json"
+    tests.write_text(json.dumps([{"input": i, "output": o} for i, o in FILE_TESTS]))
+    res = subprocess.run(
+        [SPO, "judge", str(prog), "--tests", str(tests), "--input-file", "input.txt"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0 and "PASSED 3/3" in res.stdout, res.stdout + res.stderr
+
+
+def test_a_wrong_program_that_leaves_junk_is_still_judged_wrong():
+    src = _leaves(LEFTOVERS["undeletable dir where the next input goes"]).replace(
+        "print(a + b)", "print(a + b + (a == 3))"
+    )
+    v = judge(src, FILE_TESTS, input_file="input.txt")
+    assert v.judged and v.status == "wrong_answer" and v.passed_tests == 1
+
+
+# ------------------------------------------------------------------ 2. limits count everything
+
+MEMORY_WAYS = {
+    "memfd": """
+import os
+m = os.memfd_create('x')
+for i in range(2048):
+    os.write(m, b'x' * (1 << 20))
+""",
+    "many memfds under the file size limit": """
+import os
+fds = []
+for k in range(40):
+    fds.append(os.memfd_create('x'))
+    for i in range(60):
+        os.write(fds[-1], b'x' * (1 << 20))
+""",
+    "anonymous MAP_SHARED": """
+import mmap
+m = mmap.mmap(-1, 2 << 30, flags=mmap.MAP_SHARED)
+for i in range(0, 2 << 30, 4096):
+    m[i] = 1
+""",
+    "System V shared memory": """
+import ctypes
+libc = ctypes.CDLL(None)
+libc.shmat.restype = ctypes.c_void_p
+seg = libc.shmget(0, 1 << 30, 0o1600)
+ctypes.memset(libc.shmat(seg, None, 0), 1, 1 << 30)
+""",
+    "files in the tmpfs /tmp": """
+for k in range(60):
+    open(f'/tmp/f{k}', 'wb').write(b'x' * (1 << 20))
+""",
+    "fork: children holding memory": """
+import os
+for k in range(8):
+    if os.fork() == 0:
+        b = bytearray(30 << 20)
+        import time
+        time.sleep(5)
+        os._exit(0)
+os.wait()
+""",
+    "fork+exec: a fresh interpreter holding memory": """
+import subprocess, sys
+subprocess.run([sys.executable, '-c', 'b = bytearray(200 << 20)'], check=True)
+""",
+    "threads holding memory": """
+import threading
+held = []
+ts = [threading.Thread(target=lambda: held.append(bytearray(30 << 20))) for _ in range(8)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+""",
+    "kernel memory: 300k empty files": """
+import os
+os.chdir('/tmp')
+for i in range(300000):
+    os.close(os.open(f'{i:0>200}', os.O_CREAT | os.O_WRONLY))
+""",
+}
+
+
+@needs_cgroups
+@pytest.mark.parametrize("way", list(MEMORY_WAYS))
+def test_memory_is_counted_every_way(way):
+    r = run_program(MEMORY_WAYS[way] + "print('held')\n", "", memory_limit_mb=32, time_limit_s=5)
+    assert r.status in ("memory_limit", "runtime_error"), (r.status, r.stderr[-300:])
+    assert r.status == "memory_limit" or way == "files in the tmpfs /tmp", r.stderr[-300:]
+
+
+CPU_WAYS = {
+    "20 forked spinning children": """
+import os
+for i in range(20):
+    if os.fork() == 0:
+        while True:
+            pass
+while True:
+    pass
+""",
+    "children that spin and exit before the parent looks": """
+import os, time
+for i in range(6):
+    if os.fork() == 0:
+        t = time.process_time()
+        while time.process_time() - t < 0.4:
+            pass
+        os._exit(0)
+for i in range(6):
+    os.wait()
+""",
+    "fork+exec interpreters spinning, detached": """
+import subprocess, sys
+for i in range(4):
+    subprocess.Popen([sys.executable, '-c', 'while True: pass'], start_new_session=True)
+import time
+time.sleep(30)
+""",
+    "threads of a forked child": """
+import os, threading
+if os.fork() == 0:
+    def spin():
+        while True:
+            pass
+    threading.Thread(target=spin).start()
+    spin()
+os.wait()
+""",
+}
+
+
+@needs_cgroups
+@pytest.mark.parametrize("way", list(CPU_WAYS))
+def test_cpu_of_every_process_is_counted(way):
+    # A short limit: on a loaded machine the sandbox's processes share one scheduling group,
+    # and a limit they cannot reach within the wall bound would make the test "not judged".
+    r = run_program(CPU_WAYS[way], "", time_limit_s=0.3)
+    assert r.status == "time_limit", (r.status, r.cpu_s, r.stderr[-300:])
+    assert r.cpu_s >= 0.3
+
+
+@needs_cgroups
+def test_memory_limit_through_the_cli(tmp_path):
+    prog = tmp_path / "prog.py"
+    prog.write_text(MEMORY_WAYS["memfd"] + "print(3)\n")
+    tests = tmp_path / "t.json"
+    tests.write_text(json.dumps([{"input": "", "output": "3"}]))
+    res = subprocess.run(
+        [SPO, "judge", str(prog), "--tests", str(tests), "--memory-limit", "32"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 1 and "FAILED (memory_limit)" in res.stdout, res.stdout
+
+
+# ------------------------------------------------------------------ 3. a busy machine
+
+SPIN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}:\n    pass\n"
+
+
+STARVED_JUDGE = """
+import os, sys
+from spo_train.sandbox import ensure_sandbox
+ensure_sandbox()
+os.sched_setaffinity(0, {0})
+from spo_cli.main import main
+main(sys.argv[1:])
+"""
+
+
+def _judge_on_a_starved_cpu(tmp_path, program: str, time_limit: float):
+    """`spo judge` on CPU 0 beside 12 busy processes there, each in a scheduling group of its
+    own (a session: the kernel's autogroups share a CPU between sessions), so the program's
+    group gets about 1/13 of the CPU."""
+    prog = tmp_path / "prog.py"
+    prog.write_text(program + "print(1)\n")
+    tests = tmp_path / "t.json"
+    tests.write_text(json.dumps([{"input": "", "output": "1"}]))
+    hog = "import os\nos.sched_setaffinity(0, {0})\nwhile True: pass"
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", hog], start_new_session=True) for _ in range(12)
+    ]
+    try:
+        argv = ["judge", str(prog), "--tests", str(tests), "--time-limit", str(time_limit)]
+        return subprocess.run(
+            [sys.executable, "-c", STARVED_JUDGE, *argv],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+
+
+def test_wall_timeout_of_a_starved_program_is_not_judged(tmp_path):
+    # 0.2 s of CPU under a 0.5 s limit, but the CPU is taken: the wall bound (1.75 s) runs out
+    # three times. Not judged: no reward, never -1.
+    res = _judge_on_a_starved_cpu(tmp_path, SPIN.format(s=0.2), 0.5)
+    assert res.returncode == 1 and "NOT JUDGED (sandbox_error)" in res.stdout, res.stdout
+
+
+def test_an_idle_program_is_a_time_limit_even_on_a_busy_machine(tmp_path):
+    # Sleeping is the program's doing ("idleness limit exceeded"): judged, reward -1.
+    res = _judge_on_a_starved_cpu(tmp_path, "import time\ntime.sleep(30)\n", 0.5)
+    assert res.returncode == 1 and "FAILED (time_limit)" in res.stdout, res.stdout
+
+
+@pytest.mark.parametrize(
+    "demote",
+    [
+        "os.nice(19)",
+        "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))",
+    ],
+)
+def test_a_program_that_lowers_its_own_priority_is_a_time_limit(tmp_path, demote):
+    # Waiting for a CPU it gave away is the program's choice, not the machine's load.
+    res = _judge_on_a_starved_cpu(tmp_path, f"import os\n{demote}\n" + SPIN.format(s=0.2), 0.5)
+    assert res.returncode == 1 and "FAILED (time_limit)" in res.stdout, res.stdout
+
+
+def test_sleeping_and_blocking_are_time_limits():
+    for src in ("import time\ntime.sleep(30)", "import os\nr, w = os.pipe()\nos.read(r, 1)"):
+        v = judge(src, [("", "1")], time_limit_s=0.3)
+        assert v.judged and v.status == "time_limit" and verdict_reward(v) == -1.0
+
+
+# ------------------------------------------------------------------ 4. the platform's runtime
+
+LEETCODE_STYLE = """
+class Solution:
+    def f(self, nums: List[int], root: Optional[TreeNode] = None) -> int:
+        q = deque(nums)
+        best = max(accumulate(q)) + comb(5, 2) + len(ascii_lowercase) + floor(inf if 0 else 1)
+        return best + reduce(add, nums) + len(SortedKeyList) if False else best
+"""
+
+
+def test_leetcode_programs_get_leetcodes_imports():
+    tests = [(json.dumps([[1, 2, 3]]), json.dumps(6 + 10 + 26 + 1))]
+    v = judge(LEETCODE_STYLE, tests, fn_name="f", platform="leetcode")
+    assert v.passed, (v.status, v.tests[0].stderr)
+    # TACO's prelude has no `comb` or `ascii_lowercase`: a NameError there.
+    v = judge(LEETCODE_STYLE, tests, fn_name="f", platform="codewars")
+    assert v.status == "runtime_error" and "NameError" in v.tests[0].stderr
+
+
+def test_leetcode_platform_through_the_cli(tmp_path):
+    prog = tmp_path / "sol.py"
+    prog.write_text(LEETCODE_STYLE)
+    tests = tmp_path / "t.json"
+    tests.write_text(json.dumps([{"input": [[1, 2, 3]], "output": 43}]))
+    argv = [SPO, "judge", str(prog), "--tests", str(tests), "--fn-name", "f"]
+    res = subprocess.run(argv + ["--platform", "leetcode"], capture_output=True, text=True)
+    assert res.returncode == 0 and "PASSED" in res.stdout, res.stdout + res.stderr
+
+
+def test_big_integers_print_without_a_digit_limit():
+    # CPython >= 3.11 refuses str() of ints over 4300 digits; contest judges' Pythons did not.
+    v = judge("n = int(input())\nprint(len(str(7 ** n)))", [("20000", "16902")])
+    assert v.passed, v.tests[0].stderr
+
+
+# ------------------------------------------------------------------ 5. what a program may use
+
+
+@pytest.mark.parametrize("stack", [None, 1 << 26])
+def test_eight_threads_pass_at_the_default_memory_limit(stack):
+    src = (
+        "import threading, sys\n"
+        + (f"threading.stack_size({stack})\n" if stack else "")
+        + "out = [0] * 8\n"
+        "def work(k):\n"
+        "    out[k] = sum(list(range(200000)))\n"
+        "ts = [threading.Thread(target=work, args=(k,)) for k in range(8)]\n"
+        "[t.start() for t in ts]\n"
+        "[t.join() for t in ts]\n"
+        "print(sum(out))\n"
+    )
+    v = judge(src, [("", str(8 * sum(range(200000))))], memory_limit_mb=256)
+    assert v.passed, (v.status, v.tests[0].stderr[-300:])
