@@ -9,6 +9,10 @@ workloads (one extra sandbox session per program for the checker).
 
     python scripts/bench_judge.py --programs 200 --tests 10
     python scripts/bench_judge.py --programs 200 --tests 10 --compare-ref e45fbf2~1 --repeats 2
+
+`--old-tree DIR` times the judge of another checkout (e.g. `git worktree add /tmp/old main`)
+instead: `spo_train.judge` imported from DIR in a subprocess, alternating with this tree's runs,
+on the same jobs; only the `judge_batch` call is timed on each side.
 """
 
 from __future__ import annotations
@@ -85,6 +89,39 @@ def load_old_judge(ref: str) -> ModuleType:
     return module
 
 
+OLD_TREE_RUN = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from spo_train.judge import JudgeJob, judge_batch
+import spo_train.judge
+assert spo_train.judge.__file__.startswith(sys.argv[1]), spo_train.judge.__file__
+programs, tests, workers = map(int, sys.argv[2:5])
+jobs = []
+for p in range(programs):
+    src = f"# program {p}\\nimport sys\\nfor line in sys.stdin:\\n    print(line.strip())\\n"
+    cases = [(f"{p} {t}\\nhello {t}\\n", f"{p} {t} hello {t}") for t in range(tests)]
+    jobs.append(JudgeJob(src, cases, time_limit_s=2.0, memory_limit_mb=256))
+judge_batch(jobs[:2], workers=workers)
+t0 = time.perf_counter()
+verdicts = judge_batch(jobs, workers=workers)
+secs = time.perf_counter() - t0
+assert all(v.passed for v in verdicts)
+print(json.dumps(secs))
+"""
+
+
+def time_old_tree(tree: str, programs: int, tests: int, workers: int) -> float:
+    """Seconds `judge_batch` of the checkout `tree` takes on the echo jobs (a subprocess)."""
+    res = subprocess.run(
+        [sys.executable, "-c", OLD_TREE_RUN, tree, str(programs), str(tests), str(workers)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tree,
+    )
+    return float(res.stdout.strip().splitlines()[-1])
+
+
 def naive_one_sandbox_per_test(jobs: list[JudgeJob], workers: int) -> tuple[float, int]:
     """Every test in its own fresh sandbox: bwrap + /usr/bin/python3 -c SOURCE."""
     bwrap = sandbox._bwrap_path()
@@ -124,6 +161,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--compare-ref", help="git revision whose judge to time on the same jobs")
+    ap.add_argument("--old-tree", help="another checkout whose judge to time (subprocess)")
     ap.add_argument("--repeats", type=int, default=1, help="alternating old/new runs")
     ap.add_argument("--features", action="store_true", help="also call-based and checker")
     args = ap.parse_args()
@@ -138,6 +176,9 @@ def main() -> None:
     rows = []
 
     for _ in range(args.repeats):
+        if args.old_tree:
+            secs = time_old_tree(args.old_tree, len(jobs), args.tests, args.workers)
+            rows.append((f"judge_batch of {args.old_tree}", args.workers, len(jobs), secs))
         if old is not None:
             t0 = time.perf_counter()
             verdicts = old.judge_batch(old_jobs, workers=args.workers)

@@ -26,17 +26,24 @@ Isolation (see `_bwrap_argv`):
 - Filesystem: a read-only root holding read-only binds of only what `/usr/bin/python3` needs
   (the interpreter, its stdlib, the shared-library directory, the loader), /dev/{null,zero,
   random,urandom}, a fresh /proc, and a private tmpfs /tmp capped at 65 MiB (bwrap 0.8 supports
-  `--size` before `--tmpfs`), emptied between tests. No /etc, /root, /home, /work, no project
+  `--size` before `--tmpfs`), emptied between tests whatever the program did to it; each test
+  runs in a fresh /tmp/work. No /etc, /root, /home, /work, no project
   or lake files, no shell or other binaries. If that layout cannot start Python on some system,
   all of /usr is bound read-only instead (checked once per process, with a warning).
+- Per session (root on a cgroup v1 host): a cgroup in each of memory, cpuacct and pids
+  (`_TestCgroups`); each test's child moves itself in through descriptors the host opened,
+  so the memory limit, the CPU time and the process count cover every process, thread and
+  shared page of the test (docs/judge.md, "How each limit is enforced"). Without cgroups,
+  rlimits alone (weaker: see there).
 - Per test (in the child): RLIMIT_AS = memory limit on top of what the forked interpreter
-  already maps, RLIMIT_STACK = memory limit (deep recursion works as on Codeforces, see
+  already maps (only without cgroups), RLIMIT_STACK = memory limit (deep recursion works as on Codeforces, see
   docs/judge.md), RLIMIT_CPU (backstop; the driver polls CPU time every 20 ms), RLIMIT_FSIZE
   64 MiB, RLIMIT_NPROC 32 (processes and threads; the count is per user namespace on Linux >=
   5.14, so each sandbox has its own), RLIMIT_NOFILE 256, no core files; stdout and stderr are
   capped by the driver (`output_limit`); a wall-clock limit of 1.5 x time limit + 1 s in the
-  driver, and a host-side watchdog 5 s later that kills the driver (PID 1: the whole namespace
-  dies with it).
+  driver that stops while the test waits for a CPU (the machine's load; at 3x the bound in
+  real time the test is not judged), and a host-side watchdog 5 s after that cap that kills
+  the driver (PID 1: the whole namespace dies with it; not judged).
 
 Speed (see BENCHMARKS.md, "Judge"): a sandbox costs ~20-30 ms to start and a test ~2-3 ms.
 """
@@ -75,8 +82,9 @@ NOFILE_LIMIT = 256
 WALL_FACTOR, WALL_SLACK_S = 1.5, 1.0  # wall-clock limit per test = 1.5 x CPU limit + 1 s
 HOST_SLACK_S = 5.0  # the host's watchdog fires this long after the driver's own wall limit
 START_TIMEOUT_S = 20.0  # sandbox start + compile (+ import preloading)
-STARVED_RERUNS = 2  # a test that ran out of wall time only because the machine was busy
-IDLE_TLE_S = 1.0  # ... is a time limit only if the program itself sat idle this long
+# The wall-clock bound stops while a test waits for a CPU (a busy machine); in real time a
+# test may take this many times the bound before it is given up as not judged.
+WALL_CAP_FACTOR = 3
 CGROUP_ROOT = "/sys/fs/cgroup"
 CGROUP_CONTROLLERS = ("memory", "cpuacct", "pids")
 # What a test may use beyond memory_limit_mb under cgroup accounting: the pages the forked
@@ -726,8 +734,7 @@ def _run_session(
             "workdir": workdir,
             "sandboxed": sandbox is not None,
             "cgroup": cgroups.config() if cgroups else None,
-            "reruns": STARVED_RERUNS,
-            "idle_s": min(IDLE_TLE_S, wall / 2),
+            "wall_cap_s": wall * WALL_CAP_FACTOR,
             **(config_extra or {}),
         }
     )
@@ -772,7 +779,7 @@ def _run_session(
         for i, text in enumerate(inputs):
             data = text if isinstance(text, bytes) else _encode_input(text)
             started = time.monotonic()
-            deadline = started + wall * (STARVED_RERUNS + 1) + HOST_SLACK_S + len(data) / 50e6
+            deadline = started + wall * WALL_CAP_FACTOR + HOST_SLACK_S + len(data) / 50e6
             parsed = None
             if pipe.write(b"%d\n" % len(data) + data, deadline):
                 head = pipe.readline(deadline)

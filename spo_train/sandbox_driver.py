@@ -408,14 +408,12 @@ def _autogroup_nice(pid) -> int:
         return 0
 
 
-def _busiest_task_s(sandboxed: bool, pid: int) -> float:
-    """max over the test's live threads of (CPU time + time spent waiting for a CPU), in s.
+def _cpu_wait_s(sandboxed: bool, pid: int) -> float:
+    """How long the test waited for a CPU it was ready to use: the machine's load, in s.
 
-    From /proc/<pid>/task/<tid>/schedstat (run time, run-queue wait, ns). A test whose
-    busiest thread accounts for nearly all of its wall time was running or ready to run:
-    if it still ran out of wall time, the machine's load took it, not the program. Waiting
-    counts only for threads that kept the priority they started with: a program that lowers
-    its own (nice, SCHED_IDLE/BATCH, its autogroup's nice) chose to wait.
+    max over the test's live threads of their run-queue wait (/proc/<pid>/task/<tid>/schedstat,
+    second field, ns). Only threads that kept the priority they started with count: a program
+    that lowers its own (nice, SCHED_IDLE/BATCH, its autogroup's nice) chose to wait.
     """
     if sandboxed and os.getpid() == 1:
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and p != "1"]
@@ -429,20 +427,20 @@ def _busiest_task_s(sandboxed: bool, pid: int) -> float:
             tids = os.listdir(f"/proc/{p}/task")
         except OSError:
             continue
-        demoted = _autogroup_nice(p) > base_group
+        if _autogroup_nice(p) > base_group:
+            continue
         for tid in tids:
             try:
                 with open(f"/proc/{p}/task/{tid}/stat", "rb") as f:
                     stat = f.read()
                 with open(f"/proc/{p}/task/{tid}/schedstat", "rb") as f:
-                    run, wait = (int(x) for x in f.read().split()[:2])
-            except (OSError, ValueError):
+                    wait = int(f.read().split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
             fields = stat[stat.rfind(b")") + 2 :].split()
             nice, policy = int(fields[16]), int(fields[38])  # stat fields 19 and 41
-            if demoted or nice > base_nice or policy != 0:  # 0: SCHED_OTHER
-                wait = 0
-            best = max(best, run + wait)
+            if nice <= base_nice and policy == 0:  # 0: SCHED_OTHER
+                best = max(best, wait)
     return best / 1e9
 
 
@@ -494,8 +492,9 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
     deadline = start + cfg["wall_s"]
     killed_for = None
     reaped = None
-    idle_s = None  # set when the wall clock ran out: how long the test was neither running
-    # nor waiting for a CPU
+    # The wall-clock bound runs on the program's own clock: elapsed time minus the time it
+    # waited for a CPU (the machine's load), up to a hard cap in real time.
+    hard_deadline = start + cfg.get("wall_cap_s", 3 * cfg["wall_s"])
 
     def drain(fd: int) -> bool:
         """Read what is there; False at EOF."""
@@ -522,9 +521,15 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
     while not exited:
         now = time.monotonic()
         if now >= deadline:
-            killed_for = "time_limit"
-            idle_s = (now - start) - _busiest_task_s(cfg["sandboxed"], pid)
-            break
+            waited = _cpu_wait_s(cfg["sandboxed"], pid)
+            if now - start - waited >= cfg["wall_s"]:
+                killed_for = "time_limit"  # slept, blocked or ran (idleness, or a CPU limit)
+                break
+            if now >= hard_deadline:
+                killed_for = "starved"  # the machine's load: not the program's verdict
+                break
+            deadline = min(start + cfg["wall_s"] + waited, hard_deadline)
+            continue
         for fd, _ in poller.poll(min(deadline - now, _POLL_S) * 1000):
             if fd == pidfd:
                 exited = True
@@ -584,11 +589,8 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
     sig = -exit_code if exit_code < 0 else None
     if killed_for is None and (len(out) > out_cap or err_total > out_cap):
         killed_for = "output_limit"
-    if killed_for == "time_limit" and idle_s is not None and cpu <= cfg["cpu_s"]:
-        # Out of wall time under the CPU limit: a time limit ("idleness") only if the program
-        # itself sat idle (sleeping, blocked) for long; otherwise the machine was too busy.
-        if idle_s < cfg.get("idle_s", 1.0):
-            killed_for = "starved"
+    if killed_for == "starved" and cpu > cfg["cpu_s"]:
+        killed_for = "time_limit"
     if killed_for is not None:
         status = killed_for
     elif oom_killed:
@@ -802,7 +804,7 @@ def main() -> None:
         if dirty is not None:  # an earlier test left state we could not clear: never run again
             status, exit_code, sig, wall, cpu, rss, out = "runtime_error", 1, None, 0.0, 0.0, 0, b""
             err = dirty.encode()
-        for _attempt in range(cfg.get("reruns", 2) + 1) if dirty is None else ():
+        for _once in range(1) if dirty is None else ():
             try:
                 data = _write_inputs(cfg, frame)
             except OSError as exc:  # e.g. an input larger than the scratch space
@@ -834,13 +836,11 @@ def main() -> None:
                     + f"\njudge: the program left files the judge cannot remove ({why})".encode()
                 )
                 break
-            if status != "starved":
-                break
-        if status == "starved":  # ran out of wall time only because the machine was busy
+        if status == "starved":  # ran out of time only because the machine was busy
             status = "sandbox_error"
             err = (
-                b"judge: the test ran out of wall-clock time under its CPU limit while the"
-                b" machine was too busy, %d times" % (cfg.get("reruns", 2) + 1)
+                b"judge: the machine was too busy: the test waited for a CPU so long that it"
+                b" reached %.1f s of wall-clock time under its CPU limit" % cfg["wall_cap_s"]
             )
         head = b"RESULT %s %s %s %.6f %.6f %d %d %d\n" % (
             status.encode(),

@@ -274,17 +274,17 @@ main(sys.argv[1:])
 """
 
 
-def _judge_on_a_starved_cpu(tmp_path, program: str, time_limit: float):
-    """`spo judge` on CPU 0 beside 12 busy processes there, each in a scheduling group of its
-    own (a session: the kernel's autogroups share a CPU between sessions), so the program's
-    group gets about 1/13 of the CPU."""
+def _judge_on_a_starved_cpu(tmp_path, program: str, time_limit: float, hogs: int = 12):
+    """`spo judge` on CPU 0 beside `hogs` busy processes there, each in a scheduling group of
+    its own (a session: the kernel's autogroups share a CPU between sessions), so the
+    program's group gets about 1/(hogs + 1) of the CPU."""
     prog = tmp_path / "prog.py"
     prog.write_text(program + "print(1)\n")
     tests = tmp_path / "t.json"
     tests.write_text(json.dumps([{"input": "", "output": "1"}]))
     hog = "import os\nos.sched_setaffinity(0, {0})\nwhile True: pass"
-    hogs = [
-        subprocess.Popen([sys.executable, "-c", hog], start_new_session=True) for _ in range(12)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", hog], start_new_session=True) for _ in range(hogs)
     ]
     try:
         argv = ["judge", str(prog), "--tests", str(tests), "--time-limit", str(time_limit)]
@@ -295,15 +295,22 @@ def _judge_on_a_starved_cpu(tmp_path, program: str, time_limit: float):
             timeout=300,
         )
     finally:
-        for h in hogs:
+        for h in procs:
             h.kill()
             h.wait()
 
 
-def test_wall_timeout_of_a_starved_program_is_not_judged(tmp_path):
-    # 0.2 s of CPU under a 0.5 s limit, but the CPU is taken: the wall bound (1.75 s) runs out
-    # three times. Not judged: no reward, never -1.
+def test_a_correct_program_on_a_busy_machine_passes(tmp_path):
+    # 0.2 s of CPU under a 0.5 s limit with 1/13 of a CPU: about 2.6 s in real time, past the
+    # 1.75 s wall bound, which stops while the program waits for a CPU.
     res = _judge_on_a_starved_cpu(tmp_path, SPIN.format(s=0.2), 0.5)
+    assert res.returncode == 0 and "PASSED" in res.stdout, res.stdout
+
+
+def test_a_program_starved_past_the_cap_is_not_judged(tmp_path):
+    # 0.48 s of CPU with 1/17 of a CPU: about 8 s, past the cap of 3 x 1.75 s in real time.
+    # Not judged: no reward, never -1.
+    res = _judge_on_a_starved_cpu(tmp_path, SPIN.format(s=0.48), 0.5, hogs=16)
     assert res.returncode == 1 and "NOT JUDGED (sandbox_error)" in res.stdout, res.stdout
 
 
