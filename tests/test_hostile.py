@@ -582,3 +582,49 @@ def test_hostile_batch_runs_beside_honest_jobs():
     assert verdicts[1].status in ("time_limit", "runtime_error")
     assert verdicts[2].status == "memory_limit"
     assert verdicts[3].status == "time_limit"
+
+
+# ------------------------------------------------------------------ issue 19: bending verdicts
+# (the kinds in full, with every variant, are in tests/test_judge_trust.py)
+
+
+def test_memory_hidden_in_memfds_is_counted():
+    body = """
+fds = []
+for k in range(64):
+    fds.append(os.memfd_create('x'))
+    os.write(fds[-1], b'x' * (32 << 20))
+"""
+    r = run_hostile(body, bound_s=15, memory_limit_mb=64)
+    expected = "memory_limit" if _sb._cgroup_dirs() else "ok"  # rlimits cannot see it
+    assert r.status == expected, r.stderr[-300:]
+
+
+def test_cpu_burnt_by_detached_exec_spinners_is_counted():
+    body = """
+import subprocess
+for i in range(6):
+    subprocess.Popen([sys.executable, '-c', 'while True: pass', '{marker}'],
+                     start_new_session=True)
+import time
+time.sleep(60)
+"""
+    r = run_hostile(body, bound_s=15, time_limit_s=0.3)
+    assert r.status == "time_limit"
+    if _sb._cgroup_dirs():
+        assert r.cpu_s >= 0.3
+
+
+def test_undeletable_leftovers_do_not_stop_judging():
+    body = """
+a, b = map(int, open('input.txt').read().split())
+print(a + b)
+sys.stdout.flush()
+os.remove('input.txt')
+os.makedirs('input.txt/x/y')
+for d in ('input.txt/x/y', 'input.txt/x', 'input.txt', '.', '/tmp'):
+    os.chmod(d, 0o100)
+"""
+    v = judge(PRELUDE + body, [("1 2", "3"), ("2 2", "4"), ("5 5", "10")], input_file="input.txt")
+    assert v.passed and v.judged, (v.status, [t.stderr for t in v.tests])
+    machine_is_fine()
