@@ -30,6 +30,9 @@ Isolation (see `_bwrap_argv`):
   runs in a fresh /tmp/work. No /etc, /root, /home, /work, no project
   or lake files, no shell or other binaries. If that layout cannot start Python on some system,
   all of /usr is bound read-only instead (checked once per process, with a warning).
+- A seccomp filter in each test's process (x86-64) refuses what same-uid processes may do to
+  each other besides signals and ptrace: changing PID 1's (the driver's) resource limits,
+  affinity, scheduling or priority (docs/judge.md, "What a program cannot do").
 - Per session (root on a cgroup v1 host): a cgroup in each of memory, cpuacct and pids
   (`_TestCgroups`); each test's child moves itself in through descriptors the host opened,
   so the memory limit, the CPU time and the process count cover every process, thread and

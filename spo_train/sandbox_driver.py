@@ -105,6 +105,84 @@ def _remove_sysv_ipc() -> None:
                 call(ident, *args)
 
 
+# Syscalls through which a process of the sandbox's uid could change ANOTHER process of that
+# uid - the driver, PID 1 - since same-uid processes may: its resource limits (prlimit64), its
+# scheduling (sched_setaffinity/setscheduler/setparam/setattr), its priority (setpriority,
+# ioprio_set; for a process group or a whole user too). Making the driver fail would turn a
+# verdict into "not judged", so a seccomp filter refuses them (EPERM) for pid 1, for process
+# groups and users; a program may still change itself and its own children. x86-64 only
+# (numbers below); elsewhere the driver checks its own limits after each test instead.
+_X86_64 = 0xC000003E  # AUDIT_ARCH_X86_64
+_PID_SYSCALLS = (
+    302,
+    203,
+    144,
+    142,
+    314,
+)  # prlimit64, sched_setaffinity/setscheduler/setparam/setattr
+_WHICH_WHO_SYSCALLS = (141, 251)  # setpriority(which, who, ...), ioprio_set(which, who, ...)
+
+
+def _seccomp_program():
+    """The filter as a ctypes `sock_fprog` (kept alive by the caller), or None off x86-64."""
+    import platform
+    import struct
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    import ctypes
+
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    code = [
+        (ld, 0, 0, 4),  # 0: arch
+        (jeq, 1, 0, _X86_64),  # 1
+        (ret, 0, 0, deny),  # 2: another ABI (i386 int 0x80): nothing of ours uses it
+        (ld, 0, 0, 0),  # 3: syscall number
+        (jge, 0, 1, 0x40000000),  # 4: x32 ABI
+        (ret, 0, 0, deny),  # 5
+    ]
+    n_pid, n_ww = len(_PID_SYSCALLS), len(_WHICH_WHO_SYSCALLS)
+    base = len(code)  # the jump table: one jeq per syscall, then "allow"
+    pid_check = base + n_pid + n_ww + 1
+    ww_check = pid_check + 3
+    for i, nr in enumerate(_PID_SYSCALLS + _WHICH_WHO_SYSCALLS):
+        target = pid_check if i < n_pid else ww_check
+        code.append((jeq, target - (base + i) - 1, 0, nr))
+    code.append((ret, 0, 0, allow))
+    code += [
+        (ld, 0, 0, 16),  # pid_check: args[0] (low 32 bits)
+        (jeq, 0, 1, 1),  # pid 1: the driver
+        (ret, 0, 0, deny),
+        (ld, 0, 0, 16),  # ww_check: which (0: a process)
+        (jeq, 1, 0, 0),
+        (ret, 0, 0, deny),  # a process group or a user: could reach the driver
+        (ld, 0, 0, 24),  # who
+        (jeq, 0, 1, 1),
+        (ret, 0, 0, deny),
+        (ret, 0, 0, allow),
+    ]
+    assert ww_check == pid_check + 3
+    raw = b"".join(struct.pack("<HBBI", *ins) for ins in code)
+    buf = ctypes.create_string_buffer(raw, len(raw))
+
+    class _Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    prog = _Prog(len(code), ctypes.addressof(buf))
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+    def install() -> None:
+        if prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS (bwrap sets it already)
+            raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
+        if prctl(22, 2, ctypes.addressof(prog), 0, 0) != 0:  # PR_SET_SECCOMP, MODE_FILTER
+            raise OSError(ctypes.get_errno(), "PR_SET_SECCOMP")
+
+    install.keep = (buf, prog)  # type: ignore[attr-defined]
+    return install
+
+
 class _Quitter:
     """`exit()` / `quit()`, which `site` would define (the driver runs with -S for speed)."""
 
@@ -256,6 +334,8 @@ def _child(code, source: str, stdin_fd: int, out_w: int, err_w: int, cfg: dict, 
                 cap = hard if cur_hard == resource.RLIM_INFINITY else min(hard, cur_hard)
                 resource.setrlimit(which, (min(soft, cap), cap))
         _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
+        if cfg.get("seccomp") is not None:
+            cfg["seccomp"]()
         if cfg.get("int_max_str_digits") is not None and hasattr(sys, "set_int_max_str_digits"):
             sys.set_int_max_str_digits(cfg["int_max_str_digits"])
         sys.stdin = sys.__stdin__ = io.TextIOWrapper(
@@ -715,12 +795,27 @@ def _wipe(top: str) -> str | None:
         os.close(topfd)
 
 
+def _own_limits() -> dict:
+    """The driver's own resource limits (a program of our uid could lower them with prlimit
+    where the seccomp filter is missing)."""
+    out = {}
+    for name in dir(resource):
+        if name.startswith("RLIMIT_"):
+            try:
+                out[name] = resource.getrlimit(getattr(resource, name))
+            except (ValueError, OSError):
+                pass
+    return out
+
+
 def _fresh_rundir(cfg: dict) -> str | None:
     """Empty the scratch directory and make the next test's working directory in it.
 
     None, or why it failed: the previous test left something the driver cannot remove (it is
     that test's doing, so the caller makes it that test's verdict).
     """
+    if cfg.get("limits") is not None and _own_limits() != cfg["limits"]:
+        return "the judge's own resource limits were changed"
     why = _wipe(cfg["workdir"])
     if why is None:
         try:
@@ -773,6 +868,8 @@ def main() -> None:
                 __import__(name)
             except ImportError:
                 pass
+    cfg["seccomp"] = _seccomp_program()
+    cfg["limits"] = _own_limits()
     builtins.exit = _Quitter("exit")
     builtins.quit = _Quitter("quit")
     try:

@@ -121,6 +121,35 @@ def test_a_wrong_program_that_leaves_junk_is_still_judged_wrong():
     assert v.judged and v.status == "wrong_answer" and v.passed_tests == 1
 
 
+# The driver (PID 1) shares the program's uid: what same-uid processes may do to each other
+# (resource limits, scheduling, priority) must not make the driver fail.
+AGAINST_THE_DRIVER = {
+    "prlimit NPROC": "import resource\nresource.prlimit(1, resource.RLIMIT_NPROC, (1, 1))",
+    "prlimit FSIZE": "import resource\nresource.prlimit(1, resource.RLIMIT_FSIZE, (1, 1))",
+    "prlimit NOFILE": "import resource\nresource.prlimit(1, resource.RLIMIT_NOFILE, (4, 4))",
+    "prlimit CPU": "import resource\nresource.prlimit(1, resource.RLIMIT_CPU, (1, 1))",
+    "prlimit AS": "import resource\nresource.prlimit(1, resource.RLIMIT_AS, (1 << 20, 1 << 20))",
+    "affinity": "import os\nos.sched_setaffinity(1, {0})",
+    "SCHED_IDLE": "import os\nos.sched_setscheduler(1, os.SCHED_IDLE, os.sched_param(0))",
+    "nice of the whole user": "import os\nos.setpriority(os.PRIO_USER, 0, 19)",
+    "nice of the driver's group": "import os\nos.setpriority(os.PRIO_PGRP, 1, 19)",
+}
+
+
+@pytest.mark.parametrize("attack", list(AGAINST_THE_DRIVER))
+def test_the_driver_cannot_be_changed_by_the_program(attack):
+    # Refused (EPERM): the program's own runtime error, judged; caught, the program goes on
+    # and passes every test.
+    src = AGAINST_THE_DRIVER[attack] + "\nprint(1)\n"
+    v = judge(src, [("", "1")] * 3)
+    assert v.judged and v.status == "runtime_error", (v.status, v.detail)
+    assert "PermissionError" in v.tests[0].stderr
+    body = "\n".join("    " + line for line in AGAINST_THE_DRIVER[attack].splitlines())
+    caught = f"try:\n{body}\nexcept OSError:\n    pass\nprint(1)\n"
+    v = judge(caught, [("", "1")] * 3)
+    assert v.passed and v.judged, (v.status, v.detail)
+
+
 # ------------------------------------------------------------------ 2. limits count everything
 
 MEMORY_WAYS = {
