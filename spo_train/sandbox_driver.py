@@ -125,10 +125,9 @@ _WHICH_WHO_SYSCALLS = (141, 251)  # setpriority(which, who, ...), ioprio_set(whi
 
 def _seccomp_program():
     """The filter as a ctypes `sock_fprog` (kept alive by the caller), or None off x86-64."""
-    import platform
     import struct
 
-    if platform.machine() not in ("x86_64", "AMD64"):
+    if os.uname().machine != "x86_64":
         return None
     import ctypes
 
