@@ -95,8 +95,12 @@ def _remove_sysv_ipc() -> None:
         ("sem", "semctl", (0, 0)),  # semctl(id, 0, IPC_RMID)
     ):
         try:
-            with open(f"/proc/sysvipc/{kind}") as f:
-                ids = [int(line.split()[1]) for line in f.readlines()[1:] if line.strip()]
+            fd = os.open(f"/proc/sysvipc/{kind}", os.O_RDONLY)
+            try:
+                lines = os.read(fd, 1 << 20).split(b"\n")[1:]
+            finally:
+                os.close(fd)
+            ids = [int(line.split()[1]) for line in lines if line.strip()]
         except (OSError, ValueError, IndexError):
             continue
         if ids:
@@ -741,7 +745,7 @@ def _write_file(path: str, data: bytes) -> None:
         os.close(fd)
 
 
-def _wipe(top: str) -> str | None:
+def _wipe(top: str, usual: str = "") -> str | None:
     """Empty the directory `top` whatever the test left there; None, or why it failed.
 
     Every process of the test is dead by now and everything here belongs to our uid, so modes
@@ -758,6 +762,18 @@ def _wipe(top: str) -> str | None:
         return f"cannot open {top}: {exc}"
     moved = 0
     try:
+        if usual and os.listdir(topfd) == [usual]:  # the usual case: plain files in `usual`
+            try:
+                sub = os.open(usual, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=topfd)
+                try:
+                    for child in os.listdir(sub):
+                        os.unlink(child, dir_fd=sub)
+                finally:
+                    os.close(sub)
+                os.rmdir(usual, dir_fd=topfd)
+                return None
+            except OSError:
+                pass  # a directory, modes, a symlink...: the general way below
         for _ in range(1 << 16):  # each round removes at least the entries of one level
             names = os.listdir(topfd)
             if not names:
@@ -815,7 +831,7 @@ def _fresh_rundir(cfg: dict) -> str | None:
     """
     if cfg.get("limits") is not None and _own_limits() != cfg["limits"]:
         return "the judge's own resource limits were changed"
-    why = _wipe(cfg["workdir"])
+    why = _wipe(cfg["workdir"], os.path.basename(cfg["rundir"]))
     if why is None:
         try:
             os.mkdir(cfg["rundir"], 0o755)
