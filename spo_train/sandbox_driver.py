@@ -491,19 +491,23 @@ def _autogroup_nice(pid) -> int:
         return 0
 
 
-def _cpu_wait_s(sandboxed: bool, pid: int) -> float:
+def _cpu_wait_s(every_process: bool, pid: int) -> float:
     """How long the test waited for a CPU it was ready to use: the machine's load, in s.
 
     max over the test's live threads of their run-queue wait (/proc/<pid>/task/<tid>/schedstat,
-    second field, ns). Only threads that kept the priority they started with count: a program
-    that lowers its own (nice, SCHED_IDLE/BATCH, its autogroup's nice) chose to wait.
+    second field, ns): of every process in the sandbox when their CPU time is counted too (a
+    cgroup), else of the test's main process only (detached processes could wait for a CPU
+    without their time counting). Only threads that kept the priority and CPUs they started
+    with count: a program that lowers its own (nice, SCHED_IDLE/BATCH, its autogroup's nice)
+    or narrows its CPU affinity chose to wait.
     """
-    if sandboxed and os.getpid() == 1:
+    if every_process and os.getpid() == 1:
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and p != "1"]
     else:
         pids = [pid]
     base_nice = os.getpriority(os.PRIO_PROCESS, 0)
     base_group = _autogroup_nice("self")
+    base_cpus = os.sched_getaffinity(0)
     best = 0
     for p in pids:
         try:
@@ -522,8 +526,12 @@ def _cpu_wait_s(sandboxed: bool, pid: int) -> float:
                 continue
             fields = stat[stat.rfind(b")") + 2 :].split()
             nice, policy = int(fields[16]), int(fields[38])  # stat fields 19 and 41
-            if nice <= base_nice and policy == 0:  # 0: SCHED_OTHER
-                best = max(best, wait)
+            if nice <= base_nice and policy == 0 and wait > best:  # 0: SCHED_OTHER
+                try:
+                    if os.sched_getaffinity(int(tid)) >= base_cpus:
+                        best = wait
+                except OSError:
+                    pass
     return best / 1e9
 
 
@@ -604,7 +612,7 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
     while not exited:
         now = time.monotonic()
         if now >= deadline:
-            waited = _cpu_wait_s(cfg["sandboxed"], pid)
+            waited = _cpu_wait_s(bool(cfg["sandboxed"] and cg), pid)
             if now - start - waited >= cfg["wall_s"]:
                 killed_for = "time_limit"  # slept, blocked or ran (idleness, or a CPU limit)
                 break

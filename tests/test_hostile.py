@@ -596,8 +596,10 @@ for k in range(64):
     os.write(fds[-1], b'x' * (32 << 20))
 """
     r = run_hostile(body, bound_s=15, memory_limit_mb=64)
-    expected = "memory_limit" if _sb._cgroup_dirs() else "ok"  # rlimits cannot see it
-    assert r.status == expected, r.stderr[-300:]
+    if _sb._cgroup_dirs():
+        assert r.status == "memory_limit", r.stderr[-300:]
+    else:  # rlimits cannot see it (docs/judge.md: the fallback is weaker)
+        assert r.status in ("ok", "time_limit"), r.stderr[-300:]
 
 
 def test_cpu_burnt_by_detached_exec_spinners_is_counted():
