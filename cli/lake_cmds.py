@@ -225,7 +225,7 @@ def sql_cmd(
         text = json.dumps(result.to_pylist(), default=_json_default, ensure_ascii=False)
     elif format is OutputFormat.csv:
         buf = io.StringIO()
-        writer = csv.writer(buf)
+        writer = csv.writer(buf, lineterminator="\n")  # LF: shells keep no stray \r
         writer.writerow(result.column_names)
         for row in result.to_pylist():
             writer.writerow([_cell(v, None) for v in row.values()])
@@ -272,8 +272,15 @@ def _check_read_only(query: str) -> None:
         kind = st.type.name  # StatementType.SELECT -> "SELECT"
         if kind == "EXPLAIN":
             # EXPLAIN ANALYZE runs its statement: only an explained read is let through.
-            inner = re.sub(r"^\s*EXPLAIN\s+(ANALY[SZ]E\s+)?", "", st.query, flags=re.I)
-            inner_kinds = [x.type.name for x in duckdb.connect().extract_statements(inner)]
+            # EXPLAIN [ANALYZE] or EXPLAIN (ANALYZE, FORMAT JSON, ...): the options go first.
+            inner = re.sub(
+                r"^\s*EXPLAIN\s*(\([^)]*\)\s*)?(ANALY[SZ]E\s+)?", "", st.query, flags=re.I
+            )
+            try:
+                inner_kinds = [x.type.name for x in duckdb.connect().extract_statements(inner)]
+            except duckdb.Error as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise SpoError(f"SQL error: {first}") from exc
             kind = next((k for k in inner_kinds if k != "SELECT"), "SELECT")
             kind = "EXPLAIN " + kind if kind != "SELECT" else kind
         if kind != "SELECT":

@@ -40,6 +40,12 @@ from spo_store.objstore import check_remote_lake, is_remote, lake_lock
 from spo_store.stopping import stop_requested
 
 DEFAULT_LAKE = "./spo-lake"
+DUCKDB_CONFIG = {
+    "autoinstall_known_extensions": "false",
+    "autoload_known_extensions": "false",
+    "allow_community_extensions": "false",
+}
+"""DuckDB settings of every lake connection: no extension is downloaded or loaded."""
 COMMIT_RETRIES = 50
 
 
@@ -572,11 +578,15 @@ class Lake:
         """A DuckDB connection with every table registered under its name (latest versions).
 
         DuckDB scans the Lance datasets directly with projection and filter pushdown, so a
-        query that names only light columns never reads token ids or text.
+        query that names only light columns never reads token ids or text. The connection
+        stays local: DuckDB may not install or load extensions (an `http://` or `s3://` path
+        is an error, not a download), and its configuration is locked so a query cannot
+        change that. Local files stay readable (`read_parquet('x.parquet')`).
         """
-        con = duckdb.connect()
+        con = duckdb.connect(config=DUCKDB_CONFIG)
         for name in TABLES:
             con.register(name, self.dataset(name))
+        con.execute("SET lock_configuration = true")
         return con
 
     def get_problem(self, id_or_name: str) -> dict[str, Any]:

@@ -70,3 +70,40 @@ def test_bad_options_are_one_line_before_any_work(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
     assert not (tmp_path / "missing").exists()
     assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_sql_csv_ends_lines_with_lf(tmp_path):
+    """Issue 20 item 10: `R=$(spo sql ... --format csv | tail -1)` carries no `\\r`."""
+    lake_dir = tmp_path / "lake"
+    Lake.open(lake_dir)
+    r = subprocess.run(
+        ["spo", "sql", "SELECT 1 AS a, 'x' AS b", "--format", "csv", "--lake", str(lake_dir)],
+        capture_output=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"a,b\n1,x\n"
+
+
+def test_sql_stays_local_and_explain_json_works(tmp_path):
+    """Issue 19 item 10: a remote path is one line (no extension download is tried);
+    `EXPLAIN (FORMAT JSON)` answers; extension and setting statements stay refused."""
+    lake_dir = tmp_path / "lake"
+    Lake.open(lake_dir)
+    for path in ("http://127.0.0.1:9/x.csv", "s3://bucket/x.parquet", "https://h/x.json"):
+        r = spo("sql", f"SELECT * FROM '{path}'", lake=lake_dir)
+        assert r.returncode == 2, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "internal error" not in r.stderr
+        assert "httpfs" in r.stderr and "download" not in r.stderr.lower()
+    for q in ("INSTALL httpfs", "LOAD httpfs", "SET autoload_known_extensions = true"):
+        r = spo("sql", q, lake=lake_dir)
+        assert r.returncode == 2 and "read-only" in r.stderr, r.stderr
+    r = spo("sql", "EXPLAIN (FORMAT JSON) SELECT 1", "--format", "json", lake=lake_dir)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)[0]["explain_key"] == "physical_plan"
+    r = spo("sql", "EXPLAIN (ANALYZE, FORMAT JSON) DELETE FROM runs", lake=lake_dir)
+    assert r.returncode == 2 and "read-only" in r.stderr
+    local = tmp_path / "mine.csv"
+    local.write_text("a\n7\n")
+    r = spo("sql", f"SELECT a FROM '{local}'", "--format", "csv", lake=lake_dir)
+    assert r.returncode == 0 and r.stdout == "a\n7\n"
