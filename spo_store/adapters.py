@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from spo_store.errors import SpoError
 from spo_store.problem_rules import (
+    limit_range_error,
     parse_memory_limit_mb,
     parse_time_limit_s,
     platform_from_code_contests,
@@ -166,6 +167,17 @@ def read_code_contests(
                 solutions.append(Solution(CC_LANGUAGES.get(lang, str(lang)), text or "", reward))
         input_file = _file_or_none(row.get("input_file"))
         output_file = _file_or_none(row.get("output_file"))
+        time_limit_s = seconds if seconds > 0 else DEFAULT_TIME_LIMIT_S
+        memory_limit_mb = _cc_memory_mb(int(mem)) if mem > 0 else DEFAULT_MEMORY_LIMIT_MB
+        for what, key, value in (
+            ("time", "time_limit", time_limit_s),
+            ("memory", "memory_limit_bytes", memory_limit_mb),
+        ):
+            bad = limit_range_error(what, value)
+            if bad:
+                raise SpoError(f"{where}: {key}: {bad}")
+        if not isinstance(row.get("name"), str) or not row["name"].strip():
+            raise SpoError(f"{where}: 'name' must be a non-empty string, got {row.get('name')!r}")
         yield ParsedProblem(
             name=row["name"],
             statement=row.get("description") or "",
@@ -174,8 +186,8 @@ def read_code_contests(
             public_tests=_tests(**_io(row.get("public_tests"))),
             private_tests=_tests(**_io(row.get("private_tests"))),
             generated_tests=_tests(**_io(row.get("generated_tests"))),
-            time_limit_s=seconds if seconds > 0 else DEFAULT_TIME_LIMIT_S,
-            memory_limit_mb=_cc_memory_mb(int(mem)) if mem > 0 else DEFAULT_MEMORY_LIMIT_MB,
+            time_limit_s=time_limit_s,
+            memory_limit_mb=memory_limit_mb,
             difficulty=None if row.get("difficulty") is None else str(row["difficulty"]),
             platform=platform_from_code_contests(row.get("source")),
             input_file=input_file,
@@ -303,9 +315,27 @@ def _jsonl_number(row: dict[str, Any], key: str, where: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise SpoError(f"{where}: '{key}' must be a number, got {value!r}")
-    if value < 0:
-        raise SpoError(f"{where}: '{key}' must be >= 0, got {value!r}")
+    if not 0 <= value <= 1:
+        # |actual - expected| <= tol * max(1, |expected|): a tolerance of 1 already accepts
+        # any answer within 100% of the expected one.
+        raise SpoError(f"{where}: '{key}' must be between 0 and 1, got {value!r}")
     return float(value)
+
+
+def _jsonl_limit(row: dict[str, Any], keys: tuple[str, str], where: str) -> tuple[Any, Any]:
+    """(raw value, parsed value) of a JSONL limit; a number outside the judge's range is an
+    error naming the line (a string spo cannot read stays in `extra`: the row is flagged)."""
+    key = next((k for k in keys if row.get(k) is not None), keys[0])
+    raw = row.get(key)
+    if raw is None:
+        return None, None
+    what = "time" if key.startswith("time") else "memory"
+    parsed = (parse_time_limit_s if what == "time" else parse_memory_limit_mb)(raw)
+    if isinstance(raw, bool) or (not isinstance(raw, int | float | str)):
+        raise SpoError(f"{where}: '{key}' must be a number or a string like '2 seconds'")
+    if isinstance(raw, int | float) and parsed is None:
+        raise SpoError(f"{where}: '{key}': {limit_range_error(what, float(raw))}")
+    return raw, parsed
 
 
 _ROW_SPLITS = {"train": "train", "valid": "valid", "validation": "valid", "dev": "valid"}
@@ -360,10 +390,8 @@ def read_jsonl(path: Path, *, split: str | None) -> Iterator[ParsedProblem]:
         language = row.get("language") or "python3"
         sols = [Solution(language, s, 0.0) for s in row.get("solutions", [])]
         sols += [Solution(language, s, -1.0) for s in row.get("incorrect_solutions", [])]
-        time_limit = row.get("time_limit_s", row.get("time_limit"))
-        memory_limit = row.get("memory_limit_mb", row.get("memory_limit"))
-        seconds = parse_time_limit_s(time_limit) if time_limit is not None else None
-        mb = parse_memory_limit_mb(memory_limit) if memory_limit is not None else None
+        time_limit, seconds = _jsonl_limit(row, ("time_limit_s", "time_limit"), where)
+        memory_limit, mb = _jsonl_limit(row, ("memory_limit_mb", "memory_limit"), where)
         extra: dict[str, Any] = {}
         if time_limit is not None and seconds is None:
             extra["time_limit"] = str(time_limit)  # annotate_problem flags it
@@ -509,11 +537,50 @@ def parse_file(
 ) -> list[ParsedProblem]:
     """Parse a whole file (raising SpoError on any bad row) before anything is written."""
     if fmt == "code_contests":
-        return list(
-            read_code_contests(path, split=split, source_dataset=source_dataset or "code_contests")
+        rows = read_code_contests(
+            path, split=split, source_dataset=source_dataset or "code_contests"
         )
-    if fmt == "taco":
-        return list(read_taco(path, split=split))
-    if fmt == "jsonl":
-        return list(read_jsonl(path, split=split))
-    raise SpoError(f"unknown format {fmt!r}; formats: auto, {', '.join(FORMATS)}")
+    elif fmt == "taco":
+        rows = read_taco(path, split=split)
+    elif fmt == "jsonl":
+        rows = read_jsonl(path, split=split)
+    else:
+        raise SpoError(f"unknown format {fmt!r}; formats: auto, {', '.join(FORMATS)}")
+    problems = []
+    for prob in rows:
+        _check_text(prob)
+        problems.append(prob)
+    return problems
+
+
+def _check_text(prob: ParsedProblem) -> None:
+    """Every string of a parsed problem is storable text: JSON's `\\ud800` escapes decode to
+    lone surrogates, which no UTF-8 column can hold (the write would fail after other files'
+    rows were committed). Raises SpoError naming the file and line (or row) and the field."""
+    fields: dict[str, Any] = {
+        "name": prob.name,
+        "statement": prob.statement,
+        "tests": [prob.public_tests, prob.private_tests, prob.generated_tests],
+        "solutions": [s.text for s in prob.solutions],
+        "language": [s.language for s in prob.solutions],
+        "extra": prob.extra,
+        "other fields": [
+            prob.difficulty,
+            prob.platform,
+            prob.checker,
+            prob.fn_name,
+            prob.input_file,
+            prob.output_file,
+            prob.source_dataset,
+        ],
+    }
+    for key, value in fields.items():
+        try:
+            json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = exc.object[exc.start : exc.end].encode("utf-16", "surrogatepass")[2:]
+            code = "\\u" + bad[::-1].hex() if len(bad) == 2 else repr(exc.object[exc.start])
+            raise SpoError(
+                f"{prob.where}: {key}: a lone surrogate {code} (a JSON \\u escape that is "
+                "no Unicode character) cannot be stored as text"
+            ) from None
