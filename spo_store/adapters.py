@@ -97,8 +97,28 @@ def problem_id(source_dataset: str, name: str) -> str:
     return f"{source_dataset[:2]}-{digest}"
 
 
+def normalise_response(text: str) -> str:
+    """The text every copy of one attempt shares: a leading byte-order mark dropped, CRLF and
+    CR line ends as LF, spaces and tabs at the end of each line dropped, and blank lines at the
+    end dropped. Indentation and everything inside a line are kept (tabs and spaces indent
+    differently in Python). Used for the dedup key only: the stored text is the copy given."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return "\n".join(line.rstrip(" \t") for line in text.split("\n")).rstrip("\n")
+
+
 def content_hash(problem_id_: str, response: str) -> str:
-    """sha256 of problem id and response: the dedup key of human solutions (schema v1 too)."""
+    """sha256 of problem id and the normalised response (`normalise_response`): the dedup key
+    of human solutions, so copies differing only in line ends or trailing whitespace are one
+    solution. For a response already in normal form it equals `raw_content_hash`, the key
+    releases before this one stored for every response."""
+    return raw_content_hash(problem_id_, normalise_response(response))
+
+
+def raw_content_hash(problem_id_: str, response: str) -> str:
+    """sha256 of problem id and response as given: the key of human solutions stored by older
+    releases (a re-ingest matches both) and of model samples (`spo_train.rollout`)."""
     return hashlib.sha256(f"{problem_id_}\0{response}".encode()).hexdigest()
 
 

@@ -6,9 +6,11 @@ The readers (`spo_store.adapters`) yield `ParsedProblem`s in one normal form;
   `spo_store.problem_rules.annotate_problem` (platform, float tolerance and its origin,
   `judge_issue`);
 - solutions become `trajectories` rows with `source='human'`, keyed by
-  traj_id = 'h-' + sha256(problem_id \\0 response)[:24] (the same key schema v1 wrote), so
-  re-ingesting the same data adds nothing, also across the upgrade; empty and whitespace-only
-  solutions and repeats are skipped;
+  traj_id = 'h-' + content_hash[:24], the sha256 of problem_id \\0 the response normalised
+  (`adapters.normalise_response`: line ends, trailing whitespace, BOM), so copies of one
+  attempt are one solution and re-ingesting the same data adds nothing; a lake written before
+  normalisation (keys of the text as given) is matched on its rows' normalised text too;
+  empty and whitespace-only solutions and repeats are skipped;
 - every keyed write goes through `Lake.insert_new`, so concurrent ingests of the same data
   store each problem and each distinct solution once;
 - a solution's reward is its dataset label (0 correct, -1 incorrect), except on a problem with
@@ -145,11 +147,7 @@ def ingest_human_solutions(
         known_problems = {r["problem_id"]: r["judge_issue"] for r in stored}
         # An explicit --split also moves problems already in the lake (re-ingest to fix it).
         stored_splits = {r["problem_id"]: r["split"] for r in stored} if split else {}
-        known_hashes = set(
-            lake.sql_arrow("SELECT content_hash FROM trajectories WHERE source = 'human'")
-            .column(0)
-            .to_pylist()
-        )
+        known_hashes = _known_hashes(lake)
         seen: set[str] = set()
         for done, (_path, problems) in enumerate(parsed, start=1):
             _write_file(
@@ -173,6 +171,28 @@ def ingest_human_solutions(
     return report
 
 
+def _known_hashes(lake: Lake) -> dict[str, str]:
+    """The human solutions in the lake: dedup key (`content_hash`) -> the content_hash stored.
+
+    A lake written before responses were normalised stored the hash of the text as given; the
+    rows whose text is not in normal form (a CR, a BOM, trailing whitespace: found by DuckDB,
+    so only those are read) are also entered under their normalised hash, so a re-ingest
+    matches them whatever copy it brings (no schema change, no rewrite of stored rows)."""
+    known = {
+        h: h
+        for h in lake.sql_arrow("SELECT content_hash FROM trajectories WHERE source = 'human'")
+        .column(0)
+        .to_pylist()
+    }
+    old = lake.sql_arrow(
+        "SELECT problem_id, response, content_hash FROM trajectories WHERE source = 'human' "
+        "AND content_hash IS NOT NULL AND regexp_matches(response, '[\\r\ufeff]|[ \\t]\\n|\\s$')"
+    ).to_pylist()
+    for r in old:
+        known.setdefault(content_hash(r["problem_id"], r["response"]), r["content_hash"])
+    return known
+
+
 def _check_languages(
     languages: Sequence[str], parsed: list[tuple[Path, list[ParsedProblem]]]
 ) -> None:
@@ -194,7 +214,7 @@ def _write_file(
     verify: Verifier | None,
     rejudge: bool,
     known_problems: dict[str, str | None],
-    known_hashes: set[str],
+    known_hashes: dict[str, str],
     seen: set[str],
     report: IngestReport,
     stored_splits: dict[str, str | None],
@@ -226,13 +246,14 @@ def _write_file(
                 report.skip("duplicate solution")
                 continue
             seen.add(digest)
-            if digest in known_hashes:
+            stored = known_hashes.get(digest)
+            if stored is not None:
                 if rejudge:
-                    again.append((pid, sol, digest))
+                    again.append((pid, sol, stored))
                 else:
                     report.skip("already in the lake")
                 continue
-            known_hashes.add(digest)
+            known_hashes[digest] = digest
             pending.append((pid, sol, digest))
 
     judged: list[Judged] | None = None
