@@ -85,10 +85,18 @@ class ParsedProblem:
     where: str = ""  # file and row, for messages
     extra: dict[str, Any] = field(default_factory=dict)
     solutions: list[Solution] = field(default_factory=list)
+    # Set by ingest when another problem of the dataset has this name but another statement
+    # or tests: the start of this one's `problem_digest`, which then goes into its id.
+    variant: str | None = None
 
     @property
     def problem_id(self) -> str:
-        return problem_id(self.source_dataset, self.name)
+        name = self.name if self.variant is None else f"{self.name}\0{self.variant}"
+        return problem_id(self.source_dataset, name)
+
+    @property
+    def digest(self) -> str:
+        return problem_digest(self.__dict__)
 
 
 def problem_id(source_dataset: str, name: str) -> str:
@@ -106,6 +114,16 @@ def normalise_response(text: str) -> str:
         text = text[1:]
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     return "\n".join(line.rstrip(" \t") for line in text.split("\n")).rstrip("\n")
+
+
+def problem_digest(row: Any) -> str:
+    """sha256 of what makes a problem the same problem: its statement and its tests (a
+    ParsedProblem's fields or a problems row). Ingest keeps it in `extra.content_sha256`."""
+    what = [row.get("statement") or ""]
+    for key in ("public_tests", "private_tests", "generated_tests"):
+        block = row.get(key) or {}
+        what.append([list(block.get("input") or []), list(block.get("output") or [])])
+    return hashlib.sha256(json.dumps(what, ensure_ascii=False).encode()).hexdigest()
 
 
 def content_hash(problem_id_: str, response: str) -> str:

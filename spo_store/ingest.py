@@ -39,6 +39,7 @@ from spo_store.adapters import (  # noqa: F401 - re-exported: the readers' old h
     detect_format,
     expand_paths,
     parse_file,
+    problem_digest,
     problem_id,
     read_code_contests,
     read_jsonl,
@@ -85,6 +86,9 @@ class IngestReport:
     rejudged: int = 0
     rewards_changed: int = 0
     not_judged: int = 0
+    # Problems kept under an id of their own: their name is another problem's of the same
+    # dataset, their statement or tests are not: (name, problem_id, file:line).
+    namesakes: list[tuple[str, str, str]] = field(default_factory=list)
 
     def skip(self, reason: str, n: int = 1) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + n
@@ -131,6 +135,7 @@ def ingest_human_solutions(
         lake = lake()
 
     report = IngestReport(files=len(files), verified=verify is not None, split_option=split)
+    _separate_namesakes(lake, [p for _, probs in parsed for p in probs], report)
     report.run_id = lake.start_run(
         run_kind,
         {
@@ -169,6 +174,54 @@ def ingest_human_solutions(
         raise
     lake.end_run(report.run_id, "completed")
     return report
+
+
+def _separate_namesakes(lake: Lake, problems: list[ParsedProblem], report: IngestReport) -> None:
+    """Keep apart problems that share dataset and name but not statement and tests.
+
+    The problem id hashes dataset and name, so two such problems would be one row: the
+    second's tests dropped and its solutions judged against the first's. The problem that
+    owns the plain id is the one stored in the lake under it (else the first of the inputs);
+    every other gets `variant` (its digest's start) and so an id of its own, the same on every
+    re-ingest into this lake. Identical copies (same statement and tests) stay one problem."""
+    owner: dict[str, str] = {}
+    plain = {p.problem_id for p in problems}
+    owner.update(_stored_digests(lake, plain))
+    for prob in problems:
+        digest = prob.digest
+        pid = prob.problem_id
+        if owner.setdefault(pid, digest) != digest:
+            prob.variant = digest[:16]
+            report.namesakes.append((prob.name, prob.problem_id, prob.where))
+
+
+def _stored_digests(lake: Lake, pids: set[str]) -> dict[str, str]:
+    """problem_id -> `problem_digest` of the stored problems among `pids`: from
+    `extra.content_sha256` (written since this release), else from the stored statement and
+    tests (read only for those rows)."""
+    out: dict[str, str] = {}
+    old: list[str] = []
+    ids = sorted(pids)
+    ds = lake.dataset("problems")
+    for start in range(0, len(ids), 5000):
+        chunk = ", ".join(sql_quote(i) for i in ids[start : start + 5000])
+        for r in ds.to_table(
+            columns=["problem_id", "extra"], filter=f"problem_id IN ({chunk})"
+        ).to_pylist():
+            try:
+                digest = json.loads(r["extra"] or "{}").get("content_sha256")
+            except (ValueError, AttributeError):
+                digest = None
+            if isinstance(digest, str):
+                out[r["problem_id"]] = digest
+            else:
+                old.append(r["problem_id"])
+    heavy = ["problem_id", "statement", "public_tests", "private_tests", "generated_tests"]
+    for start in range(0, len(old), 500):
+        chunk = ", ".join(sql_quote(i) for i in old[start : start + 500])
+        for r in ds.to_table(columns=heavy, filter=f"problem_id IN ({chunk})").to_pylist():
+            out[r["problem_id"]] = problem_digest(r)
+    return out
 
 
 def _known_hashes(lake: Lake) -> dict[str, str]:
@@ -443,7 +496,7 @@ def _problem_row(prob: ParsedProblem, run_id: str, now: Any) -> dict[str, Any]:
         "output_file": prob.output_file,
         "judge_issue": prob.judge_issue,
         "difficulty": prob.difficulty,
-        "extra": json.dumps(prob.extra, default=str),
+        "extra": json.dumps({**prob.extra, "content_sha256": prob.digest}, default=str),
         "ingest_run_id": run_id,
         "created_at": now,
     }
@@ -465,6 +518,14 @@ def ingest_files_report(report: IngestReport) -> str:
             f"{report.splits['unspecified']} problem(s) have split 'unspecified' (no --split, "
             "nothing in the file names): commands that select a split skip them; set one with "
             "--split on a re-ingest or `spo lake set-split`"
+        )
+    if report.namesakes:
+        shown = "; ".join(f"{n} ({pid}, {where})" for n, pid, where in report.namesakes[:5])
+        more = f"; and {len(report.namesakes) - 5} more" if len(report.namesakes) > 5 else ""
+        lines.append(
+            f"kept {len(report.namesakes)} problem(s) under an id of their own: another "
+            f"problem of their dataset has their name but another statement or tests: "
+            f"{shown}{more}"
         )
     if report.split_changed:
         lines.append(
