@@ -277,6 +277,7 @@ def _write_file(
     new_rows: dict[str, dict[str, Any]] = {}
     pending: list[tuple[str, Solution, str]] = []  # new solutions
     again: list[tuple[str, Solution, str]] = []  # solutions in the lake, to re-judge
+    kept: list[tuple[str, Solution, str]] = []  # solutions in the lake, keeping their verdict
     for prob in problems:
         report.problems_seen += 1
         report.splits[prob.split] = report.splits.get(prob.split, 0) + 1
@@ -305,6 +306,7 @@ def _write_file(
                     again.append((pid, sol, stored))
                 else:
                     report.skip("already in the lake")
+                    kept.append((pid, sol, stored))
                 continue
             known_hashes[digest] = digest
             pending.append((pid, sol, digest))
@@ -320,7 +322,20 @@ def _write_file(
         for j in judged:
             report.verdicts[j.status] = report.verdicts.get(j.status, 0) + 1
             report.not_judged += j.reward is None
-    problem_updates = _labels_disagree(rows, pending + again, judged, known_problems, new_rows)
+    # labels_disagree is derived from every judged labelled-correct solution of the problem,
+    # those judged before included: a run killed between storing solutions and flagging their
+    # problem leaves the flag to the rerun, which finds the solutions already stored.
+    stored_verdicts = _stored_verdicts(lake, kept) if verify is not None else {}
+    known = [s for s in kept if s[2] in stored_verdicts]
+    problem_updates = _labels_disagree(
+        rows,
+        pending + again + known,
+        None
+        if judged is None and not known
+        else [*(judged or []), *(stored_verdicts[s[2]] for s in known)],
+        known_problems,
+        new_rows,
+    )
     moved = {
         pid: row["split"]
         for pid, row in rows.items()
@@ -402,6 +417,23 @@ def _labels_disagree(
         else:
             updates[pid] = issue
     return updates
+
+
+def _stored_verdicts(lake: Lake, solutions: list[tuple[str, Solution, str]]) -> dict[str, Judged]:
+    """content_hash -> the stored judge verdict of these stored human solutions (rows whose
+    reward is a label, not a verdict, are left out)."""
+    ids = [f"h-{digest[:24]}" for _, sol, digest in solutions if sol.reward == 0.0]
+    out: dict[str, Judged] = {}
+    for start in range(0, len(ids), 5000):
+        chunk = ", ".join(sql_quote(t) for t in ids[start : start + 5000])
+        for r in lake.sql_arrow(
+            "SELECT content_hash, reward, judge_status, passed_tests, total_tests FROM "
+            f"trajectories WHERE traj_id IN ({chunk}) AND reward_source = 'judge'"
+        ).to_pylist():
+            out[r["content_hash"]] = Judged(
+                r["reward"], r["judge_status"] or "", r["passed_tests"] or 0, r["total_tests"] or 0
+            )
+    return out
 
 
 def _stored_rows(lake: Lake, pids: set[str]) -> dict[str, dict[str, Any]]:
