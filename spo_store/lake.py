@@ -661,7 +661,13 @@ def check_schema(name: str, ds: lance.LanceDataset, lake_uri: str) -> None:
         raise SpoError(
             f"table {name!r} in lake {lake_uri} has no spo schema version: not an spo lake"
         )
-    found_version = int(found)
+    try:
+        found_version = int(found)
+    except ValueError:
+        raise SpoError(
+            f"table {name!r} in lake {lake_uri} has spo schema version {found[:20].decode(errors='replace')!r}, not a "
+            "number: its metadata is damaged (see docs/lake.md, 'When the lake is damaged')"
+        ) from None
     if found_version > SCHEMA_VERSION:
         raise SpoError(
             f"lake {lake_uri} was written by schema version {found_version}, newer than this "
