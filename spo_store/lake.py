@@ -564,8 +564,10 @@ class Lake:
         """Run DuckDB SQL over the lake's tables (by name); returns a polars DataFrame."""
         return pl.from_arrow(self.sql_arrow(query))
 
-    def sql_arrow(self, query: str) -> pa.Table:
-        con = self.duckdb()
+    def sql_arrow(self, query: str, *, analyst: bool = False) -> pa.Table:
+        """Run DuckDB SQL over the lake's tables; `analyst=True` adds the column comments and
+        views of `spo_store.analyst` (what `spo sql` shows). Raises SpoError (one line)."""
+        con = self.duckdb(analyst=analyst)
         try:
             return con.sql(query).to_arrow_table() if query.strip() else pa.table({})
         except duckdb.Error as exc:
@@ -574,7 +576,7 @@ class Lake:
         finally:
             con.close()
 
-    def duckdb(self) -> duckdb.DuckDBPyConnection:
+    def duckdb(self, *, analyst: bool = False) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with every table registered under its name (latest versions).
 
         DuckDB scans the Lance datasets directly with projection and filter pushdown, so a
@@ -586,6 +588,10 @@ class Lake:
         con = duckdb.connect(config=DUCKDB_CONFIG)
         for name in TABLES:
             con.register(name, self.dataset(name))
+        if analyst:
+            from spo_store.analyst import add_analyst_views
+
+            add_analyst_views(con)
         con.execute("SET lock_configuration = true")
         return con
 
