@@ -58,7 +58,7 @@ def environment_error(exc: BaseException) -> str | None:
         elif hint == "free some space and rerun":
             hint += " (what was committed is kept; an unfinished commit is invisible)"
         return f"{reason}{at}: {hint}"
-    if "LanceError" in text or "lance" in type(exc).__module__:
+    if re.search(r"LanceError\((IO|Corrupt\w*)\)", text):
         detail = _RUST_LOCATION.sub("", text)
         detail = detail.replace("External error: ", "").replace(
             "Generic LocalFileSystem error: ", ""

@@ -21,6 +21,7 @@ All inputs are parsed before anything is written, so bad input leaves the lake u
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -39,7 +40,6 @@ from spo_store.adapters import (  # noqa: F401 - re-exported: the readers' old h
     detect_format,
     expand_paths,
     parse_file,
-    problem_digest,
     problem_id,
     read_code_contests,
     read_jsonl,
@@ -152,7 +152,7 @@ def ingest_human_solutions(
         known_problems = {r["problem_id"]: r["judge_issue"] for r in stored}
         # An explicit --split also moves problems already in the lake (re-ingest to fix it).
         stored_splits = {r["problem_id"]: r["split"] for r in stored} if split else {}
-        known_hashes = _known_hashes(lake)
+        known_hashes = _known_hashes(lake, {p.problem_id for _, probs in parsed for p in probs})
         seen: set[str] = set()
         for done, (_path, problems) in enumerate(parsed, start=1):
             _write_file(
@@ -190,15 +190,23 @@ def _separate_namesakes(lake: Lake, problems: list[ParsedProblem], report: Inges
     for prob in problems:
         digest = prob.digest
         pid = prob.problem_id
-        if owner.setdefault(pid, digest) != digest:
+        stored = owner.setdefault(pid, digest)
+        if stored.startswith("weak:"):  # stored by an older release: see _stored_digests
+            n = sum(
+                len(t["input"])
+                for t in (prob.public_tests, prob.private_tests, prob.generated_tests)
+            )
+            digest = _weak_digest(prob.statement, n)
+        if stored != digest:
             prob.variant = digest[:16]
             report.namesakes.append((prob.name, prob.problem_id, prob.where))
 
 
 def _stored_digests(lake: Lake, pids: set[str]) -> dict[str, str]:
-    """problem_id -> `problem_digest` of the stored problems among `pids`: from
-    `extra.content_sha256` (written since this release), else from the stored statement and
-    tests (read only for those rows)."""
+    """problem_id -> `problem_digest` of the stored problems among `pids`, from
+    `extra.content_sha256` (written since this release); a problem stored by an older release
+    has none and gets `_weak_digest` of its statement and test count instead (reading every
+    stored test of a large dataset on each re-ingest would cost more than it finds)."""
     out: dict[str, str] = {}
     old: list[str] = []
     ids = sorted(pids)
@@ -216,15 +224,20 @@ def _stored_digests(lake: Lake, pids: set[str]) -> dict[str, str]:
                 out[r["problem_id"]] = digest
             else:
                 old.append(r["problem_id"])
-    heavy = ["problem_id", "statement", "public_tests", "private_tests", "generated_tests"]
-    for start in range(0, len(old), 500):
-        chunk = ", ".join(sql_quote(i) for i in old[start : start + 500])
-        for r in ds.to_table(columns=heavy, filter=f"problem_id IN ({chunk})").to_pylist():
-            out[r["problem_id"]] = problem_digest(r)
+    for start in range(0, len(old), 5000):
+        chunk = ", ".join(sql_quote(i) for i in old[start : start + 5000])
+        for r in ds.to_table(
+            columns=["problem_id", "statement", "num_tests"], filter=f"problem_id IN ({chunk})"
+        ).to_pylist():
+            out[r["problem_id"]] = _weak_digest(r["statement"] or "", r["num_tests"] or 0)
     return out
 
 
-def _known_hashes(lake: Lake) -> dict[str, str]:
+def _weak_digest(statement: str, num_tests: int) -> str:
+    return f"weak:{hashlib.sha256(statement.encode()).hexdigest()[:32]}:{num_tests}"
+
+
+def _known_hashes(lake: Lake, pids: set[str]) -> dict[str, str]:
     """The human solutions in the lake: dedup key (`content_hash`) -> the content_hash stored.
 
     A lake written before responses were normalised stored the hash of the text as given; the
@@ -237,12 +250,16 @@ def _known_hashes(lake: Lake) -> dict[str, str]:
         .column(0)
         .to_pylist()
     }
-    old = lake.sql_arrow(
-        "SELECT problem_id, response, content_hash FROM trajectories WHERE source = 'human' "
-        "AND content_hash IS NOT NULL AND regexp_matches(response, '[\\r\ufeff]|[ \\t]\\n|\\s$')"
-    ).to_pylist()
-    for r in old:
-        known.setdefault(content_hash(r["problem_id"], r["response"]), r["content_hash"])
+    ids = sorted(pids)
+    for start in range(0, len(ids), 5000):  # the input's problems only: their text is read
+        chunk = ", ".join(sql_quote(i) for i in ids[start : start + 5000])
+        old = lake.sql_arrow(
+            "SELECT problem_id, response, content_hash FROM trajectories WHERE source = 'human' "
+            f"AND problem_id IN ({chunk}) AND content_hash IS NOT NULL "
+            "AND regexp_matches(response, '[\\r\ufeff]|[ \\t]\\n|\\s$')"
+        ).to_pylist()
+        for r in old:
+            known.setdefault(content_hash(r["problem_id"], r["response"]), r["content_hash"])
     return known
 
 

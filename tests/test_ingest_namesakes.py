@@ -67,8 +67,8 @@ def test_namesakes_are_kept_apart_and_stable(tmp_path):
 
 
 def test_a_lake_without_content_digests_is_compared_on_its_rows(tmp_path):
-    """Problems stored by a release before this one have no `extra.content_sha256`: their
-    statement and tests are read instead."""
+    """Problems stored by a release before this one have no `extra.content_sha256`: they are
+    compared on statement and test count."""
     lake_dir = tmp_path / "lake"
     a = write_jsonl(tmp_path / "a.jsonl", [FIRST])
     assert spo("ingest", "human-solutions", str(a), "--lake", str(lake_dir)).returncode == 0
