@@ -273,8 +273,13 @@ def _taco_row(row: dict[str, Any], where: str, split: str) -> ParsedProblem:
         inputs = [json.dumps(x) for x in raw_in]
         outputs = [json.dumps(x) for x in raw_out]
     else:
-        inputs = [x if isinstance(x, str) else "\n".join(map(str, x)) for x in raw_in]
-        outputs = [x if isinstance(x, str) else "\n".join(map(str, x)) for x in raw_out]
+        inputs = [_taco_text(x, where, "input", i) for i, x in enumerate(raw_in)]
+        outputs = [_taco_text(x, where, "output", i) for i, x in enumerate(raw_out)]
+    for key in ("question", "name"):
+        if row.get(key) is not None and not isinstance(row[key], str | int):
+            raise SpoError(f"{where}: TACO '{key}' must be a string, got {type(row[key]).__name__}")
+    if isinstance(row.get("question"), int):
+        raise SpoError(f"{where}: TACO 'question' must be a string, got int")
     name = row.get("name") or hashlib.sha256((row.get("question") or "").encode()).hexdigest()[:16]
     time_limit = parse_time_limit_s(row.get("time_limit"))
     memory_limit = parse_memory_limit_mb(row.get("memory_limit"))
@@ -297,6 +302,20 @@ def _taco_row(row: dict[str, Any], where: str, split: str) -> ParsedProblem:
         where=where,
         extra=extra,
         solutions=[Solution("python3", s, 0.0) for s in sols if isinstance(s, str)],
+    )
+
+
+def _taco_text(value: Any, where: str, what: str, i: int) -> str:
+    """A stdin/stdout test as text: a string as is, a list as its lines, a number as text."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
+        return "\n".join(map(str, value))
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise SpoError(
+        f"{where}: TACO test {i} {what} must be a string or a list of lines, got "
+        f"{type(value).__name__}"
     )
 
 

@@ -108,3 +108,24 @@ def test_taco_limit_strings_out_of_range_are_flagged(tmp_path):
     got = json.loads(r.stdout)[0]
     assert got["time_limit_s"] == 2.0
     assert got["judge_issue"].startswith("unsupported_limits: time_limit '99999 seconds'")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"question": 5}, "TACO 'question' must be a string"),
+        ({"name": ["x"]}, "TACO 'name' must be a string"),
+        ({"input_output": json.dumps({"inputs": [None], "outputs": ["1"]})}, "test 0 input"),
+    ],
+)
+def test_taco_values_of_the_wrong_type_name_the_line(tmp_path, change, message):
+    row = {
+        "name": "t",
+        "question": "echo",
+        "solutions": json.dumps(["print(input())"]),
+        "input_output": json.dumps({"inputs": ["1\n"], "outputs": ["1\n"]}),
+    }
+    path = write_jsonl(tmp_path / "taco.jsonl", [row, {**row, "name": "u", **change}])
+    r = spo("ingest", "human-solutions", str(path), "--lake", str(tmp_path / "lake"))
+    assert r.returncode == 2 and f"{path}:2: " in r.stderr and message in r.stderr, r.stderr
+    assert "internal error" not in r.stderr and not (tmp_path / "lake").exists()
