@@ -571,6 +571,11 @@ class Lake:
         try:
             return con.sql(query).to_arrow_table() if query.strip() else pa.table({})
         except duckdb.Error as exc:
+            from spo_store.errors import environment_error
+
+            known = environment_error(exc)  # a damaged data file, a full disk while spilling
+            if known is not None:
+                raise SpoError(known, exit_code=1) from exc
             first = str(exc).strip().splitlines()[0]
             raise SpoError(f"SQL error: {first}") from exc
         finally:

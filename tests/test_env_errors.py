@@ -127,6 +127,7 @@ def test_truncated_data_files(lake_dir, tmp_path):
     for args in (
         ["lake", "export", str(tmp_path / "out")],
         ["judge", str(prog), "--problem", "p1"],
+        ["sql", "SELECT * FROM trajectories"],
     ):
         one_line(spo(*args, "--lake", str(lake_dir)), "cannot be read", "spo lake verify")
 
