@@ -74,7 +74,7 @@ def verify_lake(
         try:
             ds = lake.dataset(name)
         except Exception as exc:  # noqa: BLE001 - a manifest that cannot be read is damage
-            detail = " ".join(str(exc).split())[:200]
+            detail = _RUST_LOCATION.sub("", " ".join(str(exc).split()))[:200]
             report.damage.append(Damage(name, "table", f"cannot be opened ({detail})"))
             continue
         report.versions[name] = ds.version
