@@ -213,10 +213,15 @@ def judge_cmd(
         math.isfinite(float_tolerance) and float_tolerance >= 0
     ):
         raise SpoError(f"--float-tolerance must be finite and >= 0, got {float_tolerance}")
-    if (time_limit is not None and not (math.isfinite(time_limit) and time_limit > 0)) or (
-        memory_limit is not None and memory_limit <= 0
+    from spo_store.problem_rules import limit_range_error
+
+    for flag, what, value in (
+        ("--time-limit", "time", time_limit),
+        ("--memory-limit", "memory", memory_limit),
     ):
-        raise SpoError("--time-limit and --memory-limit must be positive")
+        bad = None if value is None else limit_range_error(what, float(value))
+        if bad:  # the ranges ingest accepts (docs/ingest.md)
+            raise SpoError(f"{flag}: {bad}")
     source = _read_text(program, "program")
     judge_issue = None
     if tests is not None:

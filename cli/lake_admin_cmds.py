@@ -1,4 +1,5 @@
-"""`spo lake migrate` and `spo lake batch`: schema upgrades and batch reproduction."""
+"""`spo lake migrate`, `spo lake batch` and `spo lake verify`: schema upgrades, batch
+reproduction and damage checks."""
 
 from __future__ import annotations
 
@@ -88,6 +89,59 @@ def batch_cmd(
                 f"{r['traj_id']}  {r['source']:<8} reward {r['reward']}  {r['problem_id']}",
                 highlight=False,
             )
+
+
+@lake_app.command("verify")
+def verify_cmd(
+    lake: LakeOpt = None,
+    table: Annotated[
+        list[str] | None, typer.Option("--table", "-t", help="Table(s) to check (default: all)")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object as the last line")
+    ] = False,
+) -> None:
+    """Read every row of the lake and check it against its content hash, its id, its schema
+    and Lance's own decoding; exit 1 when damage is found (docs/lake.md: what to do then)."""
+    from pathlib import Path
+
+    from spo_store.errors import SpoError
+    from spo_store.lake import Lake, resolve_lake_uri
+    from spo_store.objstore import is_remote
+    from spo_store.verify import verify_lake
+
+    uri = resolve_lake_uri(lake)
+    if not is_remote(uri) and not Path(uri, "problems.lance").is_dir():
+        raise SpoError(f"no lake at {uri}")
+    # Not Lake.open: a table it would refuse (a damaged schema version) is a finding here.
+    report = verify_lake(Lake(uri), table)
+    checked = ", ".join(f"{t} {n}" for t, n in report.rows.items())
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "lake": uri,
+                    "ok": report.ok,
+                    "rows": report.rows,
+                    "versions": report.versions,
+                    "damage": [vars(d) for d in report.damage],
+                }
+            )
+        )
+    if report.ok:
+        err.print(f"no damage found in lake {uri} (rows checked: {checked})", highlight=False)
+        return
+    for d in report.damage[:50]:
+        console.print(str(d), highlight=False, soft_wrap=True)
+    if len(report.damage) > 50:
+        console.print(f"... and {len(report.damage) - 50} more (--json lists all)")
+    err.print(
+        f"damage found in lake {uri}: {len(report.damage)} finding(s) (rows checked: "
+        f"{checked}); see docs/lake.md, 'When the lake is damaged'",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -190,7 +190,12 @@ class OutputFormat(StrEnum):
 
 
 def sql_cmd(
-    query: Annotated[str, typer.Argument(help="DuckDB SQL over the lake tables by name")],
+    query: Annotated[
+        str | None,
+        typer.Argument(
+            help="DuckDB SQL over the lake tables and views by name", show_default=False
+        ),
+    ] = None,
     lake: LakeOpt = None,
     format: Annotated[
         OutputFormat, typer.Option("--format", help="Output format")
@@ -199,11 +204,24 @@ def sql_cmd(
         Path | None, typer.Option("--output", "-o", help="Output file (required for parquet)")
     ] = None,
     max_width: Annotated[int, typer.Option(help="Truncate text cells in table output")] = 60,
+    schema: Annotated[
+        bool,
+        typer.Option(
+            "--schema", help="List every table and view with its columns and what they mean"
+        ),
+    ] = False,
 ) -> None:
-    """Run SQL over the lake (tables: problems, trajectories, runs, annotations, metrics, ...)."""
+    """Run SQL over the lake (tables: problems, trajectories, runs, annotations, metrics, ...;
+    views: attempts, with `passed` for reward = 0, and pass_rates). Read-only and local:
+    local files may be read, remote paths are refused (docs/lake.md)."""
+    from spo_store.analyst import SCHEMA_QUERY
     from spo_store.lake import Lake
 
-    if not query.strip():
+    if schema:
+        if query:
+            raise SpoError("give a QUERY or --schema, not both")
+        query = SCHEMA_QUERY
+    if query is None or not query.strip():
         raise SpoError("the SQL query is empty; e.g. spo sql 'SELECT count(*) FROM problems'")
     if max_width < 1:
         raise SpoError(f"--max-width {max_width}: must be at least 1")
@@ -212,7 +230,7 @@ def sql_cmd(
     _check_read_only(query)
     lk = Lake.open(lake, create=False)
     _sweep(lk)
-    result = lk.sql_arrow(query)
+    result = lk.sql_arrow(query, analyst=True)
     if format is OutputFormat.parquet:
         if output is None:
             raise SpoError("--format parquet needs --output FILE")
@@ -225,7 +243,7 @@ def sql_cmd(
         text = json.dumps(result.to_pylist(), default=_json_default, ensure_ascii=False)
     elif format is OutputFormat.csv:
         buf = io.StringIO()
-        writer = csv.writer(buf)
+        writer = csv.writer(buf, lineterminator="\n")  # LF: shells keep no stray \r
         writer.writerow(result.column_names)
         for row in result.to_pylist():
             writer.writerow([_cell(v, None) for v in row.values()])
@@ -272,8 +290,15 @@ def _check_read_only(query: str) -> None:
         kind = st.type.name  # StatementType.SELECT -> "SELECT"
         if kind == "EXPLAIN":
             # EXPLAIN ANALYZE runs its statement: only an explained read is let through.
-            inner = re.sub(r"^\s*EXPLAIN\s+(ANALY[SZ]E\s+)?", "", st.query, flags=re.I)
-            inner_kinds = [x.type.name for x in duckdb.connect().extract_statements(inner)]
+            # EXPLAIN [ANALYZE] or EXPLAIN (ANALYZE, FORMAT JSON, ...): the options go first.
+            inner = re.sub(
+                r"^\s*EXPLAIN\s*(\([^)]*\)\s*)?(ANALY[SZ]E\s+)?", "", st.query, flags=re.I
+            )
+            try:
+                inner_kinds = [x.type.name for x in duckdb.connect().extract_statements(inner)]
+            except duckdb.Error as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise SpoError(f"SQL error: {first}") from exc
             kind = next((k for k in inner_kinds if k != "SELECT"), "SELECT")
             kind = "EXPLAIN " + kind if kind != "SELECT" else kind
         if kind != "SELECT":

@@ -218,6 +218,14 @@ def main(argv: list[str] | None = None) -> None:
             _stopped()
         if os.environ.get("SPO_DEBUG"):
             raise
+        from spo_store.errors import environment_error
+
+        known = environment_error(exc)  # a read-only or full disk, a damaged data file, ...
+        if known is not None:
+            err_console.print(
+                Text.assemble(("error: ", "red"), known), highlight=False, soft_wrap=True
+            )
+            sys.exit(1)
         where = exc.__traceback__
         while where is not None and where.tb_next is not None:
             where = where.tb_next

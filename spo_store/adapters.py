@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from spo_store.errors import SpoError
 from spo_store.problem_rules import (
+    limit_range_error,
     parse_memory_limit_mb,
     parse_time_limit_s,
     platform_from_code_contests,
@@ -84,10 +85,18 @@ class ParsedProblem:
     where: str = ""  # file and row, for messages
     extra: dict[str, Any] = field(default_factory=dict)
     solutions: list[Solution] = field(default_factory=list)
+    # Set by ingest when another problem of the dataset has this name but another statement
+    # or tests: the start of this one's `problem_digest`, which then goes into its id.
+    variant: str | None = None
 
     @property
     def problem_id(self) -> str:
-        return problem_id(self.source_dataset, self.name)
+        name = self.name if self.variant is None else f"{self.name}\0{self.variant}"
+        return problem_id(self.source_dataset, name)
+
+    @property
+    def digest(self) -> str:
+        return problem_digest(self.__dict__)
 
 
 def problem_id(source_dataset: str, name: str) -> str:
@@ -96,8 +105,38 @@ def problem_id(source_dataset: str, name: str) -> str:
     return f"{source_dataset[:2]}-{digest}"
 
 
+def normalise_response(text: str) -> str:
+    """The text every copy of one attempt shares: a leading byte-order mark dropped, CRLF and
+    CR line ends as LF, spaces and tabs at the end of each line dropped, and blank lines at the
+    end dropped. Indentation and everything inside a line are kept (tabs and spaces indent
+    differently in Python). Used for the dedup key only: the stored text is the copy given."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return "\n".join(line.rstrip(" \t") for line in text.split("\n")).rstrip("\n")
+
+
+def problem_digest(row: Any) -> str:
+    """sha256 of what makes a problem the same problem: its statement and its tests (a
+    ParsedProblem's fields or a problems row). Ingest keeps it in `extra.content_sha256`."""
+    what = [row.get("statement") or ""]
+    for key in ("public_tests", "private_tests", "generated_tests"):
+        block = row.get(key) or {}
+        what.append([list(block.get("input") or []), list(block.get("output") or [])])
+    return hashlib.sha256(json.dumps(what, ensure_ascii=False).encode()).hexdigest()
+
+
 def content_hash(problem_id_: str, response: str) -> str:
-    """sha256 of problem id and response: the dedup key of human solutions (schema v1 too)."""
+    """sha256 of problem id and the normalised response (`normalise_response`): the dedup key
+    of human solutions, so copies differing only in line ends or trailing whitespace are one
+    solution. For a response already in normal form it equals `raw_content_hash`, the key
+    releases before this one stored for every response."""
+    return raw_content_hash(problem_id_, normalise_response(response))
+
+
+def raw_content_hash(problem_id_: str, response: str) -> str:
+    """sha256 of problem id and response as given: the key of human solutions stored by older
+    releases (a re-ingest matches both) and of model samples (`spo_train.rollout`)."""
     return hashlib.sha256(f"{problem_id_}\0{response}".encode()).hexdigest()
 
 
@@ -166,6 +205,17 @@ def read_code_contests(
                 solutions.append(Solution(CC_LANGUAGES.get(lang, str(lang)), text or "", reward))
         input_file = _file_or_none(row.get("input_file"))
         output_file = _file_or_none(row.get("output_file"))
+        time_limit_s = seconds if seconds > 0 else DEFAULT_TIME_LIMIT_S
+        memory_limit_mb = _cc_memory_mb(int(mem)) if mem > 0 else DEFAULT_MEMORY_LIMIT_MB
+        for what, key, value in (
+            ("time", "time_limit", time_limit_s),
+            ("memory", "memory_limit_bytes", memory_limit_mb),
+        ):
+            bad = limit_range_error(what, value)
+            if bad:
+                raise SpoError(f"{where}: {key}: {bad}")
+        if not isinstance(row.get("name"), str) or not row["name"].strip():
+            raise SpoError(f"{where}: 'name' must be a non-empty string, got {row.get('name')!r}")
         yield ParsedProblem(
             name=row["name"],
             statement=row.get("description") or "",
@@ -174,8 +224,8 @@ def read_code_contests(
             public_tests=_tests(**_io(row.get("public_tests"))),
             private_tests=_tests(**_io(row.get("private_tests"))),
             generated_tests=_tests(**_io(row.get("generated_tests"))),
-            time_limit_s=seconds if seconds > 0 else DEFAULT_TIME_LIMIT_S,
-            memory_limit_mb=_cc_memory_mb(int(mem)) if mem > 0 else DEFAULT_MEMORY_LIMIT_MB,
+            time_limit_s=time_limit_s,
+            memory_limit_mb=memory_limit_mb,
             difficulty=None if row.get("difficulty") is None else str(row["difficulty"]),
             platform=platform_from_code_contests(row.get("source")),
             input_file=input_file,
@@ -223,8 +273,13 @@ def _taco_row(row: dict[str, Any], where: str, split: str) -> ParsedProblem:
         inputs = [json.dumps(x) for x in raw_in]
         outputs = [json.dumps(x) for x in raw_out]
     else:
-        inputs = [x if isinstance(x, str) else "\n".join(map(str, x)) for x in raw_in]
-        outputs = [x if isinstance(x, str) else "\n".join(map(str, x)) for x in raw_out]
+        inputs = [_taco_text(x, where, "input", i) for i, x in enumerate(raw_in)]
+        outputs = [_taco_text(x, where, "output", i) for i, x in enumerate(raw_out)]
+    for key in ("question", "name"):
+        if row.get(key) is not None and not isinstance(row[key], str | int):
+            raise SpoError(f"{where}: TACO '{key}' must be a string, got {type(row[key]).__name__}")
+    if isinstance(row.get("question"), int):
+        raise SpoError(f"{where}: TACO 'question' must be a string, got int")
     name = row.get("name") or hashlib.sha256((row.get("question") or "").encode()).hexdigest()[:16]
     time_limit = parse_time_limit_s(row.get("time_limit"))
     memory_limit = parse_memory_limit_mb(row.get("memory_limit"))
@@ -247,6 +302,20 @@ def _taco_row(row: dict[str, Any], where: str, split: str) -> ParsedProblem:
         where=where,
         extra=extra,
         solutions=[Solution("python3", s, 0.0) for s in sols if isinstance(s, str)],
+    )
+
+
+def _taco_text(value: Any, where: str, what: str, i: int) -> str:
+    """A stdin/stdout test as text: a string as is, a list as its lines, a number as text."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
+        return "\n".join(map(str, value))
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise SpoError(
+        f"{where}: TACO test {i} {what} must be a string or a list of lines, got "
+        f"{type(value).__name__}"
     )
 
 
@@ -303,9 +372,27 @@ def _jsonl_number(row: dict[str, Any], key: str, where: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise SpoError(f"{where}: '{key}' must be a number, got {value!r}")
-    if value < 0:
-        raise SpoError(f"{where}: '{key}' must be >= 0, got {value!r}")
+    if not 0 <= value <= 1:
+        # |actual - expected| <= tol * max(1, |expected|): a tolerance of 1 already accepts
+        # any answer within 100% of the expected one.
+        raise SpoError(f"{where}: '{key}' must be between 0 and 1, got {value!r}")
     return float(value)
+
+
+def _jsonl_limit(row: dict[str, Any], keys: tuple[str, str], where: str) -> tuple[Any, Any]:
+    """(raw value, parsed value) of a JSONL limit; a number outside the judge's range is an
+    error naming the line (a string spo cannot read stays in `extra`: the row is flagged)."""
+    key = next((k for k in keys if row.get(k) is not None), keys[0])
+    raw = row.get(key)
+    if raw is None:
+        return None, None
+    what = "time" if key.startswith("time") else "memory"
+    parsed = (parse_time_limit_s if what == "time" else parse_memory_limit_mb)(raw)
+    if isinstance(raw, bool) or (not isinstance(raw, int | float | str)):
+        raise SpoError(f"{where}: '{key}' must be a number or a string like '2 seconds'")
+    if isinstance(raw, int | float) and parsed is None:
+        raise SpoError(f"{where}: '{key}': {limit_range_error(what, float(raw))}")
+    return raw, parsed
 
 
 _ROW_SPLITS = {"train": "train", "valid": "valid", "validation": "valid", "dev": "valid"}
@@ -360,10 +447,8 @@ def read_jsonl(path: Path, *, split: str | None) -> Iterator[ParsedProblem]:
         language = row.get("language") or "python3"
         sols = [Solution(language, s, 0.0) for s in row.get("solutions", [])]
         sols += [Solution(language, s, -1.0) for s in row.get("incorrect_solutions", [])]
-        time_limit = row.get("time_limit_s", row.get("time_limit"))
-        memory_limit = row.get("memory_limit_mb", row.get("memory_limit"))
-        seconds = parse_time_limit_s(time_limit) if time_limit is not None else None
-        mb = parse_memory_limit_mb(memory_limit) if memory_limit is not None else None
+        time_limit, seconds = _jsonl_limit(row, ("time_limit_s", "time_limit"), where)
+        memory_limit, mb = _jsonl_limit(row, ("memory_limit_mb", "memory_limit"), where)
         extra: dict[str, Any] = {}
         if time_limit is not None and seconds is None:
             extra["time_limit"] = str(time_limit)  # annotate_problem flags it
@@ -509,11 +594,50 @@ def parse_file(
 ) -> list[ParsedProblem]:
     """Parse a whole file (raising SpoError on any bad row) before anything is written."""
     if fmt == "code_contests":
-        return list(
-            read_code_contests(path, split=split, source_dataset=source_dataset or "code_contests")
+        rows = read_code_contests(
+            path, split=split, source_dataset=source_dataset or "code_contests"
         )
-    if fmt == "taco":
-        return list(read_taco(path, split=split))
-    if fmt == "jsonl":
-        return list(read_jsonl(path, split=split))
-    raise SpoError(f"unknown format {fmt!r}; formats: auto, {', '.join(FORMATS)}")
+    elif fmt == "taco":
+        rows = read_taco(path, split=split)
+    elif fmt == "jsonl":
+        rows = read_jsonl(path, split=split)
+    else:
+        raise SpoError(f"unknown format {fmt!r}; formats: auto, {', '.join(FORMATS)}")
+    problems = []
+    for prob in rows:
+        _check_text(prob)
+        problems.append(prob)
+    return problems
+
+
+def _check_text(prob: ParsedProblem) -> None:
+    """Every string of a parsed problem is storable text: JSON's `\\ud800` escapes decode to
+    lone surrogates, which no UTF-8 column can hold (the write would fail after other files'
+    rows were committed). Raises SpoError naming the file and line (or row) and the field."""
+    fields: dict[str, Any] = {
+        "name": prob.name,
+        "statement": prob.statement,
+        "tests": [prob.public_tests, prob.private_tests, prob.generated_tests],
+        "solutions": [s.text for s in prob.solutions],
+        "language": [s.language for s in prob.solutions],
+        "extra": prob.extra,
+        "other fields": [
+            prob.difficulty,
+            prob.platform,
+            prob.checker,
+            prob.fn_name,
+            prob.input_file,
+            prob.output_file,
+            prob.source_dataset,
+        ],
+    }
+    for key, value in fields.items():
+        try:
+            json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = exc.object[exc.start : exc.end].encode("utf-16", "surrogatepass")[2:]
+            code = "\\u" + bad[::-1].hex() if len(bad) == 2 else repr(exc.object[exc.start])
+            raise SpoError(
+                f"{prob.where}: {key}: a lone surrogate {code} (a JSON \\u escape that is "
+                "no Unicode character) cannot be stored as text"
+            ) from None

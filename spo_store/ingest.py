@@ -6,9 +6,11 @@ The readers (`spo_store.adapters`) yield `ParsedProblem`s in one normal form;
   `spo_store.problem_rules.annotate_problem` (platform, float tolerance and its origin,
   `judge_issue`);
 - solutions become `trajectories` rows with `source='human'`, keyed by
-  traj_id = 'h-' + sha256(problem_id \\0 response)[:24] (the same key schema v1 wrote), so
-  re-ingesting the same data adds nothing, also across the upgrade; empty and whitespace-only
-  solutions and repeats are skipped;
+  traj_id = 'h-' + content_hash[:24], the sha256 of problem_id \\0 the response normalised
+  (`adapters.normalise_response`: line ends, trailing whitespace, BOM), so copies of one
+  attempt are one solution and re-ingesting the same data adds nothing; a lake written before
+  normalisation (keys of the text as given) is matched on its rows' normalised text too;
+  empty and whitespace-only solutions and repeats are skipped;
 - every keyed write goes through `Lake.insert_new`, so concurrent ingests of the same data
   store each problem and each distinct solution once;
 - a solution's reward is its dataset label (0 correct, -1 incorrect), except on a problem with
@@ -19,6 +21,7 @@ All inputs are parsed before anything is written, so bad input leaves the lake u
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -83,6 +86,9 @@ class IngestReport:
     rejudged: int = 0
     rewards_changed: int = 0
     not_judged: int = 0
+    # Problems kept under an id of their own: their name is another problem's of the same
+    # dataset, their statement or tests are not: (name, problem_id, file:line).
+    namesakes: list[tuple[str, str, str]] = field(default_factory=list)
 
     def skip(self, reason: str, n: int = 1) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + n
@@ -129,6 +135,7 @@ def ingest_human_solutions(
         lake = lake()
 
     report = IngestReport(files=len(files), verified=verify is not None, split_option=split)
+    _separate_namesakes(lake, [p for _, probs in parsed for p in probs], report)
     report.run_id = lake.start_run(
         run_kind,
         {
@@ -145,11 +152,7 @@ def ingest_human_solutions(
         known_problems = {r["problem_id"]: r["judge_issue"] for r in stored}
         # An explicit --split also moves problems already in the lake (re-ingest to fix it).
         stored_splits = {r["problem_id"]: r["split"] for r in stored} if split else {}
-        known_hashes = set(
-            lake.sql_arrow("SELECT content_hash FROM trajectories WHERE source = 'human'")
-            .column(0)
-            .to_pylist()
-        )
+        known_hashes = _known_hashes(lake, {p.problem_id for _, probs in parsed for p in probs})
         seen: set[str] = set()
         for done, (_path, problems) in enumerate(parsed, start=1):
             _write_file(
@@ -173,6 +176,93 @@ def ingest_human_solutions(
     return report
 
 
+def _separate_namesakes(lake: Lake, problems: list[ParsedProblem], report: IngestReport) -> None:
+    """Keep apart problems that share dataset and name but not statement and tests.
+
+    The problem id hashes dataset and name, so two such problems would be one row: the
+    second's tests dropped and its solutions judged against the first's. The problem that
+    owns the plain id is the one stored in the lake under it (else the first of the inputs);
+    every other gets `variant` (its digest's start) and so an id of its own, the same on every
+    re-ingest into this lake. Identical copies (same statement and tests) stay one problem."""
+    owner: dict[str, str] = {}
+    plain = {p.problem_id for p in problems}
+    owner.update(_stored_digests(lake, plain))
+    for prob in problems:
+        digest = prob.digest
+        pid = prob.problem_id
+        stored = owner.setdefault(pid, digest)
+        if stored.startswith("weak:"):  # stored by an older release: see _stored_digests
+            n = sum(
+                len(t["input"])
+                for t in (prob.public_tests, prob.private_tests, prob.generated_tests)
+            )
+            digest = _weak_digest(prob.statement, n)
+        if stored != digest:
+            prob.variant = digest[:16]
+            report.namesakes.append((prob.name, prob.problem_id, prob.where))
+
+
+def _stored_digests(lake: Lake, pids: set[str]) -> dict[str, str]:
+    """problem_id -> `problem_digest` of the stored problems among `pids`, from
+    `extra.content_sha256` (written since this release); a problem stored by an older release
+    has none and gets `_weak_digest` of its statement and test count instead (reading every
+    stored test of a large dataset on each re-ingest would cost more than it finds)."""
+    out: dict[str, str] = {}
+    old: list[str] = []
+    ids = sorted(pids)
+    ds = lake.dataset("problems")
+    for start in range(0, len(ids), 5000):
+        chunk = ", ".join(sql_quote(i) for i in ids[start : start + 5000])
+        for r in ds.to_table(
+            columns=["problem_id", "extra"], filter=f"problem_id IN ({chunk})"
+        ).to_pylist():
+            try:
+                digest = json.loads(r["extra"] or "{}").get("content_sha256")
+            except (ValueError, AttributeError):
+                digest = None
+            if isinstance(digest, str):
+                out[r["problem_id"]] = digest
+            else:
+                old.append(r["problem_id"])
+    for start in range(0, len(old), 5000):
+        chunk = ", ".join(sql_quote(i) for i in old[start : start + 5000])
+        for r in ds.to_table(
+            columns=["problem_id", "statement", "num_tests"], filter=f"problem_id IN ({chunk})"
+        ).to_pylist():
+            out[r["problem_id"]] = _weak_digest(r["statement"] or "", r["num_tests"] or 0)
+    return out
+
+
+def _weak_digest(statement: str, num_tests: int) -> str:
+    return f"weak:{hashlib.sha256(statement.encode()).hexdigest()[:32]}:{num_tests}"
+
+
+def _known_hashes(lake: Lake, pids: set[str]) -> dict[str, str]:
+    """The human solutions in the lake: dedup key (`content_hash`) -> the content_hash stored.
+
+    A lake written before responses were normalised stored the hash of the text as given; the
+    rows whose text is not in normal form (a CR, a BOM, trailing whitespace: found by DuckDB,
+    so only those are read) are also entered under their normalised hash, so a re-ingest
+    matches them whatever copy it brings (no schema change, no rewrite of stored rows)."""
+    known = {
+        h: h
+        for h in lake.sql_arrow("SELECT content_hash FROM trajectories WHERE source = 'human'")
+        .column(0)
+        .to_pylist()
+    }
+    ids = sorted(pids)
+    for start in range(0, len(ids), 5000):  # the input's problems only: their text is read
+        chunk = ", ".join(sql_quote(i) for i in ids[start : start + 5000])
+        old = lake.sql_arrow(
+            "SELECT problem_id, response, content_hash FROM trajectories WHERE source = 'human' "
+            f"AND problem_id IN ({chunk}) AND content_hash IS NOT NULL "
+            "AND regexp_matches(response, '[\\r\ufeff]|[ \\t]\\n|\\s$')"
+        ).to_pylist()
+        for r in old:
+            known.setdefault(content_hash(r["problem_id"], r["response"]), r["content_hash"])
+    return known
+
+
 def _check_languages(
     languages: Sequence[str], parsed: list[tuple[Path, list[ParsedProblem]]]
 ) -> None:
@@ -194,7 +284,7 @@ def _write_file(
     verify: Verifier | None,
     rejudge: bool,
     known_problems: dict[str, str | None],
-    known_hashes: set[str],
+    known_hashes: dict[str, str],
     seen: set[str],
     report: IngestReport,
     stored_splits: dict[str, str | None],
@@ -204,6 +294,7 @@ def _write_file(
     new_rows: dict[str, dict[str, Any]] = {}
     pending: list[tuple[str, Solution, str]] = []  # new solutions
     again: list[tuple[str, Solution, str]] = []  # solutions in the lake, to re-judge
+    kept: list[tuple[str, Solution, str]] = []  # solutions in the lake, keeping their verdict
     for prob in problems:
         report.problems_seen += 1
         report.splits[prob.split] = report.splits.get(prob.split, 0) + 1
@@ -226,13 +317,15 @@ def _write_file(
                 report.skip("duplicate solution")
                 continue
             seen.add(digest)
-            if digest in known_hashes:
+            stored = known_hashes.get(digest)
+            if stored is not None:
                 if rejudge:
-                    again.append((pid, sol, digest))
+                    again.append((pid, sol, stored))
                 else:
                     report.skip("already in the lake")
+                    kept.append((pid, sol, stored))
                 continue
-            known_hashes.add(digest)
+            known_hashes[digest] = digest
             pending.append((pid, sol, digest))
 
     judged: list[Judged] | None = None
@@ -246,7 +339,20 @@ def _write_file(
         for j in judged:
             report.verdicts[j.status] = report.verdicts.get(j.status, 0) + 1
             report.not_judged += j.reward is None
-    problem_updates = _labels_disagree(rows, pending + again, judged, known_problems, new_rows)
+    # labels_disagree is derived from every judged labelled-correct solution of the problem,
+    # those judged before included: a run killed between storing solutions and flagging their
+    # problem leaves the flag to the rerun, which finds the solutions already stored.
+    stored_verdicts = _stored_verdicts(lake, kept) if verify is not None else {}
+    known = [s for s in kept if s[2] in stored_verdicts]
+    problem_updates = _labels_disagree(
+        rows,
+        pending + again + known,
+        None
+        if judged is None and not known
+        else [*(judged or []), *(stored_verdicts[s[2]] for s in known)],
+        known_problems,
+        new_rows,
+    )
     moved = {
         pid: row["split"]
         for pid, row in rows.items()
@@ -328,6 +434,23 @@ def _labels_disagree(
         else:
             updates[pid] = issue
     return updates
+
+
+def _stored_verdicts(lake: Lake, solutions: list[tuple[str, Solution, str]]) -> dict[str, Judged]:
+    """content_hash -> the stored judge verdict of these stored human solutions (rows whose
+    reward is a label, not a verdict, are left out)."""
+    ids = [f"h-{digest[:24]}" for _, sol, digest in solutions if sol.reward == 0.0]
+    out: dict[str, Judged] = {}
+    for start in range(0, len(ids), 5000):
+        chunk = ", ".join(sql_quote(t) for t in ids[start : start + 5000])
+        for r in lake.sql_arrow(
+            "SELECT content_hash, reward, judge_status, passed_tests, total_tests FROM "
+            f"trajectories WHERE traj_id IN ({chunk}) AND reward_source = 'judge'"
+        ).to_pylist():
+            out[r["content_hash"]] = Judged(
+                r["reward"], r["judge_status"] or "", r["passed_tests"] or 0, r["total_tests"] or 0
+            )
+    return out
 
 
 def _stored_rows(lake: Lake, pids: set[str]) -> dict[str, dict[str, Any]]:
@@ -422,7 +545,7 @@ def _problem_row(prob: ParsedProblem, run_id: str, now: Any) -> dict[str, Any]:
         "output_file": prob.output_file,
         "judge_issue": prob.judge_issue,
         "difficulty": prob.difficulty,
-        "extra": json.dumps(prob.extra, default=str),
+        "extra": json.dumps({**prob.extra, "content_sha256": prob.digest}, default=str),
         "ingest_run_id": run_id,
         "created_at": now,
     }
@@ -444,6 +567,14 @@ def ingest_files_report(report: IngestReport) -> str:
             f"{report.splits['unspecified']} problem(s) have split 'unspecified' (no --split, "
             "nothing in the file names): commands that select a split skip them; set one with "
             "--split on a re-ingest or `spo lake set-split`"
+        )
+    if report.namesakes:
+        shown = "; ".join(f"{n} ({pid}, {where})" for n, pid, where in report.namesakes[:5])
+        more = f"; and {len(report.namesakes) - 5} more" if len(report.namesakes) > 5 else ""
+        lines.append(
+            f"kept {len(report.namesakes)} problem(s) under an id of their own: another "
+            f"problem of their dataset has their name but another statement or tests: "
+            f"{shown}{more}"
         )
     if report.split_changed:
         lines.append(

@@ -40,6 +40,12 @@ from spo_store.objstore import check_remote_lake, is_remote, lake_lock
 from spo_store.stopping import stop_requested
 
 DEFAULT_LAKE = "./spo-lake"
+DUCKDB_CONFIG = {
+    "autoinstall_known_extensions": "false",
+    "autoload_known_extensions": "false",
+    "allow_community_extensions": "false",
+}
+"""DuckDB settings of every lake connection: no extension is downloaded or loaded."""
 COMMIT_RETRIES = 50
 
 
@@ -558,25 +564,40 @@ class Lake:
         """Run DuckDB SQL over the lake's tables (by name); returns a polars DataFrame."""
         return pl.from_arrow(self.sql_arrow(query))
 
-    def sql_arrow(self, query: str) -> pa.Table:
-        con = self.duckdb()
+    def sql_arrow(self, query: str, *, analyst: bool = False) -> pa.Table:
+        """Run DuckDB SQL over the lake's tables; `analyst=True` adds the column comments and
+        views of `spo_store.analyst` (what `spo sql` shows). Raises SpoError (one line)."""
+        con = self.duckdb(analyst=analyst)
         try:
             return con.sql(query).to_arrow_table() if query.strip() else pa.table({})
         except duckdb.Error as exc:
+            from spo_store.errors import environment_error
+
+            known = environment_error(exc)  # a damaged data file, a full disk while spilling
+            if known is not None:
+                raise SpoError(known, exit_code=1) from exc
             first = str(exc).strip().splitlines()[0]
             raise SpoError(f"SQL error: {first}") from exc
         finally:
             con.close()
 
-    def duckdb(self) -> duckdb.DuckDBPyConnection:
+    def duckdb(self, *, analyst: bool = False) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with every table registered under its name (latest versions).
 
         DuckDB scans the Lance datasets directly with projection and filter pushdown, so a
-        query that names only light columns never reads token ids or text.
+        query that names only light columns never reads token ids or text. The connection
+        stays local: DuckDB may not install or load extensions (an `http://` or `s3://` path
+        is an error, not a download), and its configuration is locked so a query cannot
+        change that. Local files stay readable (`read_parquet('x.parquet')`).
         """
-        con = duckdb.connect()
+        con = duckdb.connect(config=DUCKDB_CONFIG)
         for name in TABLES:
             con.register(name, self.dataset(name))
+        if analyst:
+            from spo_store.analyst import add_analyst_views
+
+            add_analyst_views(con)
+        con.execute("SET lock_configuration = true")
         return con
 
     def get_problem(self, id_or_name: str) -> dict[str, Any]:
@@ -651,7 +672,13 @@ def check_schema(name: str, ds: lance.LanceDataset, lake_uri: str) -> None:
         raise SpoError(
             f"table {name!r} in lake {lake_uri} has no spo schema version: not an spo lake"
         )
-    found_version = int(found)
+    try:
+        found_version = int(found)
+    except ValueError:
+        raise SpoError(
+            f"table {name!r} in lake {lake_uri} has spo schema version {found[:20].decode(errors='replace')!r}, not a "
+            "number: its metadata is damaged (see docs/lake.md, 'When the lake is damaged')"
+        ) from None
     if found_version > SCHEMA_VERSION:
         raise SpoError(
             f"lake {lake_uri} was written by schema version {found_version}, newer than this "

@@ -81,7 +81,13 @@ def schema_version_of(ds: lance.LanceDataset) -> int:
     found = (ds.schema.metadata or {}).get(VERSION_KEY)
     if found is None:
         raise SpoError(f"{ds.uri} has no spo schema version: not an spo lake")
-    return int(found)
+    try:
+        return int(found)
+    except ValueError:
+        raise SpoError(
+            f"{ds.uri} has spo schema version {found[:20].decode(errors='replace')!r}, not a "
+            "number: its metadata is damaged (see docs/lake.md, 'When the lake is damaged')"
+        ) from None
 
 
 def lake_schema_version(uri: str | os.PathLike[str] | None) -> int:

@@ -46,6 +46,7 @@ from spo_store.mixture_index import (
     merge_deduplicated,
     split_window,
 )
+from spo_store.predicates import check_predicate, fill_placeholders
 
 # Predicates over t (trajectories) and p (problems). {run_id}, {policy_version} and {staleness}
 # are filled from the sampling context; a source that needs them fails clearly without one.
@@ -144,8 +145,17 @@ def load_sources(path: str | Path | None = None) -> dict[str, str]:
             f"{path}: {', '.join(clash)} {'is a' if len(clash) == 1 else 'are'} built-in "
             "source name(s) and cannot be redefined; give the source another name"
         )
+    for name, pred in user.items():
+        # One boolean expression each (spo_store.predicates): checked with the placeholders
+        # filled in as a run fills them.
+        check_predicate(fill_placeholders(pred, _example_params()), f"{path}: source {name!r}")
     sources.update(user)
     return sources
+
+
+def _example_params() -> dict[str, str]:
+    """Placeholder values of the right SQL kinds, for checking a source before a run."""
+    return {"run_id": "'r'", "policy_version": "0", "staleness": "0", "ref_model_id": "'m'"}
 
 
 @dataclass
@@ -209,9 +219,10 @@ class MixtureSampler:
             else "'" + self.ref_model_id.replace("'", "''") + "'",
         }
         try:
-            pred = (self.sources[name] if template is None else template).format(**params)
-        except KeyError as exc:
-            raise SpoError(f"source {name!r}: unknown placeholder {exc}") from None
+            # Only the placeholders: braces of a regex quantifier (`{2,}`) stay as written.
+            pred = fill_placeholders(self.sources[name] if template is None else template, params)
+        except SpoError as exc:
+            raise SpoError(f"source {name!r}: {exc}") from None
         where = f"({BASE_PREDICATE}) AND ({pred})"
         if not self.include_unreliable:
             where += f" AND ({RELIABLE_PREDICATE})"

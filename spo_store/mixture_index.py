@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from spo_schemas import light_columns
 
-from spo_store.lake import Lake
+from spo_store.lake import DUCKDB_CONFIG, Lake
 from spo_store.q0_estimates import problems_with_q0_sql
 
 # The staleness window: a source whose predicate ends with `AND <POLICY_WINDOW>` keeps its
@@ -152,7 +152,7 @@ class MetadataIndex:
         ads = self.lake.dataset("annotations")
         changed = False
         if (pds.version, qds.version, ads.version) != self._problems_version:
-            con = duckdb.connect()
+            con = duckdb.connect(config=DUCKDB_CONFIG)  # no extension download
             try:
                 con.register("problems", pds.to_table(columns=light_columns("problems")))
                 con.register("q0_estimates", qds.to_table())
@@ -198,7 +198,7 @@ class MetadataIndex:
         # One connection for the index's life: opening one costs ~10 ms, more than a query
         # over a few new rows; registering an Arrow table again replaces the view.
         if self._con is None:
-            self._con = duckdb.connect()
+            self._con = duckdb.connect(config=DUCKDB_CONFIG)  # no extension download
         con = self._con
         t = self.trajectories if start == 0 else self.trajectories.slice(start)
         con.register("t_index", t)

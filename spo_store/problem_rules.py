@@ -193,6 +193,24 @@ def _quote(phrase: str) -> str:
 
 
 # --------------------------------------------------------------------------- limits
+TIME_LIMIT_RANGE_S = (0.01, 60.0)
+"""Per-test CPU limits spo stores and judges, in seconds. Contest judges set 0.25-15 s (Code Jam
+up to 60 s per test set); below 10 ms not even an interpreter starts. Outside: bad input."""
+MEMORY_LIMIT_RANGE_MB = (1, 65536)
+"""Memory limits spo stores and judges, in MiB (1 MiB to 64 GiB; contest judges give 16 MiB
+to 2 GiB). Outside: bad input (a `memory_limit_mb` of 1e12 cannot even be stored)."""
+
+
+def limit_range_error(what: str, value: float) -> str | None:
+    """Why `value` is no time (`what='time'`, seconds) or memory (`'memory'`, MiB) limit spo
+    judges with (see the ranges above), else None."""
+    lo, hi = TIME_LIMIT_RANGE_S if what == "time" else MEMORY_LIMIT_RANGE_MB
+    unit = "s" if what == "time" else "MiB"
+    if not (math.isfinite(value) and lo <= value <= hi):
+        return f"{value:g} {unit} is outside {lo:g}..{hi:g} {unit}"
+    return None
+
+
 _SECONDS = {
     "": 1.0,
     "s": 1.0,
@@ -233,39 +251,44 @@ def parse_time_limit_s(value: Any) -> float | None:
     """Seconds from a limit like 2, "2 seconds", "1.5 s", "1000 ms"; None when unparseable.
 
     Numbers are seconds. A string must be one positive number with an optional unit (s, sec,
-    second(s), ms, millisecond(s)); anything else (ranges, "N/A", several numbers) is None.
+    second(s), ms, millisecond(s)); anything else (ranges, "N/A", several numbers) is None, and
+    so is a limit outside `TIME_LIMIT_RANGE_S`.
     """
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value) if value > 0 and math.isfinite(value) else None
-    if not isinstance(value, str):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = _LIMIT.match(value)
+        if not m or m.group(2).lower() not in _SECONDS:
+            return None
+        seconds = float(m.group(1)) * _SECONDS[m.group(2).lower()]
+    else:
         return None
-    m = _LIMIT.match(value)
-    if not m or m.group(2).lower() not in _SECONDS:
-        return None
-    seconds = float(m.group(1)) * _SECONDS[m.group(2).lower()]
-    return seconds if seconds > 0 else None
+    return None if limit_range_error("time", seconds) else seconds
 
 
 def parse_memory_limit_mb(value: Any) -> int | None:
     """MiB from a limit like 256, "256 megabytes", "512 MB", "64 MiB", "1 GB"; None if unparseable.
 
     Numbers are MiB (as the `memory_limit_mb` column). Judges' "MB" and "megabytes" are taken as
-    MiB (Codeforces' 256 megabytes is 256 MiB). Results below 1 MiB or not a whole string of one
-    number and a unit are None.
+    MiB (Codeforces' 256 megabytes is 256 MiB). Results outside `MEMORY_LIMIT_RANGE_MB` or not a
+    whole string of one number and a unit are None.
     """
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return int(value) if value >= 1 and math.isfinite(value) else None
-    if not isinstance(value, str):
+        mb = float(value)
+    elif isinstance(value, str):
+        m = _LIMIT.match(value)
+        if not m or m.group(2).lower() not in _MEBIBYTES:
+            return None
+        mb = float(m.group(1)) * _MEBIBYTES[m.group(2).lower()]
+    else:
         return None
-    m = _LIMIT.match(value)
-    if not m or m.group(2).lower() not in _MEBIBYTES:
+    if limit_range_error("memory", mb):
         return None
-    mb = float(m.group(1)) * _MEBIBYTES[m.group(2).lower()]
-    return int(round(mb)) if mb >= 1 else None
+    return int(value) if isinstance(value, int | float) else int(round(mb))
 
 
 # --------------------------------------------------------------------------- platform

@@ -914,6 +914,10 @@ class SamplingConfig:
         validate_fields(self)
         if self.where is not None and not self.where.strip():
             raise SpoError("--where is empty: give an SQL predicate over p, or leave it out")
+        if self.where is not None:
+            from spo_store.predicates import check_predicate
+
+            check_predicate(self.where, "--where")
 
 
 @dataclass

@@ -82,6 +82,10 @@ class RolloutConfig:
             raise SpoError("--where is empty: give an SQL predicate over p, or leave it out")
         if self.split is not None and self.where is not None:
             raise SpoError("--split and --where given together: give one")
+        if self.where is not None:
+            from spo_store.predicates import check_predicate
+
+            check_predicate(self.where, "--where")
         from spo_train.rollout_workers import check_ray_address
 
         check_ray_address(self.ray_address)

@@ -93,6 +93,10 @@ class PTSConfig:
         validate_fields(self)
         if self.where is not None and not self.where.strip():
             raise SpoError("--where is empty: give an SQL predicate over t and p, or leave it out")
+        if self.where is not None:
+            from spo_store.predicates import check_predicate
+
+            check_predicate(self.where, "--where")
 
 
 @dataclass(frozen=True)
