@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from spo_store.errors import SpoError
@@ -36,17 +36,10 @@ lake_app = typer.Typer(
 
 
 def progress_bar() -> Progress:
-    # Only on a terminal: piped stderr gets just the result or the one-line error.
-    err = Console(stderr=True)
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-        disable=not err.is_terminal,
-    )
+    """A bar on a terminal; plain periodic lines (done/total, rate, ETA) elsewhere."""
+    from spo_train.progress import progress_display
+
+    return progress_display(Console(stderr=True), rate=False)
 
 
 class IngestFormat(StrEnum):

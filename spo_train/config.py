@@ -893,7 +893,8 @@ class SamplingConfig:
     where: str | None = setting(None, metavar="SQL")
     """SQL predicate over problems (alias p) instead of --split"""
     limit: int | None = setting(None, check=at_least(1))
-    """at most this many problems"""
+    """the first N selected problems by problem_id, done or not: the same N on every run (a
+    rerun skips the done ones)"""
     model: str | None = setting(None, metavar="DIR")
     """Hugging Face model directory (default: the embedded pi_0)"""
     lake: str | None = setting(None, metavar="URI")
@@ -977,14 +978,24 @@ def check_output_path(output: str) -> None:
 def check_output_dir(config: TrainConfig) -> None:
     """Refuse, in one line, an --output that cannot hold this run.
 
-    A file is refused. A directory without a checkpoint is accepted (its run, if any, ended
-    before one and left nothing to continue). Without --resume, a directory holding another
+    A file is refused; so is --resume of a folder that holds no run (none there, or no
+    checkpoint, config.toml or run.json: a mistyped path). A directory without a checkpoint is
+    accepted (its run, if any, ended before one and left nothing to continue). Without --resume, a directory holding another
     run's checkpoints is refused: two runs' checkpoints and TensorBoard events would
     mix. With --resume, settings that differ from the stored run's are refused (naming them):
     resuming must not silently change the experiment or overwrite its config.
     """
     check_output_path(config.output)
     out = Path(config.output)
+    if config.resume and not (
+        out.is_dir() and (has_checkpoint(out) or stored_train_config(out) is not None)
+    ):
+        # --resume of a folder that never held a run is a typo, not a fresh start.
+        why = "does not exist" if not out.exists() else "holds no run of spo train"
+        raise SpoError(
+            f"--resume: --output {config.output} {why}, so there is nothing to continue: check "
+            "the path, or leave --resume out to start a new run there"
+        )
     if not out.is_dir():
         return
     if not has_checkpoint(out):
