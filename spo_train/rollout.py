@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from spo_store.errors import SpoError
 from spo_store.lake import Lake, sql_quote, utc_now
 from spo_store.q0_estimates import Q0_VIEW_COLUMNS, problems_with_q0_sql
 from spo_train.judge import JUDGE_PROBLEM_COLUMNS, job_for_problem, judge_batch, verdict_reward
-from spo_store.errors import SpoError
 from spo_train.prompting import extract_code, problem_prompt
 
 PROBLEM_COLUMNS = list(

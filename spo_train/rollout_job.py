@@ -154,8 +154,14 @@ def run_rollout(
     import numpy as np
 
     from spo_store.lake import run_status, sql_quote
-    from spo_train.models import check_model_dir, load_tokenizer, model_identity, tokenizer_identity
-    from spo_train.models import context_length, load_config
+    from spo_train.models import (
+        check_model_dir,
+        context_length,
+        load_config,
+        load_tokenizer,
+        model_identity,
+        tokenizer_identity,
+    )
     from spo_train.rollout import (
         RELIABLE,
         check_context,
