@@ -126,10 +126,12 @@ def _sampling_config(
     return build(cls, {**values, **given})
 
 
-def _check_model(model: str | None) -> str | None:
+def _check_model(model: str | None, *, absolute: bool = True) -> str | None:
     """The model directory of --model, checked before the lake is touched (one error line for a
     folder that is not a usable model); a `spo train --output` folder becomes its latest
-    checkpoint, and the command says which. None stays None (the embedded pi_0)."""
+    checkpoint, and the command says which. Returned absolute (what a run records), or with
+    `absolute=False` as given unless it was a run folder (a `spo train --resume` compares it
+    with the stored setting). None stays None (the embedded pi_0)."""
     from pathlib import Path
 
     from spo_train.models import check_model_dir
@@ -143,7 +145,9 @@ def _check_model(model: str | None) -> str | None:
             highlight=False,
             soft_wrap=True,
         )
-    return str(path)
+    elif not absolute:
+        return model
+    return str(path.resolve()) if absolute else str(path)
 
 
 def _selection(lk: Any, cfg: Any) -> str:
@@ -362,7 +366,9 @@ def _eval(
             lk.end_run(run_id, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
             raise
     lk.end_run(run_id, "completed")
-    table = Table(title=f"pass@k on {where or split} ({result['problems']} problems, n={n})")
+    title = f"pass@k on {where or split} ({result['problems']} problems, n={n})"
+    # one narrow column would wrap its title into a ribbon: the table is as wide as its title
+    table = Table(title=title, min_width=min(len(title) + 4, 80))
     for key in [f"pass@{x}" for x in ks]:
         table.add_column(key)
     table.add_row(
@@ -408,7 +414,7 @@ def resolve_train_config(explicit: dict[str, Any], config_file: str | None) -> A
 
     given = {**(read_toml(TrainConfig, config_file) if config_file else {}), **explicit}
     if given.get("model"):  # a run folder is its latest checkpoint, named in the run's config
-        given["model"] = _check_model(given["model"])
+        given["model"] = _check_model(given["model"], absolute=False)
     base: dict[str, Any] = {}
     if given.get("resume"):
         output = given.get("output", TrainConfig.output)
