@@ -134,9 +134,9 @@ def _check_model(model: str | None, *, absolute: bool = True) -> str | None:
     with the stored setting). None stays None (the embedded pi_0)."""
     from pathlib import Path
 
-    from spo_train.models import check_model_dir
+    from spo_train.models import check_model
 
-    path = check_model_dir(model)
+    path = check_model(model)
     if model is None:
         return None
     if path != Path(model).expanduser():

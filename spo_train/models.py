@@ -114,6 +114,18 @@ def check_model_dir(path: str | os.PathLike | None) -> Path:
     return p
 
 
+def check_model(path: str | os.PathLike | None) -> Path:
+    """`check_model_dir`, then the tokenizer against the model's vocabulary (config.json
+    `vocab_size`): what a command checks before it opens the lake. Loads the tokenizer, no
+    weights. Returns the model directory; raises SpoError (one line naming the folder)."""
+    p = check_model_dir(path)
+    config = load_config(p)  # first: the tokenizer reads config.json too, and would be blamed
+    vocab = getattr(config, "vocab_size", None)
+    if isinstance(vocab, int):
+        check_vocabulary(p, load_tokenizer(p), vocab)
+    return p
+
+
 def resolve_model_path(model: str | os.PathLike | None) -> Path:
     """The model directory for a ``--model`` value (``None``: the shipped pi_0), checked."""
     return check_model_dir(model)

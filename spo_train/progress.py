@@ -65,7 +65,8 @@ def plain_line(task: Any) -> str:
             parts[0] += f" ({100 * task.completed / task.total:.0f}%)"
     elapsed = task.elapsed or 0.0
     if elapsed > 0 and task.completed:
-        parts.append(f"{task.completed / elapsed:.2f}/s")
+        rate = task.completed / elapsed
+        parts.append(f"{rate:.2f}/s" if rate >= 0.1 else f"{elapsed / task.completed:.0f} s each")
     parts.append(f"elapsed {_clock(elapsed)}")
     if task.total is not None and not task.finished and task.completed and elapsed > 0:
         parts.append(f"ETA {_clock((task.total - task.completed) * elapsed / task.completed)}")
