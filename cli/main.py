@@ -84,9 +84,15 @@ def _register_all() -> None:
 
 
 RERUN_NOTES = {
-    "spo demo": "it reuses the Q0 estimates and pi_0's evaluation, and trains again from step 0",
+    "spo demo": "committed work is kept: rerun the same command (it reuses the Q0 estimates "
+    "and pi_0's evaluation, and trains again from step 0)",
+    # ingest parses and judges everything first and writes at the end (spo_store.ingest): a
+    # stop while judging leaves only the run's record
+    "spo ingest human-solutions": "ingest writes once, at its end, so nothing of this run was "
+    "stored: run the same command again",
 }
-"""What a rerun after a stop does, for commands where it is not simply "resumes"."""
+"""What a stop kept and what a rerun does, for commands where it is not "committed work is
+kept: rerun the same command to resume"."""
 
 
 def _stop_detail(argv: list[str] | None) -> str:
@@ -119,10 +125,8 @@ def _stop_detail(argv: list[str] | None) -> str:
     else:
         # No run recorded: nothing of a run was committed, so nothing is claimed kept.
         return f"no run was started; run the same command again: {again}"
-    note = RERUN_NOTES.get(command)
-    if note:
-        return f"{what}; committed work is kept: rerun the same command ({note}): {again}"
-    return f"{what}; committed work is kept: rerun the same command to resume: {again}"
+    note = RERUN_NOTES.get(command, "committed work is kept: rerun the same command to resume")
+    return f"{what}; {note}: {again}"
 
 
 ROOT_OPTIONS = ("--threads",)

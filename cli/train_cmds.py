@@ -236,6 +236,7 @@ def _estimate_q0(
             on_problems=lambda n: bar.advance(ptask, n),
             on_samples=advance_with_rate(bar, stask, "samples"),
             unsafe_no_sandbox=cfg.unsafe_no_sandbox,
+            model_path=cfg.model,
         )
     from spo_train.rollout import left_out_line
 

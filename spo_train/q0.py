@@ -149,6 +149,7 @@ def estimate_q0(
     on_problems: Callable[[int], None] | None = None,
     on_samples: Callable[[int], None] | None = None,
     unsafe_no_sandbox: bool = False,
+    model_path: str | None = None,
 ) -> Q0Report:
     """Estimate q0 of the model `model_id` (the generator's; it is pi_0 here) for the problems
     matching `where` (SQL over `p`: problems plus this model's and sampler's q0 columns) whose
@@ -182,7 +183,9 @@ def estimate_q0(
                 "matches: nothing to estimate"
             )
     config = {
+        "model": model_path,  # the --model directory (None: the embedded pi_0)
         "where": where,
+        "limit": limit,
         "n": settings.n,
         "temperature": settings.temperature,
         "top_p": settings.top_p,

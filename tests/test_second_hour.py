@@ -296,6 +296,8 @@ def test_stop_hints_name_commands_that_work(tmp_path, monkeypatch):
     assert "--resume" not in hint and "rerun the same command to resume" in hint
     hint = _stop_detail(["demo"])
     assert "reuses the Q0 estimates and pi_0's evaluation" in hint
+    hint = _stop_detail(["ingest", "human-solutions", "x.jsonl", "--verify"])
+    assert "committed work is kept" not in hint and "nothing of this run was stored" in hint
     line = one_error_line(spo("train", "--resume", "--output", str(tmp_path / "TYPO")))
     assert "--resume" in line and "does not exist" in line and "TYPO" in line
     (tmp_path / "mine").mkdir()
