@@ -228,8 +228,9 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
     n_all = sum(p["q0_samples"] or 0 for p in est)
     s0 = sum(p["q0_successes"] or 0 for p in est) / max(1, n_all)
     reused = f", {q0.already_done} estimated before (reused)" if q0.already_done else ""
+    q0_count = sum(1 for p in est if p["q0_samples"])
     say(
-        f"Q0: {sum(1 for p in est if p['q0_samples'])} problems ({q0.problems} estimated now, "
+        f"Q0: {q0_count} problems ({q0.problems} estimated now, "
         f"{q0.samples} new samples{reused}), mean S0 {s0:.3f} ({timings['q0_s']:.0f} s)"
     )
     # the subset was drawn from reliable problems already; this names any others in the split
@@ -382,7 +383,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
         "train_run_id": result.run_id,
         "demo_run_id": run_id,
         "steps": result.steps_done,
-        "q0_problems": q0.problems,
+        "q0_problems": q0_count,
         "lake": lake.uri,
         "plot": str(plot),
         "timings": {k: round(v, 1) for k, v in timings.items()},
