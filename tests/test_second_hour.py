@@ -251,8 +251,10 @@ def test_estimate_q0_prints_progress_lines_into_a_log(tmp_path):
 
 # ----------------------------------------------------------------------------- item 7
 def _stop_after(argv: list[str], cwd: Path, wait_for: str, env: dict | None = None) -> str:
-    """Start `spo argv`, SIGINT it once `wait_for` shows on stderr (or after 60 s), return
+    """Start `spo argv`, SIGINT it once `wait_for` shows on stderr (or after 120 s), return
     its stderr."""
+    import threading
+
     proc = subprocess.Popen(
         [sys.executable, "-m", "spo_cli.main", *argv],
         stderr=subprocess.PIPE,
@@ -261,19 +263,19 @@ def _stop_after(argv: list[str], cwd: Path, wait_for: str, env: dict | None = No
         cwd=cwd,
         env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
-    seen = ""
-    deadline = time.monotonic() + 120
+    lines: list[str] = []
     assert proc.stderr is not None
-    os.set_blocking(proc.stderr.fileno(), False)
-    while time.monotonic() < deadline and wait_for not in seen and proc.poll() is None:
-        chunk = proc.stderr.read()
-        seen += chunk or ""
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")))
+    reader.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if wait_for in "".join(lines):
+            break
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
-    os.set_blocking(proc.stderr.fileno(), True)
-    seen += proc.stderr.read()
-    proc.wait(timeout=60)
-    return seen
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    return "".join(lines)
 
 
 def test_stop_hints_name_commands_that_work(tmp_path, monkeypatch):
@@ -371,3 +373,29 @@ def test_sql_headers_are_never_broken(tmp_path):
     narrow = spo("sql", "SELECT 1 AS model_identity, 2 AS tokenizer_id", "--lake", lake)
     assert "model_identity" in narrow.stdout and "tokenizer_id" in narrow.stdout
     assert max(len(x) for x in r.stdout.splitlines()) <= 80
+
+
+def test_rollout_says_when_flagged_problems_are_left_out(tmp_path):
+    """`spo rollout` names the problems it leaves out for a judge_issue, as eval and
+    estimate-q0 do (issue 20, item 8); with nothing else selected that is its one error line,
+    before Ray starts."""
+    from tests.conftest import write_jsonl
+
+    lake = str(tmp_path / "lake")
+    data = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {
+                "name": "anyof",
+                "statement": "Print two numbers. If there are multiple answers, print any of them.",
+                "split": "train",
+                "tests": [{"input": "1\n", "output": "1 2\n"}],
+                "solutions": ["print(1, 2)"],
+            }
+        ],
+    )
+    r = spo("ingest", "human-solutions", str(data), "--lake", lake)
+    assert r.returncode == 0, r.stderr
+    line = one_error_line(spo("rollout", "--lake", lake, "--where", "p.name = 'anyof'", *TINY))
+    assert "rollout: left out 1 problem" in line and "multiple_answers" in line, line
+    assert "--include-unreliable keeps them" in line
