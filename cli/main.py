@@ -97,8 +97,8 @@ kept: rerun the same command to resume"."""
 
 def _stop_detail(argv: list[str] | None) -> str:
     """What a stop left behind: the run ids this process started and marked interrupted
-    (`spo_store.lake.PROCESS_RUNS`), and a command that continues (tests/test_stop_hints.py
-    runs each hint)."""
+    (`spo_store.lake.PROCESS_RUNS`), and a command that continues (tests/test_second_hour.py
+    checks each hint)."""
     import shlex
 
     lake_mod = sys.modules.get("spo_store.lake")

@@ -668,6 +668,13 @@ def check_lake_folder(uri: str, entries: Sequence[str]) -> None:
     foreign = [
         e for e in entries if e not in tables and not (e.startswith(".") and e.endswith(".lock"))
     ]
+    for entry in foreign:
+        if entry.endswith(".lance") and _spo_schema_version(f"{uri}/{entry}") is not None:
+            # an spo table this spo does not know: the lake was written by a newer spo
+            raise SpoError(
+                f"lake {uri} holds table {entry.removesuffix('.lance')!r}, unknown to this spo "
+                f"(schema version {SCHEMA_VERSION}): it was written by a newer spo; upgrade spo"
+            )
     if foreign:
         shown = ", ".join(foreign[:4]) + (
             f" and {len(foreign) - 4} more" if len(foreign) > 4 else ""
@@ -676,6 +683,14 @@ def check_lake_folder(uri: str, entries: Sequence[str]) -> None:
             f"{uri} is not an spo lake: it holds {shown}; a lake is a new or empty folder, or one "
             "spo made (only <table>.lance folders): check --lake / $SPO_LAKE"
         )
+
+
+def _spo_schema_version(table_uri: str) -> str | None:
+    """`spo.schema_version` of the Lance dataset at `table_uri`; None if none or no dataset."""
+    try:
+        return (lance.dataset(table_uri).schema.metadata or {}).get(VERSION_KEY)
+    except (ValueError, FileNotFoundError, OSError):
+        return None
 
 
 def check_unopened_table(uri: str, name: str) -> None:
