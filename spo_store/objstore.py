@@ -93,7 +93,10 @@ def folder_entries(uri: str) -> list[str]:
     does not exist has none. Raises SpoError when the store cannot be listed."""
     if not is_remote(uri):
         root = Path(uri)
-        return sorted(os.listdir(root)) if root.is_dir() else []
+        try:
+            return sorted(os.listdir(root)) if root.is_dir() else []
+        except OSError as exc:  # no permission to list it
+            raise SpoError(f"lake {uri}: cannot list the folder ({exc.strerror})") from None
     bucket, key = split_s3(uri)
     prefix = f"{key}/" if key else ""
     names: set[str] = set()
