@@ -11,7 +11,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -106,15 +105,9 @@ def experiment_cmd(
     if output is not None and not output.strip():
         raise SpoError("--output is empty: give a directory for the experiment")
     command_line = "spo " + shlex.join(sys.argv[1:]) if sys.argv[1:] else ""
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[current]}"),
-        console=console,
-        disable=not console.is_terminal,
-    )
+    from spo_train.progress import progress_display
+
+    bar = progress_display(console, field="current")
 
     def say(msg: str) -> None:
         bar.console.print(msg, highlight=False, soft_wrap=True)

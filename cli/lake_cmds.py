@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from spo_store.errors import SpoError
@@ -36,17 +36,10 @@ lake_app = typer.Typer(
 
 
 def progress_bar() -> Progress:
-    # Only on a terminal: piped stderr gets just the result or the one-line error.
-    err = Console(stderr=True)
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-        disable=not err.is_terminal,
-    )
+    """A bar on a terminal; plain periodic lines (done/total, rate, ETA) elsewhere."""
+    from spo_train.progress import progress_display
+
+    return progress_display(Console(stderr=True), rate=False)
 
 
 class IngestFormat(StrEnum):
@@ -337,16 +330,35 @@ def _cell(value: Any, max_width: int | None) -> str:
 def _print_table(
     result: pa.Table, max_width: int, no_wrap: tuple[str, ...] = (), **table_kw: Any
 ) -> None:
-    """A rich table; columns named in `no_wrap` (ids) are never folded mid-value."""
+    """A rich table; columns named in `no_wrap` (ids) are never folded mid-value, and no
+    header is ever broken: when the headers alone do not fit the terminal, each row is printed
+    as a block of `column  value` lines instead (as psql's expanded display)."""
+    names = result.column_names
+    if sum(len(n) + 3 for n in names) + 1 > console.width:
+        _print_records(result, max_width)
+        return
     table = Table(show_lines=False, **table_kw)
-    for name in result.column_names:
+    for name in names:
         if name in no_wrap:
             table.add_column(name, no_wrap=True, overflow="ignore", min_width=len(name))
         else:
-            table.add_column(name, overflow="fold")
+            table.add_column(name, overflow="fold", min_width=len(name))
     for row in result.to_pylist():
         table.add_row(*[_cell(v, max_width) for v in row.values()])
     console.print(table)
+    console.print(f"{result.num_rows} row(s)", style="dim")
+
+
+def _print_records(result: pa.Table, max_width: int) -> None:
+    """Rows as blocks of `column  value` lines, for results too wide for a table."""
+    for i, row in enumerate(result.to_pylist(), 1):
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column(overflow="fold")
+        for name, value in row.items():
+            grid.add_row(name, _cell(value, max_width))
+        console.print(f"-- row {i}", style="dim", highlight=False)
+        console.print(grid)
     console.print(f"{result.num_rows} row(s)", style="dim")
 
 

@@ -83,30 +83,50 @@ def _register_all() -> None:
         module.register(app)
 
 
+RERUN_NOTES = {
+    "spo demo": "committed work is kept: rerun the same command (it reuses the Q0 estimates "
+    "and pi_0's evaluation, and trains again from step 0)",
+    # ingest parses and judges everything first and writes at the end (spo_store.ingest): a
+    # stop while judging leaves only the run's record
+    "spo ingest human-solutions": "ingest writes once, at its end, so nothing of this run was "
+    "stored: run the same command again",
+}
+"""What a stop kept and what a rerun does, for commands where it is not "committed work is
+kept: rerun the same command to resume"."""
+
+
 def _stop_detail(argv: list[str] | None) -> str:
     """What a stop left behind: the run ids this process started and marked interrupted
-    (`spo_store.lake.PROCESS_RUNS`), and the command that resumes them."""
+    (`spo_store.lake.PROCESS_RUNS`), and a command that continues (tests/test_second_hour.py
+    checks each hint)."""
     import shlex
 
     lake_mod = sys.modules.get("spo_store.lake")
     runs: dict[str, str] = getattr(lake_mod, "PROCESS_RUNS", {}) if lake_mod else {}
     args = list(sys.argv[1:] if argv is None else argv)
+    command = _command_path(args)
     again = "spo " + shlex.join(args)
-    if args[-1:] != ["--resume"] and "train" in args and "--resume" not in args:
+    # Only `spo train` has --resume, and it continues a run that started (with none, the same
+    # command starts afresh).
+    if (
+        command == "spo train"
+        and "--resume" not in args
+        and any(r.startswith("train-") for r in runs)
+    ):
         again += " --resume"
     stopped_runs = [r for r, st in runs.items() if st == "interrupted"]
+    open_runs = [r for r, st in runs.items() if st == "running"]
     if stopped_runs:
         what = f"run {', '.join(stopped_runs)} marked interrupted"
+    elif open_runs:
+        what = f"run {', '.join(open_runs)} not ended (`spo lake runs` marks it interrupted)"
     elif runs:
-        what = f"run {', '.join(runs)} not ended (`spo lake runs` marks it interrupted)"
+        what = f"run {', '.join(runs)} completed before the stop"
     else:
-        what = "no run was started"
-    tail = ""
-    if args[:1] == ["pts"] and any(a == "--limit" or a.startswith("--limit=") for a in args):
-        # --limit counts trajectories not annotated yet: the rerun finishes the stopped chunk
-        # and then goes on to up to N new ones (docs/pts.md, "Resumable").
-        tail = " (--limit counts trajectories not annotated yet, so the rerun may annotate more)"
-    return f"{what}; committed work is kept: rerun the same command to resume: {again}{tail}"
+        # No run recorded: nothing of a run was committed, so nothing is claimed kept.
+        return f"no run was started; run the same command again: {again}"
+    note = RERUN_NOTES.get(command, "committed work is kept: rerun the same command to resume")
+    return f"{what}; {note}: {again}"
 
 
 ROOT_OPTIONS = ("--threads",)

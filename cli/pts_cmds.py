@@ -8,13 +8,6 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
 console = Console(stderr=True)
 
@@ -38,7 +31,7 @@ def _pts(explicit: dict[str, Any], **kwargs: Any) -> None:
 
     from spo_train.pts import select_trajectories
 
-    _check_model(cfg.model)
+    cfg.model = _check_model(cfg.model)
     lake = _open_lake_with_problems(cfg.lake)
     # bad SQL or nothing to annotate: one line before any model loads or run is recorded
     select_trajectories(lake, cfg.where, cfg.include_unreliable)
@@ -55,14 +48,9 @@ def _pts(explicit: dict[str, Any], **kwargs: Any) -> None:
 
     gen, tok, model_id, tok_id = load_generator(cfg.model, "transformers")
     sampler = Sampler(max_new_tokens=cfg.max_new_tokens)
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        console=console,
-    )
+    from spo_train.progress import progress_display
+
+    bar = progress_display(console)
     tasks: dict[str, Any] = {}
 
     def advance(name: str, unit: str):

@@ -33,7 +33,7 @@ def _rollout(
     from spo_train.rollout_job import RolloutConfig, run_rollout
 
     cfg: RolloutConfig = _sampling_config(RolloutConfig, explicit, kwargs, config_file)
-    _check_model(cfg.model)
+    cfg.model = _check_model(cfg.model)
     lk = _open_lake_with_problems(cfg.lake)
     if cfg.where is None and cfg.split is None:
         cfg.split = "train"

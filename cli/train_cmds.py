@@ -10,15 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 from rich.table import Table
 from spo_cli.lake_cmds import LakeOpt
 
@@ -67,28 +59,17 @@ def parse_ks(text: str, option: str = "--k") -> list[int]:
 
 
 def progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
+    """The command's progress display: a bar on a terminal, periodic lines otherwise."""
+    from spo_train.progress import progress_display
+
+    return progress_display(console)
 
 
 def advance_with_rate(bar: Progress, task: Any, unit: str) -> Callable[[int], None]:
     """A callback that advances `task` by n and shows the rate in `unit`/s."""
+    from spo_train.progress import advance_with_rate as advance
 
-    def advance(n: int) -> None:
-        bar.advance(task, n)
-        t = bar.tasks[task]
-        if t.elapsed:
-            bar.update(task, rate=f"{t.completed / t.elapsed:.1f} {unit}/s")
-
-    return advance
+    return advance(bar, task, unit)
 
 
 def load_generator(
@@ -145,11 +126,28 @@ def _sampling_config(
     return build(cls, {**values, **given})
 
 
-def _check_model(model: str | None) -> None:
-    """A --model that is not a model directory is one error before the lake is touched."""
-    from spo_train.models import check_model_dir
+def _check_model(model: str | None, *, absolute: bool = True) -> str | None:
+    """The model directory of --model, checked before the lake is touched (one error line for a
+    folder that is not a usable model); a `spo train --output` folder becomes its latest
+    checkpoint, and the command says which. Returned absolute (what a run records), or with
+    `absolute=False` as given unless it was a run folder (a `spo train --resume` compares it
+    with the stored setting). None stays None (the embedded pi_0)."""
+    from pathlib import Path
 
-    check_model_dir(model)
+    from spo_train.models import check_model
+
+    path = check_model(model)
+    if model is None:
+        return None
+    if path != Path(model).expanduser():
+        console.print(
+            f"--model {model}: a spo train output folder; using its latest checkpoint {path}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif not absolute:
+        return model
+    return str(path.resolve()) if absolute else str(path)
 
 
 def _selection(lk: Any, cfg: Any) -> str:
@@ -199,21 +197,25 @@ def _estimate_q0(
     from spo_train.config import EstimateQ0Config
 
     cfg: EstimateQ0Config = _sampling_config(EstimateQ0Config, _explicit, kwargs, config_file)
-    from spo_train.q0 import estimate_q0, q0_sampler_key, q0_todo_predicate
-    from spo_train.rollout import SamplerSettings, count_problems
+    from spo_train.q0 import estimate_q0, q0_todo
+    from spo_train.rollout import SamplerSettings, check_context
 
     samples = cfg.n
-    _check_model(cfg.model)
+    cfg.model = _check_model(cfg.model)
     lk = _open_lake_with_problems(cfg.lake)
     predicate = _selection(lk, cfg)
     gen, tok, model_id, tok_id = load_generator(cfg.model, cfg.backend)
     settings = SamplerSettings(samples, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed)
-    todo = count_problems(
+    todo_problems = q0_todo(
         lk,
-        q0_todo_predicate(predicate, samples, include_unreliable=cfg.include_unreliable),
-        q0_of=(model_id, q0_sampler_key(settings)),
+        predicate,
+        model_id=model_id,
+        settings=settings,
+        limit=cfg.limit,
+        include_unreliable=cfg.include_unreliable,
     )
-    todo = min(todo, cfg.limit) if cfg.limit is not None else todo
+    check_context(tok, getattr(gen, "max_positions", None), todo_problems, cfg.max_new_tokens)
+    todo = len(todo_problems)
     with progress() as bar:
         ptask = bar.add_task("problems", total=todo, rate="")
         stask = bar.add_task("samples", total=todo * samples, rate="")
@@ -234,6 +236,7 @@ def _estimate_q0(
             on_problems=lambda n: bar.advance(ptask, n),
             on_samples=advance_with_rate(bar, stask, "samples"),
             unsafe_no_sandbox=cfg.unsafe_no_sandbox,
+            model_path=cfg.model,
         )
     from spo_train.rollout import left_out_line
 
@@ -296,13 +299,14 @@ def _eval(
     from spo_train.rollout import (
         RELIABLE,
         SamplerSettings,
+        check_context,
         judge_issue_counts,
         left_out_line,
         load_problems,
     )
 
     n, ks, split, where = cfg.n, list(cfg.k), cfg.split, cfg.where
-    _check_model(cfg.model)
+    cfg.model = _check_model(cfg.model)
     lk = _open_lake_with_problems(cfg.lake)
     predicate = _selection(lk, cfg)
     left_out = {} if cfg.include_unreliable else judge_issue_counts(lk, predicate)
@@ -318,15 +322,19 @@ def _eval(
     if line:
         console.print(line, highlight=False)
     gen, tok, model_id, tok_id = load_generator(cfg.model, cfg.backend)
+    check_context(tok, getattr(gen, "max_positions", None), problems, cfg.max_new_tokens)
     run_id = lk.start_run(
         "eval",
         {
+            "model": cfg.model,  # the --model directory (None: the embedded pi_0)
+            "backend": cfg.backend,
             "split": split,
             "where": where,
             "n": n,
             "k": ks,
             "temperature": cfg.temperature,
             "top_p": cfg.top_p,
+            "max_new_tokens": cfg.max_new_tokens,
             "limit": cfg.limit,
             "seed": cfg.seed,
             "include_unreliable": cfg.include_unreliable,
@@ -359,7 +367,9 @@ def _eval(
             lk.end_run(run_id, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
             raise
     lk.end_run(run_id, "completed")
-    table = Table(title=f"pass@k on {where or split} ({result['problems']} problems, n={n})")
+    title = f"pass@k on {where or split} ({result['problems']} problems, n={n})"
+    # one narrow column would wrap its title into a ribbon: the table is as wide as its title
+    table = Table(title=title, min_width=min(len(title) + 4, 80))
     for key in [f"pass@{x}" for x in ks]:
         table.add_column(key)
     table.add_row(
@@ -404,6 +414,8 @@ def resolve_train_config(explicit: dict[str, Any], config_file: str | None) -> A
     )
 
     given = {**(read_toml(TrainConfig, config_file) if config_file else {}), **explicit}
+    if given.get("model"):  # a run folder is its latest checkpoint, named in the run's config
+        given["model"] = _check_model(given["model"], absolute=False)
     base: dict[str, Any] = {}
     if given.get("resume"):
         output = given.get("output", TrainConfig.output)

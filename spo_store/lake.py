@@ -36,7 +36,7 @@ from lance.fragment import write_fragments
 from spo_schemas import KEYS, SCHEMA_VERSION, TABLES, VERSION_KEY, table_schema
 
 from spo_store.errors import SpoError
-from spo_store.objstore import check_remote_lake, is_remote, lake_lock
+from spo_store.objstore import check_remote_lake, folder_entries, is_remote, lake_lock
 from spo_store.stopping import stop_requested
 
 DEFAULT_LAKE = "./spo-lake"
@@ -204,7 +204,12 @@ class Lake:
     # ------------------------------------------------------------------ open / datasets
     @classmethod
     def open(cls, uri: str | os.PathLike[str] | None = None, *, create: bool = True) -> Lake:
-        """Open the lake at `uri` (see `resolve_lake_uri`), creating missing tables."""
+        """Open the lake at `uri` (see `resolve_lake_uri`), creating missing tables.
+
+        Only a folder that is new, empty, or holds nothing but an spo lake's tables and locks
+        may become a lake (`check_lake_folder`): any other is refused with SpoError, whatever
+        the command, so a mistyped `--lake` or `$SPO_LAKE` never fills a folder of other files.
+        """
         lake = cls(resolve_lake_uri(uri))
         if is_remote(lake.uri):
             check_remote_lake(lake.uri)
@@ -214,7 +219,9 @@ class Lake:
                 raise SpoError(f"lake path {lake.uri} exists and is not a directory")
             if not root.exists() and not create:
                 raise SpoError(f"no lake at {lake.uri} (run an ingest to create it)")
-            root.mkdir(parents=True, exist_ok=True)
+        check_lake_folder(lake.uri, folder_entries(lake.uri))
+        if not is_remote(lake.uri):
+            Path(lake.uri).mkdir(parents=True, exist_ok=True)
         # Check the tables that exist before creating missing ones: a lake of another schema
         # version is refused (or sent to `spo lake migrate`) without being touched.
         missing = []
@@ -222,6 +229,7 @@ class Lake:
             try:
                 ds = lance.dataset(lake.table_uri(name))
             except (ValueError, FileNotFoundError, OSError):
+                check_unopened_table(lake.uri, name)
                 missing.append(name)
                 continue
             check_schema(name, ds, lake.uri)
@@ -662,6 +670,62 @@ def match_problems(rows: Sequence[Mapping[str, Any]], wanted: str) -> list[Mappi
 def sql_quote(value: str) -> str:
     """Quote a string literal for Lance/DuckDB SQL filters."""
     return "'" + str(value).replace("'", "''") + "'"
+
+
+LANCE_LAYOUT = frozenset({"_versions", "data", "_transactions", "_indices", "_deletions", "_refs"})
+"""What Lance writes inside a dataset folder (a table whose creation was killed may hold some
+of it without a manifest yet: it is created again, not refused)."""
+
+
+def check_lake_folder(uri: str, entries: Sequence[str]) -> None:
+    """The rule of which folders may become a lake, the same for every command, `--lake` and
+    `$SPO_LAKE`: a folder that does not exist, an empty one, or one holding only an spo lake's
+    entries (`<table>.lance` for the tables in `spo_schemas.TABLES`, and `.<name>.lock` files).
+    Anything else (the user's own files, another program's folders) is refused with one line
+    naming the folder and what is in it; a `<table>.lance` that is not a Lance dataset is refused
+    too, and one without spo's schema metadata by `check_schema` when it is opened.
+    `entries`: the names directly under `uri` (`objstore.folder_entries`). Raises SpoError."""
+    tables = {f"{name}.lance" for name in TABLES}
+    foreign = [
+        e for e in entries if e not in tables and not (e.startswith(".") and e.endswith(".lock"))
+    ]
+    for entry in foreign:
+        if entry.endswith(".lance") and _spo_schema_version(f"{uri}/{entry}") is not None:
+            # an spo table this spo does not know: the lake was written by a newer spo
+            raise SpoError(
+                f"lake {uri} holds table {entry.removesuffix('.lance')!r}, unknown to this spo "
+                f"(schema version {SCHEMA_VERSION}): it was written by a newer spo; upgrade spo"
+            )
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (
+            f" and {len(foreign) - 4} more" if len(foreign) > 4 else ""
+        )
+        raise SpoError(
+            f"{uri} is not an spo lake: it holds {shown}; a lake is a new or empty folder, or one "
+            "spo made (only <table>.lance folders): check --lake / $SPO_LAKE"
+        )
+
+
+def _spo_schema_version(table_uri: str) -> str | None:
+    """`spo.schema_version` of the Lance dataset at `table_uri`; None if none or no dataset."""
+    try:
+        return (lance.dataset(table_uri).schema.metadata or {}).get(VERSION_KEY)
+    except (ValueError, FileNotFoundError, OSError):
+        return None
+
+
+def check_unopened_table(uri: str, name: str) -> None:
+    """Refuse a local `<name>.lance` that Lance cannot open and that holds more than Lance's
+    own layout (`LANCE_LAYOUT`): another program's folder of that name, never to be
+    overwritten. Raises SpoError naming the folder."""
+    path = Path(uri) / f"{name}.lance"
+    if is_remote(uri) or not path.exists():
+        return
+    inside = set(os.listdir(path)) if path.is_dir() else {""}
+    if not inside <= LANCE_LAYOUT:
+        raise SpoError(
+            f"{uri} is not an spo lake: {path.name} is not a Lance table; check --lake / $SPO_LAKE"
+        )
 
 
 def check_schema(name: str, ds: lance.LanceDataset, lake_uri: str) -> None:

@@ -87,6 +87,31 @@ def check_remote_lake(uri: str) -> None:
         raise SpoError(f"lake {uri}: cannot reach bucket {bucket!r} ({_describe(exc)})") from None
 
 
+def folder_entries(uri: str) -> list[str]:
+    """The names directly under a lake root, sorted: a local folder's entries, or on S3 the
+    next path component of every key under `uri/` (one listing per 1000 keys). A root that
+    does not exist has none. Raises SpoError when the store cannot be listed."""
+    if not is_remote(uri):
+        root = Path(uri)
+        try:
+            return sorted(os.listdir(root)) if root.is_dir() else []
+        except OSError as exc:  # no permission to list it
+            raise SpoError(f"lake {uri}: cannot list the folder ({exc.strerror})") from None
+    bucket, key = split_s3(uri)
+    prefix = f"{key}/" if key else ""
+    names: set[str] = set()
+    try:
+        pages = s3_client().get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+            names.update(
+                c["Prefix"][len(prefix) :].rstrip("/") for c in page.get("CommonPrefixes", [])
+            )
+            names.update(o["Key"][len(prefix) :] for o in page.get("Contents", []))
+    except Exception as exc:  # botocore raises several unrelated classes: name them all
+        raise SpoError(f"lake {uri}: cannot list it ({_describe(exc)})") from None
+    return sorted(n for n in names if n)
+
+
 def _endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 

@@ -12,14 +12,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from spo_train.models import latest_checkpoint
 
-def latest_checkpoint(output: Path) -> Path | None:
-    """The checkpoint `output/latest` names, if it is complete."""
-    marker = output / "latest"
-    if not marker.exists():
-        return None
-    path = output / marker.read_text().strip()
-    return path if (path / "trainer_state.pt").exists() else None
+__all__ = [
+    "latest_checkpoint",
+    "load_trainer_state",
+    "prune_checkpoints",
+    "restore_rng",
+    "save_checkpoint",
+]
 
 
 def save_checkpoint(

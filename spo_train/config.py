@@ -25,6 +25,7 @@ import functools
 import inspect
 import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -343,15 +344,52 @@ def _no_bool_metavar(params: list[Any]) -> list[Any]:
     return params
 
 
+_LIST_ITEM = re.compile(r"(?:[-*] |\d+[.)] )")
+
+
+def reflow_help(text: str | None) -> str | None:
+    """A docstring as help that reflows to the terminal's width: the line breaks inside a
+    paragraph become spaces (typer's rich help keeps them, so a docstring wrapped at 100
+    columns printed broken lines at 80). Paragraphs (blank-line separated) stay; a list item
+    (`- `, `* `, `1. `) starts its own line, its continuation lines join it; indented blocks and
+    paragraphs marked with click's `\b` are kept as written."""
+    if not text:
+        return text
+    out = []
+    for para in inspect.cleandoc(text).split("\n\n"):
+        if para.startswith("\b") or para.startswith("    "):
+            out.append(para)
+            continue
+        lines: list[str] = []
+        for line in para.split("\n"):
+            stripped = line.strip()
+            if not lines or _LIST_ITEM.match(stripped):
+                lines.append(stripped)
+            else:
+                lines[-1] += " " + stripped
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
 class SpoCommand(TyperCommand):
-    """A typer command whose help shows no `<bool>` after switches (they take no value)."""
+    """A typer command whose help reflows (`reflow_help`) and shows no `<bool>` after
+    switches (they take no value)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = reflow_help(self.help)
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _no_bool_metavar(super().get_params(ctx))
 
 
 class SpoGroup(TyperGroup):
-    """A typer group (`spo`, `spo lake`) whose help shows no `<bool>` after `--help`."""
+    """A typer group (`spo`, `spo lake`) whose help reflows and shows no `<bool>` after
+    `--help`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = reflow_help(self.help)
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _no_bool_metavar(super().get_params(ctx))
@@ -390,9 +428,11 @@ def _cli_default(f: dataclasses.Field) -> Any:
 def typer_parameters(cls: type, *, skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
     """One typer option per CLI field of `cls`, named by `flag_of`, help from its docstring."""
     params = []
+    panels = HELP_PANELS.get(cls, {})
     for f in dataclasses.fields(cls):
         if not f.metadata.get("cli", True) or f.name in skip:
             continue
+        panel = {"rich_help_panel": panels[f.name]} if f.name in panels else {}
         base, _ = _types(cls)[f.name]
         flag = flag_of(f)
         names = [flag, *f.metadata.get("aliases", ())]
@@ -401,7 +441,7 @@ def typer_parameters(cls: type, *, skip: tuple[str, ...] = ()) -> list[inspect.P
         show = f.metadata.get("show_default")
         if base is bool:
             decl = names if f.default is False else [f"{flag}/--no-{flag[2:]}"]
-            opt = typer.Option(*decl, help=help_of(cls, f.name), show_default=False)
+            opt = typer.Option(*decl, help=help_of(cls, f.name), show_default=False, **panel)
             ann: Any = Annotated[bool, opt]
         else:
             opt = typer.Option(
@@ -409,6 +449,7 @@ def typer_parameters(cls: type, *, skip: tuple[str, ...] = ()) -> list[inspect.P
                 help=help_of(cls, f.name),
                 show_default=(f.default is not None) if show is None else show,
                 metavar=f.metadata.get("metavar"),
+                **panel,
             )
             ann = Annotated[_cli_type(cls, f.name), opt]
         params.append(
@@ -872,6 +913,46 @@ class TrainConfig:
         return dataclasses.replace(self, **fill) if fill else self
 
 
+TRAIN_HELP_PANELS: dict[str, tuple[str, ...]] = {
+    "Model, lake and run": (
+        "model", "lake", "output", "resume", "seed", "device", "nproc", "workers",
+        "unsafe_no_sandbox",
+    ),
+    "Algorithm, loss and data": (
+        "algo", "loss", "beta", "ce_clip_eps", "mc_weight", "mix", "sources_file",
+        "include_unreliable", "train_split", "train_problems",
+    ),
+    "Optimisation": (
+        "steps", "batch_size", "micro_batch_size", "learning_rate", "weight_decay",
+        "max_grad_norm", "warmup_steps", "precision", "logprob_chunk_size",
+        "activation_checkpointing", "compile",
+    ),
+    "Online rollouts": (
+        "rollout_n", "rollout_temperature", "rollout_top_p", "max_new_tokens",
+        "model_update_interval", "staleness", "rollout_workers", "rollout_worker_decoding",
+        "ray_address", "weight_sync",
+    ),
+    "PPO and GRPO": (
+        "clip_eps", "update_epochs", "minibatches", "importance_weight_cap", "gae_lambda",
+        "value_clip_eps", "value_learning_rate", "grpo_scale_rewards", "grpo_length_norm",
+        "kl_coef",
+    ),
+    "Q0 estimates (SPO)": ("q0_temperature", "q0_top_p", "q0_max_new_tokens"),
+    "Evaluation": (
+        "eval_split", "eval_every", "eval_n", "eval_k", "eval_problems", "eval_train_problems",
+        "eval_temperature", "eval_top_p",
+    ),
+    "Checkpoints and logging": ("checkpoint_every", "keep_checkpoints", "tensorboard", "wandb"),
+}  # fmt: skip
+"""`spo train --help` in panels (as TRL and verl group their arguments): each TrainConfig
+field's panel, in this order; tests check that every option has one."""
+
+HELP_PANELS: dict[type, dict[str, str]] = {
+    TrainConfig: {name: panel for panel, names in TRAIN_HELP_PANELS.items() for name in names}
+}
+"""Per config class, the help panel of each field (a class not here: typer's one panel)."""
+
+
 @dataclass
 class SamplingConfig:
     """Settings shared by `spo estimate-q0` and `spo eval`: what to sample and how (the same
@@ -893,7 +974,8 @@ class SamplingConfig:
     where: str | None = setting(None, metavar="SQL")
     """SQL predicate over problems (alias p) instead of --split"""
     limit: int | None = setting(None, check=at_least(1))
-    """at most this many problems"""
+    """the first N selected problems by problem_id, done or not: the same N on every run (a
+    rerun skips the done ones)"""
     model: str | None = setting(None, metavar="DIR")
     """Hugging Face model directory (default: the embedded pi_0)"""
     lake: str | None = setting(None, metavar="URI")
@@ -981,14 +1063,24 @@ def check_output_path(output: str) -> None:
 def check_output_dir(config: TrainConfig) -> None:
     """Refuse, in one line, an --output that cannot hold this run.
 
-    A file is refused. A directory without a checkpoint is accepted (its run, if any, ended
-    before one and left nothing to continue). Without --resume, a directory holding another
+    A file is refused; so is --resume of a folder that holds no run (none there, or no
+    checkpoint, config.toml or run.json: a mistyped path). A directory without a checkpoint is
+    accepted (its run, if any, ended before one and left nothing to continue). Without --resume, a directory holding another
     run's checkpoints is refused: two runs' checkpoints and TensorBoard events would
     mix. With --resume, settings that differ from the stored run's are refused (naming them):
     resuming must not silently change the experiment or overwrite its config.
     """
     check_output_path(config.output)
     out = Path(config.output)
+    if config.resume and not (
+        out.is_dir() and (has_checkpoint(out) or stored_train_config(out) is not None)
+    ):
+        # --resume of a folder that never held a run is a typo, not a fresh start.
+        why = "does not exist" if not out.exists() else "holds no run of spo train"
+        raise SpoError(
+            f"--resume: --output {config.output} {why}, so there is nothing to continue: check "
+            "the path, or leave --resume out to start a new run there"
+        )
     if not out.is_dir():
         return
     if not has_checkpoint(out):

@@ -34,15 +34,18 @@ from spo_train.evaluate import eval_notes, evaluate
 from spo_train.generation import TransformersGenerator
 from spo_train.metrics import paired_pass_at_k_difference
 from spo_train.models import (
+    context_length,
     load_model_and_tokenizer,
     model_identity,
     resolve_model_path,
     tokenizer_identity,
 )
-from spo_train.q0 import estimate_q0
+from spo_train.progress import advance_with_rate, progress_display
+from spo_train.q0 import estimate_q0, q0_sampler_key, q0_todo
 from spo_train.rollout import (
     RELIABLE,
     SamplerSettings,
+    check_context,
     judge_issue_counts,
     left_out_line,
     load_problems,
@@ -202,26 +205,33 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
     t0 = time.perf_counter()
     subset = load_problems(lake, f"p.split = 'train' AND {RELIABLE}")[: config.q0_problems]
     ids = ", ".join(sql_quote(p["problem_id"]) for p in subset)
-    with console.status(
-        f"estimating Q0 on {len(subset)} train problems x {config.q0_samples} samples"
-    ):
+    q0_settings = SamplerSettings(config.q0_samples, 1.0, 1.0, config.max_new_tokens, config.seed)
+    q0_where = f"p.problem_id IN ({ids})"
+    todo = q0_todo(lake, q0_where, model_id=model_id, settings=q0_settings)
+    with progress_display(console) as bar:
+        task = bar.add_task("Q0 samples", total=len(todo) * config.q0_samples, rate="")
         q0 = estimate_q0(
             lake,
             TransformersGenerator(model, tok),
             tok,
-            where=f"p.problem_id IN ({ids})",
-            settings=SamplerSettings(
-                config.q0_samples, 1.0, 1.0, config.max_new_tokens, config.seed
-            ),
+            where=q0_where,
+            settings=q0_settings,
             beta=config.beta,
             model_id=model_id,
             tokenizer_id=tok_id,
+            on_samples=advance_with_rate(bar, task, "samples"),
             unsafe_no_sandbox=config.unsafe_no_sandbox,
         )
     timings["q0_s"] = time.perf_counter() - t0
-    judged = sum(p["n"] for p in q0.per_problem)
+    # S0 over every estimate of the subset, reused ones included (a rerun reuses them all)
+    est = load_problems(lake, q0_where, q0_of=(model_id, q0_sampler_key(q0_settings)))
+    n_all = sum(p["q0_samples"] or 0 for p in est)
+    s0 = sum(p["q0_successes"] or 0 for p in est) / max(1, n_all)
+    reused = f", {q0.already_done} estimated before (reused)" if q0.already_done else ""
+    q0_count = sum(1 for p in est if p["q0_samples"])
     say(
-        f"Q0: {q0.problems} problems, {q0.samples} new samples, mean S0 {q0.successes / max(1, judged):.3f} ({timings['q0_s']:.0f} s)"
+        f"Q0: {q0_count} problems ({q0.problems} estimated now, "
+        f"{q0.samples} new samples{reused}), mean S0 {s0:.3f} ({timings['q0_s']:.0f} s)"
     )
     # the subset was drawn from reliable problems already; this names any others in the split
     for line in (
@@ -240,6 +250,12 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
         ],
     }
     splits = {"trained": config.train_config(None, None).train_split, "heldout": "test"}
+    check_context(
+        tok,
+        context_length(model.config),
+        [*subset, *sets["trained"], *sets["heldout"]],
+        config.max_new_tokens,
+    )
     settings = SamplerSettings(
         config.eval_n, 0.4, 0.95, config.max_new_tokens, seed=config.seed + 1
     )
@@ -248,8 +264,13 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
     def evaluate_sets(generator: TransformersGenerator, eval_model_id: str, when: str) -> dict:
         """pass@k of one policy on both sets (same problems and seed before and after)."""
         results = {}
-        for name in SETS:
-            with console.status(f"evaluating {eval_model_id[:24]} on {SET_TITLES[name]}"):
+        with progress_display(console) as bar:
+            for name in SETS:
+                task = bar.add_task(
+                    f"eval {when} {SET_TITLES[name]}",
+                    total=len(sets[name]) * config.eval_n,
+                    rate="",
+                )
                 results[name] = evaluate(
                     lake,
                     generator,
@@ -261,22 +282,41 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
                     tokenizer_id=tok_id,
                     split=splits[name],
                     metric_prefix=f"demo/{when}",
+                    on_samples=advance_with_rate(bar, task, "samples"),
                     unsafe_no_sandbox=config.unsafe_no_sandbox,
                 )
         return results
 
+    # pi_0's evaluation depends only on the model, the problems and the sampler: a rerun of the
+    # demo (after a stop) reuses the one it finished instead of repeating it.
+    before_key = {
+        "model_id": model_id,
+        "tokenizer_id": tok_id,
+        "settings": asdict(settings),
+        "problem_ids": {name: [p["problem_id"] for p in sets[name]] for name in SETS},
+        "lake": lake.uri,
+    }
+    before_file = out / "pi0_eval.json"
+
     # whatever stops the demo ends its run (never left `running`)
     try:
         t0 = time.perf_counter()
-        before = evaluate_sets(TransformersGenerator(model, tok), model_id, "before")
-        timings["eval_before_s"] = time.perf_counter() - t0
+        before = _reused_eval(before_file, before_key)
+        if before is not None:
+            timings["eval_before_s"] = 0.0
+            note = f"reused from {before_file}: same model, problems and sampler"
+        else:
+            before = evaluate_sets(TransformersGenerator(model, tok), model_id, "before")
+            timings["eval_before_s"] = time.perf_counter() - t0
+            before_file.write_text(json.dumps({"key": before_key, "results": before}))
+            note = f"{timings['eval_before_s']:.0f} s"
         say(
             "pi_0: "
             + "; ".join(
                 f"{name} pass@1 {_fmt(before[name]['pass@1'])}, pass@10 {_fmt(before[name]['pass@10'])}"
                 for name in SETS
             )
-            + f" ({timings['eval_before_s']:.0f} s)"
+            + f" ({note})"
         )
 
         # 4. SPO training
@@ -287,12 +327,15 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
             # The demo owns output/train: a rerun is a new demo, not a resume of the last one.
             say(f"replacing the previous demo's training run in {train_dir}")
             shutil.rmtree(train_dir)
-        with console.status("training SPO") as status:
+        with progress_display(console) as bar:
+            steps_task = bar.add_task("training SPO (steps)", total=config.steps, rate="")
             result = train(
                 train_cfg,
-                on_step=lambda s, m: status.update(
-                    f"training SPO: step {s + 1}/{config.steps} loss {m.get('train/loss', float('nan')):.4f} "
-                    f"|Q_T-r| {m.get('train/terminal_abs_error', float('nan')):.3f}"
+                on_step=lambda s, m: bar.update(
+                    steps_task,
+                    completed=s + 1,
+                    rate=f"loss {m.get('train/loss', float('nan')):.4f} "
+                    f"|Q_T-r| {m.get('train/terminal_abs_error', float('nan')):.3f}",
                 ),
                 # the demo turned the run's own evaluation off on purpose (it evaluates both
                 # sets itself); the trainer's note about that would only confuse here
@@ -340,7 +383,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
         "train_run_id": result.run_id,
         "demo_run_id": run_id,
         "steps": result.steps_done,
-        "q0_problems": q0.problems,
+        "q0_problems": q0_count,
         "lake": lake.uri,
         "plot": str(plot),
         "timings": {k: round(v, 1) for k, v in timings.items()},
@@ -349,6 +392,18 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     say(f"plot: {plot}; summary: {out / 'summary.json'}; total {timings['total_s']:.0f} s")
     return summary
+
+
+def _reused_eval(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The evaluation results stored in `path` if they were made under `key` (same model,
+    tokenizer, sampler, problems and lake), else None."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("key") != json.loads(json.dumps(key)):
+        return None
+    return doc.get("results")
 
 
 def report_table(report: dict[str, dict[str, Any]], steps: int, config: DemoConfig) -> Table:

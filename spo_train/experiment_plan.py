@@ -209,8 +209,8 @@ class Q0Need:
 
     def where(self) -> str:
         """The first `problems` train problems by problem_id (reliable ones unless
-        include_unreliable): a fixed subset, so a rerun selects the same problems (estimate-q0's
-        --limit counts problems still to do, which would move on to others)."""
+        include_unreliable): a fixed subset, written out so the command names it (the same
+        problems estimate-q0's --limit N selects)."""
         reliable = "" if self.include_unreliable else " AND judge_issue IS NULL"
         return (
             "p.problem_id IN (SELECT problem_id FROM problems WHERE split = "

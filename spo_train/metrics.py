@@ -61,7 +61,18 @@ def paired_pass_at_k_difference(
         raise SpoError(
             f"paired pass@k needs the same problems before and after ({len(b)} vs {len(a)})"
         )
-    diff = a - b
+    return bootstrap_mean(a - b, resamples=resamples, seed=seed)
+
+
+def bootstrap_mean(
+    values: Iterable[float], *, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of per-problem `values` (e.g. paired differences) with the 95% percentile interval
+    of `resamples` bootstrap means (problems drawn with replacement; `seed` fixes the draw).
+    Returns `(mean, low, high)`; raises SpoError on no values."""
+    diff = np.asarray(list(values), dtype=np.float64)
+    if not len(diff):
+        raise SpoError("a bootstrap interval needs at least one value")
     rng = np.random.default_rng(seed)
     means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
     low, high = np.quantile(means, [0.025, 0.975])

@@ -44,12 +44,46 @@ def default_model_path() -> Path:
     return Path(str(resources.files("spo_train.embedded") / "assets" / "pi0"))
 
 
+def latest_checkpoint(output: Path) -> Path | None:
+    """The checkpoint a `spo train --output` folder's `latest` marker names, if it is complete
+    (has `trainer_state.pt`, written last); None otherwise."""
+    marker = output / "latest"
+    if not marker.is_file():
+        return None
+    path = output / marker.read_text().strip()
+    return path if (path / "trainer_state.pt").exists() else None
+
+
+def run_dir_checkpoint(path: Path) -> Path | None:
+    """For a `spo train --output` folder (no config.json of its own, checkpoints inside): its
+    latest complete checkpoint, else None. Raises SpoError for a run folder with no complete
+    checkpoint (a run stopped before its first save)."""
+    if (path / "config.json").exists() or not path.is_dir():
+        return None
+    ckpt = latest_checkpoint(path)
+    if ckpt is not None:
+        return ckpt
+    if (path / "latest").exists() or any(path.glob("checkpoint-*")):
+        raise SpoError(
+            f"'{path}' is a spo train output folder with no complete checkpoint yet: give "
+            "a checkpoint-NNNNNN folder, or resume the run (spo train --resume)"
+        )
+    return None
+
+
 def _resolve(path: str | os.PathLike | None) -> Path:
-    return default_model_path() if path is None else Path(path).expanduser()
+    """The model directory of a --model value: the embedded pi_0 for None, the latest
+    checkpoint of a `spo train --output` folder, else the path itself."""
+    if path is None:
+        return default_model_path()
+    p = Path(path).expanduser()
+    return run_dir_checkpoint(p) or p
 
 
 def check_model_dir(path: str | os.PathLike | None) -> Path:
-    """``path`` as a Path if it is a local HF model directory, else a SpoError saying why."""
+    """The model directory of ``path`` (see `_resolve`) if it holds a readable config.json,
+    weights and tokenizer files, else a SpoError naming what is missing or broken. Reads no
+    weights; `load_model_and_tokenizer` checks what needs the model (vocabulary size)."""
     p = _resolve(path)
     if not p.exists():
         raise SpoError(
@@ -60,10 +94,35 @@ def check_model_dir(path: str | os.PathLike | None) -> Path:
         raise SpoError(f"model path '{p}' is not a directory: give a Hugging Face model directory")
     if not (p / "config.json").is_file():
         raise SpoError(f"'{p}' is not a Hugging Face model directory: it has no config.json")
+    try:
+        config = json.loads((p / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SpoError(f"'{p / 'config.json'}' is not valid JSON: {exc}") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise SpoError(
+            f"'{p / 'config.json'}' is not a Hugging Face model config: it has no model_type"
+        )
     if not _weight_files(p):
         raise SpoError(
             f"'{p}' has a config.json but no weights (*.safetensors or pytorch_model*.bin)"
         )
+    if not any((p / name).is_file() for name in TOKENIZER_FILES):
+        raise SpoError(
+            f"'{p}' has no tokenizer files (tokenizer.json, tokenizer_config.json, vocab.json, "
+            "...): save the model's tokenizer into it (tokenizer.save_pretrained)"
+        )
+    return p
+
+
+def check_model(path: str | os.PathLike | None) -> Path:
+    """`check_model_dir`, then the tokenizer against the model's vocabulary (config.json
+    `vocab_size`): what a command checks before it opens the lake. Loads the tokenizer, no
+    weights. Returns the model directory; raises SpoError (one line naming the folder)."""
+    p = check_model_dir(path)
+    config = load_config(p)  # first: the tokenizer reads config.json too, and would be blamed
+    vocab = getattr(config, "vocab_size", None)
+    if isinstance(vocab, int):
+        check_vocabulary(p, load_tokenizer(p), vocab)
     return p
 
 
@@ -103,8 +162,9 @@ def load_model_and_tokenizer(
     from transformers import AutoModelForCausalLM
 
     p = check_model_dir(path)
+    config = load_config(p)
     tok = load_tokenizer(p)
-    kwargs = {"local_files_only": True, _dtype_kwarg(): dtype or torch.float32}
+    kwargs = {"local_files_only": True, "config": config, _dtype_kwarg(): dtype or torch.float32}
     try:
         try:
             # PyTorch's fused attention (flash / memory-efficient kernels where they apply)
@@ -118,10 +178,42 @@ def load_model_and_tokenizer(
             model = AutoModelForCausalLM.from_pretrained(str(p), **kwargs)
     except (OSError, ValueError, KeyError) as e:
         raise SpoError(f"cannot load a causal LM from '{p}': {str(e).splitlines()[0]}") from e
+    check_vocabulary(p, tok, model.get_input_embeddings().num_embeddings)
     model.to(device)
     model.eval()
     configure_threads(model)
     return model, tok
+
+
+def load_config(path: Path):
+    """The model's ``transformers`` config, or a SpoError naming config.json (a config that
+    transformers cannot read is the config's fault, not the tokenizer's)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SpoError(
+            f"cannot read '{path / 'config.json'}' as a model config: {str(e).splitlines()[0]}"
+        ) from e
+
+
+def check_vocabulary(path: Path, tokenizer, embeddings: int) -> None:
+    """Refuse a tokenizer with more tokens than the model has embedding rows: its ids past the
+    end would index outside the embedding. Raises SpoError naming both sizes."""
+    if len(tokenizer) > embeddings:
+        raise SpoError(
+            f"the tokenizer in '{path}' has {len(tokenizer)} tokens, more than the model's "
+            f"vocabulary of {embeddings} (config.json vocab_size): use the tokenizer the model "
+            "was trained with, or resize the model's embeddings"
+        )
+
+
+def context_length(config) -> int | None:
+    """Positions the model can attend over (``max_position_embeddings``; GPT-2's
+    ``n_positions`` through its alias), or None when the config does not say."""
+    n = getattr(config, "max_position_embeddings", None)
+    return int(n) if n else None
 
 
 SMALL_MODEL_PARAMS = 100_000_000
@@ -204,20 +296,32 @@ _IDENTITY_CACHE: dict[tuple, str] = {}
 
 
 def model_identity(path: str | os.PathLike | None = None) -> str:
-    """A stable hash of a model directory's ``config.json`` and weight files (contents only).
+    """A stable hash of everything in a model directory that changes its samples: the contents
+    of ``config.json``, ``generation_config.json`` (eos ids) and the weight files, and the
+    tokenizer (its `tokenizer_identity`: vocabulary, merges, special tokens, chat template,
+    whatever files hold them).
 
-    Used as the cache key of reference log-probs in the lake: two directories holding the same
-    files get the same identity; any change of config or weights changes it. Returned as
-    ``"sha256:<64 hex>"``. Hashing reads every weight file once per process (memoised by path,
-    size and mtime).
+    The key of q0 estimates, pi_0 samples and reference log-probs in the lake: two directories
+    holding the same model and tokenizer get the same identity; a change of config, weights or
+    tokenizer changes it. Returned as ``"sha256:<64 hex>"``. Version 2 (issue 20): version 1
+    hashed config and weights only, so a lake written before keeps its rows under the v1 ids
+    (docs/lake.md, "Model identity"). Hashing reads every weight file once per process
+    (memoised by path, size and mtime).
     """
     p = check_model_dir(path)
     files = [p / "config.json", *_weight_files(p)]
-    key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if (p / "generation_config.json").is_file():
+        files.append(p / "generation_config.json")
+    tokenizer_files = [p / n for n in TOKENIZER_FILES if (p / n).is_file()]
+    key = tuple(
+        (str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns)
+        for f in [*files, *tokenizer_files]
+    )
     if key not in _IDENTITY_CACHE:
-        h = hashlib.sha256(b"spo-model-identity-v1\n")
+        h = hashlib.sha256(b"spo-model-identity-v2\n")
         for f in files:
             h.update(f"{f.name}\t{_file_digest(f)}\n".encode())
+        h.update(f"tokenizer\t{tokenizer_identity(p)}\n".encode())
         _IDENTITY_CACHE[key] = "sha256:" + h.hexdigest()
     return _IDENTITY_CACHE[key]
 

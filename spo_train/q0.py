@@ -11,8 +11,9 @@ temperature, top-p, max_new_tokens). `n` and `c` count only *judged* samples (re
 
 Resumable and incremental: problems are done in chunks, each committed as one trajectories
 append and one q0_estimates write (new keys with `Lake.insert_new`, more samples by
-`update_rows` on `estimate_id`). A run selects the problems whose estimate for this model and
-sampler has fewer than n judged samples, and first reuses this model's own `pi0` samples with
+`update_rows` on `estimate_id`). A run selects the problems matching `where` in id order,
+the first `limit` of them (the same problems on every run), works on those whose estimate for
+this model and sampler has fewer than n judged samples, and first reuses this model's own `pi0` samples with
 the same sampler settings already in the lake (a run killed between the two commits loses
 nothing; `--samples 800` after 4 samples 796 more). A rerun with the same settings adds nothing.
 Problems with a `judge_issue` are left out unless `include_unreliable`.
@@ -85,10 +86,25 @@ def q0_sampler_key(settings: SamplerSettings) -> str:
     return sampler_key(settings.temperature, settings.top_p, settings.max_new_tokens)
 
 
-def q0_todo_predicate(where: str, n: int, *, include_unreliable: bool = False) -> str:
-    """Problems (over the q0 view `p`) whose estimate has fewer than `n` judged samples."""
-    pred = f"({where}) AND (p.q0_samples IS NULL OR p.q0_samples < {int(n)})"
-    return pred if include_unreliable else f"{pred} AND {RELIABLE}"
+def q0_selected(
+    lake: Lake,
+    where: str,
+    *,
+    model_id: str,
+    settings: SamplerSettings,
+    limit: int | None = None,
+    include_unreliable: bool = False,
+) -> list[dict[str, Any]]:
+    """The problems an `estimate-q0` run covers: those matching `where` (reliable ones unless
+    `include_unreliable`), ordered by id, the first `limit` of them. The same `where` and
+    `limit` select the same problems on every run, done or not (issue 20, item 1): the limit is
+    applied before the done ones are skipped, so a rerun resumes the same N, and a rerun of a
+    finished one adds nothing."""
+    reliable = "TRUE" if include_unreliable else RELIABLE
+    selected = load_problems(
+        lake, f"({where}) AND {reliable}", q0_of=(model_id, q0_sampler_key(settings))
+    )
+    return selected[:limit] if limit is not None else selected
 
 
 def q0_todo(
@@ -97,14 +113,23 @@ def q0_todo(
     *,
     model_id: str,
     settings: SamplerSettings,
+    limit: int | None = None,
     include_unreliable: bool = False,
 ) -> list[dict[str, Any]]:
-    """The problems `estimate_q0` would work on (see `q0_todo_predicate`), ordered by id."""
-    return load_problems(
-        lake,
-        q0_todo_predicate(where, settings.n, include_unreliable=include_unreliable),
-        q0_of=(model_id, q0_sampler_key(settings)),
-    )
+    """The problems `estimate_q0` would work on: of `q0_selected`, those whose estimate has
+    fewer than `settings.n` judged samples, ordered by id."""
+    return [
+        p
+        for p in q0_selected(
+            lake,
+            where,
+            model_id=model_id,
+            settings=settings,
+            limit=limit,
+            include_unreliable=include_unreliable,
+        )
+        if (p["q0_samples"] or 0) < settings.n
+    ]
 
 
 def estimate_q0(
@@ -124,6 +149,7 @@ def estimate_q0(
     on_problems: Callable[[int], None] | None = None,
     on_samples: Callable[[int], None] | None = None,
     unsafe_no_sandbox: bool = False,
+    model_path: str | None = None,
 ) -> Q0Report:
     """Estimate q0 of the model `model_id` (the generator's; it is pi_0 here) for the problems
     matching `where` (SQL over `p`: problems plus this model's and sampler's q0 columns) whose
@@ -138,18 +164,17 @@ def estimate_q0(
     # that "estimated 0 problems" and exits 0.
     if count_problems(lake, where) == 0:
         raise SpoError(f"estimate-q0: {explain_empty(lake, where)}")
-    todo = q0_todo(
-        lake, where, model_id=model_id, settings=settings, include_unreliable=include_unreliable
-    )
-    if limit is not None:
-        todo = todo[:limit]
-    report = Q0Report(problems=len(todo), sampler_key=key)
-    reliable = "TRUE" if include_unreliable else RELIABLE
-    report.already_done = count_problems(
+    selected = q0_selected(
         lake,
-        f"({where}) AND {reliable} AND p.q0_samples >= {int(settings.n)}",
-        q0_of=(model_id, key),
+        where,
+        model_id=model_id,
+        settings=settings,
+        limit=limit,
+        include_unreliable=include_unreliable,
     )
+    todo = [p for p in selected if (p["q0_samples"] or 0) < settings.n]
+    report = Q0Report(problems=len(todo), sampler_key=key)
+    report.already_done = len(selected) - len(todo)
     if not include_unreliable:
         report.left_out = judge_issue_counts(lake, where, q0_of=(model_id, key))
         if not todo and count_problems(lake, f"({where}) AND {RELIABLE}") == 0:
@@ -158,7 +183,9 @@ def estimate_q0(
                 "matches: nothing to estimate"
             )
     config = {
+        "model": model_path,  # the --model directory (None: the embedded pi_0)
         "where": where,
+        "limit": limit,
         "n": settings.n,
         "temperature": settings.temperature,
         "top_p": settings.top_p,

@@ -375,11 +375,13 @@ def table_rows(
 
 TABLE_NOTE = (
     "pass@k at first/last: mean ± sample standard deviation over seeds (n seeds) of each seed's "
-    "pass@k from the lake's metrics. Change and reference columns: mean pass@k difference over "
-    "problems, each problem's samples pooled over the group's seeds (for k > 1 this can differ "
-    "slightly from the difference of the seed means), with a paired bootstrap 95% interval over "
-    "problems (2000 resamples); 'outside noise' means the interval excludes 0. The interval "
-    "reflects the problem draw and sampling, not the spread between seeds (see ±)."
+    "pass@k from the lake's metrics. Change: pass@k at last minus pass@k at first, each seed's "
+    "own change per problem averaged over the seeds and the problems, so it equals the "
+    "difference of those two columns (up to rounding; problems with fewer than k judged "
+    "samples at either step are left out of it). Reference column: the group's pass@k minus "
+    "the reference group's, per problem over each group's seeds. Both with a bootstrap 95% "
+    "interval over problems (2000 resamples); 'outside noise' means the interval excludes 0. "
+    "The interval reflects the problem draw and sampling, not the spread between seeds (see ±)."
 )
 
 

@@ -6,8 +6,9 @@ directly are grouped by algorithm, loss (SPO only) and mixture; several seeds of
 settings are one group. `read_evaluations` reads each run's lake: the `metrics` rows
 `eval/<set>/pass@<k>` (one per seed and step) and the `source='eval'` trajectories (joined to
 `problems` for their split). `compare_groups` turns them into the curves (mean, min, max over
-seeds per step) and the table rows (seed means at the first and last common step, paired
-bootstrap intervals of `spo_train.metrics.paired_pass_at_k_difference`). `spo_train.report`
+seeds per step) and the table rows (seed means at the first and last common step; the change
+as each seed's own per-problem change averaged over seeds, so it is the difference of the two
+seed-mean columns, with a bootstrap interval over problems, `seed_change`). `spo_train.report`
 renders them; no torch is imported here.
 """
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from spo_store.errors import SpoError
 from spo_store.lake import Lake, sql_quote
-from spo_train.metrics import paired_pass_at_k_difference
+from spo_train.metrics import bootstrap_mean, pass_at_k
 
 BOOTSTRAP_SEED = 0
 """Fixed seed of the bootstrap resampling: the same inputs give the same intervals."""
@@ -358,22 +359,65 @@ def _mean_std(values: Sequence[float]) -> dict[str, Any]:
     }
 
 
-def _pooled(
-    evals: Iterable[RunEvals], eval_set: str, step: int
-) -> dict[str, tuple[int, int]] | None:
-    """Per problem `(judged, successes)` summed over the runs at `step`; None when no run has
-    evaluation samples for it in the lake."""
-    pooled: dict[str, tuple[int, int]] = {}
-    found = False
+def _seed_pass_at_k(ev: RunEvals, eval_set: str, step: int, k: int) -> dict[str, float]:
+    """One seed's pass@k per problem at `step` (problems with at least k judged samples)."""
+    per_problem = ev.counts.get(eval_set, {}).get(step) or {}
+    return {pid: pass_at_k(n, c, k) for pid, (n, c) in per_problem.items() if n >= k}
+
+
+def _problem_means(per_seed: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Per problem, the mean over the seeds that have it."""
+    sums: dict[str, list[float]] = {}
+    for values in per_seed:
+        for pid, v in values.items():
+            sums.setdefault(pid, []).append(v)
+    return {pid: float(np.mean(v)) for pid, v in sums.items()}
+
+
+def _interval(per_problem: Mapping[str, float]) -> dict[str, Any] | None:
+    """Mean of per-problem differences with its paired bootstrap 95% interval: `diff`, `ci95`
+    [low, high], `problems`, `noise` ("inside" when the interval holds 0, else "outside")."""
+    if not per_problem:
+        return None
+    # Sorted: the bootstrap draws by position, so the same data give the same interval.
+    diff, low, high = bootstrap_mean(
+        [per_problem[p] for p in sorted(per_problem)], seed=BOOTSTRAP_SEED
+    )
+    return {
+        "diff": diff,
+        "ci95": [low, high],
+        "problems": len(per_problem),
+        "noise": "inside" if low <= 0 <= high else "outside",
+    }
+
+
+def seed_change(
+    evals: Sequence[RunEvals], eval_set: str, first: int, last: int, k: int
+) -> dict[str, Any] | None:
+    """A group's change in pass@k from step `first` to `last`: each seed's own per-problem
+    change (problems it evaluated with at least k judged samples at both steps), averaged over
+    seeds per problem, then over problems, with the paired bootstrap 95% interval over
+    problems. When every seed judged every problem k times at both steps (the usual case), the
+    point estimate is exactly the mean over seeds of pass@k at `last` minus the same at `first`
+    (the table's two columns); None without such problems."""
+    per_seed = []
     for ev in evals:
-        per_problem = ev.counts.get(eval_set, {}).get(step)
-        if not per_problem:
-            continue
-        found = True
-        for pid, (n, c) in per_problem.items():
-            pn, pc = pooled.get(pid, (0, 0))
-            pooled[pid] = (pn + n, pc + c)
-    return pooled if found else None
+        before = _seed_pass_at_k(ev, eval_set, first, k)
+        after = _seed_pass_at_k(ev, eval_set, last, k)
+        per_seed.append({p: after[p] - before[p] for p in before if p in after})
+    return _interval(_problem_means(per_seed))
+
+
+def group_difference(
+    ref: Sequence[RunEvals], other: Sequence[RunEvals], eval_set: str, step: int, k: int
+) -> dict[str, Any] | None:
+    """`other - ref` pass@k at `step`: per problem, the mean over each group's seeds of their
+    pass@k, differenced over the problems both groups have (seeds of two groups are not
+    paired), with the bootstrap 95% interval over problems. Equal to the difference of the two
+    groups' seed means when every seed judged every problem k times."""
+    a = _problem_means(_seed_pass_at_k(ev, eval_set, step, k) for ev in other)
+    b = _problem_means(_seed_pass_at_k(ev, eval_set, step, k) for ev in ref)
+    return _interval({p: a[p] - b[p] for p in a if p in b})
 
 
 def paired_interval(
@@ -381,25 +425,13 @@ def paired_interval(
     after: Mapping[str, tuple[int, int]] | None,
     k: int,
 ) -> dict[str, Any] | None:
-    """`after - before` mean pass@k over the problems both have with at least k judged samples,
-    with the paired bootstrap 95% interval (`paired_pass_at_k_difference`). Returns `diff`,
-    `ci95` [low, high], `problems` and `noise` ("inside" when the interval holds 0, else
-    "outside"); None without samples or common problems."""
+    """`after - before` mean pass@k over the problems both have with at least k judged samples
+    (`(judged, successes)` per problem), with the paired bootstrap 95% interval (as
+    `seed_change` for one seed). None without samples or common problems."""
     if before is None or after is None:
         return None
-    # Sorted: the bootstrap draws by position, so the same data give the same interval.
-    common = sorted(p for p in before if p in after and min(before[p][0], after[p][0]) >= k)
-    if not common:
-        return None
-    diff, low, high = paired_pass_at_k_difference(
-        [before[p] for p in common], [after[p] for p in common], k, seed=BOOTSTRAP_SEED
-    )
-    return {
-        "diff": diff,
-        "ci95": [low, high],
-        "problems": len(common),
-        "noise": "inside" if low <= 0 <= high else "outside",
-    }
+    common = [p for p in before if p in after and min(before[p][0], after[p][0]) >= k]
+    return _interval({p: pass_at_k(*after[p], k) - pass_at_k(*before[p], k) for p in common})
 
 
 @dataclass
@@ -501,9 +533,7 @@ def _table_row(
         unj = [ev.unjudged.get(eval_set, {}).get(gs.last) for ev in gs.evals]
         row["unjudged_last"] = sum(v for v in unj if v is not None)
     if gs.first is not None and gs.last is not None and gs.last != gs.first:
-        row["change"] = paired_interval(
-            _pooled(gs.evals, eval_set, gs.first), _pooled(gs.evals, eval_set, gs.last), k
-        )
+        row["change"] = seed_change(gs.evals, eval_set, gs.first, gs.last, k)
     if ref is None or ref_gs is None:
         return row
     if group == ref:
@@ -514,9 +544,7 @@ def _table_row(
         row["vs_reference"] = {"step": None}
         return row
     step = both[-1]
-    cmp = paired_interval(
-        _pooled(ref_gs.evals, eval_set, step), _pooled(gs.evals, eval_set, step), k
-    )
+    cmp = group_difference(ref_gs.evals, gs.evals, eval_set, step, k)
     row["vs_reference"] = {"step": step, **(cmp or {"diff": None})}
     return row
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from spo_store.errors import SpoError
 from spo_store.lake import Lake, sql_quote, utc_now
 from spo_store.q0_estimates import Q0_VIEW_COLUMNS, problems_with_q0_sql
 from spo_train.judge import JUDGE_PROBLEM_COLUMNS, job_for_problem, judge_batch, verdict_reward
@@ -119,6 +120,41 @@ def left_out_line(counts: dict[str, int], what: str, flag: str = "--include-unre
         f"reliably ({reasons})"
     )
     return f"{line}; {flag} keeps them" if flag else line
+
+
+def check_context(
+    tokenizer: Any,
+    context: int | None,
+    problems: Sequence[Mapping[str, Any]],
+    max_new_tokens: int,
+    *,
+    option: str = "--max-new-tokens",
+) -> None:
+    """Refuse, before any sampling, a `max_new_tokens` that the longest prompt of `problems`
+    leaves no room for in the model's context (`context` positions; None: unbounded):
+    responses would be cut short while the lake stored `max_new_tokens` as their bound. The
+    SpoError names the option, the longest prompt (tokens, problem) and the largest value that
+    fits."""
+    if context is None or not problems:
+        return
+    prompts = [problem_prompt(p, tokenizer) for p in problems]
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    i = int(np.argmax(lengths))
+    longest = lengths[i]
+    if longest + max_new_tokens <= context:
+        return
+    name = problems[i].get("name") or problems[i].get("problem_id")
+    room = context - longest
+    fix = (
+        f"give {option} {room} or less, or select problems with shorter statements"
+        if room >= 1
+        else "that prompt alone fills the context: select problems with shorter statements"
+    )
+    raise SpoError(
+        f"{option} {max_new_tokens}: the longest prompt ({longest} tokens, problem {name}) "
+        f"plus {max_new_tokens} new tokens exceed the model's context of {context} tokens "
+        f"(config.json max_position_embeddings), so responses would be cut short; {fix}"
+    )
 
 
 def judge_responses(

@@ -47,7 +47,8 @@ class RolloutConfig:
     where: str | None = setting(None, metavar="SQL")
     """SQL predicate over problems (alias p) instead of --split"""
     limit: int | None = setting(None, check=at_least(1))
-    """at most this many problems (the first by problem_id)"""
+    """the first N selected problems by problem_id, done or not: the same N on every run (a
+    rerun skips the done ones)"""
     n: int = setting(4, short="-n", aliases=("--samples",), check=at_least(1))
     """responses per problem"""
     temperature: tuple[float, float] = setting(
@@ -157,8 +158,21 @@ def run_rollout(
     import numpy as np
 
     from spo_store.lake import run_status, sql_quote
-    from spo_train.models import check_model_dir, load_tokenizer, model_identity, tokenizer_identity
-    from spo_train.rollout import RELIABLE, load_problems
+    from spo_train.models import (
+        check_model_dir,
+        context_length,
+        load_config,
+        load_tokenizer,
+        model_identity,
+        tokenizer_identity,
+    )
+    from spo_train.rollout import (
+        RELIABLE,
+        check_context,
+        judge_issue_counts,
+        left_out_line,
+        load_problems,
+    )
     from spo_train.rollout_workers import (
         WorkerPool,
         WorkerSetup,
@@ -171,11 +185,22 @@ def run_rollout(
     say = say or (lambda _m: None)
     path = check_model_dir(cfg.model)
     model_id = model_identity(path)
-    tokenizer_id = tokenizer_identity(load_tokenizer(path))
+    tokenizer = load_tokenizer(path)
+    tokenizer_id = tokenizer_identity(tokenizer)
     reliable = "TRUE" if cfg.include_unreliable else RELIABLE
     problems = load_problems(lake, f"({predicate}) AND {reliable}")[: cfg.limit or None]
+    left_out = left_out_line(
+        {} if cfg.include_unreliable else judge_issue_counts(lake, predicate), "rollout"
+    )
     if not problems:
-        raise SpoError(f"no problem matches {predicate!r} (judge_issue problems left out)")
+        raise SpoError(
+            f"{left_out}, and no other problem matches: nothing to sample"
+            if left_out
+            else f"no problem matches {predicate!r}"
+        )
+    check_context(tokenizer, context_length(load_config(path)), problems, cfg.max_new_tokens)
+    if left_out:
+        say(left_out)
     key = cfg.run_key(model_id, predicate)
     run_id = f"rollout-{key}"
     exists = lake.sql_arrow(f"SELECT 1 FROM runs WHERE run_id = {sql_quote(run_id)}").num_rows

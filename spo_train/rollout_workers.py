@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import os
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +37,8 @@ import numpy as np
 from spo_store.errors import SpoError
 from spo_train.worker_spec import Decoding
 
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+"""The logger of Ray's token-authentication notices (Ray 2.5x), quieted while Ray starts."""
 WORKER_CPUS = 0.5
 """Ray CPUs an actor asks for: generation runs one torch thread, the judge's sandboxes are
 separate processes; half a CPU lets two workers and the trainer share 2 cores."""
@@ -88,16 +92,25 @@ def ray_session(address: str | None, *, num_workers: int) -> Iterator[None]:
     term, intr = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     cpus = max(os.cpu_count() or 1, math.ceil(num_workers * WORKER_CPUS) + 1)
     guard = _start_guard()
+    # A new local Ray turns token authentication on by default (kept) and logs a notice about
+    # it on every start: not news for a command's user, so that one logger is quieted here.
+    auth_log = logging.getLogger(RAY_AUTH_LOGGER)
+    auth_level = auth_log.level
+    auth_log.setLevel(logging.ERROR)
     try:
-        if address:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(
-                num_cpus=cpus,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-            )
+        with warnings.catch_warnings():
+            # Ray starts its processes with Popen(preexec_fn=...), which runs lance's at-fork
+            # warning; each child execs a Ray binary at once and never touches lance.
+            warnings.filterwarnings("ignore", message="lance is not fork-safe")
+            if address:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(
+                    num_cpus=cpus,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
     except BaseException as exc:
         with contextlib.suppress(Exception):
             ray.shutdown()
@@ -107,6 +120,7 @@ def ray_session(address: str | None, *, num_workers: int) -> Iterator[None]:
         where = f"--ray-address {address}" if address else "a local Ray"
         raise SpoError(f"could not start {where}: {type(exc).__name__}: {exc}") from None
     finally:
+        auth_log.setLevel(auth_level)
         with contextlib.suppress(ValueError, TypeError):
             signal.signal(signal.SIGTERM, term)
             signal.signal(signal.SIGINT, intr)

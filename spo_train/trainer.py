@@ -78,11 +78,17 @@ from spo_train.learner import (  # noqa: F401 - re-exported
     policy_logprobs,
     to_train_batch,
 )
-from spo_train.models import load_model_and_tokenizer, model_identity, tokenizer_identity
+from spo_train.models import (
+    context_length,
+    load_model_and_tokenizer,
+    model_identity,
+    tokenizer_identity,
+)
 from spo_train.producer import RolloutProducer
 from spo_train.rollout import (
     RELIABLE,
     SamplerSettings,
+    check_context,
     judge_issue_counts,
     left_out_line,
     load_problems,
@@ -328,6 +334,13 @@ def _train_locked(
     # --- models: policy (trained), reference pi_0 (frozen), the algorithm's own
     set_seed(config.seed)
     ref_model, tokenizer = load_model_and_tokenizer(pi0_path, device=config.device)
+    # every prompt it samples (rollouts, evaluation) must leave room for max_new_tokens
+    check_context(
+        tokenizer,
+        context_length(ref_model.config),
+        [*train_problems, *(p for probs in eval_sets.values() for p in probs)],
+        config.max_new_tokens,
+    )
     ref_model.eval().requires_grad_(False)
     # The reference forward (rows without cached log-probs) runs at the run's --precision;
     # no gradient flows through it, so neither checkpointing nor compile is worth applying.

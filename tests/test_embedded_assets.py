@@ -140,6 +140,9 @@ def test_load_helpers_and_errors(tmp_path):
     with pytest.raises(SpoError, match="no config.json"):
         load_model_and_tokenizer(tmp_path)
     (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(SpoError, match="no model_type"):
+        load_model_and_tokenizer(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(SpoError, match="no weights"):
         load_model_and_tokenizer(tmp_path)
     f = tmp_path / "file"
@@ -158,6 +161,23 @@ def test_identities(tmp_path):
     cfg["rms_norm_eps"] = 1e-6
     (copy / "config.json").write_text(json.dumps(cfg))
     assert model_identity(copy) != a
+    # the model id covers the tokenizer too (issue 20, item 5): same weights, another tokenizer
+    retok = tmp_path / "retok"
+    shutil.copytree(PI0, retok)
+    doc = json.loads((retok / "tokenizer.json").read_text())
+    doc["added_tokens"].append(
+        {
+            "id": max(t["id"] for t in doc["added_tokens"]) + 1,
+            "content": "<extra>",
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+    )
+    (retok / "tokenizer.json").write_text(json.dumps(doc))
+    assert model_identity(retok) != a
     _, tok = load_model_and_tokenizer(None)
     t = tokenizer_identity(tok)
     assert t == tokenizer_identity(PI0) == tokenizer_identity(copy)

@@ -151,8 +151,8 @@ def test_sigterm_ingest_marks_interrupted(tmp_path):
     # 10 s in, it is judging the first file's thousands of solutions: it must stop in seconds.
     rc, err = term_when(argv, lake_dir, lambda lk: lk.dataset("runs").count_rows() > 0, delay_s=10)
     assert rc == 143, err
-    assert "terminated (SIGTERM)" in err and "rerun the same command to resume" in err
-    assert "Traceback" not in err
+    assert "terminated (SIGTERM)" in err and "run the same command again" in err
+    assert "nothing of this run was stored" in err and "Traceback" not in err
     [run] = runs(lake_dir, "ingest")
     assert run["status"] == "interrupted"
     # The line names the run it marked and the command that resumes it.
@@ -182,7 +182,9 @@ def test_sigterm_estimate_q0_then_rerun_resumes(tmp_path):
     lk = Lake.open(lake_dir)
     kept = lk.sql_arrow("SELECT problem_id, run_id FROM q0_estimates").to_pylist()
     assert kept and {r["run_id"] for r in kept} == {first["run_id"]}
-    rerun = spo(*argv[:-2], "--limit", "2")
+    # --limit N is the first N problems by id, done or not (issue 20, item 1): the stopped run
+    # estimated the first ones, so --limit len(kept) + 2 adds exactly the next two.
+    rerun = spo(*argv[:-2], "--limit", str(len(kept) + 2))
     assert rerun.returncode == 0, rerun.stderr
     after = {
         r["problem_id"]: r["run_id"] for r in lk.sql_arrow("SELECT * FROM q0_estimates").to_pylist()
@@ -190,6 +192,16 @@ def test_sigterm_estimate_q0_then_rerun_resumes(tmp_path):
     # The interrupted run's estimates are kept as they were; the rerun added two new problems.
     assert all(after[r["problem_id"]] == first["run_id"] for r in kept)
     assert len(after) == len(kept) + 2
+    first_ids = (
+        lk.sql_arrow(
+            "SELECT problem_id FROM problems WHERE split = 'train' AND judge_issue IS NULL "
+            "ORDER BY problem_id "
+            f"LIMIT {len(kept) + 2}"
+        )
+        .column(0)
+        .to_pylist()
+    )
+    assert sorted(after) == sorted(first_ids)
     statuses = sorted(r["status"] for r in runs(lake_dir, "estimate-q0"))
     assert statuses == ["completed", "interrupted"]
 

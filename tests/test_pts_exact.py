@@ -298,3 +298,22 @@ def test_a_killed_run_resumes_without_duplicates_and_ends_as_an_uninterrupted_on
     # Once annotated, a rerun has nothing to do.
     again = run(lake, TabularPi0(probs), real, k=k, threshold=0.1, total=total)
     assert (again.trajectories, again.already_done, again.rollouts) == (0, 1, 0)
+
+
+def test_limit_is_the_same_first_trajectories_on_every_run(tmp_path):
+    """--limit N: the first N selected trajectories by traj_id, annotated or not (issue 20,
+    item 1): a rerun adds nothing, a larger N adds only the next one."""
+    total, k = 16, 8
+    probs = np.random.default_rng(2).dirichlet([2, 2, 2], size=total)
+    conditions = {3: "a"}
+    star = "".join(conditions.get(j, "c") for j in range(total))
+    lake = make_lake(tmp_path, "lake", {"t1": star, "t2": star, "t3": star})
+    judge = judge_for(conditions)
+    first = run(lake, TabularPi0(probs), judge, k=k, threshold=0.1, total=total, limit=2)
+    assert first.trajectories == 2
+    done = lambda: sorted(lake.sql("SELECT traj_id FROM annotations")["traj_id"].to_list())  # noqa: E731
+    assert done() == ["t1", "t2"]
+    again = run(lake, TabularPi0(probs), judge, k=k, threshold=0.1, total=total, limit=2)
+    assert (again.trajectories, again.already_done) == (0, 2)
+    more = run(lake, TabularPi0(probs), judge, k=k, threshold=0.1, total=total, limit=3)
+    assert (more.trajectories, more.already_done) == (1, 2) and done() == ["t1", "t2", "t3"]

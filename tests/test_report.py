@@ -12,7 +12,7 @@ import pytest
 
 from spo_store.errors import SpoError
 from spo_store.lake import Lake
-from spo_train.metrics import mean_pass_at_k, paired_pass_at_k_difference
+from spo_train.metrics import bootstrap_mean, mean_pass_at_k, pass_at_k
 from spo_train.report import build_report
 from spo_train.report_data import ReportRun, group_plain_runs
 
@@ -161,13 +161,15 @@ def _rows(summary, eval_set, k):
     return {r["group"]: r for r in summary["tables"] if r["set"] == eval_set and r["k"] == k}
 
 
-def _pooled(written, run_ids, eval_set, step):
-    pooled: dict[str, tuple[int, int]] = {}
-    for rid in run_ids:
-        for pid, (n, c) in written.counts[(rid, eval_set, step)].items():
-            pn, pc = pooled.get(pid, (0, 0))
-            pooled[pid] = (pn + n, pc + c)
-    return [pooled[pid] for pid in sorted(pooled)]
+def _per_problem(written, run_ids, eval_set, step, k):
+    """Per problem (sorted by id), pass@k averaged over the seeds `run_ids` at `step`."""
+    pids = sorted(written.counts[(run_ids[0], eval_set, step)])
+    return np.array(
+        [
+            np.mean([pass_at_k(*written.counts[(rid, eval_set, step)][pid], k) for rid in run_ids])
+            for pid in pids
+        ]
+    )
 
 
 def test_run_dirs_grouped_by_settings(runs):
@@ -192,14 +194,15 @@ def test_run_dirs_grouped_by_settings(runs):
                     assert row[where]["mean"] == pytest.approx(np.mean(vals))
                     assert row[where]["std"] == pytest.approx(np.std(vals, ddof=1))
                     assert row[where]["n"] == len(ids)
-                # Within-group change: problems pooled over the seeds, paired bootstrap.
-                want = paired_pass_at_k_difference(
-                    list(_pooled(written, ids, eval_set, 0)),
-                    list(_pooled(written, ids, eval_set, last)),
-                    k,
+                # Within-group change: each seed's change per problem, averaged over seeds and
+                # problems, so it is the difference of the two columns beside it (issue 20).
+                want = bootstrap_mean(
+                    _per_problem(written, ids, eval_set, last, k)
+                    - _per_problem(written, ids, eval_set, 0, k)
                 )
                 got = row["change"]
                 assert (got["diff"], *got["ci95"]) == pytest.approx(want)
+                assert got["diff"] == pytest.approx(row["last"]["mean"] - row["first"]["mean"])
                 assert got["noise"] == ("inside" if want[1] <= 0 <= want[2] else "outside")
                 assert got["problems"] == len(PROBLEMS[eval_set])
                 assert row["unjudged_last"] == len(ids)
@@ -262,12 +265,14 @@ def test_experiment_with_reference_writes_static_html(runs):
     row = _rows(summary, "valid", 1)["spo"]
     # Compared at the last step both arms' seeds all reached: 2 (ppo seed 1 stopped there).
     vs = row["vs_reference"]
-    want = paired_pass_at_k_difference(
-        list(_pooled(written, ["ppo-0", "ppo-1"], "valid", 2)),
-        list(_pooled(written, ["spo-0", "spo-1", "spo-2"], "valid", 2)),
-        1,
+    want = bootstrap_mean(
+        _per_problem(written, ["spo-0", "spo-1", "spo-2"], "valid", 2, 1)
+        - _per_problem(written, ["ppo-0", "ppo-1"], "valid", 2, 1)
     )
     assert vs["step"] == 2 and (vs["diff"], *vs["ci95"]) == pytest.approx(want)
+    spo_means = [written.values[(r, "valid", 2, 1)] for r in ("spo-0", "spo-1", "spo-2")]
+    ppo_means = [written.values[(r, "valid", 2, 1)] for r in ("ppo-0", "ppo-1")]
+    assert vs["diff"] == pytest.approx(np.mean(spo_means) - np.mean(ppo_means))
     assert vs["noise"] in ("inside", "outside")
     assert _rows(summary, "valid", 1)["ppo"]["vs_reference"] == {"reference": True}
 

@@ -155,3 +155,11 @@ def test_demo_stopped_after_its_run_started_ends_it(tmp_path, tiny_model):  # no
     )
     assert runs.height == 1
     assert runs["status"][0] == "interrupted" and runs["ended_at"][0] is not None
+    # The rerun the stop line suggests reuses the Q0 estimates and pi_0's finished evaluation
+    # and says so (issue 20, item 7), then runs to the end.
+    shown = io.StringIO()
+    summary = run_demo(config, console=Console(file=shown, width=200))
+    text = " ".join(shown.getvalue().split())
+    assert "Q0: 2 problems (0 estimated now, 0 new samples, 2 estimated before (reused))" in text
+    assert "pi_0: trained pass@1" in text and "reused from" in text and "pi0_eval.json" in text
+    assert summary["q0_problems"] == 2

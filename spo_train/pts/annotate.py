@@ -229,8 +229,8 @@ def annotate(
     on_prefixes: Callable[[int], None] | None = None,
     on_rollouts: Callable[[int], None] | None = None,
 ) -> PTSReport:
-    """Annotate the successful trajectories matching `where` (SQL over t and p) that have no
-    annotation with these settings yet (at most `limit`), by pivotal token search under
+    """Annotate the first `limit` successful trajectories matching `where` (SQL over t and p,
+    by traj_id) that have no annotation with these settings yet, by pivotal token search under
     `model_id` (the generator's model, pi_0). See the module docstring.
 
     `judge` (default: the sandbox, `sandbox_judge`) and `decode` (default: the tokenizer's,
@@ -244,7 +244,9 @@ def annotate(
         raise SpoError(f"--threshold {threshold}: must be in (0, 1)")
     started = time.perf_counter()
     report = PTSReport(ref_model_id=model_id, sampler_key=sampler.key)
-    candidates = select_trajectories(lake, where, include_unreliable)
+    # The first `limit` of the selection in id order, done or not: the same trajectories on
+    # every run, so a rerun resumes them and a rerun of a finished one adds nothing.
+    candidates = select_trajectories(lake, where, include_unreliable)[:limit]
     keys = {
         t: annotation_id(t, model_id, tokenizer_id, sampler.key, samples, threshold)
         for t in candidates
@@ -252,8 +254,6 @@ def annotate(
     done = existing_annotation_ids(lake, keys.values())
     todo = [t for t in candidates if keys[t] not in done]
     report.selected, report.already_done = len(candidates), len(candidates) - len(todo)
-    if limit is not None:
-        todo = todo[:limit]
     if on_start:
         on_start(len(todo))
     if not todo:  # nothing to annotate: no run is recorded (run_id stays None)

@@ -61,8 +61,8 @@ class PTSConfig:
     trajectories to annotate; only successful ones (t.reward = 0) are taken, PTS rollouts
     themselves never (default: every successful trajectory)"""
     limit: int | None = setting(None, check=at_least(1))
-    """annotate at most this many trajectories (of those not annotated yet with these settings,
-    by traj_id)"""
+    """the first N selected trajectories by traj_id, annotated or not (the same N on every run;
+    those already annotated with these settings are skipped)"""
     samples: int = setting(DEFAULT_SAMPLES, short="-n", check=at_least(1))
     """K: rollouts of pi_0 per estimated prefix (the paper: 10)"""
     threshold: float = setting(DEFAULT_THRESHOLD, check=_threshold_check)
