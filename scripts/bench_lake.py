@@ -314,7 +314,8 @@ def insert_section(
         commit.append(t_commit)
         check.append(t_check)
     return {
-        "key_index": did or ("present" if lake.dataset("trajectories").list_indices() else "none"),
+        "key_index": did
+        or ("present" if lake.dataset("trajectories").describe_indices() else "none"),
         "key_index_build_ms": ms(t_index),
         "insert_rows": rows,
         "insert_rounds": rounds,

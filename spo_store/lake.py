@@ -351,19 +351,19 @@ class Lake:
         if key is None:
             return None
         ds = self.dataset(name)
-        index = next((i for i in ds.list_indices() if i["fields"] == [key]), None)
+        index = next((i for i in ds.describe_indices() if i.field_names == [key]), None)
         if index is None:
             if ds.count_rows() < KEY_INDEX_MIN_ROWS:
                 return None
             ds.create_scalar_index(key, "BTREE", name=f"{key}_idx")
             self._datasets.pop(name, None)
             return "created"
-        indexed = index["fragment_ids"]
+        indexed = {f for seg in index.segments for f in seg.fragment_ids}
         unindexed = sum(
             f.metadata.physical_rows for f in ds.get_fragments() if f.fragment_id not in indexed
         )
         if unindexed > (0 if fold_all else KEY_INDEX_MAX_UNINDEXED):
-            ds.optimize.optimize_indices(index_names=[index["name"]])
+            ds.optimize.optimize_indices(index_names=[index.name])
             self._datasets.pop(name, None)
             return "updated"
         return None

@@ -89,8 +89,8 @@ def test_racing_writers_with_the_key_index_store_each_key_once(tmp_path: Path) -
     lake = Lake.open(uri)
     counts = lake.sql("SELECT count(*) AS n, count(DISTINCT problem_id) AS k FROM problems")
     assert counts.to_dicts() == [{"n": 20 * ROUNDS, "k": 20 * ROUNDS}]
-    (index,) = lake.dataset("problems").list_indices()
-    assert index["name"] == "problem_id_idx" and index["type"] == "BTree"
+    (index,) = lake.dataset("problems").describe_indices()
+    assert index.name == "problem_id_idx" and index.index_type == "BTree"
 
 
 def test_key_check_is_exact_across_indexed_appended_and_compacted_rows(
@@ -108,10 +108,10 @@ def test_key_check_is_exact_across_indexed_appended_and_compacted_rows(
 
     assert lake.insert_new("problems", batch(0, 40))[1] == 40  # below the threshold: no index
     assert lake.insert_new("problems", batch(30, 60))[1] == 20  # checked at 40 rows: still none
-    assert lake.dataset("problems").list_indices() == []
+    assert lake.dataset("problems").describe_indices() == []
     assert lake.insert_new("problems", batch(55, 70))[1] == 10  # index created at 60, then checked
     ds = lake.dataset("problems")
-    (index,) = ds.list_indices()
+    (index,) = ds.describe_indices()
     plan = ds.scanner(columns=["problem_id"], filter="problem_id IN ('p0001')").explain_plan()
     assert "ScalarIndexQuery" in plan  # the check reads the index, not every key
     # rows appended after the index (some keys old, some new) are checked too
@@ -120,13 +120,15 @@ def test_key_check_is_exact_across_indexed_appended_and_compacted_rows(
     # past 25 unindexed rows the next keyed write folds them into the index
     assert lake.insert_new("problems", batch(70, 100))[1] == 25
     assert lake.insert_new("problems", batch(99, 101))[1] == 1
-    indexed = lake.dataset("problems").list_indices()[0]["fragment_ids"]
-    assert len(indexed) >= 4
+
+    def indexed(ds) -> set[int]:
+        return {f for seg in ds.describe_indices()[0].segments for f in seg.fragment_ids}
+
+    assert len(indexed(lake.dataset("problems"))) >= 4
     # plain appends (not keyed) bypass the check; compaction folds everything into the index
     compact(lake, ["problems"])
     ds = lake.dataset("problems")
-    (index,) = ds.list_indices()
-    assert {f.fragment_id for f in ds.get_fragments()} <= set(index["fragment_ids"])
+    assert {f.fragment_id for f in ds.get_fragments()} <= indexed(ds)
     assert lake.insert_new("problems", batch(0, 101))[1] == 0
     assert lake.insert_new("problems", batch(100, 105))[1] == 4
     counts = lake.sql("SELECT count(*) AS n, count(DISTINCT problem_id) AS k FROM problems")
