@@ -32,7 +32,7 @@ import numpy as np
 from spo_store.errors import SpoError
 
 STOPPING_RULES = ("sequential", "fixed")
-DEFAULT_SUCCESSES = 16
+DEFAULT_SUCCESSES = 12
 DEFAULT_FIRST = 32
 DEFAULT_GROWTH = 1.5
 ALPHA = 0.05

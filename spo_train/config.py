@@ -924,7 +924,7 @@ class EstimateQ0Config(SamplingConfig):
     """pi_0 samples per problem: the cap of a sequential rule, the count of a fixed one (paper: 800 fixed)"""
     stopping: str = setting("sequential", check=one_of("sequential", "fixed"))
     """sequential: sample each problem in rounds until --stop-successes successes or the cap --samples (unbiased S0, docs/method.md "Sequential Q0"); fixed: exactly --samples"""
-    stop_successes: int = setting(16, check=at_least(2))
+    stop_successes: int = setting(12, check=at_least(2))
     """successes that end a problem's sequential sampling (r; relative error of S0 about 1/sqrt(r))"""
     temperature: float = setting(1.0, check=temperature_check)
     """sampling temperature; 1.0 samples pi_0 itself, which Q0 is defined under"""

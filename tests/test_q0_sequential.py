@@ -23,7 +23,7 @@ from spo_store.q0_sequential import (
 )
 
 RULES = [
-    StoppingRule("sequential", cap=800, successes=16),  # the command's default
+    StoppingRule("sequential", cap=800, successes=12),  # the command's default
     StoppingRule("sequential", cap=800, successes=8),
     StoppingRule("sequential", cap=100, successes=3, first=5, growth=1.3),
     StoppingRule("sequential", cap=40, successes=2, first=1, growth=1.0001),  # every sample a check
