@@ -94,6 +94,14 @@ def test_simulated_runs_average_to_the_truth() -> None:
     rng = np.random.default_rng(7)
     rule = StoppingRule("sequential", cap=800, successes=16)
     sched = rule.schedule()
+    # the estimate of every terminal state, once (s0_estimate per run would redo the DP);
+    # spot-checked against s0_estimate below
+    table = {
+        (n, int(c)): math.exp(b - a)
+        for n, cs, lw, lw1 in _terminal_states(sched, 16)
+        for c, a, b in zip(cs, lw, lw1, strict=True)
+    }
+    assert table[(48, 17)] == pytest.approx(s0_estimate(48, 17, [32, 48], 16))
     for p in (0.01, 0.15):
         ests, samples = [], []
         for _ in range(3000):
@@ -105,7 +113,7 @@ def test_simulated_runs_average_to_the_truth() -> None:
                 checks.append(b)
                 if c >= 16:
                     break
-            ests.append(s0_estimate(n, c, checks, 16))
+            ests.append(table[(n, int(c))])
             samples.append(n)
         se = np.std(ests) / math.sqrt(len(ests))
         assert abs(np.mean(ests) - p) < 4 * se
