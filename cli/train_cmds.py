@@ -186,21 +186,29 @@ def check_where(lk: Any, where: str) -> None:
 
 
 def _estimate_q0(
-    _explicit: dict[str, Any], *, config_file: str | None = None, **kwargs: Any
+    _explicit: dict[str, Any],
+    *,
+    json_out: bool = False,
+    config_file: str | None = None,
+    **kwargs: Any,
 ) -> None:
     """Estimate Q0 of --model for each problem by sampling it and judging (resumable).
 
+    Sequential by default: each problem is sampled in rounds until --stop-successes successes
+    or the cap --samples (easy problems stop early); --stopping fixed draws exactly --samples.
     Estimates are kept per (problem, model, sampler settings): another model or sampler gets
-    its own; a rerun with the same settings adds nothing; a larger --n (--samples) tops them
-    up.
+    its own; a rerun with the same settings adds nothing; a larger --samples tops them up.
     """
     from spo_train.config import EstimateQ0Config
 
     cfg: EstimateQ0Config = _sampling_config(EstimateQ0Config, _explicit, kwargs, config_file)
+    from spo_store.q0_sequential import StoppingRule
     from spo_train.q0 import estimate_q0, q0_todo
     from spo_train.rollout import SamplerSettings, check_context
 
     samples = cfg.n
+    rule = StoppingRule(cfg.stopping, cap=samples, successes=cfg.stop_successes)
+    r = rule.successes if rule.kind == "sequential" else None
     cfg.model = _check_model(cfg.model)
     lk = _open_lake_with_problems(cfg.lake)
     predicate = _selection(lk, cfg)
@@ -213,11 +221,13 @@ def _estimate_q0(
         settings=settings,
         limit=cfg.limit,
         include_unreliable=cfg.include_unreliable,
+        stopping=rule,
     )
     check_context(tok, getattr(gen, "max_positions", None), todo_problems, cfg.max_new_tokens)
     todo = len(todo_problems)
     with progress() as bar:
         ptask = bar.add_task("problems", total=todo, rate="")
+        # sequential: the cap bounds the samples; most problems stop well before it
         stask = bar.add_task("samples", total=todo * samples, rate="")
 
         report = estimate_q0(
@@ -237,6 +247,7 @@ def _estimate_q0(
             on_samples=advance_with_rate(bar, stask, "samples"),
             unsafe_no_sandbox=cfg.unsafe_no_sandbox,
             model_path=cfg.model,
+            stopping=rule,
         )
     from spo_train.rollout import left_out_line
 
@@ -244,22 +255,24 @@ def _estimate_q0(
     line = left_out_line(report.left_out, "estimate-q0")
     if line:
         say(line)
+    done_rule = f">= {samples} samples" + (f" or >= {r} successes" if r else "")
     if report.problems == 0 and report.already_done:
         say(
             f"{report.already_done} problems already have estimates of {model_id[:19]} for "
-            f"sampler {report.sampler_key} with >= {samples} samples; nothing to do (a larger "
+            f"sampler {report.sampler_key} with {done_rule}; nothing to do (a larger "
             f"--samples tops them up); run {report.run_id}"
         )
-        return
-    if report.problems == 0:
+    elif report.problems == 0:
         say(f"no problem to estimate; run {report.run_id}")
-        return
-    mean_s0 = report.successes / max(1, sum(p["n"] for p in report.per_problem))
-    say(
-        f"q0 of {model_id[:19]} ({report.sampler_key}) estimated for {report.problems} problems "
-        f"({report.samples} new samples, {report.reused} reused; {report.inserted} new "
-        f"estimates, {report.updated} updated; mean S0 {mean_s0:.3f}); run {report.run_id}"
-    )
+    else:
+        mean_s0 = sum(p["s0"] for p in report.per_problem) / max(1, len(report.per_problem))
+        say(
+            f"q0 of {model_id[:19]} ({report.sampler_key}) estimated for {report.problems} "
+            f"problems, {cfg.stopping} (cap {samples}{f', r {r}' if r else ''}): "
+            f"{report.samples} new samples, {report.reused} reused, {report.judged} judged in "
+            f"the estimates; {report.inserted} new estimates, {report.updated} updated; mean "
+            f"S0 {mean_s0:.3f}; run {report.run_id}"
+        )
     if report.unjudged:
         say(
             f"{report.unjudged} new samples could not be judged (reward NULL) and are not "
@@ -268,6 +281,40 @@ def _estimate_q0(
     if report.no_estimate:
         shown = ", ".join(report.no_estimate[:5]) + (", ..." if len(report.no_estimate) > 5 else "")
         say(f"{len(report.no_estimate)} problems have no judged sample and no estimate: {shown}")
+    if json_out:
+        print(json.dumps(q0_summary(report, model_id, r), default=str))
+
+
+def q0_summary(report: Any, model_id: str, r: int | None) -> dict[str, Any]:
+    """The `spo estimate-q0 --json` object (docs/settings.md lists its keys)."""
+    per = report.per_problem
+    widths = sorted(p["q0_high"] - p["q0_low"] for p in per)
+    return {
+        "run_id": report.run_id,
+        "model_id": model_id,
+        "sampler_key": report.sampler_key,
+        "stopping": report.stopping,
+        "cap": report.cap,
+        "stop_successes": r,
+        "problems": report.problems,
+        "already_done": report.already_done,
+        "samples_drawn": report.samples,
+        "samples_reused": report.reused,
+        "samples_judged": report.judged,
+        "unjudged": report.unjudged,
+        "successes": report.successes,
+        "mean_samples_per_problem": report.judged / len(per) if per else None,
+        "stopped_by": report.stopped,
+        "inserted": report.inserted,
+        "updated": report.updated,
+        "no_estimate": len(report.no_estimate),
+        "mean_s0": sum(p["s0"] for p in per) / len(per) if per else None,
+        "q0_interval_width": {
+            "median": widths[len(widths) // 2] if widths else None,
+            "max": widths[-1] if widths else None,
+        },
+        "left_out": report.left_out,
+    }
 
 
 JsonOpt = inspect.Parameter(
@@ -551,7 +598,7 @@ def register(app: typer.Typer) -> None:
     )
 
     app.command("estimate-q0", cls=SpoCommand)(
-        command_from(EstimateQ0Config, _estimate_q0, extra=[ConfigOpt])
+        command_from(EstimateQ0Config, _estimate_q0, extra=[ConfigOpt, JsonOpt])
     )
     app.command("train", cls=SpoCommand)(
         command_from(TrainConfig, _train, extra=[JsonOpt, ConfigOpt])

@@ -26,13 +26,18 @@ Changing a schema: bump `SCHEMA_VERSION` and add a step to `spo_store.migrate.MI
 - 5: trajectories gain `worker_id`, the rollout worker that sampled a row (`spo train
   --rollout-workers N`, `spo rollout`; NULL for rows sampled in the command's own process and
   for every row written before schema 5).
+- 6: q0_estimates gain `s0` (the unbiased estimate of S0 the q0 is computed from), its exact 95%
+  interval `s0_low`, `s0_high` and that interval mapped to Q0 (`q0_low`, `q0_high`), and
+  `stopping`, the sampling rule behind the counts (`fixed`, or `sequential(r=..,checks=..)`:
+  until r successes or the cap, checked at those judged-sample counts; `spo estimate-q0`'s
+  default from schema 6). Rows written before 6 were fixed-n: s0 = c/n, Clopper-Pearson.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 VERSION_KEY = b"spo.schema_version"
 
 TESTS_TYPE = pa.struct([("input", pa.list_(pa.string())), ("output", pa.list_(pa.string()))])
@@ -141,7 +146,23 @@ Q0_ESTIMATES = pa.schema(
         _f(
             "q0",
             pa.float64(),
-            "soft value of the prompt at beta: beta*log(S0+(1-S0)exp(-1/beta)), S0=c/n",
+            "soft value of the prompt at beta: beta*log(S0+(1-S0)exp(-1/beta)), S0 = s0",
+        ),
+        _f(
+            "s0",
+            pa.float64(),
+            "unbiased estimate of S0 (pi_0's success rate) under the stopping rule: c/n when "
+            "fixed; Rao-Blackwell (Haldane-type) when sequential (spo_store.q0_sequential)",
+        ),
+        _f("s0_low", pa.float64(), "exact 95% interval of S0 under the stopping rule: low end"),
+        _f("s0_high", pa.float64(), "exact 95% interval of S0 under the stopping rule: high end"),
+        _f("q0_low", pa.float64(), "95% interval of q0 at beta: q0 of s0_low (q0 increases in S0)"),
+        _f("q0_high", pa.float64(), "95% interval of q0 at beta: q0 of s0_high"),
+        _f(
+            "stopping",
+            pa.string(),
+            "rule that decided the samples: 'fixed' (n chosen in advance) or "
+            "'sequential(r=R,checks=N1,N2,..)' (until R successes or the cap, looked at N1, N2, ..)",
         ),
         _f("run_id", pa.string(), "estimate-q0 run that wrote the estimate"),
         _f("created_at", TIMESTAMP, "when the row was written"),

@@ -16,9 +16,12 @@ online with rewards 0/-1. Then measures, in one run:
 5. candidate sets after one small append (`--small-append` online rows, a step's rollouts):
    kept and extended over the new rows vs recomputed whole, `--after-append` rounds, the two
    checked equal each round. `--only candidates` runs 1 (without timing it) and 5 alone;
-6. `--only insert`: a rollout worker's keyed commit (`Lake.insert_new` of `--insert-rows` new
+6. (also at the end of a full run) a rollout worker's keyed commit (`Lake.insert_new` of `--insert-rows` new
    rows: lock, key check over the table's `traj_id`, write, commit) into the table as built,
-   `--after-append` rounds, and its key check alone.
+   `--after-append` rounds, and its key check alone (the first call builds the key index,
+   timed apart: `key_index_build_ms`). `--only insert` runs 1 (timed) and 6 alone;
+   `--no-key-index` measures the scan of every key that keyed commits did before the index;
+   `--light` writes ~200-byte rows (~16 tokens, ~100 characters) for 10M-row lakes.
 
 Usage: python scripts/bench_lake.py [--rows 1000000] [--batch 10000] [--root /tmp/spo-bench-lake]
 The lake is deleted at the end unless `--keep`. Needs about 6.5 KB x rows of disk, twice over
@@ -52,6 +55,8 @@ from spo_store.mixture import (
 from spo_store.q0_estimates import estimate_row, problems_with_q0_sql, sampler_key
 
 BYTES_PER_ROW = 6_500  # ~512*4*2 token/logprob bytes + ~400 prompt bytes + ~1.5 KB text + meta
+LIGHT_BYTES_PER_ROW = 600  # --light: ~16 tokens, ~12 prompt ids, ~100 chars of text + meta
+LIGHT = False  # set by --light
 N_PROBLEMS = 5_000
 N_POLICY_VERSIONS = 100
 POLICY_VERSION = N_POLICY_VERSIONS - 1  # the trainer's current step when sampling
@@ -125,10 +130,10 @@ def make_batch(
     )
     pv = np.where(is_online, pv, 0)
     run_ids = np.where(is_online, RUN_ID, np.where(is_human, "ingest-bench", "pi0-bench"))
-    resp_len = rng.integers(1200, 1800, n)
+    resp_len = rng.integers(60, 140, n) if LIGHT else rng.integers(1200, 1800, n)
     text_start = rng.integers(0, len(TEXT_POOL) - 1800, n)
     idx = np.concatenate([np.arange(s, s + ln) for s, ln in zip(text_start, resp_len, strict=True)])
-    tok_len = rng.integers(400, 625, n).astype(np.int32)
+    tok_len = (rng.integers(8, 24, n) if LIGHT else rng.integers(400, 625, n)).astype(np.int32)
     hashes = rng.integers(0, 16, (n, 64), dtype=np.uint8)
     dup = rng.random(n) < 0.05  # some responses repeat (exercises the offline dedup)
     dup[0] = False
@@ -152,7 +157,9 @@ def make_batch(
         "reward_source": pa.array(np.where(is_human, "label", "judge")),
         "content_hash": _string_array(hex_chars, np.full(n, 64)),
         "tokenizer_id": pa.array(np.full(n, "bench-tok")),
-        "prompt_ids": _list_array(rng, rng.integers(80, 121, n).astype(np.int32), "ids"),
+        "prompt_ids": _list_array(
+            rng, rng.integers(*((8, 17) if LIGHT else (80, 121)), n).astype(np.int32), "ids"
+        ),
         "response_ids": _list_array(rng, tok_len, "ids"),
         "num_response_tokens": pa.array(tok_len),
         "ref_model_id": pa.array(np.full(n, "pi0-bench")),
@@ -295,6 +302,7 @@ def insert_section(
     trajectories) into the table as it stands, and of its key check alone (the scan of
     `traj_id` for the batch's keys), `rounds` times: the cost every worker batch pays."""
     commit, check = [], []
+    t_index, did = timed(lake.ensure_key_index, "trajectories")  # once per table, not per commit
     for _ in range(rounds):
         table = make_batch(rng, next_id, rows, problem_ids, "online", POLICY_VERSION)
         next_id += rows
@@ -306,6 +314,9 @@ def insert_section(
         commit.append(t_commit)
         check.append(t_check)
     return {
+        "key_index": did
+        or ("present" if lake.dataset("trajectories").describe_indices() else "none"),
+        "key_index_build_ms": ms(t_index),
         "insert_rows": rows,
         "insert_rounds": rounds,
         "insert_new_p50_ms": ms(pct(commit, 50)),
@@ -329,20 +340,41 @@ def main() -> None:
     )
     ap.add_argument("--insert-rows", type=int, default=64, help="rows of a worker's keyed commit")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic lake")
+    ap.add_argument(
+        "--light",
+        action="store_true",
+        help="light rows (~600 B: ~16 tokens, ~100 chars) for 10M-row lakes on a small disk",
+    )
+    ap.add_argument(
+        "--no-key-index",
+        action="store_true",
+        help="keyed commits scan every key (the behaviour before the key index), for comparison",
+    )
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = ap.parse_args()
 
+    global LIGHT
+    LIGHT = args.light
+    if args.no_key_index:
+        import spo_store.lake as lake_mod
+
+        lake_mod.KEY_INDEX_MIN_ROWS = 1 << 62
     root: Path = args.root
     if root.exists():
         sys.exit(f"{root} exists; remove it or pass another --root")
     root.parent.mkdir(parents=True, exist_ok=True)
-    need = 2.2 * BYTES_PER_ROW * args.rows
+    need = 2.2 * (LIGHT_BYTES_PER_ROW if LIGHT else BYTES_PER_ROW) * args.rows
     free = shutil.disk_usage(root.parent).free
     if free < need:
         sys.exit(f"{root.parent}: {free / 1e9:.1f} GB free, need about {need / 1e9:.1f} GB")
     print(f"disk: {free / 1e9:.0f} GB free under {root.parent}, need ~{need / 1e9:.1f} GB")
 
-    res: dict[str, object] = {"rows": args.rows, "batch": args.batch}
+    res: dict[str, object] = {
+        "rows": args.rows,
+        "batch": args.batch,
+        "light": LIGHT,
+        "key_index": not args.no_key_index,
+    }
     rng = np.random.default_rng(0)
     try:
         lake = Lake.open(root)
@@ -494,6 +526,13 @@ def main() -> None:
         res["naive_sql_p50_ms"] = ms(statistics.median(naive))
         res["naive_sql_runs_ms"] = [ms(t) for t in naive]
         res["naive_sql"] = naive_sql
+        print(json.dumps(res), flush=True)
+        # 6. keyed commits into the compacted table (section 6 of --only insert)
+        res.update(
+            insert_section(
+                lake, args.after_append, args.insert_rows, rng, problem_ids, next_id + 2 * 10**7
+            )
+        )
         print(json.dumps(res, indent=2), flush=True)
         if args.json:
             args.json.write_text(json.dumps(res, indent=2) + "\n")

@@ -47,6 +47,11 @@ DUCKDB_CONFIG = {
 }
 """DuckDB settings of every lake connection: no extension is downloaded or loaded."""
 COMMIT_RETRIES = 50
+# A keyed table gets a BTREE index on its key from this many rows (`Lake.ensure_key_index`),
+# and rows appended after it are folded in once this many are outside it (a key check scans
+# those rows: 100k keys cost about as much as the index lookup itself).
+KEY_INDEX_MIN_ROWS = 50_000
+KEY_INDEX_MAX_UNINDEXED = 100_000
 
 
 def resolve_lake_uri(uri: str | os.PathLike[str] | None) -> str:
@@ -333,6 +338,7 @@ class Lake:
         if len(first) != len(keys):
             table = table.take(pa.array(sorted(first.values()), pa.int64()))
         with self._table_lock(name) as lock:
+            self.ensure_key_index(name)
             existing = self._existing_keys(name, key, list(first))
             if existing:
                 mask = pa.array([k not in existing for k in table.column(key).to_pylist()])
@@ -342,6 +348,39 @@ class Lake:
             fragments = write_fragments(table, self.table_uri(name), schema=table.schema)
             lock.check()
             return self._commit_append(name, fragments), table.num_rows
+
+    def ensure_key_index(self, name: str, *, fold_all: bool = False) -> str | None:
+        """Keep a BTREE scalar index on the key of table `name`, so a key check reads index
+        pages plus the rows appended since the index was last updated, not every key.
+
+        Creates the index once the table has `KEY_INDEX_MIN_ROWS` rows (below that a scan is
+        as cheap), and folds appended rows into it (`optimize_indices`, work proportional to
+        the new rows) once more than `KEY_INDEX_MAX_UNINDEXED` are outside it, or whenever
+        some are with `fold_all` (compaction). Lance searches unindexed fragments too, so a
+        key check is exact in between. Call under the table's keyed-write lock (insert_new
+        does; compaction runs it unlocked: Lance reconciles an index commit with concurrent
+        appends). Returns what it did: "created", "updated" or None.
+        """
+        key = KEYS.get(name)
+        if key is None:
+            return None
+        ds = self.dataset(name)
+        index = next((i for i in ds.describe_indices() if i.field_names == [key]), None)
+        if index is None:
+            if ds.count_rows() < KEY_INDEX_MIN_ROWS:
+                return None
+            ds.create_scalar_index(key, "BTREE", name=f"{key}_idx")
+            self._datasets.pop(name, None)
+            return "created"
+        indexed = {f for seg in index.segments for f in seg.fragment_ids}
+        unindexed = sum(
+            f.metadata.physical_rows for f in ds.get_fragments() if f.fragment_id not in indexed
+        )
+        if unindexed > (0 if fold_all else KEY_INDEX_MAX_UNINDEXED):
+            ds.optimize.optimize_indices(index_names=[index.name])
+            self._datasets.pop(name, None)
+            return "updated"
+        return None
 
     def _existing_keys(self, name: str, key: str, candidates: list[str]) -> set[str]:
         """Which of `candidates` are already keys of table `name` (latest version)."""

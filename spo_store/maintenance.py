@@ -108,6 +108,9 @@ def compact(
                 if not _is_commit_conflict(exc):
                     raise
                 # another writer compacted first: retry on its version (or leave it its result)
+        # Compaction remaps the key index onto the new fragments; rows appended since it was
+        # last updated are folded in now, so key checks start from a whole index.
+        lake.ensure_key_index(name, fold_all=True)
         out[name] = (before, len(lake.dataset(name).get_fragments()))
     return out
 

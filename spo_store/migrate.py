@@ -32,6 +32,11 @@ Version history (see `spo_schemas`):
   sampler their estimates came from was never recorded.
 - 4 -> 5: trajectories gain `worker_id` (the rollout worker that sampled a row), NULL on every
   existing row: before schema 5 every row was sampled in its command's own process.
+- 5 -> 6: q0_estimates gain `s0`, its exact 95% interval (`s0_low`, `s0_high`), that interval
+  in Q0 (`q0_low`, `q0_high`, at the row's own beta) and `stopping`. Every estimate before 6
+  came from a fixed number of samples (n chosen before sampling), so each row gets
+  `stopping = 'fixed'`, `s0 = c/n` and the Clopper-Pearson interval of its stored (n, c): exact,
+  nothing is guessed. The stored q0 is unchanged (it was already computed from c/n).
 """
 
 from __future__ import annotations
@@ -438,9 +443,59 @@ def _v4_to_v5(root: str, tag: str, report: MigrationReport, say: Callable[[str],
             _set_version(ds, 5)
 
 
+def _v5_to_v6(root: str, tag: str, report: MigrationReport, say: Callable[[str], None]) -> None:
+    from spo_store.q0_estimates import q0_of_s0
+    from spo_store.q0_sequential import s0_interval
+
+    ds = _open(root, "q0_estimates")
+    if ds is not None and schema_version_of(ds) < 6:
+        # One add-columns commit (a rerun after a kill finds the columns and skips it).
+        new = [f for f in TABLES["q0_estimates"] if f.name not in ds.schema.names]
+        if new:
+            out_schema = pa.schema(new)
+
+            @lance.batch_udf(output_schema=out_schema)
+            def fill(batch: pa.RecordBatch) -> pa.RecordBatch:
+                values: dict[str, list[Any]] = {f.name: [] for f in new}
+                for r in batch.to_pylist():
+                    n, c, beta = r["samples"], r["successes"], r["beta"]
+                    ok = n is not None and c is not None and 0 <= c <= n and n > 0
+                    low, high = s0_interval(n, c, [n], None) if ok else (None, None)
+                    good_beta = ok and beta is not None and beta > 0
+                    row = {
+                        "s0": c / n if ok else None,
+                        "s0_low": low,
+                        "s0_high": high,
+                        "q0_low": q0_of_s0(low, beta) if good_beta else None,
+                        "q0_high": q0_of_s0(high, beta) if good_beta else None,
+                        "stopping": "fixed",
+                    }
+                    for f in new:
+                        values[f.name].append(row[f.name])
+                cols = [pa.array(values[f.name], f.type) for f in new]
+                return pa.record_batch(cols, schema=out_schema)
+
+            ds.add_columns(fill, read_columns=["samples", "successes", "beta"])
+            ds = lance.dataset(ds.uri)
+        _set_version(ds, 6)
+        report.notes.append(
+            f"q0_estimates: {ds.count_rows()} rows (all fixed-n) gained s0 = c/n, its "
+            "Clopper-Pearson 95% interval and q0_low/q0_high at their own beta; stopping = 'fixed'"
+        )
+        say(report.notes[-1])
+
+    for name in TABLES:
+        ds = _open(root, name)
+        if ds is None:
+            lance.write_dataset(table_schema(name).empty_table(), _table_uri(root, name))
+        elif schema_version_of(ds) < 6:
+            _set_version(ds, 6)
+
+
 MIGRATIONS: dict[int, Callable[[str, str, MigrationReport, Callable[[str], None]], None]] = {
     1: _v1_to_v2,
     2: _v2_to_v3,
     3: _v3_to_v4,
     4: _v4_to_v5,
+    5: _v5_to_v6,
 }

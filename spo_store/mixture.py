@@ -281,8 +281,8 @@ class MixtureSampler:
         # grow within an epoch); NULL is NaN, outside every window as in SQL.
         have = kept.window_values if kept.window_values is not None else np.empty(0)
         if len(have) < len(kept.positions):
-            tail = pa.array(kept.positions[len(have) :])
-            pv = idx.trajectories.column("policy_version").take(tail).cast(pa.float64())
+            tail = kept.positions[len(have) :]
+            pv = idx.take(tail, ["policy_version"]).column(0).cast(pa.float64())
             tail_values = pc.fill_null(pv, float("nan")).to_numpy()
             kept.window_values = have = np.concatenate([have, tail_values])
         lo, hi = int(policy_version) - int(self.staleness), int(policy_version)
@@ -462,7 +462,7 @@ class MixtureSampler:
         # the heavy ones: on an uncompacted lake (~100 fragments) that halves a batch's take.
         idx = pa.array(positions, pa.int64())
         cached = set(self.index.trajectories.column_names) - {"_pos"}
-        light = self.index.trajectories.select([c for c in cols if c in cached]).take(idx)
+        light = self.index.take(positions, [c for c in cols if c in cached])
         heavy = [c for c in cols if c not in cached]
         fetched = self.index.dataset.take(idx, columns=heavy) if heavy else None
         return pa.table(

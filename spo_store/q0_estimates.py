@@ -18,12 +18,21 @@ from typing import Any
 
 from spo_store.errors import SpoError
 from spo_store.lake import Lake, sql_quote, utc_now
+from spo_store.q0_sequential import StoppingRule, s0_estimate, s0_interval
 
 # Q0 is defined under pi_0 itself: temperature 1, top-p 1 (the length bound is the caller's).
 DEFAULT_Q0_TEMPERATURE = 1.0
 DEFAULT_Q0_TOP_P = 1.0
 # The columns a problems view gains from its estimate (see `problems_with_q0_sql`).
-Q0_VIEW_COLUMNS = ("q0", "q0_samples", "q0_successes", "q0_beta", "q0_estimate_id")
+Q0_VIEW_COLUMNS = (
+    "q0",
+    "q0_samples",
+    "q0_successes",
+    "q0_beta",
+    "q0_estimate_id",
+    "q0_s0",
+    "q0_stopping",
+)
 
 
 def sampler_key(temperature: float, top_p: float, max_new_tokens: int) -> str:
@@ -45,9 +54,16 @@ def q0_at_beta(successes: int, samples: int, beta: float) -> float:
         raise SpoError(
             f"q0 needs 0 <= successes <= samples and samples > 0, got {successes}/{samples}"
         )
+    return q0_of_s0(successes / samples, beta)
+
+
+def q0_of_s0(s0: float, beta: float) -> float:
+    """`beta * log(S0 + (1 - S0) exp(-1/beta))` of a success rate `s0` in [0, 1] (log space:
+    exact at 0 -> -1 and 1 -> 0). Raises SpoError for s0 outside [0, 1] or beta <= 0."""
     if not beta > 0:
         raise SpoError(f"q0 needs beta > 0, got {beta}")
-    s0 = successes / samples
+    if not 0.0 <= s0 <= 1.0:
+        raise SpoError(f"q0 needs a success rate in [0, 1], got {s0}")
     if s0 == 0.0:
         return -1.0
     if s0 == 1.0:
@@ -68,9 +84,24 @@ def estimate_row(
     successes: int,
     beta: float,
     run_id: str,
+    stopping: StoppingRule | None = None,
+    checks: Sequence[int] = (),
 ) -> dict[str, Any]:
-    """One `q0_estimates` row (key, settings, counts, q0 at `beta`)."""
+    """One `q0_estimates` row (key, settings, counts, S0's unbiased estimate and exact 95%
+    interval, q0 and its interval at `beta`).
+
+    `stopping` is the rule that drew the samples (default: fixed at `samples`) and `checks` the
+    judged counts at which a sequential rule looked, ending at `samples`
+    (`spo_store.q0_sequential`). Raises SpoError when the counts cannot end that design.
+    """
     key = sampler_key(temperature, top_p, max_new_tokens)
+    rule = stopping or StoppingRule("fixed", cap=max(int(samples), 1))
+    if rule.kind == "fixed" or not checks:
+        r, seen, text = None, [int(samples)], "fixed"
+    else:
+        r, seen, text = rule.successes, [int(x) for x in checks], rule.text(list(checks))
+    s0 = s0_estimate(int(samples), int(successes), seen, r)
+    low, high = s0_interval(int(samples), int(successes), seen, r, rule.schedule())
     return {
         "estimate_id": estimate_id(problem_id, ref_model_id, key),
         "problem_id": problem_id,
@@ -82,7 +113,13 @@ def estimate_row(
         "samples": int(samples),
         "successes": int(successes),
         "beta": float(beta),
-        "q0": q0_at_beta(successes, samples, beta),
+        "q0": q0_of_s0(s0, beta),
+        "s0": s0,
+        "s0_low": low,
+        "s0_high": high,
+        "q0_low": q0_of_s0(low, beta),
+        "q0_high": q0_of_s0(high, beta),
+        "stopping": text,
         "run_id": run_id,
         "created_at": utc_now(),
     }
@@ -102,6 +139,10 @@ def read_estimates(
     return {r["problem_id"]: r for r in rows}
 
 
+# The values an estimate's counts and stopping rule determine (rewritten with them).
+ESTIMATE_VALUES = ("q0", "s0", "s0_low", "s0_high", "q0_low", "q0_high")
+
+
 def write_estimates(lake: Lake, rows: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
     """Store estimates: new keys with `Lake.insert_new`, changed ones by `update_rows` on
     `estimate_id`. Returns `(inserted, updated)`.
@@ -117,14 +158,14 @@ def write_estimates(lake: Lake, rows: Sequence[Mapping[str, Any]]) -> tuple[int,
         r["estimate_id"]: r
         for r in lake.dataset("q0_estimates")
         .to_table(
-            columns=["estimate_id", "samples", "successes", "beta", "run_id"],
+            columns=["estimate_id", "samples", "successes", "beta", "stopping", "run_id"],
             filter=f"estimate_id IN ({', '.join(sql_quote(r['estimate_id']) for r in rows)})",
         )
         .to_pylist()
     }
-    fields = ("samples", "successes", "beta", "run_id")
+    fields = ("samples", "successes", "beta", "stopping", "run_id")
     updates = [
-        {k: r[k] for k in ("estimate_id", "samples", "successes", "beta", "q0", "run_id")}
+        {k: r[k] for k in ("estimate_id", *fields, *ESTIMATE_VALUES)}
         | {"created_at": r["created_at"]}
         for r in rows
         if any(stored[r["estimate_id"]][f] != r[f] for f in fields)
@@ -140,10 +181,12 @@ def problems_with_q0_sql(
 ) -> str:
     """A SQL subquery: every `problems` column plus the estimate of one reference model and
     sampler (LEFT JOIN: NULL where there is none) as `q0`, `q0_samples`, `q0_successes`,
-    `q0_beta`, `q0_estimate_id`. Use it aliased `p` so predicates over `p.q0` keep working.
+    `q0_beta`, `q0_estimate_id`, `q0_s0`, `q0_stopping`. Use it aliased `p` so predicates over `p.q0` keep
+    working.
 
-    With `beta`, `q0` is recomputed at that beta from `(samples, successes)` (the stored q0 was
-    computed at the estimate's own beta). `ref_model_id=None` gives a NULL q0 everywhere.
+    With `beta`, `q0` is recomputed at that beta from the stored unbiased `s0` (the stored q0
+    was computed at the estimate's own beta; s0 is c/n for a fixed n, not for a sequential
+    rule). `ref_model_id=None` gives a NULL q0 everywhere.
     """
     if ref_model_id is None or sampler_key_ is None:
         cond = "FALSE"
@@ -151,7 +194,7 @@ def problems_with_q0_sql(
         cond = (
             f"ref_model_id = {sql_quote(ref_model_id)} AND sampler_key = {sql_quote(sampler_key_)}"
         )
-    q0 = "q.q0" if beta is None else q0_sql("q.successes", "q.samples", beta)
+    q0 = "q.q0" if beta is None else q0_sql_of_s0("q.s0", beta)
     # One estimate per problem even if a key was ever stored twice (the most samples wins), so
     # the join can never duplicate a problem (and with it every trajectory joined to it).
     estimates = (
@@ -161,7 +204,7 @@ def problems_with_q0_sql(
     return (
         f"SELECT pr.*, {q0} AS q0, q.samples AS q0_samples, q.successes AS q0_successes, "
         f"{'q.beta' if beta is None else f'CAST({float(beta)!r} AS DOUBLE)'} AS q0_beta, "
-        "q.estimate_id AS q0_estimate_id "
+        "q.estimate_id AS q0_estimate_id, q.s0 AS q0_s0, q.stopping AS q0_stopping "
         f"FROM problems pr LEFT JOIN ({estimates}) q ON q.problem_id = pr.problem_id"
     )
 
@@ -174,5 +217,15 @@ def q0_sql(successes: str, samples: str, beta: float) -> str:
     return (
         f"CASE WHEN {samples} IS NULL OR {samples} = 0 THEN NULL "
         f"WHEN {successes} = 0 THEN -1.0 WHEN {successes} = {samples} THEN 0.0 "
+        f"ELSE {b!r} * (ln({s}) + ln(1 + exp(ln(1 - {s}) - {1.0 / b!r} - ln({s})))) END"
+    )
+
+
+def q0_sql_of_s0(s0: str, beta: float) -> str:
+    """SQL for `q0_of_s0(s0, beta)` over a success-rate expression in [0, 1] (NULL-safe)."""
+    b = float(beta)
+    s = f"CAST({s0} AS DOUBLE)"
+    return (
+        f"CASE WHEN {s0} IS NULL THEN NULL WHEN {s} <= 0 THEN -1.0 WHEN {s} >= 1 THEN 0.0 "
         f"ELSE {b!r} * (ln({s}) + ln(1 + exp(ln(1 - {s}) - {1.0 / b!r} - ln({s})))) END"
     )

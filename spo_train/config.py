@@ -1007,7 +1007,11 @@ class EstimateQ0Config(SamplingConfig):
     """`spo estimate-q0`: Q0 of --model per problem, by sampling it and judging."""
 
     n: int = setting(800, short="-n", aliases=("--samples",), check=at_least(1))
-    """pi_0 samples per problem (paper: 800)"""
+    """pi_0 samples per problem: the cap of a sequential rule, the count of a fixed one (paper: 800 fixed)"""
+    stopping: str = setting("sequential", check=one_of("sequential", "fixed"))
+    """sequential: sample each problem in rounds until --stop-successes successes or the cap --samples (unbiased S0, docs/method.md "Sequential Q0"); fixed: exactly --samples"""
+    stop_successes: int = setting(12, check=at_least(2))
+    """successes that end a problem's sequential sampling (r; relative error of S0 about 1/sqrt(r))"""
     temperature: float = setting(1.0, check=temperature_check)
     """sampling temperature; 1.0 samples pi_0 itself, which Q0 is defined under"""
     top_p: float = setting(1.0, check=top_p_check)

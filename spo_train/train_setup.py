@@ -19,7 +19,7 @@ import torch
 from spo_store.errors import SpoError
 from spo_store.lake import Lake, sql_quote
 from spo_store.mixture import MixtureSpec, load_sources
-from spo_store.q0_estimates import sampler_key
+from spo_store.q0_estimates import q0_of_s0, sampler_key
 from spo_train.config import (
     TrainConfig,
     as_saved,
@@ -80,7 +80,10 @@ def rebase_q0(problems: list[dict[str, Any]], beta: float) -> int:
                 f"problem {p['problem_id']}: q0 was set for beta {p.get('q0_beta')} without the "
                 f"(n, c) counts needed to recompute it for beta {beta}; rerun `spo estimate-q0`"
             )
-        p["q0"] = q0_value(p["q0_successes"], p["q0_samples"], beta)
+        if p.get("q0_s0") is not None:  # the unbiased S0 (not c/n under a sequential rule)
+            p["q0"] = q0_of_s0(p["q0_s0"], beta)
+        else:
+            p["q0"] = q0_value(p["q0_successes"], p["q0_samples"], beta)
         changed += 1
     return changed
 

@@ -83,7 +83,12 @@ def test_migrate_keeps_every_row_and_splits_the_logprobs(v2_lake: Path) -> None:
     for table in TABLES_WITH_ROWS:
         if table == "trajectories":
             continue
-        assert _rows(v2_lake, table) == before[table], table
+        # (columns later schemas add, such as q0_estimates.s0 in 6, are left out)
+        got = [
+            {k: r[k] for k in (before[table][0] if before[table] else r)}
+            for r in _rows(v2_lake, table)
+        ]
+        assert got == before[table], table
     new = _by_id(v2_lake)
     assert new.keys() == old.keys()
     kept = nulled = 0

@@ -56,11 +56,16 @@ def test_v4_lake_is_refused_then_migrates_keeping_every_row(v4_lake: Path) -> No
     assert (summary["from_version"], summary["to_version"]) == (4, SCHEMA_VERSION)
     assert lake_schema_version(v4_lake) == SCHEMA_VERSION
     n = len(old["trajectories"])
-    assert f"worker_id added, NULL on all {n} existing rows" in summary["notes"][-1]
+    assert any(f"worker_id added, NULL on all {n} existing rows" in m for m in summary["notes"])
 
     for table in TABLES:
         if table != "trajectories":
-            assert _rows(v4_lake, table) == old[table], table
+            # (columns later schemas add, such as q0_estimates.s0 in 6, are left out)
+            got = [
+                {k: r[k] for k in (old[table][0] if old[table] else r)}
+                for r in _rows(v4_lake, table)
+            ]
+            assert got == old[table], table
     new = _rows(v4_lake, "trajectories")
     assert [{k: v for k, v in r.items() if k != "worker_id"} for r in new] == old["trajectories"]
     assert all(r["worker_id"] is None for r in new)

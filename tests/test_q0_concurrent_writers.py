@@ -27,3 +27,6 @@ def test_racing_writers_store_one_consistent_row_per_key(tmp_path):
         worker, rnd = int(r["run_id"][1]), int(r["run_id"].split("-r")[1])
         assert r["samples"] == 4 * (rnd + 1) + worker
         assert r["q0"] == q0_at_beta(r["successes"], r["samples"], 0.1)
+        # ... and so are the S0 estimate and its interval (schema 6)
+        assert r["s0"] == r["successes"] / r["samples"] and r["stopping"] == "fixed"
+        assert r["q0_low"] <= r["q0"] <= r["q0_high"]
