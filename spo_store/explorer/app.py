@@ -69,7 +69,10 @@ def _env() -> jinja2.Environment:
     env.filters["fmt"] = _fmt_cell
     env.filters["pct"] = lambda v: "" if v is None else f"{100 * v:.0f}%"
     env.filters["num"] = lambda v, d=3: "" if v is None else f"{v:.{d}f}"
-    env.globals["urlencode"] = lambda **kw: urlencode({k: v for k, v in kw.items() if v})
+    # None and "" mean "any" and are left out; 0 (policy version 0) is kept.
+    env.globals["urlencode"] = lambda **kw: urlencode(
+        {k: v for k, v in kw.items() if v is not None and v != ""}
+    )
     env.globals["highlight"] = highlight_code
     env.globals["plot"] = plot
     env.globals["enumerate"] = enumerate

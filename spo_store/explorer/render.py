@@ -26,11 +26,11 @@ LEXERS = {
     "java": "java",
     "c": "c",
 }
-FORMATTER = HtmlFormatter(linenos="table", cssclass="code", wrapcode=True)
+FORMATTER = HtmlFormatter(linenos="table", cssclass="hl", wrapcode=True)
 
 
 def pygments_css() -> str:
-    return FORMATTER.get_style_defs(".code")
+    return FORMATTER.get_style_defs(".hl")
 
 
 def highlight_code(text: str | None, language: str | None) -> Markup:
