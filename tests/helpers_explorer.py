@@ -46,7 +46,7 @@ def build_lake(root: Path) -> dict[str, Any]:
     """Build the lake at `root`; returns the ids the tests look for."""
     from spo_store.annotations import annotation_row, rollout_key
     from spo_store.ingest import ingest_human_solutions
-    from spo_store.lake import Lake
+    from spo_store.lake import Lake, utc_now
     from spo_store.q0_estimates import estimate_row, sampler_key, write_estimates
 
     src = root.parent / "explorer-problems.jsonl"
@@ -71,6 +71,7 @@ def build_lake(root: Path) -> dict[str, Any]:
     problems = {r["name"]: r["problem_id"] for r in lake.sql("SELECT * FROM problems").to_dicts()}
     ids = {"problems": problems}
 
+    now = utc_now()
     config = {"steps": 3, "beta": 0.1, "note": HOSTILE}
     with lake.run("train", config, model_id=MODEL, tokenizer_id=TOKENIZER) as run_id:
         rows, batches = [], []
@@ -120,7 +121,7 @@ def build_lake(root: Path) -> dict[str, Any]:
                         "ref_logprobs": [-0.3 - 0.2 * math.cos(i) for i in range(n)],
                         "model_logprobs": [-0.2] * n,
                         "ref_model_id": MODEL,
-                        "created_at": None,
+                        "created_at": now,
                     }
                 )
                 ids_step.append(traj_id)
@@ -134,8 +135,6 @@ def build_lake(root: Path) -> dict[str, Any]:
                     "seed": step,
                 }
             )
-        for r in rows:
-            r.pop("created_at")
         version = lake.append("trajectories", rows)
         for b in batches:
             b["trajectories_version"] = version

@@ -256,6 +256,13 @@ def test_sql_downloads(page, server):
     data = page.request.get(server + pq_url).body()
     table = pq.read_table(io.BytesIO(data))
     assert table.num_rows == 4 and table.column_names == ["name", "num_tests"]
+    # a long result: the page shows its head, the download every row
+    q = "SELECT range AS i FROM range(2500)"
+    visit(page, server + "/sql?" + urlencode({"q": q}))
+    assert page.locator("#sql-result tbody tr").count() == 1000
+    assert "the first 1000 shown" in page.locator("#sql-count").inner_text()
+    body = page.request.get(server + "/sql.csv?" + urlencode({"q": q}))
+    assert body.text().splitlines()[-1] == "2499" and len(body.text().splitlines()) == 2501
 
 
 def test_other_hosts_are_refused_and_the_lake_is_unchanged(server, lake_ids):

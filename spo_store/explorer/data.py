@@ -476,14 +476,37 @@ class LakeReader:
             return {**data, "left": sides[0], "right": sides[1]}
 
     def sql(self, query: str, limit: int | None) -> tuple[pa.Table, bool]:
-        """The result of a read-only query (`sql_guard` first), cut to `limit` rows; also
-        whether it was cut. Raises SpoError for a refused or failing query."""
+        """The result of a read-only query (`sql_guard` first), and whether it was cut to
+        `limit` rows (None: every row, through `Lake.sql_arrow` as `spo sql` runs it). With a
+        limit only the first batches are read, so a query over a million rows shows its head
+        without building the whole result. Raises SpoError for a refused or failing query."""
         if not query.strip():
             raise SpoError("the SQL query is empty")
         self.sql_guard(query)
-        with self._lock:
-            table = self.lake.sql_arrow(query)
-        if limit is not None and table.num_rows > limit:
+        if limit is None:
+            return self.lake.sql_arrow(query), False
+        with self._lock:  # the lake's datasets are refreshed here; the query runs unlocked
+            con = self.lake.duckdb()
+        try:
+            rel = con.sql(query)
+            if rel is None:  # a statement without a result
+                return pa.table({}), False
+            # DuckDB 1.x calls it fetch_record_batch, 2.x to_arrow_reader
+            stream = getattr(rel, "to_arrow_reader", None) or rel.fetch_record_batch
+            reader = stream(limit + 1)
+            batches, rows = [], 0
+            for batch in reader:
+                batches.append(batch)
+                rows += batch.num_rows
+                if rows > limit:
+                    break
+            table = pa.Table.from_batches(batches, schema=reader.schema)
+        except duckdb.Error as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise SpoError(f"SQL error: {first}") from exc
+        finally:
+            con.close()
+        if table.num_rows > limit:
             return table.slice(0, limit), True
         return table, False
 

@@ -48,6 +48,7 @@ def plot(
     width: int = 320,
     height: int = 120,
     pad: int = 28,
+    xlabel: str = "step",
 ) -> dict[str, Any]:
     """Geometry of a line plot of `(x, y)` points for the `svg_plot` template macro: the
     polyline's points, axis ranges and tick labels (numbers only; the template escapes
@@ -82,6 +83,7 @@ def plot(
         "ymax": _fmt(max(ys)),
         "last": _fmt(ys[-1]),
         "n": len(pts),
+        "xlabel": xlabel,
         "empty": False,
     }
 

@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Screenshots of `spo lake serve` for docs/explorer.md (docs/explorer/*.png).
+
+Builds the explorer tests' small lake (tests/helpers_explorer.py) unless `--lake` names one,
+serves it with the real CLI on a free port and photographs each page with Debian's Chromium
+(Playwright, headless). Usage: python scripts/explorer_screenshots.py [--lake URI] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lake", help="lake to photograph (default: build the tests' small lake)")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "explorer"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="spo-explorer-")
+    if args.lake:
+        lake, ids = args.lake, None
+    else:
+        from tests.helpers_explorer import build_lake
+
+        lake = str(Path(tmp) / "lake")
+        ids = build_lake(Path(lake))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spo_cli.main", "lake", "serve", "--lake", lake, "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        base = re.search(r"http://127\.0\.0\.1:\d+", line).group(0)
+        pages = [("overview", "/"), ("problems", "/problems?human=yes&model=no")]
+        if ids:
+            run = quote(ids["train_run"])
+            pages += [
+                ("problem", f"/problems/{ids['problems']['A+B']}"),
+                ("trajectory", f"/trajectories/{ids['annotated']}"),
+                ("run", f"/runs/{run}"),
+                ("compare", f"/compare?problem_id={ids['problems']['A+B']}"),
+                (
+                    "sql",
+                    "/sql?"
+                    + urlencode(
+                        {
+                            "q": "SELECT source, policy_version, count(*) AS n, "
+                            "avg(CASE WHEN reward = 0 THEN 1 ELSE 0 END) AS pass_rate\n"
+                            "FROM trajectories GROUP BY ALL ORDER BY ALL"
+                        }
+                    ),
+                ),
+            ]
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                headless=True,
+                args=["--no-sandbox", "--disable-gpu", "--no-first-run"],
+            )
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            for name, url in pages:
+                page.goto(base + url)
+                page.screenshot(path=str(out / f"{name}.png"), full_page=False)
+                print(f"{name}: {url}")
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+if __name__ == "__main__":
+    main()
