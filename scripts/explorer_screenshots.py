@@ -74,7 +74,8 @@ def main() -> None:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             for name, url in pages:
                 page.goto(base + url)
-                page.screenshot(path=str(out / f"{name}.png"), full_page=False)
+                # the trajectory page whole: its heat strip is below the response
+                page.screenshot(path=str(out / f"{name}.png"), full_page=name == "trajectory")
                 print(f"{name}: {url}")
             browser.close()
     finally:
