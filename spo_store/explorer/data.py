@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from spo_schemas import TABLES, heavy_columns, light_columns
@@ -28,6 +29,24 @@ from spo_store.lake import Lake, problem_tests, sql_quote
 from spo_store.mixture_index import MetadataIndex
 
 PAGE_SIZE = 50
+TRAJECTORY_LIST = [  # the light columns a list of trajectories shows
+    "traj_id",
+    "problem_id",
+    "run_id",
+    "source",
+    "policy_version",
+    "model_id",
+    "language",
+    "reward",
+    "judge_status",
+    "passed_tests",
+    "total_tests",
+    "response_chars",
+    "num_response_tokens",
+    "finish_reason",
+    "temperature",
+    "created_at",
+]
 # Sources whose rows a model wrote whole: "solved by a model" counts these. `human` rows are
 # people's; `pts` rows are rollouts continuing another trajectory's prefix (spo pts), so a
 # success there is not a model's own solution.
@@ -106,6 +125,9 @@ class LakeReader:
         self._lock = threading.RLock()
         self._stats: tuple[Any, pa.Table] | None = None
         self._duck: duckdb.DuckDBPyConnection | None = None
+        self._groups: tuple[Any, tuple[dict[str, int], np.ndarray, np.ndarray]] | None = None
+        self._names: tuple[int, dict[str, str]] | None = None
+        self._batches: tuple[Any, tuple[list[pa.RecordBatch], np.ndarray]] | None = None
 
     # ------------------------------------------------------------------ helpers
     def reset(self) -> None:
@@ -269,25 +291,71 @@ class LakeReader:
                     "run_id",
                 ],
             ).to_pylist()
-            solutions = self._trajectory_rows(f"problem_id = {sql_quote(problem_id)}")
+            solutions = self._problem_rows(problem_id)
             return {"problem": row, "q0": q0, "solutions": solutions}
 
-    def _trajectory_rows(self, where: str, limit: int | None = None) -> list[dict[str, Any]]:
-        """Light columns of the index's trajectories matching `where` (DuckDB over t_index),
-        humans first, then by run and policy version."""
-        con = self._con()
-        return (
-            con.sql(
-                "SELECT traj_id, problem_id, run_id, source, policy_version, model_id, language, "
-                "reward, judge_status, passed_tests, total_tests, response_chars, "
-                "num_response_tokens, finish_reason, temperature, created_at "
-                f"FROM t_index WHERE {where} "
-                "ORDER BY source <> 'human', run_id, policy_version NULLS FIRST, traj_id"
-                + (f" LIMIT {int(limit)}" if limit else "")
+    def _by_problem(self) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+        """Row positions of the index grouped by problem: `(code of each problem id, starts,
+        positions)`, problem `c`'s rows being `positions[starts[c]:starts[c + 1]]` in write
+        order. Built once per index version (~0.2 s at 1M rows), so a problem page takes its
+        rows without scanning a million."""
+        idx = self.index
+        key = (idx.epoch, idx.version)
+        if self._groups is not None and self._groups[0] == key:
+            return self._groups[1]
+        column = idx.trajectories.column("problem_id").combine_chunks()
+        encoded = pc.dictionary_encode(column)
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        order = np.argsort(codes, kind="stable")
+        counts = np.bincount(codes, minlength=len(encoded.dictionary))
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        lookup = {v: i for i, v in enumerate(encoded.dictionary.to_pylist())}
+        self._groups = (key, (lookup, starts, order))
+        return lookup, starts, order
+
+    def _take(self, positions: np.ndarray) -> pa.Table:
+        """The index rows at `positions` (ascending), without `Table.take`, which joins a
+        chunked table's chunks first (~0.1 s at 1M rows): each position's batch is found by
+        binary search and the batches are taken from one by one."""
+        idx = self.index
+        key = (idx.epoch, idx.version)
+        if self._batches is None or self._batches[0] != key:
+            batches = idx.trajectories.to_batches()
+            ends = np.cumsum([b.num_rows for b in batches])
+            self._batches = (key, (batches, ends))
+        batches, ends = self._batches[1]
+        positions = np.asarray(positions, dtype=np.int64)
+        which = np.searchsorted(ends, positions, side="right")
+        parts = []
+        for b in np.unique(which):
+            local = positions[which == b] - (ends[b] - batches[b].num_rows)
+            parts.append(batches[b].take(pa.array(local)))
+        if not parts:
+            return idx.trajectories.schema.empty_table()
+        return pa.Table.from_batches(parts, schema=idx.trajectories.schema)
+
+    def _light_rows(self, positions: np.ndarray) -> list[dict[str, Any]]:
+        """The index's light columns of the rows at `positions` (ascending)."""
+        return self._take(positions).select(TRAJECTORY_LIST).to_pylist()
+
+    def _problem_rows(self, problem_id: str) -> list[dict[str, Any]]:
+        """Every trajectory of a problem (light columns): humans first, then by run and
+        policy version."""
+        self._fresh()
+        lookup, starts, order = self._by_problem()
+        code = lookup.get(problem_id)
+        if code is None:
+            return []
+        rows = self._light_rows(np.sort(order[starts[code] : starts[code + 1]]))
+        rows.sort(
+            key=lambda r: (
+                r["source"] != "human",
+                r["run_id"],
+                -1 if r["policy_version"] is None else r["policy_version"],
+                r["traj_id"],
             )
-            .to_arrow_table()
-            .to_pylist()
         )
+        return rows
 
     def trajectories(
         self,
@@ -298,32 +366,52 @@ class LakeReader:
         policy_version: int | None = None,
         page: int = 1,
     ) -> Page:
-        """Trajectories matching all the given fields, paged."""
+        """Trajectories matching all the given fields, paged, in the order they were written
+        (a training run's rows by policy version): no sort over a million rows."""
         with self._lock:
-            parts = []
-            for col, value in (("run_id", run_id), ("problem_id", problem_id), ("source", source)):
-                if value:
-                    parts.append(f"t.{col} = {sql_quote(value)}")
-            if policy_version is not None:
-                parts.append(f"t.policy_version = {int(policy_version)}")
-            where = " AND ".join(parts) or "TRUE"
-            con = self._con()
-            total = con.sql(f"SELECT count(*) FROM t_index t WHERE {where}").fetchall()[0][0]
+            idx = self._fresh()
+            table = idx.trajectories
+            chosen = None  # index positions of the rows `table` holds (None: all)
+            if problem_id is not None:
+                lookup, starts, order = self._by_problem()
+                code = lookup.get(problem_id)
+                chosen = (
+                    np.sort(order[starts[code] : starts[code + 1]])
+                    if code is not None
+                    else np.zeros(0, np.int64)
+                )
+                table = self._take(chosen)
+            # Masks over the needed columns only; the rows of the page alone are taken.
+            mask = None
+            filters = (("policy_version", policy_version), ("run_id", run_id), ("source", source))
+            for col, value in filters:
+                if value is not None:
+                    m = pc.equal(table.column(col), value)
+                    mask = m if mask is None else pc.and_(mask, m)
+            if mask is None:
+                matching = np.arange(table.num_rows)
+            else:
+                matching = pc.indices_nonzero(mask.fill_null(False)).to_numpy()
+            total = len(matching)
             pages = max(1, -(-total // PAGE_SIZE))
             page = min(max(1, page), pages)
-            rows = (
-                con.sql(
-                    "SELECT t.traj_id, t.problem_id, p.name AS problem_name, t.run_id, t.source, "
-                    "t.policy_version, t.reward, t.judge_status, t.passed_tests, t.total_tests, "
-                    "t.num_response_tokens FROM t_index t LEFT JOIN p_index p USING (problem_id) "
-                    f"WHERE {where} "
-                    "ORDER BY t.policy_version NULLS FIRST, t.problem_id, t.traj_id "
-                    f"LIMIT {PAGE_SIZE} OFFSET {(page - 1) * PAGE_SIZE}"
-                )
-                .to_arrow_table()
-                .to_pylist()
-            )
-            return Page(rows, int(total), page, pages)
+            shown = matching[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+            if chosen is not None:
+                shown = chosen[shown]
+            rows = self._take(shown).select(TRAJECTORY_LIST)
+            names = self._problem_names()
+            out = rows.to_pylist()
+            for r in out:
+                r["problem_name"] = names.get(r["problem_id"])
+            return Page(out, int(total), page, pages)
+
+    def _problem_names(self) -> dict[str, str]:
+        idx = self.index
+        key = id(idx.problems)
+        if self._names is None or self._names[0] != key:
+            p = idx.problems.select(["problem_id", "name"]).to_pydict()
+            self._names = (key, dict(zip(p["problem_id"], p["name"], strict=True)))
+        return self._names[1]
 
     def trajectory(self, traj_id: str) -> dict[str, Any]:
         """One trajectory: light columns from the index, heavy ones by row position, its
@@ -334,8 +422,8 @@ class LakeReader:
             hits = pc.indices_nonzero(pc.equal(idx.trajectories.column("traj_id"), traj_id))
             if len(hits) == 0:
                 raise NotFound(f"no trajectory {traj_id!r}")
-            light = idx.trajectories.take(hits[:1]).drop_columns(["_pos"]).to_pylist()[0]
-            pos = idx.trajectories.column("_pos")[hits[0].as_py()].as_py()
+            light = self._take(np.array([hits[0].as_py()])).to_pylist()[0]
+            pos = light.pop("_pos")
             heavy = idx.dataset.take([pos], columns=heavy_columns("trajectories")).to_pylist()[0]
             row = {**light, **heavy}
             problem = self._small(
