@@ -89,6 +89,11 @@ def test_trajectory_lists_filter_and_page(built):
     assert page.total == 2 and all(r["source"] == "human" for r in page.rows)
     assert reader.trajectories(problem_id="nope").total == 0
     assert reader.trajectories(source="online", page=99).page == 1  # clamped to the last
+    batch = reader.batch(ids["train_run"], 1)
+    assert [r["traj_id"] for r in batch["rows"]] == [f"online-s1-p{k}" for k in range(3)]
+    assert batch["missing"] == 0
+    with pytest.raises(NotFound, match="logged no batch at step 7"):
+        reader.batch(ids["train_run"], 7)
 
 
 def test_heat_strip_marks_only_single_token_jumps():

@@ -127,6 +127,8 @@ class LakeReader:
         self._duck: duckdb.DuckDBPyConnection | None = None
         self._groups: tuple[Any, tuple[dict[str, int], np.ndarray, np.ndarray]] | None = None
         self._names: tuple[int, dict[str, str]] | None = None
+        self._versions: tuple[Any, pa.Table] | None = None
+        self._overview: tuple[dict[str, int], dict[str, Any]] | None = None
         self._batches: tuple[Any, tuple[list[pa.RecordBatch], np.ndarray]] | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -187,6 +189,16 @@ class LakeReader:
 
     # ------------------------------------------------------------------ pages
     def overview(self) -> dict[str, Any]:
+        """The lake at a glance; computed once per lake version (every table's)."""
+        with self._lock:
+            versions = self.lake.versions()
+            if self._overview is not None and self._overview[0] == versions:
+                return self._overview[1]
+            data = self._overview_now()
+            self._overview = (versions, data)
+            return data
+
+    def _overview_now(self) -> dict[str, Any]:
         with self._lock:
             tables = []
             for name in TABLES:
@@ -405,6 +417,26 @@ class LakeReader:
                 r["problem_name"] = names.get(r["problem_id"])
             return Page(out, int(total), page, pages)
 
+    def _run_versions(self) -> pa.Table:
+        """Trajectories per (run, source, policy version) with their reward-0 count, ordered;
+        computed once per index version."""
+        self._fresh()
+        idx = self.index
+        key = (idx.epoch, idx.version)
+        if self._versions is None or self._versions[0] != key:
+            con = duckdb.connect()
+            try:
+                con.register("t", idx.trajectories)
+                table = con.sql(
+                    "SELECT run_id, source, policy_version, count(*) AS n, "
+                    "count(*) FILTER (reward = 0) AS solved FROM t GROUP BY ALL "
+                    "ORDER BY run_id, source, policy_version NULLS FIRST"
+                ).to_arrow_table()
+            finally:
+                con.close()
+            self._versions = (key, table)
+        return self._versions[1]
+
     def _problem_names(self) -> dict[str, str]:
         idx = self.index
         key = id(idx.problems)
@@ -453,14 +485,14 @@ class LakeReader:
                 ["run_id", "kind", "status", "model_id", "started_at", "ended_at", "host"],
             )
             rows = table.to_pylist()
-            rows.sort(key=lambda r: (r["started_at"] is None, r["started_at"]), reverse=True)
-            counts = {}
-            if rows:
-                con = self._con()
-                counts = {
-                    r[0]: r[1]
-                    for r in con.sql("SELECT run_id, count(*) FROM t_index GROUP BY 1").fetchall()
-                }
+            # newest first; a run without a start time (hand-written rows) last
+            rows.sort(
+                key=lambda r: r["started_at"].timestamp() if r["started_at"] else float("-inf"),
+                reverse=True,
+            )
+            counts: dict[str, int] = {}
+            for r in self._run_versions().to_pylist():
+                counts[r["run_id"]] = counts.get(r["run_id"], 0) + r["n"]
             for r in rows:
                 r["trajectories"] = counts.get(r["run_id"], 0)
             return rows
@@ -495,11 +527,8 @@ class LakeReader:
                 b["size"] = sum(counts.values())
                 b["sources"] = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
             batches.sort(key=lambda b: b["step"])
-            con = self._con()
-            by_version = con.sql(
-                "SELECT source, policy_version, count(*) AS n, count(*) FILTER (reward = 0) "
-                f"AS solved FROM t_index WHERE run_id = {q} GROUP BY 1, 2 ORDER BY 1, 2"
-            ).to_arrow_table()
+            versions = self._run_versions()
+            by_version = versions.filter(pc.equal(versions.column("run_id"), run_id))
             children = self._small(
                 "runs", f"parent_run_id = {q}", ["run_id", "kind", "status"]
             ).to_pylist()
@@ -512,32 +541,26 @@ class LakeReader:
             }
 
     def batch(self, run_id: str, step: int) -> dict[str, Any]:
-        """The rows a training run drew at `step`, in batch order (`spo lake batch`)."""
-        from spo_store.reproduce import reproduce_batch
+        """The rows a training run drew at `step`, in batch order: the ids `spo lake batch`
+        reproduces (`reproduce.logged_batch`), their light columns from the index (the lake
+        as it is now: a reward re-judged since shows its new value)."""
+        from spo_store.reproduce import logged_batch
 
         with self._lock:
             try:
-                batch = reproduce_batch(
-                    self.lake,
-                    run_id,
-                    step,
-                    [
-                        "traj_id",
-                        "problem_id",
-                        "source",
-                        "policy_version",
-                        "reward",
-                        "judge_status",
-                        "num_response_tokens",
-                    ],
-                )
+                logged = logged_batch(self.lake, run_id, step)
             except SpoError as exc:
                 raise NotFound(str(exc)) from exc
+            ids = list(logged["traj_ids"] or [])
+            idx = self._fresh()
+            wanted = pa.array(ids, pa.string())
+            hits = pc.indices_nonzero(pc.is_in(idx.trajectories.column("traj_id"), wanted))
+            found = {r["traj_id"]: r for r in self._light_rows(hits.to_numpy())}
+            rows = [found.get(t, {"traj_id": t, "missing": True}) for t in ids]
             return {
-                "rows": batch.table.to_pylist(),
-                "logged_version": batch.logged_version,
-                "read_version": batch.read_version,
-                "exact": batch.exact_version,
+                "rows": rows,
+                "logged_version": logged["trajectories_version"],
+                "missing": sum(1 for r in rows if r.get("missing")),
             }
 
     def compare(self, problem_id: str, left: str | None, right: str | None) -> dict[str, Any]:
