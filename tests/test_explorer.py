@@ -61,11 +61,14 @@ def server(lake_ids):
         proc.kill()
         pytest.fail(f"spo lake serve printed no URL: {line!r} {proc.stdout.read()!r}")
     yield match.group(0)
-    proc.terminate()
+    proc.terminate()  # SIGTERM: the server stops cleanly, exit 0, no "rerun to resume"
     try:
-        proc.wait(10)
+        rc = proc.wait(20)
     except subprocess.TimeoutExpired:
         proc.kill()
+        raise
+    rest = proc.stdout.read()
+    assert rc == 0 and "stopped" in rest and "resume" not in rest, (rc, rest)
 
 
 @pytest.fixture(scope="module")

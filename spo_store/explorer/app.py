@@ -8,12 +8,15 @@ Pages (each at a stable URL, GET only): `/`, `/problems`, `/problems/{problem_id
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import io
+import signal
 import socket
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -365,8 +368,6 @@ def serve(
     """Open the lake read-only, bind `host:port` (0: any free port) and serve until Ctrl-C;
     `say` gets the URL once the socket listens. Raises SpoError for a lake that cannot be
     opened or an address that cannot be bound."""
-    import uvicorn
-
     lake = Lake.open(lake_uri, create=False)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -389,5 +390,32 @@ def serve(
     shown = f"[{host}]" if ":" in host else host
     say(f"spo lake explorer: http://{shown}:{bound}/  (lake {lake.uri}; Ctrl-C stops it)")
     sys.stdout.flush()
+    import uvicorn
+
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    uvicorn.Server(config).run(sockets=[sock])
+    _uvicorn_server()(config).run(sockets=[sock])
+    say("spo lake explorer stopped")
+
+
+def _uvicorn_server() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, but Ctrl-C or SIGTERM just end it: uvicorn would raise the
+        signal again once shut down, and `spo` would then report an interrupted command to
+        resume, while a server has nothing to resume."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
