@@ -386,7 +386,7 @@ def serve(
         # Listening beyond this machine: answer any Host (the user chose to expose it).
         hosts = ["*"]
     app = create_app(lake, sql_guard, allowed_hosts=hosts)
-    app.state.reader.index.refresh()  # load the index before the first page is asked
+    app.state.reader.warm()  # load the index before the first page is asked
     shown = f"[{host}]" if ":" in host else host
     say(f"spo lake explorer: http://{shown}:{bound}/  (lake {lake.uri}; Ctrl-C stops it)")
     sys.stdout.flush()

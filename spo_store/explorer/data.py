@@ -132,6 +132,17 @@ class LakeReader:
         self._batches: tuple[Any, tuple[list[pa.RecordBatch], np.ndarray]] | None = None
 
     # ------------------------------------------------------------------ helpers
+    def warm(self) -> None:
+        """Load the index and build what pages share (per-problem counts and rows, rows per
+        run and policy version), so the first page is as fast as the next (the server calls
+        it before it prints its URL)."""
+        with self._lock:
+            self._fresh()
+            self._problem_stats()
+            self._by_problem()
+            self._run_versions()
+            self._take(np.zeros(0, np.int64))
+
     def reset(self) -> None:
         """Drop the DuckDB connection (after an error left it in an unknown state)."""
         with self._lock:
