@@ -283,25 +283,25 @@ def test_other_hosts_are_refused_and_the_lake_is_unchanged(server, lake_ids):
     assert Lake.open(lake_ids["root"], create=False).versions() == before
 
 
-def test_serve_refuses_bad_options_in_one_line(tmp_path, lake_ids):
-    def spo(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "spo_cli.main", "lake", "serve", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    out = spo("--lake", str(tmp_path / "none"), "--port", "0")
-    assert out.returncode != 0 and "no lake at" in out.stderr and "Traceback" not in out.stderr
-    out = spo("--lake", str(lake_ids["root"]), "--port", "70000")
-    assert out.returncode != 0 and "--port 70000" in out.stderr
+def test_serve_refuses_bad_options_in_one_line(tmp_path, lake_ids, capsys):
+    """In-process (`spo_cli.main.main`): each refusal comes before the server would start."""
     import socket
 
+    from spo_cli.main import main
+
+    def spo(*args):
+        with pytest.raises(SystemExit) as info:
+            main(["lake", "serve", *args])
+        return info.value.code, capsys.readouterr().err
+
+    rc, err = spo("--lake", str(tmp_path / "none"), "--port", "0")
+    assert rc == 2 and "no lake at" in err and "Traceback" not in err
+    rc, err = spo("--lake", str(lake_ids["root"]), "--port", "70000")
+    assert rc == 2 and "--port 70000" in err
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        out = spo("--lake", str(lake_ids["root"]), "--port", str(port))
-    assert out.returncode != 0 and f"cannot listen on 127.0.0.1:{port}" in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1
+        rc, err = spo("--lake", str(lake_ids["root"]), "--port", str(port))
+    assert rc == 2 and f"cannot listen on 127.0.0.1:{port}" in err
+    assert len(err.strip().splitlines()) == 1
