@@ -105,6 +105,8 @@ def create_app(
     rebinding)."""
     reader = LakeReader(lake, sql_guard)
     env = _env()
+    for name in env.list_templates():  # compiled now, not on the first page that uses one
+        env.get_template(name)
     css = pygments_css()
 
     def page(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
