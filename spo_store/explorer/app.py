@@ -47,6 +47,12 @@ CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
+SECURITY_HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+]
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 DEFAULT_SQL = (
     "SELECT p.name, count(*) FILTER (t.source = 'human' AND t.reward = 0) AS human_solved,\n"
@@ -294,22 +300,9 @@ def create_app(
             message=f"could not read the lake: {type(exc).__name__}: {exc}",
         )
 
-    async def security_headers(scope: Any, receive: Any, send: Any, app: Any) -> None:
-        async def send_with_headers(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers += [
-                    (b"content-security-policy", CSP.encode()),
-                    (b"x-content-type-options", b"nosniff"),
-                    (b"referrer-policy", b"no-referrer"),
-                    (b"cache-control", b"no-store"),
-                ]
-                message["headers"] = headers
-            await send(message)
-
-        await app(scope, receive, send_with_headers)
-
     class SecurityHeaders:
+        """Adds the CSP and friends to every response (pages, downloads, static files)."""
+
         def __init__(self, app: Any) -> None:
             self.app = app
 
@@ -317,7 +310,13 @@ def create_app(
             if scope["type"] != "http":
                 await self.app(scope, receive, send)
                 return
-            await security_headers(scope, receive, send, self.app)
+
+            async def send_with_headers(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+                await send(message)
+
+            await self.app(scope, receive, send_with_headers)
 
     routes = [
         Route("/", home),

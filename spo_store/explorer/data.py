@@ -22,7 +22,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from spo_schemas import TABLES, heavy_columns, light_columns
+from spo_schemas import TABLES, heavy_columns
 
 from spo_store.errors import SpoError
 from spo_store.lake import Lake, problem_tests, sql_quote
@@ -634,7 +634,6 @@ class LakeReader:
 
 
 HEAVY = {name: set(heavy_columns(name)) for name in TABLES}
-LIGHT = {name: light_columns(name) for name in TABLES}
 
 
 def _pretty_json(text: str | None) -> str:
