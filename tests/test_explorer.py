@@ -184,7 +184,14 @@ def test_policy_at_step_0_and_at_the_end(page, server, lake_ids):
 
 
 def test_heat_strip_renders_with_the_pivotal_token(page, server, lake_ids):
-    visit(page, f"{server}/trajectories/{lake_ids['annotated']}")
+    # from the overview to the trajectories spo pts searched, to the one annotated
+    visit(page, f"{server}/")
+    page.click("text=Trajectories searched by")
+    page.wait_for_load_state("load")
+    assert page.locator("#trajectories tbody tr").count() == 1
+    page.click(f"#trajectories a >> text={lake_ids['annotated']}")
+    page.wait_for_load_state("load")
+    assert page.url.endswith(f"/trajectories/{lake_ids['annotated']}")
     strip = page.locator("#heat-1")
     assert strip.is_visible()
     tokens = strip.locator(".tok")

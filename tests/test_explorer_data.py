@@ -88,6 +88,7 @@ def test_trajectory_lists_filter_and_page(built):
     page = reader.trajectories(problem_id=ids["problems"]["A+B"], source="human")
     assert page.total == 2 and all(r["source"] == "human" for r in page.rows)
     assert reader.trajectories(problem_id="nope").total == 0
+    assert [r["traj_id"] for r in reader.trajectories(annotated=True).rows] == [ids["annotated"]]
     assert reader.trajectories(source="online", page=99).page == 1  # clamped to the last
     batch = reader.batch(ids["train_run"], 1)
     assert [r["traj_id"] for r in batch["rows"]] == [f"online-s1-p{k}" for k in range(3)]

@@ -186,9 +186,12 @@ def create_app(
             "problem_id": arg(request, "problem_id"),
             "source": arg(request, "source"),
             "policy_version": int_arg(request, "policy_version"),
+            "annotated": choice(request, "annotated", ("yes",)) == "yes",
         }
         result = reader.trajectories(**filters, page=int_arg(request, "page", 1) or 1)
-        params = {k: v for k, v in filters.items() if v is not None}
+        params = {k: v for k, v in filters.items() if v is not None and v is not False}
+        if filters["annotated"]:
+            params["annotated"] = "yes"
         return page(
             "trajectories.html", title="Trajectories", result=result, f=filters, params=params
         )

@@ -387,9 +387,11 @@ class LakeReader:
         problem_id: str | None = None,
         source: str | None = None,
         policy_version: int | None = None,
+        annotated: bool = False,
         page: int = 1,
     ) -> Page:
-        """Trajectories matching all the given fields, paged, in the order they were written
+        """Trajectories matching all the given fields (`annotated`: only those with an
+        `annotations` row, i.e. searched by `spo pts`), paged, in the order they were written
         (a training run's rows by policy version): no sort over a million rows."""
         with self._lock:
             idx = self._fresh()
@@ -411,6 +413,10 @@ class LakeReader:
                 if value is not None:
                     m = pc.equal(table.column(col), value)
                     mask = m if mask is None else pc.and_(mask, m)
+            if annotated:
+                ids = self._small("annotations", None, ["traj_id"]).column("traj_id")
+                m = pc.is_in(table.column("traj_id"), value_set=ids.unique())
+                mask = m if mask is None else pc.and_(mask, m)
             if mask is None:
                 matching = np.arange(table.num_rows)
             else:
