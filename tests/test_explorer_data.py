@@ -31,6 +31,8 @@ def test_problem_filters_count_humans_and_models(built):
     assert names(reader.problems(ProblemFilter(human="yes", model="no"))) == ["Hard sum"]
     assert names(reader.problems(ProblemFilter(model="yes"))) == ["A+B", f"Evil {HOSTILE}"]
     assert names(reader.problems(ProblemFilter(human="no"))) == ["Unsolved"]
+    assert names(reader.problems(ProblemFilter(model="failed"))) == ["Hard sum"]
+    assert names(reader.problems(ProblemFilter(human="failed"))) == ["Unsolved"]
     # A+B: 2 of 3 online rows pass; Hard sum 0 of 3; problems without model rows have no rate
     rates = {r["name"]: r["model_pass_rate"] for r in reader.problems(ProblemFilter()).rows}
     assert rates["A+B"] == pytest.approx(2 / 3) and rates["Hard sum"] == 0

@@ -61,7 +61,7 @@ class NotFound(LookupError):
 @dataclass
 class ProblemFilter:
     """The `/problems` filters; None or "" means any. `human` / `model`: "yes" solved by at
-    least one such trajectory, "no" by none; `judge_issue`: "none" (judged reliably), "any"
+    least one such trajectory, "no" by none, "failed" attempted and solved by none; `judge_issue`: "none" (judged reliably), "any"
     (flagged), or a reason (`no_tests`, ...); pass rates are the model rows' share with
     reward 0, in [0, 1]."""
 
@@ -87,12 +87,14 @@ class ProblemFilter:
             parts.append("p.judge_issue IS NOT NULL")
         elif self.judge_issue:
             parts.append(f"split_part(p.judge_issue, ':', 1) = {sql_quote(self.judge_issue)}")
-        for who, col in (("human", "human_solved"), ("model", "model_solved")):
+        for who in ("human", "model"):
             value = getattr(self, who)
             if value == "yes":
-                parts.append(f"coalesce(s.{col}, 0) > 0")
+                parts.append(f"coalesce(s.{who}_solved, 0) > 0")
             elif value == "no":
-                parts.append(f"coalesce(s.{col}, 0) = 0")
+                parts.append(f"coalesce(s.{who}_solved, 0) = 0")
+            elif value == "failed":  # attempted, never solved
+                parts.append(f"coalesce(s.{who}_rows, 0) > 0 AND coalesce(s.{who}_solved, 0) = 0")
         if self.min_pass is not None:
             parts.append(f"s.model_pass_rate >= {float(self.min_pass)!r}")
         if self.max_pass is not None:
