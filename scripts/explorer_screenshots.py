@@ -20,6 +20,30 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def pick_ids(uri: str) -> dict:
+    """Pages worth showing in another lake: a training run, a problem it trained on with a
+    passing human solution, the trajectory with the most estimates of `spo pts` (else one
+    of the run's)."""
+    from spo_store.lake import Lake
+
+    lake = Lake.open(uri, create=False)
+
+    def one(sql: str):
+        rows = lake.sql_arrow(sql).to_pylist()
+        return next(iter(rows[0].values())) if rows else None
+
+    run = one("SELECT run_id FROM runs WHERE kind = 'train' ORDER BY started_at DESC LIMIT 1")
+    problem = one(
+        "SELECT t.problem_id FROM trajectories t JOIN trajectories h USING (problem_id) "
+        f"WHERE t.run_id = '{run}' AND h.source = 'human' AND h.reward = 0 "
+        "GROUP BY 1 ORDER BY count(DISTINCT t.policy_version) DESC, 1 LIMIT 1"
+    )
+    annotated = one("SELECT traj_id FROM annotations ORDER BY len(positions) DESC LIMIT 1") or one(
+        f"SELECT traj_id FROM trajectories WHERE run_id = '{run}' LIMIT 1"
+    )
+    return {"train_run": run, "problems": {"A+B": problem}, "annotated": annotated}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lake", help="lake to photograph (default: build the tests' small lake)")
@@ -29,7 +53,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="spo-explorer-")
     if args.lake:
-        lake, ids = args.lake, None
+        lake, ids = args.lake, pick_ids(args.lake)
     else:
         from tests.helpers_explorer import build_lake
 
