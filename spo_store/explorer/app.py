@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
+import errno
 import io
 import signal
 import socket
@@ -380,9 +381,13 @@ def serve(
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise SpoError(
-            f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass another --port"
-        ) from None
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            fix = "--host is not an address of this machine"
+        elif exc.errno == errno.EADDRINUSE:
+            fix = "the port is taken: pass another --port (0: any free one)"
+        else:
+            fix = "pass another --port or --host"
+        raise SpoError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); {fix}") from None
     sock.listen(128)
     bound = sock.getsockname()[1]
     hosts = list(LOOPBACK)
