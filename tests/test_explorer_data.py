@@ -124,6 +124,34 @@ def test_heat_strip_marks_only_single_token_jumps():
     # the final S = 1 counts for a passing one: 0.2 at t=4 -> 1 at t=5 is pivotal
     passing = heat_strip({**ann, "positions": [4], "s_t": [0.2]}, row)
     assert [t["t"] for t in passing["pivots"]] == [5]
+    # S from the counts, as spo pts counts pivots: 4/10 -> 2/10 is a jump of 0.2, not over a
+    # 0.2 threshold (the float32 s_t say 0.2000000030)
+    import numpy as np
+
+    f32 = [float(np.float32(x)) for x in (0.4, 0.2)]
+    counted = heat_strip(
+        {
+            **ann,
+            "positions": [1, 2],
+            "s_t": f32,
+            "samples": [10, 10],
+            "successes": [4, 2],
+            "threshold": 0.2,
+        },
+        {**row, "reward": -1.0},
+    )
+    assert counted["pivots"] == [] and counted["tokens"][2]["s"] == 0.2
+    assert heat_strip(
+        {
+            **ann,
+            "positions": [1, 2],
+            "s_t": f32,
+            "samples": [10, 10],
+            "successes": None,
+            "threshold": 0.2,
+        },
+        {**row, "reward": -1.0},
+    )["pivots"]
     # log-probs of another tokenizer are not put under these tokens
     other = heat_strip(ann, {**row, "tokenizer_id": "other"})
     assert other["tokens"][0]["behaviour"] is None

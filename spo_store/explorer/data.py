@@ -661,8 +661,15 @@ def heat_strip(annotation: Mapping[str, Any], row: Mapping[str, Any]) -> dict[st
     passing response, as `spo pts` counts it). Behaviour/reference log-probs per token where
     the trajectory stores them (same tokenizer)."""
     positions = list(annotation.get("positions") or [])
-    s_t = [None if v is None else float(v) for v in annotation.get("s_t") or []]
     samples = list(annotation.get("samples") or [])
+    successes = list(annotation.get("successes") or [])
+    # S as spo pts decides pivots: successes / samples, exactly; s_t is their float32 copy
+    # (0.4 - 0.2 is 0.2000000030 there, over a 0.2 threshold), used only where counts are
+    # missing (annotations written before schema 4).
+    s_t = [None if v is None else float(v) for v in annotation.get("s_t") or []]
+    for i in range(min(len(s_t), len(samples), len(successes))):
+        if samples[i] and successes[i] is not None:
+            s_t[i] = successes[i] / samples[i]
     n_tokens = int(annotation.get("response_tokens") or 0)
     estimates = dict(zip(positions, s_t, strict=False))
     counts = dict(zip(positions, samples, strict=False))
