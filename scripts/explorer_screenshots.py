@@ -101,6 +101,8 @@ def main() -> None:
                 # the trajectory page whole: its heat strip is below the response
                 page.screenshot(path=str(out / f"{name}.png"), full_page=name == "trajectory")
                 print(f"{name}: {url}")
+                if name == "problem":  # its solutions, by run and policy version
+                    page.locator("#solutions").screenshot(path=str(out / "solutions.png"))
             browser.close()
     finally:
         proc.terminate()

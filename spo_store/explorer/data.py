@@ -364,8 +364,8 @@ class LakeReader:
         return self._take(positions).select(TRAJECTORY_LIST).to_pylist()
 
     def _problem_rows(self, problem_id: str) -> list[dict[str, Any]]:
-        """Every trajectory of a problem (light columns): humans first, then by run and
-        policy version."""
+        """Every trajectory of a problem (light columns): humans first, then by run, policy
+        version and time written."""
         self._fresh()
         lookup, starts, order = self._by_problem()
         code = lookup.get(problem_id)
@@ -377,6 +377,7 @@ class LakeReader:
                 r["source"] != "human",
                 r["run_id"],
                 -1 if r["policy_version"] is None else r["policy_version"],
+                r["created_at"].timestamp() if r["created_at"] else 0.0,  # eval before/after
                 r["traj_id"],
             )
         )
