@@ -67,7 +67,7 @@ def main() -> None:
     try:
         line = proc.stdout.readline()
         base = re.search(r"http://127\.0\.0\.1:\d+", line).group(0)
-        pages = [("overview", "/"), ("problems", "/problems?human=yes&model=no")]
+        pages = [("overview", "/"), ("problems", "/problems?human=yes&model=failed")]
         if ids:
             run = quote(ids["train_run"])
             pages += [
@@ -101,8 +101,9 @@ def main() -> None:
                 # the trajectory page whole: its heat strip is below the response
                 page.screenshot(path=str(out / f"{name}.png"), full_page=name == "trajectory")
                 print(f"{name}: {url}")
-                if name == "problem":  # its solutions, by run and policy version
-                    page.locator("#solutions").screenshot(path=str(out / "solutions.png"))
+                if name == "problem":  # the end of its solutions: a run's, by policy version
+                    page.locator("#solutions tbody tr").last.scroll_into_view_if_needed()
+                    page.screenshot(path=str(out / "solutions.png"))
             browser.close()
     finally:
         proc.terminate()
