@@ -585,7 +585,7 @@ class LakeReader:
 
     def compare(self, problem_id: str, left: str | None, right: str | None) -> dict[str, Any]:
         """Two solutions of one problem side by side: by default the first passing human one
-        (else the first human one) and the model's latest (highest policy version) one."""
+        (else the first human one) and the most recently written model one."""
         with self._lock:
             data = self.problem(problem_id)
             sols = data["solutions"]
@@ -598,11 +598,15 @@ class LakeReader:
             if not left:
                 passing = [s for s in humans if s["reward"] == 0]
                 left = (passing or humans or sols or [{"traj_id": None}])[0]["traj_id"]
-            if not right:
-                latest = sorted(
-                    models, key=lambda s: (s["policy_version"] or -1, s["created_at"] or 0)
-                )
-                right = latest[-1]["traj_id"] if latest else None
+            if not right and models:
+                # the most recent: eval rows of a trained checkpoint carry no policy version
+                right = max(
+                    models,
+                    key=lambda s: (
+                        s["created_at"].timestamp() if s["created_at"] else 0.0,
+                        -1 if s["policy_version"] is None else s["policy_version"],
+                    ),
+                )["traj_id"]
             sides = [self.trajectory(t)["row"] if t else None for t in (left, right)]
             return {**data, "left": sides[0], "right": sides[1]}
 
