@@ -144,5 +144,40 @@ def verify_cmd(
     raise typer.Exit(1)
 
 
+@lake_app.command("serve")
+def serve_cmd(
+    lake: LakeOpt = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (127.0.0.1: this machine only)")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port)")] = 8765,
+) -> None:
+    """Browse the lake in a web browser: a local, read-only explorer (docs/explorer.md).
+
+    Prints its URL, then serves until Ctrl-C. Pages: problems (filters), trajectories (syntax
+    highlighting, log-probs, S_t heat strips), runs (metrics plots, batches), compare, SQL.
+    """
+    from spo_cli.lake_cmds import _check_read_only
+
+    from spo_store.errors import SpoError
+    from spo_store.explorer import serve
+
+    if not 0 <= port <= 65535:
+        raise SpoError(f"--port {port}: must be between 0 and 65535")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(
+            f"warning: --host {host} lets other machines read this lake (no login, no TLS)",
+            highlight=False,
+        )
+    # The SQL page refuses what `spo sql` refuses: one rule, spo sql's own check.
+    serve(
+        lake,
+        host=host,
+        port=port,
+        sql_guard=_check_read_only,
+        say=lambda m: console.print(m, highlight=False, soft_wrap=True),
+    )
+
+
 def register(app: typer.Typer) -> None:
     """The commands attach to `lake_app`, which `lake_cmds.register` adds to the app."""

@@ -1,0 +1,430 @@
+"""The explorer's web app (Starlette, Jinja2 with autoescape, no JavaScript) and its server.
+
+Pages (each at a stable URL, GET only): `/`, `/problems`, `/problems/{problem_id}`,
+`/trajectories`, `/trajectories/{traj_id}`, `/runs`, `/runs/{run_id}`,
+`/runs/{run_id}/steps/{step}`, `/compare?problem_id=`, `/sql?q=` (and `/sql.csv`,
+`/sql.parquet`). Unknown ids answer a 404 page, bad input a 400 page naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as dt
+import errno
+import io
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import jinja2
+import pyarrow as pa
+import pyarrow.parquet as pq
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from spo_store.errors import SpoError
+from spo_store.explorer.data import NOT_MODEL_SOURCES, LakeReader, NotFound, ProblemFilter
+from spo_store.explorer.render import highlight_code, plot, pygments_css
+from spo_store.lake import Lake
+
+HERE = Path(__file__).resolve().parent
+SQL_SHOWN_ROWS = 1000  # the HTML table; downloads carry every row
+CELL_CHARS = 300
+# No script may run on any page, inline or loaded: the explorer has none, and a lake text that
+# escaped escaping would still be inert. Styles only from the app's own files.
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+]
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+DEFAULT_SQL = (
+    "SELECT p.name, count(*) FILTER (t.source = 'human' AND t.reward = 0) AS human_solved,\n"
+    "       count(*) FILTER (t.source NOT IN ('human', 'pts') AND t.reward = 0) AS model_solved\n"
+    "FROM problems p LEFT JOIN trajectories t USING (problem_id)\n"
+    "GROUP BY p.name ORDER BY p.name LIMIT 20"
+)
+
+
+class BadInput(ValueError):
+    """A query parameter that cannot mean anything: the app answers 400 naming it."""
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,  # every lake text is escaped unless a template says otherwise
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["q"] = lambda s: quote(str(s), safe="")  # one path segment
+    env.filters["fmt"] = _fmt_cell
+    env.filters["pct"] = lambda v: "" if v is None else f"{100 * v:.0f}%"
+    env.filters["num"] = lambda v, d=3: "" if v is None else f"{v:.{d}f}"
+    # None and "" mean "any" and are left out; 0 (policy version 0) is kept.
+    env.globals["urlencode"] = lambda **kw: urlencode(
+        {k: v for k, v in kw.items() if v is not None and v != ""}
+    )
+    env.globals["highlight"] = highlight_code
+    env.globals["plot"] = plot
+    env.globals["enumerate"] = enumerate
+    env.globals["NOT_MODEL_SOURCES"] = NOT_MODEL_SOURCES
+    return env
+
+
+def _fmt_cell(value: Any, width: int | None = CELL_CHARS) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = str(value)
+    if width and len(text) > width:
+        text = text[: width - 1] + "…"
+    return text
+
+
+def create_app(
+    lake: Lake, sql_guard: Callable[[str], None], *, allowed_hosts: list[str] | None = None
+) -> Starlette:
+    """The explorer over an opened lake. `sql_guard(query)` raises SpoError for a query that
+    `spo sql` refuses (the same read-only rule); `allowed_hosts`: Host headers answered (the
+    default, loopback names only, keeps other web sites from reading the app through DNS
+    rebinding)."""
+    reader = LakeReader(lake, sql_guard)
+    env = _env()
+    for name in env.list_templates():  # compiled now, not on the first page that uses one
+        env.get_template(name)
+    css = pygments_css()
+
+    def page(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+        html = env.get_template(name).render(lake_uri=lake.uri, **ctx)
+        return HTMLResponse(html, status_code=status)
+
+    def arg(request: Request, name: str) -> str | None:
+        value = request.query_params.get(name)
+        return value.strip() if value and value.strip() else None
+
+    def int_arg(request: Request, name: str, default: int | None = None) -> int | None:
+        value = arg(request, name)
+        if value is None:
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            raise BadInput(f"{name}={value!r} is not a whole number") from None
+
+    def rate_arg(request: Request, name: str) -> float | None:
+        value = arg(request, name)
+        if value is None:
+            return None
+        try:
+            rate = float(value.rstrip("%")) / (100 if value.endswith("%") else 1)
+        except ValueError:
+            raise BadInput(f"{name}={value!r} is not a number between 0 and 1") from None
+        if not 0 <= rate <= 1:
+            raise BadInput(f"{name}={value!r} is not between 0 and 1")
+        return rate
+
+    def choice(request: Request, name: str, allowed: tuple[str, ...]) -> str | None:
+        value = arg(request, name)
+        if value is not None and value not in allowed:
+            raise BadInput(f"{name}={value!r} is not one of {', '.join(allowed)}")
+        return value
+
+    # ------------------------------------------------------------------ pages
+    def home(request: Request) -> Response:
+        return page("home.html", data=reader.overview(), title="Lake")
+
+    def problems(request: Request) -> Response:
+        flt = ProblemFilter(
+            split=arg(request, "split"),
+            platform=arg(request, "platform"),
+            judge_issue=arg(request, "judge_issue"),
+            human=choice(request, "human", ("yes", "no", "failed")),
+            model=choice(request, "model", ("yes", "no", "failed")),
+            min_pass=rate_arg(request, "min_pass"),
+            max_pass=rate_arg(request, "max_pass"),
+            name=arg(request, "name"),
+            page=int_arg(request, "page", 1) or 1,
+        )
+        params = {k: v for k, v in request.query_params.items() if k != "page" and v and v.strip()}
+        return page(
+            "problems.html",
+            title="Problems",
+            result=reader.problems(flt),
+            choices=reader.problem_choices(),
+            f=flt,
+            params=params,
+        )
+
+    def problem(request: Request) -> Response:
+        data = reader.problem(request.path_params["problem_id"])
+        return page("problem.html", title=data["problem"]["name"], **data)
+
+    def trajectories(request: Request) -> Response:
+        filters = {
+            "run_id": arg(request, "run_id"),
+            "problem_id": arg(request, "problem_id"),
+            "source": arg(request, "source"),
+            "policy_version": int_arg(request, "policy_version"),
+            "annotated": choice(request, "annotated", ("yes",)) == "yes",
+        }
+        result = reader.trajectories(**filters, page=int_arg(request, "page", 1) or 1)
+        params = {k: v for k, v in filters.items() if v is not None and v is not False}
+        if filters["annotated"]:
+            params["annotated"] = "yes"
+        return page(
+            "trajectories.html", title="Trajectories", result=result, f=filters, params=params
+        )
+
+    def trajectory(request: Request) -> Response:
+        data = reader.trajectory(request.path_params["traj_id"])
+        return page("trajectory.html", title=data["row"]["traj_id"], **data)
+
+    def runs(request: Request) -> Response:
+        kind, status = arg(request, "kind"), arg(request, "status")
+        return page(
+            "runs.html",
+            title="Runs",
+            runs=reader.runs(kind, status),
+            kind=kind,
+            run_status=status,
+        )
+
+    def run(request: Request) -> Response:
+        data = reader.run(request.path_params["run_id"])
+        return page("run.html", title=data["run"]["run_id"], **data)
+
+    def batch(request: Request) -> Response:
+        run_id, step = request.path_params["run_id"], request.path_params["step"]
+        data = reader.batch(run_id, step)
+        return page("batch.html", title=f"{run_id} step {step}", run_id=run_id, step=step, **data)
+
+    def compare(request: Request) -> Response:
+        problem_id = arg(request, "problem_id")
+        if problem_id is None:
+            raise BadInput("compare needs ?problem_id=<a problem id> (open one from /problems)")
+        data = reader.compare(problem_id, arg(request, "left"), arg(request, "right"))
+        return page("compare.html", title="Compare", **data)
+
+    def sql(request: Request) -> Response:
+        query = request.query_params.get("q")
+        result, cut, error = None, False, None
+        if query is not None and query.strip():
+            try:
+                result, cut = reader.sql(query, SQL_SHOWN_ROWS)
+            except SpoError as exc:
+                error = str(exc)
+        return page(
+            "sql.html",
+            status=400 if error else 200,
+            title="SQL",
+            query=query if query is not None else DEFAULT_SQL,
+            ran=bool(query and query.strip()),
+            result=None if result is None else _table_rows(result),
+            cut=cut,
+            error=error,
+            shown=SQL_SHOWN_ROWS,
+        )
+
+    def sql_download(request: Request) -> Response:
+        fmt = request.path_params["fmt"]
+        if fmt not in ("csv", "parquet"):
+            raise HTTPException(404)
+        query = request.query_params.get("q") or ""
+        try:
+            table, _ = reader.sql(query, None)
+        except SpoError as exc:
+            raise BadInput(str(exc)) from exc
+        if fmt == "parquet":
+            buf = pa.BufferOutputStream()
+            pq.write_table(table, buf)
+            body, media = buf.getvalue().to_pybytes(), "application/vnd.apache.parquet"
+        else:
+            text = io.StringIO()
+            writer = csv.writer(text)
+            writer.writerow(table.column_names)
+            for row in table.to_pylist():
+                writer.writerow(["" if v is None else _fmt_cell(v, None) for v in row.values()])
+            body, media = text.getvalue().encode(), "text/csv; charset=utf-8"
+        headers = {"Content-Disposition": f'attachment; filename="spo-query.{fmt}"'}
+        return Response(body, media_type=media, headers=headers)
+
+    def pygments_stylesheet(request: Request) -> Response:
+        return Response(css, media_type="text/css")
+
+    # ------------------------------------------------------------------ errors
+    def not_found(request: Request, exc: Exception) -> Response:
+        what = str(exc) if isinstance(exc, NotFound) else f"no page at {request.url.path}"
+        return page("error.html", status=404, title="Not found", code=404, message=what)
+
+    def bad_input(request: Request, exc: Exception) -> Response:
+        return page("error.html", status=400, title="Bad request", code=400, message=str(exc))
+
+    def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return not_found(request, exc)
+        return page(
+            "error.html",
+            status=exc.status_code,
+            title="Error",
+            code=exc.status_code,
+            message=str(exc.detail),
+        )
+
+    def server_error(request: Request, exc: Exception) -> Response:
+        # A lake the explorer cannot read (a table removed under it, a broken file): one line.
+        reader.reset()
+        return page(
+            "error.html",
+            status=500,
+            title="Error",
+            code=500,
+            message=f"could not read the lake: {type(exc).__name__}: {exc}",
+        )
+
+    class SecurityHeaders:
+        """Adds the CSP and friends to every response (pages, downloads, static files)."""
+
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                await self.app(scope, receive, send)
+                return
+
+            async def send_with_headers(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+                await send(message)
+
+            await self.app(scope, receive, send_with_headers)
+
+    routes = [
+        Route("/", home),
+        Route("/problems", problems),
+        Route("/problems/{problem_id:path}", problem),
+        Route("/trajectories", trajectories),
+        Route("/trajectories/{traj_id:path}", trajectory),
+        Route("/runs", runs),
+        Route("/runs/{run_id:path}/steps/{step:int}", batch),
+        Route("/runs/{run_id:path}", run),
+        Route("/compare", compare),
+        Route("/sql", sql),
+        Route("/sql.{fmt:str}", sql_download),
+        Route("/static/pygments.css", pygments_stylesheet),
+        Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or list(LOOPBACK)),
+            Middleware(SecurityHeaders),
+        ],
+        exception_handlers={
+            NotFound: not_found,
+            BadInput: bad_input,
+            HTTPException: http_error,
+            Exception: server_error,
+        },
+    )
+    app.state.reader = reader
+    return app
+
+
+def _table_rows(table: pa.Table) -> dict[str, Any]:
+    return {
+        "columns": table.column_names,
+        "rows": [list(r.values()) for r in table.to_pylist()],
+        "total": table.num_rows,
+    }
+
+
+def serve(
+    lake_uri: str | None,
+    *,
+    host: str,
+    port: int,
+    sql_guard: Callable[[str], None],
+    say: Callable[[str], None] = print,
+) -> None:
+    """Open the lake read-only, bind `host:port` (0: any free port) and serve until Ctrl-C;
+    `say` gets the URL once the socket listens. Raises SpoError for a lake that cannot be
+    opened or an address that cannot be bound."""
+    lake = Lake.open(lake_uri, create=False)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            fix = "--host is not an address of this machine"
+        elif exc.errno == errno.EADDRINUSE:
+            fix = "the port is taken: pass another --port (0: any free one)"
+        else:
+            fix = "pass another --port or --host"
+        raise SpoError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); {fix}") from None
+    sock.listen(128)
+    bound = sock.getsockname()[1]
+    hosts = list(LOOPBACK)
+    if host not in LOOPBACK:
+        # Listening beyond this machine: answer any Host (the user chose to expose it).
+        hosts = ["*"]
+    app = create_app(lake, sql_guard, allowed_hosts=hosts)
+    app.state.reader.warm()  # load the index before the first page is asked
+    shown = f"[{host}]" if ":" in host else host
+    say(f"spo lake explorer: http://{shown}:{bound}/  (lake {lake.uri}; Ctrl-C stops it)")
+    sys.stdout.flush()
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    _uvicorn_server()(config).run(sockets=[sock])
+    say("spo lake explorer stopped")
+
+
+def _uvicorn_server() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, but Ctrl-C or SIGTERM just end it: uvicorn would raise the
+        signal again once shut down, and `spo` would then report an interrupted command to
+        resume, while a server has nothing to resume."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
