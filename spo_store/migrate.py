@@ -159,6 +159,17 @@ def migrate_lake(
         return report
 
 
+def _finish_tables(root: str, version: int) -> None:
+    """The last step of every migration: tables new in `version` are created empty, and every
+    other table is stamped `version` (those the step had nothing to change in)."""
+    for name in TABLES:
+        ds = _open(root, name)
+        if ds is None:
+            lance.write_dataset(table_schema(name).empty_table(), _table_uri(root, name))
+        elif schema_version_of(ds) < version:
+            _set_version(ds, version)
+
+
 def _set_version(ds: lance.LanceDataset, version: int) -> None:
     meta = {k.decode(): v.decode() for k, v in (ds.schema.metadata or {}).items()}
     meta[VERSION_KEY.decode()] = str(version)
@@ -292,12 +303,7 @@ def _v1_to_v2(root: str, tag: str, report: MigrationReport, say: Callable[[str],
         say(report.notes[-1])
 
     # 5. every other table: same columns, new version number.
-    for name in TABLES:
-        ds = _open(root, name)
-        if ds is None:
-            lance.write_dataset(table_schema(name).empty_table(), _table_uri(root, name))
-        elif schema_version_of(ds) < 2:
-            _set_version(ds, 2)
+    _finish_tables(root, 2)
 
 
 GREEDY_MAX_TEMPERATURE = 1e-6
@@ -355,12 +361,7 @@ def _v2_to_v3(root: str, tag: str, report: MigrationReport, say: Callable[[str],
         )
         say(report.notes[-1])
 
-    for name in TABLES:
-        ds = _open(root, name)
-        if ds is None:
-            lance.write_dataset(table_schema(name).empty_table(), _table_uri(root, name))
-        elif schema_version_of(ds) < 3:
-            _set_version(ds, 3)
+    _finish_tables(root, 3)
 
 
 def legacy_annotation_id(row: dict[str, Any]) -> str:
@@ -407,12 +408,7 @@ def _v3_to_v4(root: str, tag: str, report: MigrationReport, say: Callable[[str],
             )
             say(report.notes[-1])
 
-    for name in TABLES:
-        ds = _open(root, name)
-        if ds is None:
-            lance.write_dataset(table_schema(name).empty_table(), _table_uri(root, name))
-        elif schema_version_of(ds) < 4:
-            _set_version(ds, 4)
+    _finish_tables(root, 4)
 
 
 def _v4_to_v5(root: str, tag: str, report: MigrationReport, say: Callable[[str], None]) -> None:
@@ -435,12 +431,7 @@ def _v4_to_v5(root: str, tag: str, report: MigrationReport, say: Callable[[str],
         )
         say(report.notes[-1])
 
-    for name in TABLES:
-        ds = _open(root, name)
-        if ds is None:
-            lance.write_dataset(table_schema(name).empty_table(), _table_uri(root, name))
-        elif schema_version_of(ds) < 5:
-            _set_version(ds, 5)
+    _finish_tables(root, 5)
 
 
 def _v5_to_v6(root: str, tag: str, report: MigrationReport, say: Callable[[str], None]) -> None:
@@ -484,12 +475,7 @@ def _v5_to_v6(root: str, tag: str, report: MigrationReport, say: Callable[[str],
         )
         say(report.notes[-1])
 
-    for name in TABLES:
-        ds = _open(root, name)
-        if ds is None:
-            lance.write_dataset(table_schema(name).empty_table(), _table_uri(root, name))
-        elif schema_version_of(ds) < 6:
-            _set_version(ds, 6)
+    _finish_tables(root, 6)
 
 
 MIGRATIONS: dict[int, Callable[[str, str, MigrationReport, Callable[[str], None]], None]] = {

@@ -313,6 +313,22 @@ def _estimate_chunk(
         state[p["problem_id"]] = _start_state(p, n, c, rule)
         report.reused += n
     by_id = {p["problem_id"]: p for p in chunk}
+
+    def row_of(pid: str, st: _State) -> dict[str, Any]:
+        return estimate_row(
+            pid,
+            model_id,
+            temperature=float(settings.temperature),  # type: ignore[arg-type]
+            top_p=settings.top_p,
+            max_new_tokens=settings.max_new_tokens,
+            samples=st.n,
+            successes=st.c,
+            beta=beta,
+            run_id=report.run_id,
+            stopping=rule,
+            checks=st.checks,
+        )
+
     changed = set(state)  # every problem's row is (re)written once at least
     while True:
         # Problems at the same judged count draw the same round, in one generate call; the
@@ -368,21 +384,7 @@ def _estimate_chunk(
             st = state[pid]
             if st.n == 0:
                 continue
-            rows.append(
-                estimate_row(
-                    pid,
-                    model_id,
-                    temperature=float(settings.temperature),  # type: ignore[arg-type]
-                    top_p=settings.top_p,
-                    max_new_tokens=settings.max_new_tokens,
-                    samples=st.n,
-                    successes=st.c,
-                    beta=beta,
-                    run_id=report.run_id,
-                    stopping=rule,
-                    checks=st.checks,
-                )
-            )
+            rows.append(row_of(pid, state[pid]))
         inserted, updated = write_estimates(lake, rows)
         report.inserted += inserted
         report.updated += updated
@@ -394,19 +396,7 @@ def _estimate_chunk(
         if st.n == 0:
             report.no_estimate.append(p["name"])
             continue
-        row = estimate_row(
-            p["problem_id"],
-            model_id,
-            temperature=float(settings.temperature),  # type: ignore[arg-type]
-            top_p=settings.top_p,
-            max_new_tokens=settings.max_new_tokens,
-            samples=st.n,
-            successes=st.c,
-            beta=beta,
-            run_id=report.run_id,
-            stopping=rule,
-            checks=st.checks,
-        )
+        row = row_of(p["problem_id"], st)
         report.successes += st.c
         report.judged += st.n
         stopped_by = (
