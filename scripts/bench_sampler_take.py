@@ -1,0 +1,89 @@
+#!/usr/bin/env python
+"""A steady-state mixture batch on a kept benchmark lake, and the light-column take of a batch:
+`MetadataIndex.take` (chunk by chunk) against pyarrow's `Table.take`, same process, same index,
+same positions (checked equal).
+
+Run on a lake kept by `scripts/bench_lake.py --keep` (its problems, q0 estimates and run):
+index cold start, first batch, 40 steady-state `sample(128)` calls with token columns, then 10
+takes of 128 random positions of the light columns both ways, and 5 with `Table.take` on the
+index as Lance's scan returns it (one chunk per scanned batch: the layout before the index was
+combined). Prints one JSON object.
+
+Usage: python scripts/bench_sampler_take.py LAKE
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_lake as b  # noqa: E402  (the same sampler and columns)
+
+from spo_store.lake import Lake  # noqa: E402
+
+
+def p(values: list[float], q: float) -> float:
+    return round(1000 * float(np.percentile(values, q)), 1)
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit(__doc__.strip().splitlines()[-1])
+    lake = Lake.open(sys.argv[1], create=False)
+    t0 = time.perf_counter()
+    s = b.new_sampler(lake)
+    s.index.refresh()
+    cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    s.sample(128, step=0, policy_version=b.POLICY_VERSION, columns=b.SAMPLE_COLUMNS)
+    first = time.perf_counter() - t0
+    steady = []
+    for i in range(1, 41):
+        t0 = time.perf_counter()
+        s.sample(128, step=i, policy_version=b.POLICY_VERSION, columns=b.SAMPLE_COLUMNS)
+        steady.append(time.perf_counter() - t0)
+    index = s.index.trajectories
+    light = [c for c in b.SAMPLE_COLUMNS if c in index.column_names]
+    rng = np.random.default_rng(0)
+    new, old = [], []
+    for _ in range(10):
+        pos = rng.integers(0, index.num_rows, 128)
+        t0 = time.perf_counter()
+        a = s.index.take(pos, light)
+        new.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        c = index.select(light).take(pa.array(pos))
+        old.append(time.perf_counter() - t0)
+        assert a.equals(c)
+    scanned = lake.dataset("trajectories", s.index.version).to_table(
+        columns=light, scan_in_order=True
+    )
+    old_layout = []
+    for _ in range(5):
+        pos = rng.integers(0, scanned.num_rows, 128)
+        t0 = time.perf_counter()
+        scanned.take(pa.array(pos))
+        old_layout.append(time.perf_counter() - t0)
+    out = {
+        "rows": index.num_rows,
+        "index_chunks": index.column(0).num_chunks,
+        "index_cold_s": round(cold, 1),
+        "first_batch_s": round(first, 2),
+        "sample_p50_ms": p(steady, 50),
+        "sample_p95_ms": p(steady, 95),
+        "light_take_index_p50_ms": p(new, 50),
+        "light_take_table_take_p50_ms": p(old, 50),
+        "scanned_chunks": scanned.column(0).num_chunks,
+        "light_take_scanned_layout_p50_ms": p(old_layout, 50),
+    }
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
