@@ -48,6 +48,25 @@ def main() -> None:
         t0 = time.perf_counter()
         s.sample(128, step=i, policy_version=b.POLICY_VERSION, columns=b.SAMPLE_COLUMNS)
         steady.append(time.perf_counter() - t0)
+    # one steady batch's parts, 10 times: version check, candidates of each source (the
+    # online window applied to its kept set), the light take, Lance's take of the heavy columns
+    parts: dict[str, list[float]] = {k: [] for k in ("refresh", "online", "offline", "heavy")}
+    heavy = [c for c in b.SAMPLE_COLUMNS if c not in s.index.trajectories.column_names]
+    for _ in range(10):
+        for name, fn in (
+            ("refresh", s.index.refresh),
+            ("online", lambda: s.candidates("online", b.POLICY_VERSION)),
+            ("offline", lambda: s.candidates("offline", b.POLICY_VERSION)),
+        ):
+            t0 = time.perf_counter()
+            fn()
+            parts[name].append(time.perf_counter() - t0)
+        pos = np.random.default_rng(len(parts["heavy"])).integers(
+            0, s.index.trajectories.num_rows, 128
+        )
+        t0 = time.perf_counter()
+        s.index.dataset.take(pa.array(pos), columns=heavy)
+        parts["heavy"].append(time.perf_counter() - t0)
     index = s.index.trajectories
     light = [c for c in b.SAMPLE_COLUMNS if c in index.column_names]
     rng = np.random.default_rng(0)
@@ -77,6 +96,7 @@ def main() -> None:
         "first_batch_s": round(first, 2),
         "sample_p50_ms": p(steady, 50),
         "sample_p95_ms": p(steady, 95),
+        "steady_parts_p50_ms": {k: p(v, 50) for k, v in parts.items()},
         "light_take_index_p50_ms": p(new, 50),
         "light_take_table_take_p50_ms": p(old, 50),
         "scanned_chunks": scanned.column(0).num_chunks,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -55,7 +55,32 @@ class KeptCandidates:
     positions: np.ndarray
     hashes: pa.Array | pa.ChunkedArray | None = None
     traj_ids: pa.Array | pa.ChunkedArray | None = None
-    window_values: np.ndarray | None = None  # policy versions of `positions` (windowed)
+    # Windowed sources: `positions[:window_rows]` bucketed by policy version (each bucket's
+    # arrays ascending; NULL versions left out, as no window holds them), so a window costs
+    # the rows inside it, not every kept row (`window`).
+    window_rows: int = 0
+    by_version: dict[int, list[np.ndarray]] = field(default_factory=dict)
+
+    def window(self, index: MetadataIndex, lo: int, hi: int) -> np.ndarray:
+        """Kept positions (ascending) whose policy version is in `[lo, hi]`; the versions of
+        rows kept since the last call are read from `index` once."""
+        if self.window_rows < len(self.positions):
+            tail = self.positions[self.window_rows :]
+            pv = index.take(tail, ["policy_version"]).column(0).cast(pa.float64())
+            values = pc.fill_null(pv, float("nan")).to_numpy()
+            known = ~np.isnan(values)
+            tail, versions = tail[known], values[known].astype(np.int64)
+            order = np.argsort(versions, kind="stable")  # ascending positions per version
+            tail, versions = tail[order], versions[order]
+            cuts = np.flatnonzero(np.diff(versions)) + 1
+            for start, part in zip(np.r_[0, cuts], np.split(tail, cuts), strict=True):
+                if len(part):
+                    self.by_version.setdefault(int(versions[start]), []).append(part)
+            self.window_rows = len(self.positions)
+        parts = [a for v, arrays in self.by_version.items() if lo <= v <= hi for a in arrays]
+        if not parts:
+            return np.empty(0, dtype=self.positions.dtype)
+        return np.sort(np.concatenate(parts))
 
 
 def merge_deduplicated(kept: KeptCandidates, new: pa.Table) -> None:

@@ -170,3 +170,54 @@ def test_an_append_extends_and_a_delete_recomputes(tmp_path) -> None:
     lake.delete_rows("trajectories", "traj_id = 'h0'")
     sampler.sample(8, step=3, policy_version=5)
     assert sampler.stats == {"full": 4, "incremental": 3}
+
+
+def test_the_online_window_equals_its_sql_over_appends(tmp_path) -> None:
+    """The staleness window is read from the kept set's per-version buckets (its cost is the
+    rows inside it): over appends of rows out of order in version, NULL versions and other
+    runs, it equals the source's whole predicate, window included, run by DuckDB."""
+    import numpy as np
+
+    lake = _lake(str(tmp_path / "lake"))
+    sampler = _sampler(lake)
+    rng = np.random.default_rng(3)
+    versions = [None, *range(9)]
+    n = 0
+    for _ in range(5):
+        rows = []
+        for _ in range(int(rng.integers(1, 15))):
+            rows.append(
+                {
+                    "traj_id": f"t{n:04d}",
+                    "problem_id": str(rng.choice(["p1", "p2", "p4"])),
+                    "run_id": str(rng.choice(["train-1", "other"])),
+                    "source": str(rng.choice(["online", "pi0"])),
+                    "language": "python3",
+                    "reward": float(rng.choice([0.0, -1.0])),
+                    "content_hash": f"h{n}",
+                    "policy_version": versions[int(rng.integers(0, len(versions)))],
+                }
+            )
+            n += 1
+        lake.append("trajectories", rows)
+        sampler.index.refresh()
+        for pv in (0, 2, 5, 8, 11):
+            got = sampler.candidates("online", pv)
+            sql = (
+                "SELECT t._pos FROM t_index t JOIN p_index p USING (problem_id) "
+                f"WHERE {sampler._predicate('online', pv)} ORDER BY t._pos"
+            )
+            want = sampler.index.query(sql).column(0).to_pylist()
+            assert got.tolist() == want, pv
+            assert np.all(np.diff(got) > 0)
+    kept = sampler._candidates[("online", None)]
+    # every kept row with a version is in exactly one bucket; its version was read once
+    bucketed = np.sort(np.concatenate([a for arrays in kept.by_version.values() for a in arrays]))
+    with_version = [
+        p
+        for p in kept.positions.tolist()
+        if sampler.index.trajectories.column("policy_version")[p].as_py() is not None
+    ]
+    assert kept.window_rows == len(kept.positions)
+    assert bucketed.tolist() == with_version
+    assert sampler.stats["full"] == 1  # online computed once, extended after
