@@ -4,10 +4,13 @@
 same positions (checked equal).
 
 Run on a lake kept by `scripts/bench_lake.py --keep` (its problems, q0 estimates and run):
-index cold start, first batch, 40 steady-state `sample(128)` calls with token columns, then 10
-takes of 128 random positions of the light columns both ways, and 5 with `Table.take` on the
-index as Lance's scan returns it (one chunk per scanned batch: the layout before the index was
-combined). Prints one JSON object.
+index cold start, first batch, 40 steady-state `sample(128)` calls with token columns; a
+steady batch's parts (version check, each source's candidates, Lance's take of the heavy
+columns) 10 times; the online staleness window from the kept set's per-version buckets against
+the mask over every kept row it replaced (checked equal); then 10 takes of 128 random positions
+of the light columns both ways, and 5 with `Table.take` on the index as Lance's scan returns it
+(one chunk per scanned batch: the layout before the index was combined). Prints one JSON
+object.
 
 Usage: python scripts/bench_sampler_take.py LAKE
 """
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_lake as b  # noqa: E402  (the same sampler and columns)
@@ -67,6 +71,17 @@ def main() -> None:
         t0 = time.perf_counter()
         s.index.dataset.take(pa.array(pos), columns=heavy)
         parts["heavy"].append(time.perf_counter() - t0)
+    # the window as it was before the per-version buckets: a mask over every kept online row
+    kept = s._candidates[("online", None)]
+    have = s.index.take(kept.positions, ["policy_version"]).column(0).cast(pa.float64())
+    have = pc.fill_null(have, float("nan")).to_numpy()
+    lo, hi = b.POLICY_VERSION - b.STALENESS, b.POLICY_VERSION
+    mask = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        old_window = kept.positions[(have >= lo) & (have <= hi)]
+        mask.append(time.perf_counter() - t0)
+    assert np.array_equal(old_window, s.candidates("online", b.POLICY_VERSION))
     index = s.index.trajectories
     light = [c for c in b.SAMPLE_COLUMNS if c in index.column_names]
     rng = np.random.default_rng(0)
@@ -97,6 +112,9 @@ def main() -> None:
         "sample_p50_ms": p(steady, 50),
         "sample_p95_ms": p(steady, 95),
         "steady_parts_p50_ms": {k: p(v, 50) for k, v in parts.items()},
+        "online_kept_rows": len(kept.positions),
+        "online_window_rows": len(old_window),
+        "online_window_mask_over_kept_p50_ms": p(mask, 50),
         "light_take_index_p50_ms": p(new, 50),
         "light_take_table_take_p50_ms": p(old, 50),
         "scanned_chunks": scanned.column(0).num_chunks,
