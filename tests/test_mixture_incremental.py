@@ -221,3 +221,51 @@ def test_the_online_window_equals_its_sql_over_appends(tmp_path) -> None:
     assert kept.window_rows == len(kept.positions)
     assert bucketed.tolist() == with_version
     assert sampler.stats["full"] == 1  # online computed once, extended after
+
+
+def test_appends_combine_only_the_appended_rows(tmp_path, monkeypatch) -> None:
+    """The index keeps a full load's chunks as scanned (combining them copied every row) and
+    combines only appended chunks once more than MAX_INDEX_CHUNKS pile up; rows, takes and
+    candidates stay those of a fresh sampler."""
+    import numpy as np
+    import pyarrow as pa
+
+    import spo_store.mixture_index as mi
+
+    monkeypatch.setattr(mi, "MAX_INDEX_CHUNKS", 3)
+    lake = _lake(str(tmp_path / "lake"))
+    base = {"problem_id": "p1", "run_id": "train-1", "language": "python3", "reward": 0.0}
+
+    def rows(start: int, n: int) -> list[dict]:
+        return [
+            {**base, "traj_id": f"t{i:04d}", "source": ("online", "human")[i % 2],
+             "policy_version": i % 4, "content_hash": f"c{i % 7}"}
+            for i in range(start, start + n)
+        ]  # fmt: skip
+
+    for k in range(4):  # four fragments: the full load has several chunks
+        lake.append("trajectories", rows(10 * k, 10))
+    sampler = _sampler(lake)
+    sampler.index.refresh()
+    loaded = sampler.index.trajectories.column("traj_id")
+    assert loaded.num_chunks > 1
+    addresses = [c.buffers()[2].address for c in loaded.chunks]
+    n = 40
+    for step in range(9):
+        lake.append("trajectories", rows(n, 2 + step % 3))
+        n += 2 + step % 3
+        sampler.index.refresh()
+        index = sampler.index.trajectories
+        # the loaded rows are never copied; appended chunks stay few
+        kept = index.column("traj_id").chunks[: len(addresses)]
+        assert [c.buffers()[2].address for c in kept] == addresses
+        assert index.column(0).num_chunks <= len(addresses) + 3 + 1
+        assert index.column("_pos").to_pylist() == list(range(n))
+        fresh = _sampler(lake)
+        fresh.index.refresh()
+        assert index.equals(fresh.index.trajectories)
+        pos = np.random.default_rng(step).integers(0, n, 16)
+        assert sampler.index.take(pos).equals(index.take(pa.array(pos)))
+        for name, pv in (("online", 3), ("offline", 0), ("human", 0)):
+            assert sampler.candidates(name, pv).tolist() == fresh.candidates(name, pv).tolist()
+    assert sampler.stats["incremental"] > 0 and sampler.index.epoch == 1
