@@ -8,9 +8,10 @@ index cold start, first batch, 40 steady-state `sample(128)` calls with token co
 steady batch's parts (version check, each source's candidates, Lance's take of the heavy
 columns) 10 times; the online staleness window from the kept set's per-version buckets against
 the mask over every kept row it replaced (checked equal); then 10 takes of 128 random positions
-of the light columns both ways, and 5 with `Table.take` on the index as Lance's scan returns it
-(one chunk per scanned batch: the layout before the index was combined). Prints one JSON
-object.
+of the light columns both ways (the index keeps Lance's scan chunks); the time to combine the
+index into one chunk (what a full load and every 64th append did before) and a `Table.take`
+on that one chunk; then 70 appends of 16 online rows, each followed by an index refresh (a
+trainer step's). Appends to the lake. Prints one JSON object.
 
 Usage: python scripts/bench_sampler_take.py LAKE
 """
@@ -30,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_lake as b  # noqa: E402  (the same sampler and columns)
 
 from spo_store.lake import Lake  # noqa: E402
+
+APPENDS = 70  # more than MAX_INDEX_CHUNKS
 
 
 def p(values: list[float], q: float) -> float:
@@ -95,15 +98,28 @@ def main() -> None:
         c = index.select(light).take(pa.array(pos))
         old.append(time.perf_counter() - t0)
         assert a.equals(c)
-    scanned = lake.dataset("trajectories", s.index.version).to_table(
-        columns=light, scan_in_order=True
-    )
-    old_layout = []
+    # what the index did before it kept the scan's chunks: combine every row, at each full
+    # load and every MAX_INDEX_CHUNKS appends (timed once; the copy is then dropped)
+    t0 = time.perf_counter()
+    combined = index.combine_chunks()
+    combine = time.perf_counter() - t0
+    one_chunk = []
     for _ in range(5):
-        pos = rng.integers(0, scanned.num_rows, 128)
+        pos = rng.integers(0, index.num_rows, 128)
         t0 = time.perf_counter()
-        scanned.take(pa.array(pos))
-        old_layout.append(time.perf_counter() - t0)
+        combined.select(light).take(pa.array(pos))
+        one_chunk.append(time.perf_counter() - t0)
+    del combined
+    # a trainer step's append: refresh after each of `APPENDS` appends of 16 online rows
+    # (crosses MAX_INDEX_CHUNKS: the appended chunks are combined once)
+    pids = np.array([f"bench-{i:05d}" for i in range(b.N_PROBLEMS)])
+    next_id, refresh = 900_000_000, []
+    for _ in range(APPENDS):
+        lake.append("trajectories", b.make_batch(rng, next_id, 16, pids, "online", 99))
+        next_id += 16
+        t0 = time.perf_counter()
+        s.index.refresh()
+        refresh.append(time.perf_counter() - t0)
     out = {
         "rows": index.num_rows,
         "index_chunks": index.column(0).num_chunks,
@@ -117,8 +133,13 @@ def main() -> None:
         "online_window_mask_over_kept_p50_ms": p(mask, 50),
         "light_take_index_p50_ms": p(new, 50),
         "light_take_table_take_p50_ms": p(old, 50),
-        "scanned_chunks": scanned.column(0).num_chunks,
-        "light_take_scanned_layout_p50_ms": p(old_layout, 50),
+        "light_take_one_chunk_table_take_p50_ms": p(one_chunk, 50),
+        "combine_index_s": round(combine, 1),
+        "appends": APPENDS,
+        "refresh_after_append_p50_ms": p(refresh, 50),
+        "refresh_after_append_p95_ms": p(refresh, 95),
+        "refresh_after_append_max_ms": p(refresh, 100),
+        "index_chunks_at_end": s.index.trajectories.column(0).num_chunks,
     }
     print(json.dumps(out), flush=True)
 
