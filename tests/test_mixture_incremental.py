@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -172,12 +173,17 @@ def test_an_append_extends_and_a_delete_recomputes(tmp_path) -> None:
     assert sampler.stats == {"full": 4, "incremental": 3}
 
 
-def test_the_online_window_equals_its_sql_over_appends(tmp_path) -> None:
+@pytest.mark.parametrize("fraction", [1, 16, 10**9])  # sorted rows, either, a mark
+def test_the_online_window_equals_its_sql_over_appends(tmp_path, monkeypatch, fraction) -> None:
     """The staleness window is read from the kept set's per-version buckets (its cost is the
-    rows inside it): over appends of rows out of order in version, NULL versions and other
-    runs, it equals the source's whole predicate, window included, run by DuckDB."""
+    rows inside it, or a byte per kept row for a wide one): over appends of rows out of order
+    in version, NULL versions and other runs, it equals the source's whole predicate, window
+    included, run by DuckDB."""
     import numpy as np
 
+    import spo_store.mixture_index as mi
+
+    monkeypatch.setattr(mi, "WINDOW_SORT_FRACTION", fraction)
     lake = _lake(str(tmp_path / "lake"))
     sampler = _sampler(lake)
     rng = np.random.default_rng(3)
@@ -212,13 +218,15 @@ def test_the_online_window_equals_its_sql_over_appends(tmp_path) -> None:
             assert np.all(np.diff(got) > 0)
     kept = sampler._candidates[("online", None)]
     # every kept row with a version is in exactly one bucket; its version was read once
-    bucketed = np.sort(np.concatenate([a for arrays in kept.by_version.values() for a in arrays]))
+    rows = np.sort(np.concatenate([a for arrays in kept.by_version.values() for a in arrays]))
+    bucketed = kept.positions[rows]
     with_version = [
         p
         for p in kept.positions.tolist()
         if sampler.index.trajectories.column("policy_version")[p].as_py() is not None
     ]
     assert kept.window_rows == len(kept.positions)
+    assert kept.versions == sorted(kept.by_version)
     assert bucketed.tolist() == with_version
     assert sampler.stats["full"] == 1  # online computed once, extended after
 
