@@ -34,7 +34,6 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from spo_store.errors import SpoError
 from spo_store.lake import Lake
@@ -277,16 +276,7 @@ class MixtureSampler:
             self._candidates[key] = kept
         if not windowed:
             return kept.positions
-        # The kept rows' policy versions, read once per row (positions of a plain source only
-        # grow within an epoch); NULL is NaN, outside every window as in SQL.
-        have = kept.window_values if kept.window_values is not None else np.empty(0)
-        if len(have) < len(kept.positions):
-            tail = kept.positions[len(have) :]
-            pv = idx.take(tail, ["policy_version"]).column(0).cast(pa.float64())
-            tail_values = pc.fill_null(pv, float("nan")).to_numpy()
-            kept.window_values = have = np.concatenate([have, tail_values])
-        lo, hi = int(policy_version) - int(self.staleness), int(policy_version)
-        return kept.positions[(have >= lo) & (have <= hi)]
+        return kept.window(idx, int(policy_version) - int(self.staleness), int(policy_version))
 
     def _select(self, name: str, template: str, policy_version: int, *, start: int) -> pa.Table:
         where = self._predicate(name, policy_version, template)

@@ -8,9 +8,10 @@ candidate set within an epoch, extended over appended rows by the sampler.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -55,7 +56,51 @@ class KeptCandidates:
     positions: np.ndarray
     hashes: pa.Array | pa.ChunkedArray | None = None
     traj_ids: pa.Array | pa.ChunkedArray | None = None
-    window_values: np.ndarray | None = None  # policy versions of `positions` (windowed)
+    # Windowed sources: `positions[:window_rows]` bucketed by policy version, as indices
+    # into `positions` (each array ascending; NULL versions left out, as no window holds
+    # them), and the versions present, sorted: a window gathers its own rows (`window`).
+    window_rows: int = 0
+    by_version: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    versions: list[int] = field(default_factory=list)
+
+    def window(self, index: MetadataIndex, lo: int, hi: int) -> np.ndarray:
+        """Kept positions (ascending) whose policy version is in `[lo, hi]`; the versions of
+        rows kept since the last call are read from `index` once. Costs the rows in the window
+        (a sort of their indices) while they are few, else a byte per kept row (a mark)."""
+        if self.window_rows < len(self.positions):
+            start = self.window_rows
+            pv = index.take(self.positions[start:], ["policy_version"]).column(0)
+            values = pc.fill_null(pv.cast(pa.float64()), float("nan")).to_numpy()
+            rows = np.flatnonzero(~np.isnan(values))
+            versions = values[rows].astype(np.int64)
+            order = np.argsort(versions, kind="stable")  # ascending rows per version
+            rows, versions = rows[order] + start, versions[order]
+            cuts = np.flatnonzero(np.diff(versions)) + 1
+            for first, part in zip(np.r_[0, cuts], np.split(rows, cuts), strict=True):
+                if len(part):
+                    v = int(versions[first])
+                    if v not in self.by_version:
+                        bisect.insort(self.versions, v)
+                    self.by_version.setdefault(v, []).append(part)
+            self.window_rows = len(self.positions)
+        inside = self.versions[
+            bisect.bisect_left(self.versions, lo) : bisect.bisect_right(self.versions, hi)
+        ]
+        parts = [a for v in inside for a in self.by_version[v]]
+        if not parts:
+            return np.empty(0, dtype=self.positions.dtype)
+        if sum(len(a) for a in parts) * WINDOW_SORT_FRACTION < len(self.positions):
+            return self.positions[np.sort(np.concatenate(parts))]
+        mark = np.zeros(len(self.positions), dtype=bool)
+        for a in parts:
+            mark[a] = True
+        return self.positions[mark]
+
+
+# A window holding more than 1/WINDOW_SORT_FRACTION of a source's kept rows is read by a mark
+# over all of them rather than a sort of its own (4M kept, 464k in the window: sorting them
+# took 53 ms, the mark 9 ms, a float mask over every kept row 29-42; BENCHMARKS.md).
+WINDOW_SORT_FRACTION = 16
 
 
 def merge_deduplicated(kept: KeptCandidates, new: pa.Table) -> None:
@@ -116,8 +161,18 @@ def _chunks(old: pa.Array | pa.ChunkedArray, new: pa.Array) -> pa.ChunkedArray:
     return out if out.num_chunks <= 256 else pa.chunked_array([out.combine_chunks()])
 
 
-# Chunks of the in-memory index before they are combined into one (an append adds one).
+# Chunks appended to the in-memory index (one or a few per append) before those, and only
+# those, are combined into one: the rows loaded before stay as they are.
 MAX_INDEX_CHUNKS = 64
+
+
+def _with_positions(table: pa.Table, start: int) -> pa.Table:
+    """`table` with `_pos` = start, start + 1, ... chunked as its columns are (no copy of them)."""
+    pos = np.arange(start, start + table.num_rows, dtype=np.int64)
+    if table.num_columns and table.column(0).num_chunks > 1:
+        bounds = np.cumsum([len(c) for c in table.column(0).chunks])[:-1]
+        return table.append_column("_pos", pa.chunked_array(np.split(pos, bounds), pa.int64()))
+    return table.append_column("_pos", pa.array(pos, pa.int64()))
 
 
 class MetadataIndex:
@@ -141,6 +196,9 @@ class MetadataIndex:
         # its record batches and their first rows, for `take` (refreshed with it)
         self._batches: list[pa.RecordBatch] = []
         self._batch_starts = np.zeros(0, dtype=np.int64)
+        # rows and chunks of the last full load (or combine); chunks after them are appends'
+        self._loaded_rows = 0
+        self._loaded_chunks = 0
         self.problems: pa.Table | None = None
         self.annotations: pa.Table | None = None
         self._fragments: list[tuple[Any, ...]] = []
@@ -187,21 +245,27 @@ class MetadataIndex:
         cols = light_columns("trajectories")
         if self.trajectories is not None and sig[: len(self._fragments)] == self._fragments:
             new = frags[len(self._fragments) :]
-            parts = [self.trajectories.drop_columns(["_pos"])]
+            table = self.trajectories
             if new:
                 scan = ds.scanner(columns=cols, fragments=new, scan_in_order=True)
-                parts.append(scan.to_table().combine_chunks())
-            table = pa.concat_tables(parts)
-            if table.column(0).num_chunks > MAX_INDEX_CHUNKS:
-                table = table.combine_chunks()
+                table = pa.concat_tables([table, _with_positions(scan.to_table(), table.num_rows)])
+            if table.column(0).num_chunks - self._loaded_chunks > MAX_INDEX_CHUNKS:
+                # Only the appended rows are combined: combining the whole index copied every
+                # row (14 s at 10M rows, every 64 appends).
+                head = table.slice(0, self._loaded_rows)
+                tail = table.slice(self._loaded_rows).combine_chunks()
+                table = pa.concat_tables([head, tail])
+                self._loaded_rows = table.num_rows
+                self._loaded_chunks = table.column(0).num_chunks
         else:
-            # One chunk per column (plus one per later append, up to MAX_INDEX_CHUNKS): `take`
-            # works chunk by chunk, so its cost is the rows taken plus a call per chunk.
-            table = ds.to_table(columns=cols, scan_in_order=True).combine_chunks()
+            # Kept in the scan's chunks: `take` works chunk by chunk (a call per chunk touched),
+            # and combining them copied the whole index (14 s of a 25 s cold start at 10M rows,
+            # and twice its memory meanwhile).
+            table = _with_positions(ds.to_table(columns=cols, scan_in_order=True), 0)
+            self._loaded_rows = table.num_rows
+            self._loaded_chunks = table.column(0).num_chunks if table.num_columns else 0
             self.epoch += 1
-        self.trajectories = table.append_column(
-            "_pos", pa.array(np.arange(table.num_rows, dtype=np.int64))
-        )
+        self.trajectories = table
         self._batches = [b for b in self.trajectories.to_batches() if b.num_rows]
         self._batch_starts = np.cumsum([0] + [b.num_rows for b in self._batches])[:-1]
         self.dataset, self.version, self._fragments = ds, ds.version, sig
@@ -210,10 +274,10 @@ class MetadataIndex:
     def take(self, positions: np.ndarray, columns: Sequence[str] | None = None) -> pa.Table:
         """Rows at `positions` (in that order) of the index's trajectories, `columns` only.
 
-        Taken chunk by chunk (the index keeps at most `MAX_INDEX_CHUNKS`): pyarrow's
-        `Table.take` on a column of many chunks concatenates the whole column first (170 ms
-        per column at 10M rows, on every batch), which made a steady-state batch grow with the
-        lake; this costs the rows taken plus a call per chunk touched."""
+        Taken chunk by chunk (the scan's chunks, plus at most `MAX_INDEX_CHUNKS` appended):
+        pyarrow's `Table.take` on a column of many chunks concatenates the whole column first
+        (170 ms per column at 10M rows, on every batch), which made a steady-state batch grow
+        with the lake; this costs the rows taken plus a call per chunk touched."""
         assert self.trajectories is not None
         pos = np.asarray(positions, dtype=np.int64)
         cols = list(columns) if columns is not None else self.trajectories.column_names

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -170,3 +171,109 @@ def test_an_append_extends_and_a_delete_recomputes(tmp_path) -> None:
     lake.delete_rows("trajectories", "traj_id = 'h0'")
     sampler.sample(8, step=3, policy_version=5)
     assert sampler.stats == {"full": 4, "incremental": 3}
+
+
+@pytest.mark.parametrize("fraction", [1, 16, 10**9])  # sorted rows, either, a mark
+def test_the_online_window_equals_its_sql_over_appends(tmp_path, monkeypatch, fraction) -> None:
+    """The staleness window is read from the kept set's per-version buckets (its cost is the
+    rows inside it, or a byte per kept row for a wide one): over appends of rows out of order
+    in version, NULL versions and other runs, it equals the source's whole predicate, window
+    included, run by DuckDB."""
+    import numpy as np
+
+    import spo_store.mixture_index as mi
+
+    monkeypatch.setattr(mi, "WINDOW_SORT_FRACTION", fraction)
+    lake = _lake(str(tmp_path / "lake"))
+    sampler = _sampler(lake)
+    rng = np.random.default_rng(3)
+    versions = [None, *range(9)]
+    n = 0
+    for _ in range(5):
+        rows = []
+        for _ in range(int(rng.integers(1, 15))):
+            rows.append(
+                {
+                    "traj_id": f"t{n:04d}",
+                    "problem_id": str(rng.choice(["p1", "p2", "p4"])),
+                    "run_id": str(rng.choice(["train-1", "other"])),
+                    "source": str(rng.choice(["online", "pi0"])),
+                    "language": "python3",
+                    "reward": float(rng.choice([0.0, -1.0])),
+                    "content_hash": f"h{n}",
+                    "policy_version": versions[int(rng.integers(0, len(versions)))],
+                }
+            )
+            n += 1
+        lake.append("trajectories", rows)
+        sampler.index.refresh()
+        for pv in (0, 2, 5, 8, 11):
+            got = sampler.candidates("online", pv)
+            sql = (
+                "SELECT t._pos FROM t_index t JOIN p_index p USING (problem_id) "
+                f"WHERE {sampler._predicate('online', pv)} ORDER BY t._pos"
+            )
+            want = sampler.index.query(sql).column(0).to_pylist()
+            assert got.tolist() == want, pv
+            assert np.all(np.diff(got) > 0)
+    kept = sampler._candidates[("online", None)]
+    # every kept row with a version is in exactly one bucket; its version was read once
+    rows = np.sort(np.concatenate([a for arrays in kept.by_version.values() for a in arrays]))
+    bucketed = kept.positions[rows]
+    with_version = [
+        p
+        for p in kept.positions.tolist()
+        if sampler.index.trajectories.column("policy_version")[p].as_py() is not None
+    ]
+    assert kept.window_rows == len(kept.positions)
+    assert kept.versions == sorted(kept.by_version)
+    assert bucketed.tolist() == with_version
+    assert sampler.stats["full"] == 1  # online computed once, extended after
+
+
+def test_appends_combine_only_the_appended_rows(tmp_path, monkeypatch) -> None:
+    """The index keeps a full load's chunks as scanned (combining them copied every row) and
+    combines only appended chunks once more than MAX_INDEX_CHUNKS pile up; rows, takes and
+    candidates stay those of a fresh sampler."""
+    import numpy as np
+    import pyarrow as pa
+
+    import spo_store.mixture_index as mi
+
+    monkeypatch.setattr(mi, "MAX_INDEX_CHUNKS", 3)
+    lake = _lake(str(tmp_path / "lake"))
+    base = {"problem_id": "p1", "run_id": "train-1", "language": "python3", "reward": 0.0}
+
+    def rows(start: int, n: int) -> list[dict]:
+        return [
+            {**base, "traj_id": f"t{i:04d}", "source": ("online", "human")[i % 2],
+             "policy_version": i % 4, "content_hash": f"c{i % 7}"}
+            for i in range(start, start + n)
+        ]  # fmt: skip
+
+    for k in range(4):  # four fragments: the full load has several chunks
+        lake.append("trajectories", rows(10 * k, 10))
+    sampler = _sampler(lake)
+    sampler.index.refresh()
+    loaded = sampler.index.trajectories.column("traj_id")
+    assert loaded.num_chunks > 1
+    addresses = [c.buffers()[2].address for c in loaded.chunks]
+    n = 40
+    for step in range(9):
+        lake.append("trajectories", rows(n, 2 + step % 3))
+        n += 2 + step % 3
+        sampler.index.refresh()
+        index = sampler.index.trajectories
+        # the loaded rows are never copied; appended chunks stay few
+        kept = index.column("traj_id").chunks[: len(addresses)]
+        assert [c.buffers()[2].address for c in kept] == addresses
+        assert index.column(0).num_chunks <= len(addresses) + 3 + 1
+        assert index.column("_pos").to_pylist() == list(range(n))
+        fresh = _sampler(lake)
+        fresh.index.refresh()
+        assert index.equals(fresh.index.trajectories)
+        pos = np.random.default_rng(step).integers(0, n, 16)
+        assert sampler.index.take(pos).equals(index.take(pa.array(pos)))
+        for name, pv in (("online", 3), ("offline", 0), ("human", 0)):
+            assert sampler.candidates(name, pv).tolist() == fresh.candidates(name, pv).tolist()
+    assert sampler.stats["incremental"] > 0 and sampler.index.epoch == 1
