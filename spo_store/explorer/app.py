@@ -13,6 +13,7 @@ import csv
 import datetime as dt
 import errno
 import io
+import re
 import signal
 import socket
 import sys
@@ -34,7 +35,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from spo_store.errors import SpoError
+from spo_store.errors import SpoError, environment_error
 from spo_store.explorer.data import NOT_MODEL_SOURCES, LakeReader, NotFound, ProblemFilter
 from spo_store.explorer.render import highlight_code, plot, pygments_css
 from spo_store.lake import Lake
@@ -42,6 +43,7 @@ from spo_store.lake import Lake
 HERE = Path(__file__).resolve().parent
 SQL_SHOWN_ROWS = 1000  # the HTML table; downloads carry every row
 CELL_CHARS = 300
+INT64_MAX = 2**63 - 1
 # No script may run on any page, inline or loaded: the explorer has none, and a lake text that
 # escaped escaping would still be inert. Styles only from the app's own files.
 CSP = (
@@ -104,13 +106,18 @@ def _fmt_cell(value: Any, width: int | None = CELL_CHARS) -> str:
 
 
 def create_app(
-    lake: Lake, sql_guard: Callable[[str], None], *, allowed_hosts: list[str] | None = None
+    lake: Lake,
+    sql_guard: Callable[[str], None],
+    *,
+    allowed_hosts: list[str] | None = None,
+    local_files: bool = True,
 ) -> Starlette:
     """The explorer over an opened lake. `sql_guard(query)` raises SpoError for a query that
     `spo sql` refuses (the same read-only rule); `allowed_hosts`: Host headers answered (the
     default, loopback names only, keeps other web sites from reading the app through DNS
-    rebinding)."""
-    reader = LakeReader(lake, sql_guard)
+    rebinding); `local_files=False`: the SQL page reads the lake's tables only, no other
+    file of this machine (for a server other machines reach)."""
+    reader = LakeReader(lake, sql_guard, local_files=local_files)
     env = _env()
     for name in env.list_templates():  # compiled now, not on the first page that uses one
         env.get_template(name)
@@ -129,9 +136,12 @@ def create_app(
         if value is None:
             return default
         try:
-            return int(value)
+            number = int(value)
         except ValueError:
             raise BadInput(f"{name}={value!r} is not a whole number") from None
+        if not -INT64_MAX <= number <= INT64_MAX:  # the lake's integers are 64-bit
+            raise BadInput(f"{name}={value!r} is out of range")
+        return number
 
     def rate_arg(request: Request, name: str) -> float | None:
         value = arg(request, name)
@@ -150,6 +160,12 @@ def create_app(
         if value is not None and value not in allowed:
             raise BadInput(f"{name}={value!r} is not one of {', '.join(allowed)}")
         return value
+
+    def from_elsewhere(request: Request) -> bool:
+        """Whether the browser says another site made this request (Fetch Metadata,
+        `Sec-Fetch-Site`; sent by every current browser, absent from curl): a page elsewhere
+        cannot read our answers (no CORS), but it could make the server run queries."""
+        return request.headers.get("sec-fetch-site") in ("cross-site", "same-site")
 
     # ------------------------------------------------------------------ pages
     def home(request: Request) -> Response:
@@ -217,6 +233,8 @@ def create_app(
 
     def batch(request: Request) -> Response:
         run_id, step = request.path_params["run_id"], request.path_params["step"]
+        if step > INT64_MAX:  # the route takes any digits; steps are 64-bit
+            raise NotFound(f"run {run_id!r} logged no batch at step {step}")
         data = reader.batch(run_id, step)
         return page("batch.html", title=f"{run_id} step {step}", run_id=run_id, step=step, **data)
 
@@ -229,8 +247,11 @@ def create_app(
 
     def sql(request: Request) -> Response:
         query = request.query_params.get("q")
-        result, cut, error = None, False, None
-        if query is not None and query.strip():
+        result, cut, error, notice = None, False, None, None
+        if query is not None and query.strip() and from_elsewhere(request):
+            notice = "This query came from a link on another site and was not run: read it, "
+            notice += "then press Run."
+        elif query is not None and query.strip():
             try:
                 result, cut = reader.sql(query, SQL_SHOWN_ROWS)
             except SpoError as exc:
@@ -244,6 +265,7 @@ def create_app(
             result=None if result is None else _table_rows(result),
             cut=cut,
             error=error,
+            notice=notice,
             shown=SQL_SHOWN_ROWS,
         )
 
@@ -252,13 +274,22 @@ def create_app(
         if fmt not in ("csv", "parquet"):
             raise HTTPException(404)
         query = request.query_params.get("q") or ""
+        if from_elsewhere(request):
+            raise HTTPException(403, "a download runs only from the explorer's own SQL page")
         try:
             table, _ = reader.sql(query, None)
         except SpoError as exc:
             raise BadInput(str(exc)) from exc
         if fmt == "parquet":
             buf = pa.BufferOutputStream()
-            pq.write_table(table, buf)
+            try:
+                pq.write_table(table, buf)
+            except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as exc:
+                # an INTERVAL, say: Parquet has no such type
+                raise BadInput(
+                    f"this result cannot be written as Parquet ({exc}); cast that column "
+                    "(e.g. ::VARCHAR) or download CSV"
+                ) from None
             body, media = buf.getvalue().to_pybytes(), "application/vnd.apache.parquet"
         else:
             text = io.StringIO()
@@ -294,14 +325,25 @@ def create_app(
         )
 
     def server_error(request: Request, exc: Exception) -> Response:
-        # A lake the explorer cannot read (a table removed under it, a broken file): one line.
+        # A lake the explorer cannot read (a table removed or damaged under it): 503 and one
+        # line, and the next request tries again (the lake may be restored); anything else
+        # is a bug, still one line.
         reader.reset()
+        unreadable = lake_read_error(exc)
+        if unreadable is not None:
+            return page(
+                "error.html",
+                status=503,
+                title="Lake unreadable",
+                code=503,
+                message=f"cannot read the lake at {lake.uri}: {unreadable}",
+            )
         return page(
             "error.html",
             status=500,
             title="Error",
             code=500,
-            message=f"could not read the lake: {type(exc).__name__}: {exc}",
+            message=f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
         )
 
     class SecurityHeaders:
@@ -320,6 +362,19 @@ def create_app(
                     message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
                 await send(message)
 
+            request = Request(scope)
+            if from_elsewhere(request) and request.headers.get("sec-fetch-mode") != "navigate":
+                # An image, script or fetch of another site's page: nothing here is for it
+                # (a link followed to a page still opens it).
+                refused = page(
+                    "error.html",
+                    status=403,
+                    title="Forbidden",
+                    code=403,
+                    message="the explorer answers other sites' pages only by a link followed",
+                )
+                await refused(scope, receive, send_with_headers)
+                return
             await self.app(scope, receive, send_with_headers)
 
     routes = [
@@ -352,6 +407,23 @@ def create_app(
     )
     app.state.reader = reader
     return app
+
+
+def lake_read_error(exc: BaseException) -> str | None:
+    """One line for an exception from reading the lake's files (a table deleted, a data file
+    truncated or unreadable while the server runs), else None. Lance raises OSError (missing
+    files) or ValueError/RuntimeError naming `LanceError(IO)`; Rust source locations are cut."""
+    known = environment_error(exc)
+    if known is not None:
+        return known
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) or "LanceError" in text:
+        detail = re.sub(r",?\s*/\S+\.rs:\d+:\d+", "", text)[:300]
+        return (
+            f"{detail} (a table was removed or damaged while the explorer ran: run "
+            "`spo lake verify`; docs/lake.md, 'When the lake is damaged')"
+        )
+    return None
 
 
 def _table_rows(table: pa.Table) -> dict[str, Any]:
@@ -391,10 +463,13 @@ def serve(
     sock.listen(128)
     bound = sock.getsockname()[1]
     hosts = list(LOOPBACK)
-    if host not in LOOPBACK:
-        # Listening beyond this machine: answer any Host (the user chose to expose it).
+    local = host in LOOPBACK
+    if not local:
+        # Listening beyond this machine: answer any Host (the user chose to expose it), but
+        # let its SQL page read the lake only: `spo sql`'s local file reads (read_text of
+        # any file this user may read) would otherwise be open to every machine that reaches it.
         hosts = ["*"]
-    app = create_app(lake, sql_guard, allowed_hosts=hosts)
+    app = create_app(lake, sql_guard, allowed_hosts=hosts, local_files=local)
     app.state.reader.warm()  # load the index before the first page is asked
     shown = f"[{host}]" if ":" in host else host
     say(f"spo lake explorer: http://{shown}:{bound}/  (lake {lake.uri}; Ctrl-C stops it)")

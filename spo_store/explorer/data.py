@@ -118,11 +118,16 @@ class LakeReader:
     DuckDB connection are shared).
 
     `sql_guard(query)` raises SpoError for a query `spo sql` would refuse (the CLI passes
-    its own check, so the two follow one rule)."""
+    its own check, so the two follow one rule); queries see the tables and the views of
+    `spo sql` (`attempts`, `pass_rates`). `local_files=False`: queries read the lake's tables
+    only, no other file on this machine (the server listens beyond it)."""
 
-    def __init__(self, lake: Lake, sql_guard: Callable[[str], None]) -> None:
+    def __init__(
+        self, lake: Lake, sql_guard: Callable[[str], None], *, local_files: bool = True
+    ) -> None:
         self.lake = lake
         self.sql_guard = sql_guard
+        self.local_files = local_files
         self.index = MetadataIndex(lake)
         self._lock = threading.RLock()
         self._stats: tuple[Any, pa.Table] | None = None
@@ -619,9 +624,9 @@ class LakeReader:
             raise SpoError("the SQL query is empty")
         self.sql_guard(query)
         if limit is None:
-            return self.lake.sql_arrow(query), False
+            return self.lake.sql_arrow(query, analyst=True, local_files=self.local_files), False
         with self._lock:  # the lake's datasets are refreshed here; the query runs unlocked
-            con = self.lake.duckdb()
+            con = self.lake.duckdb(analyst=True, local_files=self.local_files)
         try:
             rel = con.sql(query)
             if rel is None:  # a statement without a result

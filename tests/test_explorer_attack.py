@@ -1,0 +1,170 @@
+"""The explorer under attack, without a browser (Starlette's test client on the real app over a
+real lake): bad query parameters on every route, SQL that would write or read the machine's
+files, requests made by other sites' pages, and a lake damaged while the server runs. Each
+answers a clean 4xx page (503 for a lake that cannot be read), never a traceback or a 500.
+"""
+
+from __future__ import annotations
+
+import shutil
+from urllib.parse import quote, urlencode
+
+import pytest
+from starlette.testclient import TestClient
+
+from spo_store.explorer import create_app
+from spo_store.lake import Lake
+from tests.helpers_explorer import build_lake
+
+
+def _guard(query: str) -> None:
+    from spo_cli.lake_cmds import _check_read_only
+
+    _check_read_only(query)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("explorer-attack") / "lake"
+    ids = build_lake(root)
+    ids["root"] = root
+    return ids
+
+
+def _client(root, **kw) -> TestClient:
+    app = create_app(Lake.open(root, create=False), _guard, **kw)
+    # the test client's Host is "testserver": allowed here as loopback names are by serve()
+    return TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def client(built):
+    return _client(built["root"])
+
+
+def _q(**kw) -> str:
+    return "?" + urlencode(kw)
+
+
+BAD = 10**24  # past any 64-bit integer
+
+
+def test_bad_parameters_on_every_route_answer_4xx(client, built):
+    run = quote(built["train_run"], safe="")
+    pid = built["problems"]["A+B"]
+    cases = {
+        # route: expected status
+        "/problems" + _q(page="abc"): 400,
+        "/problems" + _q(page=str(BAD)): 400,
+        "/problems" + _q(min_pass="nan"): 400,
+        "/problems" + _q(min_pass="1e309"): 400,
+        "/problems" + _q(human="maybe"): 400,
+        "/problems" + _q(split="x' OR 1=1 --"): 200,  # a value, quoted: no problem matches
+        "/problems" + _q(name="\x00\u202e😀"): 200,
+        "/problems/..%2F..%2Fetc%2Fpasswd": 404,
+        "/problems/%00": 404,
+        "/trajectories" + _q(policy_version=str(BAD)): 400,
+        "/trajectories" + _q(policy_version="1.5"): 400,
+        "/trajectories" + _q(page=str(-BAD)): 400,
+        "/trajectories" + _q(source="' OR 1=1"): 200,
+        "/trajectories/" + quote("../../etc/passwd", safe=""): 404,
+        f"/runs/{run}/steps/{BAD}": 404,
+        f"/runs/{run}/steps/-1": 404,
+        "/runs/" + quote("' OR '1'='1", safe=""): 404,
+        "/compare": 400,
+        "/compare" + _q(problem_id=pid, left="nope"): 404,
+        "/sql.json" + _q(q="SELECT 1"): 404,
+        "/sql.csv": 400,
+        "/sql.parquet" + _q(q="SELECT INTERVAL 1 DAY AS i"): 400,  # no Parquet type for it
+        "/static/..%2fapp.py": 404,
+    }
+    for url, status in cases.items():
+        response = client.get(url)
+        assert response.status_code == status, (url, response.status_code, response.text[-400:])
+        assert "Traceback" not in response.text and "internal error" not in response.text, url
+        if status == 400:
+            assert 'id="error"' in response.text, url
+    assert "cast that column" in client.get("/sql.parquet" + _q(q="SELECT INTERVAL 1 DAY")).text
+    # rows with ids a path would normalise away are still found by their exact id
+    assert client.get("/problems" + _q(page=str(10**6))).status_code == 200  # the last page
+
+
+def test_sql_page_cannot_write_and_sees_spo_sqls_views(client, built, tmp_path):
+    target = tmp_path / "out.csv"
+    for query in (
+        f"COPY problems TO '{target}'",
+        f"SELECT 1; COPY (SELECT 1) TO '{target}'",
+        f"EXPLAIN ANALYZE COPY (SELECT 1) TO '{target}'",
+        f"ATTACH '{tmp_path / 'x.db'}' AS x",
+        f"EXPORT DATABASE '{tmp_path / 'exp'}'",
+        "INSTALL httpfs",
+        "SET enable_external_access = true",
+        "CREATE TABLE x AS SELECT 1",
+    ):
+        for url in ("/sql", "/sql.csv", "/sql.parquet"):
+            response = client.get(url + _q(q=query))
+            assert response.status_code == 400, (url, query)
+            assert "refused" in response.text, (url, query)
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    # the views `spo sql` offers (README: `spo sql "... FROM attempts ..."`)
+    response = client.get("/sql.csv" + _q(q="SELECT count(*) AS n FROM attempts"))
+    assert response.status_code == 200, response.text[-300:]
+    expected = Lake.open(built["root"], create=False).sql_arrow(
+        "SELECT count(*) AS n FROM attempts", analyst=True
+    )
+    assert response.text.splitlines()[1] == str(expected.column("n")[0].as_py())
+
+
+def test_local_files_are_read_only_on_loopback(built, tmp_path):
+    """`spo sql`'s rule (local files readable) on 127.0.0.1; a server other machines reach
+    (`local_files=False`, what serve() passes for another --host) reads the lake only."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cr3t\n")
+    query = _q(q=f"SELECT content FROM read_text('{secret}')")
+    local = _client(built["root"])
+    assert "s3cr3t" in local.get("/sql" + query).text
+    exposed = _client(built["root"], allowed_hosts=["*"], local_files=False)
+    for url in ("/sql", "/sql.csv"):
+        response = exposed.get(url + query)
+        assert response.status_code == 400 and "s3cr3t" not in response.text, url
+        assert "disabled by configuration" in response.text, url
+    # the lake's own tables and views still answer
+    response = exposed.get("/sql.csv" + _q(q="SELECT count(*) FROM attempts"))
+    assert response.status_code == 200 and response.text.splitlines()[1] == "14"
+
+
+def test_other_sites_pages_cannot_make_it_run_queries(client):
+    """Fetch Metadata: an <img> or fetch() on another site's page is refused; a link followed
+    from elsewhere opens the page, but a query in it is shown, not run, and downloads refused."""
+    elsewhere = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"}
+    for url in ("/", "/problems", "/sql" + _q(q="SELECT 42"), "/sql.csv" + _q(q="SELECT 42")):
+        response = client.get(url, headers=elsewhere)
+        assert response.status_code == 403, url
+    link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+    assert client.get("/problems", headers=link).status_code == 200
+    page = client.get("/sql" + _q(q="SELECT 42 AS answer"), headers=link)
+    assert page.status_code == 200 and 'id="sql-notice"' in page.text
+    assert 'id="sql-result"' not in page.text
+    assert client.get("/sql.csv" + _q(q="SELECT 42"), headers=link).status_code == 403
+    # the explorer's own pages (same-origin) and typed URLs (none) run it
+    for site in ("same-origin", "none"):
+        own = client.get("/sql" + _q(q="SELECT 42 AS answer"), headers={"Sec-Fetch-Site": site})
+        assert own.status_code == 200 and 'id="sql-result"' in own.text
+        assert "42" in own.text
+
+
+def test_a_table_removed_while_serving_answers_503_then_recovers(built, tmp_path):
+    root = tmp_path / "lake"
+    shutil.copytree(built["root"], root)
+    client = _client(root)
+    assert client.get("/problems").status_code == 200
+    aside = tmp_path / "aside"
+    shutil.move(root / "trajectories.lance", aside)
+    for url in ("/", "/problems", "/trajectories/online-s0-p0", "/runs"):
+        response = client.get(url)
+        assert response.status_code == 503, (url, response.status_code)
+        assert "cannot read the lake" in response.text and "spo lake verify" in response.text
+        assert ".rs:" not in response.text and "Traceback" not in response.text
+    shutil.move(aside, root / "trajectories.lance")
+    assert client.get("/problems").status_code == 200
+    assert client.get("/trajectories/online-s0-p0").status_code == 200
