@@ -168,3 +168,74 @@ def test_a_table_removed_while_serving_answers_503_then_recovers(built, tmp_path
     shutil.move(aside, root / "trajectories.lance")
     assert client.get("/problems").status_code == 200
     assert client.get("/trajectories/online-s0-p0").status_code == 200
+
+
+BIDI_NAME = "Bidi \u202e cilbup"  # shows as "Bidi public" if the override acts
+BIDI_TEXT = "abc \u202e evil \u2066 x \x00 nul \x1b[31m red \ufeff"
+
+
+@pytest.fixture(scope="module")
+def hostile(built, tmp_path_factory):
+    """A copy of the lake with problems holding bidi overrides, controls, NUL and 1 MB of
+    text, ingested through the real JSONL ingest."""
+    import json
+
+    from spo_store.ingest import ingest_human_solutions
+
+    root = tmp_path_factory.mktemp("explorer-hostile") / "lake"
+    shutil.copytree(built["root"], root)
+    src = root.parent / "hostile.jsonl"
+    rows = [
+        {
+            "name": BIDI_NAME,
+            "statement": BIDI_TEXT,
+            "tests": [{"input": BIDI_TEXT, "output": "1\n"}],
+            "solutions": [f"print(1)  # {BIDI_TEXT}\n"],
+        },
+        {
+            "name": "Huge",
+            "statement": ("x" * 5000 + "\n") * 200,
+            "tests": [{"input": "1\n", "output": "1\n"}],
+            "solutions": ["print(input())  # " + "y" * 300_000 + "\n"],
+        },
+    ]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lake = Lake.open(root)
+    ingest_human_solutions(lake, [src], fmt="jsonl")
+    ids = {r["name"]: r["problem_id"] for r in lake.sql("SELECT * FROM problems").to_dicts()}
+    return root, ids
+
+
+def test_hidden_characters_are_shown_not_obeyed(hostile):
+    """A bidi override in a name, statement, test or response would reorder what the page
+    shows ("Trojan Source"); controls and NUL would vanish. Each shows as its code point."""
+    root, ids = hostile
+    client = _client(root)
+    pid = ids[BIDI_NAME]
+    page = client.get(f"/problems/{pid}")
+    assert page.status_code == 200
+    for ch in "\u202e\u2066\x00\x1b\ufeff":
+        assert ch not in page.text, repr(ch)
+    assert '<span class="hidden-char" title="U+202E RIGHT-TO-LEFT OVERRIDE">U+202E</span>' in (
+        page.text
+    )
+    assert "<title>Bidi &lt;U+202E&gt; cilbup" in page.text  # no markup inside <title>
+    assert page.text.count(">U+0000<") >= 2  # the statement and the test input
+    listing = client.get("/problems")
+    assert "\u202e" not in listing.text and "U+202E" in listing.text
+    traj = next(s["traj_id"] for s in _reader(client).problem(pid)["solutions"])
+    response = client.get(f"/trajectories/{traj}")
+    assert response.status_code == 200 and "\u202e" not in response.text
+    assert "U+202E" in response.text and "U+001B" in response.text
+    # the SQL box keeps the query as typed, the result shows the code point
+    q = f"SELECT name FROM problems WHERE name = '{BIDI_NAME}'"
+    result = client.get("/sql" + _q(q=q))
+    textarea = result.text.split("<textarea", 1)[1].split("</textarea>", 1)[0]
+    assert BIDI_NAME in textarea and 'class="hidden-char"' in result.text.split("</textarea>")[1]
+    # 1 MB of statement and a 300,000-character line render whole
+    huge = client.get(f"/problems/{ids['Huge']}")
+    assert huge.status_code == 200 and huge.text.count("x" * 5000) == 200
+
+
+def _reader(client):
+    return client.app.state.reader

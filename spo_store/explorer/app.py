@@ -37,7 +37,7 @@ from starlette.staticfiles import StaticFiles
 
 from spo_store.errors import SpoError, environment_error
 from spo_store.explorer.data import NOT_MODEL_SOURCES, LakeReader, NotFound, ProblemFilter
-from spo_store.explorer.render import highlight_code, plot, pygments_css
+from spo_store.explorer.render import highlight_code, plot, pygments_css, show_hidden
 from spo_store.lake import Lake
 
 HERE = Path(__file__).resolve().parent
@@ -125,7 +125,7 @@ def create_app(
 
     def page(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         html = env.get_template(name).render(lake_uri=lake.uri, **ctx)
-        return HTMLResponse(html, status_code=status)
+        return HTMLResponse(show_hidden(html), status_code=status)
 
     def arg(request: Request, name: str) -> str | None:
         value = request.query_params.get(name)
