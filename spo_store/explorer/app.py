@@ -324,27 +324,45 @@ def create_app(
             message=str(exc.detail),
         )
 
-    def server_error(request: Request, exc: Exception) -> Response:
-        # A lake the explorer cannot read (a table removed or damaged under it): 503 and one
-        # line, and the next request tries again (the lake may be restored); anything else
-        # is a bug, still one line.
+    def failure(exc: Exception) -> tuple[int, str, str]:
+        """(status, title, one line) for an exception no handler took. A lake the explorer
+        cannot read (a table removed or damaged under it): 503, and the next request tries
+        again (the lake may be restored); anything else is a bug: 500, still one line."""
         reader.reset()
         unreadable = lake_read_error(exc)
         if unreadable is not None:
-            return page(
-                "error.html",
-                status=503,
-                title="Lake unreadable",
-                code=503,
-                message=f"cannot read the lake at {lake.uri}: {unreadable}",
-            )
-        return page(
-            "error.html",
-            status=500,
-            title="Error",
-            code=500,
-            message=f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
-        )
+            return 503, "Lake unreadable", f"cannot read the lake at {lake.uri}: {unreadable}"
+        detail = " ".join(str(exc).split())[:300]
+        return 500, "Error", f"internal error: {type(exc).__name__}: {detail}"
+
+    class ErrorPages:
+        """Any exception no handler took: its error page and one line on stderr (Starlette's
+        own last handler would print a traceback after the page)."""
+
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            started = False
+
+            async def tracking_send(message: dict[str, Any]) -> None:
+                nonlocal started
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+
+            try:
+                await self.app(scope, receive, tracking_send)
+            except Exception as exc:
+                if scope["type"] != "http" or started:
+                    raise
+                status, title, message = failure(exc)
+                print(
+                    f"spo lake explorer: {scope['method']} {scope['path']}: {status} {message}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                response = page("error.html", status, title=title, code=status, message=message)
+                await response(scope, receive, send)
 
     class SecurityHeaders:
         """Adds the CSP and friends to every response (pages, downloads, static files)."""
@@ -397,12 +415,12 @@ def create_app(
         middleware=[
             Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or list(LOOPBACK)),
             Middleware(SecurityHeaders),
+            Middleware(ErrorPages),
         ],
         exception_handlers={
             NotFound: not_found,
             BadInput: bad_input,
             HTTPException: http_error,
-            Exception: server_error,
         },
     )
     app.state.reader = reader

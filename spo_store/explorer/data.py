@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from spo_schemas import TABLES, heavy_columns
 
-from spo_store.errors import SpoError
+from spo_store.errors import SpoError, environment_error
 from spo_store.lake import Lake, problem_tests, sql_quote
 from spo_store.mixture_index import MetadataIndex
 
@@ -642,8 +642,9 @@ class LakeReader:
                     break
             table = pa.Table.from_batches(batches, schema=reader.schema)
         except duckdb.Error as exc:
+            known = environment_error(exc)  # a damaged data file: as `spo sql` says it
             first = str(exc).strip().splitlines()[0]
-            raise SpoError(f"SQL error: {first}") from exc
+            raise SpoError(known or f"SQL error: {first}") from exc
         finally:
             con.close()
         if table.num_rows > limit:
