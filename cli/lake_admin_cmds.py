@@ -169,6 +169,7 @@ def serve_cmd(
             f"warning: --host {host} lets other machines read this lake (no login, no TLS); "
             "its SQL page reads the lake's tables only, no other file here",
             highlight=False,
+            soft_wrap=True,
         )
     # The SQL page refuses what `spo sql` refuses: one rule, spo sql's own check.
     serve(

@@ -6,7 +6,13 @@ answers a clean 4xx page (503 for a lake that cannot be read), never a traceback
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from urllib.parse import quote, urlencode
 
 import pytest
@@ -251,3 +257,32 @@ def test_hidden_characters_are_shown_not_obeyed(hostile):
 
 def _reader(client):
     return client.app.state.reader
+
+
+def test_serve_on_every_address_names_a_url_that_works_and_reads_the_lake_only(built, tmp_path):
+    """`--host 0.0.0.0`: one warning line; the printed URL is one a browser opens (not
+    http://0.0.0.0), and the SQL page there reads no file of this machine."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cr3t\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spo_cli.main", "lake", "serve", "--lake", str(built["root"])]
+        + ["--host", "0.0.0.0", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "80"},
+    )
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert url and "0.0.0.0" not in line and "other machines: http://" in line, line
+        query = urlencode({"q": f"SELECT content FROM read_text('{secret}')"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(url.group(0) + "sql?" + query, timeout=30)
+        body = info.value.read().decode()
+        assert info.value.code == 400 and "s3cr3t" not in body and "disabled" in body
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    err = proc.stderr.read()
+    assert err.count("\n") == 1 and "reads the lake's tables only" in err, err

@@ -490,7 +490,13 @@ def serve(
     app = create_app(lake, sql_guard, allowed_hosts=hosts, local_files=local)
     app.state.reader.warm()  # load the index before the first page is asked
     shown = f"[{host}]" if ":" in host else host
-    say(f"spo lake explorer: http://{shown}:{bound}/  (lake {lake.uri}; Ctrl-C stops it)")
+    also = ""
+    if host in ("0.0.0.0", "::", ""):
+        # Every address: 0.0.0.0 is no address to browse to (browsers refuse it); name one
+        # that works here and the one other machines would use.
+        shown = "127.0.0.1" if host == "0.0.0.0" else "[::1]"
+        also = f"; other machines: http://{socket.gethostname()}:{bound}/"
+    say(f"spo lake explorer: http://{shown}:{bound}/  (lake {lake.uri}{also}; Ctrl-C stops it)")
     sys.stdout.flush()
     import uvicorn
 
