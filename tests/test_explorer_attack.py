@@ -286,3 +286,32 @@ def test_serve_on_every_address_names_a_url_that_works_and_reads_the_lake_only(b
         proc.wait(20)
     err = proc.stderr.read()
     assert err.count("\n") == 1 and "reads the lake's tables only" in err, err
+
+
+def test_solutions_read_in_the_order_written_and_checkpoints_keep_their_step(built, tmp_path):
+    """ "What did the policy write at step 0 and at the end": on a problem, an evaluation of the
+    trained checkpoint (source eval, model RUN@STEP, no policy version) comes after the run's
+    rollouts, as it happened, and its model cell keeps `@STEP` however long the run id."""
+    import datetime as dt
+
+    from spo_store.explorer.app import _model_cell
+
+    root = tmp_path / "lake"
+    shutil.copytree(built["root"], root)
+    lake = Lake.open(root)
+    base = lake.sql("SELECT * FROM trajectories WHERE traj_id = 'online-s0-p0'").to_dicts()[0]
+    checkpoint = f"{built['train_run']}@3"
+    rows = []
+    for k, delta in enumerate((-3600, 3600)):  # an evaluation before and one after training
+        row = dict(base, traj_id=f"eval-{k}", content_hash=f"eval-{k}", source="eval")
+        row.update(policy_version=None, run_id="demo-run", model_id=["pi0", checkpoint][k])
+        row["created_at"] = base["created_at"] + dt.timedelta(seconds=delta)
+        rows.append(row)
+    lake.append("trajectories", rows)
+    page = _client(root).get(f"/problems/{base['problem_id']}").text
+    order = re.findall(r'href="/trajectories/([^"]+)"', page)
+    assert order.index("eval-0") < order.index("online-s0-p0") < order.index("online-s2-p0")
+    assert order.index("online-s2-p0") < order.index("eval-1")
+    assert _model_cell(checkpoint).endswith("…@3") and len(_model_cell(checkpoint)) == 24
+    assert f'title="{checkpoint}">{_model_cell(checkpoint)}<' in page
+    assert _model_cell("short@3") == "short@3" and _model_cell("x" * 30).endswith("…")

@@ -79,6 +79,7 @@ def _env() -> jinja2.Environment:
     )
     env.filters["q"] = lambda s: quote(str(s), safe="")  # one path segment
     env.filters["fmt"] = _fmt_cell
+    env.filters["model"] = _model_cell
     env.filters["pct"] = lambda v: "" if v is None else f"{100 * v:.0f}%"
     env.filters["num"] = lambda v, d=3: "" if v is None else f"{v:.{d}f}"
     # None and "" mean "any" and are left out; 0 (policy version 0) is kept.
@@ -103,6 +104,15 @@ def _fmt_cell(value: Any, width: int | None = CELL_CHARS) -> str:
     if width and len(text) > width:
         text = text[: width - 1] + "…"
     return text
+
+
+def _model_cell(model_id: str, width: int = 24) -> str:
+    """A model id cut to `width` characters, keeping a checkpoint's step: `RUN@STEP` (the
+    weights of training run RUN after STEP steps) must not read the same at every step."""
+    run, at, step = model_id.rpartition("@")
+    if at and step.isdigit() and len(model_id) > width:
+        return run[: max(1, width - len(step) - 2)] + "…@" + step
+    return _fmt_cell(model_id, width)
 
 
 def create_app(

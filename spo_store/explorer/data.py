@@ -369,8 +369,10 @@ class LakeReader:
         return self._take(positions).select(TRAJECTORY_LIST).to_pylist()
 
     def _problem_rows(self, problem_id: str) -> list[dict[str, Any]]:
-        """Every trajectory of a problem (light columns): humans first, then by run, policy
-        version and time written."""
+        """Every trajectory of a problem (light columns): humans first, then in the order they
+        were written (then policy version), so pi_0's samples, an evaluation before training,
+        the run's rollouts by policy version and the evaluation of its checkpoint read in the
+        order they happened."""
         self._fresh()
         lookup, starts, order = self._by_problem()
         code = lookup.get(problem_id)
@@ -380,9 +382,8 @@ class LakeReader:
         rows.sort(
             key=lambda r: (
                 r["source"] != "human",
-                r["run_id"],
+                r["created_at"].timestamp() if r["created_at"] else 0.0,
                 -1 if r["policy_version"] is None else r["policy_version"],
-                r["created_at"].timestamp() if r["created_at"] else 0.0,  # eval before/after
                 r["traj_id"],
             )
         )
