@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import typer
 from rich.console import Console
 from rich.progress import Progress
@@ -227,8 +226,14 @@ def sql_cmd(
     if format is OutputFormat.parquet:
         if output is None:
             raise SpoError("--format parquet needs --output FILE")
+        from spo_store.analyst import result_parquet
+
         tmp = output.with_name(output.name + ".tmp")
-        pq.write_table(result, tmp)
+        try:
+            result_parquet(result, str(tmp))
+        except SpoError:
+            tmp.unlink(missing_ok=True)  # nothing half-written
+            raise
         tmp.replace(output)
         console.print(f"wrote {result.num_rows} rows to {output}", highlight=False)
         return

@@ -12,7 +12,10 @@ show what each column means without leaving SQL. The views:
 
 from __future__ import annotations
 
+from typing import Any
+
 import duckdb
+import pyarrow as pa
 from spo_schemas import TABLES
 
 TRAJECTORY_SOURCES: dict[str, str] = {
@@ -98,3 +101,28 @@ SCHEMA_QUERY = (
     "FROM duckdb_columns() WHERE NOT internal ORDER BY table_name, column_index"
 )
 """Every table and view of `spo sql` with its columns, types and comments."""
+
+
+def result_parquet(table: pa.Table, sink: Any) -> None:
+    """Write a query result as Parquet to `sink` (a path or a pyarrow output stream), what
+    `spo sql --format parquet` and the explorer's download do. Raises SpoError naming the
+    column for a type Parquet has no equivalent of (DuckDB's INTERVAL, say)."""
+    import pyarrow.parquet as pq
+
+    from spo_store.errors import SpoError
+
+    try:
+        pq.write_table(table, sink)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as exc:
+        bad = [f.name for f in table.schema if _no_parquet_type(f.type)]
+        which = f"column {', '.join(bad)}" if bad else "a column"
+        raise SpoError(
+            f"this result cannot be written as Parquet: {which} has a type Parquet lacks "
+            f"({exc}); cast it (e.g. ::VARCHAR) or choose CSV or JSON"
+        ) from None
+
+
+def _no_parquet_type(t: pa.DataType) -> bool:
+    if pa.types.is_interval(t):
+        return True
+    return any(_no_parquet_type(t.field(i).type) for i in range(t.num_fields))

@@ -25,7 +25,6 @@ from urllib.parse import quote, urlencode
 
 import jinja2
 import pyarrow as pa
-import pyarrow.parquet as pq
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -35,6 +34,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from spo_store.analyst import result_parquet
 from spo_store.errors import SpoError, environment_error
 from spo_store.explorer.data import NOT_MODEL_SOURCES, LakeReader, NotFound, ProblemFilter
 from spo_store.explorer.render import highlight_code, plot, pygments_css, show_hidden
@@ -293,13 +293,9 @@ def create_app(
         if fmt == "parquet":
             buf = pa.BufferOutputStream()
             try:
-                pq.write_table(table, buf)
-            except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as exc:
-                # an INTERVAL, say: Parquet has no such type
-                raise BadInput(
-                    f"this result cannot be written as Parquet ({exc}); cast that column "
-                    "(e.g. ::VARCHAR) or download CSV"
-                ) from None
+                result_parquet(table, buf)
+            except SpoError as exc:  # an INTERVAL, say: Parquet has no such type
+                raise BadInput(str(exc)) from None
             body, media = buf.getvalue().to_pybytes(), "application/vnd.apache.parquet"
         else:
             text = io.StringIO()
