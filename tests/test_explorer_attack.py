@@ -310,10 +310,16 @@ def test_solutions_read_in_the_order_written_and_checkpoints_keep_their_step(bui
         row["created_at"] = base["created_at"] + dt.timedelta(seconds=delta)
         rows.append(row)
     lake.append("trajectories", rows)
-    page = _client(root).get(f"/problems/{base['problem_id']}").text
+    client = _client(root)
+    page = client.get(f"/problems/{base['problem_id']}").text
     order = re.findall(r'href="/trajectories/([^"]+)"', page)
     assert order.index("eval-0") < order.index("online-s0-p0") < order.index("online-s2-p0")
     assert order.index("online-s2-p0") < order.index("eval-1")
     assert _model_cell(checkpoint).endswith("…@3") and len(_model_cell(checkpoint)) == 24
     assert f'title="{checkpoint}">{_model_cell(checkpoint)}<' in page
     assert _model_cell("short@3") == "short@3" and _model_cell("x" * 30).endswith("…")
+    # a run's rows by source, model and policy version: its two evaluations stay apart
+    versions = [v for v in _reader(client)._run_versions().to_pylist() if v["run_id"] == "demo-run"]
+    assert [(v["model_id"], v["n"]) for v in versions] == [("pi0", 1), (checkpoint, 1)]
+    listing = client.get("/trajectories" + _q(run_id="demo-run", model_id=checkpoint)).text
+    assert re.findall(r'href="/trajectories/([^"]+)"', listing) == ["eval-1"]

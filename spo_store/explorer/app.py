@@ -213,6 +213,7 @@ def create_app(
             "problem_id": arg(request, "problem_id"),
             "source": arg(request, "source"),
             "policy_version": int_arg(request, "policy_version"),
+            "model_id": arg(request, "model_id"),
             "annotated": choice(request, "annotated", ("yes",)) == "yes",
         }
         result = reader.trajectories(**filters, page=int_arg(request, "page", 1) or 1)

@@ -396,6 +396,7 @@ class LakeReader:
         problem_id: str | None = None,
         source: str | None = None,
         policy_version: int | None = None,
+        model_id: str | None = None,
         annotated: bool = False,
         page: int = 1,
     ) -> Page:
@@ -417,7 +418,12 @@ class LakeReader:
                 table = self._take(chosen)
             # Masks over the needed columns only; the rows of the page alone are taken.
             mask = None
-            filters = (("policy_version", policy_version), ("run_id", run_id), ("source", source))
+            filters = (
+                ("policy_version", policy_version),
+                ("run_id", run_id),
+                ("source", source),
+                ("model_id", model_id),
+            )
             for col, value in filters:
                 if value is not None:
                     m = pc.equal(table.column(col), value)
@@ -444,8 +450,9 @@ class LakeReader:
             return Page(out, int(total), page, pages)
 
     def _run_versions(self) -> pa.Table:
-        """Trajectories per (run, source, policy version) with their reward-0 count, ordered;
-        computed once per index version."""
+        """Trajectories per (run, source, model, policy version) with their reward-0 count and
+        first write time, ordered (within a source by policy version, then time); computed
+        once per index version."""
         self._fresh()
         idx = self.index
         key = (idx.epoch, idx.version)
@@ -453,10 +460,13 @@ class LakeReader:
             con = duckdb.connect()
             try:
                 con.register("t", idx.trajectories)
+                # by model too: a run's evaluations of pi_0 and of its trained checkpoint
+                # (eval rows carry no policy version) are different rows
                 table = con.sql(
-                    "SELECT run_id, source, policy_version, count(*) AS n, "
-                    "count(*) FILTER (reward = 0) AS solved FROM t GROUP BY ALL "
-                    "ORDER BY run_id, source, policy_version NULLS FIRST"
+                    "SELECT run_id, source, model_id, policy_version, count(*) AS n, "
+                    "count(*) FILTER (reward = 0) AS solved, min(created_at) AS first "
+                    "FROM t GROUP BY run_id, source, model_id, policy_version "
+                    "ORDER BY run_id, source, policy_version NULLS FIRST, first, model_id"
                 ).to_arrow_table()
             finally:
                 con.close()
