@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 import json
 import re
 import sys
@@ -240,12 +238,9 @@ def sql_cmd(
     if format is OutputFormat.json:
         text = json.dumps(result.to_pylist(), default=_json_default, ensure_ascii=False)
     elif format is OutputFormat.csv:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")  # LF: shells keep no stray \r
-        writer.writerow(result.column_names)
-        for row in result.to_pylist():
-            writer.writerow([_cell(v, None) for v in row.values()])
-        text = buf.getvalue()
+        from spo_store.analyst import result_csv
+
+        text = result_csv(result)
     else:
         _print_table(result, max_width)
         return

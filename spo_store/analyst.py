@@ -126,3 +126,27 @@ def _no_parquet_type(t: pa.DataType) -> bool:
     if pa.types.is_interval(t):
         return True
     return any(_no_parquet_type(t.field(i).type) for i in range(t.num_fields))
+
+
+def result_csv(table: pa.Table) -> str:
+    """A query result as CSV text, what `spo sql --format csv` prints and the explorer's CSV
+    download sends: a header row, LF line ends, NULL as `NULL`, timestamps in ISO 8601 with
+    their microseconds and zone, floats in full (`repr`), other values as `str`."""
+    import csv
+    import datetime as dt
+    import io
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "NULL"
+        if isinstance(value, dt.datetime | dt.date | dt.time):
+            return value.isoformat()
+        return str(value)
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")  # LF: shells keep no stray \r
+    writer.writerow(table.column_names)
+    for batch in table.to_batches():
+        for row in batch.to_pylist():
+            writer.writerow([cell(v) for v in row.values()])
+    return buf.getvalue()

@@ -323,3 +323,21 @@ def test_solutions_read_in_the_order_written_and_checkpoints_keep_their_step(bui
     assert [(v["model_id"], v["n"]) for v in versions] == [("pi0", 1), (checkpoint, 1)]
     listing = client.get("/trajectories" + _q(run_id="demo-run", model_id=checkpoint)).text
     assert re.findall(r'href="/trajectories/([^"]+)"', listing) == ["eval-1"]
+
+
+def test_csv_download_is_what_spo_sql_prints(client, built):
+    """Every digit of a float, a timestamp's microseconds, NULL as `spo sql --format csv`
+    writes it: the download was rounding to 6 digits and cutting seconds' fractions."""
+    q = (
+        "SELECT 0.1234567891234::DOUBLE AS x, NULL::INT AS n, "
+        "TIMESTAMP '2026-01-02 03:04:05.123456' AS t, 'a,\"b' AS s"
+    )
+    expected = 'x,n,t,s\n0.1234567891234,NULL,2026-01-02T03:04:05.123456,"a,""b"\n'
+    assert client.get("/sql.csv" + _q(q=q)).text == expected
+    cli = subprocess.run(
+        ["spo", "sql", q, "--format", "csv", "--lake", str(built["root"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cli.returncode == 0 and cli.stdout == expected, cli.stderr

@@ -9,10 +9,8 @@ Pages (each at a stable URL, GET only): `/`, `/problems`, `/problems/{problem_id
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime as dt
 import errno
-import io
 import re
 import signal
 import socket
@@ -34,7 +32,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from spo_store.analyst import result_parquet
+from spo_store.analyst import result_csv, result_parquet
 from spo_store.errors import SpoError, environment_error
 from spo_store.explorer.data import NOT_MODEL_SOURCES, LakeReader, NotFound, ProblemFilter
 from spo_store.explorer.render import highlight_code, plot, pygments_css, show_hidden
@@ -298,13 +296,8 @@ def create_app(
             except SpoError as exc:  # an INTERVAL, say: Parquet has no such type
                 raise BadInput(str(exc)) from None
             body, media = buf.getvalue().to_pybytes(), "application/vnd.apache.parquet"
-        else:
-            text = io.StringIO()
-            writer = csv.writer(text)
-            writer.writerow(table.column_names)
-            for row in table.to_pylist():
-                writer.writerow(["" if v is None else _fmt_cell(v, None) for v in row.values()])
-            body, media = text.getvalue().encode(), "text/csv; charset=utf-8"
+        else:  # what `spo sql --format csv` prints: every digit, every timestamp's zone
+            body, media = result_csv(table).encode(), "text/csv; charset=utf-8"
         headers = {"Content-Disposition": f'attachment; filename="spo-query.{fmt}"'}
         return Response(body, media_type=media, headers=headers)
 
