@@ -341,3 +341,19 @@ def test_csv_download_is_what_spo_sql_prints(client, built):
         timeout=120,
     )
     assert cli.returncode == 0 and cli.stdout == expected, cli.stderr
+
+
+def test_q0_shows_its_stopping_rule_and_intervals(client, built):
+    """A q0 from 8 samples is not a number to read alone: the page shows the stopping rule,
+    S0 and q0 with their 95% intervals, as stored."""
+    pid = built["problems"]["A+B"]
+    row = (
+        Lake.open(built["root"], create=False)
+        .sql(f"SELECT * FROM q0_estimates WHERE problem_id = '{pid}'")
+        .to_dicts()[0]
+    )
+    page = client.get(f"/problems/{pid}").text
+    table = page.split('id="q0"', 1)[1].split("</table>", 1)[0]
+    assert f"{row['s0']:.3f} [{row['s0_low']:.3f}, {row['s0_high']:.3f}]" in table
+    assert f"{row['q0']:.4f} [{row['q0_low']:.4f}, {row['q0_high']:.4f}]" in table
+    assert f"<td>{row['stopping']}</td>" in table
