@@ -357,3 +357,48 @@ def test_q0_shows_its_stopping_rule_and_intervals(client, built):
     assert f"{row['s0']:.3f} [{row['s0_low']:.3f}, {row['s0_high']:.3f}]" in table
     assert f"{row['q0']:.4f} [{row['q0_low']:.4f}, {row['q0_high']:.4f}]" in table
     assert f"<td>{row['stopping']}</td>" in table
+
+
+def test_sigterm_stops_the_server_during_a_long_query(built):
+    """Ctrl-C / SIGTERM interrupts running queries: the server does not wait for an hour-long
+    `SELECT` to finish (it did: 40 s and still running)."""
+    import threading
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spo_cli.main", "lake", "serve", "--lake", str(built["root"])]
+        + ["--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = re.search(r"http://127\.0\.0\.1:\d+/", proc.stdout.readline()).group(0)
+        q = _q(q="SELECT sum(range) FROM range(40000000000)")  # minutes on any machine
+        statuses = []
+
+        def ask(path: str) -> None:
+            try:
+                urllib.request.urlopen(url + path + q, timeout=120)
+                statuses.append(200)
+            except urllib.error.HTTPError as exc:
+                statuses.append(exc.code)
+            except OSError:
+                statuses.append("closed")
+
+        threads = [threading.Thread(target=ask, args=(p,)) for p in ("sql", "sql.csv")]
+        for t in threads:
+            t.start()
+        time.sleep(1.5)  # both queries running
+        start = time.monotonic()
+        proc.terminate()
+        rc = proc.wait(30)
+        took = time.monotonic() - start
+        for t in threads:
+            t.join(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 0 and took < 15, (rc, took)
+    assert "stopped" in proc.stdout.read()
+    assert 200 not in statuses, statuses  # interrupted, not finished

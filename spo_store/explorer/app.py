@@ -500,12 +500,20 @@ def serve(
     sys.stdout.flush()
     import uvicorn
 
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    _uvicorn_server()(config).run(sockets=[sock])
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=5,  # a browser's keep-alive or a slow download: not forever
+    )
+    _uvicorn_server(on_exit=app.state.reader.interrupt)(config).run(sockets=[sock])
     say("spo lake explorer stopped")
 
 
-def _uvicorn_server() -> type:
+def _uvicorn_server(on_exit: Callable[[], None]) -> type:
+    """uvicorn's Server, stopping on Ctrl-C or SIGTERM without re-raising it, and calling
+    `on_exit()` (which stops running queries) when told to stop."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -519,11 +527,15 @@ def _uvicorn_server() -> type:
                 yield
                 return
             handled = (signal.SIGINT, signal.SIGTERM)
-            previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            previous = {sig: signal.signal(sig, self.stop) for sig in handled}
             try:
                 yield
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
+
+        def stop(self, sig: int, frame: Any) -> None:
+            self.handle_exit(sig, frame)
+            on_exit()
 
     return Server

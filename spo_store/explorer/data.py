@@ -12,6 +12,7 @@ writes to the lake.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable, Mapping
@@ -130,6 +131,9 @@ class LakeReader:
         self.local_files = local_files
         self.index = MetadataIndex(lake)
         self._lock = threading.RLock()
+        # connections of the SQL queries running now (outside _lock): interrupt() stops them
+        self._running: set[duckdb.DuckDBPyConnection] = set()
+        self._running_lock = threading.Lock()
         self._stats: tuple[Any, pa.Table] | None = None
         self._duck: duckdb.DuckDBPyConnection | None = None
         self._groups: tuple[Any, tuple[dict[str, int], np.ndarray, np.ndarray]] | None = None
@@ -634,20 +638,23 @@ class LakeReader:
 
     def sql(self, query: str, limit: int | None) -> tuple[pa.Table, bool]:
         """The result of a read-only query (`sql_guard` first), and whether it was cut to
-        `limit` rows (None: every row, through `Lake.sql_arrow` as `spo sql` runs it). With a
-        limit only the first batches are read, so a query over a million rows shows its head
-        without building the whole result. Raises SpoError for a refused or failing query."""
+        `limit` rows (None: every row, on the connection `spo sql` uses). With a limit only
+        the first batches are read, so a query over a million rows shows its head without
+        building the whole result. A running query stops at `interrupt()`. Raises SpoError
+        for a refused, failing or interrupted query."""
         if not query.strip():
             raise SpoError("the SQL query is empty")
         self.sql_guard(query)
-        if limit is None:
-            return self.lake.sql_arrow(query, analyst=True, local_files=self.local_files), False
         with self._lock:  # the lake's datasets are refreshed here; the query runs unlocked
             con = self.lake.duckdb(analyst=True, local_files=self.local_files)
+        with self._running_lock:
+            self._running.add(con)
         try:
             rel = con.sql(query)
             if rel is None:  # a statement without a result
                 return pa.table({}), False
+            if limit is None:
+                return rel.to_arrow_table(), False
             # DuckDB 1.x calls it fetch_record_batch, 2.x to_arrow_reader
             stream = getattr(rel, "to_arrow_reader", None) or rel.fetch_record_batch
             reader = stream(limit + 1)
@@ -663,10 +670,21 @@ class LakeReader:
             first = str(exc).strip().splitlines()[0]
             raise SpoError(known or f"SQL error: {first}") from exc
         finally:
+            with self._running_lock:
+                self._running.discard(con)
             con.close()
         if table.num_rows > limit:
             return table.slice(0, limit), True
         return table, False
+
+    def interrupt(self) -> None:
+        """Stop every running SQL query (the server is stopping: Ctrl-C or SIGTERM must not
+        wait for a query that takes an hour)."""
+        with self._running_lock:
+            running = list(self._running)
+        for con in running:
+            with contextlib.suppress(duckdb.Error):
+                con.interrupt()
 
 
 HEAVY = {name: set(heavy_columns(name)) for name in TABLES}
