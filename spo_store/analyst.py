@@ -12,6 +12,7 @@ show what each column means without leaving SQL. The views:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import duckdb
@@ -103,23 +104,70 @@ SCHEMA_QUERY = (
 """Every table and view of `spo sql` with its columns, types and comments."""
 
 
-def result_parquet(table: pa.Table, sink: Any) -> None:
-    """Write a query result as Parquet to `sink` (a path or a pyarrow output stream), what
-    `spo sql --format parquet` and the explorer's download do. Raises SpoError naming the
-    column for a type Parquet has no equivalent of (DuckDB's INTERVAL, say)."""
-    import pyarrow.parquet as pq
-
+def check_parquet_schema(schema: pa.Schema) -> None:
+    """Raise SpoError naming the columns of `schema` Parquet has no type for (DuckDB's
+    INTERVAL, say), before anything is written."""
     from spo_store.errors import SpoError
 
-    try:
-        pq.write_table(table, sink)
-    except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as exc:
-        bad = [f.name for f in table.schema if _no_parquet_type(f.type)]
-        which = f"column {', '.join(bad)}" if bad else "a column"
+    bad = [f.name for f in schema if _no_parquet_type(f.type)]
+    if bad:
         raise SpoError(
-            f"this result cannot be written as Parquet: {which} has a type Parquet lacks "
-            f"({exc}); cast it (e.g. ::VARCHAR) or choose CSV or JSON"
-        ) from None
+            f"this result cannot be written as Parquet: column {', '.join(bad)} has a type "
+            "Parquet lacks (an INTERVAL); cast it (e.g. ::VARCHAR) or choose CSV or JSON"
+        )
+
+
+def result_parquet(table: pa.Table, sink: Any) -> None:
+    """Write a query result as Parquet to `sink` (a path or a pyarrow output stream), what
+    `spo sql --format parquet` does. Raises SpoError naming the column for a type Parquet
+    has no equivalent of (`check_parquet_schema`)."""
+    import pyarrow.parquet as pq
+
+    check_parquet_schema(table.schema)
+    pq.write_table(table, sink)
+
+
+def parquet_chunks(schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> Iterator[bytes]:
+    """The Parquet file of `batches` as byte chunks, one row group per batch, so a large
+    result streams in bounded memory (the explorer's download). Call
+    `check_parquet_schema` first."""
+    import pyarrow.parquet as pq
+
+    class Chunks:  # the file-like sink pyarrow writes to; drained after each row group
+        def __init__(self) -> None:
+            self.parts: list[bytes] = []
+            self.pos = 0
+            self.closed = False
+
+        def write(self, data: Any) -> int:
+            chunk = bytes(data)
+            self.parts.append(chunk)
+            self.pos += len(chunk)
+            return len(chunk)
+
+        def tell(self) -> int:
+            return self.pos
+
+        def flush(self) -> None:
+            pass
+
+        def close(self) -> None:
+            self.closed = True
+
+        def drain(self) -> bytes:
+            out, self.parts = b"".join(self.parts), []
+            return out
+
+    sink = Chunks()
+    writer = pq.ParquetWriter(sink, schema)
+    try:
+        for batch in batches:
+            writer.write_batch(batch)
+            if chunk := sink.drain():
+                yield chunk
+    finally:
+        writer.close()
+    yield sink.drain()
 
 
 def _no_parquet_type(t: pa.DataType) -> bool:
@@ -128,10 +176,10 @@ def _no_parquet_type(t: pa.DataType) -> bool:
     return any(_no_parquet_type(t.field(i).type) for i in range(t.num_fields))
 
 
-def result_csv(table: pa.Table) -> str:
-    """A query result as CSV text, what `spo sql --format csv` prints and the explorer's CSV
-    download sends: a header row, LF line ends, NULL as `NULL`, timestamps in ISO 8601 with
-    their microseconds and zone, floats in full (`repr`), other values as `str`."""
+def csv_chunks(names: list[str], batches: Iterable[pa.RecordBatch]) -> Iterator[str]:
+    """A query result as CSV, what `spo sql --format csv` prints: a header row, LF line
+    ends, NULL as `NULL`, timestamps in ISO 8601 with their microseconds and zone, floats in
+    full (`repr`), other values as `str`; one chunk per batch (the header first)."""
     import csv
     import datetime as dt
     import io
@@ -143,10 +191,17 @@ def result_csv(table: pa.Table) -> str:
             return value.isoformat()
         return str(value)
 
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")  # LF: shells keep no stray \r
-    writer.writerow(table.column_names)
-    for batch in table.to_batches():
-        for row in batch.to_pylist():
-            writer.writerow([cell(v) for v in row.values()])
-    return buf.getvalue()
+    def lines(rows: Iterable[Iterable[Any]]) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")  # LF: shells keep no stray \r
+        writer.writerows(rows)
+        return buf.getvalue()
+
+    yield lines([names])
+    for batch in batches:
+        yield lines([cell(v) for v in row.values()] for row in batch.to_pylist())
+
+
+def result_csv(table: pa.Table) -> str:
+    """`table` as one CSV text (`csv_chunks`)."""
+    return "".join(csv_chunks(table.column_names, table.to_batches()))

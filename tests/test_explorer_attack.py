@@ -402,3 +402,23 @@ def test_sigterm_stops_the_server_during_a_long_query(built):
     assert rc == 0 and took < 15, (rc, took)
     assert "stopped" in proc.stdout.read()
     assert 200 not in statuses, statuses  # interrupted, not finished
+
+
+def test_downloads_stream_every_batch(client):
+    """Downloads are read from DuckDB a batch at a time (a result larger than memory streams):
+    every row of a result of several batches arrives, Parquet one row group per batch."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    q = _q(q="SELECT range AS i, 'x' || range AS s FROM range(25000)")
+    lines = client.get("/sql.csv" + q).text.splitlines()
+    assert lines[0] == "i,s" and len(lines) == 25001 and lines[-1] == "24999,x24999"
+    body = client.get("/sql.parquet" + q).content
+    table = pq.read_table(io.BytesIO(body))
+    assert table.num_rows == 25000 and table.column("i").to_pylist() == list(range(25000))
+    assert pq.ParquetFile(io.BytesIO(body)).metadata.num_row_groups >= 2
+    empty = client.get("/sql.csv" + _q(q="SELECT 1 AS a WHERE false"))
+    assert empty.status_code == 200 and empty.text == "a\n"
+    failing = client.get("/sql.csv" + _q(q="SELECT * FROM read_csv('/no/such/file.csv')"))
+    assert failing.status_code == 400 and "SQL error" in failing.text

@@ -28,11 +28,11 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from spo_store.analyst import result_csv, result_parquet
+from spo_store.analyst import check_parquet_schema, csv_chunks, parquet_chunks
 from spo_store.errors import SpoError, environment_error
 from spo_store.explorer.data import NOT_MODEL_SOURCES, LakeReader, NotFound, ProblemFilter
 from spo_store.explorer.render import highlight_code, plot, pygments_css, show_hidden
@@ -286,20 +286,24 @@ def create_app(
         if from_elsewhere(request):
             raise HTTPException(403, "a download runs only from the explorer's own SQL page")
         try:
-            table, _ = reader.sql(query, None)
+            schema, batches = reader.sql_stream(query)  # runs it: a failing query says so here
         except SpoError as exc:
             raise BadInput(str(exc)) from exc
         if fmt == "parquet":
-            buf = pa.BufferOutputStream()
             try:
-                result_parquet(table, buf)
-            except SpoError as exc:  # an INTERVAL, say: Parquet has no such type
-                raise BadInput(str(exc)) from None
-            body, media = buf.getvalue().to_pybytes(), "application/vnd.apache.parquet"
+                check_parquet_schema(schema)  # an INTERVAL, say: Parquet has no such type
+            except SpoError as exc:
+                batches.close()
+                raise BadInput(str(exc)) from exc
+        # Streamed batch by batch: a result larger than memory downloads in bounded memory.
+        if fmt == "parquet":
+            body: Iterator[Any] = parquet_chunks(schema, batches)
+            media = "application/vnd.apache.parquet"
         else:  # what `spo sql --format csv` prints: every digit, every timestamp's zone
-            body, media = result_csv(table).encode(), "text/csv; charset=utf-8"
+            body = (c.encode() for c in csv_chunks(schema.names, batches))
+            media = "text/csv; charset=utf-8"
         headers = {"Content-Disposition": f'attachment; filename="spo-query.{fmt}"'}
-        return Response(body, media_type=media, headers=headers)
+        return StreamingResponse(body, media_type=media, headers=headers)
 
     def pygments_stylesheet(request: Request) -> Response:
         return Response(css, media_type="text/css")
@@ -353,8 +357,19 @@ def create_app(
             try:
                 await self.app(scope, receive, tracking_send)
             except Exception as exc:
-                if scope["type"] != "http" or started:
+                if scope["type"] != "http":
                     raise
+                if started:
+                    # a download cut short (the query interrupted or failing mid-way): the
+                    # status is sent; ending without the last chunk makes the browser call
+                    # the download failed rather than complete
+                    print(
+                        f"spo lake explorer: {scope['method']} {scope['path']}: download "
+                        f"cut short: {' '.join(str(exc).split())[:300]}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    return
                 status, title, message = failure(exc)
                 print(
                     f"spo lake explorer: {scope['method']} {scope['path']}: {status} {message}",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -666,9 +666,7 @@ class LakeReader:
                     break
             table = pa.Table.from_batches(batches, schema=reader.schema)
         except duckdb.Error as exc:
-            known = environment_error(exc)  # a damaged data file: as `spo sql` says it
-            first = str(exc).strip().splitlines()[0]
-            raise SpoError(known or f"SQL error: {first}") from exc
+            raise _sql_error(exc) from exc
         finally:
             with self._running_lock:
                 self._running.discard(con)
@@ -676,6 +674,59 @@ class LakeReader:
         if table.num_rows > limit:
             return table.slice(0, limit), True
         return table, False
+
+    def sql_stream(
+        self, query: str, batch_rows: int = 10_000
+    ) -> tuple[pa.Schema, Generator[pa.RecordBatch, None, None]]:
+        """Every row of a read-only query as `(schema, batches)`, read from DuckDB a batch at
+        a time so a download larger than memory streams (`sql` holds the whole result). The
+        query runs here up to its first batch, so a refused or failing query raises SpoError
+        before anything is sent; the connection is released when the batches are exhausted
+        or closed, and `interrupt()` stops it (the generator then raises SpoError)."""
+        if not query.strip():
+            raise SpoError("the SQL query is empty")
+        self.sql_guard(query)
+        with self._lock:  # the lake's datasets are refreshed here; the query runs unlocked
+            con = self.lake.duckdb(analyst=True, local_files=self.local_files)
+        with self._running_lock:
+            self._running.add(con)
+
+        def release() -> None:
+            with self._running_lock:
+                self._running.discard(con)
+            con.close()
+
+        first: pa.RecordBatch | None = None
+        try:
+            rel = con.sql(query)
+            if rel is None:  # a statement without a result
+                release()
+                return pa.schema([]), (b for b in ())
+            # DuckDB 1.x calls it fetch_record_batch, 2.x to_arrow_reader
+            stream = (getattr(rel, "to_arrow_reader", None) or rel.fetch_record_batch)(batch_rows)
+            with contextlib.suppress(StopIteration):
+                first = stream.read_next_batch()
+        except duckdb.Error as exc:
+            release()
+            raise _sql_error(exc) from exc
+
+        def batches() -> Generator[pa.RecordBatch, None, None]:
+            try:
+                if first is None:
+                    return
+                yield first
+                while True:
+                    try:
+                        batch = stream.read_next_batch()
+                    except StopIteration:
+                        return
+                    except duckdb.Error as exc:
+                        raise _sql_error(exc) from exc
+                    yield batch
+            finally:
+                release()
+
+        return stream.schema, batches()
 
     def interrupt(self) -> None:
         """Stop every running SQL query (the server is stopping: Ctrl-C or SIGTERM must not
@@ -685,6 +736,14 @@ class LakeReader:
         for con in running:
             with contextlib.suppress(duckdb.Error):
                 con.interrupt()
+
+
+def _sql_error(exc: duckdb.Error) -> SpoError:
+    """A failing query's one line: a damaged data file as `spo sql` says it, else DuckDB's
+    first line."""
+    known = environment_error(exc)
+    first = str(exc).strip().splitlines()[0]
+    return SpoError(known or f"SQL error: {first}")
 
 
 HEAVY = {name: set(heavy_columns(name)) for name in TABLES}
