@@ -422,3 +422,10 @@ def test_downloads_stream_every_batch(client):
     assert empty.status_code == 200 and empty.text == "a\n"
     failing = client.get("/sql.csv" + _q(q="SELECT * FROM read_csv('/no/such/file.csv')"))
     assert failing.status_code == 400 and "SQL error" in failing.text
+    # an error DuckDB raises while the rows stream (Arrow hands it over as an OSError): a
+    # query's error, not "cannot read the lake"
+    q = _q(q="SELECT range, CASE WHEN range = 25000 THEN error('boom') END FROM range(30000)")
+    for url in ("/sql", "/sql.csv", "/sql.parquet"):
+        response = client.get(url + q)
+        assert response.status_code == 400, (url, response.status_code)
+        assert "SQL error: Invalid Input Error: boom" in response.text, url

@@ -665,7 +665,7 @@ class LakeReader:
                 if rows > limit:
                     break
             table = pa.Table.from_batches(batches, schema=reader.schema)
-        except duckdb.Error as exc:
+        except QUERY_ERRORS as exc:
             raise _sql_error(exc) from exc
         finally:
             with self._running_lock:
@@ -706,7 +706,7 @@ class LakeReader:
             stream = (getattr(rel, "to_arrow_reader", None) or rel.fetch_record_batch)(batch_rows)
             with contextlib.suppress(StopIteration):
                 first = stream.read_next_batch()
-        except duckdb.Error as exc:
+        except QUERY_ERRORS as exc:
             release()
             raise _sql_error(exc) from exc
 
@@ -720,7 +720,7 @@ class LakeReader:
                         batch = stream.read_next_batch()
                     except StopIteration:
                         return
-                    except duckdb.Error as exc:
+                    except QUERY_ERRORS as exc:
                         raise _sql_error(exc) from exc
                     yield batch
             finally:
@@ -738,7 +738,12 @@ class LakeReader:
                 con.interrupt()
 
 
-def _sql_error(exc: duckdb.Error) -> SpoError:
+# What a failing query raises: DuckDB's errors, and, read through an Arrow stream, the same
+# errors as Arrow's (an OSError with DuckDB's message, "Invalid Input Error: ...").
+QUERY_ERRORS = (duckdb.Error, pa.ArrowException, OSError)
+
+
+def _sql_error(exc: BaseException) -> SpoError:
     """A failing query's one line: a damaged data file as `spo sql` says it, else DuckDB's
     first line."""
     known = environment_error(exc)
