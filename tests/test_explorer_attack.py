@@ -323,6 +323,10 @@ def test_solutions_read_in_the_order_written_and_checkpoints_keep_their_step(bui
     assert [(v["model_id"], v["n"]) for v in versions] == [("pi0", 1), (checkpoint, 1)]
     listing = client.get("/trajectories" + _q(run_id="demo-run", model_id=checkpoint)).text
     assert re.findall(r'href="/trajectories/([^"]+)"', listing) == ["eval-1"]
+    # and the training run's page leads to them: its checkpoint's samples in other runs
+    run_page = client.get(f"/runs/{quote(built['train_run'], safe='')}").text
+    rows = run_page.split('id="checkpoint-rows"', 1)[1].split("</table>", 1)[0]
+    assert "demo-run" in rows and quote(checkpoint, safe="") in rows and "pi0" not in rows
 
 
 def test_csv_download_is_what_spo_sql_prints(client, built):

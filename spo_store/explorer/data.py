@@ -575,6 +575,14 @@ class LakeReader:
             batches.sort(key=lambda b: b["step"])
             versions = self._run_versions()
             by_version = versions.filter(pc.equal(versions.column("run_id"), run_id))
+            # rows other runs sampled from this run's checkpoints (model RUN@STEP): a demo's
+            # or `spo eval --model`'s evaluation of the trained policy
+            elsewhere = versions.filter(
+                pc.and_(
+                    pc.starts_with(versions.column("model_id"), f"{run_id}@"),
+                    pc.not_equal(versions.column("run_id"), run_id),
+                ).fill_null(False)
+            )
             children = self._small(
                 "runs", f"parent_run_id = {q}", ["run_id", "kind", "status"]
             ).to_pylist()
@@ -583,6 +591,7 @@ class LakeReader:
                 "series": series,
                 "batches": batches,
                 "by_version": by_version.to_pylist(),
+                "checkpoint_rows": elsewhere.to_pylist(),
                 "children": children,
             }
 
