@@ -166,8 +166,10 @@ def serve_cmd(
         raise SpoError(f"--port {port}: must be between 0 and 65535")
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(
-            f"warning: --host {host} lets other machines read this lake (no login, no TLS)",
+            f"warning: --host {host} lets other machines read this lake (no login, no TLS); "
+            "its SQL page reads the lake's tables only, no other file here",
             highlight=False,
+            soft_wrap=True,
         )
     # The SQL page refuses what `spo sql` refuses: one rule, spo sql's own check.
     serve(

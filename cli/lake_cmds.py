@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 import json
 import re
 import sys
@@ -13,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import typer
 from rich.console import Console
 from rich.progress import Progress
@@ -227,20 +224,23 @@ def sql_cmd(
     if format is OutputFormat.parquet:
         if output is None:
             raise SpoError("--format parquet needs --output FILE")
+        from spo_store.analyst import result_parquet
+
         tmp = output.with_name(output.name + ".tmp")
-        pq.write_table(result, tmp)
+        try:
+            result_parquet(result, str(tmp))
+        except SpoError:
+            tmp.unlink(missing_ok=True)  # nothing half-written
+            raise
         tmp.replace(output)
         console.print(f"wrote {result.num_rows} rows to {output}", highlight=False)
         return
     if format is OutputFormat.json:
         text = json.dumps(result.to_pylist(), default=_json_default, ensure_ascii=False)
     elif format is OutputFormat.csv:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")  # LF: shells keep no stray \r
-        writer.writerow(result.column_names)
-        for row in result.to_pylist():
-            writer.writerow([_cell(v, None) for v in row.values()])
-        text = buf.getvalue()
+        from spo_store.analyst import result_csv
+
+        text = result_csv(result)
     else:
         _print_table(result, max_width)
         return

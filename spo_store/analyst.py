@@ -12,7 +12,11 @@ show what each column means without leaving SQL. The views:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from typing import Any
+
 import duckdb
+import pyarrow as pa
 from spo_schemas import TABLES
 
 TRAJECTORY_SOURCES: dict[str, str] = {
@@ -98,3 +102,106 @@ SCHEMA_QUERY = (
     "FROM duckdb_columns() WHERE NOT internal ORDER BY table_name, column_index"
 )
 """Every table and view of `spo sql` with its columns, types and comments."""
+
+
+def check_parquet_schema(schema: pa.Schema) -> None:
+    """Raise SpoError naming the columns of `schema` Parquet has no type for (DuckDB's
+    INTERVAL, say), before anything is written."""
+    from spo_store.errors import SpoError
+
+    bad = [f.name for f in schema if _no_parquet_type(f.type)]
+    if bad:
+        raise SpoError(
+            f"this result cannot be written as Parquet: column {', '.join(bad)} has a type "
+            "Parquet lacks (an INTERVAL); cast it (e.g. ::VARCHAR) or choose CSV or JSON"
+        )
+
+
+def result_parquet(table: pa.Table, sink: Any) -> None:
+    """Write a query result as Parquet to `sink` (a path or a pyarrow output stream), what
+    `spo sql --format parquet` does. Raises SpoError naming the column for a type Parquet
+    has no equivalent of (`check_parquet_schema`)."""
+    import pyarrow.parquet as pq
+
+    check_parquet_schema(table.schema)
+    pq.write_table(table, sink)
+
+
+def parquet_chunks(schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> Iterator[bytes]:
+    """The Parquet file of `batches` as byte chunks, one row group per batch, so a large
+    result streams in bounded memory (the explorer's download). Call
+    `check_parquet_schema` first."""
+    import pyarrow.parquet as pq
+
+    class Chunks:  # the file-like sink pyarrow writes to; drained after each row group
+        def __init__(self) -> None:
+            self.parts: list[bytes] = []
+            self.pos = 0
+            self.closed = False
+
+        def write(self, data: Any) -> int:
+            chunk = bytes(data)
+            self.parts.append(chunk)
+            self.pos += len(chunk)
+            return len(chunk)
+
+        def tell(self) -> int:
+            return self.pos
+
+        def flush(self) -> None:
+            pass
+
+        def close(self) -> None:
+            self.closed = True
+
+        def drain(self) -> bytes:
+            out, self.parts = b"".join(self.parts), []
+            return out
+
+    sink = Chunks()
+    writer = pq.ParquetWriter(sink, schema)
+    try:
+        for batch in batches:
+            writer.write_batch(batch)
+            if chunk := sink.drain():
+                yield chunk
+    finally:
+        writer.close()
+    yield sink.drain()
+
+
+def _no_parquet_type(t: pa.DataType) -> bool:
+    if pa.types.is_interval(t):
+        return True
+    return any(_no_parquet_type(t.field(i).type) for i in range(t.num_fields))
+
+
+def csv_chunks(names: list[str], batches: Iterable[pa.RecordBatch]) -> Iterator[str]:
+    """A query result as CSV, what `spo sql --format csv` prints: a header row, LF line
+    ends, NULL as `NULL`, timestamps in ISO 8601 with their microseconds and zone, floats in
+    full (`repr`), other values as `str`; one chunk per batch (the header first)."""
+    import csv
+    import datetime as dt
+    import io
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "NULL"
+        if isinstance(value, dt.datetime | dt.date | dt.time):
+            return value.isoformat()
+        return str(value)
+
+    def lines(rows: Iterable[Iterable[Any]]) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")  # LF: shells keep no stray \r
+        writer.writerows(rows)
+        return buf.getvalue()
+
+    yield lines([names])
+    for batch in batches:
+        yield lines([cell(v) for v in row.values()] for row in batch.to_pylist())
+
+
+def result_csv(table: pa.Table) -> str:
+    """`table` as one CSV text (`csv_chunks`)."""
+    return "".join(csv_chunks(table.column_names, table.to_batches()))

@@ -611,10 +611,11 @@ class Lake:
         """Run DuckDB SQL over the lake's tables (by name); returns a polars DataFrame."""
         return pl.from_arrow(self.sql_arrow(query))
 
-    def sql_arrow(self, query: str, *, analyst: bool = False) -> pa.Table:
+    def sql_arrow(self, query: str, *, analyst: bool = False, local_files: bool = True) -> pa.Table:
         """Run DuckDB SQL over the lake's tables; `analyst=True` adds the column comments and
-        views of `spo_store.analyst` (what `spo sql` shows). Raises SpoError (one line)."""
-        con = self.duckdb(analyst=analyst)
+        views of `spo_store.analyst` (what `spo sql` shows); `local_files=False` refuses
+        reading files outside the lake (`Lake.duckdb`). Raises SpoError (one line)."""
+        con = self.duckdb(analyst=analyst, local_files=local_files)
         try:
             return con.sql(query).to_arrow_table() if query.strip() else pa.table({})
         except duckdb.Error as exc:
@@ -628,16 +629,23 @@ class Lake:
         finally:
             con.close()
 
-    def duckdb(self, *, analyst: bool = False) -> duckdb.DuckDBPyConnection:
+    def duckdb(
+        self, *, analyst: bool = False, local_files: bool = True
+    ) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with every table registered under its name (latest versions).
 
         DuckDB scans the Lance datasets directly with projection and filter pushdown, so a
         query that names only light columns never reads token ids or text. The connection
         stays local: DuckDB may not install or load extensions (an `http://` or `s3://` path
         is an error, not a download), and its configuration is locked so a query cannot
-        change that. Local files stay readable (`read_parquet('x.parquet')`).
+        change that. Local files stay readable (`read_parquet('x.parquet')`) unless
+        `local_files=False` (DuckDB's `enable_external_access`: the lake's tables only; what
+        `spo lake serve` uses when it listens beyond this machine).
         """
-        con = duckdb.connect(config=DUCKDB_CONFIG)
+        config = dict(DUCKDB_CONFIG)
+        if not local_files:
+            config["enable_external_access"] = "false"
+        con = duckdb.connect(config=config)
         for name in TABLES:
             con.register(name, self.dataset(name))
         if analyst:

@@ -44,6 +44,13 @@ def test_sql_errors_are_one_line(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     r = spo("sql", "SELECT 1", lake=tmp_path / "missing")
     assert r.returncode == 2 and "no lake" in r.stderr
+    # a result Parquet cannot hold (an INTERVAL): one line naming the column, no file left
+    out = tmp_path / "i.parquet"
+    q = "SELECT 1 AS a, INTERVAL 1 DAY AS i"
+    r = spo("sql", q, "--format", "parquet", "--output", str(out), lake=lake_dir)
+    assert r.returncode == 2 and "column i has a type Parquet lacks" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert list(tmp_path.glob("i.parquet*")) == []
 
 
 def test_bad_options_are_one_line_before_any_work(tmp_path):

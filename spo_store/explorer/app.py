@@ -9,10 +9,9 @@ Pages (each at a stable URL, GET only): `/`, `/problems`, `/problems/{problem_id
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime as dt
 import errno
-import io
+import re
 import signal
 import socket
 import sys
@@ -24,24 +23,25 @@ from urllib.parse import quote, urlencode
 
 import jinja2
 import pyarrow as pa
-import pyarrow.parquet as pq
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from spo_store.errors import SpoError
+from spo_store.analyst import check_parquet_schema, csv_chunks, parquet_chunks
+from spo_store.errors import SpoError, environment_error
 from spo_store.explorer.data import NOT_MODEL_SOURCES, LakeReader, NotFound, ProblemFilter
-from spo_store.explorer.render import highlight_code, plot, pygments_css
+from spo_store.explorer.render import highlight_code, plot, pygments_css, show_hidden
 from spo_store.lake import Lake
 
 HERE = Path(__file__).resolve().parent
 SQL_SHOWN_ROWS = 1000  # the HTML table; downloads carry every row
 CELL_CHARS = 300
+INT64_MAX = 2**63 - 1
 # No script may run on any page, inline or loaded: the explorer has none, and a lake text that
 # escaped escaping would still be inert. Styles only from the app's own files.
 CSP = (
@@ -77,6 +77,7 @@ def _env() -> jinja2.Environment:
     )
     env.filters["q"] = lambda s: quote(str(s), safe="")  # one path segment
     env.filters["fmt"] = _fmt_cell
+    env.filters["model"] = _model_cell
     env.filters["pct"] = lambda v: "" if v is None else f"{100 * v:.0f}%"
     env.filters["num"] = lambda v, d=3: "" if v is None else f"{v:.{d}f}"
     # None and "" mean "any" and are left out; 0 (policy version 0) is kept.
@@ -103,14 +104,28 @@ def _fmt_cell(value: Any, width: int | None = CELL_CHARS) -> str:
     return text
 
 
+def _model_cell(model_id: str, width: int = 24) -> str:
+    """A model id cut to `width` characters, keeping a checkpoint's step: `RUN@STEP` (the
+    weights of training run RUN after STEP steps) must not read the same at every step."""
+    run, at, step = model_id.rpartition("@")
+    if at and step.isdigit() and len(model_id) > width:
+        return run[: max(1, width - len(step) - 2)] + "…@" + step
+    return _fmt_cell(model_id, width)
+
+
 def create_app(
-    lake: Lake, sql_guard: Callable[[str], None], *, allowed_hosts: list[str] | None = None
+    lake: Lake,
+    sql_guard: Callable[[str], None],
+    *,
+    allowed_hosts: list[str] | None = None,
+    local_files: bool = True,
 ) -> Starlette:
     """The explorer over an opened lake. `sql_guard(query)` raises SpoError for a query that
     `spo sql` refuses (the same read-only rule); `allowed_hosts`: Host headers answered (the
     default, loopback names only, keeps other web sites from reading the app through DNS
-    rebinding)."""
-    reader = LakeReader(lake, sql_guard)
+    rebinding); `local_files=False`: the SQL page reads the lake's tables only, no other
+    file of this machine (for a server other machines reach)."""
+    reader = LakeReader(lake, sql_guard, local_files=local_files)
     env = _env()
     for name in env.list_templates():  # compiled now, not on the first page that uses one
         env.get_template(name)
@@ -118,7 +133,7 @@ def create_app(
 
     def page(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         html = env.get_template(name).render(lake_uri=lake.uri, **ctx)
-        return HTMLResponse(html, status_code=status)
+        return HTMLResponse(show_hidden(html), status_code=status)
 
     def arg(request: Request, name: str) -> str | None:
         value = request.query_params.get(name)
@@ -129,9 +144,12 @@ def create_app(
         if value is None:
             return default
         try:
-            return int(value)
+            number = int(value)
         except ValueError:
             raise BadInput(f"{name}={value!r} is not a whole number") from None
+        if not -INT64_MAX <= number <= INT64_MAX:  # the lake's integers are 64-bit
+            raise BadInput(f"{name}={value!r} is out of range")
+        return number
 
     def rate_arg(request: Request, name: str) -> float | None:
         value = arg(request, name)
@@ -150,6 +168,12 @@ def create_app(
         if value is not None and value not in allowed:
             raise BadInput(f"{name}={value!r} is not one of {', '.join(allowed)}")
         return value
+
+    def from_elsewhere(request: Request) -> bool:
+        """Whether the browser says another site made this request (Fetch Metadata,
+        `Sec-Fetch-Site`; sent by every current browser, absent from curl): a page elsewhere
+        cannot read our answers (no CORS), but it could make the server run queries."""
+        return request.headers.get("sec-fetch-site") in ("cross-site", "same-site")
 
     # ------------------------------------------------------------------ pages
     def home(request: Request) -> Response:
@@ -187,6 +211,7 @@ def create_app(
             "problem_id": arg(request, "problem_id"),
             "source": arg(request, "source"),
             "policy_version": int_arg(request, "policy_version"),
+            "model_id": arg(request, "model_id"),
             "annotated": choice(request, "annotated", ("yes",)) == "yes",
         }
         result = reader.trajectories(**filters, page=int_arg(request, "page", 1) or 1)
@@ -217,6 +242,8 @@ def create_app(
 
     def batch(request: Request) -> Response:
         run_id, step = request.path_params["run_id"], request.path_params["step"]
+        if step > INT64_MAX:  # the route takes any digits; steps are 64-bit
+            raise NotFound(f"run {run_id!r} logged no batch at step {step}")
         data = reader.batch(run_id, step)
         return page("batch.html", title=f"{run_id} step {step}", run_id=run_id, step=step, **data)
 
@@ -229,8 +256,11 @@ def create_app(
 
     def sql(request: Request) -> Response:
         query = request.query_params.get("q")
-        result, cut, error = None, False, None
-        if query is not None and query.strip():
+        result, cut, error, notice = None, False, None, None
+        if query is not None and query.strip() and from_elsewhere(request):
+            notice = "This query came from a link on another site and was not run: read it, "
+            notice += "then press Run."
+        elif query is not None and query.strip():
             try:
                 result, cut = reader.sql(query, SQL_SHOWN_ROWS)
             except SpoError as exc:
@@ -244,6 +274,7 @@ def create_app(
             result=None if result is None else _table_rows(result),
             cut=cut,
             error=error,
+            notice=notice,
             shown=SQL_SHOWN_ROWS,
         )
 
@@ -252,23 +283,27 @@ def create_app(
         if fmt not in ("csv", "parquet"):
             raise HTTPException(404)
         query = request.query_params.get("q") or ""
+        if from_elsewhere(request):
+            raise HTTPException(403, "a download runs only from the explorer's own SQL page")
         try:
-            table, _ = reader.sql(query, None)
+            schema, batches = reader.sql_stream(query)  # runs it: a failing query says so here
         except SpoError as exc:
             raise BadInput(str(exc)) from exc
         if fmt == "parquet":
-            buf = pa.BufferOutputStream()
-            pq.write_table(table, buf)
-            body, media = buf.getvalue().to_pybytes(), "application/vnd.apache.parquet"
-        else:
-            text = io.StringIO()
-            writer = csv.writer(text)
-            writer.writerow(table.column_names)
-            for row in table.to_pylist():
-                writer.writerow(["" if v is None else _fmt_cell(v, None) for v in row.values()])
-            body, media = text.getvalue().encode(), "text/csv; charset=utf-8"
+            try:
+                check_parquet_schema(schema)  # an INTERVAL, say: Parquet has no such type
+            except SpoError as exc:
+                batches.close()
+                raise BadInput(str(exc)) from exc
+        # Streamed batch by batch: a result larger than memory downloads in bounded memory.
+        if fmt == "parquet":
+            body: Iterator[Any] = parquet_chunks(schema, batches)
+            media = "application/vnd.apache.parquet"
+        else:  # what `spo sql --format csv` prints: every digit, every timestamp's zone
+            body = (c.encode() for c in csv_chunks(schema.names, batches))
+            media = "text/csv; charset=utf-8"
         headers = {"Content-Disposition": f'attachment; filename="spo-query.{fmt}"'}
-        return Response(body, media_type=media, headers=headers)
+        return StreamingResponse(body, media_type=media, headers=headers)
 
     def pygments_stylesheet(request: Request) -> Response:
         return Response(css, media_type="text/css")
@@ -293,16 +328,56 @@ def create_app(
             message=str(exc.detail),
         )
 
-    def server_error(request: Request, exc: Exception) -> Response:
-        # A lake the explorer cannot read (a table removed under it, a broken file): one line.
+    def failure(exc: Exception) -> tuple[int, str, str]:
+        """(status, title, one line) for an exception no handler took. A lake the explorer
+        cannot read (a table removed or damaged under it): 503, and the next request tries
+        again (the lake may be restored); anything else is a bug: 500, still one line."""
         reader.reset()
-        return page(
-            "error.html",
-            status=500,
-            title="Error",
-            code=500,
-            message=f"could not read the lake: {type(exc).__name__}: {exc}",
-        )
+        unreadable = lake_read_error(exc)
+        if unreadable is not None:
+            return 503, "Lake unreadable", f"cannot read the lake at {lake.uri}: {unreadable}"
+        detail = " ".join(str(exc).split())[:300]
+        return 500, "Error", f"internal error: {type(exc).__name__}: {detail}"
+
+    class ErrorPages:
+        """Any exception no handler took: its error page and one line on stderr (Starlette's
+        own last handler would print a traceback after the page)."""
+
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            started = False
+
+            async def tracking_send(message: dict[str, Any]) -> None:
+                nonlocal started
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+
+            try:
+                await self.app(scope, receive, tracking_send)
+            except Exception as exc:
+                if scope["type"] != "http":
+                    raise
+                if started:
+                    # a download cut short (the query interrupted or failing mid-way): the
+                    # status is sent; ending without the last chunk makes the browser call
+                    # the download failed rather than complete
+                    print(
+                        f"spo lake explorer: {scope['method']} {scope['path']}: download "
+                        f"cut short: {' '.join(str(exc).split())[:300]}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    return
+                status, title, message = failure(exc)
+                print(
+                    f"spo lake explorer: {scope['method']} {scope['path']}: {status} {message}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                response = page("error.html", status, title=title, code=status, message=message)
+                await response(scope, receive, send)
 
     class SecurityHeaders:
         """Adds the CSP and friends to every response (pages, downloads, static files)."""
@@ -320,6 +395,19 @@ def create_app(
                     message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
                 await send(message)
 
+            request = Request(scope)
+            if from_elsewhere(request) and request.headers.get("sec-fetch-mode") != "navigate":
+                # An image, script or fetch of another site's page: nothing here is for it
+                # (a link followed to a page still opens it).
+                refused = page(
+                    "error.html",
+                    status=403,
+                    title="Forbidden",
+                    code=403,
+                    message="the explorer answers other sites' pages only by a link followed",
+                )
+                await refused(scope, receive, send_with_headers)
+                return
             await self.app(scope, receive, send_with_headers)
 
     routes = [
@@ -342,16 +430,33 @@ def create_app(
         middleware=[
             Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or list(LOOPBACK)),
             Middleware(SecurityHeaders),
+            Middleware(ErrorPages),
         ],
         exception_handlers={
             NotFound: not_found,
             BadInput: bad_input,
             HTTPException: http_error,
-            Exception: server_error,
         },
     )
     app.state.reader = reader
     return app
+
+
+def lake_read_error(exc: BaseException) -> str | None:
+    """One line for an exception from reading the lake's files (a table deleted, a data file
+    truncated or unreadable while the server runs), else None. Lance raises OSError (missing
+    files) or ValueError/RuntimeError naming `LanceError(IO)`; Rust source locations are cut."""
+    known = environment_error(exc)
+    if known is not None:
+        return known
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) or "LanceError" in text:
+        detail = re.sub(r",?\s*/\S+\.rs:\d+:\d+", "", text)[:300]
+        return (
+            f"{detail} (a table was removed or damaged while the explorer ran: run "
+            "`spo lake verify`; docs/lake.md, 'When the lake is damaged')"
+        )
+    return None
 
 
 def _table_rows(table: pa.Table) -> dict[str, Any]:
@@ -391,22 +496,39 @@ def serve(
     sock.listen(128)
     bound = sock.getsockname()[1]
     hosts = list(LOOPBACK)
-    if host not in LOOPBACK:
-        # Listening beyond this machine: answer any Host (the user chose to expose it).
+    local = host in LOOPBACK
+    if not local:
+        # Listening beyond this machine: answer any Host (the user chose to expose it), but
+        # let its SQL page read the lake only: `spo sql`'s local file reads (read_text of
+        # any file this user may read) would otherwise be open to every machine that reaches it.
         hosts = ["*"]
-    app = create_app(lake, sql_guard, allowed_hosts=hosts)
+    app = create_app(lake, sql_guard, allowed_hosts=hosts, local_files=local)
     app.state.reader.warm()  # load the index before the first page is asked
     shown = f"[{host}]" if ":" in host else host
-    say(f"spo lake explorer: http://{shown}:{bound}/  (lake {lake.uri}; Ctrl-C stops it)")
+    also = ""
+    if host in ("0.0.0.0", "::", ""):
+        # Every address: 0.0.0.0 is no address to browse to (browsers refuse it); name one
+        # that works here and the one other machines would use.
+        shown = "127.0.0.1" if host == "0.0.0.0" else "[::1]"
+        also = f"; other machines: http://{socket.gethostname()}:{bound}/"
+    say(f"spo lake explorer: http://{shown}:{bound}/  (lake {lake.uri}{also}; Ctrl-C stops it)")
     sys.stdout.flush()
     import uvicorn
 
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    _uvicorn_server()(config).run(sockets=[sock])
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=5,  # a browser's keep-alive or a slow download: not forever
+    )
+    _uvicorn_server(on_exit=app.state.reader.interrupt)(config).run(sockets=[sock])
     say("spo lake explorer stopped")
 
 
-def _uvicorn_server() -> type:
+def _uvicorn_server(on_exit: Callable[[], None]) -> type:
+    """uvicorn's Server, stopping on Ctrl-C or SIGTERM without re-raising it, and calling
+    `on_exit()` (which stops running queries) when told to stop."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -420,11 +542,15 @@ def _uvicorn_server() -> type:
                 yield
                 return
             handled = (signal.SIGINT, signal.SIGTERM)
-            previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            previous = {sig: signal.signal(sig, self.stop) for sig in handled}
             try:
                 yield
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
+
+        def stop(self, sig: int, frame: Any) -> None:
+            self.handle_exit(sig, frame)
+            on_exit()
 
     return Server

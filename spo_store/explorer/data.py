@@ -12,9 +12,10 @@ writes to the lake.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from spo_schemas import TABLES, heavy_columns
 
-from spo_store.errors import SpoError
+from spo_store.errors import SpoError, environment_error
 from spo_store.lake import Lake, problem_tests, sql_quote
 from spo_store.mixture_index import MetadataIndex
 
@@ -118,13 +119,21 @@ class LakeReader:
     DuckDB connection are shared).
 
     `sql_guard(query)` raises SpoError for a query `spo sql` would refuse (the CLI passes
-    its own check, so the two follow one rule)."""
+    its own check, so the two follow one rule); queries see the tables and the views of
+    `spo sql` (`attempts`, `pass_rates`). `local_files=False`: queries read the lake's tables
+    only, no other file on this machine (the server listens beyond it)."""
 
-    def __init__(self, lake: Lake, sql_guard: Callable[[str], None]) -> None:
+    def __init__(
+        self, lake: Lake, sql_guard: Callable[[str], None], *, local_files: bool = True
+    ) -> None:
         self.lake = lake
         self.sql_guard = sql_guard
+        self.local_files = local_files
         self.index = MetadataIndex(lake)
         self._lock = threading.RLock()
+        # connections of the SQL queries running now (outside _lock): interrupt() stops them
+        self._running: set[duckdb.DuckDBPyConnection] = set()
+        self._running_lock = threading.Lock()
         self._stats: tuple[Any, pa.Table] | None = None
         self._duck: duckdb.DuckDBPyConnection | None = None
         self._groups: tuple[Any, tuple[dict[str, int], np.ndarray, np.ndarray]] | None = None
@@ -311,8 +320,14 @@ class LakeReader:
                     "sampler_key",
                     "samples",
                     "successes",
+                    "stopping",
+                    "s0",
+                    "s0_low",
+                    "s0_high",
                     "beta",
                     "q0",
+                    "q0_low",
+                    "q0_high",
                     "run_id",
                 ],
             ).to_pylist()
@@ -364,8 +379,10 @@ class LakeReader:
         return self._take(positions).select(TRAJECTORY_LIST).to_pylist()
 
     def _problem_rows(self, problem_id: str) -> list[dict[str, Any]]:
-        """Every trajectory of a problem (light columns): humans first, then by run, policy
-        version and time written."""
+        """Every trajectory of a problem (light columns): humans first, then in the order they
+        were written (then policy version), so pi_0's samples, an evaluation before training,
+        the run's rollouts by policy version and the evaluation of its checkpoint read in the
+        order they happened."""
         self._fresh()
         lookup, starts, order = self._by_problem()
         code = lookup.get(problem_id)
@@ -375,9 +392,8 @@ class LakeReader:
         rows.sort(
             key=lambda r: (
                 r["source"] != "human",
-                r["run_id"],
+                r["created_at"].timestamp() if r["created_at"] else 0.0,
                 -1 if r["policy_version"] is None else r["policy_version"],
-                r["created_at"].timestamp() if r["created_at"] else 0.0,  # eval before/after
                 r["traj_id"],
             )
         )
@@ -390,6 +406,7 @@ class LakeReader:
         problem_id: str | None = None,
         source: str | None = None,
         policy_version: int | None = None,
+        model_id: str | None = None,
         annotated: bool = False,
         page: int = 1,
     ) -> Page:
@@ -411,7 +428,12 @@ class LakeReader:
                 table = self._take(chosen)
             # Masks over the needed columns only; the rows of the page alone are taken.
             mask = None
-            filters = (("policy_version", policy_version), ("run_id", run_id), ("source", source))
+            filters = (
+                ("policy_version", policy_version),
+                ("run_id", run_id),
+                ("source", source),
+                ("model_id", model_id),
+            )
             for col, value in filters:
                 if value is not None:
                     m = pc.equal(table.column(col), value)
@@ -438,8 +460,9 @@ class LakeReader:
             return Page(out, int(total), page, pages)
 
     def _run_versions(self) -> pa.Table:
-        """Trajectories per (run, source, policy version) with their reward-0 count, ordered;
-        computed once per index version."""
+        """Trajectories per (run, source, model, policy version) with their reward-0 count and
+        first write time, ordered (within a source by policy version, then time); computed
+        once per index version."""
         self._fresh()
         idx = self.index
         key = (idx.epoch, idx.version)
@@ -447,10 +470,13 @@ class LakeReader:
             con = duckdb.connect()
             try:
                 con.register("t", idx.trajectories)
+                # by model too: a run's evaluations of pi_0 and of its trained checkpoint
+                # (eval rows carry no policy version) are different rows
                 table = con.sql(
-                    "SELECT run_id, source, policy_version, count(*) AS n, "
-                    "count(*) FILTER (reward = 0) AS solved FROM t GROUP BY ALL "
-                    "ORDER BY run_id, source, policy_version NULLS FIRST"
+                    "SELECT run_id, source, model_id, policy_version, count(*) AS n, "
+                    "count(*) FILTER (reward = 0) AS solved, min(created_at) AS first "
+                    "FROM t GROUP BY run_id, source, model_id, policy_version "
+                    "ORDER BY run_id, source, policy_version NULLS FIRST, first, model_id"
                 ).to_arrow_table()
             finally:
                 con.close()
@@ -549,6 +575,14 @@ class LakeReader:
             batches.sort(key=lambda b: b["step"])
             versions = self._run_versions()
             by_version = versions.filter(pc.equal(versions.column("run_id"), run_id))
+            # rows other runs sampled from this run's checkpoints (model RUN@STEP): a demo's
+            # or `spo eval --model`'s evaluation of the trained policy
+            elsewhere = versions.filter(
+                pc.and_(
+                    pc.starts_with(versions.column("model_id"), f"{run_id}@"),
+                    pc.not_equal(versions.column("run_id"), run_id),
+                ).fill_null(False)
+            )
             children = self._small(
                 "runs", f"parent_run_id = {q}", ["run_id", "kind", "status"]
             ).to_pylist()
@@ -557,6 +591,7 @@ class LakeReader:
                 "series": series,
                 "batches": batches,
                 "by_version": by_version.to_pylist(),
+                "checkpoint_rows": elsewhere.to_pylist(),
                 "children": children,
             }
 
@@ -612,20 +647,23 @@ class LakeReader:
 
     def sql(self, query: str, limit: int | None) -> tuple[pa.Table, bool]:
         """The result of a read-only query (`sql_guard` first), and whether it was cut to
-        `limit` rows (None: every row, through `Lake.sql_arrow` as `spo sql` runs it). With a
-        limit only the first batches are read, so a query over a million rows shows its head
-        without building the whole result. Raises SpoError for a refused or failing query."""
+        `limit` rows (None: every row, on the connection `spo sql` uses). With a limit only
+        the first batches are read, so a query over a million rows shows its head without
+        building the whole result. A running query stops at `interrupt()`. Raises SpoError
+        for a refused, failing or interrupted query."""
         if not query.strip():
             raise SpoError("the SQL query is empty")
         self.sql_guard(query)
-        if limit is None:
-            return self.lake.sql_arrow(query), False
         with self._lock:  # the lake's datasets are refreshed here; the query runs unlocked
-            con = self.lake.duckdb()
+            con = self.lake.duckdb(analyst=True, local_files=self.local_files)
+        with self._running_lock:
+            self._running.add(con)
         try:
             rel = con.sql(query)
             if rel is None:  # a statement without a result
                 return pa.table({}), False
+            if limit is None:
+                return rel.to_arrow_table(), False
             # DuckDB 1.x calls it fetch_record_batch, 2.x to_arrow_reader
             stream = getattr(rel, "to_arrow_reader", None) or rel.fetch_record_batch
             reader = stream(limit + 1)
@@ -636,14 +674,90 @@ class LakeReader:
                 if rows > limit:
                     break
             table = pa.Table.from_batches(batches, schema=reader.schema)
-        except duckdb.Error as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise SpoError(f"SQL error: {first}") from exc
+        except QUERY_ERRORS as exc:
+            raise _sql_error(exc) from exc
         finally:
+            with self._running_lock:
+                self._running.discard(con)
             con.close()
         if table.num_rows > limit:
             return table.slice(0, limit), True
         return table, False
+
+    def sql_stream(
+        self, query: str, batch_rows: int = 10_000
+    ) -> tuple[pa.Schema, Generator[pa.RecordBatch, None, None]]:
+        """Every row of a read-only query as `(schema, batches)`, read from DuckDB a batch at
+        a time so a download larger than memory streams (`sql` holds the whole result). The
+        query runs here up to its first batch, so a refused or failing query raises SpoError
+        before anything is sent; the connection is released when the batches are exhausted
+        or closed, and `interrupt()` stops it (the generator then raises SpoError)."""
+        if not query.strip():
+            raise SpoError("the SQL query is empty")
+        self.sql_guard(query)
+        with self._lock:  # the lake's datasets are refreshed here; the query runs unlocked
+            con = self.lake.duckdb(analyst=True, local_files=self.local_files)
+        with self._running_lock:
+            self._running.add(con)
+
+        def release() -> None:
+            with self._running_lock:
+                self._running.discard(con)
+            con.close()
+
+        first: pa.RecordBatch | None = None
+        try:
+            rel = con.sql(query)
+            if rel is None:  # a statement without a result
+                release()
+                return pa.schema([]), (b for b in ())
+            # DuckDB 1.x calls it fetch_record_batch, 2.x to_arrow_reader
+            stream = (getattr(rel, "to_arrow_reader", None) or rel.fetch_record_batch)(batch_rows)
+            with contextlib.suppress(StopIteration):
+                first = stream.read_next_batch()
+        except QUERY_ERRORS as exc:
+            release()
+            raise _sql_error(exc) from exc
+
+        def batches() -> Generator[pa.RecordBatch, None, None]:
+            try:
+                if first is None:
+                    return
+                yield first
+                while True:
+                    try:
+                        batch = stream.read_next_batch()
+                    except StopIteration:
+                        return
+                    except QUERY_ERRORS as exc:
+                        raise _sql_error(exc) from exc
+                    yield batch
+            finally:
+                release()
+
+        return stream.schema, batches()
+
+    def interrupt(self) -> None:
+        """Stop every running SQL query (the server is stopping: Ctrl-C or SIGTERM must not
+        wait for a query that takes an hour)."""
+        with self._running_lock:
+            running = list(self._running)
+        for con in running:
+            with contextlib.suppress(duckdb.Error):
+                con.interrupt()
+
+
+# What a failing query raises: DuckDB's errors, and, read through an Arrow stream, the same
+# errors as Arrow's (an OSError with DuckDB's message, "Invalid Input Error: ...").
+QUERY_ERRORS = (duckdb.Error, pa.ArrowException, OSError)
+
+
+def _sql_error(exc: BaseException) -> SpoError:
+    """A failing query's one line: a damaged data file as `spo sql` says it, else DuckDB's
+    first line."""
+    known = environment_error(exc)
+    first = str(exc).strip().splitlines()[0]
+    return SpoError(known or f"SQL error: {first}")
 
 
 HEAVY = {name: set(heavy_columns(name)) for name in TABLES}

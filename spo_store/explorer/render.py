@@ -7,6 +7,8 @@ and its Content-Security-Policy can forbid scripts outright.
 from __future__ import annotations
 
 import math
+import re
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +29,45 @@ LEXERS = {
     "c": "c",
 }
 FORMATTER = HtmlFormatter(linenos="table", cssclass="hl", wrapcode=True)
+
+
+# Characters that change how the text around them looks without showing themselves: C0/C1
+# controls (but tab, newline, carriage return) and the bidirectional marks, embeddings,
+# overrides and isolates ("Trojan Source": a response whose displayed order differs from the
+# order the judge ran), and the byte order mark.
+HIDDEN = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]"
+)
+# a tag, or an element whose text is not markup (a span in a <title> would show as text)
+_TAG_OR_TEXTAREA = re.compile(r"(<textarea\b[^>]*>.*?</textarea>|<title>.*?</title>|<[^>]*>)", re.S)
+
+
+def _code_point(ch: str) -> str:
+    return f"U+{ord(ch):04X}"
+
+
+def show_hidden(html: str) -> str:
+    """`html` (a rendered page) with every HIDDEN character shown as its code point: in text
+    as a marked span titled with its name, inside a tag (an attribute value) or the title as
+    plain text; a textarea (the SQL box) keeps its text as typed. Sound because every lake text was
+    escaped first, so `<` and `>` in the page are markup only."""
+    if HIDDEN.search(html) is None:
+        return html
+
+    def in_text(m: re.Match[str]) -> str:
+        ch = m.group(0)
+        name = unicodedata.name(ch, "control character")
+        return (
+            f'<span class="hidden-char" title="{_code_point(ch)} {name}">{_code_point(ch)}</span>'
+        )
+
+    parts = _TAG_OR_TEXTAREA.split(html)
+    for i, part in enumerate(parts):
+        if i % 2 == 0:  # text between tags
+            parts[i] = HIDDEN.sub(in_text, part)
+        elif not part.startswith("<textarea"):
+            parts[i] = HIDDEN.sub(lambda m: f"&lt;{_code_point(m.group(0))}&gt;", part)
+    return "".join(parts)
 
 
 def pygments_css() -> str:
