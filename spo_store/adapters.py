@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from spo_store import jsontext
 from spo_store.errors import SpoError
 from spo_store.problem_rules import (
     limit_range_error,
@@ -245,9 +246,9 @@ def _io(block: dict[str, Any] | None) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- TACO
 def _taco_row(row: dict[str, Any], where: str, split: str) -> ParsedProblem:
     try:
-        io = json.loads(row["input_output"]) if row.get("input_output") else {}
-        sols = json.loads(row["solutions"]) if row.get("solutions") else []
-    except (json.JSONDecodeError, TypeError) as exc:
+        io = jsontext.loads(row["input_output"]) if row.get("input_output") else {}
+        sols = jsontext.loads(row["solutions"]) if row.get("solutions") else []
+    except (ValueError, TypeError) as exc:
         raise SpoError(f"{where}: TACO field is not valid JSON ({exc})") from None
     if not isinstance(io, dict):
         raise SpoError(f"{where}: TACO input_output must be a JSON object, got {type(io).__name__}")
@@ -270,8 +271,8 @@ def _taco_row(row: dict[str, Any], where: str, split: str) -> ParsedProblem:
         bad = next((i for i, x in enumerate(raw_in) if not isinstance(x, list)), None)
         if bad is not None and issue is None:
             issue = f"unsupported_io: call-based test {bad} input is not a list of arguments"
-        inputs = [json.dumps(x) for x in raw_in]
-        outputs = [json.dumps(x) for x in raw_out]
+        inputs = [jsontext.dumps(x) for x in raw_in]
+        outputs = [jsontext.dumps(x) for x in raw_out]
     else:
         inputs = [_taco_text(x, where, "input", i) for i, x in enumerate(raw_in)]
         outputs = [_taco_text(x, where, "output", i) for i, x in enumerate(raw_out)]
@@ -361,8 +362,8 @@ def _jsonl_tests(
                     f"problem, no fn_name), got {type(t[part]).__name__}"
                 )
         # Call-based tests may give the argument list / value itself: stored as JSON text.
-        ins.append(t["input"] if isinstance(t["input"], str) else json.dumps(t["input"]))
-        outs.append(t["output"] if isinstance(t["output"], str) else json.dumps(t["output"]))
+        ins.append(t["input"] if isinstance(t["input"], str) else jsontext.dumps(t["input"]))
+        outs.append(t["output"] if isinstance(t["output"], str) else jsontext.dumps(t["output"]))
     return _tests(ins, outs)
 
 
@@ -386,6 +387,8 @@ def _jsonl_limit(row: dict[str, Any], keys: tuple[str, str], where: str) -> tupl
     raw = row.get(key)
     if raw is None:
         return None, None
+    if isinstance(raw, jsontext.BigInt):  # thousands of digits: outside every range
+        raw = float("-inf" if raw.text.startswith("-") else "inf")
     what = "time" if key.startswith("time") else "memory"
     parsed = (parse_time_limit_s if what == "time" else parse_memory_limit_mb)(raw)
     if isinstance(raw, bool) or (not isinstance(raw, int | float | str)):
@@ -415,8 +418,8 @@ def _call_based_issue(tests: Iterable[dict[str, list[str]]]) -> str | None:
     for block in tests:
         for text in block["input"]:
             try:
-                args = json.loads(text)
-            except json.JSONDecodeError:
+                args = jsontext.loads(text)
+            except ValueError:
                 args = None
             if not isinstance(args, list):
                 return f"unsupported_io: call-based test {n} input is not a list of arguments"
@@ -503,9 +506,9 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SpoError(f"{path}:{i}: broken JSON line ({exc.msg})") from None
+            row = jsontext.loads(line)
+        except ValueError as exc:
+            raise SpoError(f"{path}:{i}: broken JSON line ({jsontext.error_text(exc)})") from None
         if not isinstance(row, dict):
             raise SpoError(f"{path}:{i}: expected a JSON object per line")
         yield f"{path}:{i}", row
@@ -581,11 +584,11 @@ def detect_format(path: Path) -> str:
     with open(path, "rb") as fh:
         first = fh.readline()
     try:
-        row = json.loads(first.decode("utf-8"))
+        row = jsontext.loads(first.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise SpoError(f"{path}:1: invalid UTF-8 ({exc.reason})") from None
-    except json.JSONDecodeError as exc:
-        raise SpoError(f"{path}:1: broken JSON line ({exc.msg})") from None
+    except ValueError as exc:
+        raise SpoError(f"{path}:1: broken JSON line ({jsontext.error_text(exc)})") from None
     return "taco" if isinstance(row, dict) and TACO_REQUIRED <= set(row) else "jsonl"
 
 
@@ -633,7 +636,7 @@ def _check_text(prob: ParsedProblem) -> None:
     }
     for key, value in fields.items():
         try:
-            json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+            jsontext.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
         except UnicodeEncodeError as exc:
             bad = exc.object[exc.start : exc.end].encode("utf-16", "surrogatepass")[2:]
             code = "\\u" + bad[::-1].hex() if len(bad) == 2 else repr(exc.object[exc.start])

@@ -22,7 +22,6 @@ was really judged (`Verdict.judged`); `verdict_reward` maps it to the lake's rew
 from __future__ import annotations
 
 import dataclasses
-import json
 import marshal
 import math
 import os
@@ -33,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
+from spo_store import jsontext
 from spo_store.errors import SpoError
 from spo_train import sandbox as _sb
 from spo_train.sandbox import RUN_STATUSES, RunResult
@@ -215,16 +215,20 @@ def call_results_match(
     `==`, which already makes 1 == 1.0).
     """
     try:
-        got = json.loads(actual_json)
-        want = json.loads(expected_json)
-    except (ValueError, RecursionError):
+        # jsontext: a program may return an int of any length (the judge lifts CPython's
+        # int/str digit limit); it is compared by its digits, in linear time.
+        got = jsontext.loads(actual_json)
+        want = jsontext.loads(expected_json)
+        only = float_tolerance_source == "default"
+        if _values_match(got, want, float_tolerance, only):
+            return True
+        return (
+            isinstance(want, list)
+            and bool(want)
+            and _values_match(got, want[0], float_tolerance, only)
+        )
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python compares
         return False
-    only = float_tolerance_source == "default"
-    if _values_match(got, want, float_tolerance, only):
-        return True
-    return (
-        isinstance(want, list) and bool(want) and _values_match(got, want[0], float_tolerance, only)
-    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,6 +40,16 @@ BAD_LINES = [
     ('{"name": "b1", "statement": "x", "memory_limit": 0}', "'memory_limit': 0 MiB is"),
     ('{"name": "b1", "statement": "x", "time_limit_s": true}', "'time_limit_s' must be"),
     ('{"name": "b1", "statement": "x", "float_tolerance": 1e300}', "between 0 and 1"),
+    # JSON that Python's json module fails on without a JSONDecodeError (issue 19 trial):
+    # nesting deeper than the recursion limit, an integer beyond the int/str digit limit
+    (
+        '{"name": "b1", "statement": "x", "difficulty": ' + "[" * 50000 + "]" * 50000 + "}",
+        "broken JSON line (nested too deeply)",
+    ),
+    (
+        '{"name": "b1", "statement": "x", "memory_limit_mb": ' + "9" * 5000 + "}",
+        "'memory_limit_mb': inf MiB is outside",
+    ),
 ]
 
 

@@ -404,6 +404,63 @@ def test_big_integers_print_without_a_digit_limit():
     assert v.passed, v.tests[0].stderr
 
 
+BIG = "9" * 5000  # 10**5000 - 1: beyond CPython's 4300-digit int <-> str limit
+
+
+def test_a_call_based_big_integer_is_judged_by_its_digits(tmp_path):
+    # The program may return an int of any length (the limit is lifted in the sandbox); the
+    # host compares it by its digits: a correct answer passes, a wrong one fails, nothing
+    # raises (before: "internal error" loading the tests, wrong_answer for a right answer).
+    prog = tmp_path / "sol.py"
+    prog.write_text("def f(n):\n    return 10 ** n - 1\n")
+    tests = tmp_path / "t.json"
+    tests.write_text('[{"input": [5000], "output": ' + BIG + "}]")
+    argv = [SPO, "judge", str(prog), "--tests", str(tests), "--fn-name", "f"]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "PASSED 1/1" in res.stdout, res.stdout + res.stderr
+    prog.write_text("def f(n):\n    return 10 ** n - 3\n")
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "wrong_answer" in res.stdout, res.stdout + res.stderr
+    # A program printing raw, absurdly nested JSON on its stdout is a wrong answer.
+    prog.write_text("import os\ndef f(n):\n    os.write(1, b'[' * 99999)\n    os._exit(0)\n")
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "wrong_answer" in res.stdout, res.stdout + res.stderr
+
+
+def test_taco_big_integer_outputs_ingest_and_verify(tmp_path):
+    row = {
+        "name": "nines",
+        "question": "Return 10**n - 1.",
+        "solutions": json.dumps(["def f(n):\n    return 10 ** n - 1\n"]),
+        "input_output": '{"fn_name": "f", "inputs": [[5000]], "outputs": [' + BIG + "]}",
+    }
+    path = tmp_path / "taco.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    lake = tmp_path / "lake"
+    argv = [SPO, "ingest", "human-solutions", str(path), "--lake", str(lake), "--verify"]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    sql = "SELECT reward, reward_source FROM trajectories"
+    res = subprocess.run(
+        [SPO, "sql", sql, "--lake", str(lake), "--format", "json"], capture_output=True, text=True
+    )
+    assert json.loads(res.stdout) == [{"reward": 0.0, "reward_source": "judge"}], res.stdout
+    res = subprocess.run(
+        [
+            SPO,
+            "sql",
+            "SELECT private_tests.output[1] AS o FROM problems",
+            "--lake",
+            str(lake),
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert json.loads(res.stdout)[0]["o"] == BIG, res.stdout[:200]  # stored as the number
+
+
 # ------------------------------------------------------------------ 5. what a program may use
 
 
