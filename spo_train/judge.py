@@ -467,6 +467,36 @@ def _run_checker(
     return checked, None
 
 
+def _blame_output(
+    checker: str,
+    checked: list[tuple[bool | None, str]],
+    tests: Sequence[tuple[str, str]],
+    sandbox: tuple[str, list[str]] | None,
+) -> list[tuple[bool | None, str]]:
+    """A checker that failed on the program's output but accepts the reference answer there
+    failed because of that output: the program's wrong answer, not "not judged".
+
+    testlib makes a malformed output the program's verdict (reading `ouf` fails with WA/PE;
+    only a failure on the input or the answer is `_fail`). A Python checker that crashes or
+    hangs on garbage (`int(token)` of a word) would otherwise let a program turn every
+    negative reward into NULL, which RL finds. The checker runs once more, on the failing
+    test with the answer as the output: accepted -> wrong_answer; else it stays a checker
+    failure (the checker is broken).
+    """
+    k = next((i for i, (accepted, _) in enumerate(checked) if accepted is None), None)
+    if k is None:
+        return checked
+    inp, ans = tests[k]
+    again, failure = _run_checker(checker, [(inp, ans)], [ans], sandbox)
+    if failure is not None or not again or again[0][0] is not True:
+        return checked
+    why = checked[k][1]
+    return [
+        *checked[:k],
+        (False, f"the checker failed on this output ({why}) and accepts the reference answer"),
+    ]
+
+
 def judge(
     source: str,
     tests: Sequence[tuple[str, str]],
@@ -567,6 +597,7 @@ def judge(
         checked, failure = _run_checker(
             checker, [tests[r.index] for r in ok_runs], outputs, sandbox, stop_on_first_failure
         )
+        checked = _blame_output(checker, checked, [tests[r.index] for r in ok_runs], sandbox)
         for r, (accepted, msg) in zip(ok_runs, checked, strict=False):
             status = {True: "ok", False: "wrong_answer", None: "checker_error"}[accepted]
             results[r.index] = dataclasses.replace(

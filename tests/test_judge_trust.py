@@ -82,7 +82,7 @@ except OSError:  # no space left
     "a System V shared memory segment": """
 import ctypes
 libc = ctypes.CDLL(None)
-assert libc.shmget(0x5370, 1 << 20, 0o1600) >= 0
+libc.shmget(0x5370, 1 << 20, 0o1600)  # refused (-1) without cgroups: nothing to leave
 """,
 }
 
@@ -120,6 +120,56 @@ def test_a_wrong_program_that_leaves_junk_is_still_judged_wrong():
     )
     v = judge(src, FILE_TESTS, input_file="input.txt")
     assert v.judged and v.status == "wrong_answer" and v.passed_tests == 1
+
+
+# A checker that parses the output carelessly (testlib's readers would say WA/PE) must not let
+# garbage output turn a failure into "not judged" (checker_error, reward NULL).
+SLOPPY_CHECKER = """
+import sys
+a, b = map(int, open(sys.argv[1]).read().split())
+got = int(open(sys.argv[2]).read())  # raises on garbage, hangs on nothing
+i = 0
+while i < got:
+    i += 1
+sys.exit(0 if got == a + b else 1)
+"""
+
+
+@pytest.mark.parametrize(
+    "output",
+    ["print('I refuse')", "print('7 7')", "import os; os.close(1)", "print(10 ** 9)"],
+    ids=["a word", "two numbers", "nothing", "a number that makes the checker loop"],
+)
+def test_output_that_breaks_the_checker_is_a_wrong_answer(monkeypatch, output):
+    from spo_train import judge as judge_mod
+
+    monkeypatch.setattr(judge_mod, "CHECKER_TIME_LIMIT_S", 0.5)  # the looping case
+    v = judge(output, [("1 2", "3"), ("3 4", "7")], checker=SLOPPY_CHECKER)
+    assert (v.status, v.judged, verdict_reward(v)) == ("wrong_answer", True, -1.0), (
+        v.status,
+        v.detail,
+    )
+    assert "accepts the reference answer" in v.tests[0].checker_message
+    # The same checker still judges a right answer right.
+    v = judge(
+        "a, b = map(int, input().split())\nprint(a + b)", [("1 2", "3")], checker=SLOPPY_CHECKER
+    )
+    assert v.passed
+
+
+def test_a_checker_broken_on_the_reference_answer_stays_not_judged(tmp_path):
+    checker = tmp_path / "chk.py"
+    checker.write_text("import sys\nsys.exit(0 if open(sys.argv[3]).read() == 'x' else 3)\n")
+    prog = tmp_path / "prog.py"
+    prog.write_text("print('I refuse')\n")
+    tests = tmp_path / "t.json"
+    tests.write_text(json.dumps([{"input": "1 2", "output": "3"}]))
+    argv = [SPO, "judge", str(prog), "--tests", str(tests), "--checker", str(checker)]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "NOT JUDGED (checker_error)" in res.stdout, res.stdout
+    checker.write_text(SLOPPY_CHECKER)
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "FAILED (wrong_answer)" in res.stdout, res.stdout
 
 
 # The driver (PID 1) shares the program's uid: what same-uid processes may do to each other
