@@ -197,6 +197,10 @@ def read_code_contests(
         limit = row.get("time_limit") or {}
         seconds = (limit.get("seconds") or 0) + (limit.get("nanos") or 0) / 1e9
         mem = row.get("memory_limit_bytes") or 0
+        # 0 or missing means "not given" (CodeChef rows); a negative limit is a broken file.
+        for key, value, unit in (("time_limit", seconds, "s"), ("memory_limit_bytes", mem, "B")):
+            if value < 0:
+                raise SpoError(f"{where}: {key}: {value:g} {unit} is negative")
         solutions = []
         for key, reward in (("solutions", 0.0), ("incorrect_solutions", -1.0)):
             block = row.get(key) or {}
@@ -217,14 +221,16 @@ def read_code_contests(
                 raise SpoError(f"{where}: {key}: {bad}")
         if not isinstance(row.get("name"), str) or not row["name"].strip():
             raise SpoError(f"{where}: 'name' must be a non-empty string, got {row.get('name')!r}")
+        if not isinstance(row.get("description"), str):
+            raise SpoError(f"{where}: 'description' must be a string, got None")
         yield ParsedProblem(
             name=row["name"],
-            statement=row.get("description") or "",
+            statement=row["description"],
             source_dataset=source_dataset,
             split=split,
-            public_tests=_tests(**_io(row.get("public_tests"))),
-            private_tests=_tests(**_io(row.get("private_tests"))),
-            generated_tests=_tests(**_io(row.get("generated_tests"))),
+            public_tests=_cc_tests(row, "public_tests", where),
+            private_tests=_cc_tests(row, "private_tests", where),
+            generated_tests=_cc_tests(row, "generated_tests", where),
             time_limit_s=time_limit_s,
             memory_limit_mb=memory_limit_mb,
             difficulty=None if row.get("difficulty") is None else str(row["difficulty"]),
@@ -238,9 +244,18 @@ def read_code_contests(
         )
 
 
-def _io(block: dict[str, Any] | None) -> dict[str, Any]:
-    block = block or {}
-    return {"inputs": block.get("input"), "outputs": block.get("output")}
+def _cc_tests(row: dict[str, Any], key: str, where: str) -> dict[str, list[str]]:
+    """A CodeContests test block: as many inputs as outputs, every one a string (a null or a
+    missing output would be judged as something the dataset never said); SpoError else."""
+    block = row.get(key) or {}
+    inputs, outputs = block.get("input") or [], block.get("output") or []
+    if len(inputs) != len(outputs):
+        raise SpoError(f"{where}: {key}: {len(inputs)} inputs but {len(outputs)} outputs")
+    for part, values in (("input", inputs), ("output", outputs)):
+        bad = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
+        if bad is not None:
+            raise SpoError(f"{where}: {key}: test {bad} {part} is null, not a string")
+    return _tests(inputs, outputs)
 
 
 # ---------------------------------------------------------------------------- TACO
@@ -282,6 +297,14 @@ def _taco_row(row: dict[str, Any], where: str, split: str) -> ParsedProblem:
     if isinstance(row.get("question"), int):
         raise SpoError(f"{where}: TACO 'question' must be a string, got int")
     name = row.get("name") or hashlib.sha256((row.get("question") or "").encode()).hexdigest()[:16]
+    for key in ("time_limit", "memory_limit"):
+        # A number is checked like JSONL's (outside the judge's range: an error naming the
+        # line); an unreadable string stays in `extra` and flags the problem; anything else
+        # is the wrong type.
+        _jsonl_limit(row, (key, key), where)
+    if not all(isinstance(s, str) for s in sols):
+        bad = next(s for s in sols if not isinstance(s, str))
+        raise SpoError(f"{where}: TACO solutions must be strings, got {type(bad).__name__}")
     time_limit = parse_time_limit_s(row.get("time_limit"))
     memory_limit = parse_memory_limit_mb(row.get("memory_limit"))
     extra = {k: row.get(k) for k in TACO_EXTRA if k in row}
@@ -392,7 +415,8 @@ def _jsonl_limit(row: dict[str, Any], keys: tuple[str, str], where: str) -> tupl
     what = "time" if key.startswith("time") else "memory"
     parsed = (parse_time_limit_s if what == "time" else parse_memory_limit_mb)(raw)
     if isinstance(raw, bool) or (not isinstance(raw, int | float | str)):
-        raise SpoError(f"{where}: '{key}' must be a number or a string like '2 seconds'")
+        like = "2 seconds" if what == "time" else "256 MB"
+        raise SpoError(f"{where}: '{key}' must be a number or a string like '{like}'")
     if isinstance(raw, int | float) and parsed is None:
         raise SpoError(f"{where}: '{key}': {limit_range_error(what, float(raw))}")
     return raw, parsed

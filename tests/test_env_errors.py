@@ -128,8 +128,10 @@ def test_truncated_data_files(lake_dir, tmp_path):
         ["lake", "export", str(tmp_path / "out")],
         ["judge", str(prog), "--problem", "p1"],
         ["sql", "SELECT * FROM trajectories"],
+        ["estimate-q0", "--where", "p.name = 'p1'", "--samples", "1"],  # not blamed on --where
     ):
-        one_line(spo(*args, "--lake", str(lake_dir)), "cannot be read", "spo lake verify")
+        line = one_line(spo(*args, "--lake", str(lake_dir)), "cannot be read", "spo lake verify")
+        assert "--where" not in line, line
 
 
 def test_absurd_limits(lake_dir, tmp_path):
