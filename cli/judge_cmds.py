@@ -71,6 +71,15 @@ def load_tests_file(path: Path, call_based: bool = False) -> list[tuple[str, str
                 f'tests file {path}: item {i} is not an object with string "input" and "output"'
                 + ("" if call_based else " (JSON values need --fn-name: call-based tests)")
             )
+        for part in ("input", "output"):
+            try:
+                item[part].encode("utf-8")
+            except UnicodeEncodeError as exc:  # a JSON "\ud800": no Unicode text (as ingest)
+                code = f"\\u{ord(exc.object[exc.start]):04x}"
+                raise SpoError(
+                    f"tests file {path}: item {i} {part!r}: a lone surrogate {code} (a JSON \\u "
+                    "escape that is no Unicode character) is not text"
+                ) from None
         tests.append((item["input"], item["output"]))
     return tests
 
