@@ -345,6 +345,7 @@ def _child(code, source: str, stdin_fd: int, out_w: int, err_w: int, cfg: dict, 
                 cap = hard if cur_hard == resource.RLIM_INFINITY else min(hard, cur_hard)
                 resource.setrlimit(which, (min(soft, cap), cap))
         _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
+        _signal.signal(_signal.SIGINT, _signal.default_int_handler)  # as `python3 prog.py`
         if cfg.get("seccomp") is not None:
             cfg["seccomp"]()
         if cfg.get("int_max_str_digits") is not None and hasattr(sys, "set_int_max_str_digits"):
@@ -953,7 +954,24 @@ def _write_inputs(cfg: dict, data: bytes) -> bytes:
     return data
 
 
+def _drop_signal_handlers() -> None:
+    """Keep no handler for any signal.
+
+    The kernel delivers a signal sent from inside a PID namespace to its init (the driver)
+    only if init handles it: the interpreter's own SIGINT handler (KeyboardInterrupt) would let
+    the program kill the driver with `os.kill(1, SIGINT)`, turning its verdict into "not
+    judged". With every signal at SIG_DFL or SIG_IGN, none from the sandbox reaches us.
+    """
+    for sig in range(1, _signal.NSIG):
+        try:
+            if _signal.getsignal(sig) not in (_signal.SIG_DFL, _signal.SIG_IGN, None):
+                _signal.signal(sig, _signal.SIG_DFL)
+        except (OSError, ValueError):  # SIGKILL, SIGSTOP, real-time signals out of range
+            pass
+
+
 def main() -> None:
+    _drop_signal_handlers()
     # Keep the protocol on private descriptors; 0/1 become /dev/null so nothing stray leaks in.
     cin = os.dup(0)
     cout = os.dup(1)

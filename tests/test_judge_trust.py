@@ -201,6 +201,38 @@ def test_the_driver_cannot_be_changed_by_the_program(attack):
     assert v.passed and v.judged, (v.status, v.detail)
 
 
+# Both ways a test is counted: per-session cgroups (root on cgroup v1), and without them
+# (not root, cgroup v2, SPO_JUDGE_CGROUPS=0) the driver summing every process of the sandbox
+# and its tmpfs, with memfd_create and shmget refused.
+ACCOUNTING_MODES = [pytest.param("cgroups", marks=needs_cgroups), "no cgroups"]
+
+
+@pytest.fixture
+def accounting(request, monkeypatch):
+    if request.param == "no cgroups":
+        monkeypatch.setattr(_sb, "_cgroup_dirs", lambda: None)
+    return request.param
+
+
+SIGNALS_TO_THE_DRIVER = ["SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGALRM", "SIGCHLD"]
+
+
+@pytest.mark.parametrize("accounting", ACCOUNTING_MODES, indirect=True)
+def test_signals_to_the_driver_do_not_reach_it(accounting):
+    # The kernel lets a namespace's processes signal its init only for signals init handles:
+    # the interpreter's SIGINT handler made `os.kill(1, SIGINT)` a KeyboardInterrupt in the
+    # driver, so a wrong program got "not judged" (sandbox_error, reward NULL).
+    sends = "".join(f"os.kill(1, signal.{name})\n" for name in SIGNALS_TO_THE_DRIVER)
+    src = "import os, signal\n" + sends + "print(int(input()) + 1)\n"
+    v = judge(src, [("1", "1"), ("2", "2")], stop_on_first_failure=False)
+    assert (v.status, v.judged, verdict_reward(v)) == ("wrong_answer", True, -1.0), v.detail
+    assert [t.status for t in v.tests] == ["wrong_answer"] * 2
+    # ... and the program keeps CPython's own SIGINT behaviour (KeyboardInterrupt).
+    src = "import os, signal\ntry:\n    os.kill(os.getpid(), signal.SIGINT)\n"
+    src += "except KeyboardInterrupt:\n    print(1)\n"
+    assert judge(src, [("", "1")]).passed
+
+
 # ------------------------------------------------------------------ 2. limits count everything
 
 MEMORY_WAYS = {
@@ -276,20 +308,7 @@ for i in range(300000):
 }
 
 
-# Both ways a test is counted: per-session cgroups (root on cgroup v1), and without them
-# (not root, cgroup v2, SPO_JUDGE_CGROUPS=0) the driver summing every process of the sandbox
-# and its tmpfs, with memfd_create and shmget refused.
-ACCOUNTING = [pytest.param("cgroups", marks=needs_cgroups), "no cgroups"]
-
-
-@pytest.fixture
-def accounting(request, monkeypatch):
-    if request.param == "no cgroups":
-        monkeypatch.setattr(_sb, "_cgroup_dirs", lambda: None)
-    return request.param
-
-
-@pytest.mark.parametrize("accounting", ACCOUNTING, indirect=True)
+@pytest.mark.parametrize("accounting", ACCOUNTING_MODES, indirect=True)
 @pytest.mark.parametrize("way", list(MEMORY_WAYS))
 def test_memory_is_counted_every_way(way, accounting):
     r = run_program(MEMORY_WAYS[way] + "print('held')\n", "", memory_limit_mb=32, time_limit_s=5)
@@ -362,7 +381,7 @@ os.wait()
 }
 
 
-@pytest.mark.parametrize("accounting", ACCOUNTING, indirect=True)
+@pytest.mark.parametrize("accounting", ACCOUNTING_MODES, indirect=True)
 @pytest.mark.parametrize("way", list(CPU_WAYS))
 def test_cpu_of_every_process_is_counted(way, accounting):
     # A short limit: on a loaded machine the sandbox's processes share one scheduling group,
