@@ -562,7 +562,10 @@ def _rss_anon_shmem(pid) -> int:
             text = f.read()
     except OSError:
         return 0
-    return (_status_kb(text, b"\nRssAnon:") + _status_kb(text, b"\nRssShmem:")) << 10
+    try:  # the kernel escapes a process's name there, so no line can be forged
+        return (_status_kb(text, b"\nRssAnon:") + _status_kb(text, b"\nRssShmem:")) << 10
+    except (ValueError, IndexError):
+        return 0
 
 
 # What an inode of the sandbox's tmpfs costs the kernel (shmem inode + dentry, ~0.9 KiB on
