@@ -129,6 +129,7 @@ _WHICH_WHO_SYSCALLS = (141, 251)  # setpriority(which, who, ...), ioprio_set(whi
 # System V segment left unattached), so then these are refused outright (EPERM), as contest
 # judges refuse what they cannot count: memfd_create, shmget.
 _UNCOUNTED_MEMORY_SYSCALLS = (319, 29)
+_RT_SIGACTION, _SIGCHLD = 13, 17
 
 
 def _seccomp_program(refuse_uncounted_memory: bool = False):
@@ -153,6 +154,22 @@ def _seccomp_program(refuse_uncounted_memory: bool = False):
     ]
     for nr in _UNCOUNTED_MEMORY_SYSCALLS if refuse_uncounted_memory else ():
         code += [(jeq, 0, 1, nr), (ret, 0, 0, deny)]
+    if refuse_uncounted_memory:
+        # rt_sigaction(SIGCHLD, act != NULL): a parent that ignores SIGCHLD (or sets
+        # SA_NOCLDWAIT) has its children reaped by the kernel, whose CPU time then counts
+        # nowhere the driver can see; reading the disposition (act NULL) stays allowed.
+        code += [
+            (jeq, 0, 6, _RT_SIGACTION),  # not rt_sigaction: reload the number
+            (ld, 0, 0, 16),  # signum
+            (jeq, 0, 4, _SIGCHLD),
+            (ld, 0, 0, 24),  # act, low 32 bits
+            (jeq, 0, 4, 0),  # not NULL: deny
+            (ld, 0, 0, 28),  # act, high 32 bits
+            (jeq, 0, 2, 0),
+            (ld, 0, 0, 0),  # the syscall number again, for the table below
+            (0x05, 0, 0, 1),  # ja: over the deny
+            (ret, 0, 0, deny),
+        ]
     n_pid, n_ww = len(_PID_SYSCALLS), len(_WHICH_WHO_SYSCALLS)
     base = len(code)  # the jump table: one jeq per syscall, then "allow"
     pid_check = base + n_pid + n_ww + 1

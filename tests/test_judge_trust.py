@@ -334,10 +334,16 @@ def test_without_cgroups_uncounted_shared_memory_is_refused(monkeypatch):
         "libc = ctypes.CDLL(None, use_errno=True)\n"
         "print(libc.shmget(0, 4096, 0o1600), ctypes.get_errno())\n"
         "try:\n    os.memfd_create('x')\nexcept PermissionError:\n    print('refused')\n"
+        "import signal\n"
+        "try:\n    signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n"
+        "except PermissionError:\n    print('refused')\n"
+        "signal.signal(signal.SIGUSR1, signal.SIG_IGN)\n"  # other signals stay the program's
+        "print(signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL)\n"
     )
     r = run_program(src, "")
     if os.uname().machine == "x86_64":  # the seccomp filter is x86-64's
-        assert r.status == "ok" and r.stdout.split() == ["-1", "1", "refused"], r
+        assert r.status == "ok", r
+        assert r.stdout.split() == ["-1", "1", "refused", "refused", "True"], r
 
 
 CPU_WAYS = {
@@ -367,6 +373,27 @@ for i in range(4):
     subprocess.Popen([sys.executable, '-c', 'while True: pass'], start_new_session=True)
 import time
 time.sleep(30)
+""",
+    "short children reaped by the kernel (SIGCHLD ignored)": """
+import os, signal, time
+try:
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # refused without cgroups (see docs)
+except OSError:
+    pass
+while True:
+    try:
+        if os.fork() == 0:
+            t = time.process_time()
+            while time.process_time() - t < 0.015:
+                pass
+            os._exit(0)
+    except BlockingIOError:  # too many zombies: reap them
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+    time.sleep(0.005)
 """,
     "threads of a forked child": """
 import os, threading
