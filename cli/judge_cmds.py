@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from spo_store import jsontext
 from spo_store.errors import SpoError
 
 console = Console()
@@ -42,11 +43,13 @@ def load_tests_file(path: Path, call_based: bool = False) -> list[tuple[str, str
     """
     text = _read_text(path, "tests file")
     try:
-        raw = json.loads(text)
+        raw = jsontext.loads(text)
     except json.JSONDecodeError as exc:
         raise SpoError(
             f"tests file {path} is not valid JSON (line {exc.lineno}, column {exc.colno})"
         ) from None
+    except ValueError as exc:  # nested too deeply
+        raise SpoError(f"tests file {path} is not valid JSON ({exc})") from None
     if not isinstance(raw, list) or not raw:
         raise SpoError(f'tests file {path} must hold a non-empty list of {{"input", "output"}}')
     tests = []
@@ -54,7 +57,7 @@ def load_tests_file(path: Path, call_based: bool = False) -> list[tuple[str, str
         if call_based and isinstance(item, dict) and "input" in item and "output" in item:
             tests.append(
                 tuple(
-                    v if isinstance(v, str) else json.dumps(v)
+                    v if isinstance(v, str) else jsontext.dumps(v)
                     for v in (item["input"], item["output"])
                 )
             )
@@ -68,6 +71,15 @@ def load_tests_file(path: Path, call_based: bool = False) -> list[tuple[str, str
                 f'tests file {path}: item {i} is not an object with string "input" and "output"'
                 + ("" if call_based else " (JSON values need --fn-name: call-based tests)")
             )
+        for part in ("input", "output"):
+            try:
+                item[part].encode("utf-8")
+            except UnicodeEncodeError as exc:  # a JSON "\ud800": no Unicode text (as ingest)
+                code = f"\\u{ord(exc.object[exc.start]):04x}"
+                raise SpoError(
+                    f"tests file {path}: item {i} {part!r}: a lone surrogate {code} (a JSON \\u "
+                    "escape that is no Unicode character) is not text"
+                ) from None
         tests.append((item["input"], item["output"]))
     return tests
 

@@ -294,6 +294,11 @@ def _check_read_only(query: str) -> None:
                 raise SpoError(f"SQL error: {first}") from exc
             kind = next((k for k in inner_kinds if k != "SELECT"), "SELECT")
             kind = "EXPLAIN " + kind if kind != "SELECT" else kind
+        if kind == "MULTI":  # a PIVOT without an IN list: DuckDB runs a CREATE TYPE first
+            raise SpoError(
+                "spo sql is read-only: this PIVOT runs a CREATE TYPE first and is refused; "
+                "name its columns (PIVOT t ON col IN ('a', 'b') USING ...) or use GROUP BY"
+            )
         if kind != "SELECT":
             raise SpoError(
                 f"spo sql is read-only: {kind} is refused (use SELECT, WITH, "

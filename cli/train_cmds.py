@@ -179,6 +179,8 @@ def check_where(lk: Any, where: str) -> None:
     try:
         n = lk.sql_arrow(f"SELECT count(*) FROM ({view}) p WHERE ({where})")[0][0].as_py()
     except SpoError as exc:
+        if not str(exc).startswith("SQL error: "):  # e.g. damaged data files: not --where's
+            raise
         detail = str(exc).removeprefix("SQL error: ")
         raise SpoError(f"--where: not valid SQL over problems (alias p): {detail}") from None
     if not n:

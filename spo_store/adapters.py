@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from spo_store import jsontext
 from spo_store.errors import SpoError
 from spo_store.problem_rules import (
     limit_range_error,
@@ -196,6 +197,10 @@ def read_code_contests(
         limit = row.get("time_limit") or {}
         seconds = (limit.get("seconds") or 0) + (limit.get("nanos") or 0) / 1e9
         mem = row.get("memory_limit_bytes") or 0
+        # 0 or missing means "not given" (CodeChef rows); a negative limit is a broken file.
+        for key, value, unit in (("time_limit", seconds, "s"), ("memory_limit_bytes", mem, "B")):
+            if value < 0:
+                raise SpoError(f"{where}: {key}: {value:g} {unit} is negative")
         solutions = []
         for key, reward in (("solutions", 0.0), ("incorrect_solutions", -1.0)):
             block = row.get(key) or {}
@@ -216,14 +221,16 @@ def read_code_contests(
                 raise SpoError(f"{where}: {key}: {bad}")
         if not isinstance(row.get("name"), str) or not row["name"].strip():
             raise SpoError(f"{where}: 'name' must be a non-empty string, got {row.get('name')!r}")
+        if not isinstance(row.get("description"), str):
+            raise SpoError(f"{where}: 'description' must be a string, got None")
         yield ParsedProblem(
             name=row["name"],
-            statement=row.get("description") or "",
+            statement=row["description"],
             source_dataset=source_dataset,
             split=split,
-            public_tests=_tests(**_io(row.get("public_tests"))),
-            private_tests=_tests(**_io(row.get("private_tests"))),
-            generated_tests=_tests(**_io(row.get("generated_tests"))),
+            public_tests=_cc_tests(row, "public_tests", where),
+            private_tests=_cc_tests(row, "private_tests", where),
+            generated_tests=_cc_tests(row, "generated_tests", where),
             time_limit_s=time_limit_s,
             memory_limit_mb=memory_limit_mb,
             difficulty=None if row.get("difficulty") is None else str(row["difficulty"]),
@@ -237,17 +244,26 @@ def read_code_contests(
         )
 
 
-def _io(block: dict[str, Any] | None) -> dict[str, Any]:
-    block = block or {}
-    return {"inputs": block.get("input"), "outputs": block.get("output")}
+def _cc_tests(row: dict[str, Any], key: str, where: str) -> dict[str, list[str]]:
+    """A CodeContests test block: as many inputs as outputs, every one a string (a null or a
+    missing output would be judged as something the dataset never said); SpoError else."""
+    block = row.get(key) or {}
+    inputs, outputs = block.get("input") or [], block.get("output") or []
+    if len(inputs) != len(outputs):
+        raise SpoError(f"{where}: {key}: {len(inputs)} inputs but {len(outputs)} outputs")
+    for part, values in (("input", inputs), ("output", outputs)):
+        bad = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
+        if bad is not None:
+            raise SpoError(f"{where}: {key}: test {bad} {part} is null, not a string")
+    return _tests(inputs, outputs)
 
 
 # ---------------------------------------------------------------------------- TACO
 def _taco_row(row: dict[str, Any], where: str, split: str) -> ParsedProblem:
     try:
-        io = json.loads(row["input_output"]) if row.get("input_output") else {}
-        sols = json.loads(row["solutions"]) if row.get("solutions") else []
-    except (json.JSONDecodeError, TypeError) as exc:
+        io = jsontext.loads(row["input_output"]) if row.get("input_output") else {}
+        sols = jsontext.loads(row["solutions"]) if row.get("solutions") else []
+    except (ValueError, TypeError) as exc:
         raise SpoError(f"{where}: TACO field is not valid JSON ({exc})") from None
     if not isinstance(io, dict):
         raise SpoError(f"{where}: TACO input_output must be a JSON object, got {type(io).__name__}")
@@ -270,8 +286,8 @@ def _taco_row(row: dict[str, Any], where: str, split: str) -> ParsedProblem:
         bad = next((i for i, x in enumerate(raw_in) if not isinstance(x, list)), None)
         if bad is not None and issue is None:
             issue = f"unsupported_io: call-based test {bad} input is not a list of arguments"
-        inputs = [json.dumps(x) for x in raw_in]
-        outputs = [json.dumps(x) for x in raw_out]
+        inputs = [jsontext.dumps(x) for x in raw_in]
+        outputs = [jsontext.dumps(x) for x in raw_out]
     else:
         inputs = [_taco_text(x, where, "input", i) for i, x in enumerate(raw_in)]
         outputs = [_taco_text(x, where, "output", i) for i, x in enumerate(raw_out)]
@@ -281,6 +297,14 @@ def _taco_row(row: dict[str, Any], where: str, split: str) -> ParsedProblem:
     if isinstance(row.get("question"), int):
         raise SpoError(f"{where}: TACO 'question' must be a string, got int")
     name = row.get("name") or hashlib.sha256((row.get("question") or "").encode()).hexdigest()[:16]
+    for key in ("time_limit", "memory_limit"):
+        # A number is checked like JSONL's (outside the judge's range: an error naming the
+        # line); an unreadable string stays in `extra` and flags the problem; anything else
+        # is the wrong type.
+        _jsonl_limit(row, (key, key), where)
+    if not all(isinstance(s, str) for s in sols):
+        bad = next(s for s in sols if not isinstance(s, str))
+        raise SpoError(f"{where}: TACO solutions must be strings, got {type(bad).__name__}")
     time_limit = parse_time_limit_s(row.get("time_limit"))
     memory_limit = parse_memory_limit_mb(row.get("memory_limit"))
     extra = {k: row.get(k) for k in TACO_EXTRA if k in row}
@@ -361,8 +385,8 @@ def _jsonl_tests(
                     f"problem, no fn_name), got {type(t[part]).__name__}"
                 )
         # Call-based tests may give the argument list / value itself: stored as JSON text.
-        ins.append(t["input"] if isinstance(t["input"], str) else json.dumps(t["input"]))
-        outs.append(t["output"] if isinstance(t["output"], str) else json.dumps(t["output"]))
+        ins.append(t["input"] if isinstance(t["input"], str) else jsontext.dumps(t["input"]))
+        outs.append(t["output"] if isinstance(t["output"], str) else jsontext.dumps(t["output"]))
     return _tests(ins, outs)
 
 
@@ -386,10 +410,13 @@ def _jsonl_limit(row: dict[str, Any], keys: tuple[str, str], where: str) -> tupl
     raw = row.get(key)
     if raw is None:
         return None, None
+    if isinstance(raw, jsontext.BigInt):  # thousands of digits: outside every range
+        raw = float("-inf" if raw.text.startswith("-") else "inf")
     what = "time" if key.startswith("time") else "memory"
     parsed = (parse_time_limit_s if what == "time" else parse_memory_limit_mb)(raw)
     if isinstance(raw, bool) or (not isinstance(raw, int | float | str)):
-        raise SpoError(f"{where}: '{key}' must be a number or a string like '2 seconds'")
+        like = "2 seconds" if what == "time" else "256 MB"
+        raise SpoError(f"{where}: '{key}' must be a number or a string like '{like}'")
     if isinstance(raw, int | float) and parsed is None:
         raise SpoError(f"{where}: '{key}': {limit_range_error(what, float(raw))}")
     return raw, parsed
@@ -415,8 +442,8 @@ def _call_based_issue(tests: Iterable[dict[str, list[str]]]) -> str | None:
     for block in tests:
         for text in block["input"]:
             try:
-                args = json.loads(text)
-            except json.JSONDecodeError:
+                args = jsontext.loads(text)
+            except ValueError:
                 args = None
             if not isinstance(args, list):
                 return f"unsupported_io: call-based test {n} input is not a list of arguments"
@@ -503,9 +530,9 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SpoError(f"{path}:{i}: broken JSON line ({exc.msg})") from None
+            row = jsontext.loads(line)
+        except ValueError as exc:
+            raise SpoError(f"{path}:{i}: broken JSON line ({jsontext.error_text(exc)})") from None
         if not isinstance(row, dict):
             raise SpoError(f"{path}:{i}: expected a JSON object per line")
         yield f"{path}:{i}", row
@@ -581,11 +608,11 @@ def detect_format(path: Path) -> str:
     with open(path, "rb") as fh:
         first = fh.readline()
     try:
-        row = json.loads(first.decode("utf-8"))
+        row = jsontext.loads(first.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise SpoError(f"{path}:1: invalid UTF-8 ({exc.reason})") from None
-    except json.JSONDecodeError as exc:
-        raise SpoError(f"{path}:1: broken JSON line ({exc.msg})") from None
+    except ValueError as exc:
+        raise SpoError(f"{path}:1: broken JSON line ({jsontext.error_text(exc)})") from None
     return "taco" if isinstance(row, dict) and TACO_REQUIRED <= set(row) else "jsonl"
 
 
@@ -633,7 +660,7 @@ def _check_text(prob: ParsedProblem) -> None:
     }
     for key, value in fields.items():
         try:
-            json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+            jsontext.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
         except UnicodeEncodeError as exc:
             bad = exc.object[exc.start : exc.end].encode("utf-16", "surrogatepass")[2:]
             code = "\\u" + bad[::-1].hex() if len(bad) == 2 else repr(exc.object[exc.start])

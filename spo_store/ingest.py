@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spo_store import jsontext
 from spo_store.adapters import (  # noqa: F401 - re-exported: the readers' old home
     CC_LANGUAGES,
     DEFAULT_MEMORY_LIMIT_MB,
@@ -545,7 +546,7 @@ def _problem_row(prob: ParsedProblem, run_id: str, now: Any) -> dict[str, Any]:
         "output_file": prob.output_file,
         "judge_issue": prob.judge_issue,
         "difficulty": prob.difficulty,
-        "extra": json.dumps({**prob.extra, "content_sha256": prob.digest}, default=str),
+        "extra": jsontext.dumps({**prob.extra, "content_sha256": prob.digest}, default=str),
         "ingest_run_id": run_id,
         "created_at": now,
     }

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -35,7 +36,7 @@ import pyarrow as pa
 from lance.fragment import write_fragments
 from spo_schemas import KEYS, SCHEMA_VERSION, TABLES, VERSION_KEY, table_schema
 
-from spo_store.errors import SpoError
+from spo_store.errors import SpoError, environment_error
 from spo_store.objstore import check_remote_lake, folder_entries, is_remote, lake_lock
 from spo_store.stopping import stop_requested
 
@@ -233,8 +234,8 @@ class Lake:
         for name in TABLES:
             try:
                 ds = lance.dataset(lake.table_uri(name))
-            except (ValueError, FileNotFoundError, OSError):
-                check_unopened_table(lake.uri, name)
+            except (ValueError, FileNotFoundError, OSError) as exc:
+                check_unopened_table(lake.uri, name, exc)
                 missing.append(name)
                 continue
             check_schema(name, ds, lake.uri)
@@ -253,7 +254,8 @@ class Lake:
     def _ensure_table(self, name: str, *, create: bool) -> None:
         try:
             ds = lance.dataset(self.table_uri(name))
-        except (ValueError, FileNotFoundError, OSError):
+        except (ValueError, FileNotFoundError, OSError) as exc:
+            check_unopened_table(self.uri, name, exc)
             if not create:
                 raise SpoError(f"lake {self.uri} has no table {name!r}") from None
             ds = self._create_table(name)
@@ -761,10 +763,12 @@ def _spo_schema_version(table_uri: str) -> str | None:
         return None
 
 
-def check_unopened_table(uri: str, name: str) -> None:
+def check_unopened_table(uri: str, name: str, exc: BaseException | None = None) -> None:
     """Refuse a local `<name>.lance` that Lance cannot open and that holds more than Lance's
     own layout (`LANCE_LAYOUT`): another program's folder of that name, never to be
-    overwritten. Raises SpoError naming the folder."""
+    overwritten; or that holds a committed version (a manifest): a damaged table, which is
+    neither missing nor to be created again. Raises SpoError naming the folder; re-raises
+    `exc` when the system refused the read (permissions, I/O: the CLI says which)."""
     path = Path(uri) / f"{name}.lance"
     if is_remote(uri) or not path.exists():
         return
@@ -773,6 +777,19 @@ def check_unopened_table(uri: str, name: str) -> None:
         raise SpoError(
             f"{uri} is not an spo lake: {path.name} is not a Lance table; check --lake / $SPO_LAKE"
         )
+    versions = path / "_versions"
+    if exc is None or not versions.is_dir():
+        return
+    if not any(p.suffix == ".manifest" for p in versions.iterdir()):
+        return
+    if environment_error(exc) is not None and "cannot be read" not in environment_error(exc):
+        raise exc
+    detail = re.sub(r",?\s*/\S+\.rs:\d+:\d+", "", " ".join(str(exc).split()))[:200]
+    raise SpoError(
+        f"table {name!r} of lake {uri} exists but cannot be opened ({detail}): the lake may be "
+        "damaged; run `spo lake verify` and see docs/lake.md, 'When the lake is damaged'",
+        exit_code=1,
+    )
 
 
 def check_schema(name: str, ds: lance.LanceDataset, lake_uri: str) -> None:

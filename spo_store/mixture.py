@@ -127,10 +127,14 @@ def load_sources(path: str | Path | None = None) -> dict[str, str]:
     sources = dict(BUILTIN_SOURCES)
     if path is None:
         return sources
+    if Path(path).exists() and not Path(path).is_file():
+        raise SpoError(f"{path}: the sources file is not a file")
     try:
-        data = tomllib.loads(Path(path).read_text())
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SpoError(f"{path}: no such sources file") from None
+    except UnicodeDecodeError as exc:
+        raise SpoError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise SpoError(f"{path}: invalid TOML ({exc})") from None
     user = data.get("sources")

@@ -22,7 +22,6 @@ was really judged (`Verdict.judged`); `verdict_reward` maps it to the lake's rew
 from __future__ import annotations
 
 import dataclasses
-import json
 import marshal
 import math
 import os
@@ -33,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
+from spo_store import jsontext
 from spo_store.errors import SpoError
 from spo_train import sandbox as _sb
 from spo_train.sandbox import RUN_STATUSES, RunResult
@@ -215,16 +215,20 @@ def call_results_match(
     `==`, which already makes 1 == 1.0).
     """
     try:
-        got = json.loads(actual_json)
-        want = json.loads(expected_json)
-    except (ValueError, RecursionError):
+        # jsontext: a program may return an int of any length (the judge lifts CPython's
+        # int/str digit limit); it is compared by its digits, in linear time.
+        got = jsontext.loads(actual_json)
+        want = jsontext.loads(expected_json)
+        only = float_tolerance_source == "default"
+        if _values_match(got, want, float_tolerance, only):
+            return True
+        return (
+            isinstance(want, list)
+            and bool(want)
+            and _values_match(got, want[0], float_tolerance, only)
+        )
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python compares
         return False
-    only = float_tolerance_source == "default"
-    if _values_match(got, want, float_tolerance, only):
-        return True
-    return (
-        isinstance(want, list) and bool(want) and _values_match(got, want[0], float_tolerance, only)
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,6 +467,36 @@ def _run_checker(
     return checked, None
 
 
+def _blame_output(
+    checker: str,
+    checked: list[tuple[bool | None, str]],
+    tests: Sequence[tuple[str, str]],
+    sandbox: tuple[str, list[str]] | None,
+) -> list[tuple[bool | None, str]]:
+    """A checker that failed on the program's output but accepts the reference answer there
+    failed because of that output: the program's wrong answer, not "not judged".
+
+    testlib makes a malformed output the program's verdict (reading `ouf` fails with WA/PE;
+    only a failure on the input or the answer is `_fail`). A Python checker that crashes or
+    hangs on garbage (`int(token)` of a word) would otherwise let a program turn every
+    negative reward into NULL, which RL finds. The checker runs once more, on the failing
+    test with the answer as the output: accepted -> wrong_answer; else it stays a checker
+    failure (the checker is broken).
+    """
+    k = next((i for i, (accepted, _) in enumerate(checked) if accepted is None), None)
+    if k is None:
+        return checked
+    inp, ans = tests[k]
+    again, failure = _run_checker(checker, [(inp, ans)], [ans], sandbox)
+    if failure is not None or not again or again[0][0] is not True:
+        return checked
+    why = checked[k][1]
+    return [
+        *checked[:k],
+        (False, f"the checker failed on this output ({why}) and accepts the reference answer"),
+    ]
+
+
 def judge(
     source: str,
     tests: Sequence[tuple[str, str]],
@@ -563,6 +597,7 @@ def judge(
         checked, failure = _run_checker(
             checker, [tests[r.index] for r in ok_runs], outputs, sandbox, stop_on_first_failure
         )
+        checked = _blame_output(checker, checked, [tests[r.index] for r in ok_runs], sandbox)
         for r, (accepted, msg) in zip(ok_runs, checked, strict=False):
             status = {True: "ok", False: "wrong_answer", None: "checker_error"}[accepted]
             results[r.index] = dataclasses.replace(

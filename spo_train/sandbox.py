@@ -37,7 +37,9 @@ Isolation (see `_bwrap_argv`):
   (`_TestCgroups`); each test's child moves itself in through descriptors the host opened,
   so the memory limit, the CPU time and the process count cover every process, thread and
   shared page of the test (docs/judge.md, "How each limit is enforced"). Without cgroups,
-  rlimits alone (weaker: see there).
+  the driver (PID 1) sums the CPU time and memory of every process of the sandbox and its
+  tmpfs from /proc every 20 ms, and the seccomp filter refuses memfd_create and shmget (memory
+  no process maps); weaker than a cgroup: see there.
 - Per test (in the child): RLIMIT_AS = memory limit on top of what the forked interpreter
   already maps (only without cgroups), RLIMIT_STACK = memory limit (deep recursion works as on Codeforces, see
   docs/judge.md), RLIMIT_CPU (backstop; the driver polls CPU time every 20 ms), RLIMIT_FSIZE

@@ -125,10 +125,17 @@ _PID_SYSCALLS = (
     314,
 )  # prlimit64, sched_setaffinity/setscheduler/setparam/setattr
 _WHICH_WHO_SYSCALLS = (141, 251)  # setpriority(which, who, ...), ioprio_set(which, who, ...)
+# Without cgroups nothing counts memory that no process maps (a memfd written with write(), a
+# System V segment left unattached), so then these are refused outright (EPERM), as contest
+# judges refuse what they cannot count: memfd_create, shmget.
+_UNCOUNTED_MEMORY_SYSCALLS = (319, 29)
+_RT_SIGACTION, _SIGCHLD = 13, 17
 
 
-def _seccomp_program():
-    """The filter as a ctypes `sock_fprog` (kept alive by the caller), or None off x86-64."""
+def _seccomp_program(refuse_uncounted_memory: bool = False):
+    """The filter as a ctypes `sock_fprog` (kept alive by the caller), or None off x86-64.
+
+    `refuse_uncounted_memory` (no cgroups): also refuse `_UNCOUNTED_MEMORY_SYSCALLS`."""
     import struct
 
     if os.uname().machine != "x86_64":
@@ -145,6 +152,24 @@ def _seccomp_program():
         (jge, 0, 1, 0x40000000),  # 4: x32 ABI
         (ret, 0, 0, deny),  # 5
     ]
+    for nr in _UNCOUNTED_MEMORY_SYSCALLS if refuse_uncounted_memory else ():
+        code += [(jeq, 0, 1, nr), (ret, 0, 0, deny)]
+    if refuse_uncounted_memory:
+        # rt_sigaction(SIGCHLD, act != NULL): a parent that ignores SIGCHLD (or sets
+        # SA_NOCLDWAIT) has its children reaped by the kernel, whose CPU time then counts
+        # nowhere the driver can see; reading the disposition (act NULL) stays allowed.
+        code += [
+            (jeq, 0, 6, _RT_SIGACTION),  # not rt_sigaction: reload the number
+            (ld, 0, 0, 16),  # signum
+            (jeq, 0, 4, _SIGCHLD),
+            (ld, 0, 0, 24),  # act, low 32 bits
+            (jeq, 0, 4, 0),  # not NULL: deny
+            (ld, 0, 0, 28),  # act, high 32 bits
+            (jeq, 0, 2, 0),
+            (ld, 0, 0, 0),  # the syscall number again, for the table below
+            (0x05, 0, 0, 1),  # ja: over the deny
+            (ret, 0, 0, deny),
+        ]
     n_pid, n_ww = len(_PID_SYSCALLS), len(_WHICH_WHO_SYSCALLS)
     base = len(code)  # the jump table: one jeq per syscall, then "allow"
     pid_check = base + n_pid + n_ww + 1
@@ -337,6 +362,7 @@ def _child(code, source: str, stdin_fd: int, out_w: int, err_w: int, cfg: dict, 
                 cap = hard if cur_hard == resource.RLIM_INFINITY else min(hard, cur_hard)
                 resource.setrlimit(which, (min(soft, cap), cap))
         _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
+        _signal.signal(_signal.SIGINT, _signal.default_int_handler)  # as `python3 prog.py`
         if cfg.get("seccomp") is not None:
             cfg["seccomp"]()
         if cfg.get("int_max_str_digits") is not None and hasattr(sys, "set_int_max_str_digits"):
@@ -535,6 +561,71 @@ def _cpu_wait_s(every_process: bool, pid: int) -> float:
     return best / 1e9
 
 
+def _counts_every_process(cfg: dict) -> bool:
+    """Without cgroups, inside the sandbox (we are its PID 1, so every other process there is
+    the test's): the driver sums the CPU time and memory of all of them itself."""
+    return bool(cfg["sandboxed"] and not cfg.get("cgroup") and os.getpid() == 1)
+
+
+def _status_kb(text: bytes, key: bytes) -> int:
+    at = text.find(key)
+    return int(text[at + len(key) :].split(None, 1)[0]) if at >= 0 else 0
+
+
+def _rss_anon_shmem(pid) -> int:
+    """RssAnon + RssShmem of a process in bytes: the memory it holds that no file backs."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            text = f.read()
+    except OSError:
+        return 0
+    try:  # the kernel escapes a process's name there, so no line can be forged
+        return (_status_kb(text, b"\nRssAnon:") + _status_kb(text, b"\nRssShmem:")) << 10
+    except (ValueError, IndexError):
+        return 0
+
+
+# What an inode of the sandbox's tmpfs costs the kernel (shmem inode + dentry, ~0.9 KiB on
+# x86-64), charged per file or directory the test adds when no cgroup counts kernel memory.
+_INODE_BYTES = 1 << 10
+
+
+def _tmpfs_bytes(path: str) -> int:
+    """What the files under `path` (the sandbox's tmpfs) hold: their pages and inodes."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 0
+    return (st.f_blocks - st.f_bfree) * st.f_frsize + (st.f_files - st.f_ffree) * _INODE_BYTES
+
+
+def _every_process_usage(base: int) -> tuple:
+    """(CPU s, memory bytes) of every process in the sandbox but the driver (no cgroups).
+
+    CPU: utime + stime + cutime + cstime of each live or zombie process, so a child's time
+    counts while it runs, after its parent waited for it (the parent's cutime), and after it
+    was orphaned (a zombie of ours until the test ends). Memory: each process's RssAnon +
+    RssShmem beyond `base` (what a forked test process shares with the driver from the
+    start); a page shared by several processes counts once per process.
+    """
+    cpu_ticks = mem = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or name == "1":
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        try:
+            cpu_ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+        except (ValueError, IndexError):
+            continue
+        mem += max(0, _rss_anon_shmem(name) - base)
+    return cpu_ticks / _CLK_TCK, mem
+
+
 def _vsz_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -555,11 +646,16 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
     err_r, err_w = os.pipe()
     vsz = _vsz_bytes()
     cg = cfg.get("cgroup")
+    every = _counts_every_process(cfg)
+    base = _rss_anon_shmem("self") if every else 0
+    tmp0 = _tmpfs_bytes(cfg["workdir"]) if every else 0  # the test's input files are not its
+    every_cpu = every_mem = 0
     if cg:
         os.pwrite(cg["peak"], b"0", 0)  # memory.max_usage_in_bytes: reset the peak
         cpu0 = _cg_int(cg["cpu"])
         oom0 = _cg_oom_kills(cg["oom"])
     start = time.monotonic()
+    next_usage = start + _POLL_S  # when the driver next sums every process's usage (no cgroups)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         _child(code, source, memfd, out_w, err_w, cfg, vsz)
@@ -612,7 +708,7 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
     while not exited:
         now = time.monotonic()
         if now >= deadline:
-            waited = _cpu_wait_s(bool(cfg["sandboxed"] and cg), pid)
+            waited = _cpu_wait_s(bool(cfg["sandboxed"] and (cg or every)), pid)
             if now - start - waited >= cfg["wall_s"]:
                 killed_for = "time_limit"  # slept, blocked or ran (idleness, or a CPU limit)
                 break
@@ -631,7 +727,18 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
             killed_for = "output_limit"
             break
         if not exited:
-            used = (_cg_int(cg["cpu"]) - cpu0) / 1e9 if cg else _proc_cpu_s(pid)
+            if every:  # reading /proc costs more than a cgroup file: once per poll period
+                used = every_cpu
+                if time.monotonic() >= next_usage:
+                    next_usage = time.monotonic() + _POLL_S
+                    used, held = _every_process_usage(base)
+                    held += max(0, _tmpfs_bytes(cfg["workdir"]) - tmp0)
+                    every_cpu, every_mem = max(every_cpu, used), max(every_mem, held)
+                    if held > cfg["mem_bytes"]:
+                        killed_for = "memory_limit"
+                        break
+            else:
+                used = (_cg_int(cg["cpu"]) - cpu0) / 1e9 if cg else _proc_cpu_s(pid)
             if used > cfg["cpu_s"]:
                 killed_for = "time_limit"
                 break
@@ -645,6 +752,8 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
                 kill(pid, _SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+    if every and reaped is None:  # before reaping: the exited main process's times count
+        every_cpu = max(every_cpu, _every_process_usage(base)[0])
     _, wstatus, usage = reaped if reaped is not None else os.wait4(pid, 0)
     wall = time.monotonic() - start
     _kill_leftovers(cfg["sandboxed"], pid)
@@ -676,6 +785,9 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
         rss_kb = max(rss_kb, _cg_int(cg["peak"]) >> 10)
     else:
         cpu = usage.ru_utime + usage.ru_stime
+        if every:  # every process of the test (ticks of 10 ms; the main one's rusage is exact)
+            cpu = max(cpu, every_cpu)
+            rss_kb = max(rss_kb, (every_mem + base) >> 10)
     exit_code = os.waitstatus_to_exitcode(wstatus)
     sig = -exit_code if exit_code < 0 else None
     if killed_for is None and (len(out) > out_cap or err_total > out_cap):
@@ -862,7 +974,24 @@ def _write_inputs(cfg: dict, data: bytes) -> bytes:
     return data
 
 
+def _drop_signal_handlers() -> None:
+    """Keep no handler for any signal.
+
+    The kernel delivers a signal sent from inside a PID namespace to its init (the driver)
+    only if init handles it: the interpreter's own SIGINT handler (KeyboardInterrupt) would let
+    the program kill the driver with `os.kill(1, SIGINT)`, turning its verdict into "not
+    judged". With every signal at SIG_DFL or SIG_IGN, none from the sandbox reaches us.
+    """
+    for sig in range(1, _signal.NSIG):
+        try:
+            if _signal.getsignal(sig) not in (_signal.SIG_DFL, _signal.SIG_IGN, None):
+                _signal.signal(sig, _signal.SIG_DFL)
+        except (OSError, ValueError):  # SIGKILL, SIGSTOP, real-time signals out of range
+            pass
+
+
 def main() -> None:
+    _drop_signal_handlers()
     # Keep the protocol on private descriptors; 0/1 become /dev/null so nothing stray leaks in.
     cin = os.dup(0)
     cout = os.dup(1)
@@ -891,7 +1020,7 @@ def main() -> None:
                 __import__(name)
             except ImportError:
                 pass
-    cfg["seccomp"] = _seccomp_program()
+    cfg["seccomp"] = _seccomp_program(refuse_uncounted_memory=_counts_every_process(cfg))
     cfg["limits"] = _own_limits()
     builtins.exit = _Quitter("exit")
     builtins.quit = _Quitter("quit")

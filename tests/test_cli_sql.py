@@ -171,3 +171,15 @@ def test_sql_for_analysts_passed_views_and_comments(tmp_path):
         lake=lake_dir,
     )
     assert "reward = 0" in r.stdout
+
+
+def test_pivot_reads_and_a_pivot_that_creates_a_type_is_named(tmp_path):
+    # PIVOT with an IN list is one SELECT; without one DuckDB runs CREATE TYPE first (several
+    # statements), which was refused as "MULTI is refused".
+    lake_dir = tmp_path / "lake"
+    Lake.open(lake_dir)
+    r = spo("sql", "PIVOT runs ON status IN ('done') USING count(*)", lake=lake_dir)
+    assert r.returncode == 0, r.stderr
+    r = spo("sql", "PIVOT runs ON status USING count(*)", lake=lake_dir)
+    assert r.returncode == 2 and "this PIVOT runs a CREATE TYPE first" in r.stderr, r.stderr
+    assert "MULTI" not in r.stderr

@@ -128,8 +128,32 @@ def test_truncated_data_files(lake_dir, tmp_path):
         ["lake", "export", str(tmp_path / "out")],
         ["judge", str(prog), "--problem", "p1"],
         ["sql", "SELECT * FROM trajectories"],
+        ["estimate-q0", "--where", "p.name = 'p1'", "--samples", "1"],  # not blamed on --where
     ):
-        one_line(spo(*args, "--lake", str(lake_dir)), "cannot be read", "spo lake verify")
+        line = one_line(spo(*args, "--lake", str(lake_dir)), "cannot be read", "spo lake verify")
+        assert "--where" not in line, line
+
+
+def test_damaged_manifests(lake_dir, tmp_path):
+    # A table whose committed versions cannot be read is damaged, not missing: before, `sql`
+    # said "has no table 'problems'" and `ingest` tried to create it again (an internal error
+    # for some damage: "Unknown Lance storage version").
+    for manifest in (lake_dir / "problems.lance" / "_versions").glob("*.manifest"):
+        os.truncate(manifest, 10)
+    prog = tmp_path / "p.py"
+    prog.write_text("print(input())\n")
+    again = write_jsonl(tmp_path / "b.jsonl", [problem(2)])
+    for args in (
+        ["sql", "SELECT 1"],
+        ["ingest", "human-solutions", str(again)],
+        ["judge", str(prog), "--problem", "p1"],
+        ["lake", "compact"],
+    ):
+        r = spo(*args, "--lake", str(lake_dir))
+        one_line(r, "table 'problems'", "exists but cannot be opened", "spo lake verify")
+        assert r.returncode == 1
+    r = spo("lake", "verify", "--lake", str(lake_dir))
+    assert r.returncode == 1 and "problems: table: cannot be opened" in r.stdout, r.stdout
 
 
 def test_absurd_limits(lake_dir, tmp_path):

@@ -598,8 +598,8 @@ for k in range(64):
     r = run_hostile(body, bound_s=15, memory_limit_mb=64)
     if _sb._cgroup_dirs():
         assert r.status == "memory_limit", r.stderr[-300:]
-    else:  # rlimits cannot see it (docs/judge.md: the fallback is weaker)
-        assert r.status in ("ok", "time_limit"), r.stderr[-300:]
+    elif os.uname().machine == "x86_64":  # no cgroup to count it: memfd_create is refused
+        assert r.status == "runtime_error" and "PermissionError" in r.stderr, r.stderr[-300:]
 
 
 def test_cpu_burnt_by_detached_exec_spinners_is_counted():
@@ -612,9 +612,7 @@ import time
 time.sleep(60)
 """
     r = run_hostile(body, bound_s=15, time_limit_s=0.3)
-    assert r.status == "time_limit"
-    if _sb._cgroup_dirs():
-        assert r.cpu_s >= 0.3
+    assert r.status == "time_limit" and r.cpu_s >= 0.3  # with cgroups or without
 
 
 def test_undeletable_leftovers_do_not_stop_judging():

@@ -40,6 +40,16 @@ BAD_LINES = [
     ('{"name": "b1", "statement": "x", "memory_limit": 0}', "'memory_limit': 0 MiB is"),
     ('{"name": "b1", "statement": "x", "time_limit_s": true}', "'time_limit_s' must be"),
     ('{"name": "b1", "statement": "x", "float_tolerance": 1e300}', "between 0 and 1"),
+    # JSON that Python's json module fails on without a JSONDecodeError (issue 19 trial):
+    # nesting deeper than the recursion limit, an integer beyond the int/str digit limit
+    (
+        '{"name": "b1", "statement": "x", "difficulty": ' + "[" * 50000 + "]" * 50000 + "}",
+        "broken JSON line (nested too deeply)",
+    ),
+    (
+        '{"name": "b1", "statement": "x", "memory_limit_mb": ' + "9" * 5000 + "}",
+        "'memory_limit_mb': inf MiB is outside",
+    ),
 ]
 
 
@@ -67,6 +77,37 @@ def test_a_bad_second_file_writes_nothing(tmp_path, line, message):
     assert r.returncode == 2
     names = spo("sql", "SELECT name FROM problems", "--format", "csv", "--lake", str(lake))
     assert names.stdout.split() == ["name", "a1"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"time_limit": {"seconds": -5, "nanos": 0}}, "time_limit: -5 s is negative"),
+        ({"memory_limit_bytes": -1}, "memory_limit_bytes: -1 B is negative"),
+        ({"private_tests": {"input": ["1", "2"], "output": ["1"]}}, "2 inputs but 1 outputs"),
+        ({"private_tests": {"input": [None], "output": ["1"]}}, "test 0 input is null"),
+        ({"public_tests": {"input": ["1"], "output": [None]}}, "test 0 output is null"),
+        ({"description": None}, "'description' must be a string"),
+    ],
+    ids=[
+        "negative time",
+        "negative memory",
+        "counts differ",
+        "null input",
+        "null output",
+        "null description",
+    ],
+)
+def test_code_contests_broken_values_name_the_row(tmp_path, cc_sample, change, message):
+    # Before: a negative limit became the default, a null test input was stored and judged
+    # (every solution failed it), a test without an output was judged on its input alone.
+    rows = pq.read_table(cc_sample).to_pylist()[:3]
+    rows[2].update(change)
+    bad = tmp_path / "cc_train.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(cc_sample)), bad)
+    r = spo("ingest", "human-solutions", str(bad), "--lake", str(tmp_path / "lake"))
+    assert r.returncode == 2 and f"{bad} row 2: " in r.stderr and message in r.stderr, r.stderr
+    assert "internal error" not in r.stderr and not (tmp_path / "lake").exists()
 
 
 def test_code_contests_limits_out_of_range_name_the_row(tmp_path, cc_sample):
@@ -116,6 +157,13 @@ def test_taco_limit_strings_out_of_range_are_flagged(tmp_path):
         ({"question": 5}, "TACO 'question' must be a string"),
         ({"name": ["x"]}, "TACO 'name' must be a string"),
         ({"input_output": json.dumps({"inputs": [None], "outputs": ["1"]})}, "test 0 input"),
+        # issue 19 trial: a number out of range was stored as the default limit, unflagged;
+        # a limit of the wrong type or a solution that is no string was silently dropped
+        ({"time_limit": 1e300}, "'time_limit': 1e+300 s is outside 0.01..60 s"),
+        ({"memory_limit": 10**7}, "'memory_limit': 1e+07 MiB is outside"),
+        ({"time_limit": [1]}, "'time_limit' must be a number or a string like '2 seconds'"),
+        ({"memory_limit": True}, "'memory_limit' must be a number or a string like '256 MB'"),
+        ({"solutions": json.dumps(["print(1)", 1])}, "TACO solutions must be strings, got int"),
     ],
 )
 def test_taco_values_of_the_wrong_type_name_the_line(tmp_path, change, message):

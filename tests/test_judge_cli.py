@@ -151,3 +151,23 @@ def test_tests_file_with_fn_name_and_checker(tmp_path, capsys):
         ["judge", str(prog), "--tests", str(tests), "--checker", str(checker)], capsys
     )
     assert code == 0 and "PASSED 1/1" in out and "checker" in out
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[{"input": "1", "output": "1\\ud800"}]', "item 0 'output': a lone surrogate \\ud800"),
+        ('[{"input": "\\udfff", "output": "1"}]', "item 0 'input': a lone surrogate \\udfff"),
+        ("[" * 50000 + "]" * 50000, "is not valid JSON (nested too deeply)"),
+    ],
+    ids=["surrogate output", "surrogate input", "deep nesting"],
+)
+def test_a_tests_file_that_is_no_text_is_one_line_exit_2(tmp_path, capsys, text, message):
+    # Before: a lone surrogate in an expected output crashed printing the table ("internal
+    # error"); deep nesting was a RecursionError.
+    prog = tmp_path / "p.py"
+    prog.write_text("print(input())\n")
+    tests = tmp_path / "t.json"
+    tests.write_text(text)
+    code, _, err = _spo(["judge", str(prog), "--tests", str(tests)], capsys)
+    assert code == 2 and message in err and err.strip().count("\n") == 0, err

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -81,7 +82,7 @@ except OSError:  # no space left
     "a System V shared memory segment": """
 import ctypes
 libc = ctypes.CDLL(None)
-assert libc.shmget(0x5370, 1 << 20, 0o1600) >= 0
+libc.shmget(0x5370, 1 << 20, 0o1600)  # refused (-1) without cgroups: nothing to leave
 """,
 }
 
@@ -121,6 +122,56 @@ def test_a_wrong_program_that_leaves_junk_is_still_judged_wrong():
     assert v.judged and v.status == "wrong_answer" and v.passed_tests == 1
 
 
+# A checker that parses the output carelessly (testlib's readers would say WA/PE) must not let
+# garbage output turn a failure into "not judged" (checker_error, reward NULL).
+SLOPPY_CHECKER = """
+import sys
+a, b = map(int, open(sys.argv[1]).read().split())
+got = int(open(sys.argv[2]).read())  # raises on garbage, hangs on nothing
+i = 0
+while i < got:
+    i += 1
+sys.exit(0 if got == a + b else 1)
+"""
+
+
+@pytest.mark.parametrize(
+    "output",
+    ["print('I refuse')", "print('7 7')", "import os; os.close(1)", "print(10 ** 9)"],
+    ids=["a word", "two numbers", "nothing", "a number that makes the checker loop"],
+)
+def test_output_that_breaks_the_checker_is_a_wrong_answer(monkeypatch, output):
+    from spo_train import judge as judge_mod
+
+    monkeypatch.setattr(judge_mod, "CHECKER_TIME_LIMIT_S", 0.5)  # the looping case
+    v = judge(output, [("1 2", "3"), ("3 4", "7")], checker=SLOPPY_CHECKER)
+    assert (v.status, v.judged, verdict_reward(v)) == ("wrong_answer", True, -1.0), (
+        v.status,
+        v.detail,
+    )
+    assert "accepts the reference answer" in v.tests[0].checker_message
+    # The same checker still judges a right answer right.
+    v = judge(
+        "a, b = map(int, input().split())\nprint(a + b)", [("1 2", "3")], checker=SLOPPY_CHECKER
+    )
+    assert v.passed
+
+
+def test_a_checker_broken_on_the_reference_answer_stays_not_judged(tmp_path):
+    checker = tmp_path / "chk.py"
+    checker.write_text("import sys\nsys.exit(0 if open(sys.argv[3]).read() == 'x' else 3)\n")
+    prog = tmp_path / "prog.py"
+    prog.write_text("print('I refuse')\n")
+    tests = tmp_path / "t.json"
+    tests.write_text(json.dumps([{"input": "1 2", "output": "3"}]))
+    argv = [SPO, "judge", str(prog), "--tests", str(tests), "--checker", str(checker)]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "NOT JUDGED (checker_error)" in res.stdout, res.stdout
+    checker.write_text(SLOPPY_CHECKER)
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "FAILED (wrong_answer)" in res.stdout, res.stdout
+
+
 # The driver (PID 1) shares the program's uid: what same-uid processes may do to each other
 # (resource limits, scheduling, priority) must not make the driver fail.
 AGAINST_THE_DRIVER = {
@@ -148,6 +199,38 @@ def test_the_driver_cannot_be_changed_by_the_program(attack):
     caught = f"try:\n{body}\nexcept OSError:\n    pass\nprint(1)\n"
     v = judge(caught, [("", "1")] * 3)
     assert v.passed and v.judged, (v.status, v.detail)
+
+
+# Both ways a test is counted: per-session cgroups (root on cgroup v1), and without them
+# (not root, cgroup v2, SPO_JUDGE_CGROUPS=0) the driver summing every process of the sandbox
+# and its tmpfs, with memfd_create and shmget refused.
+ACCOUNTING_MODES = [pytest.param("cgroups", marks=needs_cgroups), "no cgroups"]
+
+
+@pytest.fixture
+def accounting(request, monkeypatch):
+    if request.param == "no cgroups":
+        monkeypatch.setattr(_sb, "_cgroup_dirs", lambda: None)
+    return request.param
+
+
+SIGNALS_TO_THE_DRIVER = ["SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGALRM", "SIGCHLD"]
+
+
+@pytest.mark.parametrize("accounting", ACCOUNTING_MODES, indirect=True)
+def test_signals_to_the_driver_do_not_reach_it(accounting):
+    # The kernel lets a namespace's processes signal its init only for signals init handles:
+    # the interpreter's SIGINT handler made `os.kill(1, SIGINT)` a KeyboardInterrupt in the
+    # driver, so a wrong program got "not judged" (sandbox_error, reward NULL).
+    sends = "".join(f"os.kill(1, signal.{name})\n" for name in SIGNALS_TO_THE_DRIVER)
+    src = "import os, signal\n" + sends + "print(int(input()) + 1)\n"
+    v = judge(src, [("1", "1"), ("2", "2")], stop_on_first_failure=False)
+    assert (v.status, v.judged, verdict_reward(v)) == ("wrong_answer", True, -1.0), v.detail
+    assert [t.status for t in v.tests] == ["wrong_answer"] * 2
+    # ... and the program keeps CPython's own SIGINT behaviour (KeyboardInterrupt).
+    src = "import os, signal\ntry:\n    os.kill(os.getpid(), signal.SIGINT)\n"
+    src += "except KeyboardInterrupt:\n    print(1)\n"
+    assert judge(src, [("", "1")]).passed
 
 
 # ------------------------------------------------------------------ 2. limits count everything
@@ -198,6 +281,17 @@ os.wait()
 import subprocess, sys
 subprocess.run([sys.executable, '-c', 'b = bytearray(200 << 20)'], check=True)
 """,
+    "fork: children sharing a MAP_SHARED mapping each": """
+import mmap, os
+for k in range(8):
+    if os.fork() == 0:
+        m = mmap.mmap(-1, 24 << 20, flags=mmap.MAP_SHARED)
+        m.write(b'x' * (24 << 20))
+        import time
+        time.sleep(5)
+        os._exit(0)
+os.wait()
+""",
     "threads holding memory": """
 import threading
 held = []
@@ -214,12 +308,42 @@ for i in range(300000):
 }
 
 
-@needs_cgroups
+@pytest.mark.parametrize("accounting", ACCOUNTING_MODES, indirect=True)
 @pytest.mark.parametrize("way", list(MEMORY_WAYS))
-def test_memory_is_counted_every_way(way):
+def test_memory_is_counted_every_way(way, accounting):
     r = run_program(MEMORY_WAYS[way] + "print('held')\n", "", memory_limit_mb=32, time_limit_s=5)
-    assert r.status in ("memory_limit", "runtime_error"), (r.status, r.stderr[-300:])
-    assert r.status == "memory_limit" or way == "files in the tmpfs /tmp", r.stderr[-300:]
+    if accounting == "cgroups":
+        assert r.status in ("memory_limit", "runtime_error"), (r.status, r.stderr[-300:])
+        assert r.status == "memory_limit" or way == "files in the tmpfs /tmp", r.stderr[-300:]
+        return
+    # Without cgroups the memory is counted (memory_limit), or never given: memfd_create and
+    # shmget are refused, RLIMIT_AS refuses one process's allocation (a MemoryError a thread
+    # may swallow: then 'held' is printed, but nothing was held).
+    refused = ("PermissionError", "MemoryError", "OSError", "CalledProcessError")
+    segv = way == "System V shared memory" and r.signal == 11  # shmat of shmget's -1
+    assert r.status == "memory_limit" or segv or any(e in r.stderr for e in refused), (
+        r.status,
+        r.stderr[-300:],
+    )
+
+
+def test_without_cgroups_uncounted_shared_memory_is_refused(monkeypatch):
+    monkeypatch.setattr(_sb, "_cgroup_dirs", lambda: None)
+    src = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "print(libc.shmget(0, 4096, 0o1600), ctypes.get_errno())\n"
+        "try:\n    os.memfd_create('x')\nexcept PermissionError:\n    print('refused')\n"
+        "import signal\n"
+        "try:\n    signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n"
+        "except PermissionError:\n    print('refused')\n"
+        "signal.signal(signal.SIGUSR1, signal.SIG_IGN)\n"  # other signals stay the program's
+        "print(signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL)\n"
+    )
+    r = run_program(src, "")
+    if os.uname().machine == "x86_64":  # the seccomp filter is x86-64's
+        assert r.status == "ok", r
+        assert r.stdout.split() == ["-1", "1", "refused", "refused", "True"], r
 
 
 CPU_WAYS = {
@@ -250,6 +374,27 @@ for i in range(4):
 import time
 time.sleep(30)
 """,
+    "short children reaped by the kernel (SIGCHLD ignored)": """
+import os, signal, time
+try:
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # refused without cgroups (see docs)
+except OSError:
+    pass
+while True:
+    try:
+        if os.fork() == 0:
+            t = time.process_time()
+            while time.process_time() - t < 0.015:
+                pass
+            os._exit(0)
+    except BlockingIOError:  # too many zombies: reap them
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+    time.sleep(0.005)
+""",
     "threads of a forked child": """
 import os, threading
 if os.fork() == 0:
@@ -263,9 +408,9 @@ os.wait()
 }
 
 
-@needs_cgroups
+@pytest.mark.parametrize("accounting", ACCOUNTING_MODES, indirect=True)
 @pytest.mark.parametrize("way", list(CPU_WAYS))
-def test_cpu_of_every_process_is_counted(way):
+def test_cpu_of_every_process_is_counted(way, accounting):
     # A short limit: on a loaded machine the sandbox's processes share one scheduling group,
     # and a limit they cannot reach within the wall bound would make the test "not judged".
     r = run_program(CPU_WAYS[way], "", time_limit_s=0.3)
@@ -402,6 +547,63 @@ def test_big_integers_print_without_a_digit_limit():
     # CPython >= 3.11 refuses str() of ints over 4300 digits; contest judges' Pythons did not.
     v = judge("n = int(input())\nprint(len(str(7 ** n)))", [("20000", "16902")])
     assert v.passed, v.tests[0].stderr
+
+
+BIG = "9" * 5000  # 10**5000 - 1: beyond CPython's 4300-digit int <-> str limit
+
+
+def test_a_call_based_big_integer_is_judged_by_its_digits(tmp_path):
+    # The program may return an int of any length (the limit is lifted in the sandbox); the
+    # host compares it by its digits: a correct answer passes, a wrong one fails, nothing
+    # raises (before: "internal error" loading the tests, wrong_answer for a right answer).
+    prog = tmp_path / "sol.py"
+    prog.write_text("def f(n):\n    return 10 ** n - 1\n")
+    tests = tmp_path / "t.json"
+    tests.write_text('[{"input": [5000], "output": ' + BIG + "}]")
+    argv = [SPO, "judge", str(prog), "--tests", str(tests), "--fn-name", "f"]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "PASSED 1/1" in res.stdout, res.stdout + res.stderr
+    prog.write_text("def f(n):\n    return 10 ** n - 3\n")
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "wrong_answer" in res.stdout, res.stdout + res.stderr
+    # A program printing raw, absurdly nested JSON on its stdout is a wrong answer.
+    prog.write_text("import os\ndef f(n):\n    os.write(1, b'[' * 99999)\n    os._exit(0)\n")
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "wrong_answer" in res.stdout, res.stdout + res.stderr
+
+
+def test_taco_big_integer_outputs_ingest_and_verify(tmp_path):
+    row = {
+        "name": "nines",
+        "question": "Return 10**n - 1.",
+        "solutions": json.dumps(["def f(n):\n    return 10 ** n - 1\n"]),
+        "input_output": '{"fn_name": "f", "inputs": [[5000]], "outputs": [' + BIG + "]}",
+    }
+    path = tmp_path / "taco.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    lake = tmp_path / "lake"
+    argv = [SPO, "ingest", "human-solutions", str(path), "--lake", str(lake), "--verify"]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    sql = "SELECT reward, reward_source FROM trajectories"
+    res = subprocess.run(
+        [SPO, "sql", sql, "--lake", str(lake), "--format", "json"], capture_output=True, text=True
+    )
+    assert json.loads(res.stdout) == [{"reward": 0.0, "reward_source": "judge"}], res.stdout
+    res = subprocess.run(
+        [
+            SPO,
+            "sql",
+            "SELECT private_tests.output[1] AS o FROM problems",
+            "--lake",
+            str(lake),
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert json.loads(res.stdout)[0]["o"] == BIG, res.stdout[:200]  # stored as the number
 
 
 # ------------------------------------------------------------------ 5. what a program may use

@@ -43,6 +43,7 @@ def _running(lake: Lake) -> int:
 
 
 # Each example of the issue (item 8), through the CLI: one line, non-zero exit, no run row.
+_PNG = str(Path(__file__).parents[1] / "docs" / "pts_s_t.png")  # not UTF-8 text
 BAD = [
     (["train", "--checkpoint-every", "0"], "--checkpoint-every"),
     (["train", "--workers", "-2"], "--workers -2"),
@@ -69,6 +70,8 @@ BAD = [
     (["eval", "--where", " "], "--where is empty"),
     (["train", "--mix", "onlin:1"], "--mix: mixture spec 'onlin:1': unknown source 'onlin'"),
     (["train", "--sources-file", "nope.toml"], "nope.toml: no such sources file"),
+    (["train", "--sources-file", "."], ".: the sources file is not a file"),
+    (["train", "--sources-file", _PNG], "pts_s_t.png: not valid UTF-8"),
     (["train", "--model", "nope"], "model path"),
     (["eval", "--model", "nope"], "model path"),
     (["estimate-q0", "--model", "nope"], "model path"),
