@@ -210,9 +210,10 @@ def main() -> None:
     rows.append(("judge_batch, 1 worker", 1, len(verdicts), secs1))
 
     naive_jobs = jobs[: args.naive_programs]
-    secs_n, passed = naive_one_sandbox_per_test(naive_jobs, args.workers)
-    assert passed == len(naive_jobs) * args.tests, passed
-    rows.append(("naive: sandbox per test", args.workers, len(naive_jobs), secs_n))
+    if naive_jobs:  # --naive-programs 0 skips the naive design
+        secs_n, passed = naive_one_sandbox_per_test(naive_jobs, args.workers)
+        assert passed == len(naive_jobs) * args.tests, passed
+        rows.append(("naive: sandbox per test", args.workers, len(naive_jobs), secs_n))
 
     console = Console()
     table = Table(
@@ -248,8 +249,9 @@ def main() -> None:
         )
     console.print(table)
     new = [f for f in figures if f["design"].startswith("judge_batch (")]
-    speedup = new[0]["test_runs_per_s"] / figures[-1]["test_runs_per_s"]
-    console.print(f"sandbox-per-program vs sandbox-per-test: {speedup:.1f}x")
+    if naive_jobs:
+        speedup = new[0]["test_runs_per_s"] / figures[-1]["test_runs_per_s"]
+        console.print(f"sandbox-per-program vs sandbox-per-test: {speedup:.1f}x")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"load_avg_start": load, "rows": figures}, fh, indent=2)
