@@ -211,7 +211,12 @@ def sql_cmd(
         if query:
             raise SpoError("give a QUERY or --schema, not both")
         query = SCHEMA_QUERY
-    if query is None or not query.strip():
+    if query is None:
+        raise SpoError(
+            "missing argument 'QUERY' (or --schema); e.g. spo sql 'SELECT count(*) FROM "
+            "problems' (see spo sql --help)"
+        )
+    if not query.strip():
         raise SpoError("the SQL query is empty; e.g. spo sql 'SELECT count(*) FROM problems'")
     if max_width < 1:
         raise SpoError(f"--max-width {max_width}: must be at least 1")

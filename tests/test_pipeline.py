@@ -405,6 +405,10 @@ def test_estimate_q0_cli_survives_kill9_and_rerun_completes(small_lake, tiny_mod
         "48",
         "--chunk-problems",
         "1",
+        # fixed n: a stored row is a finished problem (a sequential rule stores each round,
+        # and its kill/resume is tested in test_q0_sequential_cli.py)
+        "--stopping",
+        "fixed",
     ]
     proc = _spo_in_background(args, cwd=tmp_path)
 

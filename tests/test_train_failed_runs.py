@@ -37,8 +37,11 @@ def test_empty_mixture_source_is_one_line_before_the_run(small_lake, tiny_model,
     assert _runs(small_lake) == [] and _running(small_lake) == 0
     assert not (tmp_path / "o" / "run.json").exists()
     assert not (tmp_path / "o" / "config.toml").exists()
-    # The corrected mixture starts into the same --output, with or without --resume.
+    # Nothing was started, so --resume has nothing to continue (one line; issue 20, item 7),
+    # and the corrected mixture starts into the same --output.
     r = _spo(*base, "--mix", "offline:1", "--resume", cwd=tmp_path)
+    assert "nothing to continue" in _one_line_error(r)
+    r = _spo(*base, "--mix", "offline:1", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert [x["status"] for x in _runs(small_lake)] == ["completed"]
 
