@@ -221,3 +221,23 @@ def test_no_help_cuts_an_option_name_at_80_columns():
     # the names shown are display copies: the aliases and the --no- forms still parse
     r = spo("train", "--save-steps", "0", "--no-tensorboard", "--lake", "/nonexistent/lake")
     assert "--checkpoint-every/--save-steps 0: must be at least 1" in one_error_line(r)
+
+
+def test_sql_schema_shows_every_comment_whole(tmp_path):
+    """`spo sql --schema` is where an analyst reads what a column means; its comments were cut
+    at the 60-character --max-width of every table cell (`... sampler_k…`)."""
+    from spo_store.analyst import SCHEMA_QUERY
+
+    lake = Lake.open(tmp_path / "lake")
+    comments = [
+        r["comment"]
+        for r in lake.sql_arrow(SCHEMA_QUERY, analyst=True).to_pylist()
+        if r.get("comment")
+    ]
+    longest = max(comments, key=len)
+    assert len(longest) > 60
+    r = spo("sql", "--schema", "--lake", lake.uri)
+    assert r.returncode == 0, r.stderr
+    assert "…" not in r.stdout
+    column = " ".join(x.split("│")[4].strip() for x in r.stdout.splitlines() if x.count("│") == 5)
+    assert longest in column, longest
