@@ -241,3 +241,23 @@ def test_sql_schema_shows_every_comment_whole(tmp_path):
     assert "…" not in r.stdout
     column = " ".join(x.split("│")[4].strip() for x in r.stdout.splitlines() if x.count("│") == 5)
     assert longest in column, longest
+
+
+@needs_sandbox
+def test_a_stopped_eval_says_a_rerun_starts_again(tmp_path):
+    """Ctrl-C of `spo eval` said "committed work is kept: rerun the same command to resume",
+    but a rerun is a new run that samples every problem again: the line now says so, and the
+    command it names works."""
+    import shlex
+
+    from tests.test_second_hour import _stop_after
+
+    lake = str(tmp_path / "lake")
+    argv = ["eval", "--lake", lake, "--split", "test", "--limit", "40", "--n", "4", "--k", "1"]
+    argv += ["--max-new-tokens", "8"]
+    err = _stop_after(argv, tmp_path, "samples: ", env={"SPO_PROGRESS_INTERVAL": "0.2"})
+    [line] = [x for x in err.splitlines() if x.startswith("interrupted")]
+    assert "resume" not in line.split(": spo ")[0].replace("does not resume", ""), line
+    assert "eval does not resume" in line and "evaluate from the start" in line, line
+    again = shlex.split(line.split(": spo ", 1)[1])
+    assert again == argv, again
