@@ -261,3 +261,29 @@ def test_a_stopped_eval_says_a_rerun_starts_again(tmp_path):
     assert "eval does not resume" in line and "evaluate from the start" in line, line
     again = shlex.split(line.split(": spo ", 1)[1])
     assert again == argv, again
+
+
+def test_a_missing_lake_says_where_its_path_came_from(tmp_path):
+    """`spo sql` with no lake said "no lake at /somewhere/spo-lake (run an ingest to create
+    it)": nothing said the path came from a forgotten $SPO_LAKE or the default ./spo-lake of
+    the current folder, and the advice was to create a lake at the typo."""
+    typo = tmp_path / "lake-typo"
+    env = {k: v for k, v in os.environ.items() if k != "SPO_LAKE"}
+    cases = [
+        ({"SPO_LAKE": str(typo)}, [], f"no lake at {typo} (from $SPO_LAKE): check the path"),
+        ({}, ["--lake", str(typo)], f"no lake at {typo} (from --lake): check the path"),
+        ({}, [], "(the default ./spo-lake: no --lake given, $SPO_LAKE not set)"),
+        ({"SPO_LAKE": str(tmp_path / "p.jsonl")}, [], "(from $SPO_LAKE) exists and is not a"),
+    ]
+    (tmp_path / "p.jsonl").write_text("{}\n")
+    for extra_env, args, says in cases:
+        r = subprocess.run(
+            [sys.executable, "-m", "spo_cli.main", "sql", "SELECT 1", *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env={**env, **extra_env},
+            timeout=120,
+        )
+        assert says in one_error_line(r), r.stderr
+    assert not typo.exists() and not (tmp_path / "spo-lake").exists()
