@@ -287,3 +287,26 @@ def test_a_missing_lake_says_where_its_path_came_from(tmp_path):
         )
         assert says in one_error_line(r), r.stderr
     assert not typo.exists() and not (tmp_path / "spo-lake").exists()
+
+
+@needs_sandbox
+def test_plain_progress_keeps_a_log_alive_while_nothing_completes(tmp_path):
+    """Off a terminal, lines came only when a task moved: `spo experiment` (whose task, a run,
+    takes minutes) printed nothing for 2-3 minutes. When nothing moved for an interval, a line
+    per unfinished task now says it is still at work; here one slow solution under
+    `ingest --verify`."""
+    slow = {
+        **_PROBLEM,
+        "solutions": ["import time\ntime.sleep(2.5)\nprint(2 * int(input()))\n"],
+        "time_limit_s": 10,
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "spo_cli.main", "ingest", "human-solutions",
+         str(write_jsonl(tmp_path / "p.jsonl", [slow])), "--lake", str(tmp_path / "lake"),
+         "--verify"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "SPO_PROGRESS_INTERVAL": "0.5"},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    waiting = [x for x in r.stderr.splitlines() if x.startswith("judging: 0/")]
+    assert len(waiting) >= 2 and "elapsed" in waiting[-1], r.stderr
