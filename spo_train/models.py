@@ -168,20 +168,45 @@ def load_model_and_tokenizer(
     p = check_model_dir(path)
     config = load_config(p)
     tok = load_tokenizer(p)
-    kwargs = {"local_files_only": True, "config": config, _dtype_kwarg(): dtype or torch.float32}
+    kwargs = {
+        "local_files_only": True,
+        "config": config,
+        "output_loading_info": True,
+        _dtype_kwarg(): dtype or torch.float32,
+    }
     try:
         try:
             # PyTorch's fused attention (flash / memory-efficient kernels where they apply)
-            model = AutoModelForCausalLM.from_pretrained(
+            model, info = AutoModelForCausalLM.from_pretrained(
                 str(p), attn_implementation="sdpa", **kwargs
             )
         except ValueError as e:
             if "sdpa" not in str(e).lower():
                 raise
             # an architecture without an SDPA implementation: its own (eager) attention
-            model = AutoModelForCausalLM.from_pretrained(str(p), **kwargs)
+            model, info = AutoModelForCausalLM.from_pretrained(str(p), **kwargs)
     except (OSError, ValueError, KeyError) as e:
         raise SpoError(f"cannot load a causal LM from '{p}': {str(e).splitlines()[0]}") from e
+    except RuntimeError as e:
+        # transformers raises this (after its load report, which names the tensors) when the
+        # weights' shapes are not the config's: a config.json edited or written apart from its
+        # weights, e.g. one without vocab_size gets the architecture's default of 32000
+        if "mismatch" not in str(e):
+            raise
+        raise SpoError(
+            f"the weights in '{p}' do not match its config.json: tensor shapes differ (the "
+            "load report above names them; a vocab_size, hidden_size or layer count other than "
+            "the weights were saved with): save config and weights together (save_pretrained)"
+        ) from None
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        # transformers starts them random and only warns: samples of a partly random model
+        # would read as the model's (e.g. config.json's num_hidden_layers above the weights')
+        raise SpoError(
+            f"'{p}' lacks {len(missing)} of the model's weights ({', '.join(missing[:2])}"
+            f"{', ...' if len(missing) > 2 else ''}): they would start random; config.json "
+            "does not describe these weights (save config and weights together: save_pretrained)"
+        )
     check_vocabulary(p, tok, model.get_input_embeddings().num_embeddings)
     model.to(device)
     model.eval()

@@ -310,3 +310,38 @@ def test_plain_progress_keeps_a_log_alive_while_nothing_completes(tmp_path):
     assert r.returncode == 0, r.stderr
     waiting = [x for x in r.stderr.splitlines() if x.startswith("judging: 0/")]
     assert len(waiting) >= 2 and "elapsed" in waiting[-1], r.stderr
+
+
+def test_weights_that_config_json_does_not_describe_are_refused(tmp_path):
+    """A config.json written apart from its weights: without vocab_size (the architecture's
+    default 32000 against 620 rows) it was "internal error ... a bug in spo"; with one layer
+    more than the weights, transformers started that layer random and spo evaluated the partly
+    random model. Both are now refused, the error line last, no run recorded."""
+    lake = str(tmp_path / "lake")
+    ingest_human_solutions(
+        Lake.open(lake), [write_jsonl(tmp_path / "p.jsonl", [_PROBLEM])], split="train"
+    )
+    no_vocab = tmp_path / "no-vocab"
+    shutil.copytree(PI0, no_vocab)
+    config = json.loads((no_vocab / "config.json").read_text())
+    del config["vocab_size"]
+    (no_vocab / "config.json").write_text(json.dumps(config))
+    deeper = tmp_path / "deeper"
+    shutil.copytree(PI0, deeper)
+    config = json.loads((deeper / "config.json").read_text())
+    config["num_hidden_layers"] += 1
+    (deeper / "config.json").write_text(json.dumps(config))
+    before = _runs(lake)
+    for model, says in [
+        (no_vocab, "do not match its config.json: tensor shapes differ"),
+        (deeper, "lacks 9 of the model's weights (model.layers.3."),
+    ]:
+        r = spo(
+            "eval", "--lake", lake, "--model", str(model), "--n", "1", "--k", "1", "--split",
+            "train",
+        )  # fmt: skip
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and says in last and str(model) in last, last
+    assert _runs(lake) == before
