@@ -193,7 +193,10 @@ def sql_cmd(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Output file (required for parquet)")
     ] = None,
-    max_width: Annotated[int, typer.Option(help="Truncate text cells in table output")] = 60,
+    max_width: Annotated[
+        int,
+        typer.Option(help="Truncate text cells in table output (--schema shows comments whole)"),
+    ] = 60,
     schema: Annotated[
         bool,
         typer.Option(
@@ -247,7 +250,8 @@ def sql_cmd(
 
         text = result_csv(result)
     else:
-        _print_table(result, max_width)
+        # --schema is where a column's meaning is read: its comments are never cut at 60
+        _print_table(result, 0 if schema else max_width)
         return
     if output:
         output.write_text(text + ("\n" if not text.endswith("\n") else ""))

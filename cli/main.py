@@ -90,6 +90,10 @@ RERUN_NOTES = {
     # stop while judging leaves only the run's record
     "spo ingest human-solutions": "ingest writes once, at its end, so nothing of this run was "
     "stored: run the same command again",
+    # an evaluation is one run over all its problems: a rerun is a new run that samples every
+    # problem again (spo_train.evaluate), so it continues nothing
+    "spo eval": "eval does not resume (the samples it stored stay in the lake under that run): "
+    "run the same command again to evaluate from the start",
 }
 """What a stop kept and what a rerun does, for commands where it is not "committed work is
 kept: rerun the same command to resume"."""

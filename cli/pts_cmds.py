@@ -108,7 +108,8 @@ def _pts(explicit: dict[str, Any], **kwargs: Any) -> None:
         )
     if report.too_long or report.empty:
         say(
-            f"skipped {report.too_long} trajectories longer than the model's context and "
+            f"skipped {report.too_long} trajectories whose prompt and response leave no room "
+            f"for --max-new-tokens {cfg.max_new_tokens} in the model's context, and "
             f"{report.empty} with an empty response (not annotated)"
         )
     if report.unjudged:

@@ -15,6 +15,9 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+_TWO_LINE_HEADERS = {"first step": "first\nstep", "last step": "last\nstep"}
+
+
 def report_cmd(
     paths: Annotated[
         list[Path],
@@ -89,7 +92,11 @@ def report_cmd(
             table = Table(title=f"{set_title(eval_set)}: pass@{k}")
             for col in cols:
                 short = col.replace("pass@k at ", "").replace(" [95% CI]", "")
-                table.add_column(short.replace("change last - first", "change"))
+                short = short.replace("change last - first", "change")
+                # one-digit steps under a one-line "first step" held 10 of the 80 columns that
+                # the intervals need, and rich cut "(reference)" to "(refere…": two-line
+                # headers, and a word wider than its column folds rather than being cut
+                table.add_column(_TWO_LINE_HEADERS.get(short, short), overflow="fold")
             for cells in rows:
                 table.add_row(*cells)
             console.print(table)

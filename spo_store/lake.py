@@ -64,6 +64,17 @@ def resolve_lake_uri(uri: str | os.PathLike[str] | None) -> str:
     return str(Path(chosen).expanduser().resolve())
 
 
+def lake_origin(uri: str | os.PathLike[str] | None) -> str:
+    """Where a command's lake path came from (`resolve_lake_uri`'s order), for the messages
+    about a lake that is not there: a `$SPO_LAKE` set long ago, or the default `./spo-lake`
+    of the current folder, is not what a user looks at first."""
+    if uri:
+        return "from --lake"
+    if os.environ.get("SPO_LAKE"):
+        return "from $SPO_LAKE"
+    return f"the default {DEFAULT_LAKE}: no --lake given, $SPO_LAKE not set"
+
+
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -222,9 +233,14 @@ class Lake:
         else:
             root = Path(lake.uri)
             if root.exists() and not root.is_dir():
-                raise SpoError(f"lake path {lake.uri} exists and is not a directory")
+                raise SpoError(
+                    f"lake path {lake.uri} ({lake_origin(uri)}) exists and is not a directory"
+                )
             if not root.exists() and not create:
-                raise SpoError(f"no lake at {lake.uri} (run an ingest to create it)")
+                raise SpoError(
+                    f"no lake at {lake.uri} ({lake_origin(uri)}): check the path; an ingest "
+                    "creates a lake"
+                )
         check_lake_folder(lake.uri, folder_entries(lake.uri))
         if not is_remote(lake.uri):
             Path(lake.uri).mkdir(parents=True, exist_ok=True)
@@ -241,7 +257,10 @@ class Lake:
             check_schema(name, ds, lake.uri)
             lake._datasets[name] = ds
         if not create and len(missing) == len(TABLES):
-            raise SpoError(f"no lake at {lake.uri} (run an ingest to create it)")
+            raise SpoError(
+                f"no lake at {lake.uri} ({lake_origin(uri)}): check the path; an ingest creates "
+                "a lake"
+            )
         for name in missing:
             lake._ensure_table(name, create=create)
         return lake
@@ -798,7 +817,8 @@ def check_schema(name: str, ds: lance.LanceDataset, lake_uri: str) -> None:
     found = meta.get(VERSION_KEY)
     if found is None:
         raise SpoError(
-            f"table {name!r} in lake {lake_uri} has no spo schema version: not an spo lake"
+            f"table {name!r} in lake {lake_uri} has no spo schema version: not an spo lake; "
+            "check --lake / $SPO_LAKE"
         )
     try:
         found_version = int(found)

@@ -19,6 +19,7 @@ imports the trainer.
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import difflib
 import functools
@@ -371,16 +372,48 @@ def reflow_help(text: str | None) -> str | None:
     return "\n\n".join(out)
 
 
+def _wrappable_names(params: list[Any]) -> list[Any]:
+    """Copies of `params` for the help screen whose names can wrap: typer joins an option's
+    names with "," into one unbreakable word and gives a switch's `--no-` form a column of its
+    own, so at 80 columns rich cut `spo train --help`'s names to `--checkpoint-every,--s…` and
+    `--no-grpo-scale-re…`. Here the names are one string with spaces (`--a, --b`,
+    `--x / --no-x`) that wraps in one column. Parsing keeps the originals."""
+    shown = []
+    for p in params:
+        longs = [o for o in p.opts if o.startswith("--")]
+        negs = [o for o in p.secondary_opts if o.startswith("--")]
+        if len(longs) > 1 or negs:
+            p = copy.copy(p)
+            name = ", ".join(longs)
+            p.opts = [
+                name + "".join(f" / {o}" for o in negs),
+                *(o for o in p.opts if o not in longs),
+            ]
+            p.secondary_opts = [o for o in p.secondary_opts if o not in negs]
+        shown.append(p)
+    return shown
+
+
 class SpoCommand(TyperCommand):
-    """A typer command whose help reflows (`reflow_help`) and shows no `<bool>` after
-    switches (they take no value)."""
+    """A typer command whose help reflows (`reflow_help`), shows no `<bool>` after switches
+    (they take no value) and wraps long option names rather than cutting them."""
+
+    _in_help = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.help = reflow_help(self.help)
 
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._in_help = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._in_help = False
+
     def get_params(self, ctx: Any) -> list[Any]:
-        return _no_bool_metavar(super().get_params(ctx))
+        params = _no_bool_metavar(super().get_params(ctx))
+        return _wrappable_names(params) if self._in_help else params
 
 
 class SpoGroup(TyperGroup):
@@ -1162,7 +1195,7 @@ def stored_train_config(output: str | Path) -> tuple[dict[str, Any], Path] | Non
 PATH_SETTINGS = ("model", "lake", "sources_file")
 
 
-def _as_path(v: Any) -> Any:
+def absolute_path(v: Any) -> Any:
     """A local path as an absolute one (`runs/x` and `./runs/x` are the same run input)."""
     if isinstance(v, str) and "://" not in v:
         return str(Path(v).expanduser().resolve())
@@ -1198,7 +1231,7 @@ def differing_settings(
             continue
         old = stored.get(name, f.default)
         if name in PATH_SETTINGS:
-            old, value = _as_path(old), _as_path(value)
+            old, value = absolute_path(old), absolute_path(value)
         if not _same(old, value):
             out.append((name, old, value))
     return out

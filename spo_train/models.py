@@ -102,10 +102,14 @@ def check_model_dir(path: str | os.PathLike | None) -> Path:
         raise SpoError(
             f"'{p / 'config.json'}' is not a Hugging Face model config: it has no model_type"
         )
-    if not _weight_files(p):
+    weights = _weight_files(p)
+    if not weights:
         raise SpoError(
             f"'{p}' has a config.json but no weights (*.safetensors or pytorch_model*.bin)"
         )
+    for f in weights:
+        if f.suffix == ".safetensors":
+            _check_safetensors(f)
     if not any((p / name).is_file() for name in TOKENIZER_FILES):
         raise SpoError(
             f"'{p}' has no tokenizer files (tokenizer.json, tokenizer_config.json, vocab.json, "
@@ -164,20 +168,45 @@ def load_model_and_tokenizer(
     p = check_model_dir(path)
     config = load_config(p)
     tok = load_tokenizer(p)
-    kwargs = {"local_files_only": True, "config": config, _dtype_kwarg(): dtype or torch.float32}
+    kwargs = {
+        "local_files_only": True,
+        "config": config,
+        "output_loading_info": True,
+        _dtype_kwarg(): dtype or torch.float32,
+    }
     try:
         try:
             # PyTorch's fused attention (flash / memory-efficient kernels where they apply)
-            model = AutoModelForCausalLM.from_pretrained(
+            model, info = AutoModelForCausalLM.from_pretrained(
                 str(p), attn_implementation="sdpa", **kwargs
             )
         except ValueError as e:
             if "sdpa" not in str(e).lower():
                 raise
             # an architecture without an SDPA implementation: its own (eager) attention
-            model = AutoModelForCausalLM.from_pretrained(str(p), **kwargs)
+            model, info = AutoModelForCausalLM.from_pretrained(str(p), **kwargs)
     except (OSError, ValueError, KeyError) as e:
         raise SpoError(f"cannot load a causal LM from '{p}': {str(e).splitlines()[0]}") from e
+    except RuntimeError as e:
+        # transformers raises this (after its load report, which names the tensors) when the
+        # weights' shapes are not the config's: a config.json edited or written apart from its
+        # weights, e.g. one without vocab_size gets the architecture's default of 32000
+        if "mismatch" not in str(e):
+            raise
+        raise SpoError(
+            f"the weights in '{p}' do not match its config.json: tensor shapes differ (the "
+            "load report above names them; a vocab_size, hidden_size or layer count other than "
+            "the weights were saved with): save config and weights together (save_pretrained)"
+        ) from None
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        # transformers starts them random and only warns: samples of a partly random model
+        # would read as the model's (e.g. config.json's num_hidden_layers above the weights')
+        raise SpoError(
+            f"'{p}' lacks {len(missing)} of the model's weights ({', '.join(missing[:2])}"
+            f"{', ...' if len(missing) > 2 else ''}): they would start random; config.json "
+            "does not describe these weights (save config and weights together: save_pretrained)"
+        )
     check_vocabulary(p, tok, model.get_input_embeddings().num_embeddings)
     model.to(device)
     model.eval()
@@ -200,12 +229,18 @@ def load_config(path: Path):
 
 def check_vocabulary(path: Path, tokenizer, embeddings: int) -> None:
     """Refuse a tokenizer with more tokens than the model has embedding rows: its ids past the
-    end would index outside the embedding. Raises SpoError naming both sizes."""
+    end would index outside the embedding. Raises SpoError naming both sizes, the tokenizer
+    class transformers chose and the first tokens past the end (a class can add tokens the
+    folder's files do not hold: Qwen2Tokenizer adds `<|endoftext|>`)."""
     if len(tokenizer) > embeddings:
+        extra = range(embeddings, min(len(tokenizer), embeddings + 3))
+        past = ", ".join(f"{i} {tokenizer.convert_ids_to_tokens(i)!r}" for i in extra)
+        more = ", ..." if len(tokenizer) > embeddings + 3 else ""
         raise SpoError(
-            f"the tokenizer in '{path}' has {len(tokenizer)} tokens, more than the model's "
-            f"vocabulary of {embeddings} (config.json vocab_size): use the tokenizer the model "
-            "was trained with, or resize the model's embeddings"
+            f"the tokenizer in '{path}' ({type(tokenizer).__name__}) has {len(tokenizer)} "
+            f"tokens, more than the model's vocabulary of {embeddings} (config.json "
+            f"vocab_size); past it: {past}{more}: use the tokenizer the model was trained "
+            "with, or resize the model's embeddings (model.resize_token_embeddings)"
         )
 
 
@@ -282,6 +317,21 @@ def _weight_files(p: Path) -> list[Path]:
     files = [f for f in p.iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES]
     files += [p / name for name in WEIGHT_INDEXES if (p / name).is_file()]
     return sorted(files, key=lambda f: f.name)
+
+
+def _check_safetensors(f: Path) -> None:
+    """Read the header of a safetensors file (no tensors): a file cut short (a copy or download
+    that stopped) or not safetensors at all is a SpoError naming it, before any work."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(f), framework="numpy"):
+            pass
+    except (SafetensorError, OSError) as exc:
+        raise SpoError(
+            f"'{f}' is not a readable safetensors file ({str(exc).splitlines()[0]}): it is cut "
+            "short or damaged; save or copy the model again"
+        ) from None
 
 
 def _file_digest(f: Path) -> str:

@@ -4,8 +4,10 @@ Every long command (estimate-q0, eval, train, rollout, pts, demo, experiment, in
 takes its progress display from `progress_display`, the one place that decides how progress is
 shown. On a terminal it is rich's live bar. When stderr is not a terminal (CI, Slurm, a log
 file) a live bar prints nothing until the end, so `PlainProgress` prints one line per task every
-`SPO_PROGRESS_INTERVAL` seconds (default 30) while the task moves, and a last line when the
-display stops (for tasks that printed one before: a short command prints none):
+`SPO_PROGRESS_INTERVAL` seconds (default 30) while the task moves (when no task moved in an
+interval, a line for each unfinished one, so a log never falls silent while work goes on), and
+a last line when the display stops (for tasks that printed one before: a short command prints
+none):
 
     samples: 120/400 (30%), 4.1/s, elapsed 0:00:29, ETA 0:01:08
 
@@ -111,11 +113,19 @@ class PlainProgress(Progress):
     def _report(self, *, final: bool) -> None:
         with self._lock:
             tasks = [t for t in self._tasks.values() if t.visible]
-        for task in tasks:
-            last = self._printed.get(task.id)
-            if last == task.completed or not task.completed:
-                continue  # nothing moved since the last line, or nothing started
-            if final and last is None:
+        moved = [t for t in tasks if t.completed and self._printed.get(t.id) != t.completed]
+        if not moved and not final:
+            # Nothing moved for a whole interval (an experiment's run takes minutes, its first
+            # one completes nothing for a while): a line per unfinished task says it is still
+            # at work, as a terminal's bar shows its elapsed time
+            for task in tasks:
+                if not task.finished and task.started:
+                    self.console.print(
+                        plain_line(task), highlight=False, soft_wrap=True, markup=False
+                    )
+            return
+        for task in moved:
+            if final and task.id not in self._printed:
                 continue  # done within one interval: the command's own result line says it
             self._printed[task.id] = task.completed
             self.console.print(plain_line(task), highlight=False, soft_wrap=True, markup=False)

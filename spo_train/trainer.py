@@ -66,8 +66,10 @@ from spo_train.checkpoint import (
 )
 from spo_train.config import (  # noqa: F401 - LOSS_VARIANTS, WANDB_MODES: re-exported
     LOSS_VARIANTS,
+    PATH_SETTINGS,
     WANDB_MODES,
     TrainConfig,
+    absolute_path,
     check_output_dir,
 )
 from spo_train.evaluate import eval_notes, evaluate
@@ -380,9 +382,11 @@ def _train_locked(
         say(f"resumed run {run_id} from {ckpt.name} (step {start_step})")
         lake.resume_run(run_id)  # the same run is running again, in this process
     else:
-        run_id = lake.start_run(
-            "train", dataclasses.asdict(config), model_id=ref_model_id, tokenizer_id=tokenizer_id
-        )
+        # the lake records paths absolute, as eval and estimate-q0 do: a relative --model read
+        # back from `runs` later, from another folder, would name another model or none
+        recorded = dataclasses.asdict(config)
+        recorded.update({k: absolute_path(recorded[k]) for k in PATH_SETTINGS if recorded.get(k)})
+        run_id = lake.start_run("train", recorded, model_id=ref_model_id, tokenizer_id=tokenizer_id)
     # From here the run is recorded: whatever stops it ends it (run_status), never `running`.
     writer = wandb_run = producer = None
     ckpt_step = start_step  # the step of the newest checkpoint this run can resume from

@@ -376,3 +376,46 @@ def test_plain_runs_split_on_other_learning_settings():
         "grpo",
         "grpo",
     ]
+
+
+def test_terminal_tables_cut_nothing_at_80_columns(runs):
+    """At 80 columns the one-digit "first step" / "last step" columns under one-line headers
+    took the width the intervals needed, and rich cut the reference row's "(reference)" to
+    "(refere…" (issue 20, trial 20): the headers take two lines, no cell is cut."""
+    import os
+    import subprocess
+    import sys
+
+    tmp_path, _lake, _written, dirs = runs
+    exp = tmp_path / "exp"
+    (exp / "experiment.json").write_text(
+        json.dumps(
+            {
+                "name": "narrow",
+                "lake": str(tmp_path / "lake"),
+                "reference_arm": "spo",
+                "arms": {
+                    arm: {
+                        "settings": {},
+                        "runs": [
+                            {"seed": i, "output": str(d.relative_to(exp)), "status": "completed"}
+                            for i, d in enumerate(dirs[arm])
+                        ],
+                    }
+                    for arm in ("spo", "ppo")
+                },
+            }
+        )
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "spo_cli.main", "report", str(exp)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "80"},
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "…" not in r.stdout, r.stdout
+    tables = [x for x in r.stdout.splitlines() if x[:1] in "┏┃┡│└"]
+    assert "(referen" in r.stdout and max(map(len, tables)) <= 80
+    assert "┃ group ┃ seeds ┃ step" in r.stdout, r.stdout

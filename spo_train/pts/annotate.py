@@ -300,8 +300,12 @@ def annotate(
                 threshold=threshold,
             )
             context = getattr(generator, "max_positions", None)
-            if context is not None:  # a prefix this long cannot be continued by the model
-                fits = [t for t in targets if len(t.prompt_ids) + t.length <= context]
+            if context is not None:
+                # a rollout after the longest prefix (all but the last token) must have room for
+                # max_new_tokens, else the generator cuts it short while the annotation and the
+                # rollout rows store max_new_tokens as their bound (issue 20, item 3)
+                room = context - sampler.max_new_tokens
+                fits = [t for t in targets if len(t.prompt_ids) + max(t.length - 1, 0) <= room]
                 report.too_long += len(targets) - len(fits)
                 targets = fits
             report.prefixes += pivotal_token_search(
