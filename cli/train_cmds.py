@@ -495,6 +495,7 @@ def _train(
     from pathlib import Path
 
     from spo_train import distributed
+    from spo_train.algorithm_rules import rules_of
     from spo_train.trainer import preflight, train
 
     config = resolve_train_config(explicit, config_file)
@@ -525,6 +526,7 @@ def _train(
         code = launch(config.nproc, sys.argv[1:], output=Path(config.output), lake_uri=config.lake)
         raise typer.Exit(code)
     steps = config.steps
+    rules = rules_of(config.algo)  # its progress line
     # The bar starts with the first step, so a refusal (no q0, bad data) stays one line.
     bar = progress()
     task: Any = None
@@ -534,17 +536,7 @@ def _train(
         if task is None:
             bar.start()
             task = bar.add_task("steps", total=steps, completed=step, rate="")
-        if config.algo == "spo":
-            shown = (
-                f"loss {m.get('train/loss', float('nan')):.4f} "
-                f"|Q_T-r| {m.get('train/terminal_abs_error', float('nan')):.3f}"
-            )
-        else:
-            shown = (
-                f"reward {m.get('rollout/reward_mean', float('nan')):.3f} "
-                f"clip {m.get('train/clip_frac', float('nan')):.3f}"
-            )
-        bar.update(task, completed=step + 1, rate=shown)
+        bar.update(task, completed=step + 1, rate=rules.progress(m))
 
     try:
         result = train(

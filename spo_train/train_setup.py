@@ -20,6 +20,7 @@ from spo_store.errors import SpoError
 from spo_store.lake import Lake, sql_quote
 from spo_store.mixture import MixtureSpec, load_sources
 from spo_store.q0_estimates import q0_of_s0, sampler_key
+from spo_train.algorithm_rules import rules_of
 from spo_train.config import (
     TrainConfig,
     as_saved,
@@ -256,7 +257,7 @@ def train_problems(
         if len(ids):
             restrict = f"p.problem_id <= {sql_quote(ids[len(ids) - 1].as_py())}"
             where += f" AND {restrict}"
-    if config.algo != "spo":
+    if not rules_of(config.algo).needs_q0:
         problems = load_problems(lake, where)
         if not problems:
             raise SpoError(
@@ -296,7 +297,7 @@ def train_problems(
 def mc_weight_note(lake: Lake, config: TrainConfig, ref_model_id: str) -> str | None:
     """A warning when `--mc-weight` > 0 can have no effect: the lake holds no `spo pts`
     annotation under this run's pi_0, so the MC term is 0 at every step (issue 12)."""
-    if config.mc_weight <= 0 or config.algo != "spo":
+    if config.mc_weight <= 0 or not rules_of(config.algo).has_mc_term:
         return None
     found = (
         lake.sql_arrow(
