@@ -370,10 +370,7 @@ class Follower:
     def serve(self) -> int:
         """Follow rank 0 until it says "end" or "abort" (returns the last step; -1 when rank 0
         refused the run before starting it)."""
-        from spo_train.algorithms import make_algorithm
-        from spo_train.checkpoint import load_trainer_state
-        from spo_train.learner import PolicyLearner
-        from spo_train.models import load_model_and_tokenizer
+        from spo_train.learner import build_learner
         from spo_train.train_setup import set_seed
 
         kind, start = self.ctx.broadcast()
@@ -382,22 +379,16 @@ class Follower:
         c = self.config
         set_seed(c.seed)
         ckpt = Path(start["checkpoint"]) if start["checkpoint"] else None
-        policy, tokenizer = load_model_and_tokenizer(
-            ckpt or Path(start["pi0_path"]), device=self.ctx.device
+        parts = build_learner(
+            c, Path(start["pi0_path"]), ckpt, dist=self.ctx, device=self.ctx.device
         )
-        policy.eval()
-        policy = self.ctx.prepare_policy(policy)
-        learner = PolicyLearner(policy, c, tokenizer.pad_token_id, dist=self.ctx)
-        algorithm = make_algorithm(c, pi0_path=Path(start["pi0_path"]))
-        if ckpt is not None:
-            load_trainer_state(ckpt, learner, algorithm)
+        policy = parts.learner.policy
         step = start["step"]
         while True:
             kind, payload = self.ctx.broadcast()
             if kind == "update":
                 step, batch = payload
-                algorithm.update(batch, learner)
-                learner.scheduler.step()
+                parts.step(batch)
             elif kind == "full_policy":
                 self.ctx.full_policy(policy, None)
             elif kind == "end":
