@@ -155,34 +155,16 @@ def _selection(lk: Any, cfg: Any) -> str:
     from spo_store.lake import sql_quote
 
     if cfg.where:
+        from spo_store.selection import check_where
+
         check_where(lk, cfg.where)
         return cfg.where
     if cfg.split is None:
         raise SpoError("give --split or --where")
-    try:
-        from spo_store.selection import check_split
-    except ImportError:  # selection.py is new in this issue
-        pass
-    else:
-        check_split(lk, cfg.split, "--split")
+    from spo_store.selection import check_split
+
+    check_split(lk, cfg.split, "--split")
     return f"p.split = {sql_quote(cfg.split)}"
-
-
-def check_where(lk: Any, where: str) -> None:
-    """The user's --where alone, before any query built around it: invalid SQL is one line
-    naming --where (not an internal query's "near GROUP"); a predicate that matches no problem
-    is `explain_empty`'s line. Both before any run is recorded."""
-    from spo_store.q0_estimates import problems_with_q0_sql
-    from spo_store.selection import explain_empty
-
-    view = problems_with_q0_sql(None, None, None)
-    try:
-        n = lk.sql_arrow(f"SELECT count(*) FROM ({view}) p WHERE ({where})")[0][0].as_py()
-    except SpoError as exc:
-        detail = str(exc).removeprefix("SQL error: ")
-        raise SpoError(f"--where: not valid SQL over problems (alias p): {detail}") from None
-    if not n:
-        raise SpoError(explain_empty(lk, where))
 
 
 def _estimate_q0(
@@ -249,7 +231,7 @@ def _estimate_q0(
             model_path=cfg.model,
             stopping=rule,
         )
-    from spo_train.rollout import left_out_line
+    from spo_store.selection import left_out_line
 
     say = lambda m: console.print(m, highlight=False)  # noqa: E731
     line = left_out_line(report.left_out, "estimate-q0")
@@ -342,15 +324,9 @@ def _eval(
     from spo_train.config import EvalConfig
 
     cfg: EvalConfig = _sampling_config(EvalConfig, _explicit, kwargs, config_file)
+    from spo_store.selection import RELIABLE, judge_issue_counts, left_out_line
     from spo_train.evaluate import eval_notes, evaluate
-    from spo_train.rollout import (
-        RELIABLE,
-        SamplerSettings,
-        check_context,
-        judge_issue_counts,
-        left_out_line,
-        load_problems,
-    )
+    from spo_train.rollout import SamplerSettings, check_context, load_problems
 
     n, ks, split, where = cfg.n, list(cfg.k), cfg.split, cfg.where
     cfg.model = _check_model(cfg.model)

@@ -130,6 +130,7 @@ def setup(args: argparse.Namespace, workdir: Path, say: Any) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from spo_store.lake import Lake
+    from spo_store.selection import RELIABLE, split_predicate
     from spo_train.defaults import ensure_problems
     from spo_train.models import (
         load_model_and_tokenizer,
@@ -139,7 +140,7 @@ def setup(args: argparse.Namespace, workdir: Path, say: Any) -> dict[str, Any]:
     )
     from spo_train.producer import RolloutProducer
     from spo_train.q0 import q0_value
-    from spo_train.rollout import RELIABLE, load_problems, split_predicate
+    from spo_train.rollout import load_problems
     from spo_train.train_setup import set_seed
 
     pi0 = resolve_model_path(args.model)

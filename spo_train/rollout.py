@@ -24,8 +24,8 @@ import numpy as np
 
 from spo_store.adapters import raw_content_hash
 from spo_store.errors import SpoError
-from spo_store.lake import Lake, sql_quote, utc_now
-from spo_store.q0_estimates import Q0_VIEW_COLUMNS, problems_with_q0_sql
+from spo_store.lake import Lake, utc_now
+from spo_store.selection import select_problems
 from spo_train.judge import JUDGE_PROBLEM_COLUMNS, job_for_problem, judge_batch, verdict_reward
 from spo_train.prompting import extract_code, problem_prompt
 
@@ -62,64 +62,10 @@ def load_problems(
     q0_of: tuple[str, str] | None = None,
     beta: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Problems matching a SQL predicate over `p`, ordered by id.
-
-    `p` is `problems` joined (LEFT) with the q0 estimate of `q0_of = (ref_model_id,
-    sampler_key)`: rows gain `q0`, `q0_samples`, `q0_successes`, `q0_beta`, `q0_estimate_id`
-    (NULL without an estimate), and `beta` recomputes `q0` at that beta from the counts. Without
-    `q0_of` the q0 columns are NULL (a q0 always belongs to a model and sampler).
-    """
-    ref, key = q0_of if q0_of is not None else (None, None)
-    cols = ", ".join(f"p.{c}" for c in [*PROBLEM_COLUMNS, *Q0_VIEW_COLUMNS])
-    view = problems_with_q0_sql(ref, key, beta)
-    return lake.sql_arrow(
-        f"SELECT {cols} FROM ({view}) p WHERE {where} ORDER BY p.problem_id"
-    ).to_pylist()
-
-
-def count_problems(lake: Lake, where: str, *, q0_of: tuple[str, str] | None = None) -> int:
-    """How many problems `load_problems(lake, where, q0_of=q0_of)` would return."""
-    ref, key = q0_of if q0_of is not None else (None, None)
-    view = problems_with_q0_sql(ref, key)
-    return int(
-        lake.sql_arrow(f"SELECT count(*) FROM ({view}) p WHERE {where}").column(0)[0].as_py()
-    )
-
-
-def split_predicate(split: str) -> str:
-    return f"p.split = {sql_quote(split)}"
-
-
-RELIABLE = "p.judge_issue IS NULL"
-"""Problems the judge handles reliably (`problems.judge_issue` NULL)."""
-
-
-def judge_issue_counts(
-    lake: Lake, where: str, *, q0_of: tuple[str, str] | None = None
-) -> dict[str, int]:
-    """Problems matching `where` (over `p`, as in `load_problems`) that have a `judge_issue`,
-    counted per reason (the text before ':'), most frequent first."""
-    ref, key = q0_of if q0_of is not None else (None, None)
-    rows = lake.sql_arrow(
-        "SELECT trim(split_part(p.judge_issue, ':', 1)) AS reason, count(*) AS n "
-        f"FROM ({problems_with_q0_sql(ref, key)}) p "
-        f"WHERE ({where}) AND p.judge_issue IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1"
-    ).to_pylist()
-    return {r["reason"]: int(r["n"]) for r in rows}
-
-
-def left_out_line(counts: dict[str, int], what: str, flag: str = "--include-unreliable") -> str:
-    """One line naming how many problems were left out for a judge_issue and why (and the flag
-    that keeps them, when `flag`), or '' when none were."""
-    if not counts:
-        return ""
-    reasons = ", ".join(f"{n} {r}" for r, n in counts.items())
-    total = sum(counts.values())
-    line = (
-        f"{what}: left out {total} problem{'s' if total != 1 else ''} the judge cannot handle "
-        f"reliably ({reasons})"
-    )
-    return f"{line}; {flag} keeps them" if flag else line
+    """The problems of `where` (SQL over `p`) with the columns prompting and the judge need
+    (`PROBLEM_COLUMNS`), ordered by id: `spo_store.selection.select_problems`, which has the
+    q0 columns and `q0_of` / `beta`."""
+    return select_problems(lake, where, PROBLEM_COLUMNS, q0_of=q0_of, beta=beta)
 
 
 def check_context(

@@ -16,16 +16,11 @@ from typing import Any
 
 from spo_store.errors import SpoError
 from spo_store.lake import Lake
+from spo_store.selection import RELIABLE, judge_issue_counts, left_out_line, split_predicate
 from spo_train.batch_sources import BatchSource, make_batches
 from spo_train.config import TrainConfig
 from spo_train.models import model_identity
-from spo_train.rollout import (
-    RELIABLE,
-    judge_issue_counts,
-    left_out_line,
-    load_problems,
-    split_predicate,
-)
+from spo_train.rollout import load_problems
 from spo_train.train_setup import (
     check_split,
     mc_weight_note,

@@ -20,6 +20,7 @@ from spo_store.errors import SpoError
 from spo_store.lake import Lake, sql_quote
 from spo_store.mixture import MixtureSpec, load_sources
 from spo_store.q0_estimates import q0_of_s0, sampler_key
+from spo_store.selection import RELIABLE, count_problems, split_predicate
 from spo_train.algorithm_rules import rules_of
 from spo_train.config import (
     TrainConfig,
@@ -31,7 +32,7 @@ from spo_train.config import (
 from spo_train.fast_step import check_device  # noqa: F401 - re-exported
 from spo_train.models import resolve_model_path
 from spo_train.q0 import q0_value
-from spo_train.rollout import RELIABLE, count_problems, load_problems, split_predicate
+from spo_train.rollout import load_problems
 
 
 def q0_sampler_key(config: TrainConfig) -> str:
@@ -97,18 +98,14 @@ def set_seed(seed: int) -> None:
 
 def check_split(lake: Lake, split: str, option: str) -> None:
     """A split with no problem (a typo included) is one error naming the splits present."""
-    try:
-        from spo_store.selection import check_split
-    except ImportError:  # pragma: no cover - selection.py is new in this issue
-        return
+    from spo_store.selection import check_split
+
     check_split(lake, split, option)
 
 
 def splits_present_suffix(lake: Lake) -> str:
-    try:
-        from spo_store.selection import describe_splits, splits_present
-    except ImportError:  # pragma: no cover
-        return ""
+    from spo_store.selection import describe_splits, splits_present
+
     return f" (splits present: {describe_splits(splits_present(lake))})"
 
 
