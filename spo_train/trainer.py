@@ -71,6 +71,7 @@ from spo_train.config import (  # noqa: F401 - LOSS_VARIANTS, WANDB_MODES: re-ex
     check_output_dir,
 )
 from spo_train.fast_step import configure_model, step_options
+from spo_train.follower import Follower
 from spo_train.learner import (  # noqa: F401 - re-exported
     PolicyLearner,
     build_learner,
@@ -177,7 +178,7 @@ def train(
     if dp is not None and config.nproc != dp.world_size:  # torchrun: the record says how many
         config = dataclasses.replace(config, nproc=dp.world_size)
     if dp is not None and not dp.is_main:
-        follower = distributed.Follower(config.resolved(), dp)
+        follower = Follower(config.resolved(), dp)
         try:
             steps = follower.serve()
         finally:
