@@ -1,6 +1,8 @@
 """The learner's side of a step: the policy, its optimizer and schedule as an algorithm sees
-them (`PolicyLearner`, the `spo_train.algorithms.Learner` contract), and the batch as tensors
-(`to_train_batch`: token ids, pi_0 log-probs, the sampler's log-probs, rewards, q0, groups)."""
+them (`PolicyLearner`, the `spo_train.algorithms.Learner` contract), their one assembly
+(`build_learner`, used by the trainer, the data-parallel followers and the step benchmarks;
+`LearnerParts.step` is one training step), and the batch as tensors (`to_train_batch`: token
+ids, pi_0 log-probs, the sampler's log-probs, rewards, q0, groups). No lake here."""
 
 from __future__ import annotations
 
