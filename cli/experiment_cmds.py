@@ -38,14 +38,6 @@ def _seeds(text: str | None) -> list[int] | None:
         raise SpoError(f"--seeds {text!r}: expected comma-separated integers such as 0,1") from None
 
 
-def _train_has_json() -> bool:
-    """Whether this spo's `train` takes --json (its result line is then read too)."""
-    from spo_cli.main import app
-
-    train = getattr(typer.main.get_command(app), "commands", {}).get("train")
-    return any("--json" in getattr(p, "opts", ()) for p in getattr(train, "params", ()))
-
-
 def experiment_cmd(
     config: Annotated[
         Path,
@@ -122,7 +114,7 @@ def experiment_cmd(
                 only=_csv(only, "--only"),
                 seeds=_seeds(seeds),
                 dry_run=dry_run,
-                train_json=_train_has_json(),
+                train_json=True,  # this spo's `train` takes --json (its result line is read)
                 say=say,
                 progress=None if dry_run else bar,
                 command_line=command_line,

@@ -155,36 +155,16 @@ def _selection(lk: Any, cfg: Any) -> str:
     from spo_store.lake import sql_quote
 
     if cfg.where:
+        from spo_store.selection import check_where
+
         check_where(lk, cfg.where)
         return cfg.where
     if cfg.split is None:
         raise SpoError("give --split or --where")
-    try:
-        from spo_store.selection import check_split
-    except ImportError:  # selection.py is new in this issue
-        pass
-    else:
-        check_split(lk, cfg.split, "--split")
+    from spo_store.selection import check_split
+
+    check_split(lk, cfg.split, "--split")
     return f"p.split = {sql_quote(cfg.split)}"
-
-
-def check_where(lk: Any, where: str) -> None:
-    """The user's --where alone, before any query built around it: invalid SQL is one line
-    naming --where (not an internal query's "near GROUP"); a predicate that matches no problem
-    is `explain_empty`'s line. Both before any run is recorded."""
-    from spo_store.q0_estimates import problems_with_q0_sql
-    from spo_store.selection import explain_empty
-
-    view = problems_with_q0_sql(None, None, None)
-    try:
-        n = lk.sql_arrow(f"SELECT count(*) FROM ({view}) p WHERE ({where})")[0][0].as_py()
-    except SpoError as exc:
-        if not str(exc).startswith("SQL error: "):  # e.g. damaged data files: not --where's
-            raise
-        detail = str(exc).removeprefix("SQL error: ")
-        raise SpoError(f"--where: not valid SQL over problems (alias p): {detail}") from None
-    if not n:
-        raise SpoError(explain_empty(lk, where))
 
 
 def _estimate_q0(
@@ -251,7 +231,7 @@ def _estimate_q0(
             model_path=cfg.model,
             stopping=rule,
         )
-    from spo_train.rollout import left_out_line
+    from spo_store.selection import left_out_line
 
     say = lambda m: console.print(m, highlight=False)  # noqa: E731
     line = left_out_line(report.left_out, "estimate-q0")
@@ -344,15 +324,9 @@ def _eval(
     from spo_train.config import EvalConfig
 
     cfg: EvalConfig = _sampling_config(EvalConfig, _explicit, kwargs, config_file)
+    from spo_store.selection import RELIABLE, judge_issue_counts, left_out_line
     from spo_train.evaluate import eval_notes, evaluate
-    from spo_train.rollout import (
-        RELIABLE,
-        SamplerSettings,
-        check_context,
-        judge_issue_counts,
-        left_out_line,
-        load_problems,
-    )
+    from spo_train.rollout import SamplerSettings, check_context, load_problems
 
     n, ks, split, where = cfg.n, list(cfg.k), cfg.split, cfg.where
     cfg.model = _check_model(cfg.model)
@@ -497,6 +471,7 @@ def _train(
     from pathlib import Path
 
     from spo_train import distributed
+    from spo_train.algorithm_rules import rules_of
     from spo_train.trainer import preflight, train
 
     config = resolve_train_config(explicit, config_file)
@@ -527,6 +502,7 @@ def _train(
         code = launch(config.nproc, sys.argv[1:], output=Path(config.output), lake_uri=config.lake)
         raise typer.Exit(code)
     steps = config.steps
+    rules = rules_of(config.algo)  # its progress line
     # The bar starts with the first step, so a refusal (no q0, bad data) stays one line.
     bar = progress()
     task: Any = None
@@ -536,17 +512,7 @@ def _train(
         if task is None:
             bar.start()
             task = bar.add_task("steps", total=steps, completed=step, rate="")
-        if config.algo == "spo":
-            shown = (
-                f"loss {m.get('train/loss', float('nan')):.4f} "
-                f"|Q_T-r| {m.get('train/terminal_abs_error', float('nan')):.3f}"
-            )
-        else:
-            shown = (
-                f"reward {m.get('rollout/reward_mean', float('nan')):.3f} "
-                f"clip {m.get('train/clip_frac', float('nan')):.3f}"
-            )
-        bar.update(task, completed=step + 1, rate=shown)
+        bar.update(task, completed=step + 1, rate=rules.progress(m))
 
     try:
         result = train(

@@ -115,8 +115,9 @@ def online_per_step(config: Any) -> int:
     """Rollouts the trainer samples per step (`config` resolved): the mixture's online share
     for SPO, the whole batch for PPO and GRPO (as `trainer._train_locked`)."""
     from spo_store.mixture import MixtureSpec
+    from spo_train.algorithm_rules import rules_of
 
-    if config.algo != "spo":
+    if rules_of(config.algo).online_only:
         return config.batch_size
     names = [part.partition(":")[0].strip() for part in config.mix.split(",")]
     return MixtureSpec.parse(config.mix, names).counts(config.batch_size).get("online", 0)
@@ -129,6 +130,7 @@ def setup(args: argparse.Namespace, workdir: Path, say: Any) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from spo_store.lake import Lake
+    from spo_store.selection import RELIABLE, split_predicate
     from spo_train.defaults import ensure_problems
     from spo_train.models import (
         load_model_and_tokenizer,
@@ -138,7 +140,7 @@ def setup(args: argparse.Namespace, workdir: Path, say: Any) -> dict[str, Any]:
     )
     from spo_train.producer import RolloutProducer
     from spo_train.q0 import q0_value
-    from spo_train.rollout import RELIABLE, load_problems, split_predicate
+    from spo_train.rollout import load_problems
     from spo_train.train_setup import set_seed
 
     pi0 = resolve_model_path(args.model)
@@ -221,9 +223,8 @@ def measure(args: argparse.Namespace, algo: str, workdir: Path) -> dict[str, Any
     import torch
 
     from spo_store.lake import Lake
-    from spo_train.algorithms import make_algorithm
     from spo_train.batch import ReferenceCache
-    from spo_train.learner import PolicyLearner, to_train_batch
+    from spo_train.learner import build_learner, to_train_batch
     from spo_train.models import (
         load_model_and_tokenizer,
         model_identity,
@@ -239,15 +240,14 @@ def measure(args: argparse.Namespace, algo: str, workdir: Path) -> dict[str, Any
     # the models a trainer process holds: pi_0 frozen, the policy, the rollout policy's copy
     ref_model, tokenizer = load_model_and_tokenizer(pi0, device=config.device)
     ref_model.eval().requires_grad_(False)
-    policy, _ = load_model_and_tokenizer(pi0, device=config.device)
-    policy.eval()
+    parts = build_learner(config, pi0)  # as the trainer builds it
+    learner, algorithm = parts.learner, parts.algorithm
+    policy = learner.policy
     rollout_copy = copy.deepcopy(policy).eval().requires_grad_(False)
-    learner = PolicyLearner(policy, config, tokenizer.pad_token_id)
-    algorithm = make_algorithm(config, pi0_path=pi0)
     # the batch, through the trainer's path (rows carry pi_0's log-probs: no reference forward)
     lake = Lake.open(workdir / "lake", create=False)
     table = pq.read_table(workdir / "batch.parquet")
-    q0 = json.loads((workdir / "q0.json").read_text()) if algorithm.needs_q0 else {}
+    q0 = json.loads((workdir / "q0.json").read_text()) if algorithm.rules.needs_q0 else {}
     problems = {
         p: {"problem_id": p, "q0": q0.get(p)} for p in table.column("problem_id").to_pylist()
     }
@@ -261,7 +261,7 @@ def measure(args: argparse.Namespace, algo: str, workdir: Path) -> dict[str, Any
         config.micro_batch_size,
     )
     prepared = cache.prepare(table, problems)
-    if algo == "spo":
+    if not algorithm.rules.online_only:
         groups = list(range(table.num_rows))
     else:
         group_of: dict[str, int] = {}
@@ -288,8 +288,7 @@ def measure(args: argparse.Namespace, algo: str, workdir: Path) -> dict[str, Any
         before = learner.optimizer_steps
         sync()
         start = time.perf_counter()
-        metrics = algorithm.update(batch, learner)
-        learner.scheduler.step()
+        metrics = parts.step(batch)
         sync()
         opt_steps.append(learner.optimizer_steps - before)
         return time.perf_counter() - start

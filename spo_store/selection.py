@@ -1,4 +1,9 @@
-"""Why a command selected no problems, in one line naming what the lake holds.
+"""Selecting problems (the one place of that SQL), and why a command selected none.
+
+`select_problems` / `count_problems` read problems by a predicate over `p` (problems joined
+with the q0 estimate of one model and sampler), `split_predicate` and `RELIABLE` build the
+usual ones, `judge_issue_counts` / `left_out_line` say which problems the judge cannot handle
+were left out, `check_where` checks a user's `--where`.
 
 Commands select problems by split (`--split`, `--eval-split`) or by an SQL predicate over `p`
 (`--where`). A selection that matches nothing must never end as "0 problems" and exit 0, nor
@@ -11,9 +16,12 @@ to move problems between splits (`spo lake set-split`, or `--split` on a re-inge
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import Any
 
 from spo_store.errors import SpoError
-from spo_store.lake import Lake
+from spo_store.lake import Lake, sql_quote
+from spo_store.q0_estimates import Q0_VIEW_COLUMNS, problems_with_q0_sql
 
 SPLITS = ("train", "valid", "test", "unspecified")
 """The splits `problems.split` may hold (CodeContests' train/valid/test, else unspecified)."""
@@ -96,3 +104,90 @@ def explain_empty(lake: Lake, where: str | None = None, split: str | None = None
             f"lake; splits present: {present})"
         )
     return f"no problem selected ({sum(counts.values())} in the lake; splits present: {present})"
+
+
+# ----------------------------------------------------------------------------- selecting
+def select_problems(
+    lake: Lake,
+    where: str,
+    columns: Sequence[str],
+    *,
+    q0_of: tuple[str, str] | None = None,
+    beta: float | None = None,
+) -> list[dict[str, Any]]:
+    """Problems matching a SQL predicate over `p`, ordered by id: `columns` of `problems`
+    (`spo_train.rollout.PROBLEM_COLUMNS`: what prompting and the judge read) plus the q0 ones.
+
+    `p` is `problems` joined (LEFT) with the q0 estimate of `q0_of = (ref_model_id,
+    sampler_key)`: rows gain `q0`, `q0_samples`, `q0_successes`, `q0_beta`, `q0_estimate_id`
+    (NULL without an estimate), and `beta` recomputes `q0` at that beta from the counts. Without
+    `q0_of` the q0 columns are NULL (a q0 always belongs to a model and sampler).
+    """
+    ref, key = q0_of if q0_of is not None else (None, None)
+    cols = ", ".join(f"p.{c}" for c in dict.fromkeys([*columns, *Q0_VIEW_COLUMNS]))
+    view = problems_with_q0_sql(ref, key, beta)
+    return lake.sql_arrow(
+        f"SELECT {cols} FROM ({view}) p WHERE {where} ORDER BY p.problem_id"
+    ).to_pylist()
+
+
+def count_problems(lake: Lake, where: str, *, q0_of: tuple[str, str] | None = None) -> int:
+    """How many problems `select_problems(lake, where, ..., q0_of=q0_of)` would return."""
+    ref, key = q0_of if q0_of is not None else (None, None)
+    view = problems_with_q0_sql(ref, key)
+    return int(
+        lake.sql_arrow(f"SELECT count(*) FROM ({view}) p WHERE {where}").column(0)[0].as_py()
+    )
+
+
+def split_predicate(split: str) -> str:
+    """The predicate over `p` of the problems in `split`."""
+    return f"p.split = {sql_quote(split)}"
+
+
+RELIABLE = "p.judge_issue IS NULL"
+"""Problems the judge handles reliably (`problems.judge_issue` NULL)."""
+
+
+def judge_issue_counts(
+    lake: Lake, where: str, *, q0_of: tuple[str, str] | None = None
+) -> dict[str, int]:
+    """Problems matching `where` (over `p`, as in `select_problems`) that have a `judge_issue`,
+    counted per reason (the text before ':'), most frequent first."""
+    ref, key = q0_of if q0_of is not None else (None, None)
+    rows = lake.sql_arrow(
+        "SELECT trim(split_part(p.judge_issue, ':', 1)) AS reason, count(*) AS n "
+        f"FROM ({problems_with_q0_sql(ref, key)}) p "
+        f"WHERE ({where}) AND p.judge_issue IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1"
+    ).to_pylist()
+    return {r["reason"]: int(r["n"]) for r in rows}
+
+
+def left_out_line(counts: dict[str, int], what: str, flag: str = "--include-unreliable") -> str:
+    """One line naming how many problems were left out for a judge_issue and why (and the flag
+    that keeps them, when `flag`), or '' when none were."""
+    if not counts:
+        return ""
+    reasons = ", ".join(f"{n} {r}" for r, n in counts.items())
+    total = sum(counts.values())
+    line = (
+        f"{what}: left out {total} problem{'s' if total != 1 else ''} the judge cannot handle "
+        f"reliably ({reasons})"
+    )
+    return f"{line}; {flag} keeps them" if flag else line
+
+
+def check_where(lake: Lake, where: str) -> None:
+    """The user's --where alone, before any query built around it: invalid SQL is one line
+    naming --where (not an internal query's "near GROUP"); a predicate that matches no problem
+    is `explain_empty`'s line. Both before any run is recorded."""
+    view = problems_with_q0_sql(None, None, None)
+    try:
+        n = lake.sql_arrow(f"SELECT count(*) FROM ({view}) p WHERE ({where})")[0][0].as_py()
+    except SpoError as exc:
+        if not str(exc).startswith("SQL error: "):  # e.g. damaged data files: not --where's
+            raise
+        detail = str(exc).removeprefix("SQL error: ")
+        raise SpoError(f"--where: not valid SQL over problems (alias p): {detail}") from None
+    if not n:
+        raise SpoError(explain_empty(lake, where))

@@ -1,17 +1,17 @@
 """`spo train --rollout-workers N`: the trainer's side of asynchronous rollout workers.
 
-`RayRolloutProducer` has the interface of `spo_train.producer.RolloutProducer` (`version`,
-`sync(policy, version)`, `produce(step)`), plus `metrics()` and `close()`:
+`RayRolloutProducer` is a `spo_train.rollout_sources.RolloutSource` (`version`,
+`sync(policy, version)`, `wait_for(step, ready)`, `metrics()`, `close()`), as the local
+`spo_train.producer.RolloutProducer` is:
 - `sync` publishes the trainer's weights (`ray.put` of the state dict, or a file under
   `output/weights` with `--weight-sync checkpoint`) and queues `set_weights` on every worker,
   behind the batches it is sampling: weights change between batches, never inside one. The
   trainer is the only place that decides weights; a restarted worker is sent the latest again.
-- `produce(step)` returns once the lake holds enough data for this step, waiting (and
-  measuring the trainer's idle time) when it does not. It never hands rows to the trainer
-  itself: SPO draws the step's batch with the mixture sampler (`online` = this run's rows
-  within `--staleness` of the published version), and PPO/GRPO read whole groups of this run's
-  rows that no logged batch holds yet, also within `--staleness`, from the lake by id. Either
-  way the batch is `(lake version, ids)`, reproducible by `spo lake batch`.
+- `wait_for(step, ready)` returns once the lake holds enough data for this step (`ready`, the
+  step's batch source, says), waiting (and measuring the trainer's idle time) when it does
+  not. It never hands rows to the trainer: the batch source reads them from the lake (SPO's
+  mixture, PPO/GRPO's whole fresh groups: `spo_train.batch_sources`), so the batch is
+  `(lake version, ids)`, reproducible by `spo lake batch`.
 - a background thread keeps pumping the workers (results, restarts, queues) while the
   trainer trains;
 - `close` kills the actors and shuts down the Ray it started (`ray_session`).
@@ -23,7 +23,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from spo_store.errors import SpoError
-from spo_store.lake import Lake, sql_quote
+from spo_store.lake import Lake
 from spo_train.config import TrainConfig
 from spo_train.rollout_workers import (
     PoolStats,
@@ -65,12 +65,11 @@ class RayRolloutProducer:
         ref_model_id: str,
         online_per_step: int,
         version: int,
-        sampler: Any = None,
         say: Any = None,
     ) -> None:
         c = config
         self.lake, self.config, self.run_id = lake, c, run_id
-        self.sampler, self.online_per_step = sampler, online_per_step
+        self.online_per_step = online_per_step
         self.say = say or (lambda _m: None)
         self.version = version
         self.stats = PoolStats()
@@ -113,10 +112,9 @@ class RayRolloutProducer:
             )
             self.decodings = decodings
             problem_ids = [p["problem_id"] for p in problems]  # workers read them from the lake
-            per_batch = online_per_step if sampler is not None else c.batch_size
             cls = remote_worker_class()
             actors = [
-                cls.remote(setup, i, d, problem_ids, max(1, per_batch), c.rollout_n)
+                cls.remote(setup, i, d, problem_ids, max(1, online_per_step), c.rollout_n)
                 for i, d in enumerate(decodings)
             ]
             self.pool = WorkerPool(
@@ -206,43 +204,13 @@ class RayRolloutProducer:
             time.sleep(sleep_s)
 
     # ------------------------------------------------------------------ waiting for data
-    def _enough(self) -> tuple[bool, str]:
-        """Whether the lake holds what this step draws, and what is missing if not."""
-        if self.sampler is not None:
-            self.sampler.index.refresh()
-            have = len(self.sampler.candidates("online", self.version))
-            need = self.online_per_step
-            return have >= need, f"{have}/{need} online rows within the staleness window"
-        groups = self._fresh_groups()
-        need = self.config.batch_size // self.config.rollout_n
-        return len(groups) >= need, f"{len(groups)}/{need} untrained groups"
-
-    def _fresh_groups(self) -> list[tuple[str, list[str]]]:
-        """PPO/GRPO: this run's judged online groups (a worker batch's samples of one
-        problem) within the staleness bound that no logged batch of the run holds yet,
-        newest policy version first: [(group, traj ids)]."""
-        rid = sql_quote(self.run_id)
-        low = self.version - self.config.staleness
-        rows = self.lake.sql_arrow(
-            "SELECT regexp_extract(t.traj_id, '^(.*)-[0-9]+$', 1) AS grp, "
-            "max(t.policy_version) AS v, list(t.traj_id ORDER BY t.traj_id) AS ids "
-            f"FROM trajectories t WHERE t.run_id = {rid} AND t.source = 'online' "
-            "AND t.worker_id IS NOT NULL AND t.reward IS NOT NULL "
-            f"AND t.policy_version BETWEEN {low} AND {self.version} "
-            "AND t.traj_id NOT IN (SELECT unnest(b.traj_ids) FROM batches b "
-            f"WHERE b.run_id = {rid}) GROUP BY 1 ORDER BY v DESC, grp"
-        ).to_pylist()
-        return [(r["grp"], list(r["ids"])) for r in rows]
-
-    def produce(self, step: int) -> list[dict[str, Any]]:
-        """Wait until the lake holds this step's data (see the module docstring). SPO: returns
-        `{"reward": r}` of the rows workers committed since the last step (for the rollout
-        metrics only: the batch comes from the mixture sampler). PPO/GRPO: returns the rows
-        of `batch_size / rollout_n` whole groups, read from the lake."""
+    def wait_for(self, step: int, ready: Callable[[int], tuple[bool, str]]) -> None:
+        """Return once `ready(version)` (the step's batch source) finds this step's data in the
+        lake; SpoError after `MAX_WAIT_S` without it, naming what is missing."""
         assert self.pool is not None
         t0 = time.perf_counter()
         self._pump()
-        ok, missing = self._enough()
+        ok, missing = ready(self.version)
         while not ok:
             if time.perf_counter() - t0 > MAX_WAIT_S:
                 raise SpoError(
@@ -251,30 +219,23 @@ class RayRolloutProducer:
                     f"{self.config.staleness}); see the Ray logs under /tmp/ray"
                 )
             self._pump(POLL_S)
-            ok, missing = self._enough()
+            ok, missing = ready(self.version)
         self.idle_s = time.perf_counter() - t0
-        if self.sampler is not None:
-            with self._lock:
-                rewards, self._rewards = self._rewards, []
-            return [{"reward": r} for r in rewards]
-        need = self.config.batch_size // self.config.rollout_n
-        groups = self._fresh_groups()[:need]
-        ids = [i for _, g in groups for i in g]
-        table = self.lake.dataset("trajectories").to_table(
-            filter=f"traj_id IN ({', '.join(sql_quote(i) for i in ids)})"
-        )
-        by_id = {r["traj_id"]: r for r in table.to_pylist()}
-        return [by_id[i] for i in ids]
 
     def metrics(self) -> dict[str, float]:
-        """This step's rollout-side metrics: trainer idle time, worker batches and rows since
-        the last step, commit latency, staleness (trainer versions) of the committed rows,
-        worker restarts so far."""
+        """This step's rollout-side metrics: of the rows workers committed since the last step,
+        the mean reward of the judged ones and the count not judged; trainer idle time, worker
+        batches and rows since the last step, commit latency, staleness (trainer versions) of
+        the committed rows, worker restarts so far."""
         with self._lock:
             st, self._step_stats = self._step_stats, PoolStats()
+            rewards, self._rewards = self._rewards, []
         now = time.perf_counter()
         wall, self._last_step_at = now - self._last_step_at, now
+        judged = [r for r in rewards if r is not None]
         out = {
+            "rollout/reward_mean": float(np.mean(judged)) if judged else float("nan"),
+            "rollout/unjudged": float(len(rewards) - len(judged)),
             "rollout/idle_s": self.idle_s,
             "rollout/samples_per_s": st.rows / wall if wall > 0 else 0.0,
             "rollout/worker_batches": float(st.batches),

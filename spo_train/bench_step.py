@@ -276,18 +276,16 @@ def measure(
 ) -> dict[str, Any]:
     """Build the learner and `algo` as the trainer does, run 1 warm-up and `spec.steps` timed
     steps; returns the measurements (module docstring)."""
-    from spo_train.algorithms import make_algorithm
-    from spo_train.learner import PolicyLearner
-    from spo_train.models import load_model_and_tokenizer
+    from spo_train.learner import build_learner
 
     cuda = torch.device(spec.device).type == "cuda"
     config = _config(spec, algo, mode, model_dir, workdir)
     torch.manual_seed(spec.seed)
-    policy, tok = load_model_and_tokenizer(model_dir, device=spec.device)
+    parts = build_learner(config, model_dir, device=spec.device)  # as the trainer builds it
+    learner, algorithm = parts.learner, parts.algorithm
+    policy = learner.policy
     vocab = policy.get_input_embeddings().weight.shape[0]
     batch = synthetic_batch(spec, vocab, policy)
-    learner = PolicyLearner(policy, config, tok.pad_token_id)
-    algorithm = make_algorithm(config, pi0_path=model_dir)
 
     def sync() -> None:
         if cuda:
@@ -298,8 +296,7 @@ def measure(
     def step() -> float:
         sync()
         start, cpu_start = time.perf_counter(), time.process_time()
-        algorithm.update(batch, learner)
-        learner.scheduler.step()
+        parts.step(batch)
         sync()
         cpu_times.append(time.process_time() - cpu_start)
         return time.perf_counter() - start

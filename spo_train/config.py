@@ -39,29 +39,16 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from spo_store.errors import SpoError
+from spo_train.algorithm_rules import RULES, rules_of
 
 DEFAULT_BETA = 1 / math.log(100000)
 """beta = 1/log(1e5): a failure is 1e5 times less likely under pi* than under pi_0 (the paper)."""
 BETA_SHOWN = "1/log(100000) ≈ 0.0869"
 WANDB_MODES = ("auto", "offline", "online", "off")
 LOSS_VARIANTS = ("terminal_ce", "terminal_sq", "reverse_q_ce", "reverse_q_sq", "advantage_bce")
-ALGORITHMS = ("spo", "ppo", "grpo")
-# What a setting left unset means, per algorithm (TrainConfig.resolved fills them in).
-ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
-    "spo": {
-        "mix": "online:0.5,offline:0.5",
-        "model_update_interval": 10,
-        "rollout_temperature": (0.1, 0.8),
-        "rollout_top_p": 0.95,
-    },
-    "ppo": {
-        "mix": "online:1",
-        "model_update_interval": 1,
-        "rollout_temperature": (1.0, 1.0),
-        "rollout_top_p": 1.0,
-    },
-}
-ALGORITHM_DEFAULTS["grpo"] = dict(ALGORITHM_DEFAULTS["ppo"])
+ALGORITHMS = tuple(RULES)
+"""`--algo` choices; each algorithm's own rules (defaults, checks) are in
+`spo_train.algorithm_rules`."""
 
 Check = Callable[[Any], str | None]  # value -> what is wrong with it (None: fine)
 
@@ -885,49 +872,7 @@ class TrainConfig:
                 f"--nproc {self.nproc} is more than --batch-size {self.batch_size}: every "
                 "process needs at least one row of the batch; lower --nproc or raise --batch-size"
             )
-        if self.mc_weight and self.algo != "spo":
-            raise SpoError(
-                f"--mc-weight {self.mc_weight:g} is an spo loss term; --algo {self.algo} has none "
-                "(drop --mc-weight)"
-            )
-        if self.algo in ("ppo", "grpo"):
-            offline = [
-                name.strip()
-                for name, _, weight in (
-                    part.partition(":") for part in self.resolved().mix.split(",")
-                )
-                if name.strip() != "online" and weight.strip() not in ("0", "0.0")
-            ]
-            if offline:
-                raise SpoError(
-                    f"--algo {self.algo} trains on this run's online rollouts only, but --mix "
-                    f"{self.mix} asks for {', '.join(offline)}: drop --mix (online:1) or use "
-                    "--algo spo for offline data",
-                    exit_code=1,
-                )
-            if self.rollout_workers and self.rollout_worker_decoding:
-                from spo_train.worker_spec import parse_decoding
-
-                specs = parse_decoding(self.rollout_worker_decoding, (1.0, 1.0), 1.0)
-                if any(d.policy == "reference" for d in specs):
-                    raise SpoError(
-                        f"--rollout-worker-decoding {self.rollout_worker_decoding}: --algo "
-                        f"{self.algo} trains on rollouts of the current policy only; a "
-                        "reference worker's rows would never be used (use --algo spo, whose "
-                        "pi0 source draws them)"
-                    )
-            if self.batch_size % self.rollout_n:
-                raise SpoError(
-                    f"--batch-size {self.batch_size} is not a multiple of --rollout-n "
-                    f"{self.rollout_n}: --algo {self.algo} trains on whole groups of rollouts "
-                    "of a problem"
-                )
-            if self.minibatches > self.batch_size // self.rollout_n:
-                raise SpoError(
-                    f"--minibatches {self.minibatches} is more than the "
-                    f"{self.batch_size // self.rollout_n} problems of a batch (--batch-size / "
-                    "--rollout-n): a minibatch holds whole groups"
-                )
+        rules_of(self.algo).check(self)  # mc term, online-only mixtures, whole groups
         if self.eval_train_problems and self.eval_problems and self.eval_split == self.train_split:
             raise SpoError(
                 f"--eval-train-problems with --eval-split {self.eval_split} = --train-split: "
@@ -937,12 +882,9 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """A copy with every setting left unset for the algorithm to choose filled in
-        (`ALGORITHM_DEFAULTS`): what the run actually uses, and what its config.toml saves."""
-        fill = {k: v for k, v in ALGORITHM_DEFAULTS[self.algo].items() if getattr(self, k) is None}
-        if self.algo == "grpo" and self.kl_coef is None:
-            fill["kl_coef"] = self.beta
-        if self.algo == "ppo" and self.value_learning_rate is None:
-            fill["value_learning_rate"] = self.learning_rate
+        (`spo_train.algorithm_rules`): what the run actually uses, and what its config.toml
+        saves."""
+        fill = rules_of(self.algo).resolve(self)
         return dataclasses.replace(self, **fill) if fill else self
 
 

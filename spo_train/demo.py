@@ -28,6 +28,7 @@ from rich.table import Table
 from spo_store.errors import SpoError
 from spo_store.lake import Lake, run_status, sql_quote
 from spo_store.q0_estimates import sampler_key
+from spo_store.selection import RELIABLE, judge_issue_counts, left_out_line, split_predicate
 from spo_train.config import DEFAULT_BETA, check_output_path, has_checkpoint
 from spo_train.defaults import ensure_problems
 from spo_train.evaluate import eval_notes, evaluate
@@ -42,15 +43,7 @@ from spo_train.models import (
 )
 from spo_train.progress import advance_with_rate, progress_display
 from spo_train.q0 import estimate_q0, q0_sampler_key, q0_todo
-from spo_train.rollout import (
-    RELIABLE,
-    SamplerSettings,
-    check_context,
-    judge_issue_counts,
-    left_out_line,
-    load_problems,
-    split_predicate,
-)
+from spo_train.rollout import SamplerSettings, check_context, load_problems
 from spo_train.trainer import TrainConfig, train
 
 SETS = ("trained", "heldout")

@@ -7,7 +7,7 @@ Design (docs/distributed.md):
   `spo_train.trainer` and alone touches the lake as a writer (run record, online rollouts,
   `batches`, reference cache, metrics, checkpoints, evaluation). Each step it draws the global
   batch exactly as one process would and broadcasts the prepared `TrainBatch`
-  (`Follower.serve`'s "update" message); every rank then runs the same `algorithm.update` on
+  (`spo_train.follower.Follower.serve`'s "update" message); every rank then runs the same `algorithm.update` on
   that same batch. The other ranks never open the lake for writing and need no reference
   model, producer or judge.
 - **Each rank forwards a contiguous shard of rows.** Every `learner.policy_logprobs(batch,
@@ -195,7 +195,7 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    # --- rank 0 -> all: the follower protocol (`Follower.serve`)
+    # --- rank 0 -> all: the follower protocol (`spo_train.follower.Follower.serve`)
     def broadcast(self, message: Any = None) -> Any:
         """Rank 0's `message` on every rank (pickled; tensors travel on CPU)."""
         box = [message if self.is_main else None]
@@ -357,54 +357,3 @@ def fsdp_shard(policy: torch.nn.Module) -> torch.nn.Module:
         fully_shard(layer)
     fully_shard(policy)
     return policy
-
-
-class Follower:
-    """A rank > 0: the policy, optimizer, schedule and algorithm, stepping on the batches rank 0
-    broadcasts. Never opens the lake for writing."""
-
-    def __init__(self, config: Any, ctx: Distributed) -> None:
-        self.config, self.ctx = config, ctx
-        self.ended = False
-
-    def serve(self) -> int:
-        """Follow rank 0 until it says "end" or "abort" (returns the last step; -1 when rank 0
-        refused the run before starting it)."""
-        from spo_train.algorithms import make_algorithm
-        from spo_train.checkpoint import load_trainer_state
-        from spo_train.learner import PolicyLearner
-        from spo_train.models import load_model_and_tokenizer
-        from spo_train.train_setup import set_seed
-
-        kind, start = self.ctx.broadcast()
-        if kind == "abort":
-            return -1
-        c = self.config
-        set_seed(c.seed)
-        ckpt = Path(start["checkpoint"]) if start["checkpoint"] else None
-        policy, tokenizer = load_model_and_tokenizer(
-            ckpt or Path(start["pi0_path"]), device=self.ctx.device
-        )
-        policy.eval()
-        policy = self.ctx.prepare_policy(policy)
-        learner = PolicyLearner(policy, c, tokenizer.pad_token_id, dist=self.ctx)
-        algorithm = make_algorithm(c, pi0_path=Path(start["pi0_path"]))
-        if ckpt is not None:
-            load_trainer_state(ckpt, learner, algorithm)
-        step = start["step"]
-        while True:
-            kind, payload = self.ctx.broadcast()
-            if kind == "update":
-                step, batch = payload
-                algorithm.update(batch, learner)
-                learner.scheduler.step()
-            elif kind == "full_policy":
-                self.ctx.full_policy(policy, None)
-            elif kind == "end":
-                self.ctx.replica_check(policy)
-                self.ended = True  # a clean end: every rank leaves the group together
-                return step
-            elif kind == "abort":  # rank 0 failed or stopped between steps: it reports
-                return step
-            else:  # pragma: no cover - a protocol bug
-                raise RuntimeError(f"unknown message {kind!r} from rank 0")

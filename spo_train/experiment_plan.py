@@ -18,6 +18,7 @@ from typing import Any
 
 from spo_store.errors import SpoError
 from spo_store.lake import Lake, resolve_lake_uri, sql_quote
+from spo_train.algorithm_rules import rules_of
 from spo_train.config import (
     TrainConfig,
     as_saved,
@@ -235,8 +236,9 @@ class Q0Need:
 
 
 def needs_q0(cfg: TrainConfig) -> bool:
-    """Whether a run trains against q0 estimates (SPO does; PPO and GRPO do not)."""
-    return getattr(cfg, "algo", "spo") == "spo"
+    """Whether a run trains against q0 estimates (its algorithm's rules say: SPO does, PPO and
+    GRPO do not)."""
+    return rules_of(getattr(cfg, "algo", None)).needs_q0
 
 
 def q0_needs(exp: Experiment, plans: list[RunPlan]) -> list[Q0Need]:

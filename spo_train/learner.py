@@ -1,16 +1,21 @@
 """The learner's side of a step: the policy, its optimizer and schedule as an algorithm sees
-them (`PolicyLearner`, the `spo_train.algorithms.Learner` contract), and the batch as tensors
-(`to_train_batch`: token ids, pi_0 log-probs, the sampler's log-probs, rewards, q0, groups)."""
+them (`PolicyLearner`, the `spo_train.algorithms.Learner` contract), their one assembly
+(`build_learner`, used by the trainer, the data-parallel followers and the step benchmarks;
+`LearnerParts.step` is one training step), and the batch as tensors (`to_train_batch`: token
+ids, pi_0 log-probs, the sampler's log-probs, rewards, q0, groups). No lake here."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import torch
 
-from spo_train.algorithms import TrainBatch
+from spo_train.algorithms import Algorithm, TrainBatch
 from spo_train.batch import pad_right
 from spo_train.config import TrainConfig
 from spo_train.distributed import Distributed, shard_bounds
@@ -136,6 +141,62 @@ class PolicyLearner:
         self.optimizer.step()
         self.optimizer_steps += 1
         return float(norm)
+
+
+@dataclass
+class LearnerParts:
+    """What a process trains with (`build_learner`): the learner (policy, AdamW, schedule), the
+    algorithm (its loss and extra models), the tokenizer, the trainer state read from the
+    checkpoint it resumed from (`{}` when fresh), and, on rank 0 of an FSDP group, the
+    unsharded copy of the policy it samples and saves with (`full`)."""
+
+    learner: PolicyLearner
+    algorithm: Algorithm
+    tokenizer: Any
+    state: dict[str, Any] = field(default_factory=dict)
+    full: torch.nn.Module | None = None
+
+    def step(self, batch: TrainBatch) -> dict[str, float]:
+        """One training step on `batch`: the algorithm's update (its optimizer step(s)), then
+        the schedule's step. Returns the algorithm's metrics plus `train/lr`, the rate this
+        step trained at."""
+        metrics = self.algorithm.update(batch, self.learner)
+        lr = self.learner.scheduler.get_last_lr()[0]
+        self.learner.scheduler.step()
+        return {**metrics, "train/lr": lr}
+
+
+def build_learner(
+    config: TrainConfig,
+    pi0_path: Path,
+    checkpoint: Path | None = None,
+    *,
+    dist: Distributed | None = None,
+    device: str | None = None,
+    keep_full: bool = False,
+    say: Callable[[str], None] = lambda _m: None,
+) -> LearnerParts:
+    """The one assembly of a learner, used by the trainer, the data-parallel followers and the
+    step benchmark: the policy from `checkpoint` (else pi_0 at `pi0_path`) on `device` (default
+    `config.device`), dropout off (the loss forward is deterministic, see `policy_logprobs`),
+    sharded or replicated by `dist`; `PolicyLearner`; the algorithm of `config.algo` (its extra
+    models from pi_0); the checkpoint's optimizer, schedule and algorithm state. `keep_full`:
+    keep an unsharded copy of the policy when `dist` shards it (FSDP, rank 0)."""
+    from spo_train.algorithms import make_algorithm
+    from spo_train.checkpoint import load_trainer_state
+    from spo_train.models import load_model_and_tokenizer
+
+    policy, tokenizer = load_model_and_tokenizer(
+        checkpoint or pi0_path, device=device or config.device
+    )
+    policy.eval()
+    full = copy.deepcopy(policy) if keep_full and dist is not None and dist.fsdp else None
+    if dist is not None:
+        policy = dist.prepare_policy(policy)
+    learner = PolicyLearner(policy, config, tokenizer.pad_token_id, dist=dist)
+    algorithm = make_algorithm(config, pi0_path=pi0_path, say=say)
+    state = load_trainer_state(checkpoint, learner, algorithm) if checkpoint is not None else {}
+    return LearnerParts(learner, algorithm, tokenizer, state, full)
 
 
 def _row_logprobs(table: pa.Table, column: str, width: int) -> torch.Tensor | None:

@@ -1,19 +1,24 @@
-"""The rollout producer: sample from the rollout policy, judge in the sandbox, append to the lake.
+"""The local rollout source: sample from the rollout policy in this process, judge in the
+sandbox, commit to the lake.
 
-The learner (`spo_train.trainer`) calls `RolloutProducer.produce(step)` once per step and
+A `spo_train.rollout_sources.RolloutSource`: the learner loop (`spo_train.trainer`) calls
+`wait_for(step, ready)` once per step (this source samples the step's rollouts then) and
 `sync(policy, version)` every `model_update_interval` steps. The producer holds its own copy of
 the policy (the rollout policy: stale by up to `model_update_interval - 1` steps, as the paper's
-workers are). `spo train --rollout-workers N` replaces it with
-`spo_train.async_producer.RayRolloutProducer` (same interface; Ray actors sample while the
-trainer trains, docs/rollouts.md); either way rows carry the rollout policy's version, the
-sampler settings and the log-probs of both the sampling distribution and the sampling model
-(see `spo_train.rollout`).
+workers are). `spo train --rollout-workers N` uses `spo_train.async_producer.RayRolloutProducer`
+instead (Ray actors sample while the trainer trains, docs/rollouts.md). Either way rows are
+written with keyed writes in groups (`spo_train.rollout.grouped_traj_ids`) and carry the
+rollout policy's version, the sampler settings and the log-probs of both the sampling
+distribution and the sampling model (see `spo_train.rollout`); nothing but the lake passes them
+to the learner.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -55,15 +60,41 @@ class RolloutProducer:
         self.model = copy.deepcopy(policy).eval().requires_grad_(False)
         self.generator = TransformersGenerator(self.model, tokenizer, device=config.device)
         self.version = version  # the trainer step whose weights the rollout policy holds
+        self._rows: list[dict[str, Any]] = []  # this step's rows (metrics)
+        self._busy_s = 0.0  # weight transfers and sampling since the last metrics()
 
     def sync(self, policy: torch.nn.Module, version: int) -> None:
         """The rollout policy takes the trainer's current weights (a weight transfer)."""
+        t0 = time.perf_counter()
         self.model.load_state_dict(policy.state_dict())
         self.version = version
+        self._busy_s += time.perf_counter() - t0
+
+    def wait_for(self, step: int, ready: Any = None) -> None:
+        """Sample, judge and commit this step's rollouts (`ready` is not asked: the step's
+        batch source reads what this wrote, and refuses a step without judged data)."""
+        t0 = time.perf_counter()
+        self._rows = self.produce(step)
+        self._busy_s += time.perf_counter() - t0
+
+    def metrics(self) -> dict[str, float]:
+        """This step's rollout metrics: mean reward of the judged rows, rows not judged,
+        samples per second (weight transfer included)."""
+        rows, busy = self._rows, self._busy_s
+        self._rows, self._busy_s = [], 0.0
+        rewards = [r["reward"] for r in rows if r["reward"] is not None]
+        return {
+            "rollout/reward_mean": float(np.mean(rewards)) if rewards else float("nan"),
+            "rollout/unjudged": float(len(rows) - len(rewards)),
+            "rollout/samples_per_s": len(rows) / busy if rows and busy > 0 else 0.0,
+        }
+
+    def close(self) -> None:
+        """Nothing to release (the rollout policy is this process's memory)."""
 
     def produce(self, step: int) -> list[dict[str, Any]]:
-        """Sample, judge and append this step's rollouts; returns the rows written (none when
-        the run draws no online data)."""
+        """Sample, judge and commit this step's rollouts (keyed, in groups); returns the rows
+        written (none when the run draws no online data)."""
         c = self.config
         if self.online_per_step <= 0:
             return []
@@ -92,6 +123,8 @@ class RolloutProducer:
             ref_model_id=self.ref_model_id if self.version == 0 else None,
             workers=c.workers,
             unsafe_no_sandbox=c.unsafe_no_sandbox,
+            # grouped ids, new for every call (a resumed run samples a step again)
+            id_prefix=f"onl-{uuid.uuid4().hex[:12]}-s{step:06d}",
         )
-        self.lake.append("trajectories", rows)
+        self.lake.insert_new("trajectories", rows)
         return rows

@@ -38,17 +38,15 @@ from spo_store.errors import SpoError
 from spo_store.lake import Lake, run_status, sql_quote
 from spo_store.q0_estimates import estimate_row, sampler_key, write_estimates
 from spo_store.q0_sequential import StoppingRule, parse_stopping
-from spo_store.selection import explain_empty
-from spo_train.losses import q0_from_success_rate
-from spo_train.rollout import (
+from spo_store.selection import (
     RELIABLE,
-    SamplerSettings,
     count_problems,
+    explain_empty,
     judge_issue_counts,
     left_out_line,
-    load_problems,
-    sample_and_judge,
 )
+from spo_train.losses import q0_from_success_rate
+from spo_train.rollout import SamplerSettings, load_problems, sample_and_judge
 
 DEFAULT_BETA = 1.0 / math.log(100000.0)
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from spo_store.errors import SpoError
 from spo_store.lake import Lake, sql_quote
+from spo_train.algorithm_rules import RULES
 from spo_train.metrics import bootstrap_mean, pass_at_k
 
 BOOTSTRAP_SEED = 0
@@ -134,8 +135,8 @@ def settings_label(config: Mapping[str, Any]) -> str:
     run, and the mixture when one was set (None: the algorithm's default)."""
     algo = config.get("algo") or "spo"
     parts = [str(algo)]
-    if algo == "spo" and config.get("loss"):
-        parts.append(str(config["loss"]))
+    named = RULES[algo].label_settings if algo in RULES else ()
+    parts += [str(config[k]) for k in named if config.get(k)]
     if config.get("mix"):
         parts.append(str(config["mix"]))
     return " ".join(parts)

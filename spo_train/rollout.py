@@ -15,7 +15,6 @@ that failed to start never counts as a wrong answer.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from spo_store.adapters import raw_content_hash
 from spo_store.errors import SpoError
-from spo_store.lake import Lake, sql_quote, utc_now
-from spo_store.q0_estimates import Q0_VIEW_COLUMNS, problems_with_q0_sql
+from spo_store.lake import Lake, utc_now
+from spo_store.selection import select_problems
 from spo_train.judge import JUDGE_PROBLEM_COLUMNS, job_for_problem, judge_batch, verdict_reward
 from spo_train.prompting import extract_code, problem_prompt
 
@@ -62,64 +62,10 @@ def load_problems(
     q0_of: tuple[str, str] | None = None,
     beta: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Problems matching a SQL predicate over `p`, ordered by id.
-
-    `p` is `problems` joined (LEFT) with the q0 estimate of `q0_of = (ref_model_id,
-    sampler_key)`: rows gain `q0`, `q0_samples`, `q0_successes`, `q0_beta`, `q0_estimate_id`
-    (NULL without an estimate), and `beta` recomputes `q0` at that beta from the counts. Without
-    `q0_of` the q0 columns are NULL (a q0 always belongs to a model and sampler).
-    """
-    ref, key = q0_of if q0_of is not None else (None, None)
-    cols = ", ".join(f"p.{c}" for c in [*PROBLEM_COLUMNS, *Q0_VIEW_COLUMNS])
-    view = problems_with_q0_sql(ref, key, beta)
-    return lake.sql_arrow(
-        f"SELECT {cols} FROM ({view}) p WHERE {where} ORDER BY p.problem_id"
-    ).to_pylist()
-
-
-def count_problems(lake: Lake, where: str, *, q0_of: tuple[str, str] | None = None) -> int:
-    """How many problems `load_problems(lake, where, q0_of=q0_of)` would return."""
-    ref, key = q0_of if q0_of is not None else (None, None)
-    view = problems_with_q0_sql(ref, key)
-    return int(
-        lake.sql_arrow(f"SELECT count(*) FROM ({view}) p WHERE {where}").column(0)[0].as_py()
-    )
-
-
-def split_predicate(split: str) -> str:
-    return f"p.split = {sql_quote(split)}"
-
-
-RELIABLE = "p.judge_issue IS NULL"
-"""Problems the judge handles reliably (`problems.judge_issue` NULL)."""
-
-
-def judge_issue_counts(
-    lake: Lake, where: str, *, q0_of: tuple[str, str] | None = None
-) -> dict[str, int]:
-    """Problems matching `where` (over `p`, as in `load_problems`) that have a `judge_issue`,
-    counted per reason (the text before ':'), most frequent first."""
-    ref, key = q0_of if q0_of is not None else (None, None)
-    rows = lake.sql_arrow(
-        "SELECT trim(split_part(p.judge_issue, ':', 1)) AS reason, count(*) AS n "
-        f"FROM ({problems_with_q0_sql(ref, key)}) p "
-        f"WHERE ({where}) AND p.judge_issue IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1"
-    ).to_pylist()
-    return {r["reason"]: int(r["n"]) for r in rows}
-
-
-def left_out_line(counts: dict[str, int], what: str, flag: str = "--include-unreliable") -> str:
-    """One line naming how many problems were left out for a judge_issue and why (and the flag
-    that keeps them, when `flag`), or '' when none were."""
-    if not counts:
-        return ""
-    reasons = ", ".join(f"{n} {r}" for r, n in counts.items())
-    total = sum(counts.values())
-    line = (
-        f"{what}: left out {total} problem{'s' if total != 1 else ''} the judge cannot handle "
-        f"reliably ({reasons})"
-    )
-    return f"{line}; {flag} keeps them" if flag else line
+    """The problems of `where` (SQL over `p`) with the columns prompting and the judge need
+    (`PROBLEM_COLUMNS`), ordered by id: `spo_store.selection.select_problems`, which has the
+    q0 columns and `q0_of` / `beta`."""
+    return select_problems(lake, where, PROBLEM_COLUMNS, q0_of=q0_of, beta=beta)
 
 
 def check_context(
@@ -189,8 +135,12 @@ def sample_and_judge(
     on_generated: Callable[[int], None] | None = None,
     on_judged: Callable[[int], None] | None = None,
     unsafe_no_sandbox: bool = False,
+    id_prefix: str | None = None,
 ) -> list[dict[str, Any]]:
     """`settings.n` responses per problem, judged; returns `trajectories` rows (not yet written).
+
+    Row ids: with `id_prefix`, the grouped ids `<id_prefix>-p<j>-<k>` (`grouped_traj_ids`: the
+    samples of problem slot j form one group); without, `<source[:3]>-<random hex>`.
 
     Each row stores `behaviour_logprobs` (log mu, the sampling distribution's) and
     `model_logprobs` (log pi at temperature 1, the sampling model's). When `ref_model_id` is
@@ -228,9 +178,15 @@ def sample_and_judge(
         unsafe_no_sandbox=unsafe_no_sandbox,
     )
     now = utc_now()
+    ids = (
+        grouped_traj_ids(id_prefix, len(problems), settings.n)
+        if id_prefix is not None
+        else [f"{source[:3]}-{uuid.uuid4().hex[:20]}" for _ in flat_samples]
+    )
     rows = []
-    for prob, sample, verdict in zip(flat_problems, flat_samples, verdicts, strict=True):
-        digest = hashlib.sha256(f"{prob['problem_id']}\0{sample.text}".encode()).hexdigest()
+    for traj_id, prob, sample, verdict in zip(
+        ids, flat_problems, flat_samples, verdicts, strict=True
+    ):
         model_logprobs = [float(x) for x in sample.logprobs]
         behaviour_logprobs = [float(x) for x in sample.behaviour_logprobs]
         if len(behaviour_logprobs) != len(sample.response_ids) or len(model_logprobs) != len(
@@ -241,35 +197,119 @@ def sample_and_judge(
                 f"and {len(behaviour_logprobs)} behaviour log-probs"
             )
         rows.append(
-            {
-                "traj_id": f"{source[:3]}-{uuid.uuid4().hex[:20]}",
-                "problem_id": prob["problem_id"],
-                "run_id": run_id,
-                "source": source,
-                "policy_version": policy_version,
-                "model_id": model_id,
-                "temperature": float(sample.temperature),
-                "top_p": float(sample.top_p),
-                "max_new_tokens": int(settings.max_new_tokens),
-                "language": "python3",
-                "response": sample.text,
-                "response_chars": len(sample.text),
-                "reward": verdict_reward(verdict),
-                "reward_source": "judge",
-                "judge_status": verdict.status,
-                "passed_tests": verdict.passed_tests,
-                "total_tests": verdict.total_tests,
-                "finish_reason": sample.finish_reason,
-                "content_hash": digest,
-                "tokenizer_id": tokenizer_id,
-                "prompt_ids": list(sample.prompt_ids),
-                "response_ids": list(sample.response_ids),
-                "num_response_tokens": len(sample.response_ids),
-                "behaviour_logprobs": behaviour_logprobs,
-                "model_logprobs": model_logprobs,
-                "ref_model_id": ref_model_id,
-                "ref_logprobs": model_logprobs if ref_model_id else None,
-                "created_at": now,
-            }
+            trajectory_row(
+                traj_id=traj_id,
+                problem_id=prob["problem_id"],
+                run_id=run_id,
+                source=source,
+                model_id=model_id,
+                temperature=sample.temperature,
+                top_p=sample.top_p,
+                max_new_tokens=settings.max_new_tokens,
+                response=sample.text,
+                reward=verdict_reward(verdict),
+                judge_status=verdict.status,
+                passed_tests=verdict.passed_tests,
+                total_tests=verdict.total_tests,
+                finish_reason=sample.finish_reason,
+                tokenizer_id=tokenizer_id,
+                prompt_ids=sample.prompt_ids,
+                response_ids=sample.response_ids,
+                policy_version=policy_version,
+                behaviour_logprobs=behaviour_logprobs,
+                model_logprobs=model_logprobs,
+                ref_model_id=ref_model_id,
+                ref_logprobs=model_logprobs if ref_model_id else None,
+                created_at=now,
+            )
         )
     return rows
+
+
+def trajectory_row(
+    *,
+    traj_id: str,
+    problem_id: str,
+    run_id: str,
+    source: str,
+    model_id: str | None,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    response: str,
+    reward: float | None,
+    judge_status: str | None,
+    passed_tests: int | None,
+    total_tests: int | None,
+    finish_reason: str | None,
+    tokenizer_id: str,
+    prompt_ids: Sequence[int],
+    response_ids: Sequence[int],
+    created_at: Any,
+    policy_version: int | None = None,
+    behaviour_logprobs: list[float] | None = None,
+    model_logprobs: list[float] | None = None,
+    ref_model_id: str | None = None,
+    ref_logprobs: list[float] | None = None,
+) -> dict[str, Any]:
+    """One sampled, judged `trajectories` row (rollouts, evaluation, q0 and `spo pts`): the
+    one place its columns are filled. `content_hash` is the dedup key of model samples
+    (`spo_store.adapters.raw_content_hash` of problem id and response); the judged reward
+    comes from the judge (`reward_source` 'judge'); log-probs `[num_response_tokens]` each."""
+    response_ids = [int(x) for x in response_ids]
+    return {
+        "traj_id": traj_id,
+        "problem_id": problem_id,
+        "run_id": run_id,
+        "source": source,
+        "policy_version": policy_version,
+        "model_id": model_id,
+        "temperature": float(temperature),
+        "top_p": float(top_p),
+        "max_new_tokens": int(max_new_tokens),
+        "language": "python3",
+        "response": response,
+        "response_chars": len(response),
+        "reward": reward,
+        "reward_source": "judge",
+        "judge_status": judge_status,
+        "passed_tests": passed_tests,
+        "total_tests": total_tests,
+        "finish_reason": finish_reason,
+        "content_hash": raw_content_hash(problem_id, response),
+        "tokenizer_id": tokenizer_id,
+        "prompt_ids": list(prompt_ids),
+        "response_ids": response_ids,
+        "num_response_tokens": len(response_ids),
+        "behaviour_logprobs": behaviour_logprobs,
+        "model_logprobs": model_logprobs,
+        "ref_model_id": ref_model_id,
+        "ref_logprobs": ref_logprobs,
+        "created_at": created_at,
+    }
+
+
+# ---------------------------------------------------------------- group identity
+# A group is the `n` samples of one problem drawn together (one sampler call, one problem
+# slot): GRPO's group, PPO's per-problem rollouts. Its identity lives in the trajectory id,
+# written and read only by this pair: `<group id>-<k>` with k the sample's 3-digit index, and
+# the group id `<batch prefix>-p<j>` with j the problem slot of the batch.
+
+
+def grouped_traj_ids(batch_prefix: str, n_problems: int, n: int) -> list[str]:
+    """The ids of a batch's rows in `sample_and_judge`'s order (problem slot j, sample k):
+    `<batch_prefix>-p<jjj>-<kkk>`; `batch_prefix` must be unique to the batch (it is the
+    key a keyed write checks)."""
+    return [f"{batch_prefix}-p{j:03d}-{k:03d}" for j in range(n_problems) for k in range(n)]
+
+
+def group_id_sql(column: str = "traj_id") -> str:
+    """DuckDB expression of the group id of a trajectory id written by `grouped_traj_ids`
+    (the id without its last `-<k>` part)."""
+    return f"left({column}, length({column}) - strpos(reverse({column}), '-'))"
+
+
+def grouped_id_sql(column: str = "traj_id") -> str:
+    """DuckDB predicate: `column` is a trajectory id that carries a group (`grouped_traj_ids`);
+    online rows written before rollouts were written in groups (`onl-<hex>`) do not."""
+    return f"{column} LIKE '%-p%-%'"

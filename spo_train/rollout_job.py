@@ -158,6 +158,7 @@ def run_rollout(
     import numpy as np
 
     from spo_store.lake import run_status, sql_quote
+    from spo_store.selection import RELIABLE, judge_issue_counts, left_out_line
     from spo_train.models import (
         check_model_dir,
         context_length,
@@ -166,13 +167,7 @@ def run_rollout(
         model_identity,
         tokenizer_identity,
     )
-    from spo_train.rollout import (
-        RELIABLE,
-        check_context,
-        judge_issue_counts,
-        left_out_line,
-        load_problems,
-    )
+    from spo_train.rollout import check_context, load_problems
     from spo_train.rollout_workers import (
         WorkerPool,
         WorkerSetup,

@@ -327,10 +327,10 @@ class RolloutWorker:
             ref_model_id=s.ref_model_id if (reference or s.fixed or version == 0) else None,
             workers=s.judge_workers,
             unsafe_no_sandbox=s.unsafe_no_sandbox,
+            id_prefix=id_prefix,  # grouped ids (`spo_train.rollout.grouped_traj_ids`)
         )
         t1 = time.perf_counter()
-        for i, row in enumerate(rows):
-            row["traj_id"] = f"{id_prefix}-p{i // n:03d}-{i % n:03d}"
+        for row in rows:
             row["worker_id"] = self.worker_id
         _, inserted = self.lake.insert_new("trajectories", rows)
         t2 = time.perf_counter()

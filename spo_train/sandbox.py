@@ -2,8 +2,7 @@
 
 This module runs programs (`run_program`, and the sessions `spo_train.judge` builds on); what
 counts as correct (token comparison, tolerance, checkers, call-based tests) is decided in
-`spo_train.judge` (docs/judge.md). The old names `judge`, `judge_batch`, `JudgeJob`,
-`Verdict`, `TestResult`, `outputs_match` still resolve here (lazily), for old callers.
+`spo_train.judge` (docs/judge.md).
 
 One bubblewrap sandbox per program; inside it a small stdlib-only driver
 (`spo_train/sandbox_driver.py`, run by the system `/usr/bin/python3 -I -S`, passed on the
@@ -883,16 +882,3 @@ def run_program(
     return RunResult(
         "sandbox_error", "", out.failure or "no result", None, time.monotonic() - started
     )
-
-
-# Judging moved to `spo_train.judge`; the old names still resolve here (lazily: judge imports
-# this module).
-_MOVED = ("JudgeJob", "TestResult", "Verdict", "judge", "judge_batch", "outputs_match")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED or name == "VERDICT_STATUSES":
-        from spo_train import judge as _judge
-
-        return getattr(_judge, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

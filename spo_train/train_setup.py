@@ -20,6 +20,8 @@ from spo_store.errors import SpoError
 from spo_store.lake import Lake, sql_quote
 from spo_store.mixture import MixtureSpec, load_sources
 from spo_store.q0_estimates import q0_of_s0, sampler_key
+from spo_store.selection import RELIABLE, count_problems, split_predicate
+from spo_train.algorithm_rules import rules_of
 from spo_train.config import (
     TrainConfig,
     as_saved,
@@ -30,7 +32,7 @@ from spo_train.config import (
 from spo_train.fast_step import check_device  # noqa: F401 - re-exported
 from spo_train.models import resolve_model_path
 from spo_train.q0 import q0_value
-from spo_train.rollout import RELIABLE, count_problems, load_problems, split_predicate
+from spo_train.rollout import load_problems
 
 
 def q0_sampler_key(config: TrainConfig) -> str:
@@ -96,18 +98,14 @@ def set_seed(seed: int) -> None:
 
 def check_split(lake: Lake, split: str, option: str) -> None:
     """A split with no problem (a typo included) is one error naming the splits present."""
-    try:
-        from spo_store.selection import check_split
-    except ImportError:  # pragma: no cover - selection.py is new in this issue
-        return
+    from spo_store.selection import check_split
+
     check_split(lake, split, option)
 
 
 def splits_present_suffix(lake: Lake) -> str:
-    try:
-        from spo_store.selection import describe_splits, splits_present
-    except ImportError:  # pragma: no cover
-        return ""
+    from spo_store.selection import describe_splits, splits_present
+
     return f" (splits present: {describe_splits(splits_present(lake))})"
 
 
@@ -256,7 +254,7 @@ def train_problems(
         if len(ids):
             restrict = f"p.problem_id <= {sql_quote(ids[len(ids) - 1].as_py())}"
             where += f" AND {restrict}"
-    if config.algo != "spo":
+    if not rules_of(config.algo).needs_q0:
         problems = load_problems(lake, where)
         if not problems:
             raise SpoError(
@@ -296,7 +294,7 @@ def train_problems(
 def mc_weight_note(lake: Lake, config: TrainConfig, ref_model_id: str) -> str | None:
     """A warning when `--mc-weight` > 0 can have no effect: the lake holds no `spo pts`
     annotation under this run's pi_0, so the MC term is 0 at every step (issue 12)."""
-    if config.mc_weight <= 0 or config.algo != "spo":
+    if config.mc_weight <= 0 or not rules_of(config.algo).has_mc_term:
         return None
     found = (
         lake.sql_arrow(

@@ -8,12 +8,12 @@ step (rollouts, lake, checkpoints, logging, evaluation). The contract:
   it computes the policy's log-probs through `learner.policy_logprobs(rows)` (gradients on),
   takes optimizer steps through `learner.optimize(loss)` (one or several: PPO and GRPO do
   `update_epochs x minibatches`) and returns the step's metrics (`train/...` names).
-- `needs_q0`: the algorithm trains against q0 estimates (SPO); `online_only`: its batch is this
-  step's own rollouts, whole groups per problem (PPO, GRPO), not a mixture draw.
+- its rules (`rules`: defaults, checks, `needs_q0`, `online_only`, progress line) live in
+  `spo_train.algorithm_rules`, torch-free, so settings and the CLI read them without torch;
 - `state_dict()` / `load_state_dict()`: what a checkpoint must keep besides the policy (the
   value model and its optimizer), so `--resume` continues exactly.
 
-`make_algorithm(config, ...)` picks the module by `config.algo`.
+`make_algorithm(config, ...)` picks the module by `config.algo` through the rules' registry.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from spo_train.algorithm_rules import AlgorithmRules, rules_of
 from spo_train.config import TrainConfig
 
 
@@ -84,8 +85,11 @@ class Algorithm:
     """Base of the algorithm modules (see the module docstring)."""
 
     name = ""
-    needs_q0 = False
-    online_only = False
+
+    @property
+    def rules(self) -> AlgorithmRules:
+        """Its rules (`spo_train.algorithm_rules`): defaults, checks, needs_q0, online_only."""
+        return rules_of(self.name)
 
     def update(self, batch: TrainBatch, learner: Learner) -> dict[str, float]:
         raise NotImplementedError
@@ -123,20 +127,14 @@ def make_algorithm(
     say: Callable[[str], None] = lambda _m: None,
 ) -> Algorithm:
     """The algorithm module of `config.algo` (`config` already resolved), with its extra
-    models loaded from `pi0_path` (PPO's value model is initialised from pi_0)."""
-    if config.algo == "spo":
-        from spo_train.algorithms.spo import SPO
+    models loaded from `pi0_path` (PPO's value model is initialised from pi_0). The module is
+    the one its rules name (`spo_train.algorithm_rules.RULES`)."""
+    import importlib
 
-        return SPO(config, say=say)
-    if config.algo == "ppo":
-        from spo_train.algorithms.ppo import PPO
-
-        return PPO(config, pi0_path=pi0_path)
-    if config.algo == "grpo":
-        from spo_train.algorithms.grpo import GRPO
-
-        return GRPO(config)
-    raise ValueError(f"unknown algorithm {config.algo!r}")
+    rules = rules_of(config.algo)
+    module, _, name = rules.implementation.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    return cls(config, pi0_path=pi0_path, say=say)
 
 
 def minibatch_rows(group: Tensor, minibatches: int, generator: torch.Generator) -> list[list[int]]:

@@ -21,6 +21,7 @@ train/approx_kl, train/groups_without_signal (groups whose rewards are all equal
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -91,10 +92,14 @@ class GRPO(Algorithm):
     """See the module docstring."""
 
     name = "grpo"
-    needs_q0 = False
-    online_only = True
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        pi0_path: object = None,
+        say: Callable[[str], None] = lambda _m: None,
+    ) -> None:
         self.config = config
         self.kl_coef = config.beta if config.kl_coef is None else config.kl_coef
         self.generator = torch.Generator().manual_seed(config.seed + 17)

@@ -24,6 +24,7 @@ train/importance_weight_mean, train/grad_norm, train/value_grad_norm.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,10 +111,14 @@ class PPO(Algorithm):
     """See the module docstring."""
 
     name = "ppo"
-    needs_q0 = False
-    online_only = True
 
-    def __init__(self, config: TrainConfig, *, pi0_path: str | Path) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        pi0_path: str | Path,
+        say: Callable[[str], None] = lambda _m: None,
+    ) -> None:
         self.config = config
         self.value_model = ValueModel(pi0_path, device=config.device, options=step_options(config))
         self.value_optimizer = torch.optim.AdamW(

@@ -32,10 +32,14 @@ class SPO(Algorithm):
     """Soft Policy Optimization with `config.loss` (`spo_train.losses.spo_loss`)."""
 
     name = "spo"
-    needs_q0 = True
-    online_only = False
 
-    def __init__(self, config: TrainConfig, *, say: Callable[[str], None] = lambda _m: None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        pi0_path: object = None,
+        say: Callable[[str], None] = lambda _m: None,
+    ):
         self.config = config
         self.eps = effective_ce_clip_eps(config)
         if config.loss == "reverse_q_ce" and self.eps > DEFAULT_CE_CLIP_EPS["reverse_q_ce"]:

@@ -19,6 +19,7 @@ from spo_store.errors import SpoError
 from spo_store.lake import Lake, utc_now
 from spo_store.q0_estimates import sampler_key
 from spo_train.config import at_least, setting, validate_fields
+from spo_train.rollout import trajectory_row
 
 DEFAULT_SAMPLES = 10
 """K, rollouts per estimate (the paper's)."""
@@ -309,35 +310,29 @@ class RolloutEstimator:
             if t.ref_logprobs is not None and len(s.logprobs) == len(s.response_ids):
                 # pi_0 sampled the continuation: its own log-probs are the reference's
                 ref = [float(x) for x in t.ref_logprobs[:p]] + [float(x) for x in s.logprobs]
-            digest = hashlib.sha256(f"{t.problem['problem_id']}\0{text}".encode()).hexdigest()
             rows.append(
-                {
-                    "traj_id": rid,
-                    "problem_id": t.problem["problem_id"],
-                    "run_id": self.run_id,
-                    "source": ROLLOUT_SOURCE,
-                    "model_id": self.ref_model_id,
-                    "temperature": float(self.sampler.temperature),
-                    "top_p": float(self.sampler.top_p),
-                    "max_new_tokens": int(self.sampler.max_new_tokens),
-                    "language": "python3",
-                    "response": text,
-                    "response_chars": len(text),
-                    "reward": v["reward"],
-                    "reward_source": "judge",
-                    "judge_status": v.get("judge_status"),
-                    "passed_tests": v.get("passed_tests"),
-                    "total_tests": v.get("total_tests"),
-                    "finish_reason": s.finish_reason,
-                    "content_hash": digest,
-                    "tokenizer_id": self.tokenizer_id,
-                    "prompt_ids": list(t.prompt_ids),
-                    "response_ids": response_ids,
-                    "num_response_tokens": len(response_ids),
+                trajectory_row(
+                    traj_id=rid,
+                    problem_id=t.problem["problem_id"],
+                    run_id=self.run_id,
+                    source=ROLLOUT_SOURCE,
+                    model_id=self.ref_model_id,
+                    temperature=self.sampler.temperature,
+                    top_p=self.sampler.top_p,
+                    max_new_tokens=self.sampler.max_new_tokens,
+                    response=text,
+                    reward=v["reward"],
+                    judge_status=v.get("judge_status"),
+                    passed_tests=v.get("passed_tests"),
+                    total_tests=v.get("total_tests"),
+                    finish_reason=s.finish_reason,
+                    tokenizer_id=self.tokenizer_id,
+                    prompt_ids=t.prompt_ids,
+                    response_ids=response_ids,
                     # the prefix was not drawn by this sampler: no behaviour/model log-probs
-                    "ref_model_id": self.ref_model_id if ref is not None else None,
-                    "ref_logprobs": ref,
-                    "created_at": now,
-                }
+                    ref_model_id=self.ref_model_id if ref is not None else None,
+                    ref_logprobs=ref,
+                    created_at=now,
+                )
             )
         return rows

@@ -1,0 +1,168 @@
+"""What each training algorithm decides about a run, in one place per algorithm; no torch.
+
+An algorithm is two things: its update (`spo_train.algorithms.<name>`, torch: the loss, extra
+models, optimizer steps) and its rules here, which the settings, the trainer, the CLI and the
+experiment planner read without importing torch:
+- `defaults`: what a setting left unset means for it (`TrainConfig.resolved` fills them, and
+  `resolve` adds the ones derived from other settings);
+- `check(config)`: its refusals of settings (one SpoError line naming the flag);
+- `needs_q0`: it trains against q0 estimates (the run's problems are those with one);
+- `online_only`: its batch is whole groups of this run's fresh rollouts
+  (`spo_train.batch_sources.GroupBatches`), not a mixture draw (`MixtureBatches`);
+- `progress(metrics)`: the few numbers `spo train`'s progress bar shows per step;
+- `label_settings`: the settings a report's label names besides the algorithm.
+
+Adding an algorithm: its module under `spo_train/algorithms/`, one `AlgorithmRules` subclass
+here naming it (`implementation`), and its line in `RULES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from spo_store.errors import SpoError
+
+
+class AlgorithmRules:
+    """The rules of one algorithm (see the module docstring); the base refuses nothing."""
+
+    name = ""
+    implementation = ""
+    """`module:Class` of its `spo_train.algorithms.Algorithm` (imported on first use)."""
+    needs_q0 = False
+    online_only = False
+    has_mc_term = False
+    """Its loss can add the Monte-Carlo term of `spo pts` annotations (`--mc-weight`)."""
+    defaults: Mapping[str, Any] = {}
+    label_settings: tuple[str, ...] = ()
+
+    def resolve(self, config: Any) -> dict[str, Any]:
+        """The settings left unset (None) that this algorithm fills in: `defaults`, plus those
+        derived from other settings. `{name: value}`, applied by `TrainConfig.resolved`."""
+        return {k: v for k, v in self.defaults.items() if getattr(config, k) is None}
+
+    def check(self, config: Any) -> None:
+        """Refuse settings this algorithm cannot run with (SpoError, one line)."""
+        if config.mc_weight and not self.has_mc_term:
+            raise SpoError(
+                f"--mc-weight {config.mc_weight:g} is an spo loss term; --algo {self.name} has "
+                "none (drop --mc-weight)"
+            )
+
+    def progress(self, metrics: Mapping[str, float]) -> str:
+        """The progress bar's text for one step's metrics."""
+        return ""
+
+
+class SPORules(AlgorithmRules):
+    name = "spo"
+    implementation = "spo_train.algorithms.spo:SPO"
+    needs_q0 = True
+    has_mc_term = True
+    defaults = {
+        "mix": "online:0.5,offline:0.5",
+        "model_update_interval": 10,
+        "rollout_temperature": (0.1, 0.8),
+        "rollout_top_p": 0.95,
+    }
+    label_settings = ("loss",)
+
+    def progress(self, metrics: Mapping[str, float]) -> str:
+        return (
+            f"loss {metrics.get('train/loss', float('nan')):.4f} "
+            f"|Q_T-r| {metrics.get('train/terminal_abs_error', float('nan')):.3f}"
+        )
+
+
+class OnlineGroupRules(AlgorithmRules):
+    """Algorithms that train on whole groups of this run's fresh rollouts (PPO, GRPO)."""
+
+    online_only = True
+    defaults = {
+        "mix": "online:1",
+        "model_update_interval": 1,
+        "rollout_temperature": (1.0, 1.0),
+        "rollout_top_p": 1.0,
+    }
+
+    def check(self, config: Any) -> None:
+        super().check(config)
+        offline = [
+            name.strip()
+            for name, _, weight in (
+                part.partition(":") for part in config.resolved().mix.split(",")
+            )
+            if name.strip() != "online" and weight.strip() not in ("0", "0.0")
+        ]
+        if offline:
+            raise SpoError(
+                f"--algo {self.name} trains on this run's online rollouts only, but --mix "
+                f"{config.mix} asks for {', '.join(offline)}: drop --mix (online:1) or use "
+                "--algo spo for offline data",
+                exit_code=1,
+            )
+        if config.rollout_workers and config.rollout_worker_decoding:
+            from spo_train.worker_spec import parse_decoding
+
+            specs = parse_decoding(config.rollout_worker_decoding, (1.0, 1.0), 1.0)
+            if any(d.policy == "reference" for d in specs):
+                raise SpoError(
+                    f"--rollout-worker-decoding {config.rollout_worker_decoding}: --algo "
+                    f"{self.name} trains on rollouts of the current policy only; a "
+                    "reference worker's rows would never be used (use --algo spo, whose "
+                    "pi0 source draws them)"
+                )
+        if config.batch_size % config.rollout_n:
+            raise SpoError(
+                f"--batch-size {config.batch_size} is not a multiple of --rollout-n "
+                f"{config.rollout_n}: --algo {self.name} trains on whole groups of rollouts "
+                "of a problem"
+            )
+        if config.minibatches > config.batch_size // config.rollout_n:
+            raise SpoError(
+                f"--minibatches {config.minibatches} is more than the "
+                f"{config.batch_size // config.rollout_n} problems of a batch (--batch-size / "
+                "--rollout-n): a minibatch holds whole groups"
+            )
+
+    def progress(self, metrics: Mapping[str, float]) -> str:
+        return (
+            f"reward {metrics.get('rollout/reward_mean', float('nan')):.3f} "
+            f"clip {metrics.get('train/clip_frac', float('nan')):.3f}"
+        )
+
+
+class PPORules(OnlineGroupRules):
+    name = "ppo"
+    implementation = "spo_train.algorithms.ppo:PPO"
+
+    def resolve(self, config: Any) -> dict[str, Any]:
+        fill = super().resolve(config)
+        if config.value_learning_rate is None:
+            fill["value_learning_rate"] = config.learning_rate
+        return fill
+
+
+class GRPORules(OnlineGroupRules):
+    name = "grpo"
+    implementation = "spo_train.algorithms.grpo:GRPO"
+
+    def resolve(self, config: Any) -> dict[str, Any]:
+        fill = super().resolve(config)
+        if config.kl_coef is None:
+            fill["kl_coef"] = config.beta
+        return fill
+
+
+RULES: dict[str, AlgorithmRules] = {r.name: r for r in (SPORules(), PPORules(), GRPORules())}
+"""Every algorithm `--algo` accepts, by name (the first is the default)."""
+
+
+def rules_of(algo: str | None) -> AlgorithmRules:
+    """The rules of `algo` (None: spo, the default); ValueError for an unknown name (settings
+    are checked against `RULES` before any caller gets here)."""
+    try:
+        return RULES[algo or "spo"]
+    except KeyError:
+        raise ValueError(f"unknown algorithm {algo!r}") from None

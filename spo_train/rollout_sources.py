@@ -1,0 +1,99 @@
+"""Rollout sources: what samples a training run's online rollouts, judges them and commits them to
+the lake. Nothing else passes from a rollout source to the learner: the step's batch source
+(`spo_train.batch_sources`) reads the rows back from the lake.
+
+Two implementations, one contract (`RolloutSource`):
+- `spo_train.producer.RolloutProducer`, local: samples the step's rollouts in this process
+  when the step asks for them;
+- `spo_train.async_producer.RayRolloutProducer` (`--rollout-workers N`): Ray actors sample all
+  the time; a step waits until the lake holds its data (docs/rollouts.md).
+Both write one row format (`spo_train.rollout.trajectory_row`) with keyed writes
+(`Lake.insert_new`), in groups (`spo_train.rollout.grouped_traj_ids`: one group identity).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from spo_store.lake import Lake
+from spo_train.config import TrainConfig
+
+Ready = Callable[[int], tuple[bool, str]]
+"""A batch source's `ready(policy_version)`: whether the lake holds a step's data, and what is
+missing."""
+
+
+class RolloutSource(Protocol):
+    version: int
+    """The trainer step whose weights the rollout policy holds (the rows' `policy_version`)."""
+
+    def sync(self, policy: torch.nn.Module, version: int) -> None:
+        """The rollout policy takes the trainer's weights as policy `version`."""
+        ...
+
+    def wait_for(self, step: int, ready: Ready) -> None:
+        """Return once the lake holds what `step` draws (sampling it first, or waiting for
+        workers); SpoError when that cannot happen."""
+        ...
+
+    def metrics(self) -> dict[str, float]:
+        """The rollout metrics of the step (`rollout/...`) since the last call."""
+        ...
+
+    def close(self) -> None:
+        """Release what it started (workers, Ray); idempotent, on every exit."""
+        ...
+
+
+def open_rollouts(
+    lake: Lake,
+    policy: torch.nn.Module,
+    tokenizer: Any,
+    *,
+    config: TrainConfig,
+    pi0_path: Path,
+    problems: Sequence[Mapping[str, Any]],
+    run_id: str,
+    tokenizer_id: str,
+    ref_model_id: str,
+    rows_per_step: int,
+    version: int,
+    say: Callable[[str], None] = lambda _m: None,
+) -> RolloutSource:
+    """The run's rollout source: Ray workers with `config.rollout_workers`, else local; its
+    rollout policy starts with `policy`'s weights as `version`; each step draws
+    `rows_per_step` rows (whole groups of `rollout_n`) from `problems`."""
+    if config.rollout_workers:
+        from spo_train.async_producer import RayRolloutProducer
+
+        return RayRolloutProducer(
+            lake,
+            policy,
+            config=config,
+            model_path=pi0_path,
+            problems=problems,
+            run_id=run_id,
+            tokenizer_id=tokenizer_id,
+            ref_model_id=ref_model_id,
+            online_per_step=rows_per_step,
+            version=version,
+            say=say,
+        )
+    from spo_train.producer import RolloutProducer
+
+    return RolloutProducer(
+        lake,
+        policy,
+        tokenizer,
+        config=config,
+        problems=problems,
+        run_id=run_id,
+        tokenizer_id=tokenizer_id,
+        ref_model_id=ref_model_id,
+        online_per_step=rows_per_step,
+        version=version,
+    )
