@@ -801,6 +801,15 @@ def check_unopened_table(uri: str, name: str, exc: BaseException | None = None) 
         return
     if not any(p.suffix == ".manifest" for p in versions.iterdir()):
         return
+    # A writer racing this open may have committed the table's first version just after our
+    # read failed: only a table that still cannot be opened is damaged.
+    for _ in range(10):
+        try:
+            lance.dataset(str(path))
+            return
+        except (ValueError, FileNotFoundError, OSError) as again:
+            exc = again
+        time.sleep(0.05)
     if environment_error(exc) is not None and "cannot be read" not in environment_error(exc):
         raise exc
     detail = re.sub(r",?\s*/\S+\.rs:\d+:\d+", "", " ".join(str(exc).split()))[:200]
