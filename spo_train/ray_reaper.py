@@ -5,10 +5,15 @@ runtime-env agents were still running 30 s after the driver died, measured with 
 `spo_train.rollout_workers.ray_session` therefore marks every process of its Ray with an
 environment variable (`SPO_RAY_SESSION=<token>`, inherited by the raylet, the workers and
 their sandboxes) and starts this guard in its own session, holding the read end of a pipe
-whose write end only the command holds. When the command ends, however it ends, the pipe
-reaches EOF and the guard kills every process carrying the token and every descendant of
-one (Ray's agents get an environment of their own, without the token), SIGTERM, then SIGKILL.
-Linux only (/proc).
+whose write end only the command holds.
+
+While the command runs, the guard looks every `POLL_S` for the marked processes and every
+descendant of one, and remembers each by (pid, start time): Ray's agents rewrite the memory
+that /proc/PID/environ reads when they set their process title, so 1 run in 4 they showed
+no mark, and once the raylet has died they are no longer its descendants either (both
+seen with Ray 2.60). When the command ends, however it ends, the pipe reaches EOF and the
+guard kills what it remembers (same pid *and* start time: a reused pid is left alone), what
+is marked now, and their descendants: SIGTERM, then SIGKILL. Linux only (/proc).
 
 Run as `python -m spo_train.ray_reaper TOKEN FD`.
 """
@@ -22,6 +27,7 @@ import time
 from pathlib import Path
 
 VAR = "SPO_RAY_SESSION"
+POLL_S = 0.5  # how often the running session is looked over (a /proc scan: a few ms)
 
 
 def marked_pids(token: str) -> list[int]:
@@ -40,10 +46,11 @@ def marked_pids(token: str) -> list[int]:
     return out
 
 
-def _children() -> dict[int, list[int]]:
-    """ppid -> child pids, from /proc/<pid>/stat (the command name may hold spaces and
-    parentheses: the fields after the last ')' are read)."""
-    kids: dict[int, list[int]] = {}
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, start time in clock ticks since boot) of every process but zombies
+    (dead already: nothing to kill), from /proc/<pid>/stat (the command name may hold spaces
+    and parentheses: the fields after the last ')' are read)."""
+    table: dict[int, tuple[int, int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -52,43 +59,45 @@ def _children() -> dict[int, list[int]]:
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 1:
-            kids.setdefault(int(fields[1]), []).append(int(entry.name))
-    return kids
+        if len(fields) > 19 and fields[0] != "Z":
+            table[int(entry.name)] = (int(fields[1]), int(fields[19]))
+    return table
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
-def session_pids(token: str, known: set[int] | None = None) -> list[int]:
-    """The marked processes, those of `known` still alive, and every descendant of them: Ray
-    starts its dashboard and runtime-env agents with an environment of their own (no mark),
-    as children of the raylet."""
-    found = set(marked_pids(token)) | {p for p in (known or set()) if _alive(p)}
-    kids, stack = _children(), list(found)
+def session_pids(token: str, known: dict[int, int] | None = None) -> dict[int, int]:
+    """pid -> start time of the session's live processes: the marked ones, those of `known`
+    (pid -> start time) still running with the same start time, and every descendant of
+    either (Ray's agents may show no mark: see the module's docstring)."""
+    table = _proc_table()
+    me = os.getpid()
+    found = {p: table[p][1] for p in marked_pids(token) if p in table}
+    found.update({p: t for p, t in (known or {}).items() if p in table and table[p][1] == t})
+    kids: dict[int, list[int]] = {}
+    for pid, (ppid, _start) in table.items():
+        kids.setdefault(ppid, []).append(pid)
+    stack = list(found)
     while stack:
         for child in kids.get(stack.pop(), []):
-            if child not in found and child != os.getpid():
-                found.add(child)
+            if child not in found and child != me:
+                found[child] = table[child][1]
                 stack.append(child)
-    return sorted(found)
+    return found
 
 
-def sweep(token: str, grace_s: float = 2.0) -> int:
-    """SIGTERM every process of the session (marked, and their descendants), SIGKILL what is
-    left after `grace_s`; returns how many were found."""
-    pids = session_pids(token)
-    known = set(pids)  # kept: a child whose parent died is re-parented and loses the link
+def _signal_all(pids: dict[int, int], sig: int) -> None:
     for pid in pids:
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, sig)
         except OSError:
             pass
+
+
+def sweep(token: str, known: dict[int, int] | None = None, grace_s: float = 2.0) -> int:
+    """SIGTERM every process of the session (`session_pids`), SIGKILL what is left after
+    `grace_s`; returns how many were found."""
+    known = session_pids(token, known)  # kept: a child whose parent died loses the link
+    found = len(known)
+    _signal_all(known, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and session_pids(token, known):
         time.sleep(0.1)
@@ -97,24 +106,33 @@ def sweep(token: str, grace_s: float = 2.0) -> int:
         if not left:
             break
         known.update(left)
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        _signal_all(left, signal.SIGKILL)
         time.sleep(0.2)
-    return len(pids)
+    return found
+
+
+def watch(token: str, fd: int, poll_s: float = POLL_S) -> dict[int, int]:
+    """Wait for EOF on `fd`, remembering the session's processes every `poll_s`; returns
+    them (pid -> start time), those gone meanwhile dropped."""
+    import select
+
+    known: dict[int, int] = {}
+    while True:
+        try:
+            ready, _, _ = select.select([fd], [], [], poll_s)
+            if ready and not os.read(fd, 1024):
+                return known
+        except InterruptedError:
+            continue
+        except OSError:
+            return known
+        known = session_pids(token, known)
 
 
 def main() -> None:
     token, fd = sys.argv[1], int(sys.argv[2])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C to the terminal is the command's
-    try:
-        while os.read(fd, 1024):
-            pass
-    except OSError:
-        pass
-    sweep(token)
+    sweep(token, watch(token, fd))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import math
 import os
 import signal
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -236,6 +237,9 @@ class RolloutWorker:
         self.version: int | None = 0 if (decoding.policy == "reference" or setup.fixed) else None
         self.tag = run_tag(setup.run_id)
         self.seq = self._next_seq()
+        # Names this life of the actor in every answer: a crash that no pending call saw
+        # (Ray restarted the actor between two calls) still shows up as a new incarnation.
+        self.incarnation = uuid.uuid4().hex
 
     def pid(self) -> int:
         return os.getpid()
@@ -276,7 +280,7 @@ class RolloutWorker:
         """Sample one batch (`rows_per_batch` rows in whole groups of `rollout_n`), judge it
         and commit it; returns a summary (no rows: the trainer reads them from the lake)."""
         if self.version is None:
-            return {"worker": self.index, "need_weights": True}
+            return {"worker": self.index, "need_weights": True, "incarnation": self.incarnation}
         seq = self.seq
         rng = np.random.default_rng([self.setup.seed, self.index, seq])
         n_problems = max(1, math.ceil(self.rows_per_batch / self.rollout_n))
@@ -336,6 +340,7 @@ class RolloutWorker:
         t2 = time.perf_counter()
         return {
             "worker": self.index,
+            "incarnation": self.incarnation,
             "rows": len(rows),
             "inserted": inserted,
             "rewards": [r["reward"] for r in rows],
@@ -443,6 +448,7 @@ class WorkerPool:
         self.retry_at = [0.0] * len(actors)
         self.resend = [False] * len(actors)
         self.restarting = [False] * len(actors)  # its restart was counted, no answer since
+        self.incarnations: list[str | None] = [None] * len(actors)  # as its last answer said
 
     def call(self, index: int, method: str, *args: Any) -> Any:
         """Queue `method(*args)` on actor `index` (after what is queued there already)."""
@@ -511,10 +517,22 @@ class WorkerPool:
                 if self.on_lost and method != "set_weights":
                     self.on_lost(index, method, args)
                 continue
+            self._check_incarnation(index, result)
             self.restarting[index] = False
             self.on_result(index, result)
         self.fill()
         return len(ready)
+
+    def _check_incarnation(self, index: int, result: Any) -> None:
+        """Count a restart no failed call reported: Ray restarted the actor while nothing was
+        queued on it, and this answer comes from its next life (which has no trained weights
+        yet: it answers `produce` with `need_weights`, and gets them)."""
+        life = result.get("incarnation") if isinstance(result, dict) else None
+        if life is None:
+            return
+        before, self.incarnations[index] = self.incarnations[index], life
+        if before is not None and life != before and not self.restarting[index]:
+            self._count_restart(index, RuntimeError("restarted between two calls"))
 
     def _count_restart(self, index: int, exc: BaseException) -> None:
         self.restarts[index] += 1

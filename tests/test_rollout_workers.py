@@ -323,6 +323,53 @@ def test_worker_kill9_loses_at_most_its_batch_and_the_run_continues(
     _check_weight_versions(small_lake, result.run_id, Path(cfg.output), tiny_model)
 
 
+class _Life:
+    """A Ray actor that names its incarnation in each answer, like `RolloutWorker`."""
+
+    def __init__(self) -> None:
+        self.life = uuid.uuid4().hex
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def answer(self) -> dict:
+        return {"incarnation": self.life}
+
+
+def test_a_crash_no_pending_call_saw_is_counted_once(ray_local):
+    """Ray restarts an actor killed while nothing was queued on it, transparently: the next
+    call just succeeds. The pool still counts that restart (from the new incarnation), once."""
+    from spo_train.rollout_workers import WorkerPool
+
+    actor = ray_local.remote(max_restarts=-1, max_task_retries=0)(_Life).remote()
+    calls = iter([("answer", ())] * 1 + [None] * 1000)
+    answers: list[dict] = []
+    pool = WorkerPool(
+        [actor], next_call=lambda i: next(calls), on_result=lambda i, r: answers.append(r)
+    )
+    while not answers:
+        pool.pump(1.0)
+    pid = ray_local.get(actor.pid.remote())
+    os.kill(pid, signal.SIGKILL)  # nothing pending on it now
+    deadline = time.time() + 60
+    while time.time() < deadline:  # until Ray has restarted it (calls fail meanwhile)
+        try:
+            if ray_local.get(actor.pid.remote(), timeout=10) != pid:
+                break
+        except Exception:  # noqa: BLE001 - restarting
+            time.sleep(0.5)
+    pool.call(0, "answer")
+    while len(answers) < 2:
+        pool.pump(1.0)
+    assert answers[0]["incarnation"] != answers[1]["incarnation"]
+    assert pool.restarts == [1]
+    pool.call(0, "answer")  # the same life again: no new restart
+    while len(answers) < 3:
+        pool.pump(1.0)
+    assert pool.restarts == [1]
+    pool.close()
+
+
 def test_rollout_job_resumes_after_an_interrupt_without_duplicates(
     ray_local,
     small_lake,  # noqa: F811
