@@ -377,28 +377,45 @@ def legacy_annotation_id(row: dict[str, Any]) -> str:
     return "legacy-" + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
+def _add_missing_columns(
+    ds: Any,
+    table: str,
+    read: list[str],
+    values_of: Callable[[dict[str, Any]], dict[str, Any]],
+    names: list[str] | None = None,
+) -> Any:
+    """Add the columns of `TABLES[table]` (only `names`, if given) that `ds` lacks in one
+    add-columns commit (a rerun after a kill finds them and skips it), each row's values from
+    `values_of(row)` (the `read` columns; a column it leaves out is NULL). Returns the
+    dataset as committed."""
+    new = [
+        f
+        for f in TABLES[table]
+        if f.name not in ds.schema.names and (names is None or f.name in names)
+    ]
+    if not new:
+        return ds
+    out_schema = pa.schema(new)
+
+    @lance.batch_udf(output_schema=out_schema)
+    def fill(batch: pa.RecordBatch) -> pa.RecordBatch:
+        rows = [values_of(r) for r in batch.to_pylist()]
+        cols = [pa.array([r.get(f.name) for r in rows], f.type) for f in new]
+        return pa.record_batch(cols, schema=out_schema)
+
+    ds.add_columns(fill, read_columns=read)
+    return lance.dataset(ds.uri)
+
+
 def _v3_to_v4(root: str, tag: str, report: MigrationReport, say: Callable[[str], None]) -> None:
     ds = _open(root, "annotations")
     if ds is not None and schema_version_of(ds) < 4:
-        # One add-columns commit (a rerun after a kill finds the columns and skips it).
-        new = [f for f in TABLES["annotations"] if f.name not in ds.schema.names]
-        if new:
-            out_schema = pa.schema(new)
-            read = ["traj_id", "run_id", "method", "created_at", "positions"]
-
-            @lance.batch_udf(output_schema=out_schema)
-            def fill(batch: pa.RecordBatch) -> pa.RecordBatch:
-                rows = batch.to_pylist()
-                cols = [
-                    pa.array([legacy_annotation_id(r) for r in rows], f.type)
-                    if f.name == "annotation_id"
-                    else pa.nulls(batch.num_rows, f.type)
-                    for f in new
-                ]
-                return pa.record_batch(cols, schema=out_schema)
-
-            ds.add_columns(fill, read_columns=read)
-            ds = lance.dataset(ds.uri)
+        ds = _add_missing_columns(
+            ds,
+            "annotations",
+            ["traj_id", "run_id", "method", "created_at", "positions"],
+            lambda r: {"annotation_id": legacy_annotation_id(r)},
+        )
         _set_version(ds, 4)
         rows = ds.count_rows()
         if rows:  # annotations were not written by any spo release before 4: usually none
@@ -414,16 +431,7 @@ def _v3_to_v4(root: str, tag: str, report: MigrationReport, say: Callable[[str],
 def _v4_to_v5(root: str, tag: str, report: MigrationReport, say: Callable[[str], None]) -> None:
     ds = _open(root, "trajectories")
     if ds is not None and schema_version_of(ds) < 5:
-        # One add-columns commit of NULLs (a rerun after a kill finds the column and skips it).
-        if "worker_id" not in ds.schema.names:
-            out_schema = pa.schema([TABLES["trajectories"].field("worker_id")])
-
-            @lance.batch_udf(output_schema=out_schema)
-            def fill(batch: pa.RecordBatch) -> pa.RecordBatch:
-                return pa.record_batch([pa.nulls(batch.num_rows, pa.string())], schema=out_schema)
-
-            ds.add_columns(fill, read_columns=["traj_id"])
-            ds = lance.dataset(ds.uri)
+        ds = _add_missing_columns(ds, "trajectories", ["traj_id"], lambda r: {}, ["worker_id"])
         _set_version(ds, 5)
         report.notes.append(
             f"trajectories: worker_id added, NULL on all {ds.count_rows()} existing rows "
@@ -440,34 +448,22 @@ def _v5_to_v6(root: str, tag: str, report: MigrationReport, say: Callable[[str],
 
     ds = _open(root, "q0_estimates")
     if ds is not None and schema_version_of(ds) < 6:
-        # One add-columns commit (a rerun after a kill finds the columns and skips it).
-        new = [f for f in TABLES["q0_estimates"] if f.name not in ds.schema.names]
-        if new:
-            out_schema = pa.schema(new)
 
-            @lance.batch_udf(output_schema=out_schema)
-            def fill(batch: pa.RecordBatch) -> pa.RecordBatch:
-                values: dict[str, list[Any]] = {f.name: [] for f in new}
-                for r in batch.to_pylist():
-                    n, c, beta = r["samples"], r["successes"], r["beta"]
-                    ok = n is not None and c is not None and 0 <= c <= n and n > 0
-                    low, high = s0_interval(n, c, [n], None) if ok else (None, None)
-                    good_beta = ok and beta is not None and beta > 0
-                    row = {
-                        "s0": c / n if ok else None,
-                        "s0_low": low,
-                        "s0_high": high,
-                        "q0_low": q0_of_s0(low, beta) if good_beta else None,
-                        "q0_high": q0_of_s0(high, beta) if good_beta else None,
-                        "stopping": "fixed",
-                    }
-                    for f in new:
-                        values[f.name].append(row[f.name])
-                cols = [pa.array(values[f.name], f.type) for f in new]
-                return pa.record_batch(cols, schema=out_schema)
+        def fill(r: dict[str, Any]) -> dict[str, Any]:
+            n, c, beta = r["samples"], r["successes"], r["beta"]
+            ok = n is not None and c is not None and 0 <= c <= n and n > 0
+            low, high = s0_interval(n, c, [n], None) if ok else (None, None)
+            good_beta = ok and beta is not None and beta > 0
+            return {
+                "s0": c / n if ok else None,
+                "s0_low": low,
+                "s0_high": high,
+                "q0_low": q0_of_s0(low, beta) if good_beta else None,
+                "q0_high": q0_of_s0(high, beta) if good_beta else None,
+                "stopping": "fixed",
+            }
 
-            ds.add_columns(fill, read_columns=["samples", "successes", "beta"])
-            ds = lance.dataset(ds.uri)
+        ds = _add_missing_columns(ds, "q0_estimates", ["samples", "successes", "beta"], fill)
         _set_version(ds, 6)
         report.notes.append(
             f"q0_estimates: {ds.count_rows()} rows (all fixed-n) gained s0 = c/n, its "
