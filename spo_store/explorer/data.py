@@ -645,53 +645,10 @@ class LakeReader:
             sides = [self.trajectory(t)["row"] if t else None for t in (left, right)]
             return {**data, "left": sides[0], "right": sides[1]}
 
-    def sql(self, query: str, limit: int | None) -> tuple[pa.Table, bool]:
-        """The result of a read-only query (`sql_guard` first), and whether it was cut to
-        `limit` rows (None: every row, on the connection `spo sql` uses). With a limit only
-        the first batches are read, so a query over a million rows shows its head without
-        building the whole result. A running query stops at `interrupt()`. Raises SpoError
-        for a refused, failing or interrupted query."""
-        if not query.strip():
-            raise SpoError("the SQL query is empty")
-        self.sql_guard(query)
-        with self._lock:  # the lake's datasets are refreshed here; the query runs unlocked
-            con = self.lake.duckdb(analyst=True, local_files=self.local_files)
-        with self._running_lock:
-            self._running.add(con)
-        try:
-            rel = con.sql(query)
-            if rel is None:  # a statement without a result
-                return pa.table({}), False
-            if limit is None:
-                return rel.to_arrow_table(), False
-            # DuckDB 1.x calls it fetch_record_batch, 2.x to_arrow_reader
-            stream = getattr(rel, "to_arrow_reader", None) or rel.fetch_record_batch
-            reader = stream(limit + 1)
-            batches, rows = [], 0
-            for batch in reader:
-                batches.append(batch)
-                rows += batch.num_rows
-                if rows > limit:
-                    break
-            table = pa.Table.from_batches(batches, schema=reader.schema)
-        except QUERY_ERRORS as exc:
-            raise _sql_error(exc) from exc
-        finally:
-            with self._running_lock:
-                self._running.discard(con)
-            con.close()
-        if table.num_rows > limit:
-            return table.slice(0, limit), True
-        return table, False
-
-    def sql_stream(
-        self, query: str, batch_rows: int = 10_000
-    ) -> tuple[pa.Schema, Generator[pa.RecordBatch, None, None]]:
-        """Every row of a read-only query as `(schema, batches)`, read from DuckDB a batch at
-        a time so a download larger than memory streams (`sql` holds the whole result). The
-        query runs here up to its first batch, so a refused or failing query raises SpoError
-        before anything is sent; the connection is released when the batches are exhausted
-        or closed, and `interrupt()` stops it (the generator then raises SpoError)."""
+    def _run(self, query: str) -> tuple[Any, Callable[[], None]]:
+        """Start a read-only query (`sql_guard` first) on a fresh analyst connection, counted
+        as running until `release()`: `(DuckDB relation or None, release)`. Raises SpoError
+        for an empty, refused or failing query (the connection is released then)."""
         if not query.strip():
             raise SpoError("the SQL query is empty")
         self.sql_guard(query)
@@ -705,14 +662,55 @@ class LakeReader:
                 self._running.discard(con)
             con.close()
 
+        try:
+            return con.sql(query), release
+        except QUERY_ERRORS as exc:
+            release()
+            raise _sql_error(exc) from exc
+
+    def sql(self, query: str, limit: int | None) -> tuple[pa.Table, bool]:
+        """The result of a read-only query (`sql_guard` first), and whether it was cut to
+        `limit` rows (None: every row, on the connection `spo sql` uses). With a limit only
+        the first batches are read, so a query over a million rows shows its head without
+        building the whole result. A running query stops at `interrupt()`. Raises SpoError
+        for a refused, failing or interrupted query."""
+        rel, release = self._run(query)
+        try:
+            if rel is None:  # a statement without a result
+                return pa.table({}), False
+            if limit is None:
+                return rel.to_arrow_table(), False
+            reader = _arrow_reader(rel, limit + 1)
+            batches, rows = [], 0
+            for batch in reader:
+                batches.append(batch)
+                rows += batch.num_rows
+                if rows > limit:
+                    break
+            table = pa.Table.from_batches(batches, schema=reader.schema)
+        except QUERY_ERRORS as exc:
+            raise _sql_error(exc) from exc
+        finally:
+            release()
+        if table.num_rows > limit:
+            return table.slice(0, limit), True
+        return table, False
+
+    def sql_stream(
+        self, query: str, batch_rows: int = 10_000
+    ) -> tuple[pa.Schema, Generator[pa.RecordBatch, None, None]]:
+        """Every row of a read-only query as `(schema, batches)`, read from DuckDB a batch at
+        a time so a download larger than memory streams (`sql` holds the whole result). The
+        query runs here up to its first batch, so a refused or failing query raises SpoError
+        before anything is sent; the connection is released when the batches are exhausted
+        or closed, and `interrupt()` stops it (the generator then raises SpoError)."""
+        rel, release = self._run(query)
+        if rel is None:  # a statement without a result
+            release()
+            return pa.schema([]), (b for b in ())
         first: pa.RecordBatch | None = None
         try:
-            rel = con.sql(query)
-            if rel is None:  # a statement without a result
-                release()
-                return pa.schema([]), (b for b in ())
-            # DuckDB 1.x calls it fetch_record_batch, 2.x to_arrow_reader
-            stream = (getattr(rel, "to_arrow_reader", None) or rel.fetch_record_batch)(batch_rows)
+            stream = _arrow_reader(rel, batch_rows)
             with contextlib.suppress(StopIteration):
                 first = stream.read_next_batch()
         except QUERY_ERRORS as exc:
@@ -750,6 +748,12 @@ class LakeReader:
 # What a failing query raises: DuckDB's errors, and, read through an Arrow stream, the same
 # errors as Arrow's (an OSError with DuckDB's message, "Invalid Input Error: ...").
 QUERY_ERRORS = (duckdb.Error, pa.ArrowException, OSError)
+
+
+def _arrow_reader(rel: Any, batch_rows: int) -> pa.RecordBatchReader:
+    """A DuckDB relation's rows as an Arrow stream of `batch_rows`-row batches (DuckDB 1.x
+    calls it fetch_record_batch, 2.x to_arrow_reader)."""
+    return (getattr(rel, "to_arrow_reader", None) or rel.fetch_record_batch)(batch_rows)
 
 
 def _sql_error(exc: BaseException) -> SpoError:
