@@ -155,7 +155,25 @@ class GRPORules(OnlineGroupRules):
         return fill
 
 
-RULES: dict[str, AlgorithmRules] = {r.name: r for r in (SPORules(), PPORules(), GRPORules())}
+class TOPRRules(AlgorithmRules):
+    """TOPR trains on the same lake mixture as SPO (off-policy by design, no q0): its defaults
+    are SPO's, so an arm against SPO differs in its loss only."""
+
+    name = "topr"
+    implementation = "spo_train.algorithms.topr:TOPR"
+    defaults = SPORules.defaults
+    label_settings = ("topr_baseline",)
+
+    def progress(self, metrics: Mapping[str, float]) -> str:
+        return (
+            f"loss {metrics.get('train/loss', float('nan')):.4f} "
+            f"taper {metrics.get('train/negative_taper_mean', float('nan')):.3f}"
+        )
+
+
+RULES: dict[str, AlgorithmRules] = {
+    r.name: r for r in (SPORules(), PPORules(), GRPORules(), TOPRRules())
+}
 """Every algorithm `--algo` accepts, by name (the first is the default)."""
 
 
