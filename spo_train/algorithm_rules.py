@@ -162,7 +162,8 @@ class TOPRRules(AlgorithmRules):
     name = "topr"
     implementation = "spo_train.algorithms.topr:TOPR"
     defaults = SPORules.defaults
-    label_settings = ("topr_baseline",)
+    # No label setting: runs that differ in --topr-baseline are told apart by the report's
+    # `topr_baseline=...` (report_data.group_plain_runs), which names the setting.
 
     def progress(self, metrics: Mapping[str, float]) -> str:
         return (
