@@ -86,6 +86,18 @@ def test_topr_baseline_ends_give_successes_only_or_failures_only():
         topr_loss(lp, torch.zeros(3), reward, mask)
 
 
+def test_behaviour_sequence_logprob_is_per_row_nan_where_a_row_has_none():
+    import pyarrow as pa
+
+    from spo_train.learner import _row_logprob_sums, _row_logprobs
+
+    table = pa.table({"behaviour_logprobs": [[-0.5, -0.25], None, []]})
+    sums = _row_logprob_sums(table, "behaviour_logprobs")
+    assert sums[0].item() == -0.75 and math.isnan(sums[1].item()) and sums[2].item() == 0.0
+    assert _row_logprobs(table, "behaviour_logprobs", 2) is None  # PPO's view: all or nothing
+    assert _row_logprob_sums(pa.table({"x": [1]}), "behaviour_logprobs") is None
+
+
 # ----------------------------------------------------------------------------- the rules
 def test_topr_rules_defaults_and_refusals(tmp_path):
     rules = RULES["topr"]

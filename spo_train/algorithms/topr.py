@@ -59,7 +59,8 @@ class TOPR(Algorithm):
         metrics = {f"train/{k}": v for k, v in diag.to_dict().items()}
         metrics["train/grad_norm"] = learner.optimize(loss)
         ref_lp = batch.ref_logprobs.to(dev)
-        log_ratio = (policy_lp.detach() - ref_lp).mul(mask).sum(1)
+        diff = policy_lp.detach().float() - ref_lp
+        log_ratio = torch.where(mask, diff, torch.zeros_like(diff)).sum(1)  # padding may be inf
         metrics["train/kl_estimate"] = float(log_ratio.mean()) if len(batch) else float("nan")
         metrics["train/reward_mean"] = float(batch.reward.float().mean())
         metrics["train/response_length_mean"] = float(batch.mask.sum(1).float().mean())
