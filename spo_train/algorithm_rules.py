@@ -6,7 +6,8 @@ experiment planner read without importing torch:
 - `defaults`: what a setting left unset means for it (`TrainConfig.resolved` fills them, and
   `resolve` adds the ones derived from other settings);
 - `check(config)`: its refusals of settings (one SpoError line naming the flag);
-- `needs_q0`: it trains against q0 estimates (the run's problems are those with one);
+- `needs_q0`: it trains against q0 estimates (the run's problems, and the rows its mixture
+  draws, are those of problems with one);
 - `online_only`: its batch is whole groups of this run's fresh rollouts
   (`spo_train.batch_sources.GroupBatches`), not a mixture draw (`MixtureBatches`);
 - `progress(metrics)`: the few numbers `spo train`'s progress bar shows per step;
