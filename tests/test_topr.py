@@ -138,6 +138,21 @@ def test_an_experiment_arm_may_name_topr(tmp_path):
         load_experiment(path)
 
 
+def test_a_mixture_without_q0_draws_judged_rows_of_problems_without_estimates(small_lake):  # noqa: F811
+    from spo_store.mixture import MixtureSampler
+
+    with pytest.raises(SpoError, match="has a q0 estimate"):  # SPO's mixture: none here
+        MixtureSampler(small_lake, "offline:1").check_sources()
+    topr = MixtureSampler(small_lake, "offline:1", require_q0=False)
+    topr.check_sources()
+    batch = topr.sample(3, step=0)
+    assert len(batch.traj_ids) == 3 and set(batch.table.column("reward").to_pylist()) == {0.0}
+    empty = MixtureSampler(small_lake, "pi0:1", require_q0=False)
+    with pytest.raises(SpoError) as err:
+        empty.check_sources()
+    assert "q0" not in str(err.value)  # the reason given is not one TOPR cannot have
+
+
 # ----------------------------------------------------------------------------- a real run
 def test_train_topr_on_online_and_offline_rows_without_q0_and_resume(
     small_lake,  # noqa: F811
