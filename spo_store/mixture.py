@@ -67,8 +67,10 @@ BUILTIN_SOURCES: dict[str, str] = {
 }
 # Sources whose rows are deduplicated by content hash (one row per distinct response).
 DEDUPLICATED = {"offline", "human"}
-# Every source only sees judged trajectories of problems with a Q0 estimate (SPO needs both).
+# Every source only sees judged trajectories of problems with a Q0 estimate (SPO needs both);
+# a sampler told `require_q0=False` (TOPR: rewards only) drops the q0 half.
 BASE_PREDICATE = "t.reward IS NOT NULL AND p.q0 IS NOT NULL"
+JUDGED_PREDICATE = "t.reward IS NOT NULL"
 # ... and, unless the sampler is told to include them, problems the judge handles reliably.
 RELIABLE_PREDICATE = "p.judge_issue IS NULL"
 
@@ -190,14 +192,18 @@ class MixtureSampler:
         beta: float | None = None,
         include_unreliable: bool = False,
         problem_where: str | None = None,
+        require_q0: bool = True,
     ) -> None:
         """`ref_model_id` and `q0_sampler_key` choose the q0 estimates that `p.q0` shows
-        (without them no problem has a q0, so BASE_PREDICATE selects nothing); `beta`
+        (without them no problem has a q0, so BASE_PREDICATE selects nothing);
+        `require_q0=False` draws from every judged row whatever its problem's q0 (an
+        algorithm that trains on rewards alone, TOPR); `beta`
         recomputes `p.q0` at the training beta; `include_unreliable` keeps problems with a
         `judge_issue` (left out by default: their rewards are not trustworthy);
         `problem_where` (SQL over `p`) further restricts the problems every source draws from
         (`spo train --train-problems N`)."""
         self.problem_where = problem_where
+        self.require_q0 = require_q0
         self.sources = dict(sources or BUILTIN_SOURCES)
         self.spec = (
             spec if isinstance(spec, MixtureSpec) else MixtureSpec.parse(spec, list(self.sources))
@@ -226,7 +232,7 @@ class MixtureSampler:
             pred = fill_placeholders(self.sources[name] if template is None else template, params)
         except SpoError as exc:
             raise SpoError(f"source {name!r}: {exc}") from None
-        where = f"({BASE_PREDICATE}) AND ({pred})"
+        where = f"({BASE_PREDICATE if self.require_q0 else JUDGED_PREDICATE}) AND ({pred})"
         if not self.include_unreliable:
             where += f" AND ({RELIABLE_PREDICATE})"
         if self.split:
@@ -363,6 +369,7 @@ class MixtureSampler:
             return int(self.index.query(sql).column(0)[0].as_py())
 
         reliable = "TRUE" if self.include_unreliable else RELIABLE_PREDICATE
+        with_q0 = " with a q0 estimate" if self.require_q0 else ""
         if count(in_split) == 0:
             present = self.index.query(
                 "SELECT coalesce(split, 'NULL') AS s, count(*) AS n FROM p_index GROUP BY 1 "
@@ -375,7 +382,7 @@ class MixtureSampler:
             )
         elif count(f"{in_split} AND {reliable}") == 0:
             why = f"every problem {where_split} has a judge_issue (--include-unreliable keeps them)"
-        elif count(f"{in_split} AND {reliable} AND p.q0 IS NOT NULL") == 0:
+        elif self.require_q0 and count(f"{in_split} AND {reliable} AND p.q0 IS NOT NULL") == 0:
             why = (
                 f"no problem {where_split} has a q0 estimate of this reference model and q0 "
                 "sampler: run `spo estimate-q0` with the same model and sampler settings first"
@@ -388,8 +395,8 @@ class MixtureSampler:
         elif name in ("offline", "human"):
             what = "human solutions" if name == "human" else "trajectories"
             why = (
-                f"no correct (reward 0) Python 3 {what} for the problems {where_split} with a "
-                "q0 estimate (lake holds "
+                f"no correct (reward 0) Python 3 {what} for the problems {where_split}"
+                f"{with_q0} (lake holds "
                 f"{count(f'{in_split} AND t.reward = 0', trajectories=True)} correct, "
                 f"{count(f'{in_split} AND t.reward IS NOT NULL', trajectories=True)} judged "
                 f"rows there): train on rollouts only with `--mix online:1`, or ingest correct "
@@ -400,13 +407,13 @@ class MixtureSampler:
             what = "successful trajectory annotated" if name == "pts" else "rollout stored"
             why = (
                 f"no {what} by `spo pts` under this reference model for the problems "
-                f"{where_split} with a q0 estimate: run `spo pts` with the same --model first "
+                f"{where_split}{with_q0}: run `spo pts` with the same --model first "
                 "(docs/pts.md)"
             )
         else:
             why = (
                 f"source predicate {self.sources[name]!r} matches no judged trajectory of the "
-                f"problems {where_split} with a q0 estimate"
+                f"problems {where_split}{with_q0}"
             )
         line = f"{head}: {why}"
         if os.environ.get("SPO_DEBUG"):

@@ -6,7 +6,8 @@ experiment planner read without importing torch:
 - `defaults`: what a setting left unset means for it (`TrainConfig.resolved` fills them, and
   `resolve` adds the ones derived from other settings);
 - `check(config)`: its refusals of settings (one SpoError line naming the flag);
-- `needs_q0`: it trains against q0 estimates (the run's problems are those with one);
+- `needs_q0`: it trains against q0 estimates (the run's problems, and the rows its mixture
+  draws, are those of problems with one);
 - `online_only`: its batch is whole groups of this run's fresh rollouts
   (`spo_train.batch_sources.GroupBatches`), not a mixture draw (`MixtureBatches`);
 - `progress(metrics)`: the few numbers `spo train`'s progress bar shows per step;
@@ -155,7 +156,26 @@ class GRPORules(OnlineGroupRules):
         return fill
 
 
-RULES: dict[str, AlgorithmRules] = {r.name: r for r in (SPORules(), PPORules(), GRPORules())}
+class TOPRRules(AlgorithmRules):
+    """TOPR trains on the same lake mixture as SPO (off-policy by design, no q0): its defaults
+    are SPO's, so an arm against SPO differs in its loss only."""
+
+    name = "topr"
+    implementation = "spo_train.algorithms.topr:TOPR"
+    defaults = SPORules.defaults
+    # No label setting: runs that differ in --topr-baseline are told apart by the report's
+    # `topr_baseline=...` (report_data.group_plain_runs), which names the setting.
+
+    def progress(self, metrics: Mapping[str, float]) -> str:
+        return (
+            f"loss {metrics.get('train/loss', float('nan')):.4f} "
+            f"taper {metrics.get('train/negative_taper_mean', float('nan')):.3f}"
+        )
+
+
+RULES: dict[str, AlgorithmRules] = {
+    r.name: r for r in (SPORules(), PPORules(), GRPORules(), TOPRRules())
+}
 """Every algorithm `--algo` accepts, by name (the first is the default)."""
 
 

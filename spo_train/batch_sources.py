@@ -2,8 +2,9 @@
 
 Both read the batch from the lake, so every algorithm's batch is one `(lake version,
 trajectory ids)` pair, logged in `batches` and reproduced by `spo lake batch`:
-- `MixtureBatches` (SPO, `online_only` False): the SQL mixture `--mix` over the lake
-  (`spo_store.mixture.MixtureSampler`; `online` = this run's rollouts within `--staleness`);
+- `MixtureBatches` (SPO, TOPR: `online_only` False): the SQL mixture `--mix` over the lake
+  (`spo_store.mixture.MixtureSampler`; `online` = this run's rollouts within `--staleness`;
+  rows of problems with a q0 estimate only when the algorithm `needs_q0`);
 - `GroupBatches` (PPO, GRPO, `online_only` True): `batch_size / rollout_n` whole groups of this
   run's judged rollouts within `--staleness` that no logged batch of the run holds yet, the
   newest first (policy version, then commit time, then group id). A group is the samples of
@@ -64,7 +65,7 @@ class BatchSource(Protocol):
 
 
 class MixtureBatches:
-    """SPO's batches: `--mix` drawn from the lake, seeded by `(seed, step)`."""
+    """SPO's and TOPR's batches: `--mix` drawn from the lake, seeded by `(seed, step)`."""
 
     def __init__(self, sampler: MixtureSampler, batch_size: int) -> None:
         self.sampler, self.batch_size = sampler, batch_size
@@ -156,7 +157,8 @@ def make_batches(
     """The batch source the algorithm's rules choose (`online_only`: whole groups; else the
     mixture). A mixture source with nothing to draw is refused here (SpoError naming --mix),
     before the run is recorded."""
-    if rules_of(config.algo).online_only:
+    rules = rules_of(config.algo)
+    if rules.online_only:
         return GroupBatches(lake, config)
     sampler = MixtureSampler(
         lake,
@@ -171,6 +173,7 @@ def make_batches(
         beta=config.beta,
         include_unreliable=config.include_unreliable,
         problem_where=problem_where,
+        require_q0=rules.needs_q0,
     )
     try:
         sampler.check_sources()

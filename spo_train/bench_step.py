@@ -1,5 +1,5 @@
 """`spo bench step`: tokens/s, model FLOPs utilisation and peak memory of one training step of
-SPO, PPO and GRPO (project issue 14, point 3; docs/gpu.md).
+SPO, PPO and GRPO (project issue 14, point 3; docs/gpu.md), and TOPR when `--algos` names it.
 
 What is timed is what `scripts/bench_algorithms.py` times and `spo_train.trainer` runs per
 step: `Algorithm.update(batch, learner)` (the algorithm's forwards, backwards and optimizer
@@ -46,7 +46,7 @@ import torch
 from spo_store.errors import SpoError
 from spo_train.fast_step import check_device, resolve_precision
 
-ALGOS = ("spo", "ppo", "grpo")
+ALGOS = ("spo", "ppo", "grpo", "topr")
 MODES = ("fast", "plain")
 
 PEAK_BF16_FLOPS: dict[str, float] = {
@@ -257,6 +257,7 @@ def synthetic_batch(spec: BenchSpec, vocab: int, ref_model: torch.nn.Module) -> 
         q0=torch.full((b,), -0.5),
         group=torch.tensor([i // spec.group_size for i in range(b)]),
         model_logprobs=ref_lp.clone(),
+        behaviour_seq_logprob=(ref_lp * mask.cpu()).sum(1),  # TOPR's mu: pi_0 drew them
     )
 
 
@@ -322,7 +323,7 @@ def measure(
         memory_measure = "process VmHWM (RSS high-water)" + ("" if reset else ", not reset")
     median = statistics.median(times)
     rows, seq, resp = spec.batch_size, spec.seq_len, spec.seq_len - spec.prompt_len
-    epochs = 1 if algo == "spo" else config.update_epochs
+    epochs = config.update_epochs if algo in ("ppo", "grpo") else 1  # spo, topr: one pass
     flops = epochs * model_flops(policy, rows, seq, resp)
     if algo == "ppo":
         value = algorithm.value_model.backbone

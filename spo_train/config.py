@@ -550,12 +550,13 @@ class TrainConfig:
     """directory for checkpoints, TensorBoard events, config.toml and run.json"""
     algo: str = setting("spo", check=one_of(*ALGORITHMS))
     """training algorithm: spo (Soft Policy Optimization, the paper's), ppo (KL-regularised
-    reward, value model, GAE) or grpo (group-normalised advantages); ppo and grpo train on this
-    run's online rollouts only and need no q0 (docs/algorithms.md)"""
+    reward, value model, GAE), grpo (group-normalised advantages) or topr (Tapered Off-Policy
+    REINFORCE); ppo and grpo train on this run's online rollouts only; ppo, grpo and topr need
+    no q0 (docs/algorithms.md)"""
     mix: str | None = setting(None)
     """training mixture: sources and weights, e.g. online:0.5,offline:0.5 (spo_store.mixture).
-    Not set: online:0.5,offline:0.5 for spo (the paper's half-online), online:1 for ppo and
-    grpo (the only mixture they take)"""
+    Not set: online:0.5,offline:0.5 for spo and topr (the paper's half-online), online:1 for
+    ppo and grpo (the only mixture they take)"""
     sources_file: str | None = setting(None, metavar="FILE")
     """TOML file adding user mixture sources"""
     loss: str = setting("terminal_ce", check=one_of(*LOSS_VARIANTS))
@@ -753,6 +754,12 @@ class TrainConfig:
     )
     """grpo: weight of the KL(pi_theta || pi_0) loss term (k3 estimator). Not set: beta, the KL
     strength spo and ppo use"""
+    topr_baseline: float = setting(
+        -0.5, check=lambda v: None if -1 <= v <= 0 else "must be in [-1, 0] (rewards are 0 and -1)"
+    )
+    """topr: constant baseline b subtracted from the reward: a success weighs -b, a failure
+    -(1 + b). -0.5: the paper's TOPR with rewards +-1 and no baseline (c = 2b + 1 = 0); -1:
+    successes only (SFT on them); 0: failures only (docs/algorithms.md)"""
     max_new_tokens: int = setting(
         256, check=at_least(1), trl="max_completion_length", verl="data.max_response_length"
     )
@@ -912,6 +919,7 @@ TRAIN_HELP_PANELS: dict[str, tuple[str, ...]] = {
         "value_clip_eps", "value_learning_rate", "grpo_scale_rewards", "grpo_length_norm",
         "kl_coef",
     ),
+    "TOPR": ("topr_baseline",),
     "Q0 estimates (SPO)": ("q0_temperature", "q0_top_p", "q0_max_new_tokens"),
     "Evaluation": (
         "eval_split", "eval_every", "eval_n", "eval_k", "eval_problems", "eval_train_problems",

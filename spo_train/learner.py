@@ -210,6 +210,15 @@ def _row_logprobs(table: pa.Table, column: str, width: int) -> torch.Tensor | No
     return pad_right(values, width)
 
 
+def _row_logprob_sums(table: pa.Table, column: str) -> torch.Tensor | None:
+    """`[B]` float32: each row's sum of a list<float> column (a sequence's log-prob), NaN for a
+    row without it; None when the column is absent."""
+    if column not in table.column_names:
+        return None
+    sums = [float("nan") if v is None else float(sum(v)) for v in table.column(column).to_pylist()]
+    return torch.tensor(sums, dtype=torch.float32)
+
+
 def to_train_batch(
     prepared: Any, table: pa.Table, sources: list[str], groups: list[int]
 ) -> TrainBatch:
@@ -230,4 +239,5 @@ def to_train_batch(
         group=torch.tensor(groups, dtype=torch.long),
         model_logprobs=_row_logprobs(table, "model_logprobs", width),
         behaviour_logprobs=_row_logprobs(table, "behaviour_logprobs", width),
+        behaviour_seq_logprob=_row_logprob_sums(table, "behaviour_logprobs"),
     )

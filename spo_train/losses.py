@@ -1,4 +1,4 @@
-"""SPO losses (project issue #5, item 1) and the RL baselines' losses (PPO, GAE, GRPO).
+"""SPO losses (project issue #5, item 1) and the RL baselines' losses (PPO, GAE, GRPO, TOPR).
 
 References: "method doc" is `docs/method.md` (items 1-5 of "Losses"); "Eq. N" is the
 paper (Cohen et al., ICML 2025, `shared/papers/spo-paper.txt`).
@@ -43,6 +43,8 @@ __all__ = [
     "gae",
     "kl_regularised_token_rewards",
     "grpo_advantages",
+    "TOPRDiagnostics",
+    "topr_loss",
     "masked_mean",
 ]
 
@@ -655,3 +657,97 @@ def grpo_advantages(rewards: Tensor, eps: float = 1e-6, *, scale: bool = True) -
     if r.shape[-1] < 2:
         return torch.zeros_like(r)
     return centred / (r.std(dim=-1, keepdim=True) + eps)
+
+
+# --------------------------------------------------------------------------------------------
+# TOPR (Le Roux et al. 2025, "Tapered Off-Policy REINFORCE", arXiv 2503.14286)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TOPRDiagnostics:
+    """Detached 0-dim tensors: `loss`; `positive_fraction` = share of the B rows in the
+    untruncated set (`r - b >= 0`); `negative_taper_mean` = mean taper `[pi/mu]_0^1` over the
+    negative rows that have mu (NaN when none); `taper_clip_fraction` = share of those whose
+    ratio pi/mu exceeded 1 and was truncated to 1 (NaN when none); `negatives_without_mu` =
+    negative rows left out for want of behaviour log-probs; `log_ratio_mean` = mean over rows
+    with mu of `log pi_theta(tau) - log mu(tau)` (NaN when none); `seq_logprob_mean` = mean
+    `log pi_theta(tau)`."""
+
+    loss: Tensor
+    positive_fraction: Tensor
+    negative_taper_mean: Tensor
+    taper_clip_fraction: Tensor
+    negatives_without_mu: Tensor
+    log_ratio_mean: Tensor
+    seq_logprob_mean: Tensor
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+
+def topr_loss(
+    policy_logprobs: Tensor,
+    behaviour_seq_logprob: Tensor,
+    reward: Tensor,
+    mask: Tensor,
+    baseline: float = -0.5,
+) -> tuple[Tensor, TOPRDiagnostics]:
+    """TOPR's objective, negated: the TOPR gradient of arXiv 2503.14286 (Sec. 3,
+    "Tapered Off-Policy REINFORCE", the definition of grad J_TOPR) with a constant baseline,
+
+        grad J = sum_{tau: A >= 0} mu(tau) A(tau) grad log pi(tau)
+               + sum_{tau: A < 0}  mu(tau) [pi(tau)/mu(tau)]_0^1 A(tau) grad log pi(tau),
+
+    `A(tau) = r(tau) - b`, `[x]_0^1 = min(max(x, 0), 1)`: positive trajectories get no
+    importance weight (the SFT term), negative ones the truncated ratio, a constant (stop-
+    gradient) coefficient. Sampled from mu (the batch), per sequence
+    `L_i = -sg(alpha_i) * A_i * log pi_theta(tau_i)`, `alpha_i = 1` for `A_i >= 0`, else
+    `min(pi_theta(tau_i) / mu(tau_i), 1)` computed in log space; the loss is the mean over the
+    B sequences (the paper's sum over the dataset, divided by its size).
+
+    `policy_logprobs` `[B, T]` log pi_theta of the taken tokens (carries the gradient; padded
+    positions ignored, may be non-finite); `behaviour_seq_logprob` `[B]` log mu(tau) of each
+    whole response (NaN where unknown: a negative row without it gets alpha 0, i.e. is left
+    out; a positive row needs none); `reward` `[B]`; `mask` `[B, T]` bool; `baseline` b.
+    Returns `(loss, TOPRDiagnostics)`. Raises ValueError on mismatched shapes.
+    """
+    if policy_logprobs.shape != mask.shape:
+        raise ValueError(
+            f"shape mismatch: policy {tuple(policy_logprobs.shape)}, mask {tuple(mask.shape)}"
+        )
+    batch = policy_logprobs.shape[0]
+    if behaviour_seq_logprob.shape != (batch,) or reward.shape != (batch,):
+        raise ValueError(f"behaviour_seq_logprob and reward must be [B]=[{batch}]")
+    mask = mask.to(torch.bool)
+    lp = _float(policy_logprobs)
+    seq_lp = torch.where(mask, lp, torch.zeros_like(lp)).sum(-1)  # log pi_theta(tau), [B]
+    adv = _float(reward).to(seq_lp.dtype) - baseline
+    mu = _float(behaviour_seq_logprob).to(seq_lp.dtype)
+    with torch.no_grad():
+        has_mu = ~torch.isnan(mu)
+        positive = adv >= 0
+        log_ratio = seq_lp.detach() - torch.where(has_mu, mu, torch.zeros_like(mu))
+        # [pi/mu]_0^1 in log space: exp(min(log ratio, 0)), never overflows.
+        taper = torch.exp(torch.clamp(log_ratio, max=0.0))
+        alpha = torch.where(
+            positive,
+            torch.ones_like(taper),
+            torch.where(has_mu, taper, torch.zeros_like(taper)),
+        )
+    loss = (-(alpha * adv) * seq_lp).mean() if batch else seq_lp.sum()
+    with torch.no_grad():
+        nan = seq_lp.new_tensor(float("nan"))
+        neg = ~positive & has_mu
+        n_neg = neg.sum()
+        n_mu = has_mu.sum()
+        diag = TOPRDiagnostics(
+            loss=loss.detach(),
+            positive_fraction=positive.to(seq_lp.dtype).mean() if batch else nan,
+            negative_taper_mean=(taper[neg].sum() / n_neg) if n_neg else nan,
+            taper_clip_fraction=((log_ratio[neg] > 0).sum() / n_neg) if n_neg else nan,
+            negatives_without_mu=(~positive & ~has_mu).sum().to(seq_lp.dtype),
+            log_ratio_mean=(log_ratio[has_mu].sum() / n_mu) if n_mu else nan,
+            seq_logprob_mean=seq_lp.detach().mean() if batch else nan,
+        )
+    return loss, diag

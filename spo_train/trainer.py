@@ -1,4 +1,4 @@
-"""`spo train`: the learner loop shared by SPO, PPO and GRPO, around the lake.
+"""`spo train`: the learner loop shared by SPO, PPO, GRPO and TOPR, around the lake.
 
 Reads top to bottom (CleanRL style) in `_train_locked`, with no branch on the algorithm or on
 where rollouts come from; the decisions live behind four seams:
@@ -33,7 +33,8 @@ Settings: `spo_train.config.TrainConfig` (`resolved()` fills what the algorithm 
 
 SPO trains against the q0 estimates of *this* `--model` (its `model_identity`) under the q0
 sampler settings (`spo_train.train_setup.q0_sampler_key`), recomputed at the training beta;
-without them it refuses with the `spo estimate-q0` command to run. PPO and GRPO need no q0.
+without them it refuses with the `spo estimate-q0` command to run. PPO, GRPO and TOPR need no
+q0.
 The policy is evaluated before the first step (step 0) and after the last (always;
 `eval_every` adds evaluations in between) on the held-out `eval_split` and, with
 `eval_train_problems`, on problems of its own training set, with the paper's settings by

@@ -37,7 +37,10 @@ class TrainBatch:
     `ref_logprobs`, `model_logprobs`, `behaviour_logprobs`: `[B, T]` float32, 0 on padding;
     `model_logprobs` are the sampling model's own temperature-1 log-probs (PPO's pi_old),
     `behaviour_logprobs` those of the distribution that drew each token (mu: temperature and
-    top-p applied); either is None when some row lacks it (offline rows). `mask` `[B, T]` bool,
+    top-p applied); either is None when some row lacks it (offline rows).
+    `behaviour_seq_logprob` `[B]` float32: log mu(tau) = the sum of a row's behaviour log-probs,
+    NaN for a row without them (TOPR's per-sequence ratio; None when the table has no such
+    column). `mask` `[B, T]` bool,
     True on real response tokens. `reward` `[B]` (0 success, -1 failure); `q0` `[B]` (NaN for
     algorithms that need none). `group` `[B]` long: rows with the same value are samples of one
     problem drawn in one step (GRPO's groups). `mc_positions` `[B, K]` long and `mc_targets`
@@ -58,6 +61,7 @@ class TrainBatch:
     group: Tensor
     model_logprobs: Tensor | None = None
     behaviour_logprobs: Tensor | None = None
+    behaviour_seq_logprob: Tensor | None = None
     mc_positions: Tensor | None = None
     mc_targets: Tensor | None = None
 
