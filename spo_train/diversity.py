@@ -196,10 +196,29 @@ def pass_at_k_slope(n: int, c: int) -> float | None:
     ks = slope_ks(n)
     if c < 1 or len(ks) < 2:
         return None
+    return _log_log_slope(ks, [pass_at_k(n, c, k) for k in ks])
+
+
+def _log_log_slope(ks: Sequence[int], values: Sequence[float]) -> float:
+    """Least-squares slope of log(values) against log(ks); every value > 0, len(ks) >= 2."""
     x = np.log(np.asarray(ks, dtype=np.float64))
-    y = np.log([pass_at_k(n, c, k) for k in ks])
+    y = np.log(np.asarray(values, dtype=np.float64))
     x = x - x.mean()
     return float(np.dot(x, y - y.mean()) / np.dot(x, x))
+
+
+def mean_curve_slope(counts: Sequence[tuple[int, int]]) -> tuple[float | None, int]:
+    """Slope of log(mean pass@k) against log k for a set of problems given as `(n judged,
+    c correct)`, with k in `slope_ks(max n)` and the problems with at least that many judged
+    samples (unsolved ones included: they lower every mean pass@k alike); returns `(slope,
+    problems in the curve)`, the slope None when no problem of the curve has a correct sample
+    or there are fewer than two k."""
+    ks = slope_ks(max((n for n, _ in counts), default=0))
+    curve = [(n, c) for n, c in counts if ks and n >= ks[-1]]
+    if len(ks) < 2 or not any(c for _, c in curve):
+        return None, len(curve)
+    means = [float(np.mean([pass_at_k(n, c, k) for n, c in curve])) for k in ks]
+    return _log_log_slope(ks, means), len(curve)
 
 
 # ----------------------------------------------------------------------------- summary
@@ -223,7 +242,8 @@ def diversity(
     passed; `judged[problem_id]`: its judged sample count. Per problem with at least one correct
     sample: `correct`, `distinct_programs`, `distinct_fraction`, `styles` (None unless the
     problem is the embedded generator's), `style_counts`, `log_pass_at_k_slope`; aggregated as
-    means over those problems (`problems` counts them). `temperature` and `top_p` are the
+    means over those problems (`problems` counts them), plus the slope of the set's mean pass@k
+    curve over every problem (`mean_curve_slope`). `temperature` and `top_p` are the
     sampler's, recorded because every number here depends on them.
     """
     by_problem: dict[str, dict[str, Any]] = {}
@@ -254,7 +274,11 @@ def diversity(
     styled = [r["styles"] for r in rows if r["styles"] is not None]
     slopes = [r["log_pass_at_k_slope"] for r in rows if r["log_pass_at_k_slope"] is not None]
     labelled = sum(shares.values())
-    ns = [judged.get(p["problem_id"], 0) for p in problems]
+    counts = [
+        (judged.get(p["problem_id"], 0), len(correct_programs.get(p["problem_id"], ())))
+        for p in problems
+    ]
+    curve_slope, curve_problems = mean_curve_slope(counts)
     return {
         "temperature": list(temperature) if isinstance(temperature, tuple) else temperature,
         "top_p": top_p,
@@ -270,7 +294,9 @@ def diversity(
         ),
         "log_pass_at_k_slope": _mean(slopes),
         "slope_problems": len(slopes),
-        "slope_k": slope_ks(max(ns, default=0)),
+        "slope_k": slope_ks(max((n for n, _ in counts), default=0)),
+        "log_mean_pass_at_k_slope": curve_slope,
+        "curve_problems": curve_problems,
         "by_problem": by_problem,
     }
 
@@ -289,9 +315,13 @@ def diversity_line(div: Mapping[str, Any]) -> str:
         parts.append(f"{div['styles']:.2f} of the generator's styles")
     if div.get("log_pass_at_k_slope") is not None:
         ks = div["slope_k"]
-        parts.append(f"log pass@k slope {div['log_pass_at_k_slope']:.2f} (k={ks[0]}..{ks[-1]})")
+        curve = div.get("log_mean_pass_at_k_slope")
+        parts.append(
+            f"log pass@k slope in log k {div['log_pass_at_k_slope']:.2f} per problem"
+            + (f", {curve:.2f} of the mean curve" if curve is not None else "")
+            + f" (k={ks[0]}..{ks[-1]})"
+        )
     return (
         f"diversity over {div['problems']} problems with a correct sample "
         f"(T={temp}, top-p {div['top_p']:g}): " + ", ".join(parts)
     )
-

@@ -16,12 +16,13 @@ from spo_train.diversity import (
     diversity,
     diversity_line,
     embedded_style,
+    mean_curve_slope,
     normalise_program,
     pass_at_k_slope,
     slope_ks,
 )
-from spo_train.embedded.generator import DEFAULT_SIZES, STYLES as GENERATOR_STYLES
-from spo_train.embedded.generator import generate_problems
+from spo_train.embedded.generator import DEFAULT_SIZES, generate_problems
+from spo_train.embedded.generator import STYLES as GENERATOR_STYLES
 from spo_train.metrics import pass_at_k
 from tests.conftest import needs_sandbox
 
@@ -143,6 +144,18 @@ def test_slope_of_log_pass_at_k_on_hand_made_counts():
     assert pass_at_k_slope(8, 0) is None and pass_at_k_slope(1, 1) is None
 
 
+def test_slope_of_the_mean_pass_at_k_curve_counts_unsolved_problems():
+    # one correct in 4 and an unsolved problem: mean pass@k = (k/4 + 0)/2 = k/8, slope 1
+    assert mean_curve_slope([(4, 1), (4, 0)]) == (pytest.approx(1.0), 2)
+    # one problem always solved, one never: mean pass@k = 1/2 for every k, slope 0
+    assert mean_curve_slope([(4, 4), (4, 0)]) == (pytest.approx(0.0), 2)
+    # a problem with fewer judged samples than the largest k is not in the curve
+    slope, count = mean_curve_slope([(4, 2), (4, 0), (2, 2)])
+    assert count == 2 and slope == pytest.approx(pass_at_k_slope(4, 2))
+    assert mean_curve_slope([(4, 0), (4, 0)]) == (None, 2)
+    assert mean_curve_slope([(1, 1)]) == (None, 1) and mean_curve_slope([]) == (None, 0)
+
+
 # ----------------------------------------------------------------------------- the object
 def test_diversity_aggregates_over_problems_with_a_correct_sample():
     loop = "n = int(input())\nrow = input().split()\nprint(len(row))\n"
@@ -172,6 +185,11 @@ def test_diversity_aggregates_over_problems_with_a_correct_sample():
     assert a["log_pass_at_k_slope"] == pytest.approx(pass_at_k_slope(4, 3))
     assert d["log_pass_at_k_slope"] == pytest.approx(pass_at_k_slope(2, 1))
     assert div["slope_problems"] == 3 and div["slope_k"] == [1, 2, 4]
+    # the curve: a, b and the unsolved c (d has 2 judged samples, fewer than k = 4)
+    assert div["curve_problems"] == 3
+    assert div["log_mean_pass_at_k_slope"] == pytest.approx(
+        mean_curve_slope([(4, 3), (4, 1), (4, 0)])[0]
+    )
     assert div["log_pass_at_k_slope"] == pytest.approx(
         np.mean([pass_at_k_slope(4, 3), pass_at_k_slope(4, 1), pass_at_k_slope(2, 1)])
     )
@@ -204,6 +222,7 @@ def test_spo_eval_json_has_the_diversity_object(tmp_path):
     assert len(solved) >= 2, out
     assert div["problems"] == len(solved) == len(div["by_problem"])
     assert div["slope_k"] == [1, 2, 4, 8] and div["slope_problems"] == len(solved)
+    assert div["curve_problems"] == 4 and 0 <= div["log_mean_pass_at_k_slope"] <= 1 + 1e-9
     assert div["style_problems"] == len(solved)  # every embedded problem has styles
     for pid, row in div["by_problem"].items():
         assert row["correct"] == solved[pid]
