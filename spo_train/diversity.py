@@ -77,8 +77,14 @@ class _Rename(ast.NodeTransformer):
 
     def visit_arg(self, node: ast.arg) -> ast.arg:
         node.arg = self.names.get(node.arg, node.arg)
-        node.annotation = None
+        self.generic_visit(node)
         return node
+
+    def _declare(self, node: Any) -> Any:
+        node.names = [self.names.get(n, n) for n in node.names]
+        return node
+
+    visit_Global = visit_Nonlocal = _declare
 
     def _define(self, node: Any) -> Any:
         node.name = self.names.get(node.name, node.name)

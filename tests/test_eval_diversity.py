@@ -73,6 +73,10 @@ def test_names_the_program_does_not_bind_and_constants_are_kept():
     f = "def main(xs):\n    return len(xs)\nprint(main([1]))\n"
     g = "def solve(items):\n    return len(items)  # n\nprint(solve([1]))\n"
     assert normalise_program(f) == normalise_program(g)
+    # `global` names the same variables
+    gf = "t = 0\ndef add(v):\n    global t\n    t += v\nadd(2)\nprint(t)\n"
+    gg = "total = 0\ndef add(v):\n    global total\n    total += v\nadd(2)\nprint(total)\n"
+    assert normalise_program(gf) == normalise_program(gg)
     # names are numbered by first use, so swapping two variables' roles is another program
     swap_a = "x = int(input())\ny = x * 2\nprint(y - x)\n"
     swap_b = "y = int(input())\nx = y * 2\nprint(x - y)\n"
