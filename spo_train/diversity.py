@@ -15,10 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from spo_train.embedded.generator import STYLES  # loop, comprehension, functional, pipeline
 from spo_train.metrics import pass_at_k
-
-STYLES = ("loop", "comprehension", "functional", "pipeline")
-"""The embedded generator's solution styles (`spo_train.embedded.generator.STYLES`)."""
 
 EMBEDDED = "embedded"
 """`problems.source_dataset` of the embedded generator's problems: the only ones with styles."""
@@ -156,8 +154,9 @@ def embedded_style(code: str) -> str | None:
 
     The generator gives each of its four styles its own way of reading the input list, and
     writes no other: `pipeline` calls `sys.stdin.readline()` (inside `def main`),
-    `comprehension` calls `sys.stdin.read()`, `functional` calls `map(int, ...)` on
-    `input().split()`, and `loop` calls `input()` and nothing of the others. The label is that
+    `comprehension` calls `sys.stdin.read()`, `functional` calls `map(int, ...)` and `input()`
+    (`list(map(int, input().split()))`), and `loop` calls `input()` and nothing of the others
+    (`row = input().split()`, then `int(row[i])`). The label is that
     reading idiom, checked in this order; a program that mixes a style's reading with another
     style's body keeps its reading's label, and one that reads in none of these ways (or does
     not parse) is None. Every reference solution the generator ships gets its own style
@@ -168,20 +167,19 @@ def embedded_style(code: str) -> str | None:
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
     calls: set[str] = set()
-    map_int = False
     for node in ast.walk(tree):
         path = _call_path(node)
-        if path is None:
-            continue
-        calls.add(path)
-        if path == "map" and node.args:  # type: ignore[attr-defined]
-            first = node.args[0]  # type: ignore[attr-defined]
-            map_int = map_int or (isinstance(first, ast.Name) and first.id == "int")
+        if path is not None:
+            calls.add(path)
+        if path == "map" and isinstance(node, ast.Call) and node.args:
+            first = node.args[0]
+            if isinstance(first, ast.Name) and first.id == "int":
+                calls.add("map(int)")
     if "sys.stdin.readline" in calls:
         return "pipeline"
     if "sys.stdin.read" in calls:
         return "comprehension"
-    if map_int and "input" in calls:
+    if "map(int)" in calls and "input" in calls:
         return "functional"
     if "input" in calls:
         return "loop"

@@ -22,7 +22,6 @@ from spo_train.diversity import (
     slope_ks,
 )
 from spo_train.embedded.generator import DEFAULT_SIZES, generate_problems
-from spo_train.embedded.generator import STYLES as GENERATOR_STYLES
 from spo_train.metrics import pass_at_k
 from tests.conftest import needs_sandbox
 
@@ -100,7 +99,6 @@ def test_code_that_does_not_parse_falls_back_to_its_whitespace_normalised_text()
 def test_every_reference_solution_of_the_generator_is_recognised_as_its_style():
     """The shipped sizes (`DEFAULT_SIZES`, seed 0): 3-4 correct solutions per problem, each
     labelled with the style it was written in, and the incorrect ones (`bug/style`)."""
-    assert tuple(STYLES) == tuple(GENERATOR_STYLES)
     seen = {s: 0 for s in STYLES}
     checked = 0
     for problems in generate_problems(0, DEFAULT_SIZES).values():
