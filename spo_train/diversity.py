@@ -306,26 +306,22 @@ def diversity(
 
 
 def diversity_line(div: Mapping[str, Any]) -> str:
-    """One line for the human output of `spo eval`."""
+    """One short line of `div` for the human output of `spo eval` (docs/evaluation.md)."""
     t = div["temperature"]
     temp = f"{t:g}" if isinstance(t, int | float) else "-".join(f"{x:g}" for x in t)
+    head = f"diversity (T={temp}, top-p {div['top_p']:g}"
     if not div.get("problems"):
-        return f"diversity (T={temp}): no problem has a correct sample"
+        return head + "): no problem has a correct sample"
     parts = [
-        f"{div['distinct_programs']:.2f} distinct correct programs per problem "
-        f"({div['distinct_fraction']:.2f} of its correct samples)"
+        f"{div['distinct_programs']:.2f} distinct correct programs "
+        f"({div['distinct_fraction']:.2f} of correct)"
     ]
     if div.get("styles") is not None:
-        parts.append(f"{div['styles']:.2f} of the generator's styles")
+        parts.append(f"{div['styles']:.2f} styles")
     if div.get("log_pass_at_k_slope") is not None:
-        ks = div["slope_k"]
         curve = div.get("log_mean_pass_at_k_slope")
         parts.append(
-            f"log pass@k slope in log k {div['log_pass_at_k_slope']:.2f} per problem"
-            + (f", {curve:.2f} of the mean curve" if curve is not None else "")
-            + f" (k={ks[0]}..{ks[-1]})"
+            f"log pass@k slope {div['log_pass_at_k_slope']:.2f}"
+            + (f" (mean curve {curve:.2f})" if curve is not None else "")
         )
-    return (
-        f"diversity over {div['problems']} problems with a correct sample "
-        f"(T={temp}, top-p {div['top_p']:g}): " + ", ".join(parts)
-    )
+    return f"{head}, {div['problems']} solved problems): " + ", ".join(parts)

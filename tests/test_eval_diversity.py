@@ -196,13 +196,16 @@ def test_diversity_aggregates_over_problems_with_a_correct_sample():
         np.mean([pass_at_k_slope(4, 3), pass_at_k_slope(4, 1), pass_at_k_slope(2, 1)])
     )
     line = diversity_line(div)
-    assert "3 problems" in line and "T=1" in line and "1.33 distinct" in line
+    assert line.startswith("diversity (T=1, top-p 1, 3 solved problems): 1.33 distinct"), line
+    assert "1.00 styles" in line and len(line) < 160
 
     empty = diversity(problems, {}, judged, temperature=(0.2, 1.0), top_p=0.95)
     assert empty["problems"] == 0 and empty["distinct_programs"] is None
     assert empty["styles"] is None and empty["style_shares"] is None
     assert empty["temperature"] == [0.2, 1.0]
-    assert diversity_line(empty) == "diversity (T=0.2-1): no problem has a correct sample"
+    assert diversity_line(empty) == (
+        "diversity (T=0.2-1, top-p 0.95): no problem has a correct sample"
+    )
 
 
 # ----------------------------------------------------------------------------- spo eval
@@ -236,4 +239,4 @@ def test_spo_eval_json_has_the_diversity_object(tmp_path):
     assert 0 < div["distinct_fraction"] <= 1
     assert sum(div["style_shares"].values()) == pytest.approx(1.0)
     err = " ".join(r.stderr.split())
-    assert f"diversity over {len(solved)} problems with a correct sample (T=1, top-p 1)" in err
+    assert f"diversity (T=1, top-p 1, {len(solved)} solved problems): " in err
