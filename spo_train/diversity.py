@@ -9,6 +9,7 @@ docs/evaluation.md ("Diversity") for what each number means and its limits.
 from __future__ import annotations
 
 import ast
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -20,6 +21,18 @@ from spo_train.metrics import pass_at_k
 
 EMBEDDED = "embedded"
 """`problems.source_dataset` of the embedded generator's problems: the only ones with styles."""
+
+
+_UNPARSABLE = (SyntaxError, ValueError, RecursionError, MemoryError)
+
+
+def _parse(code: str) -> ast.Module:
+    """`ast.parse` without the warnings a model's program may raise (an invalid escape such as
+    `"\\d"` warns, on stderr, from Python 3.12): they are the program's, not the user's.
+    Raises what `ast.parse` raises (`_UNPARSABLE`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ast.parse(code)
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -123,7 +136,7 @@ def normalise_program(code: str) -> str:
     prefixed `unparsed:`, which never equals the text of a program that parsed.
     """
     try:
-        tree = ast.parse(code)
+        tree = _parse(code)
         names = _Names()
         names.visit(tree)
         own = [n for n in names.order if n in names.bound]
@@ -131,7 +144,7 @@ def normalise_program(code: str) -> str:
         if not tree.body:  # only docstrings
             return ""
         return ast.unparse(tree)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    except _UNPARSABLE:
         return "unparsed:" + " ".join(code.split())
 
 
@@ -163,8 +176,8 @@ def embedded_style(code: str) -> str | None:
     (tests/test_eval_diversity.py checks all of them).
     """
     try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        tree = _parse(code)
+    except _UNPARSABLE:
         return None
     calls: set[str] = set()
     for node in ast.walk(tree):

@@ -95,6 +95,19 @@ def test_code_that_does_not_parse_falls_back_to_its_whitespace_normalised_text()
     assert normalise_program("") == normalise_program("# only a comment\n") == ""
 
 
+def test_a_program_that_warns_when_parsed_is_read_without_a_warning(recwarn):
+    # an invalid escape: a DeprecationWarning (3.11) or SyntaxWarning (3.12+) from the parser
+    code = 'import re\nprint(re.findall("\\d+", input()))\n'
+    assert "\\d" in code
+    assert not normalise_program(code).startswith("unparsed:")
+    assert embedded_style(code) == "loop"
+    with pytest.warns((DeprecationWarning, SyntaxWarning)):
+        compile(code, "<sample>", "exec")  # the warning this test is about exists
+    recwarn.clear()
+    normalise_program(code), embedded_style(code)
+    assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning | SyntaxWarning)]
+
+
 # ----------------------------------------------------------------------------- styles
 def test_every_reference_solution_of_the_generator_is_recognised_as_its_style():
     """The shipped sizes (`DEFAULT_SIZES`, seed 0): 3-4 correct solutions per problem, each
