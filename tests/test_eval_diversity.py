@@ -212,6 +212,16 @@ def test_diversity_aggregates_over_problems_with_a_correct_sample():
     assert line.startswith("diversity (T=1, top-p 1, 3 solved problems): 1.33 distinct"), line
     assert "1.00 styles" in line and len(line) < 160
 
+    # n = 1 (`spo eval --n 1`): one k, no slope; the line leaves it out
+    one = diversity([{"problem_id": "a"}], {"a": [SUM]}, {"a": 1}, temperature=0.4, top_p=0.95)
+    assert one["slope_k"] == [1] and one["slope_problems"] == 0
+    assert one["log_pass_at_k_slope"] is None and one["log_mean_pass_at_k_slope"] is None
+    assert one["styles"] is None and one["style_problems"] == 0  # no source_dataset
+    assert diversity_line(one) == (
+        "diversity (T=0.4, top-p 0.95, 1 solved problems): 1.00 distinct correct programs "
+        "(1.00 of correct)"
+    )
+
     empty = diversity(problems, {}, judged, temperature=(0.2, 1.0), top_p=0.95)
     assert empty["problems"] == 0 and empty["distinct_programs"] is None
     assert empty["styles"] is None and empty["style_shares"] is None
