@@ -325,6 +325,7 @@ def _eval(
 
     cfg: EvalConfig = _sampling_config(EvalConfig, _explicit, kwargs, config_file)
     from spo_store.selection import RELIABLE, judge_issue_counts, left_out_line
+    from spo_train.diversity import diversity_line
     from spo_train.evaluate import eval_notes, evaluate
     from spo_train.rollout import SamplerSettings, check_context, load_problems
 
@@ -399,6 +400,7 @@ def _eval(
         *[f"{result[f'pass@{x}']:.3f}" if result[f"pass@{x}"] is not None else "n/a" for x in ks]
     )
     console.print(table)
+    console.print(diversity_line(result["diversity"]), highlight=False)
     for note in eval_notes(result):
         console.print(note, highlight=False)
     if json_out:

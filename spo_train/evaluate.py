@@ -18,7 +18,9 @@ from typing import Any
 from spo_store.errors import SpoError
 from spo_store.lake import Lake
 from spo_store.selection import explain_empty
+from spo_train.diversity import diversity
 from spo_train.metrics import mean_pass_at_k
+from spo_train.prompting import extract_code
 from spo_train.rollout import SamplerSettings, sample_and_judge
 
 
@@ -46,8 +48,9 @@ def evaluate(
 
     Returns `pass@k` (None when no problem has k judged samples), `pass@k_problems` (how many
     problems entered that mean), `problems`, `samples`, `judged`, `unjudged`, `correct`, `n`,
-    `correct_by_problem` and `judged_by_problem` (per problem id), and `short_of_k`
-    (`{"pass@k": [problem names with fewer than k judged samples]}`). Logs `<prefix>/pass@k`
+    `correct_by_problem` and `judged_by_problem` (per problem id), `short_of_k`
+    (`{"pass@k": [problem names with fewer than k judged samples]}`) and `diversity` (of the
+    correct samples, `spo_train.diversity.diversity`). Logs `<prefix>/pass@k`
     and `<prefix>/unjudged`. Raises SpoError with no problems or a k outside 1..n.
     """
     if not problems:
@@ -57,6 +60,7 @@ def evaluate(
         raise SpoError(f"pass@k needs 1 <= k <= n={settings.n}; got k={bad}")
     correct: dict[str, int] = {}
     judged: dict[str, int] = {}
+    programs: dict[str, list[str]] = {}  # the correct samples' code, for `diversity`
     total = unjudged = 0
     for start in range(0, len(problems), chunk_problems):
         chunk = problems[start : start + chunk_problems]
@@ -83,6 +87,8 @@ def evaluate(
             pid = row["problem_id"]
             judged[pid] = judged.get(pid, 0) + 1
             correct[pid] = correct.get(pid, 0) + (row["reward"] == 0)
+            if row["reward"] == 0:
+                programs.setdefault(pid, []).append(extract_code(row["response"]))
         total += len(rows)
     ids = [p["problem_id"] for p in problems]
     names = {p["problem_id"]: p.get("name", p["problem_id"]) for p in problems}
@@ -105,6 +111,9 @@ def evaluate(
         correct_by_problem={i: correct.get(i, 0) for i in ids},
         judged_by_problem={i: judged.get(i, 0) for i in ids},
         short_of_k=short,
+        diversity=diversity(
+            problems, programs, judged, temperature=settings.temperature, top_p=settings.top_p
+        ),
     )
     tag = f"{metric_prefix}/{split}" if split else metric_prefix
     values = {f"{tag}/pass@{k}": result[f"pass@{k}"] for k in ks if result[f"pass@{k}"] is not None}

@@ -38,6 +38,7 @@ PROBLEM_COLUMNS = list(
             "statement",
             "extra",  # starter_code of call-based problems (prompting.problem_prompt)
             "judge_issue",
+            "source_dataset",  # the embedded generator's problems have solution styles
             *JUDGE_PROBLEM_COLUMNS,
         ]
     )
