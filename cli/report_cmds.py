@@ -64,9 +64,15 @@ def report_cmd(
         bool, typer.Option("--json", help="Print one JSON object as the last line")
     ] = False,
 ) -> None:
-    """Plot and tabulate pass@k against step: mean and min-max band over seeds, paired
-    bootstrap intervals over problems (docs/experiments.md, Reports)."""
-    from spo_train.report import build_report, set_title, table_columns, table_rows
+    """Plot and tabulate pass@k against step: mean and min-max band over seeds, bootstrap
+    intervals over seeds and problems (docs/experiments.md, Reports)."""
+    from spo_train.report import (
+        build_report,
+        few_seeds_note,
+        set_title,
+        table_columns,
+        table_rows,
+    )
 
     def say(msg: str) -> None:
         (err_console if as_json else console).print(msg, highlight=False, soft_wrap=True)
@@ -101,6 +107,8 @@ def report_cmd(
                 table.add_row(*cells)
             console.print(table)
     console.print(summary["caption"], highlight=False, soft_wrap=True)
+    if note := few_seeds_note(summary):
+        console.print(note, highlight=False, soft_wrap=True)
     files = summary["files"]
     console.print(
         f"wrote {files['plot']}, {files['html']}, {files['summary']}, {files['markdown']}",

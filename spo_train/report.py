@@ -19,6 +19,8 @@ from typing import Any
 from spo_store.errors import SpoError
 from spo_train.report_data import (
     BOOTSTRAP_SEED,
+    HEADLINE_SEEDS,
+    MIN_SEEDS,
     NO_SPLIT_SET,
     NOT_GROUPING,
     PASS_METRIC,
@@ -30,17 +32,23 @@ from spo_train.report_data import (
     RunEvals,
     collect_inputs,
     compare_groups,
+    group_difference,
     group_plain_runs,
     paired_interval,
     read_evaluations,
+    seed_change,
     settings_label,
 )
 
 __all__ = [  # this module's names and those of spo_train.report_data
     "BOOTSTRAP_SEED",
     "CAPTION",
+    "FEW_SEEDS_MARK",
+    "FEW_SEEDS_NOTE",
+    "HEADLINE_SEEDS",
     "HTML_FILE",
     "MARKDOWN_FILE",
+    "MIN_SEEDS",
     "NOT_GROUPING",
     "NO_SPLIT_SET",
     "PASS_METRIC",
@@ -56,12 +64,15 @@ __all__ = [  # this module's names and those of spo_train.report_data
     "build_report",
     "collect_inputs",
     "compare_groups",
+    "few_seeds_note",
+    "group_difference",
     "group_plain_runs",
     "paired_interval",
     "read_evaluations",
     "render_html",
     "render_markdown",
     "render_plot",
+    "seed_change",
     "set_title",
     "settings_label",
     "table_columns",
@@ -298,15 +309,27 @@ def _fmt_mean(stats: Mapping[str, Any], compact: bool = False) -> str:
     return f"{stats['mean']:.3f}{std}" + ("" if compact else f" (n={stats['n']})")
 
 
+FEW_SEEDS_MARK = "†"
+"""Marks an interval from fewer than `MIN_SEEDS` seeds in an arm (`few_seeds`)."""
+
+
+def _fmt_seeds(cmp: Mapping[str, Any]) -> str:
+    seeds = cmp.get("seeds") or []
+    if not seeds:
+        return ""
+    return ", " + " vs ".join(map(str, seeds)) + (" seed" if seeds == [1] else " seeds")
+
+
 def _fmt_interval(cmp: Mapping[str, Any] | None, compact: bool = False) -> str:
     if not cmp or cmp.get("diff") is None:
         return "n/a" if compact else "n/a (no eval samples in the lake)"
     low, high = cmp["ci95"]
+    mark = f" {FEW_SEEDS_MARK}" if cmp.get("few_seeds") else ""
     if compact:
-        return f"{cmp['diff']:+.3f} [{low:+.3f}, {high:+.3f}] {cmp['noise']}"
+        return f"{cmp['diff']:+.3f} [{low:+.3f}, {high:+.3f}] {cmp['noise']}{mark}"
     return (
         f"{cmp['diff']:+.3f} [{low:+.3f}, {high:+.3f}], {cmp['noise']} noise "
-        f"({cmp['problems']} problems)"
+        f"({cmp['problems']} problems{_fmt_seeds(cmp)}){mark}"
     )
 
 
@@ -379,10 +402,29 @@ TABLE_NOTE = (
     "own change per problem averaged over the seeds and the problems, so it equals the "
     "difference of those two columns (up to rounding; problems with fewer than k judged "
     "samples at either step are left out of it). Reference column: the group's pass@k minus "
-    "the reference group's, per problem over each group's seeds. Both with a bootstrap 95% "
-    "interval over problems (2000 resamples); 'outside noise' means the interval excludes 0. "
-    "The interval reflects the problem draw and sampling, not the spread between seeds (see ±)."
+    "the reference group's, per problem over each group's seeds. Both with a two-level "
+    "bootstrap 95% interval (2000 resamples): each resample draws the problems (one draw for "
+    "both steps and both groups, so they stay paired) and each group's seeds, so the interval "
+    "covers the problem draw, the sampling and the spread between seeds; with one seed per "
+    "group it is the bootstrap over problems alone. 'outside noise' means the interval "
+    "excludes 0."
 )
+
+FEW_SEEDS_NOTE = (
+    f"{FEW_SEEDS_MARK} from fewer than {MIN_SEEDS} seeds in a group: resampling so few seeds "
+    "cannot show their spread, so the interval is too narrow (with one seed it leaves the "
+    f"training noise out). Use at least {MIN_SEEDS} seeds, {HEADLINE_SEEDS} for a headline "
+    "claim."
+)
+
+
+def few_seeds_note(summary: Mapping[str, Any]) -> str | None:
+    """`FEW_SEEDS_NOTE` when some interval of the tables is marked `few_seeds`, else None."""
+    for row in summary["tables"]:
+        for cmp in (row.get("change"), row.get("vs_reference")):
+            if cmp and cmp.get("diff") is not None and cmp.get("few_seeds"):
+                return FEW_SEEDS_NOTE
+    return None
 
 
 def _notes(summary: Mapping[str, Any]) -> list[str]:
@@ -394,7 +436,8 @@ def _notes(summary: Mapping[str, Any]) -> list[str]:
                 f"{row['group']}, {row['set']}: {int(row['unjudged_last'])} evaluation samples at "
                 f"step {row['last_step']} could not be judged (pass@k counts judged samples only)"
             )
-    return notes + list(summary.get("warnings", []))
+    few = few_seeds_note(summary)
+    return ([few] if few else []) + notes + list(summary.get("warnings", []))
 
 
 def _tables(summary: Mapping[str, Any]) -> Iterator[tuple[str, list[str], list[list[str]]]]:

@@ -8,7 +8,8 @@ settings are one group. `read_evaluations` reads each run's lake: the `metrics` 
 `problems` for their split). `compare_groups` turns them into the curves (mean, min, max over
 seeds per step) and the table rows (seed means at the first and last common step; the change
 as each seed's own per-problem change averaged over seeds, so it is the difference of the two
-seed-mean columns, with a bootstrap interval over problems, `seed_change`). `spo_train.report`
+seed-mean columns, `seed_change`; each group against a reference, `group_difference`), each
+with a two-level bootstrap interval over seeds and problems (`_interval`). `spo_train.report`
 renders them; no torch is imported here.
 """
 
@@ -26,10 +27,18 @@ import numpy as np
 from spo_store.errors import SpoError
 from spo_store.lake import Lake, sql_quote
 from spo_train.algorithm_rules import RULES
-from spo_train.metrics import bootstrap_mean, pass_at_k
+from spo_train.metrics import bootstrap_seeds_problems, pass_at_k
 
 BOOTSTRAP_SEED = 0
 """Fixed seed of the bootstrap resampling: the same inputs give the same intervals."""
+
+MIN_SEEDS = 3
+"""Seeds per arm below which an interval is marked (`few_seeds`): the seed level of the
+bootstrap cannot see seed-to-seed spread it has too few seeds to show (docs/experiments.md;
+issue 22 asks for at least 3 seeds, `HEADLINE_SEEDS` for a headline claim)."""
+
+HEADLINE_SEEDS = 5
+"""Seeds per arm a headline claim should rest on (docs/experiments.md, Reading intervals)."""
 
 PASS_METRIC = re.compile(r"^eval/(?:(?P<set>.+)/)?pass@(?P<k>\d+)$")
 UNJUDGED_METRIC = re.compile(r"^eval/(?:(?P<set>.+)/)?unjudged$")
@@ -366,59 +375,80 @@ def _seed_pass_at_k(ev: RunEvals, eval_set: str, step: int, k: int) -> dict[str,
     return {pid: pass_at_k(n, c, k) for pid, (n, c) in per_problem.items() if n >= k}
 
 
-def _problem_means(per_seed: Iterable[Mapping[str, float]]) -> dict[str, float]:
-    """Per problem, the mean over the seeds that have it."""
-    sums: dict[str, list[float]] = {}
-    for values in per_seed:
-        for pid, v in values.items():
-            sums.setdefault(pid, []).append(v)
-    return {pid: float(np.mean(v)) for pid, v in sums.items()}
+def _keyed(evals: Mapping[str, RunEvals] | Sequence[RunEvals]) -> dict[str, RunEvals]:
+    """Seeds by a stable key: the run ids given, else the positions."""
+    if isinstance(evals, Mapping):
+        return dict(evals)
+    return {f"{i:06d}": ev for i, ev in enumerate(evals)}
 
 
-def _interval(per_problem: Mapping[str, float]) -> dict[str, Any] | None:
-    """Mean of per-problem differences with its paired bootstrap 95% interval: `diff`, `ci95`
-    [low, high], `problems`, `noise` ("inside" when the interval holds 0, else "outside")."""
-    if not per_problem:
+def _interval(
+    arm: Mapping[str, Mapping[str, float]],
+    minus: Mapping[str, Mapping[str, float]] | None = None,
+) -> dict[str, Any] | None:
+    """The two-level bootstrap (`bootstrap_seeds_problems`) of the per-seed per-problem
+    values `arm` (seed -> problem -> value), minus those of `minus` if given, as a table
+    cell: `diff`, `ci95` [low, high], `problems`, `seeds` (per arm: `[n]` or `[n, n_minus]`,
+    seeds with at least one of the problems), `interval` ("seeds x problems", or "problems"
+    when every arm has one seed), `few_seeds` (some arm has fewer than `MIN_SEEDS`: the
+    interval understates the seed-to-seed spread) and `noise` ("inside" when the interval
+    holds 0, else "outside"). None when there is no problem to average over."""
+    problems = set().union(*arm.values())
+    if minus is not None:
+        problems &= set().union(*minus.values())
+    if not problems:
         return None
-    # Sorted: the bootstrap draws by position, so the same data give the same interval.
-    diff, low, high = bootstrap_mean(
-        [per_problem[p] for p in sorted(per_problem)], seed=BOOTSTRAP_SEED
-    )
+    got = bootstrap_seeds_problems(arm, minus, seed=BOOTSTRAP_SEED)
     return {
-        "diff": diff,
-        "ci95": [low, high],
-        "problems": len(per_problem),
-        "noise": "inside" if low <= 0 <= high else "outside",
+        "diff": got.diff,
+        "ci95": [got.low, got.high],
+        "problems": got.problems,
+        "seeds": list(got.seeds),
+        "interval": got.levels,
+        "few_seeds": min(got.seeds) < MIN_SEEDS,
+        "noise": "inside" if got.low <= 0 <= got.high else "outside",
     }
 
 
 def seed_change(
-    evals: Sequence[RunEvals], eval_set: str, first: int, last: int, k: int
+    evals: Mapping[str, RunEvals] | Sequence[RunEvals],
+    eval_set: str,
+    first: int,
+    last: int,
+    k: int,
 ) -> dict[str, Any] | None:
-    """A group's change in pass@k from step `first` to `last`: each seed's own per-problem
-    change (problems it evaluated with at least k judged samples at both steps), averaged over
-    seeds per problem, then over problems, with the paired bootstrap 95% interval over
-    problems. When every seed judged every problem k times at both steps (the usual case), the
-    point estimate is exactly the mean over seeds of pass@k at `last` minus the same at `first`
+    """A group's change in pass@k from step `first` to `last` (`evals`: its seeds, by run id
+    or in a fixed order): each seed's own per-problem change (problems it evaluated with at
+    least k judged samples at both steps), averaged over seeds per problem, then over
+    problems, with the two-level bootstrap 95% interval over seeds and problems (`_interval`;
+    a seed's change keeps the pairing of its two steps, and one problem draw serves both).
+    When every seed judged every problem k times at both steps (the usual case), the point
+    estimate is exactly the mean over seeds of pass@k at `last` minus the same at `first`
     (the table's two columns); None without such problems."""
-    per_seed = []
-    for ev in evals:
+    per_seed = {}
+    for key, ev in _keyed(evals).items():
         before = _seed_pass_at_k(ev, eval_set, first, k)
         after = _seed_pass_at_k(ev, eval_set, last, k)
-        per_seed.append({p: after[p] - before[p] for p in before if p in after})
-    return _interval(_problem_means(per_seed))
+        per_seed[key] = {p: after[p] - before[p] for p in before if p in after}
+    return _interval(per_seed)
 
 
 def group_difference(
-    ref: Sequence[RunEvals], other: Sequence[RunEvals], eval_set: str, step: int, k: int
+    ref: Mapping[str, RunEvals] | Sequence[RunEvals],
+    other: Mapping[str, RunEvals] | Sequence[RunEvals],
+    eval_set: str,
+    step: int,
+    k: int,
 ) -> dict[str, Any] | None:
     """`other - ref` pass@k at `step`: per problem, the mean over each group's seeds of their
-    pass@k, differenced over the problems both groups have (seeds of two groups are not
-    paired), with the bootstrap 95% interval over problems. Equal to the difference of the two
-    groups' seed means when every seed judged every problem k times."""
-    a = _problem_means(_seed_pass_at_k(ev, eval_set, step, k) for ev in other)
-    b = _problem_means(_seed_pass_at_k(ev, eval_set, step, k) for ev in ref)
-    return _interval({p: a[p] - b[p] for p in a if p in b})
+    pass@k, differenced over the problems both groups have, with the two-level bootstrap 95%
+    interval (`_interval`: each group's seeds resampled on their own, since seeds of two
+    groups are not paired; one problem draw shared by both, since problems are). Equal to
+    the difference of the two groups' seed means when every seed judged every problem k
+    times."""
+    a = {key: _seed_pass_at_k(ev, eval_set, step, k) for key, ev in _keyed(other).items()}
+    b = {key: _seed_pass_at_k(ev, eval_set, step, k) for key, ev in _keyed(ref).items()}
+    return _interval(a, b)
 
 
 def paired_interval(
@@ -427,12 +457,14 @@ def paired_interval(
     k: int,
 ) -> dict[str, Any] | None:
     """`after - before` mean pass@k over the problems both have with at least k judged samples
-    (`(judged, successes)` per problem), with the paired bootstrap 95% interval (as
-    `seed_change` for one seed). None without samples or common problems."""
+    (`(judged, successes)` per problem), with the paired bootstrap 95% interval over problems
+    (as `seed_change` for one seed: `interval` "problems", `few_seeds` true). None without
+    samples or common problems."""
     if before is None or after is None:
         return None
     common = [p for p in before if p in after and min(before[p][0], after[p][0]) >= k]
-    return _interval({p: pass_at_k(*after[p], k) - pass_at_k(*before[p], k) for p in common})
+    change = {p: pass_at_k(*after[p], k) - pass_at_k(*before[p], k) for p in common}
+    return _interval({"run": change})
 
 
 @dataclass
@@ -455,6 +487,11 @@ class GroupSet:
     @property
     def steps_differ(self) -> bool:
         return len(set(self.seed_last_steps)) > 1
+
+    @property
+    def by_run(self) -> dict[str, RunEvals]:
+        """The seeds' evaluations by run id (the bootstrap orders seeds by this key)."""
+        return {run.run_id: ev for run, ev in zip(self.runs, self.evals, strict=True)}
 
 
 def _group_set(runs: list[ReportRun], evals: Mapping[str, RunEvals], eval_set: str) -> GroupSet:
@@ -534,7 +571,7 @@ def _table_row(
         unj = [ev.unjudged.get(eval_set, {}).get(gs.last) for ev in gs.evals]
         row["unjudged_last"] = sum(v for v in unj if v is not None)
     if gs.first is not None and gs.last is not None and gs.last != gs.first:
-        row["change"] = seed_change(gs.evals, eval_set, gs.first, gs.last, k)
+        row["change"] = seed_change(gs.by_run, eval_set, gs.first, gs.last, k)
     if ref is None or ref_gs is None:
         return row
     if group == ref:
@@ -545,7 +582,7 @@ def _table_row(
         row["vs_reference"] = {"step": None}
         return row
     step = both[-1]
-    cmp = group_difference(ref_gs.evals, gs.evals, eval_set, step, k)
+    cmp = group_difference(ref_gs.by_run, gs.by_run, eval_set, step, k)
     row["vs_reference"] = {"step": step, **(cmp or {"diff": None})}
     return row
 
