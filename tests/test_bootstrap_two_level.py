@@ -189,14 +189,15 @@ def test_coverage_with_five_seeds_is_near_nominal():
         arms = []
         for shift, extra in ((delta, interaction), (0.0, 0.0)):
             offsets = rng.normal(0.0, 0.03, (seeds, 1))
-            noise = rng.normal(0.0, 0.1, (seeds, problems))
+            noise = rng.normal(0.0, 0.05, (seeds, problems))
             arms.append(difficulty + extra + shift + offsets + noise)
         got = bootstrap_seeds_problems(_arm(arms[0], "a"), _arm(arms[1], "b"), resamples=1000)
         covered += got.low <= delta <= got.high
         _, low, high = bootstrap_mean(arms[0].mean(axis=0) - arms[1].mean(axis=0), resamples=1000)
         averaged_covered += low <= delta <= high
     assert 0.90 <= covered / 200 <= 0.98, covered
-    assert averaged_covered / 200 < 0.85, averaged_covered
+    # measured: 188 of 200 (94%) two-level, 113 (56%) seed-averaged problem bootstrap
+    assert averaged_covered / 200 < 0.8, averaged_covered
 
 
 # ----------------------------------------------------------------------------- report cells

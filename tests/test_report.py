@@ -12,7 +12,7 @@ import pytest
 
 from spo_store.errors import SpoError
 from spo_store.lake import Lake
-from spo_train.metrics import bootstrap_mean, mean_pass_at_k, pass_at_k
+from spo_train.metrics import bootstrap_seeds_problems, mean_pass_at_k, pass_at_k
 from spo_train.report import build_report
 from spo_train.report_data import ReportRun, group_plain_runs
 
@@ -161,15 +161,22 @@ def _rows(summary, eval_set, k):
     return {r["group"]: r for r in summary["tables"] if r["set"] == eval_set and r["k"] == k}
 
 
-def _per_problem(written, run_ids, eval_set, step, k):
-    """Per problem (sorted by id), pass@k averaged over the seeds `run_ids` at `step`."""
-    pids = sorted(written.counts[(run_ids[0], eval_set, step)])
-    return np.array(
-        [
-            np.mean([pass_at_k(*written.counts[(rid, eval_set, step)][pid], k) for rid in run_ids])
-            for pid in pids
-        ]
-    )
+def _per_seed(written, run_ids, eval_set, step, k):
+    """{run id: {problem: pass@k of that seed at `step`}} from what the fixture wrote."""
+    return {
+        rid: {
+            pid: pass_at_k(*counts, k)
+            for pid, counts in written.counts[(rid, eval_set, step)].items()
+        }
+        for rid in run_ids
+    }
+
+
+def _per_seed_change(written, run_ids, eval_set, last, k):
+    """{run id: {problem: that seed's pass@k at `last` minus at step 0}}."""
+    after = _per_seed(written, run_ids, eval_set, last, k)
+    before = _per_seed(written, run_ids, eval_set, 0, k)
+    return {rid: {p: after[rid][p] - before[rid][p] for p in before[rid]} for rid in run_ids}
 
 
 def test_run_dirs_grouped_by_settings(runs):
@@ -195,16 +202,16 @@ def test_run_dirs_grouped_by_settings(runs):
                     assert row[where]["std"] == pytest.approx(np.std(vals, ddof=1))
                     assert row[where]["n"] == len(ids)
                 # Within-group change: each seed's change per problem, averaged over seeds and
-                # problems, so it is the difference of the two columns beside it (issue 20).
-                want = bootstrap_mean(
-                    _per_problem(written, ids, eval_set, last, k)
-                    - _per_problem(written, ids, eval_set, 0, k)
-                )
+                # problems, so it is the difference of the two columns beside it (issue 20),
+                # with the interval over seeds and problems (issue 22).
+                want = bootstrap_seeds_problems(_per_seed_change(written, ids, eval_set, last, k))
                 got = row["change"]
-                assert (got["diff"], *got["ci95"]) == pytest.approx(want)
+                assert (got["diff"], *got["ci95"]) == (want.diff, want.low, want.high)
                 assert got["diff"] == pytest.approx(row["last"]["mean"] - row["first"]["mean"])
-                assert got["noise"] == ("inside" if want[1] <= 0 <= want[2] else "outside")
+                assert got["noise"] == ("inside" if want.low <= 0 <= want.high else "outside")
                 assert got["problems"] == len(PROBLEMS[eval_set])
+                assert got["seeds"] == [len(ids)] and got["interval"] == "seeds x problems"
+                assert got["few_seeds"] == (len(ids) < 3)
                 assert row["unjudged_last"] == len(ids)
             # ppo seed 1 stopped at step 2: its last common step is 2, and it says so.
             assert rows[ppo]["steps_differ"] and rows[ppo]["seed_last_steps"] == [4, 2]
@@ -265,11 +272,13 @@ def test_experiment_with_reference_writes_static_html(runs):
     row = _rows(summary, "valid", 1)["spo"]
     # Compared at the last step both arms' seeds all reached: 2 (ppo seed 1 stopped there).
     vs = row["vs_reference"]
-    want = bootstrap_mean(
-        _per_problem(written, ["spo-0", "spo-1", "spo-2"], "valid", 2, 1)
-        - _per_problem(written, ["ppo-0", "ppo-1"], "valid", 2, 1)
+    want = bootstrap_seeds_problems(
+        _per_seed(written, ["spo-0", "spo-1", "spo-2"], "valid", 2, 1),
+        _per_seed(written, ["ppo-0", "ppo-1"], "valid", 2, 1),
     )
-    assert vs["step"] == 2 and (vs["diff"], *vs["ci95"]) == pytest.approx(want)
+    assert vs["step"] == 2 and (vs["diff"], *vs["ci95"]) == (want.diff, want.low, want.high)
+    # ppo has 2 seeds: the interval is marked, and the files say why.
+    assert vs["seeds"] == [3, 2] and vs["interval"] == "seeds x problems" and vs["few_seeds"]
     spo_means = [written.values[(r, "valid", 2, 1)] for r in ("spo-0", "spo-1", "spo-2")]
     ppo_means = [written.values[(r, "valid", 2, 1)] for r in ("ppo-0", "ppo-1")]
     assert vs["diff"] == pytest.approx(np.mean(spo_means) - np.mean(ppo_means))
@@ -289,6 +298,8 @@ def test_experiment_with_reference_writes_static_html(runs):
     assert doc["tables"] == json.loads(json.dumps(summary["tables"]))
     md = (out / "results.md").read_text()
     assert "| group |" in md and "vs ppo at last step" in md and "noise" in md
+    assert "(6 problems, 3 vs 2 seeds) †" in md and "† from fewer than 3 seeds" in md
+    assert "† from fewer than 3 seeds" in page
 
     # --only: one arm, its own title; the experiment's reference arm left out is no error
     only = build_report([exp], output=tmp_path / "only", only=["spo"], title="SPO alone")
@@ -419,3 +430,5 @@ def test_terminal_tables_cut_nothing_at_80_columns(runs):
     tables = [x for x in r.stdout.splitlines() if x[:1] in "┏┃┡│└"]
     assert "(referen" in r.stdout and max(map(len, tables)) <= 80
     assert "┃ group ┃ seeds ┃ step" in r.stdout, r.stdout
+    # ppo's 2 seeds: its interval is marked and the note under the tables says why (issue 22)
+    assert "†" in "".join(tables) and "† from fewer than 3 seeds" in r.stdout, r.stdout
