@@ -62,9 +62,7 @@ def test_one_seed_is_exactly_the_problem_bootstrap():
 def test_one_seed_through_the_report_matches_the_problem_bootstrap():
     """`seed_change` of one seed is the paired problem bootstrap of that seed's changes."""
     rng = np.random.default_rng(4)
-    counts = {
-        step: {f"p{j}": (8, int(rng.integers(0, 9))) for j in range(25)} for step in (0, 5)
-    }
+    counts = {step: {f"p{j}": (8, int(rng.integers(0, 9))) for j in range(25)} for step in (0, 5)}
     ev = RunEvals(counts={"valid": counts})
     got = seed_change({"run-a": ev}, "valid", 0, 5, 2)
     want = bootstrap_mean(
