@@ -196,33 +196,45 @@ def bootstrap_seeds_problems(
     # The problem draw first, as `bootstrap_mean` makes it: one seed per arm reproduces it.
     picks = rng.integers(0, n_problems, size=(resamples, n_problems))
     point = np.zeros(n_problems)
-    per_problem = np.zeros((resamples, n_problems))
-    present = np.ones((resamples, n_problems), dtype=bool)
+    levels = []  # per arm: sign, values (NaN -> 0), which are present (None: all), weights
     for sign, x in zip((1.0, -1.0), mats, strict=False):
         n_seeds = x.shape[0]
         has = ~np.isnan(x)
         values = np.where(has, x, 0.0)
         # Point estimate: every seed once.
         point += sign * (values.sum(axis=0) / has.sum(axis=0))
-        # Seed draw as counts per seed (a resample's weight on each seed), one matrix product
+        # Seed draw as counts per seed (a resample's weight on each seed): one matrix product
         # per arm rather than a loop over replicates.
         draw = rng.integers(0, n_seeds, size=(resamples, n_seeds))
         offsets = np.arange(resamples)[:, None] * n_seeds
         weights = np.bincount((draw + offsets).ravel(), minlength=resamples * n_seeds)
         weights = weights.reshape(resamples, n_seeds).astype(np.float64)
-        total = weights @ values
-        if has.all():  # the usual case: each drawn seed has every problem
-            per_problem += sign * (total / n_seeds)
+        levels.append((sign, values, None if has.all() else has.astype(np.float64), weights))
+    means = np.empty(resamples)
+    # Blocks of replicates keep the (replicates, problems) arrays near 16 MiB each however
+    # many problems there are; each replicate's numbers do not depend on the block.
+    block = max(1, (1 << 21) // n_problems)
+    for start in range(0, resamples, block):
+        rows = slice(start, min(resamples, start + block))
+        per_problem = np.zeros((rows.stop - rows.start, n_problems))
+        present: np.ndarray | None = None
+        for sign, values, has, weights in levels:
+            total = weights[rows] @ values
+            if has is None:  # the usual case: each drawn seed has every problem
+                per_problem += sign * (total / values.shape[0])
+                continue
+            count = weights[rows] @ has
+            seen = count > 0
+            per_problem += sign * np.divide(total, count, out=np.zeros_like(total), where=seen)
+            present = seen if present is None else present & seen
+        drawn = np.take_along_axis(per_problem, picks[rows], axis=1)
+        if present is None:
+            means[rows] = drawn.sum(axis=1) / n_problems
             continue
-        count = weights @ has.astype(np.float64)
-        seen = count > 0
-        per_problem += sign * np.divide(total, count, out=np.zeros_like(total), where=seen)
-        present &= seen
-    drawn = np.take_along_axis(per_problem, picks, axis=1)
-    kept = np.take_along_axis(present, picks, axis=1)
-    n_kept = kept.sum(axis=1)
-    sums = np.where(kept, drawn, 0.0).sum(axis=1)
-    means = np.divide(sums, n_kept, out=np.full(resamples, np.nan), where=n_kept > 0)
+        kept = np.take_along_axis(present, picks[rows], axis=1)
+        n_kept = kept.sum(axis=1)
+        sums = np.where(kept, drawn, 0.0).sum(axis=1)
+        means[rows] = np.divide(sums, n_kept, out=np.full(len(sums), np.nan), where=n_kept > 0)
     low, high = np.nanquantile(means, [0.025, 0.975])
     seeds = tuple(int(x.shape[0]) for x in mats)
     return BootstrapInterval(

@@ -54,6 +54,10 @@ def test_one_seed_is_exactly_the_problem_bootstrap():
     two = bootstrap_seeds_problems(_arm(a), _arm(b, "r"))
     assert (two.diff, two.low, two.high) == bootstrap_mean(a[0] - b[0])
     assert two.seeds == (1, 1) and two.levels == PROBLEMS_ONLY
+    # Many problems: the replicates are computed in blocks, with the same numbers.
+    many = rng.random((1, 3000))
+    got = bootstrap_seeds_problems(_arm(many))
+    assert (got.diff, got.low, got.high) == bootstrap_mean(many[0])
     # Problems sorted by id: the draw does not depend on the order the values come in.
     shuffled = {"s0": dict(reversed(list(_arm(a)["s0"].items())))}
     assert bootstrap_seeds_problems(shuffled) == one
@@ -136,6 +140,45 @@ def test_missing_values_follow_the_point_estimate():
     # Differences are over the problems both arms have.
     diff = bootstrap_seeds_problems(arm, {"r": {"p1": 0.25, "p9": 0.0}})
     assert diff.problems == 1 and diff.diff == pytest.approx(0.5 - 0.25)
+
+
+def test_matches_a_replicate_by_replicate_loop():
+    """The vectorised replicates equal the plain definition computed one by one from the same
+    draws: problems drawn once for both arms, each arm's seeds drawn on their own, per drawn
+    problem the mean over the drawn seeds that have it, problems no drawn seed has dropped."""
+    rng = np.random.default_rng(11)
+    a = rng.random((4, 12))
+    a[rng.random(a.shape) < 0.3] = np.nan  # seeds missing some problems
+    b = rng.random((2, 12))
+    b[0, :3] = np.nan
+    arm = {
+        f"a{i}": {f"p{j:02d}": v for j, v in enumerate(r) if not np.isnan(v)}
+        for i, r in enumerate(a)
+    }
+    minus = {
+        f"b{i}": {f"p{j:02d}": v for j, v in enumerate(r) if not np.isnan(v)}
+        for i, r in enumerate(b)
+    }
+    resamples = 300
+    got = bootstrap_seeds_problems(arm, minus, resamples=resamples, seed=5)
+
+    draws = np.random.default_rng(5)
+    picks = draws.integers(0, 12, size=(resamples, 12))
+    seed_draws = [draws.integers(0, n, size=(resamples, n)) for n in (4, 2)]
+    means = []
+    for r in range(resamples):
+        terms = []
+        for p in picks[r]:
+            per_arm = [np.nanmean(x[d, p]) if not np.isnan(x[d, p]).all() else None
+                       for x, d in ((a, seed_draws[0][r]), (b, seed_draws[1][r]))]  # fmt: skip
+            if None not in per_arm:
+                terms.append(per_arm[0] - per_arm[1])
+        if terms:
+            means.append(np.mean(terms))
+    low, high = np.quantile(means, [0.025, 0.975])
+    assert (got.low, got.high) == pytest.approx((low, high), abs=1e-12)
+    point = np.nanmean(a, axis=0) - np.nanmean(b, axis=0)
+    assert got.diff == pytest.approx(point.mean()) and got.seeds == (4, 2)
 
 
 def test_bad_inputs_raise_one_clear_error():
