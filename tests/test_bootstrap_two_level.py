@@ -33,9 +33,9 @@ from spo_train.report import (
 
 
 def _arm(values: np.ndarray, prefix: str = "s") -> dict[str, dict[str, float]]:
-    """`(seeds, problems)` array -> {seed: {problem: value}} with ids p000, p001, ..."""
+    """`(seeds, problems)` array -> {seed: {problem: value}}, ids p0000, p0001, ... in order."""
     return {
-        f"{prefix}{i}": {f"p{j:03d}": float(v) for j, v in enumerate(row)}
+        f"{prefix}{i}": {f"p{j:04d}": float(v) for j, v in enumerate(row)}
         for i, row in enumerate(values)
     }
 
