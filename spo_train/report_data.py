@@ -33,12 +33,13 @@ BOOTSTRAP_SEED = 0
 """Fixed seed of the bootstrap resampling: the same inputs give the same intervals."""
 
 MIN_SEEDS = 3
-"""Seeds per arm below which an interval is marked (`few_seeds`): the seed level of the
-bootstrap cannot see seed-to-seed spread it has too few seeds to show (docs/experiments.md;
-issue 22 asks for at least 3 seeds, `HEADLINE_SEEDS` for a headline claim)."""
+"""Seeds per arm below which an interval is marked (`few_seeds`): resampling so few seeds
+understates their spread, so the interval is too narrow (docs/experiments.md, "Reading the
+intervals"; issue 22 asks for at least 3 seeds, `HEADLINE_SEEDS` for a headline claim)."""
 
 HEADLINE_SEEDS = 5
-"""Seeds per arm a headline claim should rest on (docs/experiments.md, Reading intervals)."""
+"""Seeds per arm a headline claim should rest on (docs/experiments.md, "Reading the
+intervals")."""
 
 PASS_METRIC = re.compile(r"^eval/(?:(?P<set>.+)/)?pass@(?P<k>\d+)$")
 UNJUDGED_METRIC = re.compile(r"^eval/(?:(?P<set>.+)/)?unjudged$")
