@@ -172,8 +172,15 @@ def load_model_and_tokenizer(
         "local_files_only": True,
         "config": config,
         "output_loading_info": True,
+        # A tensor whose shape is not the config's is reported back (below, as one line)
+        # instead of transformers raising after its multi-line load report.
+        "ignore_mismatched_sizes": True,
         _dtype_kwarg(): dtype or torch.float32,
     }
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report: what it says is checked right below
     try:
         try:
             # PyTorch's fused attention (flash / memory-efficient kernels where they apply)
@@ -187,17 +194,19 @@ def load_model_and_tokenizer(
             model, info = AutoModelForCausalLM.from_pretrained(str(p), **kwargs)
     except (OSError, ValueError, KeyError) as e:
         raise SpoError(f"cannot load a causal LM from '{p}': {str(e).splitlines()[0]}") from e
-    except RuntimeError as e:
-        # transformers raises this (after its load report, which names the tensors) when the
-        # weights' shapes are not the config's: a config.json edited or written apart from its
-        # weights, e.g. one without vocab_size gets the architecture's default of 32000
-        if "mismatch" not in str(e):
-            raise
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    mismatched = sorted(info.get("mismatched_keys") or (), key=lambda m: str(m[0]))
+    if mismatched:
+        # a config.json edited or written apart from its weights, e.g. one without vocab_size
+        # gets the architecture's default of 32000: those tensors would start random
+        name, saved, wanted = mismatched[0][:3]
         raise SpoError(
-            f"the weights in '{p}' do not match its config.json: tensor shapes differ (the "
-            "load report above names them; a vocab_size, hidden_size or layer count other than "
-            "the weights were saved with): save config and weights together (save_pretrained)"
-        ) from None
+            f"the weights in '{p}' do not match its config.json: {name} is "
+            f"{list(saved)} in the weights but {list(wanted)} by config.json"
+            f"{f' ({len(mismatched) - 1} more tensors differ)' if len(mismatched) > 1 else ''}"
+            ": save config and weights together (save_pretrained)"
+        )
     missing = sorted(info.get("missing_keys") or ())
     if missing:
         # transformers starts them random and only warns: samples of a partly random model

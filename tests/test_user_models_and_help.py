@@ -314,9 +314,10 @@ def test_plain_progress_keeps_a_log_alive_while_nothing_completes(tmp_path):
 
 def test_weights_that_config_json_does_not_describe_are_refused(tmp_path):
     """A config.json written apart from its weights: without vocab_size (the architecture's
-    default 32000 against 620 rows) it was "internal error ... a bug in spo"; with one layer
-    more than the weights, transformers started that layer random and spo evaluated the partly
-    random model. Both are now refused, the error line last, no run recorded."""
+        default 32000 against 620 rows) it was "internal error ... a bug in spo"; with one layer
+        more than the weights, transformers started that layer random and spo evaluated the partly
+        random model. Both are now refused in one line naming the tensor (transformers' multi-line
+    load report no longer printed before it), no run recorded."""
     lake = str(tmp_path / "lake")
     ingest_human_solutions(
         Lake.open(lake), [write_jsonl(tmp_path / "p.jsonl", [_PROBLEM])], split="train"
@@ -333,7 +334,11 @@ def test_weights_that_config_json_does_not_describe_are_refused(tmp_path):
     (deeper / "config.json").write_text(json.dumps(config))
     before = _runs(lake)
     for model, says in [
-        (no_vocab, "do not match its config.json: tensor shapes differ"),
+        (
+            no_vocab,
+            "do not match its config.json: model.embed_tokens.weight is [620, 192] in the "
+            "weights but [32000, 192] by config.json",
+        ),
         (deeper, "lacks 9 of the model's weights (model.layers.3."),
     ]:
         r = spo(
@@ -344,4 +349,5 @@ def test_weights_that_config_json_does_not_describe_are_refused(tmp_path):
         assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
         last = r.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and says in last and str(model) in last, last
+        assert "LOAD REPORT" not in r.stderr, r.stderr  # transformers' report: one line only
     assert _runs(lake) == before
