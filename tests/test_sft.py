@@ -193,3 +193,24 @@ def test_train_sft_drops_the_failures_a_mixture_draws(small_lake, tiny_model, tm
     assert m["train/rows"] == 8 and m["train/dropped_failures"] == 4
     assert m["train/reward_mean"] == pytest.approx(-4 / 12)
     assert math.isfinite(m["train/nll_mean"]) and m["train/grad_norm"] > 0
+
+
+def test_train_sft_online_only_without_a_success_takes_no_step(small_lake, tiny_model, tmp_path):  # noqa: F811
+    from safetensors.torch import load_file
+
+    from spo_train.trainer import train
+
+    # Rejection-sampling fine-tuning on its own successes: the random tiny model solves
+    # nothing, so the step has no row to imitate: no optimizer step, the weights stay pi_0's.
+    config = _config(
+        small_lake, tiny_model, tmp_path, algo="sft", mix="online:1", batch_size=2, rollout_n=2,
+    )  # fmt: skip
+    result = train(config)
+    m = result.metrics[0]
+    assert m["train/rows"] == 0 and m["train/dropped_failures"] == 2 and m["train/tokens"] == 0
+    assert m["train/grad_norm"] == 0.0
+    assert "train/loss" not in m and "train/nll_mean" not in m  # NaN: not stored
+    assert m["rollout/reward_mean"] == -1.0  # it sampled and judged this run's rollouts
+    before = load_file(tiny_model / "model.safetensors")
+    after = load_file(tmp_path / "run" / "checkpoint-000001" / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
