@@ -9,8 +9,8 @@ Per step, one optimizer step on the batch (`spo_train.losses.sft_loss`):
 2. loss = mean over every response token of the successes of -log pi_theta(y_t | x, y_<t), the
    token-level negative log-likelihood (prompt tokens excluded). No KL term, no importance
    weight: the rows are demonstrations, whoever drew them;
-3. a batch without a success (possible with an online-only mixture early on) takes no optimizer
-   step: `train/loss` and `train/nll_mean` are NaN, `train/grad_norm` 0, the learning-rate
+3. a batch without a success token (possible with an online-only mixture early on) takes no
+   optimizer step: `train/loss` and `train/nll_mean` are NaN, `train/grad_norm` 0, the learning-rate
    schedule still advances with the step.
 Metrics: train/loss, train/tokens, train/nll_mean, train/perplexity, train/rows,
 train/dropped_failures, train/seq_logprob_mean, train/kl_estimate (mean over the successes of
@@ -44,13 +44,15 @@ class SFT(Algorithm):
 
     def update(self, batch: TrainBatch, learner: Learner) -> dict[str, float]:
         self.configure_policy(learner)
-        success = (batch.reward == 0).nonzero().flatten().tolist()
+        # successes with at least one response token (an empty one has nothing to imitate)
+        success = ((batch.reward == 0) & batch.mask.any(1)).nonzero().flatten().tolist()
         width = batch.mask.shape[1]
         metrics: dict[str, float] = {
             "train/reward_mean": float(batch.reward.float().mean()),
             "train/response_length_mean": float(batch.mask.sum(1).float().mean()),
         }
-        if not success:  # nothing to imitate: no forward, no optimizer step
+        if not success:  # nothing to imitate: no forward, no optimizer step (AdamW would
+            # still move the weights on a zero gradient: momentum, weight decay)
             empty = torch.zeros(len(batch), width)
             _, diag = sft_loss(empty, batch.reward, batch.mask)
             metrics |= {f"train/{k}": v for k, v in diag.to_dict().items()}
