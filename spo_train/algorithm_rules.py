@@ -187,7 +187,7 @@ class SFTRules(AlgorithmRules):
         super().check(config)
         mix = config.resolved().mix
         online = any(
-            name.strip() == "online" and weight.strip() not in ("0", "0.0")
+            name.strip() == "online" and _positive(weight)
             for name, _, weight in (part.partition(":") for part in mix.split(","))
         )  # a malformed --mix is the mixture's own refusal (spo_store.mixture), later
         if config.rollout_workers and not online:
@@ -202,6 +202,14 @@ class SFTRules(AlgorithmRules):
             f"nll {metrics.get('train/nll_mean', float('nan')):.4f} "
             f"ppl {metrics.get('train/perplexity', float('nan')):.2f}"
         )
+
+
+def _positive(weight: str) -> bool:
+    """A mixture weight's text names a positive number (else: 0 or not a number)."""
+    try:
+        return float(weight) > 0
+    except ValueError:
+        return False
 
 
 RULES: dict[str, AlgorithmRules] = {

@@ -9,7 +9,7 @@ Three implementations, one contract (`RolloutSource`):
   the time; a step waits until the lake holds its data (docs/rollouts.md);
 - `NoRollouts`: a run whose batches draw no online rows (say `--mix offline:1`, SFT's default)
   and that asks for no workers samples nothing and holds no second copy of the policy.
-Both write one row format (`spo_train.rollout.trajectory_row`) with keyed writes
+The two that sample write one row format (`spo_train.rollout.trajectory_row`) with keyed writes
 (`Lake.insert_new`), in groups (`spo_train.rollout.grouped_traj_ids`: one group identity).
 """
 

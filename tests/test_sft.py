@@ -72,6 +72,10 @@ def test_sft_rules_defaults_and_refusals(tmp_path):
         TrainConfig(algo="sft", mc_weight=1.0, output=str(tmp_path / "r")).validate()
     with pytest.raises(SpoError, match=r"--rollout-workers 2: --algo sft with --mix offline:1"):
         TrainConfig(algo="sft", rollout_workers=2, output=str(tmp_path / "r")).validate()
+    with pytest.raises(SpoError, match=r"--rollout-workers 2: .* samples no rollouts"):
+        TrainConfig(
+            algo="sft", mix="online:0e0,human:1", rollout_workers=2, output=str(tmp_path / "r")
+        ).validate()
     # an online part (rejection-sampling fine-tuning on its own successes) takes workers
     TrainConfig(
         algo="sft", mix="online:0.5,offline:0.5", rollout_workers=2, output=str(tmp_path / "r")
