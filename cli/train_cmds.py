@@ -462,12 +462,14 @@ def _train(
     config_file: str | None = None,
     **_: Any,
 ) -> None:
-    """Train with SPO (default), PPO, GRPO or TOPR (--algo) around the lake.
+    """Train with SPO (default), PPO, GRPO, TOPR or SFT (--algo) around the lake.
 
     SPO trains on a mixture of online rollouts and offline lake data against the q0 estimates
     of --model (refuses, naming the `spo estimate-q0` command, without them); PPO and GRPO on
     this run's online rollouts only; TOPR (Tapered Off-Policy REINFORCE) on the same mixture
-    as SPO, from the judge's rewards alone. Evaluates the policy at the start and the end.
+    as SPO, from the judge's rewards alone; SFT (token-level NLL) on the successes of a
+    mixture, by default the lake's correct solutions only (offline:1, no rollouts). Evaluates
+    the policy at the start and the end.
     Settings: flags, or --config FILE (TOML, same names); the run's config.toml in --output
     reloads as is. docs/settings.md lists them with their TRL / verl names.
     """

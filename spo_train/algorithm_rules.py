@@ -173,8 +173,47 @@ class TOPRRules(AlgorithmRules):
         )
 
 
+class SFTRules(AlgorithmRules):
+    """SFT trains on the successes of a lake mixture (default `offline:1`: the correct
+    solutions SPO's offline half draws), no q0. Its rollout defaults are SPO's, used only when
+    the mixture has an `online` part (rejection-sampling fine-tuning on this run's own
+    successes); without one the run samples nothing (`spo_train.rollout_sources`)."""
+
+    name = "sft"
+    implementation = "spo_train.algorithms.sft:SFT"
+    defaults = {**SPORules.defaults, "mix": "offline:1"}
+
+    def check(self, config: Any) -> None:
+        super().check(config)
+        mix = config.resolved().mix
+        online = any(
+            name.strip() == "online" and _positive(weight)
+            for name, _, weight in (part.partition(":") for part in mix.split(","))
+        )  # a malformed --mix is the mixture's own refusal (spo_store.mixture), later
+        if config.rollout_workers and not online:
+            raise SpoError(
+                f"--rollout-workers {config.rollout_workers}: --algo sft with --mix {mix} "
+                "samples no rollouts (no online part); drop "
+                "--rollout-workers or add online to --mix"
+            )
+
+    def progress(self, metrics: Mapping[str, float]) -> str:
+        return (
+            f"nll {metrics.get('train/nll_mean', float('nan')):.4f} "
+            f"ppl {metrics.get('train/perplexity', float('nan')):.2f}"
+        )
+
+
+def _positive(weight: str) -> bool:
+    """A mixture weight's text names a positive number (else: 0 or not a number)."""
+    try:
+        return float(weight) > 0
+    except ValueError:
+        return False
+
+
 RULES: dict[str, AlgorithmRules] = {
-    r.name: r for r in (SPORules(), PPORules(), GRPORules(), TOPRRules())
+    r.name: r for r in (SPORules(), PPORules(), GRPORules(), TOPRRules(), SFTRules())
 }
 """Every algorithm `--algo` accepts, by name (the first is the default)."""
 

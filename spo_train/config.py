@@ -550,13 +550,14 @@ class TrainConfig:
     """directory for checkpoints, TensorBoard events, config.toml and run.json"""
     algo: str = setting("spo", check=one_of(*ALGORITHMS))
     """training algorithm: spo (Soft Policy Optimization, the paper's), ppo (KL-regularised
-    reward, value model, GAE), grpo (group-normalised advantages) or topr (Tapered Off-Policy
-    REINFORCE); ppo and grpo train on this run's online rollouts only; ppo, grpo and topr need
-    no q0 (docs/algorithms.md)"""
+    reward, value model, GAE), grpo (group-normalised advantages), topr (Tapered Off-Policy
+    REINFORCE) or sft (token-level NLL on the mixture's successes); ppo and grpo train on this
+    run's online rollouts only; ppo, grpo, topr and sft need no q0 (docs/algorithms.md)"""
     mix: str | None = setting(None)
     """training mixture: sources and weights, e.g. online:0.5,offline:0.5 (spo_store.mixture).
     Not set: online:0.5,offline:0.5 for spo and topr (the paper's half-online), online:1 for
-    ppo and grpo (the only mixture they take)"""
+    ppo and grpo (the only mixture they take), offline:1 for sft (the correct solutions spo's
+    offline half draws; no rollouts)"""
     sources_file: str | None = setting(None, metavar="FILE")
     """TOML file adding user mixture sources"""
     loss: str = setting("terminal_ce", check=one_of(*LOSS_VARIANTS))

@@ -7,6 +7,7 @@ ids, pi_0 log-probs, the sampler's log-probs, rewards, q0, groups). No lake here
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +163,11 @@ class LearnerParts:
         step trained at."""
         metrics = self.algorithm.update(batch, self.learner)
         lr = self.learner.scheduler.get_last_lr()[0]
-        self.learner.scheduler.step()
+        with warnings.catch_warnings():
+            # An update may take no optimizer step (SFT on a batch without a success): the
+            # schedule still follows the steps, which is what torch warns about here.
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.learner.scheduler.step()
         return {**metrics, "train/lr": lr}
 
 

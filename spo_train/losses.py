@@ -1,4 +1,4 @@
-"""SPO losses (project issue #5, item 1) and the RL baselines' losses (PPO, GAE, GRPO, TOPR).
+"""SPO losses (project issue #5, item 1) and the baselines' losses (PPO, GAE, GRPO, TOPR, SFT).
 
 References: "method doc" is `docs/method.md` (items 1-5 of "Losses"); "Eq. N" is the
 paper (Cohen et al., ICML 2025, `shared/papers/spo-paper.txt`).
@@ -45,6 +45,8 @@ __all__ = [
     "grpo_advantages",
     "TOPRDiagnostics",
     "topr_loss",
+    "SFTDiagnostics",
+    "sft_loss",
     "masked_mean",
 ]
 
@@ -749,5 +751,79 @@ def topr_loss(
             negatives_without_mu=(~positive & ~has_mu).sum().to(seq_lp.dtype),
             log_ratio_mean=(log_ratio[has_mu].sum() / n_mu) if n_mu else nan,
             seq_logprob_mean=seq_lp.detach().mean() if batch else nan,
+        )
+    return loss, diag
+
+
+# --------------------------------------------------------------------------------------------
+# SFT: token-level negative log-likelihood of the successful responses
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SFTDiagnostics:
+    """Detached 0-dim tensors: `loss`; `tokens` = response tokens trained on (those of the
+    successes); `nll_mean` = mean negative log-likelihood per such token (nats; NaN when none);
+    `perplexity` = exp(`nll_mean`); `rows` = successful rows trained on; `dropped_failures` =
+    rows left out because their reward is not a pass (failures); `seq_logprob_mean` = mean
+    `log pi_theta(tau)` over the successful rows (NaN when none)."""
+
+    loss: Tensor
+    tokens: Tensor
+    nll_mean: Tensor
+    perplexity: Tensor
+    rows: Tensor
+    dropped_failures: Tensor
+    seq_logprob_mean: Tensor
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+
+def sft_loss(
+    policy_logprobs: Tensor, reward: Tensor, mask: Tensor
+) -> tuple[Tensor, SFTDiagnostics]:
+    """Supervised fine-tuning on the batch's successes: the token-level negative
+    log-likelihood, averaged over every response token of the successful rows of the batch,
+
+        L = -(1 / N) sum_{i: r_i = 0} sum_{t: mask_it} log pi_theta(y_it | x_i, y_i<t),
+        N = sum_{i: r_i = 0} |y_i|,
+
+    the standard causal-LM SFT loss (the cross-entropy of Hugging Face `Trainer` / TRL's
+    `SFTTrainer` on completion tokens only: prompt tokens are never in these tensors). A row
+    is a success when its reward is 0, the lake's pass (`docs/lake.md`: reward 0 = passed every
+    test, -1 = failed); every other row is dropped (no gradient) and counted.
+
+    `policy_logprobs` `[B, T]` log pi_theta of the taken tokens (carries the gradient; padded
+    positions and the positions of dropped rows are ignored and may be non-finite); `reward`
+    `[B]`; `mask` `[B, T]` bool, True on real response tokens. Returns `(loss, SFTDiagnostics)`;
+    a batch without a successful token gives a 0 loss with zero gradient (and NaN `nll_mean`).
+    Raises ValueError on mismatched shapes.
+    """
+    if policy_logprobs.shape != mask.shape:
+        raise ValueError(
+            f"shape mismatch: policy {tuple(policy_logprobs.shape)}, mask {tuple(mask.shape)}"
+        )
+    batch = policy_logprobs.shape[0]
+    if reward.shape != (batch,):
+        raise ValueError(f"reward must be [B]=[{batch}], got {tuple(reward.shape)}")
+    lp = _float(policy_logprobs)
+    success = _float(reward).to(lp.device) == 0
+    keep = mask.to(torch.bool) & success[:, None]
+    picked = torch.where(keep, lp, torch.zeros_like(lp))
+    n_tokens = keep.sum()
+    loss = -picked.sum() / n_tokens.clamp(min=1)
+    with torch.no_grad():
+        nan = lp.new_tensor(float("nan"))
+        nll = loss.detach() if n_tokens else nan
+        n_rows = success.sum()
+        diag = SFTDiagnostics(
+            loss=loss.detach(),
+            tokens=n_tokens.to(lp.dtype),
+            nll_mean=nll,
+            perplexity=torch.exp(nll),
+            rows=n_rows.to(lp.dtype),
+            dropped_failures=(~success).sum().to(lp.dtype),
+            seq_logprob_mean=(picked.sum(-1)[success].sum() / n_rows) if n_rows else nan,
         )
     return loss, diag

@@ -2,12 +2,14 @@
 the lake. Nothing else passes from a rollout source to the learner: the step's batch source
 (`spo_train.batch_sources`) reads the rows back from the lake.
 
-Two implementations, one contract (`RolloutSource`):
+Three implementations, one contract (`RolloutSource`):
 - `spo_train.producer.RolloutProducer`, local: samples the step's rollouts in this process
   when the step asks for them;
 - `spo_train.async_producer.RayRolloutProducer` (`--rollout-workers N`): Ray actors sample all
-  the time; a step waits until the lake holds its data (docs/rollouts.md).
-Both write one row format (`spo_train.rollout.trajectory_row`) with keyed writes
+  the time; a step waits until the lake holds its data (docs/rollouts.md);
+- `NoRollouts`: a run whose batches draw no online rows (say `--mix offline:1`, SFT's default)
+  and that asks for no workers samples nothing and holds no second copy of the policy.
+The two that sample write one row format (`spo_train.rollout.trajectory_row`) with keyed writes
 (`Lake.insert_new`), in groups (`spo_train.rollout.grouped_traj_ids`: one group identity).
 """
 
@@ -66,7 +68,10 @@ def open_rollouts(
 ) -> RolloutSource:
     """The run's rollout source: Ray workers with `config.rollout_workers`, else local; its
     rollout policy starts with `policy`'s weights as `version`; each step draws
-    `rows_per_step` rows (whole groups of `rollout_n`) from `problems`."""
+    `rows_per_step` rows (whole groups of `rollout_n`) from `problems`; `NoRollouts` when that
+    is none and no workers are asked for."""
+    if rows_per_step <= 0 and not config.rollout_workers:
+        return NoRollouts(version)
     if config.rollout_workers:
         from spo_train.async_producer import RayRolloutProducer
 
@@ -97,3 +102,23 @@ def open_rollouts(
         online_per_step=rows_per_step,
         version=version,
     )
+
+
+class NoRollouts:
+    """The rollout source of a run that samples nothing (no online part in its batches): no
+    rollout policy, no sampling, no rollout metrics; `version` follows the trainer's syncs."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+
+    def sync(self, policy: torch.nn.Module, version: int) -> None:
+        self.version = version
+
+    def wait_for(self, step: int, ready: Ready) -> None:
+        return None
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    def close(self) -> None:
+        return None
