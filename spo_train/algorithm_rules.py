@@ -50,6 +50,12 @@ class AlgorithmRules:
                 f"--mc-weight {config.mc_weight:g} is an spo loss term; --algo {self.name} has "
                 "none (drop --mc-weight)"
             )
+        if config.grpo_reference_per_group and self.name != "grpo":
+            raise SpoError(
+                f"--grpo-reference-per-group {config.grpo_reference_per_group} adds reference "
+                f"solutions to grpo's groups; --algo {self.name} has none (drop it, or use "
+                "--algo grpo)"
+            )
 
     def progress(self, metrics: Mapping[str, float]) -> str:
         """The progress bar's text for one step's metrics."""

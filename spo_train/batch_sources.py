@@ -9,6 +9,10 @@ trajectory ids)` pair, logged in `batches` and reproduced by `spo lake batch`:
   run's judged rollouts within `--staleness` that no logged batch of the run holds yet, the
   newest first (policy version, then commit time, then group id). A group is the samples of
   one problem drawn together (`spo_train.rollout.grouped_traj_ids`).
+  With `--grpo-reference-per-group N`, each group also gets N of the lake's correct offline
+  solutions of its problem (`reference_rows`: the mixture's `offline` source, one per content
+  hash, drawn by `(seed, step, group)`), labelled `offline` in the batch log; a problem without
+  one keeps its group as is.
 
 A source is made before the run is recorded (so a source with nothing to draw is a refusal
 that leaves no run behind), then `bind(run_id)` once it is. `rows_per_step` tells the rollout
@@ -22,11 +26,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import pyarrow as pa
 
 from spo_store.errors import SpoError
 from spo_store.lake import Lake, sql_quote
-from spo_store.mixture import MixtureSampler
+from spo_store.mixture import BUILTIN_SOURCES, MixtureSampler
+from spo_store.predicates import fill_placeholders
 from spo_train.algorithm_rules import rules_of
 from spo_train.config import TrainConfig
 from spo_train.rollout import group_id_sql, grouped_id_sql
@@ -115,20 +121,63 @@ class GroupBatches:
         ).to_pylist()
         return [(r["grp"], list(r["ids"])) for r in rows]
 
+    def group_problems(self, groups: list[tuple[str, list[str]]]) -> list[str]:
+        """The problem of each group (its first rollout's), in the groups' order."""
+        if not self.config.grpo_reference_per_group:
+            return ["" for _ in groups]
+        first = [g[0] for _, g in groups]
+        rows = self.lake.sql_arrow(
+            "SELECT traj_id, problem_id FROM trajectories WHERE traj_id IN "
+            f"({', '.join(sql_quote(i) for i in first)})"
+        ).to_pylist()
+        of = {r["traj_id"]: r["problem_id"] for r in rows}
+        return [of[i] for i in first]
+
     def ready(self, policy_version: int) -> tuple[bool, str]:
         have = len(self.fresh_groups(policy_version))
         need = self.groups_per_step
         return have >= need, f"{have}/{need} untrained groups"
 
+    def reference_rows(self, problem_ids: list[str], step: int) -> list[list[str]]:
+        """Per group `k` (of problem `problem_ids[k]`), the traj ids of up to
+        `grpo_reference_per_group` correct offline solutions of its problem: the `offline`
+        mixture source's rows (correct Python 3, not this run's rollouts), one per content
+        hash, chosen without replacement by `numpy.random.default_rng([seed, step, k])` from
+        the problem's candidates in traj-id order ([] for a problem without one)."""
+        n = self.config.grpo_reference_per_group
+        if not n or not problem_ids:
+            return [[] for _ in problem_ids]
+        assert self.run_id is not None, "bind(run_id) first"
+        offline = fill_placeholders(BUILTIN_SOURCES["offline"], {"run_id": sql_quote(self.run_id)})
+        wanted = ", ".join(sql_quote(p) for p in sorted(set(problem_ids)))
+        rows = self.lake.sql_arrow(
+            "SELECT problem_id, list(traj_id ORDER BY traj_id) AS ids FROM ("
+            f"SELECT t.problem_id, t.traj_id FROM trajectories t WHERE {offline} "
+            f"AND t.problem_id IN ({wanted}) QUALIFY row_number() OVER "
+            "(PARTITION BY t.problem_id, t.content_hash ORDER BY t.traj_id) = 1) GROUP BY 1"
+        ).to_pylist()
+        pool = {r["problem_id"]: list(r["ids"]) for r in rows}
+        out = []
+        for k, problem in enumerate(problem_ids):
+            ids = pool.get(problem, [])
+            rng = np.random.default_rng([self.config.seed, step, k])
+            pick = rng.choice(len(ids), size=min(n, len(ids)), replace=False) if ids else []
+            out.append([ids[int(i)] for i in sorted(pick)])
+        return out
+
     def draw(self, step: int, policy_version: int) -> Batch:
         groups = self.fresh_groups(policy_version)[: self.groups_per_step]
-        # read after the query: a version that holds every row it found
-        version = self.lake.dataset("trajectories").version
         if not groups:
             raise SpoError(
                 f"step {step}: no judged rollout of this run to train on (every rollout of "
                 "the step was left unjudged: sandbox trouble, see `spo judge --help`)"
             )
+        references = self.reference_rows(self.group_problems(groups), step)
+        # read after the queries: a version that holds every row they found
+        version = self.lake.dataset("trajectories").version
+        # each group's rollouts, then its reference rows (GRPO normalises over both)
+        groups = [(gid, g + refs) for (gid, g), refs in zip(groups, references, strict=True)]
+        reference = {i for refs in references for i in refs}
         ids = [i for _, g in groups for i in g]
         # by key (the keyed writes keep an index on traj_id), then in the groups' order
         table = self.lake.dataset("trajectories", version=version).to_table(
@@ -139,7 +188,7 @@ class GroupBatches:
         return Batch(
             version,
             ids,
-            ["online"] * len(ids),
+            ["offline" if i in reference else "online" for i in ids],
             [k for k, (_, g) in enumerate(groups) for _ in g],
             table,
         )

@@ -755,6 +755,11 @@ class TrainConfig:
     )
     """grpo: weight of the KL(pi_theta || pi_0) loss term (k3 estimator). Not set: beta, the KL
     strength spo and ppo use"""
+    grpo_reference_per_group: int = setting(0, check=at_least(0))
+    """grpo: add this many of the lake's correct offline solutions of the group's problem (the
+    `offline` mixture source) to each group of rollouts, so a group the policy never solves still
+    has a success (mixed-policy GRPO, as LUFFY); 0: off. Their term has ratio 1, no clip
+    (docs/algorithms.md)"""
     topr_baseline: float = setting(
         -0.5, check=lambda v: None if -1 <= v <= 0 else "must be in [-1, 0] (rewards are 0 and -1)"
     )
@@ -918,7 +923,7 @@ TRAIN_HELP_PANELS: dict[str, tuple[str, ...]] = {
     "PPO and GRPO": (
         "clip_eps", "update_epochs", "minibatches", "importance_weight_cap", "gae_lambda",
         "value_clip_eps", "value_learning_rate", "grpo_scale_rewards", "grpo_length_norm",
-        "kl_coef",
+        "kl_coef", "grpo_reference_per_group",
     ),
     "TOPR": ("topr_baseline",),
     "Q0 estimates (SPO)": ("q0_temperature", "q0_top_p", "q0_max_new_tokens"),

@@ -205,14 +205,17 @@ def build_learner(
 
 
 def _row_logprobs(table: pa.Table, column: str, width: int) -> torch.Tensor | None:
-    """`[B, width]` from a list<float> column, or None when the column is absent or any row
-    lacks it (offline rows carry no sampler log-probs)."""
+    """`[B, width]` from a list<float> column, NaN on the rows that lack it (offline rows carry
+    no sampler log-probs: GRPO's reference rows); None when the column is absent or no row has
+    it."""
     if column not in table.column_names:
         return None
     values = table.column(column).to_pylist()
-    if any(v is None for v in values):
+    if all(v is None for v in values):
         return None
-    return pad_right(values, width)
+    out = pad_right([[] if v is None else v for v in values], width)
+    out[torch.tensor([v is None for v in values], dtype=torch.bool)] = float("nan")
+    return out
 
 
 def _row_logprob_sums(table: pa.Table, column: str) -> torch.Tensor | None:

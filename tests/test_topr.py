@@ -94,7 +94,12 @@ def test_behaviour_sequence_logprob_is_per_row_nan_where_a_row_has_none():
     table = pa.table({"behaviour_logprobs": [[-0.5, -0.25], None, []]})
     sums = _row_logprob_sums(table, "behaviour_logprobs")
     assert sums[0].item() == -0.75 and math.isnan(sums[1].item()) and sums[2].item() == 0.0
-    assert _row_logprobs(table, "behaviour_logprobs", 2) is None  # PPO's view: all or nothing
+    rows = _row_logprobs(table, "behaviour_logprobs", 2)  # PPO's and GRPO's view: per row
+    assert rows[0].tolist() == [-0.5, -0.25] and bool(rows[1].isnan().all())
+    assert (
+        _row_logprobs(pa.table({"behaviour_logprobs": [None, None]}), "behaviour_logprobs", 2)
+        is None
+    )
     assert _row_logprob_sums(pa.table({"x": [1]}), "behaviour_logprobs") is None
 
 

@@ -37,7 +37,8 @@ class TrainBatch:
     `ref_logprobs`, `model_logprobs`, `behaviour_logprobs`: `[B, T]` float32, 0 on padding;
     `model_logprobs` are the sampling model's own temperature-1 log-probs (PPO's pi_old),
     `behaviour_logprobs` those of the distribution that drew each token (mu: temperature and
-    top-p applied); either is None when some row lacks it (offline rows).
+    top-p applied); either is NaN on the rows that lack it (offline rows: GRPO's reference
+    rows) and None when no row has it.
     `behaviour_seq_logprob` `[B]` float32: log mu(tau) = the sum of a row's behaviour log-probs,
     NaN for a row without them (TOPR's per-sequence ratio; None when the table has no such
     column). `mask` `[B, T]` bool,
@@ -158,14 +159,22 @@ def old_logprobs_and_weights(
     """PPO's and GRPO's pi_old and importance weights, `[B, T]` each.
 
     pi_old = the rows' `model_logprobs` (the sampling model's own temperature-1 log-probs), or,
-    for rows without them, the policy now (detached). The per-token weight pi_old / mu corrects
-    rollouts not drawn from pi_old itself (mu = `behaviour_logprobs`: temperature, top-p),
-    truncated at `cap` (truncated importance sampling); None when the rows carry no mu.
+    for rows without them (offline rows, NaN there), the policy now (detached). The per-token
+    weight pi_old / mu corrects rollouts not drawn from pi_old itself (mu =
+    `behaviour_logprobs`: temperature, top-p), truncated at `cap` (truncated importance
+    sampling), 1 on rows without mu; None when no row carries mu.
     """
     old = batch.model_logprobs
+    missing = torch.ones(len(batch), dtype=torch.bool) if old is None else old.isnan().any(1)
     if old is None:
         old = learner.policy_logprobs(batch).detach().cpu()
+    elif bool(missing.any()):  # one forward of those rows only
+        rows = torch.nonzero(missing).flatten()
+        old = old.clone()
+        old[rows] = learner.policy_logprobs(batch, rows.tolist()).detach().cpu().to(old.dtype)
     if batch.behaviour_logprobs is None:
         return old, None
-    log_w = torch.where(batch.mask, old - batch.behaviour_logprobs, torch.zeros_like(old))
+    mu = batch.behaviour_logprobs
+    mu = torch.where(mu.isnan(), old, mu)  # no mu: weight 1
+    log_w = torch.where(batch.mask, old - mu, torch.zeros_like(old))
     return old, log_w.exp().clamp(max=cap)

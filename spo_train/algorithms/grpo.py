@@ -15,8 +15,18 @@ Per step, on the groups just drawn:
    responses (the GRPO paper's 1/|o_i|), `token` = mean over all tokens of the minibatch (DAPO).
 These three choices (std scaling, length normalisation, KL estimator and its place in the loss
 rather than the reward) are where implementations differ; docs/algorithms.md lists them.
+
+`--grpo-reference-per-group N` (mixed-policy GRPO, as LUFFY, arXiv 2504.14945): each group
+also holds N correct offline solutions of its problem (`spo_train.batch_sources.GroupBatches`,
+source `offline`). They take part in the group's mean/std like the samples: G failures and
+one reference give the reference A = G / sqrt(G+1) and each failure -1 / sqrt(G+1).
+Not sampled by pi_old, they have no pi_old: their term is the plain on-policy one, ratio
+pi_theta / sg(pi_theta) = 1 with the gradient of log pi_theta, no clip, no importance weight
+(LUFFY's off-policy term with pi_phi = 1 and no policy shaping); the KL term applies as usual.
 Metrics: train/policy_loss, train/clip_frac, train/kl_to_ref (the k3 term's mean),
-train/approx_kl, train/groups_without_signal (groups whose rewards are all equal), train/grad_norm.
+train/approx_kl, train/groups_without_signal (groups whose rewards are all equal), train/grad_norm;
+with reference rows on: train/reference_rows, train/groups_without_reference (problems without
+a correct offline solution: their group is left as is), train/reference_advantage_mean.
 """
 
 from __future__ import annotations
@@ -49,6 +59,7 @@ def grpo_token_loss(
     kl_coef: float,
     length_norm: str = "sequence",
     importance_weights: Tensor | None = None,
+    on_policy_rows: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """GRPO's objective, negated (DeepSeekMath Eq. 3 with the k3 KL of Eq. 4).
 
@@ -56,7 +67,10 @@ def grpo_token_loss(
     response, broadcast to its tokens), `mask` `[B, T]` bool. Per token:
     L_t = -min(rho_t A, clip(rho_t, 1 +- clip_eps) A) * w_t + kl_coef * (exp(q_t) - q_t - 1),
     q_t = log pi_0 - log pi_theta. Reduced by `length_norm` ("sequence" or "token").
-    Returns `(loss, diagnostics)`: clip_frac, approx_kl (k2 vs pi_old), kl_to_ref (k3 mean).
+    `on_policy_rows` `[B]` bool (GRPO's reference rows, which have no pi_old): those rows'
+    surrogate is rho_t A with rho_t = pi_theta / sg(pi_theta) (value 1), no clip, no weight.
+    Returns `(loss, diagnostics)`: clip_frac, approx_kl (k2 vs pi_old), kl_to_ref (k3 mean);
+    the first two over the rows with a pi_old.
     """
     mask = mask.to(torch.bool)
     zero = torch.zeros_like(policy_logprobs)
@@ -66,6 +80,12 @@ def grpo_token_loss(
     surr = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
     if importance_weights is not None:
         surr = surr * importance_weights.detach()
+    sampled = mask
+    if on_policy_rows is not None and bool(on_policy_rows.any()):
+        rows = on_policy_rows.to(torch.bool)[:, None]
+        self_ratio = torch.where(mask, policy_logprobs - policy_logprobs.detach(), zero).exp()
+        surr = torch.where(rows, self_ratio * adv, surr)
+        sampled = mask & ~rows
     q = torch.where(mask, ref_logprobs - policy_logprobs, zero)
     k3 = q.exp() - q - 1
     per_tok = torch.where(mask, -surr + kl_coef * k3, zero)
@@ -81,8 +101,8 @@ def grpo_token_loss(
     with torch.no_grad():
         outside = (ratio > 1 + clip_eps) | (ratio < 1 - clip_eps)
         diag = {
-            "clip_frac": masked_mean(outside.float(), mask),
-            "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
+            "clip_frac": masked_mean(outside.float(), sampled),
+            "approx_kl": masked_mean(0.5 * log_ratio**2, sampled),
             "kl_to_ref": masked_mean(k3, mask),
         }
     return loss, diag
@@ -131,6 +151,7 @@ class GRPO(Algorithm):
         mask = batch.mask
         old_lp, weights = old_logprobs_and_weights(batch, learner, c.importance_weight_cap)
         adv, flat = self.advantages(batch.reward, batch.group, scale=c.grpo_scale_rewards)
+        reference = torch.tensor([s == "offline" for s in batch.sources], dtype=torch.bool)
         sums: dict[str, list[float]] = {}
         for _ in range(c.update_epochs):
             for rows in minibatch_rows(batch.group, c.minibatches, self.generator):
@@ -147,12 +168,22 @@ class GRPO(Algorithm):
                     kl_coef=self.kl_coef,
                     length_norm=c.grpo_length_norm,
                     importance_weights=None if weights is None else weights[idx].to(dev),
+                    on_policy_rows=reference[idx].to(dev),
                 )
                 out = {"grad_norm": learner.optimize(loss), "policy_loss": loss.detach(), **diag}
                 for k, v in out.items():
                     sums.setdefault(f"train/{k}", []).append(float(v))
         metrics = {k: sum(v) / len(v) for k, v in sums.items()}
         metrics["train/groups_without_signal"] = float(flat)
+        if c.grpo_reference_per_group:
+            with_reference = set(batch.group[reference].tolist())
+            metrics["train/reference_rows"] = float(reference.sum())
+            metrics["train/groups_without_reference"] = float(
+                len(set(batch.group.tolist()) - with_reference)
+            )
+            metrics["train/reference_advantage_mean"] = (
+                float(adv[reference].mean()) if bool(reference.any()) else float("nan")
+            )
         metrics["train/reward_mean"] = float(batch.reward.mean())
         metrics["train/response_length_mean"] = float(mask.sum(1).float().mean())
         if weights is not None:
