@@ -205,3 +205,32 @@ def test_train_grpo_with_references_logs_the_metrics_and_resumes(
         seen += len(refs)
     assert seen > 0  # the run trained on reference rows
     assert all(math.isfinite(v) for v in got.values())
+
+
+def test_pi_old_of_a_row_without_sampler_logprobs_is_the_policy_now(tiny_model, tmp_path):  # noqa: F811
+    """A batch mixing sampled rows and a reference row: the sampled rows keep their stored
+    pi_old and mu, the reference row (NaN: none stored) gets the policy's own log-probs and
+    weight 1."""
+    from spo_train.algorithms import TrainBatch, old_logprobs_and_weights
+    from spo_train.learner import PolicyLearner
+    from spo_train.models import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(tiny_model)
+    config = TrainConfig(algo="grpo", output=str(tmp_path / "o"))
+    learner = PolicyLearner(model, config, tok.pad_token_id)
+    nan = float("nan")
+    stored = torch.tensor([[-1.0, -2.0], [nan, nan]])
+    mu = torch.tensor([[-1.5, -2.0], [nan, nan]])
+    batch = TrainBatch(
+        traj_ids=["a", "b"], problem_ids=["p", "p"], sources=["online", "offline"],
+        prompt_ids=[[5, 6], [5, 6]], response_ids=[[7, 8], [9, 10]],
+        ref_logprobs=torch.zeros(2, 2), mask=torch.ones(2, 2, dtype=torch.bool),
+        reward=torch.tensor([-1.0, 0.0]), q0=torch.full((2,), nan), group=torch.tensor([0, 0]),
+        model_logprobs=stored, behaviour_logprobs=mu,
+    )  # fmt: skip
+    old, weights = old_logprobs_and_weights(batch, learner, cap=2.0)
+    now = learner.policy_logprobs(batch).detach()
+    assert old[0].tolist() == [-1.0, -2.0]
+    assert torch.allclose(old[1], now[1]) and not old.isnan().any()
+    assert weights[0].tolist() == pytest.approx([math.exp(0.5), 1.0])
+    assert weights[1].tolist() == [1.0, 1.0]
