@@ -187,5 +187,7 @@ class GRPO(Algorithm):
         metrics["train/reward_mean"] = float(batch.reward.mean())
         metrics["train/response_length_mean"] = float(mask.sum(1).float().mean())
         if weights is not None:
-            metrics["train/importance_weight_mean"] = float(masked_mean(weights, mask))
+            # over the samples: a reference row's weight is not used (ratio 1, no weight)
+            sampled = mask & ~reference[:, None]
+            metrics["train/importance_weight_mean"] = float(masked_mean(weights, sampled))
         return metrics
