@@ -6,6 +6,7 @@ and resumes."""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 
@@ -176,8 +177,19 @@ def test_train_grpo_with_references_logs_the_metrics_and_resumes(
         grpo_reference_per_group=1,
     )  # fmt: skip
     result = train(_config(small_lake, tiny_model, tmp_path, steps=2, **kw))
-    resumed = train(_config(small_lake, tiny_model, tmp_path, steps=3, resume=True, **kw))
-    assert resumed.run_id == result.run_id and resumed.steps_done == 3
+    # resumed by the command line, as a user would
+    r = subprocess.run(
+        ["spo", "train", "--algo", "grpo", "--model", str(tiny_model), "--lake", small_lake.uri,
+         "--output", str(tmp_path / "run"), "--steps", "3", "--batch-size", "4", "--rollout-n",
+         "2", "--minibatches", "1", "--max-new-tokens", "8", "--eval-problems", "0",
+         "--no-tensorboard", "--wandb", "off", "--grpo-reference-per-group", "1", "--resume",
+         "--json"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    resumed = json.loads(r.stdout.strip().splitlines()[-1])
+    assert resumed["run_id"] == result.run_id and resumed["steps"] == 3
+    assert "train/groups_without_reference" in resumed["metrics"]
     run = result.run_id
     metrics = small_lake.sql(
         f"SELECT step, name, value FROM metrics WHERE run_id = '{run}' AND name IN "
