@@ -28,11 +28,13 @@ _UNPARSABLE = (SyntaxError, ValueError, RecursionError, MemoryError)
 
 def _parse(code: str) -> ast.Module:
     """`ast.parse` without the warnings a model's program may raise (an invalid escape such as
-    `"\\d"` warns, on stderr, from Python 3.12): they are the program's, not the user's.
-    Raises what `ast.parse` raises (`_UNPARSABLE`)."""
+    `"\\d"` warns, on stderr, from Python 3.12): they are the program's, not the user's. A
+    leading byte-order mark is dropped, as Python drops it from a source file (the judge runs
+    such a program; `ast.parse` of the text refuses U+FEFF). Raises what `ast.parse` raises
+    (`_UNPARSABLE`)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return ast.parse(code)
+        return ast.parse(code.removeprefix("\ufeff"))
 
 
 # ----------------------------------------------------------------------------- normalisation

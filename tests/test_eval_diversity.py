@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -94,6 +95,21 @@ def test_code_that_does_not_parse_falls_back_to_its_whitespace_normalised_text()
     deep = "x = " + "(" * 5000 + "1" + ")" * 5000
     assert normalise_program(deep).startswith("unparsed:")
     assert normalise_program("") == normalise_program("# only a comment\n") == ""
+
+
+def test_a_program_with_a_byte_order_mark_is_read_as_python_runs_it(tmp_path):
+    # Python drops a leading BOM from a source file, so such a program passes the judge: it is
+    # the same program as without the mark, in the same style (ast.parse of the text refuses
+    # U+FEFF, which made it "unparsed" and unrecognised)
+    code = "n = int(input())\na = list(map(int, input().split()))\nprint(sum(a))\n"
+    src = tmp_path / "bom.py"
+    src.write_text("\ufeff" + code, encoding="utf-8")
+    ran = subprocess.run(
+        [sys.executable, str(src)], input="2\n3 4\n", capture_output=True, text=True
+    )
+    assert ran.stdout == "7\n"
+    assert normalise_program("\ufeff" + code) == normalise_program(code)
+    assert embedded_style("\ufeff" + code) == embedded_style(code) == "functional"
 
 
 def test_a_program_that_warns_when_parsed_is_read_without_a_warning(recwarn):
