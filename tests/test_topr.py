@@ -98,6 +98,31 @@ def test_behaviour_sequence_logprob_is_per_row_nan_where_a_row_has_none():
     assert _row_logprob_sums(pa.table({"x": [1]}), "behaviour_logprobs") is None
 
 
+def test_behaviour_logprobs_that_are_no_log_probability_leave_the_row_without_mu():
+    # rows written outside spo's sampler: a NULL among the values (crashed the batch), a token
+    # drawn with probability 0 (-inf: a failure would weigh 1, the untruncated negative term),
+    # inf and "probabilities" above 1 (tapered to 0 as if known); all are unknown mu
+    import pyarrow as pa
+
+    from spo_train.learner import _row_logprob_sums, _row_logprobs
+
+    bad = [[None, -0.1], [-math.inf, -0.1], [math.inf], [1e30, 1e30], [5.0], [math.nan]]
+    fine = [[-0.5, -0.25], [0.0, 0.0], [1e-7, 0.0]]  # greedy tokens may round just above 0
+    table = pa.table({"behaviour_logprobs": bad + fine})
+    sums = _row_logprob_sums(table, "behaviour_logprobs").tolist()
+    assert all(math.isnan(v) for v in sums[: len(bad)])
+    assert sums[len(bad) :] == pytest.approx([-0.75, 0.0, 1e-7])
+    assert _row_logprobs(table, "behaviour_logprobs", 2) is None  # PPO: not all known
+    # in the loss: the failures are left out and counted, not weighed
+    mask = _mask([1] * len(sums))
+    lp = torch.full((len(sums), 1), -1.0, requires_grad=True)
+    reward = torch.full((len(sums),), -1.0)
+    _, diag = topr_loss(lp, torch.tensor(sums), reward, mask)
+    d = diag.to_dict()
+    assert d["negatives_without_mu"] == len(bad)
+    assert math.isfinite(d["log_ratio_mean"]) and math.isfinite(d["negative_taper_mean"])
+
+
 # ----------------------------------------------------------------------------- the rules
 def test_topr_rules_defaults_and_refusals(tmp_path):
     rules = RULES["topr"]
