@@ -149,6 +149,25 @@ def test_topr_rules_defaults_and_refusals(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_rollout_workers_none_of_which_samples_the_current_policy_are_refused(tmp_path):
+    # the mixture's online source would never fill: the trainer waited 30 minutes, then failed
+    def config(algo: str, decoding: str, workers: int = 1, mix: str | None = None) -> TrainConfig:
+        return TrainConfig(
+            algo=algo, mix=mix, rollout_workers=workers, rollout_worker_decoding=decoding,
+            output=str(tmp_path / "r"),
+        )  # fmt: skip
+
+    for algo in ("topr", "spo"):
+        with pytest.raises(SpoError, match=r"none of the 1 rollout worker\(s\) samples the cur"):
+            config(algo, "reference:1:1").validate()
+        # specs are cycled over the workers: one worker takes only the first
+        with pytest.raises(SpoError, match="none of the 1 rollout worker"):
+            config(algo, "reference:1:1;current", workers=1).validate()
+        config(algo, "reference:1:1;current", workers=2).validate()
+        config(algo, "reference:1:1", mix="offline:1").validate()  # no online source: fine
+        config(algo, "reference:1:1", mix="online:0,offline:1").validate()
+
+
 def test_an_experiment_arm_may_name_topr(tmp_path):
     from spo_train.experiment_config import load_experiment
 
