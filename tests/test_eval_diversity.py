@@ -85,6 +85,20 @@ def test_names_the_program_does_not_bind_and_constants_are_kept():
     assert normalise_program(swap_a) == normalise_program(swap_b) != normalise_program(other)
 
 
+def test_names_a_match_pattern_captures_are_the_program_s_own():
+    a = (
+        "x = input().split()\nmatch x:\n    case [first, *rest]:\n        print(first, rest)\n"
+        "    case {'k': val, **others}:\n        print(val, others)\n"
+        "    case [_] as whole:\n        print(whole)\n"
+    )
+    b = a
+    for old, new in (("first", "h"), ("rest", "t"), ("val", "v"), ("others", "o"), ("whole", "w")):
+        b = b.replace(old, new)
+    assert normalise_program(a) == normalise_program(b)
+    assert "v4" in normalise_program(a) and "whole" not in normalise_program(a)
+    assert normalise_program(a) != normalise_program(a.replace("print(val, others)", "print(val)"))
+
+
 def test_code_that_does_not_parse_falls_back_to_its_whitespace_normalised_text():
     broken = "def f(:\n    return  1\n"
     key = normalise_program(broken)
