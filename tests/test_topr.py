@@ -168,6 +168,24 @@ def test_rollout_workers_none_of_which_samples_the_current_policy_are_refused(tm
         config(algo, "reference:1:1", mix="online:0,offline:1").validate()
 
 
+def test_resuming_a_checkpoint_of_another_algo_is_refused_in_one_line(tmp_path):
+    # config.toml edited from topr to ppo, then --resume: PPO read TOPR's algorithm state
+    # ("internal error: KeyError: 'value_model'")
+    from spo_train.algorithms.topr import TOPR
+    from spo_train.checkpoint import load_trainer_state
+
+    ckpt = tmp_path / "checkpoint-000002"
+    ckpt.mkdir()
+    torch.save(
+        {"config": {"algo": "ppo"}, "algorithm": {"value_model": {}}}, ckpt / "trainer_state.pt"
+    )
+    topr = TOPR(TrainConfig(algo="topr", output=str(tmp_path)))
+    with pytest.raises(
+        SpoError, match=r"trained with --algo ppo, but this run asks for --algo topr"
+    ):
+        load_trainer_state(ckpt, None, topr)
+
+
 def test_an_experiment_arm_may_name_topr(tmp_path):
     from spo_train.experiment_config import load_experiment
 
