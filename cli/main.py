@@ -54,7 +54,15 @@ def version() -> None:
     typer.echo(pkg_version("spo"))
 
 
+_registered = False
+
+
 def _register_all() -> None:
+    """Add every area's commands to `app`, once per process (typer appends: a second call
+    would list every command twice)."""
+    global _registered
+    if _registered:
+        return
     # Imported here so `spo --help` stays fast and each area owns its own module.
     from spo_cli import (
         bench_cmds,
@@ -81,6 +89,7 @@ def _register_all() -> None:
     )
     for module in areas:
         module.register(app)
+    _registered = True
 
 
 RERUN_NOTES = {

@@ -640,7 +640,15 @@ def parse_file(
 def _check_text(prob: ParsedProblem) -> None:
     """Every string of a parsed problem is storable text: JSON's `\\ud800` escapes decode to
     lone surrogates, which no UTF-8 column can hold (the write would fail after other files'
-    rows were committed). Raises SpoError naming the file and line (or row) and the field."""
+    rows were committed); a name or dataset holds no NUL (problem ids hash them joined by one,
+    so a name ending in NUL and a digest could take a namesake's variant id). Raises SpoError
+    naming the file and line (or row) and the field."""
+    for key, value in (("name", prob.name), ("source_dataset", prob.source_dataset)):
+        if isinstance(value, str) and "\0" in value:
+            raise SpoError(
+                f"{prob.where}: {key}: a NUL character (\\u0000) at position "
+                f"{value.index(chr(0))}: not allowed in a problem's {key}"
+            )
     fields: dict[str, Any] = {
         "name": prob.name,
         "statement": prob.statement,

@@ -56,10 +56,30 @@ class AlgorithmRules:
                 f"solutions to grpo's groups; --algo {self.name} has none (drop it, or use "
                 "--algo grpo)"
             )
+        if config.rollout_workers and config.rollout_worker_decoding:
+            _refuse_online_without_a_current_worker(config)
 
     def progress(self, metrics: Mapping[str, float]) -> str:
         """The progress bar's text for one step's metrics."""
         return ""
+
+
+def _refuse_online_without_a_current_worker(config: Any) -> None:
+    """With rollout workers none of which samples the current policy, the mixture's `online`
+    source never gets a row: the trainer would wait `SPO_ROLLOUT_MAX_WAIT_S` (30 min), then fail."""
+    from spo_train.worker_spec import worker_decodings
+
+    mix = config.resolved().mix
+    parts = (part.partition(":") for part in mix.split(","))
+    if not any(n.strip() == "online" and w.strip() not in ("0", "0.0") for n, _, w in parts):
+        return
+    decodings = worker_decodings(config.rollout_worker_decoding, config.rollout_workers, (1, 1), 1)
+    if not any(d.policy == "current" for d in decodings):
+        raise SpoError(
+            f"--rollout-worker-decoding {config.rollout_worker_decoding}: none of the "
+            f"{config.rollout_workers} rollout worker(s) samples the current policy, so --mix "
+            f"{mix}'s online source would never get a row: add a `current` spec or drop online"
+        )
 
 
 class SPORules(AlgorithmRules):

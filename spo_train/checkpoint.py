@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from spo_store.errors import SpoError
 from spo_train.models import latest_checkpoint
 
 __all__ = [
@@ -59,8 +60,17 @@ def save_checkpoint(
 
 def load_trainer_state(ckpt: Path, learner: Any, algorithm: Any) -> dict[str, Any]:
     """Restore the optimizer, schedule and algorithm state saved with `ckpt` into `learner`
-    (`PolicyLearner`) and `algorithm`; returns the whole saved state (step, run id, RNG, ...)."""
+    (`PolicyLearner`) and `algorithm`; returns the whole saved state (step, run id, RNG, ...).
+    Raises SpoError when the checkpoint was written by another `--algo` (a config.toml edited
+    between runs: its optimizer and algorithm state are another algorithm's)."""
     state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    saved_algo = (state.get("config") or {}).get("algo")
+    if saved_algo is not None and saved_algo != algorithm.name:
+        raise SpoError(
+            f"--resume: {ckpt} was trained with --algo {saved_algo}, but this run asks for "
+            f"--algo {algorithm.name} (was its config.toml edited?): resume with --algo "
+            f"{saved_algo}, or train --algo {algorithm.name} into another --output"
+        )
     learner.optimizer.load_state_dict(state["optimizer"])
     learner.scheduler.load_state_dict(state["scheduler"])
     if "algorithm" in state:

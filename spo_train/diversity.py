@@ -28,18 +28,21 @@ _UNPARSABLE = (SyntaxError, ValueError, RecursionError, MemoryError)
 
 def _parse(code: str) -> ast.Module:
     """`ast.parse` without the warnings a model's program may raise (an invalid escape such as
-    `"\\d"` warns, on stderr, from Python 3.12): they are the program's, not the user's.
-    Raises what `ast.parse` raises (`_UNPARSABLE`)."""
+    `"\\d"` warns, on stderr, from Python 3.12): they are the program's, not the user's. A
+    leading byte-order mark is dropped, as Python drops it from a source file (the judge runs
+    such a program; `ast.parse` of the text refuses U+FEFF). Raises what `ast.parse` raises
+    (`_UNPARSABLE`)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return ast.parse(code)
+        return ast.parse(code.removeprefix("\ufeff"))
 
 
 # ----------------------------------------------------------------------------- normalisation
 class _Names(ast.NodeVisitor):
     """The names a module binds itself (assignment and loop targets, parameters, functions,
-    classes, exception and `with` names, imports under `as`), in first-occurrence order over
-    every use: so two programs that differ only in their own names list them alike."""
+    classes, exception and `with` names, imports under `as`, `match` captures), in
+    first-occurrence order over every use: so two programs that differ only in their own names
+    list them alike."""
 
     def __init__(self) -> None:
         self.bound: set[str] = set()
@@ -76,6 +79,17 @@ class _Names(ast.NodeVisitor):
         if node.asname:  # `import numpy as np`: np is the program's own name for numpy
             self.bound.add(node.asname)
             self._seen(node.asname)
+
+    def _capture(self, node: ast.MatchAs | ast.MatchStar | ast.MatchMapping) -> None:
+        # `case [first, *rest]`, `case {"k": v, **rest}`, `case [x] as whole`: a pattern binds
+        # these, written after its sub-patterns (visited first: first-occurrence order)
+        self.generic_visit(node)
+        name = node.rest if isinstance(node, ast.MatchMapping) else node.name
+        if name:
+            self.bound.add(name)
+            self._seen(name)
+
+    visit_MatchAs = visit_MatchStar = visit_MatchMapping = _capture
 
 
 class _Rename(ast.NodeTransformer):
@@ -114,6 +128,16 @@ class _Rename(ast.NodeTransformer):
         if node.asname:
             node.asname = self.names.get(node.asname, node.asname)
         return node
+
+    def _capture(self, node: Any) -> Any:
+        if isinstance(node, ast.MatchMapping):
+            node.rest = self.names.get(node.rest, node.rest) if node.rest else None
+        elif node.name:
+            node.name = self.names.get(node.name, node.name)
+        self.generic_visit(node)
+        return node
+
+    visit_MatchAs = visit_MatchStar = visit_MatchMapping = _capture
 
     def visit_Expr(self, node: ast.Expr) -> ast.Expr | None:
         # A bare string statement (a docstring) does nothing: dropped like a comment.

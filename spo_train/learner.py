@@ -7,6 +7,7 @@ ids, pi_0 log-probs, the sampler's log-probs, rewards, q0, groups). No lake here
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -206,24 +207,46 @@ def build_learner(
 
 def _row_logprobs(table: pa.Table, column: str, width: int) -> torch.Tensor | None:
     """`[B, width]` from a list<float> column, NaN on the rows that lack it (offline rows carry
-    no sampler log-probs: GRPO's reference rows); None when the column is absent or no row has
-    it."""
+    no sampler log-probs: GRPO's reference rows) or whose values are not all log-probabilities
+    (a NULL, a non-finite value or one above `SEQ_LOGPROB_SLACK`: a row written outside spo's
+    sampler); None when the column is absent or no row has them all. PPO and GRPO take such a
+    row's pi_old from the policy and weight it 1 (`algorithms.old_logprobs_and_weights`)."""
     if column not in table.column_names:
         return None
     values = table.column(column).to_pylist()
-    if all(v is None for v in values):
+    unknown = [
+        v is None or any(x is None or not math.isfinite(x) or x > SEQ_LOGPROB_SLACK for x in v)
+        for v in values
+    ]
+    if all(unknown):
         return None
-    out = pad_right([[] if v is None else v for v in values], width)
-    out[torch.tensor([v is None for v in values], dtype=torch.bool)] = float("nan")
+    out = pad_right([[] if u else v for v, u in zip(values, unknown, strict=True)], width)
+    out[torch.tensor(unknown, dtype=torch.bool)] = float("nan")
     return out
 
 
+SEQ_LOGPROB_SLACK = 1e-3
+"""How far above 0 a sequence's summed log-prob may lie and still be a log-probability (float
+rounding of per-token values that are 0 up to it, e.g. greedy tokens)."""
+
+
 def _row_logprob_sums(table: pa.Table, column: str) -> torch.Tensor | None:
-    """`[B]` float32: each row's sum of a list<float> column (a sequence's log-prob), NaN for a
-    row without it; None when the column is absent."""
+    """`[B]` float32: each row's sum of a list<float> column (a sequence's log-prob); NaN
+    (unknown) for a row without it, with a NULL among its values, or whose sum is no
+    log-probability of a drawn sequence: not finite (a token drawn with probability 0 or a
+    NaN) or above `SEQ_LOGPROB_SLACK` (a probability above 1). None when the column is absent.
+    Such rows are written outside spo's sampler; TOPR leaves a failure with an unknown mu out
+    (`train/negatives_without_mu`) rather than weigh it by a made-up ratio."""
     if column not in table.column_names:
         return None
-    sums = [float("nan") if v is None else float(sum(v)) for v in table.column(column).to_pylist()]
+
+    def seq_logprob(values: list[float | None] | None) -> float:
+        if values is None or None in values:
+            return math.nan
+        total = float(sum(values))  # inf + -inf is NaN, never an exception
+        return total if math.isfinite(total) and total <= SEQ_LOGPROB_SLACK else math.nan
+
+    sums = [seq_logprob(v) for v in table.column(column).to_pylist()]
     return torch.tensor(sums, dtype=torch.float32)
 
 

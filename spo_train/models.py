@@ -102,12 +102,14 @@ def check_model_dir(path: str | os.PathLike | None) -> Path:
         raise SpoError(
             f"'{p / 'config.json'}' is not a Hugging Face model config: it has no model_type"
         )
-    weights = _weight_files(p)
-    if not weights:
+    if not _loadable_weight_files(p):
+        # trainer_state.pt or a stray .bin is no model weight file: transformers would fail
+        # later with a message that names none of these
         raise SpoError(
-            f"'{p}' has a config.json but no weights (*.safetensors or pytorch_model*.bin)"
+            f"'{p}' has a config.json but no weights transformers loads (model.safetensors, "
+            "pytorch_model.bin, or a sharded index with its shards)"
         )
-    for f in weights:
+    for f in _weight_files(p):
         if f.suffix == ".safetensors":
             _check_safetensors(f)
     if not any((p / name).is_file() for name in TOKENIZER_FILES):
@@ -322,7 +324,21 @@ def configure_threads(model=None) -> int:
 _largest_params = 0
 
 
+def _loadable_weight_files(p: Path) -> list[Path]:
+    """The files `from_pretrained` takes weights from: model.safetensors, pytorch_model.bin,
+    or an index (model.safetensors.index.json, ...) with shards beside it."""
+    files = [p / n for n in ("model.safetensors", "pytorch_model.bin") if (p / n).is_file()]
+    for index in WEIGHT_INDEXES:
+        stem = index.split(".")[0]  # model-00001-of-00002.safetensors
+        shards = [f for f in p.glob(f"{stem}-*") if f.suffix in (".safetensors", ".bin")]
+        if (p / index).is_file() and shards:
+            files += [p / index, *sorted(shards)]
+    return files
+
+
 def _weight_files(p: Path) -> list[Path]:
+    """Every file that may hold weights (what the model identity hashes: kept as it was, so
+    ids in existing lakes stay valid)."""
     files = [f for f in p.iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES]
     files += [p / name for name in WEIGHT_INDEXES if (p / name).is_file()]
     return sorted(files, key=lambda f: f.name)

@@ -145,6 +145,11 @@ def test_load_helpers_and_errors(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(SpoError, match="no weights"):
         load_model_and_tokenizer(tmp_path)
+    # a checkpoint folder that lost its weights keeps trainer_state.pt: no weights either
+    (tmp_path / "trainer_state.pt").write_bytes(b"x")
+    (tmp_path / "optimizer.bin").write_bytes(b"x")
+    with pytest.raises(SpoError, match="no weights transformers loads"):
+        load_model_and_tokenizer(tmp_path)
     f = tmp_path / "file"
     f.write_text("x")
     with pytest.raises(SpoError, match="not a directory"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -84,6 +85,20 @@ def test_names_the_program_does_not_bind_and_constants_are_kept():
     assert normalise_program(swap_a) == normalise_program(swap_b) != normalise_program(other)
 
 
+def test_names_a_match_pattern_captures_are_the_program_s_own():
+    a = (
+        "x = input().split()\nmatch x:\n    case [first, *rest]:\n        print(first, rest)\n"
+        "    case {'k': val, **others}:\n        print(val, others)\n"
+        "    case [_] as whole:\n        print(whole)\n"
+    )
+    b = a
+    for old, new in (("first", "h"), ("rest", "t"), ("val", "v"), ("others", "o"), ("whole", "w")):
+        b = b.replace(old, new)
+    assert normalise_program(a) == normalise_program(b)
+    assert "v4" in normalise_program(a) and "whole" not in normalise_program(a)
+    assert normalise_program(a) != normalise_program(a.replace("print(val, others)", "print(val)"))
+
+
 def test_code_that_does_not_parse_falls_back_to_its_whitespace_normalised_text():
     broken = "def f(:\n    return  1\n"
     key = normalise_program(broken)
@@ -94,6 +109,21 @@ def test_code_that_does_not_parse_falls_back_to_its_whitespace_normalised_text()
     deep = "x = " + "(" * 5000 + "1" + ")" * 5000
     assert normalise_program(deep).startswith("unparsed:")
     assert normalise_program("") == normalise_program("# only a comment\n") == ""
+
+
+def test_a_program_with_a_byte_order_mark_is_read_as_python_runs_it(tmp_path):
+    # Python drops a leading BOM from a source file, so such a program passes the judge: it is
+    # the same program as without the mark, in the same style (ast.parse of the text refuses
+    # U+FEFF, which made it "unparsed" and unrecognised)
+    code = "n = int(input())\na = list(map(int, input().split()))\nprint(sum(a))\n"
+    src = tmp_path / "bom.py"
+    src.write_text("\ufeff" + code, encoding="utf-8")
+    ran = subprocess.run(
+        [sys.executable, str(src)], input="2\n3 4\n", capture_output=True, text=True
+    )
+    assert ran.stdout == "7\n"
+    assert normalise_program("\ufeff" + code) == normalise_program(code)
+    assert embedded_style("\ufeff" + code) == embedded_style(code) == "functional"
 
 
 def test_a_program_that_warns_when_parsed_is_read_without_a_warning(recwarn):

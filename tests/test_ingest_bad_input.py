@@ -34,6 +34,9 @@ BAD_LINES = [
         "statement: a lone surrogate \\ud800",
     ),
     ('{"name": "b1", "statement": "x", "solutions": ["print(\\udfff)"]}', "solutions: a lone"),
+    # a NUL in a name: problem ids hash `name NUL variant`, so "b1\0<digest>" could take the
+    # id a namesake of "b1" gets
+    ('{"name": "b1\\u00000123456789abcdef", "statement": "x"}', "name: a NUL character"),
     ('{"name": "b1", "statement": "x", "memory_limit_mb": 1e12}', "'memory_limit_mb': 1e+12 MiB"),
     ('{"name": "b1", "statement": "x", "time_limit_s": 1e300}', "'time_limit_s': 1e+300 s is"),
     ('{"name": "b1", "statement": "x", "time_limit": 0.0001}', "'time_limit': 0.0001 s is"),

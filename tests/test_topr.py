@@ -103,6 +103,34 @@ def test_behaviour_sequence_logprob_is_per_row_nan_where_a_row_has_none():
     assert _row_logprob_sums(pa.table({"x": [1]}), "behaviour_logprobs") is None
 
 
+def test_behaviour_logprobs_that_are_no_log_probability_leave_the_row_without_mu():
+    # rows written outside spo's sampler: a NULL among the values (crashed the batch), a token
+    # drawn with probability 0 (-inf: a failure would weigh 1, the untruncated negative term),
+    # inf and "probabilities" above 1 (tapered to 0 as if known); all are unknown mu
+    import pyarrow as pa
+
+    from spo_train.learner import _row_logprob_sums, _row_logprobs
+
+    bad = [[None, -0.1], [-math.inf, -0.1], [math.inf], [1e30, 1e30], [5.0], [math.nan]]
+    fine = [[-0.5, -0.25], [0.0, 0.0], [1e-7, 0.0]]  # greedy tokens may round just above 0
+    table = pa.table({"behaviour_logprobs": bad + fine})
+    sums = _row_logprob_sums(table, "behaviour_logprobs").tolist()
+    assert all(math.isnan(v) for v in sums[: len(bad)])
+    assert sums[len(bad) :] == pytest.approx([-0.75, 0.0, 1e-7])
+    # PPO's and GRPO's view: the rows not all known are unknown (NaN), the others as stored
+    rows = _row_logprobs(table, "behaviour_logprobs", 2)
+    assert bool(rows[: len(bad)].isnan().all()) and not rows[len(bad) :].isnan().any()
+    assert rows[len(bad)].tolist() == [-0.5, -0.25]
+    # in the loss: the failures are left out and counted, not weighed
+    mask = _mask([1] * len(sums))
+    lp = torch.full((len(sums), 1), -1.0, requires_grad=True)
+    reward = torch.full((len(sums),), -1.0)
+    _, diag = topr_loss(lp, torch.tensor(sums), reward, mask)
+    d = diag.to_dict()
+    assert d["negatives_without_mu"] == len(bad)
+    assert math.isfinite(d["log_ratio_mean"]) and math.isfinite(d["negative_taper_mean"])
+
+
 # ----------------------------------------------------------------------------- the rules
 def test_topr_rules_defaults_and_refusals(tmp_path):
     rules = RULES["topr"]
@@ -127,6 +155,43 @@ def test_topr_rules_defaults_and_refusals(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "--topr-baseline 0.5: must be in [-1, 0]" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_rollout_workers_none_of_which_samples_the_current_policy_are_refused(tmp_path):
+    # the mixture's online source would never fill: the trainer waited 30 minutes, then failed
+    def config(algo: str, decoding: str, workers: int = 1, mix: str | None = None) -> TrainConfig:
+        return TrainConfig(
+            algo=algo, mix=mix, rollout_workers=workers, rollout_worker_decoding=decoding,
+            output=str(tmp_path / "r"),
+        )  # fmt: skip
+
+    for algo in ("topr", "spo"):
+        with pytest.raises(SpoError, match=r"none of the 1 rollout worker\(s\) samples the cur"):
+            config(algo, "reference:1:1").validate()
+        # specs are cycled over the workers: one worker takes only the first
+        with pytest.raises(SpoError, match="none of the 1 rollout worker"):
+            config(algo, "reference:1:1;current", workers=1).validate()
+        config(algo, "reference:1:1;current", workers=2).validate()
+        config(algo, "reference:1:1", mix="offline:1").validate()  # no online source: fine
+        config(algo, "reference:1:1", mix="online:0,offline:1").validate()
+
+
+def test_resuming_a_checkpoint_of_another_algo_is_refused_in_one_line(tmp_path):
+    # config.toml edited from topr to ppo, then --resume: PPO read TOPR's algorithm state
+    # ("internal error: KeyError: 'value_model'")
+    from spo_train.algorithms.topr import TOPR
+    from spo_train.checkpoint import load_trainer_state
+
+    ckpt = tmp_path / "checkpoint-000002"
+    ckpt.mkdir()
+    torch.save(
+        {"config": {"algo": "ppo"}, "algorithm": {"value_model": {}}}, ckpt / "trainer_state.pt"
+    )
+    topr = TOPR(TrainConfig(algo="topr", output=str(tmp_path)))
+    with pytest.raises(
+        SpoError, match=r"trained with --algo ppo, but this run asks for --algo topr"
+    ):
+        load_trainer_state(ckpt, None, topr)
 
 
 def test_an_experiment_arm_may_name_topr(tmp_path):

@@ -192,6 +192,17 @@ def _commands():
     return list(walk(root, []))
 
 
+def test_commands_are_registered_once_per_process():
+    """`_register_all` called again (by `main()` run twice in one process, or by tests) listed
+    every command twice, and each help page got slower with every call."""
+    from spo_cli import main as main_mod
+
+    _commands()
+    counts = len(main_mod.app.registered_commands), len(main_mod.app.registered_groups)
+    main_mod._register_all()
+    assert (len(main_mod.app.registered_commands), len(main_mod.app.registered_groups)) == counts
+
+
 def test_no_help_cuts_an_option_name_at_80_columns():
     """`spo train --help` at 80 columns printed `--checkpoint-every,--s…`,
     `--importance-weight…` and `--no-grpo-scale-re…`: names now wrap, whole, in one column

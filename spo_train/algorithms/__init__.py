@@ -91,6 +91,17 @@ class Algorithm:
 
     name = ""
 
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        pi0_path: object = None,
+        say: Callable[[str], None] = lambda _m: None,
+    ) -> None:
+        """`config` the run's settings; `pi0_path` the reference model (algorithms that load
+        one: PPO's value model); `say` prints a line to the user."""
+        self.config = config
+
     @property
     def rules(self) -> AlgorithmRules:
         """Its rules (`spo_train.algorithm_rules`): defaults, checks, needs_q0, online_only."""

@@ -19,12 +19,9 @@ sum_t log pi_theta - log pi_0), train/reward_mean, train/response_length_mean, t
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from spo_train.algorithms import Algorithm, Learner, TrainBatch
-from spo_train.config import TrainConfig
 from spo_train.losses import sft_loss
 
 
@@ -32,15 +29,6 @@ class SFT(Algorithm):
     """See the module docstring."""
 
     name = "sft"
-
-    def __init__(
-        self,
-        config: TrainConfig,
-        *,
-        pi0_path: object = None,
-        say: Callable[[str], None] = lambda _m: None,
-    ) -> None:
-        self.config = config
 
     def update(self, batch: TrainBatch, learner: Learner) -> dict[str, float]:
         self.configure_policy(learner)

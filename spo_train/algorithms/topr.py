@@ -21,12 +21,9 @@ train/response_length_mean, train/grad_norm.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from spo_train.algorithms import Algorithm, Learner, TrainBatch
-from spo_train.config import TrainConfig
 from spo_train.losses import topr_loss
 
 
@@ -34,15 +31,6 @@ class TOPR(Algorithm):
     """See the module docstring."""
 
     name = "topr"
-
-    def __init__(
-        self,
-        config: TrainConfig,
-        *,
-        pi0_path: object = None,
-        say: Callable[[str], None] = lambda _m: None,
-    ) -> None:
-        self.config = config
 
     def update(self, batch: TrainBatch, learner: Learner) -> dict[str, float]:
         c = self.config
