@@ -208,16 +208,12 @@ def build_learner(
 def _row_logprobs(table: pa.Table, column: str, width: int) -> torch.Tensor | None:
     """`[B, width]` from a list<float> column, NaN on the rows that lack it (offline rows carry
     no sampler log-probs: GRPO's reference rows) or whose values are not all log-probabilities
-    (a NULL, a non-finite value or one above `SEQ_LOGPROB_SLACK`: a row written outside spo's
-    sampler); None when the column is absent or no row has them all. PPO and GRPO take such a
+    (`_are_logprobs`: a row written outside spo's sampler); None when the column is absent or no row has them all. PPO and GRPO take such a
     row's pi_old from the policy and weight it 1 (`algorithms.old_logprobs_and_weights`)."""
     if column not in table.column_names:
         return None
     values = table.column(column).to_pylist()
-    unknown = [
-        v is None or any(x is None or not math.isfinite(x) or x > SEQ_LOGPROB_SLACK for x in v)
-        for v in values
-    ]
+    unknown = [not _are_logprobs(v) for v in values]
     if all(unknown):
         return None
     out = pad_right([[] if u else v for v, u in zip(values, unknown, strict=True)], width)
@@ -226,27 +222,33 @@ def _row_logprobs(table: pa.Table, column: str, width: int) -> torch.Tensor | No
 
 
 SEQ_LOGPROB_SLACK = 1e-3
-"""How far above 0 a sequence's summed log-prob may lie and still be a log-probability (float
-rounding of per-token values that are 0 up to it, e.g. greedy tokens)."""
+"""How far above 0 a token's log-prob, or a sequence's summed log-prob, may lie and still be a
+log-probability (float rounding of per-token values that are 0 up to it, e.g. greedy tokens)."""
+
+
+def _are_logprobs(values: list[float | None] | None) -> bool:
+    """A row's per-token values are log-probabilities of a drawn response: present, no NULL,
+    each finite and at most `SEQ_LOGPROB_SLACK`, and so is their sum (the one rule of
+    `_row_logprobs` and `_row_logprob_sums`)."""
+    if values is None or None in values:
+        return False
+    if not all(math.isfinite(x) and x <= SEQ_LOGPROB_SLACK for x in values):
+        return False
+    return float(sum(values)) <= SEQ_LOGPROB_SLACK
 
 
 def _row_logprob_sums(table: pa.Table, column: str) -> torch.Tensor | None:
     """`[B]` float32: each row's sum of a list<float> column (a sequence's log-prob); NaN
-    (unknown) for a row without it, with a NULL among its values, or whose sum is no
-    log-probability of a drawn sequence: not finite (a token drawn with probability 0 or a
-    NaN) or above `SEQ_LOGPROB_SLACK` (a probability above 1). None when the column is absent.
+    (unknown) for a row without it or whose values are no log-probabilities of a drawn
+    sequence (`_are_logprobs`: a NULL, a token drawn with probability 0, a NaN, a probability
+    above 1). None when the column is absent.
     Such rows are written outside spo's sampler; TOPR leaves a failure with an unknown mu out
     (`train/negatives_without_mu`) rather than weigh it by a made-up ratio."""
     if column not in table.column_names:
         return None
-
-    def seq_logprob(values: list[float | None] | None) -> float:
-        if values is None or None in values:
-            return math.nan
-        total = float(sum(values))  # inf + -inf is NaN, never an exception
-        return total if math.isfinite(total) and total <= SEQ_LOGPROB_SLACK else math.nan
-
-    sums = [seq_logprob(v) for v in table.column(column).to_pylist()]
+    sums = [
+        float(sum(v)) if _are_logprobs(v) else math.nan for v in table.column(column).to_pylist()
+    ]
     return torch.tensor(sums, dtype=torch.float32)
 
 
