@@ -103,35 +103,24 @@ class GroupBatches:
     def bind(self, run_id: str) -> None:
         self.run_id = run_id
 
-    def fresh_groups(self, policy_version: int) -> list[tuple[str, list[str]]]:
+    def fresh_groups(self, policy_version: int) -> list[tuple[str, str, list[str]]]:
         """This run's judged online groups within `--staleness` of `policy_version` that no
-        logged batch of the run holds, newest first: `[(group id, traj ids in sample
-        order)]` (a group's unjudged rows are left out: not judged is not a reward)."""
+        logged batch of the run holds, newest first: `[(group id, problem id, traj ids in
+        sample order)]` (a group's unjudged rows are left out: not judged is not a reward)."""
         assert self.run_id is not None, "bind(run_id) first"
         rid = sql_quote(self.run_id)
         low = policy_version - self.config.staleness
         rows = self.lake.sql_arrow(
             f"SELECT {group_id_sql('t.traj_id')} AS grp, max(t.policy_version) AS v, "
-            "max(t.created_at) AS made, list(t.traj_id ORDER BY t.traj_id) AS ids "
+            "max(t.created_at) AS made, any_value(t.problem_id) AS problem, "
+            "list(t.traj_id ORDER BY t.traj_id) AS ids "
             f"FROM trajectories t WHERE t.run_id = {rid} AND t.source = 'online' "
             f"AND {grouped_id_sql('t.traj_id')} AND t.reward IS NOT NULL "
             f"AND t.policy_version BETWEEN {low} AND {policy_version} "
             "AND t.traj_id NOT IN (SELECT unnest(b.traj_ids) FROM batches b "
             f"WHERE b.run_id = {rid}) GROUP BY 1 ORDER BY v DESC, made DESC, grp"
         ).to_pylist()
-        return [(r["grp"], list(r["ids"])) for r in rows]
-
-    def group_problems(self, groups: list[tuple[str, list[str]]]) -> list[str]:
-        """The problem of each group (its first rollout's), in the groups' order."""
-        if not self.config.grpo_reference_per_group:
-            return ["" for _ in groups]
-        first = [g[0] for _, g in groups]
-        rows = self.lake.sql_arrow(
-            "SELECT traj_id, problem_id FROM trajectories WHERE traj_id IN "
-            f"({', '.join(sql_quote(i) for i in first)})"
-        ).to_pylist()
-        of = {r["traj_id"]: r["problem_id"] for r in rows}
-        return [of[i] for i in first]
+        return [(r["grp"], r["problem"], list(r["ids"])) for r in rows]
 
     def ready(self, policy_version: int) -> tuple[bool, str]:
         have = len(self.fresh_groups(policy_version))
@@ -172,13 +161,13 @@ class GroupBatches:
                 f"step {step}: no judged rollout of this run to train on (every rollout of "
                 "the step was left unjudged: sandbox trouble, see `spo judge --help`)"
             )
-        references = self.reference_rows(self.group_problems(groups), step)
+        references = self.reference_rows([problem for _, problem, _ in groups], step)
         # read after the queries: a version that holds every row they found
         version = self.lake.dataset("trajectories").version
         # each group's rollouts, then its reference rows (GRPO normalises over both)
-        groups = [(gid, g + refs) for (gid, g), refs in zip(groups, references, strict=True)]
+        rows = [g + refs for (_, _, g), refs in zip(groups, references, strict=True)]
         reference = {i for refs in references for i in refs}
-        ids = [i for _, g in groups for i in g]
+        ids = [i for g in rows for i in g]
         # by key (the keyed writes keep an index on traj_id), then in the groups' order
         table = self.lake.dataset("trajectories", version=version).to_table(
             filter=f"traj_id IN ({', '.join(sql_quote(i) for i in ids)})"
@@ -189,7 +178,7 @@ class GroupBatches:
             version,
             ids,
             ["offline" if i in reference else "online" for i in ids],
-            [k for k, (_, g) in enumerate(groups) for _ in g],
+            [k for k, g in enumerate(rows) for _ in g],
             table,
         )
 
