@@ -271,7 +271,12 @@ class RolloutWorker:
         if isinstance(weights, str):
             import torch
 
-            weights = torch.load(weights, map_location=self.setup.device, weights_only=True)
+            try:
+                weights = torch.load(weights, map_location=self.setup.device, weights_only=True)
+            except FileNotFoundError:
+                # The trainer keeps the two newest files: this one was pruned because two newer
+                # versions were published, and their set_weights calls wait behind this one.
+                return self.version
         self.model.load_state_dict(weights)
         self.version = int(version)
         return self.version

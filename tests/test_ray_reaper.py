@@ -1,6 +1,6 @@
-"""The Ray guard (`spo_train.ray_reaper`) on real processes, without Ray: what it must kill
-is what Ray's agents look like after a command's kill -9 (no mark left in their environment,
-their parent gone)."""
+"""Rollout-worker faults reproduced without Ray: the guard (`spo_train.ray_reaper`) on real
+processes (what it must kill is what Ray's agents look like after a command's kill -9: no mark
+left in their environment, their parent gone), and a worker's weight loading on real files."""
 
 from __future__ import annotations
 
@@ -73,3 +73,25 @@ def test_a_process_outside_the_session_is_left_alone():
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_a_pruned_weights_file_is_skipped_for_the_newer_one_queued_behind_it(tmp_path):
+    """Under load a worker reached set_weights(version 0) after the trainer had published two
+    newer versions and pruned version 0's file: FileNotFoundError ended the run. The worker now
+    keeps its weights and version; the newer set_weights queued behind it applies them."""
+    import types
+
+    import torch
+
+    from spo_train.rollout_workers import RolloutWorker
+
+    worker = RolloutWorker.__new__(RolloutWorker)  # the weights path only: no model, no lake
+    worker.decoding = types.SimpleNamespace(policy="current")
+    worker.setup = types.SimpleNamespace(fixed=False, device="cpu")
+    worker.model = torch.nn.Linear(2, 2)
+    worker.version = 1
+    assert worker.set_weights(str(tmp_path / "version-000000.pt"), 0) == 1
+    newer = {k: torch.ones_like(v) for k, v in worker.model.state_dict().items()}
+    torch.save(newer, tmp_path / "version-000002.pt")
+    assert worker.set_weights(str(tmp_path / "version-000002.pt"), 2) == 2
+    assert torch.equal(worker.model.weight, torch.ones(2, 2))
