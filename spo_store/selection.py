@@ -81,7 +81,9 @@ def split_of_predicate(where: str) -> str | None:
     return m.group(1).replace("''", "'") if m else None
 
 
-def explain_empty(lake: Lake, where: str | None = None, split: str | None = None) -> str:
+def explain_empty(
+    lake: Lake, where: str | None = None, split: str | None = None, flag: str = "--where"
+) -> str:
     """One line saying why a selection matched no problem, naming what exists.
 
     `split`: the split selected (or recovered from a `p.split = '...'` predicate); `where`: the
@@ -100,7 +102,7 @@ def explain_empty(lake: Lake, where: str | None = None, split: str | None = None
         )
     if where:
         return (
-            f"no problem matches --where {where!r} ({sum(counts.values())} problems in the "
+            f"no problem matches {flag} {where!r} ({sum(counts.values())} problems in the "
             f"lake; splits present: {present})"
         )
     return f"no problem selected ({sum(counts.values())} in the lake; splits present: {present})"
@@ -177,10 +179,10 @@ def left_out_line(counts: dict[str, int], what: str, flag: str = "--include-unre
     return f"{line}; {flag} keeps them" if flag else line
 
 
-def check_where(lake: Lake, where: str) -> None:
+def check_where(lake: Lake, where: str, flag: str = "--where") -> None:
     """The user's --where alone, before any query built around it: invalid SQL is one line
-    naming --where (not an internal query's "near GROUP"); a predicate that matches no problem
-    is `explain_empty`'s line. Both before any run is recorded."""
+    naming the option (`flag`; not an internal query's "near GROUP"); a predicate that matches
+    no problem is `explain_empty`'s line. Both before any run is recorded."""
     view = problems_with_q0_sql(None, None, None)
     try:
         n = lake.sql_arrow(f"SELECT count(*) FROM ({view}) p WHERE ({where})")[0][0].as_py()
@@ -188,6 +190,6 @@ def check_where(lake: Lake, where: str) -> None:
         if not str(exc).startswith("SQL error: "):  # e.g. damaged data files: not --where's
             raise
         detail = str(exc).removeprefix("SQL error: ")
-        raise SpoError(f"--where: not valid SQL over problems (alias p): {detail}") from None
+        raise SpoError(f"{flag}: not valid SQL over problems (alias p): {detail}") from None
     if not n:
-        raise SpoError(explain_empty(lake, where))
+        raise SpoError(explain_empty(lake, where, flag=flag))

@@ -781,6 +781,11 @@ class TrainConfig:
     """keep problems with a judge_issue in the mixture, the rollouts and evaluation"""
     train_split: str = setting("train")
     """split the mixture and the rollouts draw problems from"""
+    train_where: str | None = setting(None, metavar="SQL")
+    """SQL predicate over the problems table (alias p) that keeps training to the problems it
+    matches, e.g. "p.problem_id IN ('a', 'b')" (not set: the whole split). ANDed with
+    train_split; train_problems then takes the first N of what it matches. Checked before the
+    run starts: invalid SQL or no match is one line naming --train-where"""
     train_problems: int = setting(0, check=at_least(0))
     """train on the first N problems of the split by problem_id (0: all); spo further keeps
     those with a q0 estimate. `spo estimate-q0 --limit N` estimates the same first N, so spo,
@@ -908,7 +913,7 @@ TRAIN_HELP_PANELS: dict[str, tuple[str, ...]] = {
     ),
     "Algorithm, loss and data": (
         "algo", "loss", "beta", "ce_clip_eps", "mc_weight", "mix", "sources_file",
-        "include_unreliable", "train_split", "train_problems",
+        "include_unreliable", "train_split", "train_where", "train_problems",
     ),
     "Optimisation": (
         "steps", "batch_size", "micro_batch_size", "learning_rate", "weight_decay",

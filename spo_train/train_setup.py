@@ -20,7 +20,7 @@ from spo_store.errors import SpoError
 from spo_store.lake import Lake, sql_quote
 from spo_store.mixture import MixtureSpec, load_sources
 from spo_store.q0_estimates import q0_of_s0, sampler_key
-from spo_store.selection import RELIABLE, count_problems, split_predicate
+from spo_store.selection import RELIABLE, check_where, count_problems, split_predicate
 from spo_train.algorithm_rules import rules_of
 from spo_train.config import (
     TrainConfig,
@@ -241,19 +241,25 @@ def train_problems(
     lake: Lake, config: TrainConfig, q0_of: tuple[str, str], note: Callable[[str], None]
 ) -> tuple[list[dict[str, Any]], str | None]:
     """The problems this run trains on, and the SQL restriction (over `p`) that keeps the
-    mixture to them when `train_problems` is set. SPO keeps those with a q0 estimate."""
+    mixture to them when `train_where` or `train_problems` is set. SPO keeps those with a q0
+    estimate. Raises SpoError (one line naming --train-where) for invalid SQL or no match."""
     in_split = split_predicate(config.train_split)
     reliable = "TRUE" if config.include_unreliable else RELIABLE
     where = f"{in_split} AND {reliable}"
     restrict = None
+    if config.train_where:
+        check_where(lake, f"{in_split} AND ({config.train_where})", flag="--train-where")
+        restrict = f"({config.train_where})"
+        where += f" AND {restrict}"
     if config.train_problems:
         ids = lake.sql_arrow(
             f"SELECT p.problem_id FROM problems p WHERE {where} ORDER BY p.problem_id "
             f"LIMIT {int(config.train_problems)}"
         ).column(0)
         if len(ids):
-            restrict = f"p.problem_id <= {sql_quote(ids[len(ids) - 1].as_py())}"
-            where += f" AND {restrict}"
+            last = f"p.problem_id <= {sql_quote(ids[len(ids) - 1].as_py())}"
+            restrict = f"{restrict} AND {last}" if restrict else last
+            where += f" AND {last}"
     if not rules_of(config.algo).needs_q0:
         problems = load_problems(lake, where)
         if not problems:

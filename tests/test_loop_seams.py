@@ -109,3 +109,64 @@ def test_local_group_batches_are_the_steps_whole_groups_read_from_the_lake(
         seen += b["traj_ids"]
     # every judged rollout of the run was trained on once; local rows name no worker
     assert sorted(seen) == sorted(rows) and {r["worker_id"] for r in rows.values()} == {None}
+
+
+def test_train_where_keeps_rollouts_and_batches_to_the_matching_problems(
+    small_lake,  # noqa: F811
+    tiny_model,  # noqa: F811
+    tmp_path,
+):
+    """`--train-where` (issue 22: train on a chosen hard set without moving problems between
+    splits): every rollout and every batch row of the run is of a matching problem."""
+    from spo_train.trainer import train
+    from tests.test_train_q0_and_eval import _config
+
+    keep = small_lake.sql(
+        "SELECT problem_id FROM problems WHERE name IN ('add1', 'add3') ORDER BY 1"
+    )["problem_id"].to_list()
+    cfg = _config(
+        small_lake, tiny_model, tmp_path, algo="grpo", mix=None, steps=2, batch_size=4,
+        rollout_n=2, minibatches=1, train_where="p.name IN ('add1', 'add3')",
+    )  # fmt: skip
+    run = train(cfg).run_id
+    drawn = small_lake.sql(
+        "SELECT DISTINCT problem_id FROM trajectories "
+        f"WHERE run_id = '{run}' AND source = 'online' ORDER BY 1"
+    )["problem_id"].to_list()
+    assert drawn and set(drawn) <= set(keep)
+    batch_ids = small_lake.sql(
+        f"SELECT unnest(traj_ids) AS t FROM batches WHERE run_id = '{run}'"
+    )["t"].to_list()
+    in_batches = small_lake.sql(
+        "SELECT DISTINCT problem_id FROM trajectories WHERE traj_id IN ("
+        + ", ".join(f"'{t}'" for t in batch_ids)
+        + ")"
+    )["problem_id"].to_list()
+    assert in_batches and set(in_batches) <= set(keep)
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("p.nme = 'x'", "--train-where: not valid SQL over problems"),
+        ("p.name = 'no such problem'", "no problem matches --train-where"),
+    ],
+)
+def test_train_where_refuses_bad_sql_and_empty_selections_before_the_run(
+    small_lake,  # noqa: F811
+    tiny_model,  # noqa: F811
+    tmp_path,
+    where,
+    message,
+):
+    from spo_train.trainer import train
+    from tests.test_train_q0_and_eval import _config
+
+    cfg = _config(
+        small_lake, tiny_model, tmp_path, algo="grpo", mix=None, steps=1, batch_size=4,
+        rollout_n=2, minibatches=1, train_where=where,
+    )  # fmt: skip
+    runs_before = small_lake.sql("SELECT count(*) AS n FROM runs")["n"][0]
+    with pytest.raises(SpoError, match=message):
+        train(cfg)
+    assert small_lake.sql("SELECT count(*) AS n FROM runs")["n"][0] == runs_before
