@@ -134,9 +134,9 @@ def test_train_where_keeps_rollouts_and_batches_to_the_matching_problems(
         f"WHERE run_id = '{run}' AND source = 'online' ORDER BY 1"
     )["problem_id"].to_list()
     assert drawn and set(drawn) <= set(keep)
-    batch_ids = small_lake.sql(
-        f"SELECT unnest(traj_ids) AS t FROM batches WHERE run_id = '{run}'"
-    )["t"].to_list()
+    batch_ids = small_lake.sql(f"SELECT unnest(traj_ids) AS t FROM batches WHERE run_id = '{run}'")[
+        "t"
+    ].to_list()
     in_batches = small_lake.sql(
         "SELECT DISTINCT problem_id FROM trajectories WHERE traj_id IN ("
         + ", ".join(f"'{t}'" for t in batch_ids)
