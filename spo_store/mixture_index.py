@@ -164,6 +164,67 @@ def _chunks(old: pa.Array | pa.ChunkedArray, new: pa.Array) -> pa.ChunkedArray:
 # Chunks appended to the in-memory index (one or a few per append) before those, and only
 # those, are combined into one: the rows loaded before stay as they are.
 MAX_INDEX_CHUNKS = 64
+MAX_VERSIONS_WALKED = 64
+"""Commits walked to prove a compaction kept the rows (each reads one manifest); past this
+many since the index's version it reloads whole."""
+
+
+def _signature(fragment: Any) -> tuple[Any, ...]:
+    """A fragment is unchanged while its rows, deletions and data files are (a column rewritten
+    in place would change the files)."""
+    m = fragment.metadata
+    return (fragment.fragment_id, m.physical_rows, m.deletion_file, tuple(d.path for d in m.files))
+
+
+def _live_rows(sig: tuple[Any, ...]) -> int:
+    deletions = sig[2]
+    return sig[1] - (deletions.num_deleted_rows if deletions is not None else 0)
+
+
+_UNREADABLE = object()
+"""A commit whose transaction the installed pylance cannot rebuild."""
+
+
+def _replaced_in_place(prev: list[tuple[Any, ...]], cur: list[tuple[Any, ...]]) -> bool:
+    """`cur` is `prev` with runs of fragments replaced, at their place, by runs of new fragments
+    (ids above every id in `prev`: not a restore of older ones) of as many live rows, perhaps
+    with new fragments appended at the end."""
+    prev_ids, cur_ids = {s[0] for s in prev}, {s[0] for s in cur}
+    if any(i <= max(prev_ids) for i in cur_ids - prev_ids):
+        return False
+    i = j = 0
+    while i < len(prev):
+        if j < len(cur) and prev[i] == cur[j]:
+            i, j = i + 1, j + 1
+            continue
+        ri, rj = i, j
+        while i < len(prev) and prev[i][0] not in cur_ids:
+            i += 1
+        while j < len(cur) and cur[j][0] not in prev_ids:
+            j += 1
+        if i == ri or j == rj:  # a fragment changed in place, or removed without a replacement
+            return False
+        if sum(map(_live_rows, prev[ri:i])) != sum(map(_live_rows, cur[rj:j])):
+            return False
+    return all(s[0] not in prev_ids for s in cur[j:])  # the rest: appended
+
+
+def _rows_from(fragments: list[Any], start: int, columns: list[str]) -> pa.Table | None:
+    """The dataset's live rows from scan position `start` on (whole fragments after the one
+    `start` falls in, and that one from its offset)."""
+    parts = []
+    seen = 0
+    for f in fragments:
+        live = _live_rows(_signature(f))
+        if seen + live > start:
+            offset = max(0, start - seen)
+            parts.append(
+                f.to_table(columns=columns, offset=offset)
+                if offset
+                else f.to_table(columns=columns)
+            )
+        seen += live
+    return pa.concat_tables(parts) if parts else None
 
 
 def _with_positions(table: pa.Table, start: int) -> pa.Table:
@@ -233,22 +294,22 @@ class MetadataIndex:
         frags = ds.get_fragments()
         # A fragment is unchanged while its rows, deletions and data files are (a column
         # rewritten in place would change the files).
-        sig = [
-            (
-                f.fragment_id,
-                f.metadata.physical_rows,
-                f.metadata.deletion_file,
-                tuple(d.path for d in f.metadata.files),
-            )
-            for f in frags
-        ]
+        sig = [_signature(f) for f in frags]
         cols = light_columns("trajectories")
-        if self.trajectories is not None and sig[: len(self._fragments)] == self._fragments:
-            new = frags[len(self._fragments) :]
+        appended_only = sig[: len(self._fragments)] == self._fragments
+        if self.trajectories is not None and (appended_only or self._rows_kept_since(ds)):
             table = self.trajectories
-            if new:
-                scan = ds.scanner(columns=cols, fragments=new, scan_in_order=True)
-                table = pa.concat_tables([table, _with_positions(scan.to_table(), table.num_rows)])
+            if appended_only:
+                new = frags[len(self._fragments) :]
+                tail = (
+                    ds.scanner(columns=cols, fragments=new, scan_in_order=True).to_table()
+                    if new
+                    else None
+                )
+            else:  # compacted: the same rows in the same order, perhaps more appended
+                tail = _rows_from(frags, table.num_rows, cols)
+            if tail is not None and tail.num_rows:
+                table = pa.concat_tables([table, _with_positions(tail, table.num_rows)])
             if table.column(0).num_chunks - self._loaded_chunks > MAX_INDEX_CHUNKS:
                 # Only the appended rows are combined: combining the whole index copied every
                 # row (14 s at 10M rows, every 64 appends).
@@ -270,6 +331,51 @@ class MetadataIndex:
         self._batch_starts = np.cumsum([0] + [b.num_rows for b in self._batches])[:-1]
         self.dataset, self.version, self._fragments = ds, ds.version, sig
         return True
+
+    def _rows_kept_since(self, ds: lance.LanceDataset) -> bool:
+        """True when every commit since the index's version kept its rows and their order:
+        appends at the end, compactions (a Rewrite replaces contiguous runs of fragments, in
+        place, by new fragments of as many live rows: Lance writes a group's rows in their
+        order), and commits that leave the fragments as they were (index builds, config).
+        Anything else (deletes, updates, merges, a restore, an unreadable or pruned version, a
+        long gap) is False: the index reloads whole. Keeping the index across a compaction
+        saves the reload and every candidate recompute (17-21 s + 15-18 s at 10M rows)."""
+        if not self._fragments or ds.version - self.version > MAX_VERSIONS_WALKED:
+            return False
+        prev, spot_check = self._fragments, False
+        try:
+            for v in range(self.version + 1, ds.version + 1):
+                cur = [_signature(f) for f in ds.checkout_version(v).get_fragments()]
+                if cur == prev:
+                    continue
+                try:
+                    op = getattr(ds.read_transaction(v), "operation", None)
+                except TypeError:
+                    # pylance 14 cannot rebuild a Rewrite that remapped an index (RewrittenIndex's
+                    # arguments): judged by its fragments, then by the keys at sampled positions
+                    op, spot_check = _UNREADABLE, True
+                if isinstance(op, lance.LanceOperation.Append):
+                    ok = cur[: len(prev)] == prev
+                elif isinstance(op, lance.LanceOperation.Rewrite) or op is _UNREADABLE:
+                    ok = _replaced_in_place(prev, cur)
+                else:
+                    ok = False
+                if not ok:
+                    return False
+                prev = cur
+        except (OSError, ValueError, RuntimeError):  # a version cleaned up, or unreadable
+            return False
+        return not spot_check or self._same_keys_at_samples(ds)
+
+    def _same_keys_at_samples(self, ds: lance.LanceDataset, samples: int = 64) -> bool:
+        """The index's `traj_id`s equal the dataset's at `samples` spread positions."""
+        assert self.trajectories is not None
+        n = self.trajectories.num_rows
+        if not n:
+            return True
+        pos = np.unique(np.linspace(0, n - 1, min(samples, n)).astype(np.int64))
+        theirs = ds.take(pos, columns=["traj_id"]).column("traj_id")
+        return theirs.to_pylist() == self.take(pos, ["traj_id"]).column("traj_id").to_pylist()
 
     def take(self, positions: np.ndarray, columns: Sequence[str] | None = None) -> pa.Table:
         """Rows at `positions` (in that order) of the index's trajectories, `columns` only.
