@@ -67,7 +67,7 @@ def main() -> None:
                 )
                 done += 64
             t0 = time.perf_counter()
-            compact(lake, ["trajectories"])
+            frags = compact(lake, ["trajectories"])["trajectories"]
             t_compact = time.perf_counter() - t0
             got = {}
             for name, s in (("kept", kept), ("reload", reload)):
@@ -78,8 +78,10 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t0)
             assert got["kept"] == got["reload"], "kept and reloaded index drew different batches"
             print(
-                f"round {r}: compaction {t_compact:.1f} s; first batch after it: kept "
-                f"{times['kept'][-1] * 1e3:.0f} ms, reload {times['reload'][-1] * 1e3:.0f} ms",
+                f"round {r}: compaction {t_compact:.1f} s ({frags[0]} -> {frags[1]} fragments); "
+                f"first batch after it: kept {times['kept'][-1] * 1e3:.0f} ms (index epoch "
+                f"{kept.index.epoch}), reload {times['reload'][-1] * 1e3:.0f} ms (epoch "
+                f"{reload.index.epoch})",
                 flush=True,
             )
         for name, t in times.items():
