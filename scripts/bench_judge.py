@@ -1,7 +1,8 @@
 """Benchmark the sandboxed judge: test-runs/s and programs/s for trivial programs.
 
-Compares `judge_batch` (one bubblewrap sandbox per program, a driver inside that forks once
-per test) with the naive design (one sandboxed `python3` process per test), in the same run.
+Compares `judge_batch` (warm bubblewrap sandboxes reused across programs, a fresh program
+driver forked per program and a test process forked per test; `--cold`: also one sandbox per
+program, SPO_JUDGE_WARM=0) with the naive design (one sandboxed `python3` process per test), in the same run.
 With `--compare-ref REF` it also times the judge of git revision REF (its sandbox.py and
 sandbox_driver.py, loaded from git into a temporary module) on the same jobs, alternating
 old/new runs so that both see the same machine load. `--features` adds call-based and checker
@@ -164,6 +165,11 @@ def main() -> None:
     ap.add_argument("--old-tree", help="another checkout whose judge to time (subprocess)")
     ap.add_argument("--repeats", type=int, default=1, help="alternating old/new runs")
     ap.add_argument("--features", action="store_true", help="also call-based and checker")
+    ap.add_argument(
+        "--cold",
+        action="store_true",
+        help="also this tree with SPO_JUDGE_WARM=0 (a new sandbox per program), alternating",
+    )
     args = ap.parse_args()
 
     jobs = make_jobs(args.programs, args.tests)
@@ -185,11 +191,22 @@ def main() -> None:
             secs = time.perf_counter() - t0
             assert all(v.passed for v in verdicts)
             rows.append((f"judge_batch of {args.compare_ref}", args.workers, len(jobs), secs))
+        if args.cold:
+            os.environ["SPO_JUDGE_WARM"] = "0"
+            try:
+                t0 = time.perf_counter()
+                verdicts = judge_batch(jobs, workers=args.workers)
+                secs = time.perf_counter() - t0
+            finally:
+                del os.environ["SPO_JUDGE_WARM"]
+            assert all(v.passed for v in verdicts), [v for v in verdicts if not v.passed][:1]
+            rows.append(("judge_batch, SPO_JUDGE_WARM=0", args.workers, len(jobs), secs))
         t0 = time.perf_counter()
         verdicts = judge_batch(jobs, workers=args.workers)
         secs = time.perf_counter() - t0
         assert all(v.passed for v in verdicts), [v for v in verdicts if not v.passed][:1]
-        rows.append(("judge_batch (sandbox per program)", args.workers, len(jobs), secs))
+        warm = "warm sandboxes" if sandbox.warm_sandboxes_enabled() else "sandbox per program"
+        rows.append((f"judge_batch ({warm})", args.workers, len(jobs), secs))
 
     if args.features:
         for name, make in (
