@@ -60,6 +60,7 @@ import itertools
 import json
 import marshal
 import os
+import queue
 import select
 import shutil
 import signal
@@ -70,6 +71,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -779,7 +781,7 @@ class _WarmSandbox:
         self.mem_bytes = mem_bytes
         self.programs = 0
 
-    def start(self, sandbox: tuple[str, list[str]]) -> str | None:
+    def start(self, sandbox: tuple[str, list[str]], placement: tuple) -> str | None:
         """Start it; None, or why it failed."""
         parents = _cgroup_dirs()
         if parents is not None:
@@ -789,9 +791,11 @@ class _WarmSandbox:
                 return f"could not make the sandbox's cgroups: {exc}"
         prefix, popen_kw = _drop_privileges()
         bwrap, binds = sandbox
+        argv = prefix + _bwrap_argv(bwrap, binds, FILE_LIMIT_BYTES + (1 << 20))
         try:
-            self.proc = subprocess.Popen(
-                prefix + _bwrap_argv(bwrap, binds, FILE_LIMIT_BYTES + (1 << 20)),
+            self.proc = _launch(
+                argv,
+                placement,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -843,6 +847,50 @@ class _WarmSandbox:
             self.cgroups = None
 
 
+# bwrap's --die-with-parent is tied to the THREAD that started it (PR_SET_PDEATHSIG): a warm
+# sandbox outlives the judge_batch worker thread that needed it first, so every warm sandbox
+# is started by one long-lived thread of ours (and still dies with this process).
+_launcher: dict[str, Any] = {}
+
+
+def _placement() -> tuple[tuple[int, ...], int]:
+    """The calling thread's CPUs and nice value, which a sandbox it starts would inherit."""
+    return tuple(sorted(os.sched_getaffinity(0))), os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def _launch(argv: list[str], placement: tuple, **popen_kw: Any) -> subprocess.Popen:
+    """`subprocess.Popen(argv, **popen_kw)` run by the launcher thread, given the caller's
+    `placement()` first (CPUs and nice value are per thread); raises what Popen raises."""
+    with _warm_lock:
+        if not _launcher:
+            requests: queue.SimpleQueue = queue.SimpleQueue()
+
+            def serve() -> None:
+                while True:
+                    fn, fut = requests.get()
+                    try:
+                        fut.set_result(fn())
+                    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                        fut.set_exception(exc)
+
+            threading.Thread(target=serve, name="spo-sandbox-launcher", daemon=True).start()
+            _launcher["requests"] = requests
+        requests = _launcher["requests"]
+
+    def start() -> subprocess.Popen:
+        cpus, nice = placement
+        try:
+            os.sched_setaffinity(0, cpus)
+            os.setpriority(os.PRIO_PROCESS, 0, nice)  # 0: this thread, on Linux
+        except OSError:  # (a lower nice value than ours needs privileges)
+            pass
+        return subprocess.Popen(argv, **popen_kw)
+
+    fut: Future = Future()
+    requests.put((start, fut))
+    return fut.result()
+
+
 _warm_lock = threading.Lock()
 _warm_idle: dict[tuple, list[_WarmSandbox]] = {}
 # Idle warm sandboxes kept per sandbox layout; more are closed as they come back.
@@ -878,6 +926,7 @@ def _forget_warm_sandboxes() -> None:
     global _warm_lock
     _warm_lock = threading.Lock()
     _warm_idle.clear()
+    _launcher.clear()  # the launcher thread does not exist in a forked child
 
 
 atexit.register(close_warm_sandboxes)
@@ -896,13 +945,8 @@ def _run_warm(
     """`_run_session` in a warm sandbox: an idle one if there is one, else a new one."""
     # A sandbox's processes keep the CPUs and priority of the thread that started it, and its
     # cgroups: only a caller with the same ones may reuse it.
-    key = (
-        sandbox[0],
-        tuple(sandbox[1]),
-        _cgroup_dirs() is not None,
-        tuple(sorted(os.sched_getaffinity(0))),
-        os.getpriority(os.PRIO_PROCESS, 0),
-    )
+    placement = _placement()
+    key = (sandbox[0], tuple(sandbox[1]), _cgroup_dirs() is not None, placement)
     mem = config["mem_bytes"] + INTERPRETER_ALLOWANCE_BYTES
     for _ in range(2):  # an idle sandbox that fails before READY: once more in a new one
         outcome = _SessionOutcome()
@@ -910,7 +954,7 @@ def _run_warm(
         reused = box is not None
         if box is None:
             box = _WarmSandbox(key, mem)
-            why = box.start(sandbox)
+            why = box.start(sandbox, placement)
             if why is not None:
                 outcome.failure = why
                 return outcome

@@ -7,12 +7,13 @@ input; each test a fresh fork of that driver (docs/judge.md, "Warm sandboxes").
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import pytest
 
 from spo_train import sandbox as _sb
-from spo_train.judge import judge, verdict_reward
+from spo_train.judge import JudgeJob, judge, judge_batch, verdict_reward
 from tests.conftest import needs_sandbox
 
 pytestmark = [
@@ -178,3 +179,17 @@ def test_each_program_gets_its_own_memory_limit(one_warm_sandbox):
     assert judge(big, [("", "ok")], memory_limit_mb=256).passed
     assert judge(big, [("", "ok")], memory_limit_mb=64).status == "memory_limit"
     assert _idle_programs() == [3]
+
+
+def test_a_warm_sandbox_outlives_the_thread_that_started_it(one_warm_sandbox):
+    # bwrap --die-with-parent follows the starting THREAD: a batch's worker threads end with
+    # the batch, and the next batch must still find their sandboxes alive.
+    worker = threading.Thread(target=lambda: judge("print(1)", [("", "1")]))
+    worker.start()
+    worker.join()
+    assert judge("print(2)", [("", "2")]).passed
+    assert _idle_programs() == [2]
+    jobs = [JudgeJob("print(1)", [("", "1")])] * 4 + [JudgeJob("while 1: pass", [("", "")], 0.2)]
+    for _ in range(3):
+        assert [v.status for v in judge_batch(jobs, workers=2)] == ["ok"] * 4 + ["time_limit"]
+    assert sum(_idle_programs()) == 2 + 15
