@@ -4,10 +4,12 @@ This module runs programs (`run_program`, and the sessions `spo_train.judge` bui
 counts as correct (token comparison, tolerance, checkers, call-based tests) is decided in
 `spo_train.judge` (docs/judge.md).
 
-One bubblewrap sandbox per program; inside it a small stdlib-only driver
-(`spo_train/sandbox_driver.py`, run by the system `/usr/bin/python3 -I -S`, passed on the
-command line as bytecode, never as a file) forks once per test, applies rlimits in the child
-and reports each result as a binary frame. Expected outputs stay on the host; the sandbox only
+Warm bubblewrap sandboxes, reused from program to program (`SPO_JUDGE_WARM=0`: one new
+sandbox per program); inside each a small stdlib-only driver (`spo_train/sandbox_driver.py`,
+run by the system `/usr/bin/python3 -I -S`, passed on the command line as bytecode, never as a
+file). Its PID 1 never reads a program or an input: per program it forks a fresh program
+driver, which forks once per test, applies rlimits in the child and reports each result as a
+binary frame (docs/judge.md, "Warm sandboxes"). Expected outputs stay on the host; the sandbox only
 ever sees the program and the test inputs (a checker runs in a session of its own).
 
 Isolation (see `_bwrap_argv`):
@@ -19,7 +21,9 @@ Isolation (see `_bwrap_argv`):
   cgroup namespaces; `--die-with-parent`, `--new-session`, `--clearenv`.
 - `--as-pid-1`: the driver is the namespace's init, so the program cannot kill it (signals from
   inside the namespace to init are dropped), and `kill(-1, SIGKILL)` from the driver reaches
-  exactly the test's leftovers (double-forked `setsid` daemons included). The driver makes
+  exactly the test's leftovers (double-forked `setsid` daemons included). In a warm sandbox the
+  program driver is PID 1's child (a child subreaper), shielded from its tests' signals by the
+  seccomp filter instead (below). The driver makes
   itself non-dumpable (no ptrace, no /proc/1/{mem,fd}), and its protocol pipes are host-created
   (root-owned, not re-openable by uid 65534), so a program cannot forge results.
 - Filesystem: a read-only root holding read-only binds of only what `/usr/bin/python3` needs
@@ -49,7 +53,8 @@ Isolation (see `_bwrap_argv`):
   real time the test is not judged), and a host-side watchdog 5 s after that cap that kills
   the driver (PID 1: the whole namespace dies with it; not judged).
 
-Speed (see BENCHMARKS.md, "Judge"): a sandbox costs ~20-30 ms to start and a test ~2-3 ms.
+Speed (see BENCHMARKS.md, "Judge"): a sandbox costs ~20-30 ms to start (once per warm
+sandbox, or per program with SPO_JUDGE_WARM=0), a program ~1 ms more, and a test ~2-3 ms.
 """
 
 from __future__ import annotations
