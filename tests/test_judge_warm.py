@@ -193,3 +193,12 @@ def test_a_warm_sandbox_outlives_the_thread_that_started_it(one_warm_sandbox):
     for _ in range(3):
         assert [v.status for v in judge_batch(jobs, workers=2)] == ["ok"] * 4 + ["time_limit"]
     assert sum(_idle_programs()) == 2 + 15
+
+
+def test_a_compile_error_or_an_early_stop_leaves_the_sandbox_reusable(one_warm_sandbox):
+    assert judge("def (:", [("", "1")]).status == "compile_error"
+    v = judge("print(0)", [("", "1"), ("", "0"), ("", "0")])  # stops at the first failure
+    assert v.status == "wrong_answer" and len(v.tests) == 1
+    assert judge("import sys\nsys.exit(3)", [("", "")]).status == "runtime_error"
+    assert judge("print(4)", [("", "4")]).passed
+    assert _idle_programs() == [4]
