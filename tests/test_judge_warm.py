@@ -202,3 +202,46 @@ def test_a_compile_error_or_an_early_stop_leaves_the_sandbox_reusable(one_warm_s
     assert judge("import sys\nsys.exit(3)", [("", "")]).status == "runtime_error"
     assert judge("print(4)", [("", "4")]).passed
     assert _idle_programs() == [4]
+
+
+KINDS = [
+    "import sys\nfor l in sys.stdin: print(l.strip())\n",
+    "print(input()[::-1])\n",
+    "x = bytearray(100 << 20)\nx[::4096] = b'1' * len(x[::4096])\nprint(input())\n",
+    "while True: pass\n",
+    "import sys\nsys.exit(2)\n",
+    "raise ValueError('x')\n",
+    "def (:\n",
+    "import os\nif os.fork() == 0:\n    import time; time.sleep(5)\nprint(input())\n",
+    "import threading\nt = threading.Thread(target=lambda: print(input()))\nt.start()\n",
+    "import atexit\natexit.register(lambda: print(input()))\n",
+    "import sys\nsys.stdout.write(input())\n",
+    "open('/tmp/junk', 'w').write('x' * 1000)\nprint(input())\n",
+]
+
+
+def test_verdicts_are_those_of_a_sandbox_per_program(one_warm_sandbox, monkeypatch):
+    jobs = [
+        JudgeJob(
+            f"# {i}\n{KINDS[i % len(KINDS)]}",
+            [(f"t{i}x{t}", f"t{i}x{t}") for t in range(1 + i % 3)],
+            time_limit_s=0.3,
+            memory_limit_mb=(64, 256)[i % 2],
+        )
+        for i in range(2 * len(KINDS))
+    ]
+
+    def verdicts() -> list[tuple]:
+        return [(v.status, v.passed_tests, v.judged) for v in judge_batch(jobs, workers=2)]
+
+    warm = verdicts()
+    monkeypatch.setenv("SPO_JUDGE_WARM", "0")
+    assert verdicts() == warm
+    assert {s for s, _, _ in warm} == {
+        "ok",
+        "wrong_answer",
+        "runtime_error",
+        "compile_error",
+        "time_limit",
+        "memory_limit",
+    }
