@@ -54,7 +54,8 @@ Isolation (see `_bwrap_argv`):
   the driver (PID 1: the whole namespace dies with it; not judged).
 
 Speed (see BENCHMARKS.md, "Judge"): a sandbox costs ~20-30 ms to start (once per warm
-sandbox, or per program with SPO_JUDGE_WARM=0), a program ~1 ms more, and a test ~2-3 ms.
+sandbox, or per program with SPO_JUDGE_WARM=0), a program ~4 ms of CPU more, and a test ~3 ms
+of CPU (BENCHMARKS.md, "Warm sandboxes": where it goes).
 """
 
 from __future__ import annotations
@@ -256,7 +257,8 @@ def _driver_arg(python: str) -> str:
     """The `-c` argument that runs the driver under `python`.
 
     The driver's code is compiled once per process by that same interpreter and passed as
-    marshalled bytecode (base64: one argument may hold at most 128 KiB), which saves its compile time (~2.5 ms) in every sandbox.
+    marshalled bytecode (base64: one argument may hold at most 128 KiB), which saves its
+    compile time (~2.5 ms) in every sandbox.
     Falls back to the source text if that fails.
     """
     with _layout_lock:
@@ -976,6 +978,7 @@ def _run_warm(
                 "nproc": config["nproc"] + 1,
             }
         )
+        box.pipe.err.clear()  # the drivers' own messages of earlier programs are not this one's
         sound = False
         try:
             sound = _converse(
