@@ -1,7 +1,8 @@
 """Benchmark the sandboxed judge: test-runs/s and programs/s for trivial programs.
 
-Compares `judge_batch` (one bubblewrap sandbox per program, a driver inside that forks once
-per test) with the naive design (one sandboxed `python3` process per test), in the same run.
+Compares `judge_batch` (warm bubblewrap sandboxes reused across programs, a fresh program
+driver forked per program and a test process forked per test; `--cold`: also one sandbox per
+program, SPO_JUDGE_WARM=0) with the naive design (one sandboxed `python3` process per test), in the same run.
 With `--compare-ref REF` it also times the judge of git revision REF (its sandbox.py and
 sandbox_driver.py, loaded from git into a temporary module) on the same jobs, alternating
 old/new runs so that both see the same machine load. `--features` adds call-based and checker
@@ -22,6 +23,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -102,16 +104,43 @@ for p in range(programs):
     cases = [(f"{p} {t}\\nhello {t}\\n", f"{p} {t} hello {t}") for t in range(tests)]
     jobs.append(JudgeJob(src, cases, time_limit_s=2.0, memory_limit_mb=256))
 judge_batch(jobs[:2], workers=workers)
-t0 = time.perf_counter()
+import resource
+def cpu():
+    return sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF,
+               resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime"))
+c0, t0 = cpu(), time.perf_counter()
 verdicts = judge_batch(jobs, workers=workers)
 secs = time.perf_counter() - t0
 assert all(v.passed for v in verdicts)
-print(json.dumps(secs))
+print(json.dumps([secs, cpu() - c0]))
 """
 
 
-def time_old_tree(tree: str, programs: int, tests: int, workers: int) -> float:
-    """Seconds `judge_batch` of the checkout `tree` takes on the echo jobs (a subprocess)."""
+def cpu_s() -> float:
+    """CPU seconds used so far by this process and its reaped descendants (the sandboxes)."""
+    return sum(
+        getattr(resource.getrusage(who), field)
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for field in ("ru_utime", "ru_stime")
+    )
+
+
+def timed_batch(jobs: list[JudgeJob], workers: int) -> tuple[float, float]:
+    """(seconds, CPU seconds of everything involved) of `judge_batch` on `jobs` in this tree.
+
+    Warm sandboxes are closed at the end so that their CPU time is counted (their start is
+    then part of every run: ~30 ms of CPU each)."""
+    c0, t0 = cpu_s(), time.perf_counter()
+    verdicts = judge_batch(jobs, workers=workers)
+    secs = time.perf_counter() - t0
+    sandbox.close_warm_sandboxes()
+    assert all(v.passed for v in verdicts), [v for v in verdicts if not v.passed][:1]
+    return secs, cpu_s() - c0
+
+
+def time_old_tree(tree: str, programs: int, tests: int, workers: int) -> tuple[float, float]:
+    """(seconds, CPU seconds) `judge_batch` of the checkout `tree` takes on the echo jobs (a
+    subprocess)."""
     res = subprocess.run(
         [sys.executable, "-c", OLD_TREE_RUN, tree, str(programs), str(tests), str(workers)],
         capture_output=True,
@@ -119,7 +148,8 @@ def time_old_tree(tree: str, programs: int, tests: int, workers: int) -> float:
         check=True,
         cwd=tree,
     )
-    return float(res.stdout.strip().splitlines()[-1])
+    secs, cpu = json.loads(res.stdout.strip().splitlines()[-1])
+    return secs, cpu
 
 
 def naive_one_sandbox_per_test(jobs: list[JudgeJob], workers: int) -> tuple[float, int]:
@@ -164,6 +194,11 @@ def main() -> None:
     ap.add_argument("--old-tree", help="another checkout whose judge to time (subprocess)")
     ap.add_argument("--repeats", type=int, default=1, help="alternating old/new runs")
     ap.add_argument("--features", action="store_true", help="also call-based and checker")
+    ap.add_argument(
+        "--cold",
+        action="store_true",
+        help="also this tree with SPO_JUDGE_WARM=0 (a new sandbox per program), alternating",
+    )
     args = ap.parse_args()
 
     jobs = make_jobs(args.programs, args.tests)
@@ -177,19 +212,24 @@ def main() -> None:
 
     for _ in range(args.repeats):
         if args.old_tree:
-            secs = time_old_tree(args.old_tree, len(jobs), args.tests, args.workers)
-            rows.append((f"judge_batch of {args.old_tree}", args.workers, len(jobs), secs))
+            secs, cpu = time_old_tree(args.old_tree, len(jobs), args.tests, args.workers)
+            rows.append((f"judge_batch of {args.old_tree}", args.workers, len(jobs), secs, cpu))
         if old is not None:
             t0 = time.perf_counter()
             verdicts = old.judge_batch(old_jobs, workers=args.workers)
             secs = time.perf_counter() - t0
             assert all(v.passed for v in verdicts)
-            rows.append((f"judge_batch of {args.compare_ref}", args.workers, len(jobs), secs))
-        t0 = time.perf_counter()
-        verdicts = judge_batch(jobs, workers=args.workers)
-        secs = time.perf_counter() - t0
-        assert all(v.passed for v in verdicts), [v for v in verdicts if not v.passed][:1]
-        rows.append(("judge_batch (sandbox per program)", args.workers, len(jobs), secs))
+            rows.append((f"judge_batch of {args.compare_ref}", args.workers, len(jobs), secs, None))
+        if args.cold:
+            os.environ["SPO_JUDGE_WARM"] = "0"
+            try:
+                secs, cpu = timed_batch(jobs, args.workers)
+            finally:
+                del os.environ["SPO_JUDGE_WARM"]
+            rows.append(("judge_batch, SPO_JUDGE_WARM=0", args.workers, len(jobs), secs, cpu))
+        secs, cpu = timed_batch(jobs, args.workers)
+        warm = "warm sandboxes" if sandbox.warm_sandboxes_enabled() else "sandbox per program"
+        rows.append((f"judge_batch ({warm})", args.workers, len(jobs), secs, cpu))
 
     if args.features:
         for name, make in (
@@ -201,31 +241,34 @@ def main() -> None:
             verdicts = judge_batch(feature_jobs, workers=args.workers)
             secs = time.perf_counter() - t0
             assert all(v.passed for v in verdicts), [v for v in verdicts if not v.passed][:1]
-            rows.append((name, args.workers, len(feature_jobs), secs))
+            rows.append((name, args.workers, len(feature_jobs), secs, None))
 
     t0 = time.perf_counter()
     verdicts = judge_batch(jobs[: max(1, len(jobs) // 4)], workers=1)
     secs1 = time.perf_counter() - t0
     assert all(v.passed for v in verdicts)
-    rows.append(("judge_batch, 1 worker", 1, len(verdicts), secs1))
+    rows.append(("judge_batch, 1 worker", 1, len(verdicts), secs1, None))
 
     naive_jobs = jobs[: args.naive_programs]
     if naive_jobs:  # --naive-programs 0 skips the naive design
         secs_n, passed = naive_one_sandbox_per_test(naive_jobs, args.workers)
         assert passed == len(naive_jobs) * args.tests, passed
-        rows.append(("naive: sandbox per test", args.workers, len(naive_jobs), secs_n))
+        rows.append(("naive: sandbox per test", args.workers, len(naive_jobs), secs_n, None))
 
-    console = Console()
+    console = Console(width=200)
     table = Table(
         title=(
             f"judge throughput: {args.tests} tests/program, {os.cpu_count()} cores, "
             f"{platform.system()} {platform.release()}, load avg at start {load:.2f}"
         )
     )
-    for col in ("design", "workers", "programs", "test-runs", "seconds", "test-runs/s", "prog/s"):
+    cols = ("design", "workers", "programs", "test-runs", "seconds", "test-runs/s", "prog/s")
+    # CPU per test-run (all processes: host, sandboxes, tests) is what the load does not
+    # change much: 2 idle cores could run at most 2 / that many test-runs per second.
+    for col in (*cols, "CPU ms/run", "2 cores / CPU"):
         table.add_column(col, justify="left" if col == "design" else "right")
     figures = []
-    for name, workers, programs, seconds in rows:
+    for name, workers, programs, seconds, cpu in rows:
         runs = programs * args.tests
         figures.append(
             {
@@ -236,6 +279,7 @@ def main() -> None:
                 "seconds": round(seconds, 3),
                 "test_runs_per_s": round(runs / seconds, 1),
                 "programs_per_s": round(programs / seconds, 1),
+                "cpu_ms_per_run": None if cpu is None else round(1000 * cpu / runs, 3),
             }
         )
         table.add_row(
@@ -246,6 +290,8 @@ def main() -> None:
             f"{seconds:.2f}",
             f"{runs / seconds:.0f}",
             f"{programs / seconds:.1f}",
+            "" if cpu is None else f"{1000 * cpu / runs:.2f}",
+            "" if cpu is None else f"{2 * runs / cpu:.0f}",
         )
     console.print(table)
     new = [f for f in figures if f["design"].startswith("judge_batch (")]

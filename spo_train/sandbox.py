@@ -4,10 +4,12 @@ This module runs programs (`run_program`, and the sessions `spo_train.judge` bui
 counts as correct (token comparison, tolerance, checkers, call-based tests) is decided in
 `spo_train.judge` (docs/judge.md).
 
-One bubblewrap sandbox per program; inside it a small stdlib-only driver
-(`spo_train/sandbox_driver.py`, run by the system `/usr/bin/python3 -I -S`, passed on the
-command line as bytecode, never as a file) forks once per test, applies rlimits in the child
-and reports each result as a binary frame. Expected outputs stay on the host; the sandbox only
+Warm bubblewrap sandboxes, reused from program to program (`SPO_JUDGE_WARM=0`: one new
+sandbox per program); inside each a small stdlib-only driver (`spo_train/sandbox_driver.py`,
+run by the system `/usr/bin/python3 -I -S`, passed on the command line as bytecode, never as a
+file). Its PID 1 never reads a program or an input: per program it forks a fresh program
+driver, which forks once per test, applies rlimits in the child and reports each result as a
+binary frame (docs/judge.md, "Warm sandboxes"). Expected outputs stay on the host; the sandbox only
 ever sees the program and the test inputs (a checker runs in a session of its own).
 
 Isolation (see `_bwrap_argv`):
@@ -19,7 +21,9 @@ Isolation (see `_bwrap_argv`):
   cgroup namespaces; `--die-with-parent`, `--new-session`, `--clearenv`.
 - `--as-pid-1`: the driver is the namespace's init, so the program cannot kill it (signals from
   inside the namespace to init are dropped), and `kill(-1, SIGKILL)` from the driver reaches
-  exactly the test's leftovers (double-forked `setsid` daemons included). The driver makes
+  exactly the test's leftovers (double-forked `setsid` daemons included). In a warm sandbox the
+  program driver is PID 1's child (a child subreaper), shielded from its tests' signals by the
+  seccomp filter instead (below). The driver makes
   itself non-dumpable (no ptrace, no /proc/1/{mem,fd}), and its protocol pipes are host-created
   (root-owned, not re-openable by uid 65534), so a program cannot forge results.
 - Filesystem: a read-only root holding read-only binds of only what `/usr/bin/python3` needs
@@ -49,16 +53,20 @@ Isolation (see `_bwrap_argv`):
   real time the test is not judged), and a host-side watchdog 5 s after that cap that kills
   the driver (PID 1: the whole namespace dies with it; not judged).
 
-Speed (see BENCHMARKS.md, "Judge"): a sandbox costs ~20-30 ms to start and a test ~2-3 ms.
+Speed (see BENCHMARKS.md, "Judge"): a sandbox costs ~20-30 ms to start (once per warm
+sandbox, or per program with SPO_JUDGE_WARM=0), a program ~4 ms of CPU more, and a test ~3 ms
+of CPU (BENCHMARKS.md, "Warm sandboxes": where it goes).
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import itertools
 import json
 import marshal
 import os
+import queue
 import select
 import shutil
 import signal
@@ -69,6 +77,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,13 +250,15 @@ def _layout(bwrap: str) -> list[str]:
 
 
 _driver_cache: dict[str, str] = {}
+_BASE64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 
 
 def _driver_arg(python: str) -> str:
     """The `-c` argument that runs the driver under `python`.
 
     The driver's code is compiled once per process by that same interpreter and passed as
-    marshalled bytecode (hex), which saves its compile time (~2.5 ms) in every sandbox.
+    marshalled bytecode (base64: one argument may hold at most 128 KiB), which saves its
+    compile time (~2.5 ms) in every sandbox.
     Falls back to the source text if that fails.
     """
     with _layout_lock:
@@ -260,8 +271,9 @@ def _driver_arg(python: str) -> str:
                         "-I",
                         "-S",
                         "-c",
-                        "import sys, marshal; sys.stdout.write(marshal.dumps(compile("
-                        "sys.stdin.read(), '<spo-judge-driver>', 'exec')).hex())",
+                        "import sys, marshal, binascii; sys.stdout.write(binascii.b2a_base64("
+                        "marshal.dumps(compile(sys.stdin.read(), '<spo-judge-driver>', 'exec')),"
+                        " newline=False).decode())",
                     ],
                     input=_DRIVER_SOURCE,
                     capture_output=True,
@@ -271,8 +283,11 @@ def _driver_arg(python: str) -> str:
                     check=True,
                 )
                 blob = res.stdout.strip()
-                if blob and all(c in "0123456789abcdef" for c in blob):
-                    arg = f"import marshal\nexec(marshal.loads(bytes.fromhex('{blob}')))\n"
+                if blob and not blob.strip(_BASE64_CHARS):
+                    arg = (
+                        "import marshal, binascii\n"
+                        f"exec(marshal.loads(binascii.a2b_base64('{blob}')))\n"
+                    )
             except (OSError, subprocess.SubprocessError):
                 pass
             _driver_cache[python] = arg
@@ -447,6 +462,15 @@ class _TestCgroups:
         except BaseException:
             self.close()
             raise
+
+    def set_memory(self, mem_bytes: int, raising: bool) -> None:
+        """A new memory limit (a warm sandbox's next program); OSError if refused."""
+        mem = self.dirs[0]
+        files = ["memory.limit_in_bytes"]
+        if os.path.exists(f"{mem}/memory.memsw.limit_in_bytes"):  # memsw >= limit at all times
+            files.append("memory.memsw.limit_in_bytes")
+        for name in reversed(files) if raising else files:
+            _write(f"{mem}/{name}", mem_bytes)
 
     def _open(self, path: str, flags: int) -> int:
         fd = os.open(path, flags | os.O_CLOEXEC)
@@ -670,6 +694,309 @@ def _parse_result(head: bytes, out_cap: int) -> tuple[RunResult, int, int] | Non
     return RunResult(status, "", "", exit_code, wall, cpu, sig, rss), n_out, n_err
 
 
+def _converse(
+    pipe: _Pipe,
+    proc: subprocess.Popen,
+    config: bytes,
+    inputs: Sequence[str | bytes],
+    wall: float,
+    output_limit_bytes: int,
+    keep_going: Callable[[int, RunResult], bool] | None,
+    outcome: _SessionOutcome,
+) -> bool:
+    """Send one program's configuration and its tests to a driver; True if it is still sound
+    (it answered READY and every test in time: a warm sandbox may take another program)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    if not pipe.write(b"%d\n" % len(config) + config, deadline):
+        outcome.failure = "sandbox exited before reading its configuration: " + (
+            pipe.stderr_text() or f"exit {proc.poll()}"
+        )
+        return False
+    head = pipe.readline(deadline)
+    parts = head.split() if head else []
+    if len(parts) != 2 or parts[0] != b"READY" or not parts[1].isdigit():
+        outcome.failure = "sandbox did not start: " + (
+            pipe.stderr_text() or "no answer from the driver"
+        )
+        return False
+    if int(parts[1]):
+        text = pipe.read_exact(int(parts[1]), deadline)
+        outcome.compile_error = (text or b"").decode("utf-8", "replace")
+        return text is not None
+    outcome.started = True
+    for i, text in enumerate(inputs):
+        data = text if isinstance(text, bytes) else _encode_input(text)
+        started = time.monotonic()
+        deadline = started + wall * WALL_CAP_FACTOR + HOST_SLACK_S + len(data) / 50e6
+        parsed = None
+        if pipe.write(b"%d\n" % len(data) + data, deadline):
+            head = pipe.readline(deadline)
+            parsed = _parse_result(head, output_limit_bytes) if head else None
+        body = pipe.read_exact(parsed[1] + parsed[2], deadline) if parsed else None
+        if parsed is None or body is None:
+            timed_out = time.monotonic() >= deadline
+            why = pipe.stderr_text()
+            if timed_out:  # the driver did not answer: the judge failed, not the program
+                why = "the sandbox did not answer in time" + (f": {why}" if why else "")
+                outcome.results.append(
+                    RunResult("sandbox_error", "", why, None, time.monotonic() - started)
+                )
+            else:
+                outcome.failure = "sandbox died during a test" + (f": {why}" if why else "")
+            return False
+        result, n_out, _ = parsed
+        result = dataclasses.replace(
+            result,
+            stdout=body[:n_out].decode("utf-8", "replace"),
+            stderr=body[n_out:].decode("utf-8", "replace"),
+        )
+        outcome.results.append(result)
+        if keep_going is not None and not keep_going(i, result):
+            break
+    return True
+
+
+def _close_streams(proc: subprocess.Popen) -> None:
+    for stream in (proc.stdout, proc.stderr):
+        try:
+            stream.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Warm sandboxes: one bubblewrap sandbox serves many programs, one after another. Its PID 1
+# (the driver's `_zygote`) never reads a program or an input; per program it forks a fresh
+# program driver, which does what a one-program sandbox's driver does and exits at END.
+
+
+def warm_sandboxes_enabled() -> bool:
+    """Whether sandboxed sessions reuse warm sandboxes (`SPO_JUDGE_WARM=0` turns them off).
+
+    Only on x86-64: the seccomp filter that shields a program driver (not PID 1) from its
+    tests' signals is written for it."""
+    return os.environ.get("SPO_JUDGE_WARM", "1") != "0" and os.uname().machine == "x86_64"
+
+
+class _WarmSandbox:
+    """A started warm sandbox: its process, pipe and cgroups (see docs/judge.md)."""
+
+    def __init__(self, key: tuple, mem_bytes: int) -> None:
+        self.key = key
+        self.proc: subprocess.Popen | None = None
+        self.cgroups: _TestCgroups | None = None
+        self.mem_bytes = mem_bytes
+        self.programs = 0
+
+    def start(self, sandbox: tuple[str, list[str]], placement: tuple) -> str | None:
+        """Start it; None, or why it failed."""
+        parents = _cgroup_dirs()
+        if parents is not None:
+            try:
+                self.cgroups = _TestCgroups(parents, self.mem_bytes, NPROC_LIMIT)
+            except OSError as exc:
+                return f"could not make the sandbox's cgroups: {exc}"
+        prefix, popen_kw = _drop_privileges()
+        bwrap, binds = sandbox
+        argv = prefix + _bwrap_argv(bwrap, binds, FILE_LIMIT_BYTES + (1 << 20))
+        try:
+            self.proc = _launch(
+                argv,
+                placement,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd="/",
+                env={},
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=self.cgroups.fds if self.cgroups else (),
+                **popen_kw,
+            )
+        except OSError as exc:
+            self.close()
+            return f"could not start the sandbox: {exc}"
+        self.pipe = _Pipe(self.proc)
+        config = marshal.dumps({"zygote": True, "sandboxed": True})
+        deadline = time.monotonic() + START_TIMEOUT_S
+        if not self.pipe.write(b"%d\n" % len(config) + config, deadline) or (
+            self.pipe.readline(deadline) != b"ZYGOTE"
+        ):
+            why = self.pipe.stderr_text() or "no answer from the driver"
+            self.close()
+            return f"sandbox did not start: {why}"
+        return None
+
+    def set_memory(self, mem_bytes: int) -> bool:
+        """Give the sandbox's memory cgroup this limit (a program's); False if that failed."""
+        if self.cgroups is None or mem_bytes == self.mem_bytes:
+            return True
+        try:
+            self.cgroups.set_memory(mem_bytes, raising=mem_bytes > self.mem_bytes)
+        except OSError:
+            return False
+        self.mem_bytes = mem_bytes
+        return True
+
+    def finish(self) -> bool:
+        """End the current program (END, then PID 1's IDLE); False if the sandbox is not clean
+        or did not answer (it is then closed by the caller)."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        return self.pipe.write(b"E\n", deadline) and self.pipe.readline(deadline) == b"IDLE"
+
+    def close(self) -> None:
+        if self.proc is not None:
+            _end_session(self.proc)
+            _close_streams(self.proc)
+            self.proc = None
+        if self.cgroups is not None:
+            self.cgroups.close()
+            self.cgroups = None
+
+
+# bwrap's --die-with-parent is tied to the THREAD that started it (PR_SET_PDEATHSIG): a warm
+# sandbox outlives the judge_batch worker thread that needed it first, so every warm sandbox
+# is started by one long-lived thread of ours (and still dies with this process).
+_launcher: dict[str, Any] = {}
+
+
+def _placement() -> tuple[tuple[int, ...], int]:
+    """The calling thread's CPUs and nice value, which a sandbox it starts would inherit."""
+    return tuple(sorted(os.sched_getaffinity(0))), os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def _launch(argv: list[str], placement: tuple, **popen_kw: Any) -> subprocess.Popen:
+    """`subprocess.Popen(argv, **popen_kw)` run by the launcher thread, given the caller's
+    `placement()` first (CPUs and nice value are per thread); raises what Popen raises."""
+    with _warm_lock:
+        if not _launcher:
+            requests: queue.SimpleQueue = queue.SimpleQueue()
+
+            def serve() -> None:
+                while True:
+                    fn, fut = requests.get()
+                    try:
+                        fut.set_result(fn())
+                    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                        fut.set_exception(exc)
+
+            threading.Thread(target=serve, name="spo-sandbox-launcher", daemon=True).start()
+            _launcher["requests"] = requests
+        requests = _launcher["requests"]
+
+    def start() -> subprocess.Popen:
+        cpus, nice = placement
+        try:
+            os.sched_setaffinity(0, cpus)
+            os.setpriority(os.PRIO_PROCESS, 0, nice)  # 0: this thread, on Linux
+        except OSError:  # (a lower nice value than ours needs privileges)
+            pass
+        return subprocess.Popen(argv, **popen_kw)
+
+    fut: Future = Future()
+    requests.put((start, fut))
+    return fut.result()
+
+
+_warm_lock = threading.Lock()
+_warm_idle: dict[tuple, list[_WarmSandbox]] = {}
+# Idle warm sandboxes kept per sandbox layout; more are closed as they come back.
+WARM_IDLE_MAX = max(4, 2 * (os.cpu_count() or 1))
+
+
+def _take_warm(key: tuple) -> _WarmSandbox | None:
+    with _warm_lock:
+        idle = _warm_idle.get(key)
+        return idle.pop() if idle else None
+
+
+def _give_back(box: _WarmSandbox) -> None:
+    with _warm_lock:
+        idle = _warm_idle.setdefault(box.key, [])
+        if len(idle) < WARM_IDLE_MAX:
+            idle.append(box)
+            return
+    box.close()
+
+
+def close_warm_sandboxes() -> None:
+    """Close every idle warm sandbox (also run at exit)."""
+    with _warm_lock:
+        boxes = [b for idle in _warm_idle.values() for b in idle]
+        _warm_idle.clear()
+    for box in boxes:
+        box.close()
+
+
+def _forget_warm_sandboxes() -> None:
+    """In a forked child of the host: the sandboxes are the parent's (never close them)."""
+    global _warm_lock
+    _warm_lock = threading.Lock()
+    _warm_idle.clear()
+    _launcher.clear()  # the launcher thread does not exist in a forked child
+
+
+atexit.register(close_warm_sandboxes)
+os.register_at_fork(after_in_child=_forget_warm_sandboxes)
+
+
+def _run_warm(
+    source: str,
+    inputs: Sequence[str | bytes],
+    sandbox: tuple[str, list[str]],
+    config: dict[str, Any],
+    wall: float,
+    output_limit_bytes: int,
+    keep_going: Callable[[int, RunResult], bool] | None,
+) -> _SessionOutcome:
+    """`_run_session` in a warm sandbox: an idle one if there is one, else a new one."""
+    # A sandbox's processes keep the CPUs and priority of the thread that started it, and its
+    # cgroups: only a caller with the same ones may reuse it.
+    placement = _placement()
+    key = (sandbox[0], tuple(sandbox[1]), _cgroup_dirs() is not None, placement)
+    mem = config["mem_bytes"] + INTERPRETER_ALLOWANCE_BYTES
+    for _ in range(2):  # an idle sandbox that fails before READY: once more in a new one
+        outcome = _SessionOutcome()
+        box = _take_warm(key)
+        reused = box is not None
+        if box is None:
+            box = _WarmSandbox(key, mem)
+            why = box.start(sandbox, placement)
+            if why is not None:
+                outcome.failure = why
+                return outcome
+        assert box.proc is not None
+        if not box.set_memory(mem):
+            box.close()
+            continue
+        frame = marshal.dumps(
+            {
+                **config,
+                "source": source,
+                "cgroup": box.cgroups.config() if box.cgroups else None,
+                # PID 1 above the program driver is one more process of the sandbox's uid
+                "nproc": config["nproc"] + 1,
+            }
+        )
+        box.pipe.err.clear()  # the drivers' own messages of earlier programs are not this one's
+        sound = False
+        try:
+            sound = _converse(
+                box.pipe, box.proc, frame, inputs, wall, output_limit_bytes, keep_going, outcome
+            )
+            sound = sound and box.finish()
+        finally:
+            if sound:
+                box.programs += 1
+                _give_back(box)
+            else:
+                box.close()
+        if reused and outcome.failure is not None and not outcome.started:
+            continue
+        return outcome
+    return outcome
+
+
 def _run_session(
     source: str,
     inputs: Sequence[str | bytes],
@@ -684,6 +1011,8 @@ def _run_session(
 ) -> _SessionOutcome:
     """Run `source` on each input in one sandbox (`sandbox=None`: without bwrap).
 
+    With bwrap and `warm_sandboxes_enabled()` the sandbox is a warm one, reused across
+    programs (a fresh program driver forked from its pristine PID 1 for each program).
     `keep_going(i, result)` decides after each test whether to send the next one.
     `config_extra`: further driver options (see `sandbox_driver`: input_file, output_file,
     argv, exc_status, fn_name, file_frames); with `file_frames` each input is a ready
@@ -694,6 +1023,21 @@ def _run_session(
             f"time and memory limits must be positive (got {time_limit_s} s, {memory_limit_mb} MB)"
         )
     wall = wall_limit_s if wall_limit_s is not None else time_limit_s * WALL_FACTOR + WALL_SLACK_S
+    config: dict[str, Any] = {
+        "cpu_s": float(time_limit_s),
+        "wall_s": float(wall),
+        "mem_bytes": int(memory_limit_mb) << 20,
+        "out_bytes": int(output_limit_bytes),
+        "err_keep": STDERR_KEEP_BYTES,
+        "fsize_bytes": FILE_LIMIT_BYTES,
+        "nofile": NOFILE_LIMIT,
+        "sandboxed": sandbox is not None,
+        "wall_cap_s": wall * WALL_CAP_FACTOR,
+        **(config_extra or {}),
+    }
+    if sandbox is not None and warm_sandboxes_enabled():
+        config.update(nproc=NPROC_LIMIT, workdir="/tmp")
+        return _run_warm(source, inputs, sandbox, config, wall, output_limit_bytes, keep_going)
     outcome = _SessionOutcome()
     workdir_host: str | None = None
     cgroups: _TestCgroups | None = None
@@ -724,23 +1068,11 @@ def _run_session(
         except OSError as exc:
             outcome.failure = f"could not make the sandbox's cgroups: {exc}"
             return outcome
-    config = marshal.dumps(
-        {
-            "source": source,
-            "cpu_s": float(time_limit_s),
-            "wall_s": float(wall),
-            "mem_bytes": int(memory_limit_mb) << 20,
-            "out_bytes": int(output_limit_bytes),
-            "err_keep": STDERR_KEEP_BYTES,
-            "fsize_bytes": FILE_LIMIT_BYTES,
-            "nproc": nproc,
-            "nofile": NOFILE_LIMIT,
-            "workdir": workdir,
-            "sandboxed": sandbox is not None,
-            "cgroup": cgroups.config() if cgroups else None,
-            "wall_cap_s": wall * WALL_CAP_FACTOR,
-            **(config_extra or {}),
-        }
+    config.update(
+        source=source,
+        nproc=nproc,
+        workdir=workdir,
+        cgroup=cgroups.config() if cgroups else None,
     )
     proc: subprocess.Popen | None = None
     try:
@@ -760,64 +1092,21 @@ def _run_session(
         except OSError as exc:
             outcome.failure = f"could not start the sandbox: {exc}"
             return outcome
-        pipe = _Pipe(proc)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        if not pipe.write(b"%d\n" % len(config) + config, deadline):
-            outcome.failure = "sandbox exited before reading its configuration: " + (
-                pipe.stderr_text() or f"exit {proc.poll()}"
-            )
-            return outcome
-        del config
-        head = pipe.readline(deadline)
-        parts = head.split() if head else []
-        if len(parts) != 2 or parts[0] != b"READY" or not parts[1].isdigit():
-            outcome.failure = "sandbox did not start: " + (
-                pipe.stderr_text() or "no answer from the driver"
-            )
-            return outcome
-        if int(parts[1]):
-            text = pipe.read_exact(int(parts[1]), deadline) or b""
-            outcome.compile_error = text.decode("utf-8", "replace")
-            return outcome
-        outcome.started = True
-        for i, text in enumerate(inputs):
-            data = text if isinstance(text, bytes) else _encode_input(text)
-            started = time.monotonic()
-            deadline = started + wall * WALL_CAP_FACTOR + HOST_SLACK_S + len(data) / 50e6
-            parsed = None
-            if pipe.write(b"%d\n" % len(data) + data, deadline):
-                head = pipe.readline(deadline)
-                parsed = _parse_result(head, output_limit_bytes) if head else None
-            body = pipe.read_exact(parsed[1] + parsed[2], deadline) if parsed else None
-            if parsed is None or body is None:
-                timed_out = time.monotonic() >= deadline
-                why = pipe.stderr_text()
-                if timed_out:  # the driver did not answer: the judge failed, not the program
-                    why = "the sandbox did not answer in time" + (f": {why}" if why else "")
-                    outcome.results.append(
-                        RunResult("sandbox_error", "", why, None, time.monotonic() - started)
-                    )
-                else:
-                    outcome.failure = "sandbox died during a test" + (f": {why}" if why else "")
-                return outcome
-            result, n_out, _ = parsed
-            result = dataclasses.replace(
-                result,
-                stdout=body[:n_out].decode("utf-8", "replace"),
-                stderr=body[n_out:].decode("utf-8", "replace"),
-            )
-            outcome.results.append(result)
-            if keep_going is not None and not keep_going(i, result):
-                break
+        _converse(
+            _Pipe(proc),
+            proc,
+            marshal.dumps(config),
+            inputs,
+            wall,
+            output_limit_bytes,
+            keep_going,
+            outcome,
+        )
         return outcome
     finally:
         if proc is not None:
             _end_session(proc)
-            for stream in (proc.stdout, proc.stderr):
-                try:
-                    stream.close()  # type: ignore[union-attr]
-                except OSError:
-                    pass
+            _close_streams(proc)
         if cgroups is not None:
             cgroups.close()
         if workdir_host is not None:

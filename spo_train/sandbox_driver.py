@@ -110,21 +110,25 @@ def _remove_sysv_ipc() -> None:
 
 
 # Syscalls through which a process of the sandbox's uid could change ANOTHER process of that
-# uid - the driver, PID 1 - since same-uid processes may: its resource limits (prlimit64), its
+# uid - the driver - since same-uid processes may: its resource limits (prlimit64), its
 # scheduling (sched_setaffinity/setscheduler/setparam/setattr), its priority (setpriority,
 # ioprio_set; for a process group or a whole user too). Making the driver fail would turn a
-# verdict into "not judged", so a seccomp filter refuses them (EPERM) for pid 1, for process
-# groups and users; a program may still change itself and its own children. x86-64 only
-# (numbers below); elsewhere the driver checks its own limits after each test instead.
+# verdict into "not judged", so a seccomp filter refuses them (EPERM) for the driver's pids,
+# for process groups and users; a program may still change itself and its own children.
+# x86-64 only (numbers below); elsewhere the driver checks its own limits after each test.
 _X86_64 = 0xC000003E  # AUDIT_ARCH_X86_64
-_PID_SYSCALLS = (
-    302,
-    203,
-    144,
-    142,
-    314,
-)  # prlimit64, sched_setaffinity/setscheduler/setparam/setattr
+_PID_SYSCALLS = (302, 203, 144, 142, 314)  # prlimit64, sched_setaffinity/scheduler/param/attr
 _WHICH_WHO_SYSCALLS = (141, 251)  # setpriority(which, who, ...), ioprio_set(which, who, ...)
+# A warm sandbox's program driver is not PID 1, whom the kernel shields from signals sent
+# inside its namespace: signals to it (kill, tkill, tgkill, rt_(tg)sigqueueinfo with its pid;
+# kill of its process group or of -1, "every process") and pidfd_open of it are refused, and
+# pidfd_send_signal altogether (a /proc/<pid> directory is a pidfd too).
+_SIGNAL_PID_SYSCALLS = (200, 234, 129, 297, 434)  # tkill, tgkill, rt_sigqueueinfo,
+# rt_tgsigqueueinfo, pidfd_open: first argument a pid
+_KILL, _PIDFD_SEND_SIGNAL = 62, 424
+# Kernel keyrings outlive the processes that fill them (per user namespace): a test could hand
+# state to the next one through them, so add_key, request_key and keyctl are refused.
+_KEYRING_SYSCALLS = (248, 249, 250)
 # Without cgroups nothing counts memory that no process maps (a memfd written with write(), a
 # System V segment left unattached), so then these are refused outright (EPERM), as contest
 # judges refuse what they cannot count: memfd_create, shmget.
@@ -132,82 +136,110 @@ _UNCOUNTED_MEMORY_SYSCALLS = (319, 29)
 _RT_SIGACTION, _SIGCHLD = 13, 17
 
 
-def _seccomp_program(refuse_uncounted_memory: bool = False):
-    """The filter as a ctypes `sock_fprog` (kept alive by the caller), or None off x86-64.
+def _seccomp_program(refuse_uncounted_memory: bool = False, protect: int = 0):
+    """The filter as an installer function (keeps its buffers alive), or None off x86-64.
 
-    `refuse_uncounted_memory` (no cgroups): also refuse `_UNCOUNTED_MEMORY_SYSCALLS`."""
+    `refuse_uncounted_memory` (no cgroups): also refuse `_UNCOUNTED_MEMORY_SYSCALLS` and
+    SIGCHLD=ignore. `protect`: the pid of a program driver that is not PID 1 (warm sandbox):
+    no signal may reach it, nor the changes above."""
     import struct
 
     if os.uname().machine != "x86_64":
         return None
     import ctypes
 
-    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
     allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
-    code = [
-        (ld, 0, 0, 4),  # 0: arch
-        (jeq, 1, 0, _X86_64),  # 1
-        (ret, 0, 0, deny),  # 2: another ABI (i386 int 0x80): nothing of ours uses it
-        (ld, 0, 0, 0),  # 3: syscall number
-        (jge, 0, 1, 0x40000000),  # 4: x32 ABI
-        (ret, 0, 0, deny),  # 5
-    ]
-    for nr in _UNCOUNTED_MEMORY_SYSCALLS if refuse_uncounted_memory else ():
-        code += [(jeq, 0, 1, nr), (ret, 0, 0, deny)]
+    guarded = (1, protect) if protect else (1,)
+    prog: list = []  # (code, k, jump-if-true label, jump-if-false label); None: next one
+    labels: dict = {}
+
+    def ld(offset: int) -> None:  # the 32 bits at `offset` of struct seccomp_data
+        prog.append((0x20, offset, None, None))
+
+    def jeq(k: int, jt=None, jf=None) -> None:
+        prog.append((0x15, k & 0xFFFFFFFF, jt, jf))
+
+    def ret(value: int) -> None:
+        prog.append((0x06, value, None, None))
+
+    def rule(nr: int, body) -> None:  # if the syscall is `nr`: body, then allow
+        name = f"after{len(labels)}"
+        labels[name] = None
+        ld(0)
+        jeq(nr, jf=name)
+        body()
+        ret(allow)
+        labels[name] = len(prog)
+
+    def first_arg_in(values) -> None:
+        ld(16)  # args[0], low 32 bits (a pid_t)
+        for v in values:
+            jeq(v, jt="deny")
+
+    ld(4)  # arch
+    jeq(_X86_64, jf="deny")  # another ABI (i386 int 0x80): nothing of ours uses it
+    ld(0)
+    prog.append((0x35, 0x40000000, "deny", None))  # jge: the x32 ABI
+    for nr in _KEYRING_SYSCALLS + (_UNCOUNTED_MEMORY_SYSCALLS if refuse_uncounted_memory else ()):
+        jeq(nr, jt="deny")
     if refuse_uncounted_memory:
         # rt_sigaction(SIGCHLD, act != NULL): a parent that ignores SIGCHLD (or sets
         # SA_NOCLDWAIT) has its children reaped by the kernel, whose CPU time then counts
         # nowhere the driver can see; reading the disposition (act NULL) stays allowed.
-        code += [
-            (jeq, 0, 6, _RT_SIGACTION),  # not rt_sigaction: reload the number
-            (ld, 0, 0, 16),  # signum
-            (jeq, 0, 4, _SIGCHLD),
-            (ld, 0, 0, 24),  # act, low 32 bits
-            (jeq, 0, 4, 0),  # not NULL: deny
-            (ld, 0, 0, 28),  # act, high 32 bits
-            (jeq, 0, 2, 0),
-            (ld, 0, 0, 0),  # the syscall number again, for the table below
-            (0x05, 0, 0, 1),  # ja: over the deny
-            (ret, 0, 0, deny),
-        ]
-    n_pid, n_ww = len(_PID_SYSCALLS), len(_WHICH_WHO_SYSCALLS)
-    base = len(code)  # the jump table: one jeq per syscall, then "allow"
-    pid_check = base + n_pid + n_ww + 1
-    ww_check = pid_check + 3
-    for i, nr in enumerate(_PID_SYSCALLS + _WHICH_WHO_SYSCALLS):
-        target = pid_check if i < n_pid else ww_check
-        code.append((jeq, target - (base + i) - 1, 0, nr))
-    code.append((ret, 0, 0, allow))
-    code += [
-        (ld, 0, 0, 16),  # pid_check: args[0] (low 32 bits)
-        (jeq, 0, 1, 1),  # pid 1: the driver
-        (ret, 0, 0, deny),
-        (ld, 0, 0, 16),  # ww_check: which (0: a process)
-        (jeq, 1, 0, 0),
-        (ret, 0, 0, deny),  # a process group or a user: could reach the driver
-        (ld, 0, 0, 24),  # who
-        (jeq, 0, 1, 1),
-        (ret, 0, 0, deny),
-        (ret, 0, 0, allow),
-    ]
-    assert ww_check == pid_check + 3
-    raw = b"".join(struct.pack("<HBBI", *ins) for ins in code)
+        def sigchld() -> None:
+            ld(16)
+            jeq(_SIGCHLD, jf="allow")
+            ld(24)  # act, low and high 32 bits
+            jeq(0, jf="deny")
+            ld(28)
+            jeq(0, jf="deny")
+
+        rule(_RT_SIGACTION, sigchld)
+    for nr in _PID_SYSCALLS:
+        rule(nr, lambda: first_arg_in(guarded))
+    for nr in _WHICH_WHO_SYSCALLS:
+
+        def which_who() -> None:
+            ld(16)  # which: 0 is a process; a process group or a user could reach the driver
+            jeq(0, jf="deny")
+            ld(24)  # who
+            for v in guarded:
+                jeq(v, jt="deny")
+
+        rule(nr, which_who)
+    if protect:
+        rule(_KILL, lambda: first_arg_in((protect, -protect, -1)))
+        for nr in _SIGNAL_PID_SYSCALLS:
+            rule(nr, lambda: first_arg_in((protect,)))
+        ld(0)
+        jeq(_PIDFD_SEND_SIGNAL, jt="deny")
+    labels["allow"] = len(prog)
+    ret(allow)
+    labels["deny"] = len(prog)
+    ret(deny)
+    code = []
+    for i, (op, k, jt, jf) in enumerate(prog):
+        jt = 0 if jt is None else labels[jt] - i - 1
+        jf = 0 if jf is None else labels[jf] - i - 1
+        assert 0 <= jt < 256 and 0 <= jf < 256
+        code.append(struct.pack("<HBBI", op, jt, jf, k))
+    raw = b"".join(code)
     buf = ctypes.create_string_buffer(raw, len(raw))
 
     class _Prog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
-    prog = _Prog(len(code), ctypes.addressof(buf))
+    fprog = _Prog(len(prog), ctypes.addressof(buf))
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 
     def install() -> None:
         if prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS (bwrap sets it already)
             raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
-        if prctl(22, 2, ctypes.addressof(prog), 0, 0) != 0:  # PR_SET_SECCOMP, MODE_FILTER
+        if prctl(22, 2, ctypes.addressof(fprog), 0, 0) != 0:  # PR_SET_SECCOMP, MODE_FILTER
             raise OSError(ctypes.get_errno(), "PR_SET_SECCOMP")
 
-    install.keep = (buf, prog)  # type: ignore[attr-defined]
+    install.keep = (buf, fprog)  # type: ignore[attr-defined]
     return install
 
 
@@ -228,6 +260,11 @@ class _Quitter:
         raise SystemExit(code)
 
 
+# What `_Channel.frame` returns for the host's "end of this program" header ``E`` in a warm
+# sandbox (every other frame has a length).
+_END = object()
+
+
 class _Channel:
     """Length-framed reads from the host's pipe."""
 
@@ -243,10 +280,13 @@ class _Channel:
         return True
 
     def frame(self):
-        """The next frame's bytes, or None at EOF."""
+        """The next frame's bytes, `_END`, or None at EOF."""
         while (nl := self.buf.find(b"\n")) < 0:
             if not self._fill():
                 return None
+        if self.buf[:nl] == b"E":
+            del self.buf[: nl + 1]
+            return _END
         n = int(self.buf[:nl])
         del self.buf[: nl + 1]
         while len(self.buf) < n:
@@ -350,6 +390,9 @@ def _child(code, source: str, stdin_fd: int, out_w: int, err_w: int, cfg: dict, 
             (resource.RLIMIT_CORE, 0, 0),
             (resource.RLIMIT_NOFILE, cfg["nofile"], cfg["nofile"]),
             (resource.RLIMIT_MEMLOCK, 0, 0),
+            # POSIX message queues outlive their makers (the IPC namespace is the session's)
+            # and cannot be listed to remove: none can be made.
+            (resource.RLIMIT_MSGQUEUE, 0, 0),
             (resource.RLIMIT_CPU, cpu_soft, cpu_soft + 1),
         ]
         if cfg["nproc"]:
@@ -461,10 +504,25 @@ def _children_of_self() -> list:
     return pids
 
 
-def _kill_leftovers(sandboxed: bool, pgid: int) -> None:
+def _owns_sandbox(cfg: dict) -> bool:
+    """Inside the sandbox every process but us (and, in a warm sandbox, PID 1 above us) is the
+    test's: we are its PID 1, or a warm sandbox's program driver (a child subreaper)."""
+    return bool(cfg["sandboxed"] and (os.getpid() == 1 or cfg.get("warm")))
+
+
+def _others(name: str) -> bool:
+    """Whether /proc entry `name` is a process of the test (not PID 1, not this driver)."""
+    return name.isdigit() and name != "1" and name != _SELF[0]
+
+
+_SELF = [str(os.getpid())]  # this driver's pid as a /proc name (set again after a fork)
+
+
+def _kill_leftovers(owns_sandbox: bool, pgid: int) -> None:
     """Kill and reap every process the test left behind."""
-    if sandboxed and os.getpid() == 1:
-        # We are PID 1 of the sandbox: -1 reaches every other process in it, and only those.
+    if owns_sandbox:
+        # -1 reaches every process in the sandbox but PID 1 and ourselves: the test's. Orphans
+        # re-parent to us (PID 1, or a child subreaper), so no child left means none left.
         while True:
             try:
                 os.kill(-1, _SIGKILL)
@@ -527,8 +585,8 @@ def _cpu_wait_s(every_process: bool, pid: int) -> float:
     with count: a program that lowers its own (nice, SCHED_IDLE/BATCH, its autogroup's nice)
     or narrows its CPU affinity chose to wait.
     """
-    if every_process and os.getpid() == 1:
-        pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and p != "1"]
+    if every_process:
+        pids = [int(p) for p in os.listdir("/proc") if _others(p)]
     else:
         pids = [pid]
     base_nice = os.getpriority(os.PRIO_PROCESS, 0)
@@ -564,7 +622,7 @@ def _cpu_wait_s(every_process: bool, pid: int) -> float:
 def _counts_every_process(cfg: dict) -> bool:
     """Without cgroups, inside the sandbox (we are its PID 1, so every other process there is
     the test's): the driver sums the CPU time and memory of all of them itself."""
-    return bool(cfg["sandboxed"] and not cfg.get("cgroup") and os.getpid() == 1)
+    return bool(not cfg.get("cgroup") and _owns_sandbox(cfg))
 
 
 def _status_kb(text: bytes, key: bytes) -> int:
@@ -610,7 +668,7 @@ def _every_process_usage(base: int) -> tuple:
     """
     cpu_ticks = mem = 0
     for name in os.listdir("/proc"):
-        if not name.isdigit() or name == "1":
+        if not _others(name):
             continue
         try:
             with open(f"/proc/{name}/stat", "rb") as f:
@@ -644,7 +702,7 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
     del view
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
-    vsz = _vsz_bytes()
+    vsz = 0 if cfg.get("cgroup") else _vsz_bytes()  # RLIMIT_AS only without cgroups
     cg = cfg.get("cgroup")
     every = _counts_every_process(cfg)
     base = _rss_anon_shmem("self") if every else 0
@@ -708,7 +766,7 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
     while not exited:
         now = time.monotonic()
         if now >= deadline:
-            waited = _cpu_wait_s(bool(cfg["sandboxed"] and (cg or every)), pid)
+            waited = _cpu_wait_s(_owns_sandbox(cfg) and bool(cg or every), pid)
             if now - start - waited >= cfg["wall_s"]:
                 killed_for = "time_limit"  # slept, blocked or ran (idleness, or a CPU limit)
                 break
@@ -756,7 +814,7 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
         every_cpu = max(every_cpu, _every_process_usage(base)[0])
     _, wstatus, usage = reaped if reaped is not None else os.wait4(pid, 0)
     wall = time.monotonic() - start
-    _kill_leftovers(cfg["sandboxed"], pid)
+    _kill_leftovers(_owns_sandbox(cfg), pid)
     # Every writer is dead now: read what is left in the pipes (bounded by the caps).
     for fd in open_fds:
         os.set_blocking(fd, True)
@@ -957,7 +1015,7 @@ def _fresh_rundir(cfg: dict) -> str | None:
             os.mkdir(cfg["rundir"], 0o755)
         except OSError as exc:
             why = f"cannot make the working directory: {exc}"
-    if cfg["sandboxed"] and os.getpid() == 1:
+    if _owns_sandbox(cfg):
         _remove_sysv_ipc()
     return why
 
@@ -1006,10 +1064,78 @@ def main() -> None:
         return
     chan = _Channel(cin)
     frame = chan.frame()
-    if frame is None:
+    if frame is None or frame is _END:
         return
     cfg = marshal.loads(frame)
     del frame
+    if cfg.get("zygote"):
+        _zygote(chan, cout)
+    else:
+        _serve_program(chan, cout, cfg)
+        os._exit(0)  # the host is waiting for us to go: skip interpreter teardown
+
+
+def _zygote(chan: "_Channel", cout: int) -> None:
+    """A warm sandbox's PID 1: fork one program driver per program, never see a program.
+
+    Each program gets a fresh fork of this pristine process (its imports done, nothing of any
+    program or test input ever read into it), which reads the program's configuration, forks
+    once per test as a one-program sandbox's driver does, and exits at the host's END frame.
+    This process then kills whatever is left, answers ``IDLE`` and forks the next one. A
+    program driver that found its scratch directory uncleanable exits with `_DIRTY_EXIT`: the
+    sandbox then ends (no ``IDLE``) and the host starts a fresh one.
+    """
+    import ctypes  # noqa: F401 - each program driver builds its seccomp filter with it
+
+    builtins.exit = _Quitter("exit")
+    builtins.quit = _Quitter("quit")
+    for name in _PRELOAD:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    gc.collect()
+    gc.freeze()
+    _send(cout, b"ZYGOTE\n")
+    while True:
+        pid = os.fork()
+        if pid == 0:
+            _SELF[0] = str(os.getpid())
+            status = 1
+            try:
+                os.setsid()  # its own process group: a test may signal its own, not ours
+                _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: a test's orphans re-parent to it
+                frame = chan.frame()
+                if frame is None or frame is _END:
+                    status = _EOF_EXIT
+                else:
+                    cfg = marshal.loads(frame)
+                    del frame
+                    cfg["warm"] = True
+                    status = _serve_program(chan, cout, cfg)
+            except BaseException as exc:  # the judge's own failure: say what it was
+                os.write(2, f"driver: {exc!r}\n".encode())
+            finally:
+                os._exit(status)
+        _, wstatus = os.waitpid(pid, 0)
+        _kill_leftovers(True, 0)  # none should be left: the program driver killed its tests'
+        code = os.waitstatus_to_exitcode(wstatus)
+        if code != 0:  # the host went away, or the scratch directory could not be cleaned
+            os._exit(0)
+        _send(cout, b"IDLE\n")
+
+
+# Exit statuses of a warm sandbox's program driver (0: done, the sandbox is clean).
+_EOF_EXIT = 3
+_DIRTY_EXIT = 4
+
+
+def _serve_program(chan: "_Channel", cout: int, cfg: dict) -> int:
+    """Compile the program, answer READY, run its tests until EOF (or END in a warm sandbox).
+
+    Returns the exit status for a warm sandbox's program driver (0, `_EOF_EXIT` or
+    `_DIRTY_EXIT`)."""
+    warm = bool(cfg.get("warm"))
     if not cfg["sandboxed"]:
         _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans of a test re-parent to us
     source = cfg.pop("source")
@@ -1020,10 +1146,17 @@ def main() -> None:
                 __import__(name)
             except ImportError:
                 pass
-    cfg["seccomp"] = _seccomp_program(refuse_uncounted_memory=_counts_every_process(cfg))
-    cfg["limits"] = _own_limits()
-    builtins.exit = _Quitter("exit")
-    builtins.quit = _Quitter("quit")
+    cfg["seccomp"] = _seccomp_program(
+        refuse_uncounted_memory=_counts_every_process(cfg), protect=os.getpid() if warm else 0
+    )
+    if warm and cfg["seccomp"] is None:  # nothing would shield this driver from its tests
+        os.write(2, b"driver: a warm sandbox needs the seccomp filter (x86-64)\n")
+        return _EOF_EXIT
+    # Where the seccomp filter refuses prlimit64 on us, our limits cannot change: no check.
+    cfg["limits"] = _own_limits() if cfg["seccomp"] is None else None
+    if not warm:  # (the zygote did these)
+        builtins.exit = _Quitter("exit")
+        builtins.quit = _Quitter("quit")
     try:
         code = compile(source, "solution.py", "exec", dont_inherit=True)
         compile_error = b""
@@ -1032,24 +1165,31 @@ def main() -> None:
 
         code = None
         compile_error = "".join(traceback.format_exception_only(type(exc), exc)).encode()
-    for name in _PRELOAD:
+    for name in _PRELOAD if not warm else ():
         try:
             __import__(name)
         except ImportError:
             pass
     gc.collect()
     gc.freeze()  # children's collections skip the driver's objects: fewer copy-on-write pages
-    _send(cout, b"READY %d\n" % len(compile_error), compile_error)
-    if code is None:
-        return
     cfg["rundir"] = os.path.join(cfg["workdir"], "work")
     dirty = _fresh_rundir(cfg)  # the scratch directory is fresh: this cannot fail but for bugs
     if dirty is not None:
+        if warm:  # no READY: the host starts a fresh sandbox for this program
+            os.write(2, f"driver: {dirty}\n".encode())
+            return _DIRTY_EXIT
         dirty = f"judge: {dirty}"
+    _send(cout, b"READY %d\n" % len(compile_error), compile_error)
+    if code is None:
+        if warm:  # the host ends the program with END
+            return 0 if chan.frame() is _END else _EOF_EXIT
+        return 0
     while True:
         frame = chan.frame()
         if frame is None:
-            os._exit(0)  # the host is waiting for us to go: skip interpreter teardown
+            return _EOF_EXIT
+        if frame is _END:
+            return 0 if dirty is None else _DIRTY_EXIT
         if dirty is not None:  # an earlier test left state we could not clear: never run again
             status, exit_code, sig, wall, cpu, rss, out = "runtime_error", 1, None, 0.0, 0.0, 0, b""
             err = dirty.encode()

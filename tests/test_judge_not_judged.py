@@ -28,6 +28,7 @@ def _start_deadline_spy(monkeypatch, failing_starts: int) -> list[float]:
 
     def run(*args, **kwargs):
         calls.append(1.0)
+        sandbox.close_warm_sandboxes()  # every session starts a sandbox (no warm one idle)
         timeout = 1e-9 if len(calls) <= failing_starts else 20.0
         monkeypatch.setattr(sandbox, "START_TIMEOUT_S", timeout)
         return real(*args, **kwargs)
