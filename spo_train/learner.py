@@ -218,8 +218,15 @@ def build_learner(
     state = load_trainer_state(checkpoint, learner, algorithm) if checkpoint is not None else {}
     if state:
         learner.optimizer_steps = adamw_steps(learner.optimizer)
-        # checkpoints written before steps were skipped hold no count: none was skipped then
-        learner.skipped_steps = int(state.get("skipped_optimizer_steps", 0))
+        learner.skipped_steps = int(state.get("skipped_optimizer_steps", -1))
+        if learner.skipped_steps < 0:
+            # A checkpoint from before the count: only SFT skipped then (one step per training
+            # step), so the training steps AdamW did not take are its skipped ones.
+            per_step = (
+                config.update_epochs * config.minibatches if config.algo in ("ppo", "grpo") else 1
+            )
+            done = int(state.get("step", 0)) * per_step
+            learner.skipped_steps = max(0, done - learner.optimizer_steps)
     return LearnerParts(learner, algorithm, tokenizer, state, full)
 
 

@@ -74,3 +74,23 @@ def test_ppo_batch_with_one_reward_moves_only_the_value_model(tiny_model, tmp_pa
 def test_adamw_steps_before_any_step_is_zero(tiny_model, tmp_path):  # noqa: F811
     _, _, _, learner = _setup(tiny_model, tmp_path, "grpo")
     assert adamw_steps(learner.optimizer) == 0
+
+
+def test_resume_restores_both_counts_and_reads_old_checkpoints(tiny_model, tmp_path):  # noqa: F811
+    from spo_train.checkpoint import save_checkpoint
+    from spo_train.learner import build_learner
+
+    policy, tok, config, learner = _setup(tiny_model, tmp_path, "sft")
+    batch = _batch(tok, [3, 5, 2, 4], [0.0, -1.0, -1.0, 0.0])
+    learner.optimize(learner.policy_logprobs(batch).sum() * 0 + policy.lm_head.weight.sum())
+    opt = (learner.optimizer, learner.scheduler)
+    base = {"run_id": "r", "config": {"algo": "sft"}}
+    # this release's checkpoint: 3 training steps, 1 taken, 2 skipped (counted)
+    new = save_checkpoint(tmp_path / "a", 3, policy, tok, *opt, {**base, "step": 3,
+                          "skipped_optimizer_steps": 2})  # fmt: skip
+    parts = build_learner(config, tiny_model, new)
+    assert (parts.learner.optimizer_steps, parts.learner.skipped_steps) == (1, 2)
+    # a checkpoint from before the count: SFT's steps AdamW did not take were skipped
+    old = save_checkpoint(tmp_path / "b", 4, policy, tok, *opt, {**base, "step": 4})
+    parts = build_learner(config, tiny_model, old)
+    assert (parts.learner.optimizer_steps, parts.learner.skipped_steps) == (1, 3)
