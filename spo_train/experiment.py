@@ -409,7 +409,7 @@ class _Runner:
                 )
                 if not missing:
                     self.say(
-                        f"q0: the first {need.problems} {need.split} problems of [prepare] have "
+                        f"q0: the first {need.problems} {need.split} problems of the q0 pool have "
                         f"estimates with {rule} (max_new_tokens {need.max_new_tokens})"
                     )
                     continue
