@@ -59,6 +59,7 @@ BAD = [
     (BASE.replace("q0_successes = [0, 0]", "q0_successes = [2, 1]"), "[strata.zero]"),
     (BASE.replace("q0_successes = [1, 8]", "q0_successes = [1, 65]"), "<= q0_samples (64)"),
     (BASE.replace("q0_successes = [0, 0]", "q0_succeses = [0, 0]"), "did you mean"),
+    (BASE.replace("q0_successes = [1, 8]", "q0_successes = [1, 12]"), "stops at"),
     (BASE.replace("steps = 1", "steps = 1\ntrain_where = 'TRUE'"), "[common]: train_where"),
     (BASE.replace('algo = "grpo"', 'algo = "grpo"\ntrain_where = "TRUE"'), "[arms.grpo]"),
     (BASE.replace('reference_arm = "spo"', 'reference_arm = "zero.spo"'), "not an arm"),
