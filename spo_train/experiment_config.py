@@ -219,11 +219,11 @@ def load_experiment(path: str | Path) -> Experiment:
 
     common = _read_settings(p, "[common]", data.get("common", {}))
     strata = _read_strata(p, data.get("strata", {}), q0_samples)
-    for name, (_, high) in strata.items():
+    for stratum, (_, high) in strata.items():
         if q0_stopping == "sequential" and high >= q0_stop_successes:
             raise _fail(
                 p,
-                f"[strata.{name}]",
+                f"[strata.{stratum}]",
                 f"q0_successes up to {high}: a sequential estimate stops at "
                 f"q0_stop_successes = {q0_stop_successes} successes before q0_samples, so it "
                 "would never count; keep the bound below it (or q0_stopping = 'fixed')",

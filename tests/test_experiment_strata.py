@@ -78,6 +78,7 @@ def test_bad_prepare_and_strata_are_one_line(tmp_path, text, needle):
 
 def test_strata_expand_the_arms(tmp_path):
     exp = load_experiment(_write(tmp_path, BASE))
+    assert exp.name == "s"  # not a stratum's name
     assert list(exp.arms) == ["zero.spo", "zero.grpo", "low.spo", "low.grpo"]
     assert exp.reference_arm == "zero.spo"
     assert exp.strata == {"zero": (0, 0), "low": (1, 8)}
