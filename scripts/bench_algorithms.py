@@ -269,6 +269,17 @@ def measure(args: argparse.Namespace, algo: str, workdir: Path) -> dict[str, Any
             group_of.setdefault(p, len(group_of)) for p in table.column("problem_id").to_pylist()
         ]
     batch = to_train_batch(prepared, table, ["online"] * table.num_rows, groups)
+    # A step's cost depends on shapes, not on who passed; but PPO and GRPO skip the policy step
+    # of rows without a reward spread (docs/algorithms.md): each problem whose samples all got
+    # one reward has its first sample's reward flipped, so every algorithm takes its full step.
+    forced = 0
+    by_problem: dict[str, list[int]] = defaultdict(list)
+    for i, p in enumerate(table.column("problem_id").to_pylist()):
+        by_problem[p].append(i)
+    for rows in by_problem.values():
+        if len({float(batch.reward[i]) for i in rows}) == 1:
+            batch.reward[rows[0]] = -1.0 - batch.reward[rows[0]]  # 0 <-> -1
+            forced += 1
     tokens = int(batch.mask.sum())
     cuda = config.device.startswith("cuda")
 
@@ -324,6 +335,7 @@ def measure(args: argparse.Namespace, algo: str, workdir: Path) -> dict[str, Any
         "tokens": tokens,
         "step_s": times,
         "optimizer_steps_per_step": opt_steps[-1],
+        "rewards_flipped": forced,  # problems given a reward spread (see above)
         "warmup_s": warmup_s,
         "rss_start_mib": rss_start / 1024,
         "rss_ready_mib": rss_ready / 1024,

@@ -402,15 +402,20 @@ class _Runner:
             for i, need in enumerate(needs):
                 missing = q0_missing(lk, need)
                 args = ["--threads", "1", "estimate-q0", *need.args(self.lake_uri)]
+                rule = f">= {need.samples} samples" + (
+                    f" or >= {need.stop_successes} successes"
+                    if need.stopping == "sequential"
+                    else ""
+                )
                 if not missing:
                     self.say(
-                        f"q0: the first {need.problems} {need.split} problems have estimates "
-                        f"with >= {need.samples} samples (max_new_tokens {need.max_new_tokens})"
+                        f"q0: the first {need.problems} {need.split} problems of the q0 pool have "
+                        f"estimates with {rule} (max_new_tokens {need.max_new_tokens})"
                     )
                     continue
                 log = self.out / "prepare" / f"q0-{i}.log"
                 self.say(
-                    f"q0: estimating {missing} {need.split} problems x {need.samples} samples "
+                    f"q0: estimating {missing} {need.split} problems until {rule} "
                     f"(max_new_tokens {need.max_new_tokens}); log {log}"
                 )
                 proc, start = _start(args, log, "prepare")

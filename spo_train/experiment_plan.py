@@ -29,7 +29,7 @@ from spo_train.config import (
     show_value,
     stored_train_config,
 )
-from spo_train.experiment_config import Experiment, resolved, run_config
+from spo_train.experiment_config import Experiment, q0_pool_where, resolved, run_config
 
 
 @dataclass
@@ -196,8 +196,9 @@ def plan_runs(
 # ----------------------------------------------------------------------------- prepare
 @dataclass
 class Q0Need:
-    """One `spo estimate-q0` the SPO runs need: its model and sampler (what the runs look
-    their q0 up by), and the fixed problem subset."""
+    """One `spo estimate-q0` the runs need: its model and sampler (what the runs look their
+    q0 up by), the fixed problem subset (`pool`: SQL over p, `experiment_config.q0_pool_where`)
+    and the stopping rule (cap `samples`)."""
 
     model: str | None
     temperature: float
@@ -207,16 +208,23 @@ class Q0Need:
     include_unreliable: bool
     problems: int
     samples: int
+    pool: str = ""
+    stopping: str = "sequential"
+    stop_successes: int = 12
 
     def where(self) -> str:
         """The first `problems` train problems by problem_id (reliable ones unless
-        include_unreliable): a fixed subset, written out so the command names it (the same
-        problems estimate-q0's --limit N selects)."""
-        reliable = "" if self.include_unreliable else " AND judge_issue IS NULL"
-        return (
-            "p.problem_id IN (SELECT problem_id FROM problems WHERE split = "
-            f"{sql_quote(self.split)}{reliable} ORDER BY problem_id LIMIT {int(self.problems)})"
-        )
+        include_unreliable) that [prepare] q0_where matches: a fixed subset, written out so
+        the command names it."""
+        return self.pool
+
+    def done_sql(self) -> str:
+        """SQL over `problems_with_q0_sql` aliased p: the estimate needs no more samples (the
+        cap, or, sequential, r successes: `spo_train.q0.q0_done`)."""
+        done = f"p.q0_samples >= {int(self.samples)}"
+        if self.stopping == "sequential":
+            done += f" OR p.q0_successes >= {int(self.stop_successes)}"
+        return done
 
     def args(self, lake_uri: str) -> list[str]:
         """`spo estimate-q0` arguments (after the command name)."""
@@ -227,7 +235,10 @@ class Q0Need:
             "--temperature", f"{self.temperature:g}",
             "--top-p", f"{self.top_p:g}",
             "--max-new-tokens", str(self.max_new_tokens),
+            "--stopping", self.stopping,
         ]  # fmt: skip
+        if self.stopping == "sequential":
+            args += ["--stop-successes", str(self.stop_successes)]
         if self.model is not None:
             args += ["--model", self.model]
         if self.include_unreliable:
@@ -243,13 +254,14 @@ def needs_q0(cfg: TrainConfig) -> bool:
 
 def q0_needs(exp: Experiment, plans: list[RunPlan]) -> list[Q0Need]:
     """The distinct estimate-q0 steps of the runs this invocation trains that need q0 (none
-    without a [prepare] table)."""
+    without a [prepare] table): the SPO runs', and with [strata] every run's (a stratum is
+    chosen by q0)."""
     if not exp.q0_problems:
         return []
     needs: list[Q0Need] = []
     for pl in plans:
         cfg = pl.config
-        if pl.action == "skip" or not needs_q0(cfg):
+        if pl.action == "skip" or not (needs_q0(cfg) or exp.strata):
             continue
         need = Q0Need(
             model=cfg.model,
@@ -260,6 +272,9 @@ def q0_needs(exp: Experiment, plans: list[RunPlan]) -> list[Q0Need]:
             include_unreliable=cfg.include_unreliable,
             problems=exp.q0_problems,
             samples=exp.q0_samples,
+            pool=q0_pool_where(exp, cfg.train_split, cfg.include_unreliable),
+            stopping=exp.q0_stopping,
+            stop_successes=exp.q0_stop_successes,
         )
         if need not in needs:
             needs.append(need)
@@ -267,15 +282,15 @@ def q0_needs(exp: Experiment, plans: list[RunPlan]) -> list[Q0Need]:
 
 
 def q0_missing(lake: Lake, need: Q0Need) -> int:
-    """How many problems of `need`'s subset lack an estimate with >= `samples` judged samples
-    of its model and sampler (0: estimate-q0 would add nothing, so it is not started)."""
+    """How many problems of `need`'s subset lack a finished estimate of its model and sampler
+    (`Q0Need.done_sql`; 0: estimate-q0 would add nothing, so it is not started)."""
     from spo_store.q0_estimates import problems_with_q0_sql, sampler_key
     from spo_train.models import model_identity
 
     key = sampler_key(need.temperature, need.top_p, need.max_new_tokens)
     view = problems_with_q0_sql(model_identity(need.model), key)
     done = lake.sql_arrow(
-        f"SELECT count(*) FILTER (WHERE p.q0_samples >= {int(need.samples)}) AS done, "
+        f"SELECT count(*) FILTER (WHERE {need.done_sql()}) AS done, "
         f"count(*) AS n FROM ({view}) p WHERE {need.where()}"
     ).to_pylist()[0]
     return int(done["n"]) - int(done["done"])
@@ -289,6 +304,7 @@ def experiment_record(exp: Experiment, plans: list[RunPlan], lake_uri: str) -> d
         settings = {k: list(v) if isinstance(v, tuple) else v for k, v in exp.settings(arm).items()}
         arms[arm] = {
             "settings": settings,
+            **({"stratum": exp.stratum_of[arm]} if arm in exp.stratum_of else {}),
             "runs": [
                 {
                     "seed": pl.seed,

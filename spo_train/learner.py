@@ -73,7 +73,8 @@ class PolicyLearner:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps))
         )
-        self.optimizer_steps = 0
+        self.optimizer_steps = 0  # steps AdamW took (restored from its state on resume)
+        self.skipped_steps = 0  # updates an algorithm skipped for want of signal (skip_step)
 
     def _forward(
         self, batch: TrainBatch, idx: list[int], width: int, micro: int | None
@@ -144,6 +145,12 @@ class PolicyLearner:
         self.optimizer_steps += 1
         return float(norm)
 
+    def skip_step(self) -> None:
+        """Count an optimizer step the algorithm left out because its rows carry no learning
+        signal (nothing to backward: AdamW would still move every weight by about lr on a
+        near-zero gradient, through its normalisation, momentum and weight decay)."""
+        self.skipped_steps += 1
+
 
 @dataclass
 class LearnerParts:
@@ -161,7 +168,9 @@ class LearnerParts:
     def step(self, batch: TrainBatch) -> dict[str, float]:
         """One training step on `batch`: the algorithm's update (its optimizer step(s)), then
         the schedule's step. Returns the algorithm's metrics plus `train/lr`, the rate this
-        step trained at."""
+        step trained at, and the run's cumulative `train/optimizer_steps` (AdamW steps taken:
+        PPO and GRPO take `update_epochs x minibatches` per training step) and
+        `train/skipped_optimizer_steps` (updates left out for want of signal)."""
         metrics = self.algorithm.update(batch, self.learner)
         lr = self.learner.scheduler.get_last_lr()[0]
         with warnings.catch_warnings():
@@ -169,7 +178,12 @@ class LearnerParts:
             # schedule still follows the steps, which is what torch warns about here.
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
             self.learner.scheduler.step()
-        return {**metrics, "train/lr": lr}
+        return {
+            **metrics,
+            "train/lr": lr,
+            "train/optimizer_steps": float(self.learner.optimizer_steps),
+            "train/skipped_optimizer_steps": float(self.learner.skipped_steps),
+        }
 
 
 def build_learner(
@@ -202,7 +216,27 @@ def build_learner(
     learner = PolicyLearner(policy, config, tokenizer.pad_token_id, dist=dist)
     algorithm = make_algorithm(config, pi0_path=pi0_path, say=say)
     state = load_trainer_state(checkpoint, learner, algorithm) if checkpoint is not None else {}
+    if state:
+        learner.optimizer_steps = adamw_steps(learner.optimizer)
+        learner.skipped_steps = int(state.get("skipped_optimizer_steps", -1))
+        if learner.skipped_steps < 0:
+            # A checkpoint from before the count: only SFT skipped then (one step per training
+            # step), so the training steps AdamW did not take are its skipped ones.
+            per_step = (
+                config.update_epochs * config.minibatches if config.algo in ("ppo", "grpo") else 1
+            )
+            done = int(state.get("step", 0)) * per_step
+            learner.skipped_steps = max(0, done - learner.optimizer_steps)
     return LearnerParts(learner, algorithm, tokenizer, state, full)
+
+
+def adamw_steps(optimizer: torch.optim.Optimizer) -> int:
+    """The optimizer steps AdamW's state has counted (its per-parameter `step`, the same for
+    every parameter that had a gradient; 0 before the first step)."""
+    steps = [
+        int(st["step"]) for st in optimizer.state.values() if isinstance(st, dict) and "step" in st
+    ]
+    return max(steps, default=0)
 
 
 def _row_logprobs(table: pa.Table, column: str, width: int) -> torch.Tensor | None:

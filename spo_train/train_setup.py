@@ -260,6 +260,16 @@ def train_problems(
             last = f"p.problem_id <= {sql_quote(ids[len(ids) - 1].as_py())}"
             restrict = f"{restrict} AND {last}" if restrict else last
             where += f" AND {last}"
+    if config.train_where:
+        # The mixture evaluates `restrict` over its own index of trajectories and problems, where
+        # a subquery's tables (problems, q0_estimates, ...) do not exist: pin the problems the
+        # predicate matches now by id (the training set is fixed when the run starts).
+        ids = lake.sql_arrow(
+            f"SELECT p.problem_id FROM problems p WHERE {where} ORDER BY p.problem_id"
+        ).column(0)
+        restrict = "p.problem_id IN (" + ", ".join(sql_quote(i.as_py()) for i in ids) + ")"
+        if not len(ids):
+            restrict = "FALSE"
     if not rules_of(config.algo).needs_q0:
         problems = load_problems(lake, where)
         if not problems:

@@ -289,6 +289,7 @@ def _train_locked(
     def checkpoint(step: int) -> None:
         state = {"step": step, "run_id": run_id, "lake_versions": lake.versions()}
         state |= {"config": dataclasses.asdict(config), "algorithm": algorithm.state_dict()}
+        state["skipped_optimizer_steps"] = learner.skipped_steps
         opt = (learner.optimizer, learner.scheduler)
         save_checkpoint(output, step, weights(), tokenizer, *opt, state)
 

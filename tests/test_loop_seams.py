@@ -145,6 +145,37 @@ def test_train_where_keeps_rollouts_and_batches_to_the_matching_problems(
     assert in_batches and set(in_batches) <= set(keep)
 
 
+def test_train_where_with_a_subquery_keeps_a_mixture_to_the_matching_problems(
+    small_lake,  # noqa: F811
+    tiny_model,  # noqa: F811
+    tmp_path,
+):
+    """A --train-where with a subquery over another lake table (as `spo experiment`'s strata
+    write over q0_estimates) works for the mixture algorithms too: the mixture's own index has
+    no such table, so the matched problems are pinned by id at the start."""
+    from spo_train.trainer import train
+    from tests.test_train_q0_and_eval import _config
+
+    keep = small_lake.sql(
+        "SELECT problem_id FROM problems WHERE name IN ('add1', 'add3') ORDER BY 1"
+    )["problem_id"].to_list()
+    where = "p.problem_id IN (SELECT problem_id FROM problems WHERE name IN ('add1', 'add3'))"
+    cfg = _config(
+        small_lake, tiny_model, tmp_path, algo="sft", mix="offline:1", steps=2, batch_size=4,
+        train_where=where,
+    )  # fmt: skip
+    run = train(cfg).run_id
+    batch_ids = small_lake.sql(f"SELECT unnest(traj_ids) AS t FROM batches WHERE run_id = '{run}'")[
+        "t"
+    ].to_list()
+    in_batches = small_lake.sql(
+        "SELECT DISTINCT problem_id FROM trajectories WHERE traj_id IN ("
+        + ", ".join(f"'{t}'" for t in batch_ids)
+        + ")"
+    )["problem_id"].to_list()
+    assert in_batches and set(in_batches) <= set(keep)
+
+
 @pytest.mark.parametrize(
     ("where", "message"),
     [

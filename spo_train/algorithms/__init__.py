@@ -7,7 +7,9 @@ step (rollouts, lake, checkpoints, logging, evaluation). The contract:
 - `Algorithm.update(batch, learner)` runs this step's optimisation on `batch` (a `TrainBatch`):
   it computes the policy's log-probs through `learner.policy_logprobs(rows)` (gradients on),
   takes optimizer steps through `learner.optimize(loss)` (one or several: PPO and GRPO do
-  `update_epochs x minibatches`) and returns the step's metrics (`train/...` names).
+  `update_epochs x minibatches`), or counts one it leaves out through `learner.skip_step()`
+  when the rows carry no learning signal (GRPO: no advantage; PPO: one reward for the whole
+  batch; SFT: no success), and returns the step's metrics (`train/...` names).
 - its rules (`rules`: defaults, checks, `needs_q0`, `online_only`, progress line) live in
   `spo_train.algorithm_rules`, torch-free, so settings and the CLI read them without torch;
 - `state_dict()` / `load_state_dict()`: what a checkpoint must keep besides the policy (the
@@ -83,6 +85,10 @@ class Learner(Protocol):
 
     def optimize(self, loss: Tensor) -> float:
         """Backward, clip the policy's gradient norm, one optimizer step; returns the norm."""
+        ...
+
+    def skip_step(self) -> None:
+        """Count an optimizer step left out because its rows carry no learning signal."""
         ...
 
 

@@ -23,8 +23,13 @@ one reference give the reference A = G / sqrt(G+1) and each failure -1 / sqrt(G+
 Not sampled by pi_old, they have no pi_old: their term is the plain on-policy one, ratio
 pi_theta / sg(pi_theta) = 1 with the gradient of log pi_theta, no clip, no importance weight
 (LUFFY's off-policy term with pi_phi = 1 and no policy shaping); the KL term applies as usual.
+A minibatch none of whose rows has a non-zero advantage (every group's rewards equal) takes no
+optimizer step: it is counted (`learner.skip_step`, train/skipped_minibatches this step) and
+left out, as DAPO's dynamic sampling leaves such groups out (its KL term alone would still
+move every weight by about lr through AdamW).
 Metrics: train/policy_loss, train/clip_frac, train/kl_to_ref (the k3 term's mean),
-train/approx_kl, train/groups_without_signal (groups whose rewards are all equal), train/grad_norm;
+train/approx_kl, train/groups_without_signal (groups whose rewards are all equal),
+train/skipped_minibatches, train/grad_norm (mean over the steps taken, 0 when none);
 with reference rows on: train/reference_rows, train/groups_without_reference (problems without
 a correct offline solution: their group is left as is), train/reference_advantage_mean.
 """
@@ -153,9 +158,17 @@ class GRPO(Algorithm):
         adv, flat = self.advantages(batch.reward, batch.group, scale=c.grpo_scale_rewards)
         reference = torch.tensor([s == "offline" for s in batch.sources], dtype=torch.bool)
         sums: dict[str, list[float]] = {}
+        skipped = 0
         for _ in range(c.update_epochs):
             for rows in minibatch_rows(batch.group, c.minibatches, self.generator):
                 idx = torch.tensor(rows)
+                if not bool(adv[idx].ne(0).any()):
+                    # No group here has a reward spread (a reference member with it would have
+                    # one): only the KL term would remain, and AdamW would still take an
+                    # lr-sized step on it. Skipped, as DAPO's dynamic sampling drops such groups.
+                    learner.skip_step()
+                    skipped += 1
+                    continue
                 lp = learner.policy_logprobs(batch, rows)
                 dev = lp.device
                 loss, diag = grpo_token_loss(
@@ -174,7 +187,9 @@ class GRPO(Algorithm):
                 for k, v in out.items():
                     sums.setdefault(f"train/{k}", []).append(float(v))
         metrics = {k: sum(v) / len(v) for k, v in sums.items()}
+        metrics.setdefault("train/grad_norm", 0.0)  # no step taken
         metrics["train/groups_without_signal"] = float(flat)
+        metrics["train/skipped_minibatches"] = float(skipped)
         if c.grpo_reference_per_group:
             with_reference = set(batch.group[reference].tolist())
             metrics["train/reference_rows"] = float(reference.sum())

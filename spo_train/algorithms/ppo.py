@@ -16,10 +16,16 @@ Per step, on the batch of rollouts just drawn (whole groups per problem):
    `importance_weight_cap`; then the clipped value loss (`losses.value_loss`) on the value
    model, with its own AdamW (the value model's forwards and backwards run
    `micro_batch_size` rows at a time, gradients accumulated).
+A batch whose rows all have one reward takes no policy step (each is counted,
+`learner.skip_step`): its returns rank no response above another, and whitening would blow the
+value model's errors and the KL shaping up to unit-variance advantages; the value model still
+fits the returns. Decided per batch, not per minibatch: the advantages are whitened over the
+batch, so a minibatch of failures beside a batch's successes still carries their contrast.
 Metrics: train/policy_loss, train/value_loss, train/clip_frac (policy ratio outside the clip,
 mean over minibatches), train/value_clip_frac, train/approx_kl (k2 of pi_old vs pi_theta),
 train/kl_to_ref (mean per-sequence sum of log pi_old - log pi_0), train/advantage_std,
-train/importance_weight_mean, train/grad_norm, train/value_grad_norm.
+train/importance_weight_mean, train/grad_norm (0 when no policy step), train/value_grad_norm,
+train/skipped_minibatches.
 """
 
 from __future__ import annotations
@@ -212,9 +218,21 @@ class PPO(Algorithm):
         def add(name: str, value: float) -> None:
             sums.setdefault(name, []).append(float(value))
 
+        # One reward for the whole batch (every sample failed, or every one passed): the
+        # returns say nothing about which response is better, and whitening would scale the
+        # value model's errors and the KL shaping up to unit-variance advantages. The policy
+        # step is skipped (counted); the value model still fits the returns.
+        signal = bool((batch.reward != batch.reward[0]).any())
+        skipped = 0
         for _ in range(c.update_epochs):
             for rows in minibatch_rows(batch.group, c.minibatches, self.generator):
                 idx = torch.tensor(rows)
+                if not signal:
+                    learner.skip_step()
+                    skipped += 1
+                    for name, value in self.value_step(batch, rows, old_values, returns).items():
+                        add(name, value)
+                    continue
                 lp = learner.policy_logprobs(batch, rows)
                 dev = lp.device
                 loss, diag = ppo_loss(
@@ -233,6 +251,8 @@ class PPO(Algorithm):
                 for name, value in self.value_step(batch, rows, old_values, returns).items():
                     add(name, value)
         metrics = {k: sum(v) / len(v) for k, v in sums.items()}
+        metrics.setdefault("train/grad_norm", 0.0)  # no policy step taken
+        metrics["train/skipped_minibatches"] = float(skipped)
         kl = torch.where(mask, old_lp - batch.ref_logprobs, torch.zeros_like(old_lp)).sum(1)
         metrics["train/kl_to_ref"] = float(kl.mean())
         metrics["train/advantage_std"] = float(std)

@@ -46,6 +46,7 @@ class SFT(Algorithm):
             metrics |= {f"train/{k}": v for k, v in diag.to_dict().items()}
             metrics |= {"train/loss": float("nan"), "train/grad_norm": 0.0}
             metrics["train/kl_estimate"] = float("nan")
+            learner.skip_step()
             return metrics
         rows_lp = learner.policy_logprobs(batch, success)  # [S, T], gradients on
         dev = rows_lp.device

@@ -1,6 +1,7 @@
 """Rebuild the embedded default from scratch: problems, tokenizer and the tiny ``pi_0``.
 
     python -m spo_train.embedded.build [--seed 0] [--out DIR] [--steps N] [--eval]
+        [--sft-exclude last:N | --sft-exclude FILE]
 
 Steps (all deterministic given the seed, on a given machine and torch build):
 
@@ -14,6 +15,15 @@ Steps (all deterministic given the seed, on a given machine and torch build):
    for a fixed number of steps (pass@1 is very sensitive to training length: stop by step
    count, never by time), and save model + tokenizer in Hugging Face format to ``DIR/pi0``;
 5. with ``--eval``: pass@1 / pass@10 on the test split (n=20, T=0.4, top-p 0.95).
+
+``--sft-exclude`` builds a pi_0 whose SFT leaves some train problems out, so their reference
+solutions are new to it (the off-policy experiment, docs/experiments.md "Off-policy
+experiment"): ``last:N`` leaves out the last N train problems by index (in the lake:
+``p.name >= 'spo_embedded_train_<2000-N>'``, a rule an experiment config can name in SQL), a
+FILE names them one per line (problem names ``spo_embedded_train_00042`` or lake problem ids
+``em-...``; ``#`` starts a comment). The problems, the tokenizer (trained on every train
+problem's text, so token ids match the shipped pi_0's) and every other step are unchanged; the
+left-out names are written to ``pi0/sft_excluded.txt`` and counted in ``spo_build.json``.
 
 Judges: ``--judge local`` (default) runs the generated solutions -- trusted code written by the
 generator -- with an in-process runner in worker processes (thousands of test-runs per second);
@@ -261,13 +271,16 @@ def train_tokenizer(corpus: Sequence[str], vocab_size: int = VOCAB_SIZE):
 
 
 def sft_examples(
-    problems: Sequence[gen.Problem], tok, seed: int
+    problems: Sequence[gen.Problem], tok, seed: int, exclude: frozenset[str] = frozenset()
 ) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, response ids + eos) for every correct solution, in a seeded order."""
+    """(prompt ids, response ids + eos) for every correct solution of the problems whose name
+    is not in `exclude`, in a seeded order."""
     from spo_train.prompting import build_prompt, encode_prompt, format_response
 
     examples = []
     for p in problems:
+        if p.name in exclude:
+            continue
         prompt = encode_prompt(tok, build_prompt(p.statement, tok))
         for _, code in p.solutions:
             resp = tok(format_response(code), add_special_tokens=False)["input_ids"]
@@ -358,13 +371,23 @@ def train_sft(
     return losses
 
 
-def build_model(seed: int, out: Path, problems: dict[str, list[gen.Problem]], steps: int) -> Path:
+def build_model(
+    seed: int,
+    out: Path,
+    problems: dict[str, list[gen.Problem]],
+    steps: int,
+    exclude: frozenset[str] = frozenset(),
+) -> Path:
+    """Tokenizer and SFT of pi_0 into ``out/pi0``; `exclude` names train problems whose
+    solutions the SFT leaves out (the tokenizer still trains on every train problem)."""
     import torch
 
     t0 = time.time()
     tok = train_tokenizer(tokenizer_corpus(problems["train"]))
     log(f"trained tokenizer: {len(tok)} tokens in {time.time() - t0:.1f}s")
-    examples = sft_examples(problems["train"], tok, seed)
+    examples = sft_examples(problems["train"], tok, seed, exclude)
+    if exclude:
+        log(f"SFT leaves out the solutions of {len(exclude)} train problems (--sft-exclude)")
     n_tok = sum(len(a) + len(b) for a, b in examples) / len(examples)
     log(f"{len(examples)} SFT examples (mean {n_tok:.0f} tokens); {steps} steps x {SFT_BATCH}")
     model = make_model(tok, seed)
@@ -393,8 +416,12 @@ def build_model(seed: int, out: Path, problems: dict[str, list[gen.Problem]], st
         "vocab_size": len(tok),
         "model_config": MODEL_CONFIG,
         "train_problems": len(problems["train"]),
+        "sft_excluded_problems": len(exclude),
         "prompt_format": "plain (spo_train.prompting.PLAIN_TEMPLATE)",
     }
+    excluded_file = dest / "sft_excluded.txt"
+    if exclude:
+        excluded_file.write_text("".join(f"{n}\n" for n in sorted(exclude)))
     (dest / "spo_build.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     log(f"saved pi_0 to {dest}")
     return dest
@@ -591,6 +618,48 @@ def evaluate_model(
 # ---------------------------------------------------------------------------------------------
 
 
+class BuildError(ValueError):
+    """A bad build argument (one line, shown without a traceback)."""
+
+
+def sft_exclusion(spec: str, train: Sequence[gen.Problem]) -> frozenset[str]:
+    """The train problem names `--sft-exclude SPEC` leaves out of pi_0's SFT.
+
+    `last:N` (0 <= N <= the train split's size): the last N train problems by index. Else a
+    file of problem names or lake problem ids (`spo_store.adapters.problem_id` of the embedded
+    dataset), one per line, `#` comments and blank lines ignored. Raises BuildError naming the
+    spec (and the line) for a bad N, a missing file or a name that is no train problem.
+    """
+    from spo_store.adapters import problem_id
+
+    names = [p.name for p in train]
+    if spec.startswith("last:"):
+        n = spec.removeprefix("last:")
+        if not n.isdigit() or int(n) > len(names):
+            raise BuildError(
+                f"--sft-exclude {spec}: expected last:N with 0 <= N <= {len(names)} "
+                "(the train problems)"
+            )
+        return frozenset(names[len(names) - int(n) :])
+    path = Path(spec)
+    if not path.is_file():
+        raise BuildError(f"--sft-exclude {spec}: no such file (or use last:N)")
+    by_id = {problem_id("embedded", n): n for n in names}
+    known = set(names)
+    out = set()
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        item = line.split("#", 1)[0].strip()
+        if not item:
+            continue
+        name = item if item in known else by_id.get(item)
+        if name is None:
+            raise BuildError(
+                f"--sft-exclude {spec} line {i}: {item!r} is not a train problem name or id"
+            )
+        out.add(name)
+    return frozenset(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m spo_train.embedded.build", description=__doc__.split("\n\n")[0]
@@ -619,16 +688,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--eval-limit", type=int, default=None, help="evaluate the first N test problems"
     )
+    ap.add_argument(
+        "--sft-exclude",
+        metavar="last:N|FILE",
+        default=None,
+        help="leave these train problems' solutions out of pi_0's SFT: the last N by index, "
+        "or a file of problem names / lake ids (one a line)",
+    )
     args = ap.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t_start = time.time()
     out: Path = args.out
+    if args.sft_exclude is not None and (args.eval_only or args.problems_only):
+        ap.error("--sft-exclude builds a model: not with --eval-only or --problems-only")
+    if args.sft_exclude is not None and out.resolve() == ASSETS_DIR.resolve():
+        ap.error("--sft-exclude: give --out DIR (the shipped pi_0 is built without exclusions)")
     if not args.eval_only:
         sizes = {"train": args.train, "valid": args.valid, "test": args.test}
+        exclude: frozenset[str] = frozenset()
+        if args.sft_exclude is not None:
+            try:
+                names = gen.generate_split("train", args.train, args.seed)
+                exclude = sft_exclusion(args.sft_exclude, names)
+            except BuildError as exc:
+                ap.error(str(exc))
         problems = build_problems(args.seed, out, sizes, args.judge)
         if not args.problems_only:
-            build_model(args.seed, out, problems, args.steps)
+            build_model(args.seed, out, problems, args.steps, exclude)
         log(f"build finished in {time.time() - t_start:.1f}s")
     if args.eval or args.eval_only:
         t0 = time.time()
