@@ -363,10 +363,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
             result = train(
                 train_cfg,
                 on_step=lambda s, m: bar.update(
-                    steps_task,
-                    completed=s + 1,
-                    rate=f"loss {m.get('train/loss', float('nan')):.4f} "
-                    f"reward {m.get('rollout/reward_mean', float('nan')):.2f}",
+                    steps_task, completed=s + 1, rate=_step_line(algo, m)
                 ),
                 # the demo turned the run's own evaluation off on purpose (it evaluates both
                 # sets itself); the trainer's note about that would only confuse here
@@ -553,6 +550,18 @@ def report_table(
         "interval: paired bootstrap over the problems"
     )
     return table
+
+
+def _step_line(algo: str, metrics: dict[str, float]) -> str:
+    """The progress bar's note on one training step: the online reward, and SPO's loss or how
+    many of GRPO's groups carried no signal (all rewards equal: GRPO learns nothing from them)."""
+    nan = float("nan")
+    line = f"reward {metrics.get('rollout/reward_mean', nan):.2f}"
+    if algo == "grpo":
+        return (
+            f"{line}, groups without signal {metrics.get('train/groups_without_signal', nan):.0f}"
+        )
+    return f"{line}, loss {metrics.get('train/loss', nan):.4f}"
 
 
 def _fmt(value: float | None) -> str:
