@@ -240,25 +240,26 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
     console = console or Console(stderr=True)
     say = lambda msg: console.print(msg, highlight=False)  # noqa: E731
     t_start = time.perf_counter()
-    out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
     lake = Lake.open(config.lake)
     ensure_problems(lake, say=say)
-    pi0_path = resolve_model_path(config.model)
-    model, tok = load_model_and_tokenizer(pi0_path)
-    model_id, tok_id = model_identity(pi0_path), tokenizer_identity(tok)
-    timings: dict[str, float] = {}
 
-    # 2. the hard set (its ids in the lake's train split, judged reliably) and its Q0
+    # 2. the hard set (its ids in the lake's train split, judged reliably) and its Q0; a lake
+    # without them (other problems) is refused before a model loads or anything is written
     listed = ", ".join(sql_quote(i) for i in hard_doc["problem_ids"])
     hard = load_problems(lake, f"p.split = 'train' AND {RELIABLE} AND p.problem_id IN ({listed})")
     hard_file = config.hard_file or str(HARD_PROBLEMS)
     if not hard:
         raise SpoError(
             f"hard problems file {hard_file}: none of its {len(hard_doc['problem_ids'])} "
-            "problems is a reliably judged train problem of this lake"
+            f"problems is a reliably judged train problem of the lake {lake.uri}"
         )
     hard = hard[: config.hard_problems]
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    pi0_path = resolve_model_path(config.model)
+    model, tok = load_model_and_tokenizer(pi0_path)
+    model_id, tok_id = model_identity(pi0_path), tokenizer_identity(tok)
+    timings: dict[str, float] = {}
     if hard_doc.get("pi0_model_id") != model_id:
         say(
             f"note: the hard set ({hard_file}) was selected on another pi_0 "

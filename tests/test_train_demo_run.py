@@ -259,3 +259,18 @@ def test_demo_refuses_a_seed_that_repeats_the_selection_and_a_bad_hard_file(tmp_
         with pytest.raises(SpoError, match="hard problems file .*bad.json"):
             DemoConfig(output=str(tmp_path / "d"), hard_file=str(bad)).validate()
     assert not (tmp_path / "d").exists()  # refused before anything is written
+
+
+def test_demo_on_a_lake_without_the_hard_problems_is_one_line_before_any_work(tmp_path):
+    """A lake of other problems (none of the shipped hard ids): refused after the problems are
+    looked up, before a model loads, a run is recorded or the output is made."""
+    from spo_store.errors import SpoError
+    from spo_train.demo import DemoConfig, run_demo
+
+    lake = demo_lake(tmp_path)
+    before = lake.versions()
+    config = DemoConfig(lake=lake.uri, output=str(tmp_path / "demo"), model="/nonexistent")
+    with pytest.raises(SpoError, match=r"hard_problems.json: none of its 45 problems is a"):
+        run_demo(config, console=Console(file=io.StringIO()))
+    assert Lake.open(lake.uri, create=False).versions() == before
+    assert not (tmp_path / "demo").exists()
