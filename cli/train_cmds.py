@@ -546,12 +546,18 @@ def demo_cmd(
     steps: Annotated[
         int | None, typer.Option(help="Training steps (default: the demo's budget)")
     ] = None,
+    seed: Annotated[
+        int,
+        typer.Option(min=0, help="Seeds Q0 and training; evaluation uses seed + 1 (fresh samples)"),
+    ] = 0,
     unsafe_no_sandbox: UnsafeOpt = False,
 ) -> None:
-    """End to end on the embedded default: ingest, Q0, eval, SPO training, eval, plot."""
+    """End to end on the embedded default, in the off-policy regime: hard problems pi_0 never
+    solved, SPO half-online (with the reference solutions) against GRPO, before and after,
+    plus held-out problems; table, plot, summary."""
     from spo_train.demo import DemoConfig, run_demo
 
-    config = DemoConfig(lake=lake, output=output, unsafe_no_sandbox=unsafe_no_sandbox)
+    config = DemoConfig(lake=lake, output=output, seed=seed, unsafe_no_sandbox=unsafe_no_sandbox)
     if steps is not None:
         config.steps = steps
     summary = run_demo(config, console=console)

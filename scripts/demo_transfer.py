@@ -66,6 +66,9 @@ def load(demo_dir: Path) -> dict[str, Any]:
         + sql_quote(summary["demo_run_id"])
     ).to_dicts()
     after_id = f"{summary['train_run_id']}@{summary['steps']}"
+    # since 2026-12-07 the demo also evaluates its GRPO arm (hard set only): not pi_0 or SPO
+    grpo_id = f"{summary.get('grpo_run_id')}@{summary['steps']}"
+    rows = [r for r in rows if r["model_id"] != grpo_id]
     for r in rows:
         r["policy"] = "after" if r["model_id"] == after_id else "before"
     return {"summary": summary, "lake": lake, "rows": rows}

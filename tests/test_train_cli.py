@@ -77,6 +77,8 @@ BAD = [
     (["estimate-q0", "--model", "nope"], "model path"),
     (["train", "--config", "nope.toml"], "--config nope.toml: no such file"),
     (["demo", "--steps", "0"], "--steps/--max-steps 0"),
+    # the demo's evaluation (seed + 1) would repeat the shipped hard set's selection seed
+    (["demo", "--seed", "999"], "--seed 999: the hard set was selected with seed 1000"),
 ]
 
 
