@@ -156,7 +156,7 @@ def step_cmd(
 def register(app: typer.Typer) -> None:
     """Add `bench step` to the `spo` app (registered after `train`, whose register gives the
     app's commands their help class: this group sets its own)."""
-    from spo_train.config import SpoCommand, SpoGroup
+    from spo_cli.options import SpoCommand, SpoGroup
 
     bench_app = typer.Typer(
         help="Measure the training step (tokens/s, MFU, peak memory).",

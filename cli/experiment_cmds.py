@@ -175,6 +175,6 @@ def _print_results(summary: dict) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add `spo experiment` to the `spo` app."""
-    from spo_train.config import SpoCommand
+    from spo_cli.options import SpoCommand
 
     app.command("experiment", cls=SpoCommand)(experiment_cmd)

@@ -17,6 +17,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from spo_store.errors import SpoError
+from spo_train.progress import progress_display
 
 console = Console()
 LakeOpt = Annotated[
@@ -30,13 +31,6 @@ ingest_app = typer.Typer(help="Bring data into the lake.", no_args_is_help=True)
 lake_app = typer.Typer(
     help="Lake maintenance: versions, tags, compaction, cleanup, export.", no_args_is_help=True
 )
-
-
-def progress_bar() -> Progress:
-    """A bar on a terminal; plain periodic lines (done/total, rate, ETA) elsewhere."""
-    from spo_train.progress import progress_display
-
-    return progress_display(Console(stderr=True), rate=False)
 
 
 class IngestFormat(StrEnum):
@@ -115,7 +109,7 @@ def ingest_human_solutions_cmd(
         opened.append(Lake.open(lake))
         return opened[0]
 
-    with progress_bar() as bar:
+    with progress_display(rate=False) as bar:
         files_task = bar.add_task("files", total=None)
         verifier = _make_verifier(bar, workers, unsafe_no_sandbox) if verify else None
         report = ingest_human_solutions(

@@ -48,24 +48,18 @@ def _pts(explicit: dict[str, Any], **kwargs: Any) -> None:
 
     gen, tok, model_id, tok_id = load_generator(cfg.model, "transformers")
     sampler = Sampler(max_new_tokens=cfg.max_new_tokens)
-    from spo_train.progress import progress_display
+    from spo_train.progress import advance_with_rate, progress_display
 
     bar = progress_display(console)
-    tasks: dict[str, Any] = {}
+    steps: dict[str, Any] = {}  # the tasks start when annotate knows how many trajectories
 
-    def advance(name: str, unit: str):
-        def step(n: int) -> None:
-            bar.advance(tasks[name], n)
-            t = bar.tasks[tasks[name]]
-            if t.elapsed:
-                bar.update(tasks[name], rate=f"{t.completed / t.elapsed:.2f} {unit}/s")
-
-        return step
+    def advance(name: str):
+        return lambda n: steps[name](n)
 
     def start(todo: int) -> None:
-        tasks["trajectories"] = bar.add_task("trajectories", total=todo, rate="")
-        tasks["prefixes"] = bar.add_task("prefixes", total=None, rate="")
-        tasks["rollouts"] = bar.add_task("rollouts", total=None, rate="")
+        for name, total in (("trajectories", todo), ("prefixes", None), ("rollouts", None)):
+            task = bar.add_task(name, total=total, rate="")
+            steps[name] = advance_with_rate(bar, task, name, digits=2)
 
     with bar:
         report = annotate(
@@ -85,9 +79,9 @@ def _pts(explicit: dict[str, Any], **kwargs: Any) -> None:
             judge=sandbox_judge(workers=cfg.workers, unsafe_no_sandbox=cfg.unsafe_no_sandbox),
             config={"model": cfg.model, "chunk_trajectories": cfg.chunk_trajectories},
             on_start=start,
-            on_trajectories=advance("trajectories", "trajectories"),
-            on_prefixes=advance("prefixes", "prefixes"),
-            on_rollouts=advance("rollouts", "rollouts"),
+            on_trajectories=advance("trajectories"),
+            on_prefixes=advance("prefixes"),
+            on_rollouts=advance("rollouts"),
         )
     summary = report.summary()
     say = lambda m: console.print(m, highlight=False, soft_wrap=True)  # noqa: E731
@@ -137,7 +131,8 @@ def register(app: typer.Typer) -> None:
     import inspect
     from typing import Annotated
 
-    from spo_train.config import SpoCommand, command_from
+    from spo_cli.options import SpoCommand, command_from
+
     from spo_train.pts import PTSConfig
 
     json_opt = inspect.Parameter(

@@ -119,6 +119,6 @@ def report_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add `report` to the `spo` app (its help shows no `<bool>` whatever the register order)."""
-    from spo_train.config import SpoCommand
+    from spo_cli.options import SpoCommand
 
     app.command("report", cls=SpoCommand)(report_cmd)

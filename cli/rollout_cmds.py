@@ -14,10 +14,10 @@ from spo_cli.train_cmds import (
     _open_lake_with_problems,
     _sampling_config,
     _selection,
-    advance_with_rate,
     console,
-    progress,
 )
+
+from spo_train.progress import advance_with_rate, progress_display
 
 
 def _rollout(
@@ -39,7 +39,7 @@ def _rollout(
         cfg.split = "train"
     predicate = _selection(lk, cfg)
     say = lambda m: console.print(m, highlight=False)  # noqa: E731
-    with progress() as bar:
+    with progress_display(console) as bar:
         task = bar.add_task("rollouts", total=None, rate="")
 
         def on_start(problems: int, rows: int) -> None:
@@ -66,7 +66,8 @@ def _rollout(
 
 
 def register(app: typer.Typer) -> None:
-    from spo_train.config import SpoCommand, command_from
+    from spo_cli.options import SpoCommand, command_from
+
     from spo_train.rollout_job import RolloutConfig
 
     app.command("rollout", cls=SpoCommand)(

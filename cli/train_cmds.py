@@ -5,16 +5,15 @@ from __future__ import annotations
 import inspect
 import json
 import sys
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 from spo_cli.lake_cmds import LakeOpt
 
 from spo_store.errors import SpoError
+from spo_train.progress import advance_with_rate, progress_display
 
 console = Console(stderr=True)
 ModelOpt = Annotated[
@@ -43,33 +42,6 @@ UnreliableOpt = Annotated[
         "trustworthy)",
     ),
 ]
-
-
-def parse_ks(text: str, option: str = "--k") -> list[int]:
-    """`"1,10"` -> [1, 10]; a bad value is one SpoError line naming the option."""
-    try:
-        ks = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise SpoError(
-            f"{option} {text!r}: expected comma-separated integers such as 1,10"
-        ) from None
-    if not ks:
-        raise SpoError(f"{option} {text!r}: expected comma-separated integers such as 1,10")
-    return ks
-
-
-def progress() -> Progress:
-    """The command's progress display: a bar on a terminal, periodic lines otherwise."""
-    from spo_train.progress import progress_display
-
-    return progress_display(console)
-
-
-def advance_with_rate(bar: Progress, task: Any, unit: str) -> Callable[[int], None]:
-    """A callback that advances `task` by n and shows the rate in `unit`/s."""
-    from spo_train.progress import advance_with_rate as advance
-
-    return advance(bar, task, unit)
 
 
 def load_generator(
@@ -207,7 +179,7 @@ def _estimate_q0(
     )
     check_context(tok, getattr(gen, "max_positions", None), todo_problems, cfg.max_new_tokens)
     todo = len(todo_problems)
-    with progress() as bar:
+    with progress_display(console) as bar:
         ptask = bar.add_task("problems", total=todo, rate="")
         # sequential: the cap bounds the samples; most problems stop well before it
         stask = bar.add_task("samples", total=todo * samples, rate="")
@@ -366,7 +338,7 @@ def _eval(
         model_id=model_id,
         tokenizer_id=tok_id,
     )
-    with progress() as bar:
+    with progress_display(console) as bar:
         task = bar.add_task("samples", total=len(problems) * n, rate="")
 
         try:
@@ -477,7 +449,8 @@ def _train(
 
     from spo_train import distributed
     from spo_train.algorithm_rules import rules_of
-    from spo_train.trainer import preflight, train
+    from spo_train.train_setup import preflight
+    from spo_train.trainer import train
 
     config = resolve_train_config(explicit, config_file)
     if distributed.env_rank() != 0:
@@ -509,7 +482,7 @@ def _train(
     steps = config.steps
     rules = rules_of(config.algo)  # its progress line
     # The bar starts with the first step, so a refusal (no q0, bad data) stays one line.
-    bar = progress()
+    bar = progress_display(console)
     task: Any = None
 
     def on_step(step: int, m: dict[str, float]) -> None:
@@ -567,14 +540,9 @@ def demo_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add estimate-q0, train, eval and demo to the `spo` app (options from spo_train.config)."""
-    from spo_train.config import (
-        EstimateQ0Config,
-        EvalConfig,
-        SpoCommand,
-        TrainConfig,
-        command_from,
-        use_spo_command,
-    )
+    from spo_cli.options import SpoCommand, command_from, use_spo_command
+
+    from spo_train.config import EstimateQ0Config, EvalConfig, TrainConfig
 
     app.command("estimate-q0", cls=SpoCommand)(
         command_from(EstimateQ0Config, _estimate_q0, extra=[ConfigOpt, JsonOpt])

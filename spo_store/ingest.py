@@ -30,21 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from spo_store import jsontext
-from spo_store.adapters import (  # noqa: F401 - re-exported: the readers' old home
+from spo_store.adapters import (
     CC_LANGUAGES,
-    DEFAULT_MEMORY_LIMIT_MB,
-    DEFAULT_TIME_LIMIT_S,
-    FORMATS,
     ParsedProblem,
     Solution,
     content_hash,
     detect_format,
     expand_paths,
     parse_file,
-    problem_id,
-    read_code_contests,
-    read_jsonl,
-    read_taco,
 )
 from spo_store.errors import SpoError
 from spo_store.lake import Lake, run_status, sql_quote, utc_now

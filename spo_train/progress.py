@@ -156,13 +156,14 @@ def progress_display(
     return Progress(*columns, console=console)
 
 
-def advance_with_rate(bar: Progress, task: TaskID, unit: str):
-    """A callback that advances `task` by n and shows the rate in `unit`/s (the `rate` field)."""
+def advance_with_rate(bar: Progress, task: TaskID, unit: str, digits: int = 1):
+    """A callback that advances `task` by n and shows the rate in `unit`/s (the `rate` field)
+    with `digits` decimals."""
 
     def advance(n: int) -> None:
         bar.advance(task, n)
         t = bar.tasks[task]  # task ids are list positions (rich numbers them from 0)
         if t.elapsed:
-            bar.update(task, rate=f"{t.completed / t.elapsed:.1f} {unit}/s")
+            bar.update(task, rate=f"{t.completed / t.elapsed:.{digits}f} {unit}/s")
 
     return advance

@@ -58,51 +58,20 @@ from spo_store.lake import Lake, run_status, sql_quote, utc_now
 from spo_store.maintenance import maybe_compact
 from spo_store.stopping import deferred_stop
 from spo_train import distributed
-from spo_train.algorithms.spo import (  # noqa: F401 - re-exported
-    DEFAULT_CE_CLIP_EPS,
-    effective_ce_clip_eps,
-)
 from spo_train.batch import ReferenceCache
 from spo_train.batch_sources import Batch
 from spo_train.checkpoint import latest_checkpoint, prune_checkpoints, restore_rng, save_checkpoint
-from spo_train.config import (  # noqa: F401 - LOSS_VARIANTS, WANDB_MODES: re-exported
-    LOSS_VARIANTS,
-    PATH_SETTINGS,
-    WANDB_MODES,
-    TrainConfig,
-    absolute_path,
-    check_output_dir,
-)
+from spo_train.config import PATH_SETTINGS, TrainConfig, absolute_path, check_output_dir
 from spo_train.fast_step import configure_model, step_options
 from spo_train.follower import Follower
-from spo_train.learner import (  # noqa: F401 - re-exported
-    PolicyLearner,
-    build_learner,
-    policy_logprobs,
-    to_train_batch,
-)
+from spo_train.learner import build_learner, to_train_batch
 from spo_train.metric_sink import MetricSink
 from spo_train.models import context_length, load_model_and_tokenizer, tokenizer_identity
 from spo_train.policy_eval import PolicyEvaluation
 from spo_train.rollout import check_context
 from spo_train.rollout_sources import RolloutSource, open_rollouts
 from spo_train.run_plan import plan_run
-from spo_train.train_setup import (  # noqa: F401 - re-exported (tests, CLI)
-    check_device,
-    check_split,
-    drop_after,
-    estimate_q0_command,
-    lock_output,
-    mc_weight_note,
-    preflight,
-    q0_sampler_key,
-    rebase_q0,
-    relog_evals,
-    set_seed,
-    splits_present_suffix,
-    start_wandb,
-    write_config,
-)
+from spo_train.train_setup import lock_output, preflight, set_seed, write_config
 
 
 @dataclass

@@ -15,7 +15,6 @@ import torch
 
 from spo_train.algorithms import TrainBatch, minibatch_rows
 from spo_train.algorithms.grpo import GRPO, grpo_token_loss
-from tests.test_pipeline import small_lake, tiny_model  # noqa: F401 - fixtures
 from tests.test_train_q0_and_eval import _config
 
 
@@ -112,8 +111,8 @@ def _batch(tok, lengths: list[int], reward: list[float]) -> TrainBatch:
 def test_ppo_value_model_update_and_importance_weights(tiny_model, tmp_path):  # noqa: F811
     from spo_train.algorithms.ppo import PPO
     from spo_train.config import TrainConfig
+    from spo_train.learner import PolicyLearner
     from spo_train.models import load_model_and_tokenizer
-    from spo_train.trainer import PolicyLearner
 
     policy, tok = load_model_and_tokenizer(tiny_model)
     config = TrainConfig(

@@ -19,7 +19,6 @@ import torch
 from spo_store.lake import Lake, sql_quote
 from spo_train.distributed import shard_bounds
 from spo_train.trainer import train
-from tests.test_pipeline import small_lake, tiny_model  # noqa: F401 - fixtures
 from tests.test_train_q0_and_eval import _config, _estimates
 
 # Float32 sums in another order (two shards' gradients added vs one batch's): relative error

@@ -18,7 +18,6 @@ from spo_store.ingest import ingest_human_solutions
 from spo_train.algorithms.grpo import GRPO, grpo_token_loss
 from spo_train.config import TrainConfig
 from tests.conftest import write_jsonl
-from tests.test_pipeline import small_lake, tiny_model  # noqa: F401 - fixtures
 from tests.test_train_q0_and_eval import _config
 
 # A train problem with a wrong solution only: no correct offline solution to add.

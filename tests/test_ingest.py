@@ -8,8 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from spo_store.adapters import problem_id
 from spo_store.errors import SpoError
-from spo_store.ingest import ingest_human_solutions, problem_id
+from spo_store.ingest import ingest_human_solutions
 from spo_store.lake import Lake
 from tests.conftest import write_cc_parquet, write_jsonl
 

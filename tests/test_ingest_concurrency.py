@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
-from spo_store.ingest import content_hash, problem_id
+from spo_store.adapters import problem_id
+from spo_store.ingest import content_hash
 from spo_store.lake import Lake
 from tests.conftest import write_jsonl
 

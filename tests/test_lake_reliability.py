@@ -25,8 +25,9 @@ import pyarrow.parquet as pq
 import pytest
 from spo_schemas import TABLES, VERSION_KEY, table_schema
 
+from spo_store.adapters import problem_id
 from spo_store.errors import SpoError
-from spo_store.ingest import ingest_human_solutions, problem_id
+from spo_store.ingest import ingest_human_solutions
 from spo_store.lake import Lake
 from spo_store.mixture import MixtureSampler, fetch_by_ids
 from spo_store.q0_estimates import estimate_row, write_estimates

@@ -14,7 +14,6 @@ from spo_store.errors import SpoError
 from spo_train.algorithm_rules import RULES, rules_of
 from spo_train.config import ALGORITHMS, TrainConfig
 from spo_train.rollout import group_id_sql, grouped_id_sql, grouped_traj_ids
-from tests.test_pipeline import small_lake, tiny_model  # noqa: F401 - fixtures
 
 
 @pytest.mark.parametrize("n", [1, 4, 1000, 1203])

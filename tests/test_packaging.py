@@ -35,3 +35,17 @@ def test_bench_step_loads_without_the_lake_libraries():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_settings_and_judge_load_without_typer_or_torch():
+    """The settings (`spo_train.config`) are a library: the typer binding lives in
+    `spo_cli.options`. The judge runs on machines without torch (`spo judge`, ingest --verify)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import spo_train.config, spo_train.judge; "
+        "print(sorted(m for m in ('typer', 'torch', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -16,94 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from spo_store.ingest import ingest_human_solutions
 from spo_store.lake import Lake
-from tests.conftest import write_jsonl
-
-PROBLEMS = [
-    {
-        "name": f"add{k}",
-        "statement": f"Read an integer n and print n + {k}.",
-        "split": "train",
-        "tests": [{"input": f"{i}\n", "output": f"{i + k}\n"} for i in range(3)],
-        "solutions": [f"print(int(input()) + {k})", f"n = int(input())\nprint(n + {k})"],
-        "incorrect_solutions": [f"print(int(input()) - {k})"],
-    }
-    for k in range(1, 5)
-] + [
-    {
-        "name": "double",
-        "statement": "Read n, print 2n.",
-        "split": "valid",
-        "tests": [{"input": "2\n", "output": "4\n"}],
-        "solutions": ["print(2*int(input()))"],
-    },
-]
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    out = tmp_path_factory.mktemp("tiny-model")
-    texts = [p["statement"] for p in PROBLEMS] + [s for p in PROBLEMS for s in p["solutions"]] * 5
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(
-        texts,
-        trainers.BpeTrainer(
-            vocab_size=300,
-            special_tokens=["<pad>", "<s>", "</s>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
-    fast.save_pretrained(out)
-    cfg = LlamaConfig(
-        vocab_size=len(fast),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        bos_token_id=fast.bos_token_id,
-        eos_token_id=fast.eos_token_id,
-        pad_token_id=fast.pad_token_id,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    return out
-
-
-@pytest.fixture
-def small_lake(tmp_path) -> Lake:
-    lake = Lake.open(tmp_path / "lake")
-    ingest_human_solutions(lake, [write_jsonl(tmp_path / "p.jsonl", PROBLEMS)])
-    return lake
-
-
-def _generator(model_dir: Path):
-    from spo_train.generation import TransformersGenerator
-    from spo_train.models import load_model_and_tokenizer, model_identity, tokenizer_identity
-
-    model, tok = load_model_and_tokenizer(model_dir)
-    return (
-        TransformersGenerator(model, tok),
-        tok,
-        model_identity(model_dir),
-        tokenizer_identity(tok),
-        model,
-    )
+from tests.conftest import make_generator
 
 
 def test_estimate_q0_is_resumable_and_reuses_samples(small_lake, tiny_model):
     from spo_train.q0 import estimate_q0, q0_value
     from spo_train.rollout import SamplerSettings, load_problems, sample_and_judge
 
-    gen, tok, model_id, tok_id, _ = _generator(tiny_model)
+    gen, tok, model_id, tok_id, _ = make_generator(tiny_model)
     settings = SamplerSettings(n=3, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=0)
     first = estimate_q0(
         small_lake,
@@ -184,7 +105,7 @@ def test_reference_cache_second_run_skips_forward(small_lake, tiny_model):
     from spo_train.batch import ReferenceCache
     from spo_train.rollout import load_problems
 
-    _, tok, model_id, tok_id, model = _generator(tiny_model)
+    _, tok, model_id, tok_id, model = make_generator(tiny_model)
     problems = {p["problem_id"]: p for p in load_problems(small_lake, "TRUE")}
     for p in problems.values():
         p["q0"] = -0.5
@@ -294,7 +215,7 @@ def test_train_survives_kill9_and_resumes(small_lake, tiny_model, tmp_path):
     from spo_train.q0 import estimate_q0
     from spo_train.rollout import SamplerSettings
 
-    gen, tok, model_id, tok_id, _ = _generator(tiny_model)
+    gen, tok, model_id, tok_id, _ = make_generator(tiny_model)
     estimate_q0(
         small_lake,
         gen,

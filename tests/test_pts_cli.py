@@ -14,8 +14,7 @@ import pytest
 
 from spo_store.ingest import ingest_human_solutions
 from spo_store.lake import Lake
-from tests.conftest import needs_sandbox, write_jsonl
-from tests.test_pipeline import PROBLEMS
+from tests.conftest import PROBLEMS, needs_sandbox, write_jsonl
 
 
 def spo(*args: str, **kw) -> subprocess.CompletedProcess[str]:

@@ -15,8 +15,7 @@ from spo_store.ingest import ingest_human_solutions
 from spo_store.lake import Lake
 from spo_store.mixture import MixtureSampler
 from spo_store.q0_estimates import estimate_row, write_estimates
-from tests.conftest import needs_sandbox, write_jsonl
-from tests.test_pipeline import PROBLEMS
+from tests.conftest import PROBLEMS, needs_sandbox, write_jsonl
 
 pytestmark = needs_sandbox
 MAX_NEW = 16

@@ -8,9 +8,7 @@ B, reusing only B's own samples under the same sampler settings; a rerun adds no
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -18,29 +16,13 @@ from spo_store.lake import Lake
 from spo_store.q0_estimates import estimate_id, sampler_key
 from spo_train.q0 import estimate_q0, q0_value
 from spo_train.rollout import SamplerSettings
-from tests.test_pipeline import _generator, small_lake, tiny_model  # noqa: F401 - fixtures
+from tests.conftest import make_generator
 
 BETA = 1 / __import__("math").log(1e5)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_b(tiny_model, tmp_path_factory) -> Path:  # noqa: F811
-    """Model B: A's tokenizer and config, other random weights."""
-    import torch
-    from transformers import LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny-model-b")
-    for f in tiny_model.iterdir():
-        if "token" in f.name or f.name.endswith(".txt"):
-            shutil.copy(f, out / f.name)
-    torch.manual_seed(1234)
-    cfg = LlamaForCausalLM.from_pretrained(tiny_model).config
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    return out
-
-
 def _estimate(lake, model_dir, n=2, max_new_tokens=8, **kw):
-    gen, tok, model_id, tok_id, _ = _generator(model_dir)
+    gen, tok, model_id, tok_id, _ = make_generator(model_dir)
     report = estimate_q0(
         lake,
         gen,

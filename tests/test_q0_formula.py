@@ -43,7 +43,7 @@ def test_bad_counts(c, n):
 
 
 def test_training_at_another_beta_recomputes_q0_from_the_counts():
-    from spo_train.trainer import rebase_q0
+    from spo_train.train_setup import rebase_q0
 
     at_default = {"problem_id": "a", "q0": q0_value(3, 16, DEFAULT_BETA), "q0_samples": 16}
     at_default.update(q0_successes=3, q0_beta=DEFAULT_BETA)

@@ -26,7 +26,6 @@ from spo_store.lake import Lake
 from spo_store.reproduce import reproduce_batch
 from spo_train.trainer import train
 from tests.conftest import needs_sandbox
-from tests.test_pipeline import small_lake, tiny_model  # noqa: F401 - fixtures
 from tests.test_train_q0_and_eval import _config, _estimates
 
 pytestmark = [needs_sandbox, pytest.mark.slow]

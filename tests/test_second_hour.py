@@ -329,9 +329,10 @@ def test_rollout_stop_hint_reruns_and_resumes(tmp_path):
 # ----------------------------------------------------------------------------- item 9
 def test_help_reflows_and_train_options_are_grouped():
     from spo_cli import main as main_mod
+    from spo_cli.options import reflow_help
     from typer.main import get_command
 
-    from spo_train.config import TRAIN_HELP_PANELS, TrainConfig, field_map, reflow_help
+    from spo_train.config import TRAIN_HELP_PANELS, TrainConfig, field_map
 
     main_mod._register_all()
     root = get_command(main_mod.app)

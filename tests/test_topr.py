@@ -16,7 +16,6 @@ from spo_store.errors import SpoError
 from spo_train.algorithm_rules import RULES
 from spo_train.config import TrainConfig
 from spo_train.losses import topr_loss
-from tests.test_pipeline import small_lake, tiny_model  # noqa: F401 - fixtures
 from tests.test_train_q0_and_eval import _config
 
 NAN = float("nan")

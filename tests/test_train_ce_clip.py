@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from spo_store.errors import SpoError
+from spo_train.algorithms.spo import effective_ce_clip_eps
+from spo_train.config import TrainConfig
 from spo_train.losses import clipped_log_ce, spo_loss
-from spo_train.trainer import TrainConfig, effective_ce_clip_eps
 
 PAPER_BETA = 1 / math.log(1e5)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 
 from spo_store.lake import Lake
-from tests.test_pipeline import small_lake, tiny_model  # noqa: F401 - fixtures
 from tests.test_train_cli import _one_line_error, _spo
 from tests.test_train_q0_and_eval import _estimates
 

@@ -18,8 +18,8 @@ import pytest
 from spo_store.errors import SpoError
 from spo_store.lake import Lake
 from spo_train.config import TrainConfig, help_of, read_toml
-from spo_train.trainer import lock_output, train
-from tests.test_pipeline import small_lake, tiny_model  # noqa: F401 - fixtures
+from spo_train.train_setup import lock_output
+from spo_train.trainer import train
 from tests.test_train_cli import _one_line_error, _running, _spo
 from tests.test_train_q0_and_eval import _config, _estimates
 

@@ -14,8 +14,7 @@ from rich.console import Console
 
 from spo_store.ingest import ingest_human_solutions
 from spo_store.lake import Lake
-from tests.conftest import write_jsonl
-from tests.test_pipeline import PROBLEMS, tiny_model  # noqa: F401 - fixture
+from tests.conftest import PROBLEMS, write_jsonl
 
 HELD_OUT = [
     {

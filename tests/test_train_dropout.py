@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from spo_train.learner import policy_logprobs
 from spo_train.logprobs import response_logprobs
-from spo_train.trainer import policy_logprobs
 
 PROMPTS = [[1, 5, 9], [1, 2, 3, 4]]
 RESPONSES = [[7, 8, 9, 10, 11, 12], [13, 14, 15]]

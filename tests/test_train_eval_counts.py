@@ -9,7 +9,7 @@ import subprocess
 
 from spo_train.evaluate import eval_notes, evaluate
 from spo_train.rollout import SamplerSettings, load_problems
-from tests.test_pipeline import _generator, small_lake, tiny_model  # noqa: F401 - fixtures
+from tests.conftest import make_generator
 
 
 def test_unjudged_samples_are_reported_not_scored(small_lake, tiny_model):  # noqa: F811
@@ -17,7 +17,7 @@ def test_unjudged_samples_are_reported_not_scored(small_lake, tiny_model):  # no
         "problems",
         [{"problem_id": "no-tests", "name": "no-tests", "split": "train", "statement": "Print 1."}],
     )
-    gen, tok, model_id, tok_id, _ = _generator(tiny_model)
+    gen, tok, model_id, tok_id, _ = make_generator(tiny_model)
     problems = load_problems(small_lake, "p.split = 'train'")
     assert len(problems) == 5
     res = evaluate(

@@ -10,7 +10,6 @@ import pytest
 
 from spo_store.lake import Lake
 from spo_train.trainer import train
-from tests.test_pipeline import small_lake, tiny_model  # noqa: F401 - fixtures
 from tests.test_train_cli import _one_line_error, _running, _spo
 from tests.test_train_q0_and_eval import _config, _estimates
 

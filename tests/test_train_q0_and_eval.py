@@ -9,10 +9,9 @@ import pytest
 
 from spo_store.errors import SpoError
 from spo_store.q0_estimates import estimate_row, write_estimates
+from spo_train.config import TrainConfig
 from spo_train.models import model_identity
-from spo_train.trainer import TrainConfig, train
-from tests.test_pipeline import small_lake, tiny_model  # noqa: F401 - fixtures
-from tests.test_q0_estimates import tiny_model_b  # noqa: F401 - fixture
+from spo_train.trainer import train
 
 
 def _estimates(lake, model_dir, successes_of, max_new_tokens=8):

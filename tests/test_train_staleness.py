@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from spo_train.trainer import TrainConfig, train
-from tests.test_pipeline import small_lake, tiny_model  # noqa: F401 - fixtures
+from spo_train.config import TrainConfig
+from spo_train.trainer import train
 from tests.test_train_q0_and_eval import _config, _estimates
 
 

@@ -129,7 +129,7 @@ class PPO(Algorithm):
         self.value_model = ValueModel(pi0_path, device=config.device, options=step_options(config))
         self.value_optimizer = torch.optim.AdamW(
             self.value_model.parameters(),
-            lr=config.value_learning_rate or config.learning_rate,
+            lr=config.value_learning_rate,  # the rules fill it (PPORules.resolve)
             weight_decay=config.weight_decay,
         )
         self.generator = torch.Generator().manual_seed(config.seed + 17)
