@@ -1,5 +1,5 @@
 """`spo bench step`: the cost of one training step of SPO, PPO and GRPO (a thin wrapper over
-`spo_train.bench_step`; docs/gpu.md)."""
+`spo_train.train.bench_step`; docs/gpu.md)."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def step_cmd(
 ) -> None:
     """Time one training step (Algorithm.update, as the trainer runs it) of each algorithm on
     a synthetic batch; print tokens/s, MFU (GPUs with a known peak) and peak memory."""
-    from spo_train.bench_step import BenchSpec, run
+    from spo_train.train.bench_step import BenchSpec, run
 
     spec = BenchSpec(
         algos=_split(algos),

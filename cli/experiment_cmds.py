@@ -90,7 +90,7 @@ def experiment_cmd(
     runs and resumes stopped ones. `spo report DIR` draws the results.
     """
     from spo_train.experiment import ExperimentStopped, run_experiment
-    from spo_train.experiment_config import default_output, load_experiment
+    from spo_train.experiment.config import default_output, load_experiment
 
     exp = load_experiment(config)
     out = Path(output) if output is not None else default_output(exp)

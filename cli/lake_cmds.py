@@ -131,7 +131,7 @@ def _make_verifier(bar: Progress, workers: int | None, unsafe_no_sandbox: bool):
     """A verifier judging (problem row, solution) pairs with spo_train.judge (Python 3 only)."""
     from spo_store.ingest import Judged
     from spo_train.judge import job_for_problem, judge_batch, verdict_reward
-    from spo_train.sandbox import ensure_sandbox
+    from spo_train.judge.sandbox import ensure_sandbox
 
     if not unsafe_no_sandbox:
         ensure_sandbox()  # a missing bwrap is one line before anything is judged

@@ -39,7 +39,7 @@ def _root(
     if threads is not None:
         if threads < 1:
             raise SpoError(f"--threads {threads}: must be at least 1")
-        # Read where models load (spo_train.models.choose_threads), in this process only.
+        # Read where models load (spo_train.lm.models.choose_threads), in this process only.
         os.environ["SPO_THREADS"] = str(threads)
 
 
@@ -110,7 +110,7 @@ kept: rerun the same command to resume"."""
 
 def _stop_detail(argv: list[str] | None) -> str:
     """What a stop left behind: the run ids this process started and marked interrupted
-    (`spo_store.lake.PROCESS_RUNS`), and a command that continues (tests/test_second_hour.py
+    (`spo_store.lake.PROCESS_RUNS`), and a command that continues (tests/cli/test_second_hour.py
     checks each hint)."""
     import shlex
 

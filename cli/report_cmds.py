@@ -66,7 +66,7 @@ def report_cmd(
 ) -> None:
     """Plot and tabulate pass@k against step: mean and min-max band over seeds, bootstrap
     intervals over seeds and problems (docs/experiments.md, Reports)."""
-    from spo_train.report import (
+    from spo_train.experiment.report import (
         build_report,
         few_seeds_note,
         set_title,

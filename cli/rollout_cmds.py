@@ -1,4 +1,4 @@
-"""`spo rollout`: rollout workers (Ray actors) without a trainer; thin over spo_train.rollout_job."""
+"""`spo rollout`: rollout workers (Ray actors) without a trainer; thin over spo_train.rollouts.job."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _rollout(
     """Grow the lake from any model: --n responses per problem of --where/--split, sampled by
     rollout workers (Ray actors; a local Ray unless --ray-address), judged and committed in
     chunks. Resumable: the same command again continues the same run."""
-    from spo_train.rollout_job import RolloutConfig, run_rollout
+    from spo_train.rollouts.job import RolloutConfig, run_rollout
 
     cfg: RolloutConfig = _sampling_config(RolloutConfig, explicit, kwargs, config_file)
     cfg.model = _check_model(cfg.model)
@@ -68,7 +68,7 @@ def _rollout(
 def register(app: typer.Typer) -> None:
     from spo_cli.options import SpoCommand, command_from
 
-    from spo_train.rollout_job import RolloutConfig
+    from spo_train.rollouts.job import RolloutConfig
 
     app.command("rollout", cls=SpoCommand)(
         command_from(RolloutConfig, _rollout, extra=[JsonOpt, ConfigOpt])

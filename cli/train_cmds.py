@@ -48,8 +48,8 @@ def load_generator(
     model: str | None, backend: str, device: str = "cpu"
 ) -> tuple[Any, Any, str, str]:
     """(generator, tokenizer, model_id, tokenizer_id) for `model` (default: embedded pi_0)."""
-    from spo_train.generation import TransformersGenerator, make_generator
-    from spo_train.models import (
+    from spo_train.lm.generation import TransformersGenerator, make_generator
+    from spo_train.lm.models import (
         load_model_and_tokenizer,
         model_identity,
         resolve_model_path,
@@ -70,7 +70,7 @@ def load_generator(
 
 def _open_lake_with_problems(lake: str | None):
     from spo_store.lake import Lake
-    from spo_train.defaults import ensure_problems
+    from spo_train.embedded.defaults import ensure_problems
 
     lk = Lake.open(lake)
     ensure_problems(lk, say=lambda m: console.print(m, highlight=False))
@@ -106,7 +106,7 @@ def _check_model(model: str | None, *, absolute: bool = True) -> str | None:
     with the stored setting). None stays None (the embedded pi_0)."""
     from pathlib import Path
 
-    from spo_train.models import check_model
+    from spo_train.lm.models import check_model
 
     path = check_model(model)
     if model is None:
@@ -158,7 +158,7 @@ def _estimate_q0(
     cfg: EstimateQ0Config = _sampling_config(EstimateQ0Config, _explicit, kwargs, config_file)
     from spo_store.q0_sequential import StoppingRule
     from spo_train.q0 import estimate_q0, q0_todo
-    from spo_train.rollout import SamplerSettings, check_context
+    from spo_train.rollouts.sampling import SamplerSettings, check_context
 
     samples = cfg.n
     rule = StoppingRule(cfg.stopping, cap=samples, successes=cfg.stop_successes)
@@ -299,7 +299,7 @@ def _eval(
     from spo_store.selection import RELIABLE, judge_issue_counts, left_out_line
     from spo_train.diversity import diversity_line
     from spo_train.evaluate import eval_notes, evaluate
-    from spo_train.rollout import SamplerSettings, check_context, load_problems
+    from spo_train.rollouts.sampling import SamplerSettings, check_context, load_problems
 
     n, ks, split, where = cfg.n, list(cfg.k), cfg.split, cfg.where
     cfg.model = _check_model(cfg.model)
@@ -447,10 +447,10 @@ def _train(
     """
     from pathlib import Path
 
-    from spo_train import distributed
     from spo_train.algorithm_rules import rules_of
-    from spo_train.train_setup import preflight
-    from spo_train.trainer import train
+    from spo_train.train import distributed
+    from spo_train.train.loop import train
+    from spo_train.train.setup import preflight
 
     config = resolve_train_config(explicit, config_file)
     if distributed.env_rank() != 0:
@@ -462,7 +462,7 @@ def _train(
             import signal
 
             from spo_store.stopping import STOP_SIGNALS
-            from spo_train.launch import quiet_stop
+            from spo_train.train.launch import quiet_stop
 
             term = signal.SIGTERM in STOP_SIGNALS
             raise typer.Exit(quiet_stop(143 if term else 130)) from None
@@ -475,7 +475,7 @@ def _train(
     _open_lake_with_problems(config.lake)
     if config.nproc > 1 and distributed.world_from_env() is None:
         # --nproc N: this command again as N processes (rank 0 prints the progress and --json)
-        from spo_train.launch import launch
+        from spo_train.train.launch import launch
 
         code = launch(config.nproc, sys.argv[1:], output=Path(config.output), lake_uri=config.lake)
         raise typer.Exit(code)
@@ -528,7 +528,7 @@ def demo_cmd(
     """End to end on the embedded default, in the off-policy regime: hard problems pi_0 never
     solved, SPO half-online (with the reference solutions) against GRPO, before and after,
     plus held-out problems; table, plot, summary."""
-    from spo_train.demo import DemoConfig, run_demo
+    from spo_train.experiment.demo import DemoConfig, run_demo
 
     config = DemoConfig(lake=lake, output=output, seed=seed, unsafe_no_sandbox=unsafe_no_sandbox)
     if steps is not None:

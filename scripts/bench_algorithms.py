@@ -2,7 +2,7 @@
 
 The learner's step is what differs between the algorithms (rollouts come from the same
 sampler), so this times `Algorithm.update(batch, learner)` plus the schedule step, exactly as
-`spo_train.trainer` calls it, on one batch that all three share:
+`spo_train.train.loop` calls it, on one batch that all three share:
 
 1. setup (this process): a temporary lake with the embedded problem set, then one step of
    rollouts from pi_0 through the trainer's own `RolloutProducer` at PPO/GRPO's defaults
@@ -49,7 +49,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from spo_train.bench_step import _reset_peak_rss  # one reset, shared with spo bench step
+from spo_train.train.bench_step import _reset_peak_rss  # one reset, shared with spo bench step
 
 ALGOS = ("spo", "ppo", "grpo")
 MIB = 1024 * 1024
@@ -131,17 +131,17 @@ def setup(args: argparse.Namespace, workdir: Path, say: Any) -> dict[str, Any]:
 
     from spo_store.lake import Lake
     from spo_store.selection import RELIABLE, split_predicate
-    from spo_train.defaults import ensure_problems
-    from spo_train.models import (
+    from spo_train.embedded.defaults import ensure_problems
+    from spo_train.lm.models import (
         load_model_and_tokenizer,
         model_identity,
         resolve_model_path,
         tokenizer_identity,
     )
-    from spo_train.producer import RolloutProducer
     from spo_train.q0 import q0_value
-    from spo_train.rollout import load_problems
-    from spo_train.train_setup import set_seed
+    from spo_train.rollouts.local import RolloutProducer
+    from spo_train.rollouts.sampling import load_problems
+    from spo_train.train.setup import set_seed
 
     pi0 = resolve_model_path(args.model)
     lake = Lake.open(workdir / "lake")
@@ -223,15 +223,15 @@ def measure(args: argparse.Namespace, algo: str, workdir: Path) -> dict[str, Any
     import torch
 
     from spo_store.lake import Lake
-    from spo_train.batch import ReferenceCache
-    from spo_train.learner import build_learner, to_train_batch
-    from spo_train.models import (
+    from spo_train.lm.models import (
         load_model_and_tokenizer,
         model_identity,
         resolve_model_path,
         tokenizer_identity,
     )
-    from spo_train.train_setup import set_seed
+    from spo_train.train.batch import ReferenceCache
+    from spo_train.train.learner import build_learner, to_train_batch
+    from spo_train.train.setup import set_seed
 
     rss_start = _proc_status_kib("VmRSS")
     config = _config(args, algo, workdir)

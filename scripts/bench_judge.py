@@ -35,8 +35,7 @@ from types import ModuleType
 from rich.console import Console
 from rich.table import Table
 
-from spo_train import sandbox
-from spo_train.judge import JudgeJob, judge_batch, outputs_match
+from spo_train.judge import JudgeJob, judge_batch, outputs_match, sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +72,7 @@ def make_checker_jobs(programs: int, tests: int) -> list[JudgeJob]:
 
 
 def load_old_judge(ref: str) -> ModuleType:
-    """spo_train/sandbox.py of git revision `ref` (the judge before the split) as a module."""
+    """spo_train/judge/sandbox.py of git revision `ref` (the judge before the split) as a module."""
     tmp = Path(tempfile.mkdtemp(prefix="spo-bench-old-"))
     for name in ("sandbox.py", "sandbox_driver.py"):
         text = subprocess.run(

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from spo_cli.train_cmds import load_generator
 
     from spo_store.lake import Lake, sql_quote
-    from spo_train.defaults import ensure_problems
+    from spo_train.embedded.defaults import ensure_problems
     from spo_train.pts import Sampler, annotate, sandbox_judge
     from spo_train.pts.annotate import load_targets
     from spo_train.pts.search import RolloutEstimator

@@ -7,7 +7,7 @@ set -euo pipefail
 rounds=${1:-5}
 shift || true
 lake=$(mktemp -d)/lake
-python -c "from spo_store.lake import Lake; from spo_train.defaults import ensure_problems; ensure_problems(Lake.open('$lake'))"
+python -c "from spo_store.lake import Lake; from spo_train.embedded.defaults import ensure_problems; ensure_problems(Lake.open('$lake'))"
 out=$(mktemp)
 for r in $(seq "$rounds"); do
   for threads in 1 2; do

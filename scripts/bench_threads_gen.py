@@ -10,11 +10,11 @@ import time
 import torch
 
 from spo_store.lake import Lake
-from spo_train.defaults import ensure_problems
-from spo_train.generation import TransformersGenerator
-from spo_train.models import load_model_and_tokenizer
-from spo_train.prompting import problem_prompt
-from spo_train.rollout import load_problems
+from spo_train.embedded.defaults import ensure_problems
+from spo_train.lm.generation import TransformersGenerator
+from spo_train.lm.models import load_model_and_tokenizer
+from spo_train.lm.prompting import problem_prompt
+from spo_train.rollouts.sampling import load_problems
 
 rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 lake = Lake.open("/tmp/bench_threads_gen_lake")

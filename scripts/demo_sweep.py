@@ -23,18 +23,18 @@ from pathlib import Path
 
 from spo_store.lake import Lake, sql_quote
 from spo_train.config import TrainConfig
-from spo_train.defaults import ensure_problems
+from spo_train.embedded.defaults import ensure_problems
 from spo_train.evaluate import evaluate
-from spo_train.generation import TransformersGenerator
-from spo_train.models import (
+from spo_train.lm.generation import TransformersGenerator
+from spo_train.lm.models import (
     load_model_and_tokenizer,
     model_identity,
     resolve_model_path,
     tokenizer_identity,
 )
 from spo_train.q0 import DEFAULT_BETA, estimate_q0
-from spo_train.rollout import SamplerSettings, load_problems
-from spo_train.trainer import train
+from spo_train.rollouts.sampling import SamplerSettings, load_problems
+from spo_train.train.loop import train
 
 EVAL_SEED, EVAL_PROBLEMS, MAX_NEW_TOKENS = 1, 100, 192  # as `spo demo`
 

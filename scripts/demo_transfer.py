@@ -49,7 +49,7 @@ from spo_train.embedded.generator import (
     parse_input,
 )
 from spo_train.judge import JudgeJob, judge_batch
-from spo_train.prompting import extract_code
+from spo_train.lm.prompting import extract_code
 
 
 def rate(values: list[float]) -> str:

@@ -56,7 +56,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$OUTDIR/n
 # the random 1.1B Llama, built once (4.4 GB, float32) outside OUTDIR, which may be sent back
 MODEL_DIR="${TMPDIR:-/tmp}/spo-random-llama-1b"
 if [ ! -f "$MODEL_DIR/config.json" ]; then
-    timeout 120 python3 -c "import sys; from spo_train.bench_step import save_random_llama as s; s('1b', sys.argv[1], 'cuda')" \
+    timeout 120 python3 -c "import sys; from spo_train.train.bench_step import save_random_llama as s; s('1b', sys.argv[1], 'cuda')" \
         "$MODEL_DIR" 2> "$OUTDIR/build-1b.log" || { echo "could not build the 1B model: see $OUTDIR/build-1b.log" >&2; exit 2; }
 fi
 BIG=(--device cuda --model "$MODEL_DIR" --batch-size 8 --seq-len 2048 --prompt-len 512 --group-size 4)

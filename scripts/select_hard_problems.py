@@ -26,16 +26,16 @@ from pathlib import Path
 
 from spo_store.lake import Lake, sql_quote
 from spo_store.selection import RELIABLE
-from spo_train.defaults import ensure_problems
-from spo_train.generation import TransformersGenerator
-from spo_train.models import (
+from spo_train.embedded.defaults import ensure_problems
+from spo_train.lm.generation import TransformersGenerator
+from spo_train.lm.models import (
     load_model_and_tokenizer,
     model_identity,
     resolve_model_path,
     tokenizer_identity,
 )
 from spo_train.q0 import estimate_q0, q0_sampler_key
-from spo_train.rollout import SamplerSettings, load_problems
+from spo_train.rollouts.sampling import SamplerSettings, load_problems
 
 OUT = Path(__file__).resolve().parents[1] / "spo_train/embedded/assets/hard_problems.json"
 MAX_NEW_TOKENS = 192  # as `spo demo`

@@ -137,7 +137,7 @@ def content_hash(problem_id_: str, response: str) -> str:
 
 def raw_content_hash(problem_id_: str, response: str) -> str:
     """sha256 of problem id and response as given: the key of human solutions stored by older
-    releases (a re-ingest matches both) and of model samples (`spo_train.rollout`)."""
+    releases (a re-ingest matches both) and of model samples (`spo_train.rollouts.sampling`)."""
     return hashlib.sha256(f"{problem_id_}\0{response}".encode()).hexdigest()
 
 

@@ -6,10 +6,10 @@ estimated and, at each, `S_t`, the judged rollouts behind it and their successes
 `annotation_id` (`Lake.insert_new`), so a rerun or a concurrent run stores each once.
 
 Positions (the one convention everywhere): position `t` is the 0-based index of a token in the
-response's token ids (`spo_train.logprobs.response_logprobs` column `t`), and `S_t` is the
+response's token ids (`spo_train.lm.logprobs.response_logprobs` column `t`), and `S_t` is the
 success probability after emitting tokens `0..t`. Position -1 is the prompt alone. `S` after
 the whole response (position `T - 1`) is 1 for a successful trajectory and is not stored.
-`spo_train.losses.spo_loss` counts prefix lengths instead: position `t` is its `t + 1`.
+`spo_train.algorithms.losses.spo_loss` counts prefix lengths instead: position `t` is its `t + 1`.
 
 The rollouts behind an estimate are `trajectories` rows (source `pts`) with deterministic ids
 `pts-<rollout_key>@<position>#<k>` (`rollout_traj_id`), so a rerun finds and reuses them.

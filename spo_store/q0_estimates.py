@@ -5,7 +5,7 @@ doc, "Values"), estimated from samples drawn with particular sampler settings. E
 therefore keyed by `(problem_id, ref_model_id, sampler_key)`; a model or sampler change gets a
 new estimate, never another model's value.
 
-This module has no torch: the q0 formula below is the same as `spo_train.losses.
+This module has no torch: the q0 formula below is the same as `spo_train.algorithms.losses.
 q0_from_success_rate` (tested against it), written in plain floats for SQL-side and store use.
 """
 

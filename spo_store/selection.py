@@ -118,7 +118,7 @@ def select_problems(
     beta: float | None = None,
 ) -> list[dict[str, Any]]:
     """Problems matching a SQL predicate over `p`, ordered by id: `columns` of `problems`
-    (`spo_train.rollout.PROBLEM_COLUMNS`: what prompting and the judge read) plus the q0 ones.
+    (`spo_train.rollouts.sampling.PROBLEM_COLUMNS`: what prompting and the judge read) plus the q0 ones.
 
     `p` is `problems` joined (LEFT) with the q0 estimate of `q0_of = (ref_model_id,
     sampler_key)`: rows gain `q0`, `q0_samples`, `q0_successes`, `q0_beta`, `q0_estimate_id`

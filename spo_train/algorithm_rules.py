@@ -9,7 +9,7 @@ experiment planner read without importing torch:
 - `needs_q0`: it trains against q0 estimates (the run's problems, and the rows its mixture
   draws, are those of problems with one);
 - `online_only`: its batch is whole groups of this run's fresh rollouts
-  (`spo_train.batch_sources.GroupBatches`), not a mixture draw (`MixtureBatches`);
+  (`spo_train.train.batch_sources.GroupBatches`), not a mixture draw (`MixtureBatches`);
 - `progress(metrics)`: the few numbers `spo train`'s progress bar shows per step;
 - `label_settings`: the settings a report's label names besides the algorithm.
 
@@ -67,7 +67,7 @@ class AlgorithmRules:
 def _refuse_online_without_a_current_worker(config: Any) -> None:
     """With rollout workers none of which samples the current policy, the mixture's `online`
     source never gets a row: the trainer would wait `SPO_ROLLOUT_MAX_WAIT_S` (30 min), then fail."""
-    from spo_train.worker_spec import worker_decodings
+    from spo_train.rollouts.worker_spec import worker_decodings
 
     mix = config.resolved().mix
     parts = (part.partition(":") for part in mix.split(","))
@@ -130,7 +130,7 @@ class OnlineGroupRules(AlgorithmRules):
                 exit_code=1,
             )
         if config.rollout_workers and config.rollout_worker_decoding:
-            from spo_train.worker_spec import parse_decoding
+            from spo_train.rollouts.worker_spec import parse_decoding
 
             specs = parse_decoding(config.rollout_worker_decoding, (1.0, 1.0), 1.0)
             if any(d.policy == "reference" for d in specs):
@@ -203,7 +203,7 @@ class SFTRules(AlgorithmRules):
     """SFT trains on the successes of a lake mixture (default `offline:1`: the correct
     solutions SPO's offline half draws), no q0. Its rollout defaults are SPO's, used only when
     the mixture has an `online` part (rejection-sampling fine-tuning on this run's own
-    successes); without one the run samples nothing (`spo_train.rollout_sources`)."""
+    successes); without one the run samples nothing (`spo_train.rollouts.sources`)."""
 
     name = "sft"
     implementation = "spo_train.algorithms.sft:SFT"

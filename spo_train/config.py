@@ -78,7 +78,7 @@ def temperature_range_check(v: tuple[float, float]) -> str | None:
 
 
 def _decoding_check(v: str) -> str | None:
-    from spo_train.worker_spec import decoding_problem
+    from spo_train.rollouts.worker_spec import decoding_problem
 
     return decoding_problem(v)
 

@@ -197,7 +197,7 @@ def embedded_style(code: str) -> str | None:
     reading idiom, checked in this order; a program that mixes a style's reading with another
     style's body keeps its reading's label, and one that reads in none of these ways (or does
     not parse) is None. Every reference solution the generator ships gets its own style
-    (tests/test_eval_diversity.py).
+    (tests/q0_eval/test_eval_diversity.py).
     """
     try:
         tree = _parse(code)

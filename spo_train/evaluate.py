@@ -19,9 +19,9 @@ from spo_store.errors import SpoError
 from spo_store.lake import Lake
 from spo_store.selection import explain_empty
 from spo_train.diversity import diversity
+from spo_train.lm.prompting import extract_code
 from spo_train.metrics import mean_pass_at_k
-from spo_train.prompting import extract_code
-from spo_train.rollout import SamplerSettings, sample_and_judge
+from spo_train.rollouts.sampling import SamplerSettings, sample_and_judge
 
 
 def evaluate(

@@ -45,8 +45,8 @@ from spo_store.selection import (
     judge_issue_counts,
     left_out_line,
 )
-from spo_train.losses import q0_from_success_rate
-from spo_train.rollout import SamplerSettings, load_problems, sample_and_judge
+from spo_train.algorithms.losses import q0_from_success_rate
+from spo_train.rollouts.sampling import SamplerSettings, load_problems, sample_and_judge
 
 DEFAULT_BETA = 1.0 / math.log(100000.0)
 

@@ -20,7 +20,7 @@ CC_SAMPLE = SHARED_DATA / "code_contests_sample.parquet"
 def _sandbox_unavailable() -> str | None:
     """Why the sandbox cannot run here (no bwrap, no user namespaces...), or None."""
     from spo_store.errors import SpoError
-    from spo_train.sandbox import ensure_sandbox
+    from spo_train.judge.sandbox import ensure_sandbox
 
     try:
         ensure_sandbox()
@@ -172,8 +172,8 @@ def small_lake(tmp_path):
 
 def make_generator(model_dir: Path):
     """(generator, tokenizer, model id, tokenizer id, model) for a model folder."""
-    from spo_train.generation import TransformersGenerator
-    from spo_train.models import load_model_and_tokenizer, model_identity, tokenizer_identity
+    from spo_train.lm.generation import TransformersGenerator
+    from spo_train.lm.models import load_model_and_tokenizer, model_identity, tokenizer_identity
 
     model, tok = load_model_and_tokenizer(model_dir)
     return (

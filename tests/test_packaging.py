@@ -29,7 +29,7 @@ def test_bench_step_loads_without_the_lake_libraries():
     import sys
 
     code = (
-        "import sys; import spo_cli.bench_cmds, spo_train.bench_step, spo_train.learner, "
+        "import sys; import spo_cli.bench_cmds, spo_train.train.bench_step, spo_train.train.learner, "
         "spo_train.algorithms.spo, spo_train.algorithms.ppo, spo_train.algorithms.grpo; "
         "print(sorted(m for m in ('lance', 'duckdb', 'polars') if m in sys.modules))"
     )

@@ -1,4 +1,4 @@
-"""One module per training algorithm, all driven by the same learner loop (`spo_train.trainer`).
+"""One module per training algorithm, all driven by the same learner loop (`spo_train.train.loop`).
 
 An algorithm owns its loss, its extra models (PPO's value model) and its metrics; the learner
 owns the policy, its optimizer and learning-rate schedule, the batch and everything around a
@@ -47,7 +47,7 @@ class TrainBatch:
     True on real response tokens. `reward` `[B]` (0 success, -1 failure); `q0` `[B]` (NaN for
     algorithms that need none). `group` `[B]` long: rows with the same value are samples of one
     problem drawn in one step (GRPO's groups). `mc_positions` `[B, K]` long and `mc_targets`
-    `[B, K]` float: Monte-Carlo targets S_t of annotated rows in `spo_train.losses.spo_loss`'s
+    `[B, K]` float: Monte-Carlo targets S_t of annotated rows in `spo_train.algorithms.losses.spo_loss`'s
     layout (prefix lengths, -1 for an empty slot), None when the run uses none (`mc_weight` 0)
     or no row of the batch has one (`spo_train.pts.attach_mc_targets`).
     """
@@ -73,7 +73,7 @@ class TrainBatch:
 
 
 class Learner(Protocol):
-    """What the learner loop gives an algorithm (see `spo_train.learner.PolicyLearner`)."""
+    """What the learner loop gives an algorithm (see `spo_train.train.learner.PolicyLearner`)."""
 
     policy: torch.nn.Module
     device: str
@@ -118,11 +118,11 @@ class Algorithm:
 
     def configure_policy(self, learner: Learner) -> None:
         """Apply the run's step options (precision, log-prob chunks, activation checkpointing,
-        compile: `spo_train.fast_step`) to the learner's policy; once, idempotent. Called at
+        compile: `spo_train.lm.fast_step`) to the learner's policy; once, idempotent. Called at
         the top of every `update`, so any learner's policy gets them."""
         import dataclasses
 
-        from spo_train.fast_step import configure_model, step_options
+        from spo_train.lm.fast_step import configure_model, step_options
 
         options = step_options(self.config)
         if getattr(getattr(learner, "dist", None), "fsdp", False) and options.logprob_chunk_size:

@@ -17,7 +17,7 @@ These three choices (std scaling, length normalisation, KL estimator and its pla
 rather than the reward) are where implementations differ; docs/algorithms.md lists them.
 
 `--grpo-reference-per-group N` (mixed-policy GRPO, as LUFFY, arXiv 2504.14945): each group
-also holds N correct offline solutions of its problem (`spo_train.batch_sources.GroupBatches`,
+also holds N correct offline solutions of its problem (`spo_train.train.batch_sources.GroupBatches`,
 source `offline`). They take part in the group's mean/std like the samples: G failures and
 one reference give the reference A = G / sqrt(G+1) and each failure -1 / sqrt(G+1).
 Not sampled by pi_old, they have no pi_old: their term is the plain on-policy one, ratio
@@ -49,8 +49,8 @@ from spo_train.algorithms import (
     minibatch_rows,
     old_logprobs_and_weights,
 )
+from spo_train.algorithms.losses import grpo_advantages, masked_mean
 from spo_train.config import TrainConfig
-from spo_train.losses import grpo_advantages, masked_mean
 
 
 def grpo_token_loss(

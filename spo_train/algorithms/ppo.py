@@ -44,15 +44,21 @@ from spo_train.algorithms import (
     minibatch_rows,
     old_logprobs_and_weights,
 )
+from spo_train.algorithms.losses import (
+    gae,
+    kl_regularised_token_rewards,
+    masked_mean,
+    ppo_loss,
+    value_loss,
+)
 from spo_train.config import TrainConfig
-from spo_train.fast_step import (
+from spo_train.lm.fast_step import (
     StepOptions,
     autocast,
     enable_activation_checkpointing,
     step_options,
 )
-from spo_train.logprobs import build_batch
-from spo_train.losses import gae, kl_regularised_token_rewards, masked_mean, ppo_loss, value_loss
+from spo_train.lm.logprobs import build_batch
 
 
 class ValueModel(nn.Module):
@@ -61,7 +67,7 @@ class ValueModel(nn.Module):
 
     Head initialised to zero, so the first values are 0 (the usual start: the reward scale is
     0 / -1 here). Dropout off (eval mode), like the policy's loss forward. `options`: the
-    policy's precision, activation checkpointing and compile (`spo_train.fast_step`); the
+    policy's precision, activation checkpointing and compile (`spo_train.lm.fast_step`); the
     scalar head always runs in float32."""
 
     def __init__(

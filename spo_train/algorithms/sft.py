@@ -2,7 +2,7 @@
 default `offline:1`: the lake's correct solutions from outside this run, the rows SPO's offline
 half draws), with no q0, no reward model and no rollouts when the mixture has no online part.
 
-Per step, one optimizer step on the batch (`spo_train.losses.sft_loss`):
+Per step, one optimizer step on the batch (`spo_train.algorithms.losses.sft_loss`):
 1. the batch's successes (reward 0) are its training rows; failures (reward -1, which a mixture
    with `online`, `pi0` or a user source can draw) are dropped and counted
    (`train/dropped_failures`); the policy forwards the successes only;
@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from spo_train.algorithms import Algorithm, Learner, TrainBatch
-from spo_train.losses import sft_loss
+from spo_train.algorithms.losses import sft_loss
 
 
 class SFT(Algorithm):

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import torch
 
 from spo_train.algorithms import Algorithm, Learner, TrainBatch
+from spo_train.algorithms.losses import spo_loss
 from spo_train.config import TrainConfig
-from spo_train.losses import spo_loss
 
 # CE clip margin per variant when --ce-clip-eps is not given (see TrainConfig.ce_clip_eps).
 DEFAULT_CE_CLIP_EPS = {"terminal_ce": 0.1, "reverse_q_ce": 1e-6}
@@ -29,7 +29,7 @@ def effective_ce_clip_eps(config: TrainConfig) -> float:
 
 
 class SPO(Algorithm):
-    """Soft Policy Optimization with `config.loss` (`spo_train.losses.spo_loss`)."""
+    """Soft Policy Optimization with `config.loss` (`spo_train.algorithms.losses.spo_loss`)."""
 
     name = "spo"
 

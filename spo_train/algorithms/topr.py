@@ -2,7 +2,7 @@
 the same lake mixture as SPO (`--mix`, default online:0.5,offline:0.5), with the judge's
 rewards and no q0.
 
-Per step, one optimizer step on the batch (`spo_train.losses.topr_loss`, the TOPR gradient of
+Per step, one optimizer step on the batch (`spo_train.algorithms.losses.topr_loss`, the TOPR gradient of
 the paper's Sec. 3):
 1. each row's weight A = r - b (`--topr-baseline` b, default -0.5: a success +0.5, a failure
    -0.5, the paper's rewards +-1 halved);
@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from spo_train.algorithms import Algorithm, Learner, TrainBatch
-from spo_train.losses import topr_loss
+from spo_train.algorithms.losses import topr_loss
 
 
 class TOPR(Algorithm):

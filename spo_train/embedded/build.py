@@ -146,8 +146,11 @@ def verify_local(problems: Sequence[gen.Problem], workers: int | None = None) ->
 
 def _sandbox():
     try:
-        from spo_train import sandbox  # noqa: F401
-        from spo_train.judge import JudgeJob, judge_batch
+        from spo_train.judge import (
+            JudgeJob,
+            judge_batch,
+            sandbox,  # noqa: F401
+        )
     except ImportError:
         return None
     return JudgeJob, judge_batch
@@ -194,7 +197,7 @@ def verify(
     if judge == "auto":
         judge = "sandbox" if _sandbox() is not None else "local"
     if judge == "sandbox" and _sandbox() is None:
-        raise RuntimeError("--judge sandbox: spo_train.sandbox is not importable")
+        raise RuntimeError("--judge sandbox: spo_train.judge.sandbox is not importable")
     errors = (
         verify_sandbox(problems, workers) if judge == "sandbox" else verify_local(problems, workers)
     )
@@ -231,7 +234,7 @@ def build_problems(
 
 
 def tokenizer_corpus(problems: Sequence[gen.Problem]) -> list[str]:
-    from spo_train.prompting import PLAIN_TEMPLATE, format_response
+    from spo_train.lm.prompting import PLAIN_TEMPLATE, format_response
 
     corpus = []
     for p in problems:
@@ -275,7 +278,7 @@ def sft_examples(
 ) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, response ids + eos) for every correct solution of the problems whose name
     is not in `exclude`, in a seeded order."""
-    from spo_train.prompting import build_prompt, encode_prompt, format_response
+    from spo_train.lm.prompting import build_prompt, encode_prompt, format_response
 
     examples = []
     for p in problems:
@@ -417,7 +420,7 @@ def build_model(
         "model_config": MODEL_CONFIG,
         "train_problems": len(problems["train"]),
         "sft_excluded_problems": len(exclude),
-        "prompt_format": "plain (spo_train.prompting.PLAIN_TEMPLATE)",
+        "prompt_format": "plain (spo_train.lm.prompting.PLAIN_TEMPLATE)",
     }
     excluded_file = dest / "sft_excluded.txt"
     if exclude:
@@ -520,7 +523,7 @@ def judge_programs(
     """Judge untrusted programs; (passed flags, judge name: 'sandbox' or 'subprocess')."""
     sb = _sandbox() if judge in ("auto", "sandbox") else None
     if judge == "sandbox" and sb is None:
-        raise RuntimeError("spo_train.sandbox is not importable")
+        raise RuntimeError("spo_train.judge.sandbox is not importable")
     if sb is not None:
         JudgeJob, judge_batch = sb
         verdicts = judge_batch(_judge_jobs(JudgeJob, items), workers=workers)
@@ -564,9 +567,9 @@ def evaluate_model(
     judge: str = "auto",
 ) -> dict:
     """pass@1 / pass@10 of the model in ``model_dir`` on a problems Parquet file."""
-    from spo_train.generation import TransformersGenerator
-    from spo_train.models import load_model_and_tokenizer
-    from spo_train.prompting import build_prompt, extract_code
+    from spo_train.lm.generation import TransformersGenerator
+    from spo_train.lm.models import load_model_and_tokenizer
+    from spo_train.lm.prompting import build_prompt, extract_code
 
     rows = read_split(problems_path)[:limit]
     model, tok = load_model_and_tokenizer(model_dir, device=device)

@@ -11,7 +11,7 @@ Conventions (see `spo_store.annotations`): internally a prefix is named by its l
 `L = 0..T` (`spo_loss`'s `t`); stored positions are token indices `L - 1` (`-1`: the prompt
 alone), so position `t` holds `S` after emitting tokens `0..t`, and `S` after the whole
 response is 1 (the trajectory passed; not estimated, not stored). Token ids are those the
-trainer uses (`spo_train.batch.ReferenceCache`): the row's own ids when its tokenizer is the
+trainer uses (`spo_train.train.batch.ReferenceCache`): the row's own ids when its tokenizer is the
 one in use, else `encode_prompt` / `encode_response` of the text.
 
 Everything is batched: each round estimates every prefix that the search of every trajectory of

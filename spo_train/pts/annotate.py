@@ -92,8 +92,8 @@ def load_targets(
     threshold: float,
 ) -> list[Target]:
     """The trajectories as search targets, with the token ids the trainer uses for them."""
-    from spo_train.prompting import encode_prompt, encode_response, problem_prompt
-    from spo_train.rollout import load_problems
+    from spo_train.lm.prompting import encode_prompt, encode_response, problem_prompt
+    from spo_train.rollouts.sampling import load_problems
 
     if not traj_ids:
         return []
@@ -127,7 +127,7 @@ def load_targets(
         )
         if own:
             prompt_ids, response_ids = list(r["prompt_ids"]), list(r["response_ids"])
-        else:  # as spo_train.batch.ReferenceCache.prepare encodes it
+        else:  # as spo_train.train.batch.ReferenceCache.prepare encodes it
             prompt_ids = encode_prompt(tokenizer, problem_prompt(problem, tokenizer))
             response_ids = encode_response(tokenizer, r["response"], r["finish_reason"])
         ref = r["ref_logprobs"] if own and r["ref_model_id"] == ref_model_id else None

@@ -19,7 +19,7 @@ from spo_store.errors import SpoError
 from spo_store.lake import Lake, utc_now
 from spo_store.q0_estimates import sampler_key
 from spo_train.config import at_least, setting, validate_fields
-from spo_train.rollout import trajectory_row
+from spo_train.rollouts.sampling import trajectory_row
 
 DEFAULT_SAMPLES = 10
 """K, rollouts per estimate (the paper's)."""
@@ -198,8 +198,8 @@ def sandbox_judge(*, workers: int | None = None, unsafe_no_sandbox: bool = False
     """The real judge: the program of each response (`extract_code`) against all tests of its
     problem, in the sandbox."""
     from spo_train.judge import verdict_reward
-    from spo_train.prompting import extract_code
-    from spo_train.rollout import judge_responses
+    from spo_train.lm.prompting import extract_code
+    from spo_train.rollouts.sampling import judge_responses
 
     def judge(problems: Sequence[Mapping[str, Any]], texts: Sequence[str]) -> list[dict[str, Any]]:
         verdicts = judge_responses(

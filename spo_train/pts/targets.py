@@ -17,12 +17,12 @@ from spo_store.lake import Lake, sql_quote
 
 # ------------------------------------------------------------------------------------ training
 def attach_mc_targets(batch: Any, lake: Lake, *, ref_model_id: str, tokenizer_id: str) -> int:
-    """Set `batch.mc_positions` / `batch.mc_targets` (`spo_train.losses.pad_mc_targets` layout)
+    """Set `batch.mc_positions` / `batch.mc_targets` (`spo_train.algorithms.losses.pad_mc_targets` layout)
     from the lake's PTS annotations of the batch's trajectories under this reference model and
     tokenizer; returns the number of targets. A stored position t becomes `spo_loss`'s prefix
     length t + 1 (Q after token t); position -1 (`Q_0 = q0`, no gradient) is left out, and so
     is an annotation whose response length differs from the batch row's (other token ids)."""
-    from spo_train.losses import pad_mc_targets
+    from spo_train.algorithms.losses import pad_mc_targets
 
     pooled = pooled_targets(
         lake, list(batch.traj_ids), ref_model_id=ref_model_id, tokenizer_id=tokenizer_id
@@ -88,7 +88,7 @@ def plot_annotation(lake: Lake, annotation: str, path: str | Path, tokenizer: An
     if a["row_tokenizer"] == a["tokenizer_id"] and a["response_ids"] is not None:
         ids = list(a["response_ids"])
     else:
-        from spo_train.prompting import encode_response
+        from spo_train.lm.prompting import encode_response
 
         ids = encode_response(tokenizer, a["response"], a["finish_reason"])
     xs = [*a["positions"], length - 1]

@@ -1,0 +1,1 @@
+"""The language model: loading, prompts, sampling, log-probs, step options. No lake."""
