@@ -27,7 +27,10 @@ def _command() -> Any:
 def _spo_invocations(text: str) -> list[str]:
     """`spo ...` command lines from code blocks and inline code."""
     found = []
-    for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, flags=re.S):
+    # every fenced block pairs its own fences (a ```text block must not shift the pairing)
+    for lang, block in re.findall(r"```(\w*)\n(.*?)```", text, flags=re.S):
+        if lang not in ("", "bash", "sh", "console"):
+            continue
         for line in block.splitlines():
             line = line.split("#", 1)[0].strip()
             for part in re.split(r"&&|\|", line):
