@@ -584,7 +584,9 @@ class TrainConfig:
     """SQL predicate over the problems table (alias p) that keeps training to the problems it
     matches, e.g. "p.problem_id IN ('a', 'b')" (not set: the whole split). ANDed with
     train_split; train_problems then takes the first N of what it matches. Checked before the
-    run starts: invalid SQL or no match is one line naming --train-where"""
+    run starts, as --where is (one self-contained boolean expression over lake tables: no `;`,
+    no `)` closing the parenthesis around it, no comment past its end): invalid SQL, an empty
+    text or no match is one line naming --train-where"""
     train_problems: int = setting(0, check=at_least(0))
     """train on the first N problems of the split by problem_id (0: all); spo further keeps
     those with a q0 estimate. `spo estimate-q0 --limit N` estimates the same first N, so spo,
@@ -689,6 +691,16 @@ class TrainConfig:
                 f"--nproc {self.nproc} is more than --batch-size {self.batch_size}: every "
                 "process needs at least one row of the batch; lower --nproc or raise --batch-size"
             )
+        if self.train_where is not None:
+            if not self.train_where.strip():
+                raise SpoError(
+                    "--train-where is empty: give an SQL predicate over p, or leave it out"
+                )
+            from spo_store.predicates import check_predicate
+
+            # one self-contained expression: `FALSE) OR (p.split = 'test'` would otherwise
+            # close the parenthesis around it and drop the split and reliability filters
+            check_predicate(self.train_where, "--train-where")
         rules_of(self.algo).check(self)  # mc term, online-only mixtures, whole groups
         if self.eval_train_problems and self.eval_problems and self.eval_split == self.train_split:
             raise SpoError(

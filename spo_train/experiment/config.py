@@ -190,6 +190,10 @@ def load_experiment(path: str | Path) -> Experiment:
             raise _fail(
                 p, "[prepare]", f"q0_where = {q0_where!r}: expected an SQL predicate over p"
             )
+        if q0_where is not None:
+            from spo_store.predicates import check_predicate
+
+            check_predicate(q0_where, f"{p} [prepare]: q0_where")
         q0_stopping = prep.get("q0_stopping", "sequential")
         if q0_stopping not in ("sequential", "fixed"):
             raise _fail(

@@ -56,6 +56,16 @@ BAD = [
         BASE.replace("q0_where = \"p.name >= 'spo_embedded_train_01990'\"", "q0_where = ''"),
         "q0_where",
     ),
+    # q0_where is pasted into the pool's query: one self-contained expression, checked at load
+    (
+        BASE.replace("'spo_embedded_train_01990'\"", "'x') OR (p.split = 'test'\""),
+        "[prepare]: q0_where: not one SQL boolean expression",
+    ),
+    (
+        BASE.replace("'spo_embedded_train_01990'\"", "'x'; DROP TABLE problems\""),
+        "[prepare]: q0_where: a predicate is one boolean expression",
+    ),
+    (BASE.replace(">= 'spo_embedded_train_01990'", ">="), "[prepare]: q0_where: not one SQL"),
     (BASE.replace("q0_successes = [0, 0]", "q0_successes = [2, 1]"), "[strata.zero]"),
     (BASE.replace("q0_successes = [1, 8]", "q0_successes = [1, 65]"), "<= q0_samples (64)"),
     (BASE.replace("q0_successes = [0, 0]", "q0_succeses = [0, 0]"), "did you mean"),
