@@ -521,7 +521,11 @@ def demo_cmd(
     ] = None,
     seed: Annotated[
         int,
-        typer.Option(min=0, help="Seeds Q0 and training; evaluation uses seed + 1 (fresh samples)"),
+        typer.Option(
+            min=0,
+            max=2**63 - 2,  # seed + 1 within spo_train.config.SEED_MAX
+            help="Seeds Q0 and training; evaluation uses seed + 1 (fresh samples)",
+        ),
     ] = 0,
     unsafe_no_sandbox: UnsafeOpt = False,
 ) -> None:

@@ -54,6 +54,14 @@ def at_least(low: int | float) -> Check:
     return lambda v: None if v >= low else f"must be at least {low}"
 
 
+SEED_MAX = 2**63 - 1
+"""The largest seed: the lake stores seeds as 64-bit integers (`batches.seed`, run configs)."""
+
+
+def seed_check(v: int) -> str | None:
+    return None if 0 <= v <= SEED_MAX else f"must be between 0 and {SEED_MAX} (a 64-bit seed)"
+
+
 def positive_finite(v: float) -> str | None:
     return None if v > 0 and math.isfinite(v) else "must be a positive finite number"
 
@@ -626,7 +634,7 @@ class TrainConfig:
         verl="trainer.max_actor_ckpt_to_keep",
     )
     """keep only the newest N checkpoints, deleting older ones (not set: keep all)"""
-    seed: int = setting(0, check=at_least(0), trl="seed")
+    seed: int = setting(0, check=seed_check, trl="seed")
     """seeds data order, rollouts and init"""
     workers: int | None = setting(
         None,
@@ -772,7 +780,7 @@ class SamplingConfig:
     """nucleus sampling top-p"""
     max_new_tokens: int = setting(256, check=at_least(1))
     """response length bound"""
-    seed: int = setting(0, check=at_least(0))
+    seed: int = setting(0, check=seed_check)
     """sampling seed"""
     split: str | None = setting(None)
     """problem split (used when --where is not given)"""

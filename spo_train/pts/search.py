@@ -18,7 +18,7 @@ from spo_store.annotations import (
 from spo_store.errors import SpoError
 from spo_store.lake import Lake, utc_now
 from spo_store.q0_estimates import sampler_key
-from spo_train.config import at_least, setting, validate_fields
+from spo_train.config import at_least, seed_check, setting, validate_fields
 from spo_train.rollouts.sampling import trajectory_row
 
 DEFAULT_SAMPLES = 10
@@ -70,7 +70,7 @@ class PTSConfig:
     """bisect an interval while S at its two ends differs by more than this"""
     max_new_tokens: int = setting(256, check=at_least(1))
     """tokens a rollout may add after its prefix"""
-    seed: int = setting(0, check=at_least(0))
+    seed: int = setting(0, check=seed_check)
     """sampling seed"""
     chunk_trajectories: int = setting(8, check=at_least(1))
     """trajectories searched together (one generate call per round); annotations are committed

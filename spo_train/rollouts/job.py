@@ -27,6 +27,7 @@ from spo_store.errors import SpoError
 from spo_train.config import (
     at_least,
     parse_floats,
+    seed_check,
     setting,
     temperature_range_check,
     top_p_check,
@@ -59,7 +60,7 @@ class RolloutConfig:
     """nucleus sampling top-p"""
     max_new_tokens: int = setting(256, check=at_least(1))
     """response length bound"""
-    seed: int = setting(0, check=at_least(0))
+    seed: int = setting(0, check=seed_check)
     """sampling seed"""
     rollout_workers: int = setting(1, check=at_least(1))
     """rollout workers (Ray actors) sampling in parallel"""
