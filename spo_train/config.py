@@ -877,6 +877,18 @@ def check_output_path(output: str) -> None:
             break
 
 
+def make_output_dir(output: str, flag: str = "--output") -> None:
+    """Create the directory `output` (and its parents); SpoError, one line naming `flag`, when
+    the system refuses (no permission, a read-only or virtual file system such as /proc)."""
+    try:
+        Path(output).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpoError(
+            f"{flag} {output}: cannot create the directory ({exc.strerror or exc}); "
+            "choose a directory you can write"
+        ) from None
+
+
 def check_output_dir(config: TrainConfig) -> None:
     """Refuse, in one line, an --output that cannot hold this run.
 

@@ -33,7 +33,7 @@ from rich.table import Table
 from spo_store.errors import SpoError
 from spo_store.lake import Lake, run_status, sql_quote
 from spo_store.selection import RELIABLE, judge_issue_counts, left_out_line
-from spo_train.config import DEFAULT_BETA, check_output_path, has_checkpoint
+from spo_train.config import DEFAULT_BETA, check_output_path, has_checkpoint, make_output_dir
 from spo_train.embedded.defaults import ASSETS, ensure_problems
 from spo_train.evaluate import eval_notes, evaluate
 from spo_train.lm.generation import TransformersGenerator
@@ -255,7 +255,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
         )
     hard = hard[: config.hard_problems]
     out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(config.output)
     pi0_path = resolve_model_path(config.model)
     model, tok = load_model_and_tokenizer(pi0_path)
     model_id, tok_id = model_identity(pi0_path), tokenizer_identity(tok)

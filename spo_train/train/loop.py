@@ -57,7 +57,13 @@ from spo_store.errors import SpoError
 from spo_store.lake import Lake, run_status, sql_quote, utc_now
 from spo_store.maintenance import maybe_compact
 from spo_store.stopping import deferred_stop
-from spo_train.config import PATH_SETTINGS, TrainConfig, absolute_path, check_output_dir
+from spo_train.config import (
+    PATH_SETTINGS,
+    TrainConfig,
+    absolute_path,
+    check_output_dir,
+    make_output_dir,
+)
 from spo_train.lm.fast_step import configure_model, step_options
 from spo_train.lm.models import context_length, load_model_and_tokenizer, tokenizer_identity
 from spo_train.rollouts.sampling import check_context
@@ -190,7 +196,7 @@ def _train_main(
     top = output  # the outermost directory this call creates (removed again on a refusal)
     while not top.parent.exists():
         top = top.parent
-    output.mkdir(parents=True, exist_ok=True)
+    make_output_dir(config.output)
     try:
         lock = lock_output(output)
     except SpoError:
