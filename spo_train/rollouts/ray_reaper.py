@@ -130,6 +130,14 @@ def watch(token: str, fd: int, poll_s: float = POLL_S) -> dict[int, int]:
 
 
 def main() -> None:
+    if len(sys.argv) != 3 or not sys.argv[2].isdigit():
+        # started only by rollouts.workers; a person running it by hand gets the usage line
+        print(
+            "usage: python -m spo_train.rollouts.ray_reaper TOKEN FD (started by spo's Ray "
+            "rollout workers, not by hand)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     token, fd = sys.argv[1], int(sys.argv[2])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C to the terminal is the command's
     sweep(token, watch(token, fd))

@@ -95,3 +95,16 @@ def test_a_pruned_weights_file_is_skipped_for_the_newer_one_queued_behind_it(tmp
     torch.save(newer, tmp_path / "version-000002.pt")
     assert worker.set_weights(str(tmp_path / "version-000002.pt"), 2) == 2
     assert torch.equal(worker.model.weight, torch.ones(2, 2))
+
+
+def test_run_by_hand_without_its_arguments_is_a_usage_line():
+    """trial 3: `python -m spo_train.rollouts.ray_reaper --help` was an IndexError traceback."""
+    for args in ([], ["--help"], ["tok", "x"]):
+        r = subprocess.run(
+            [sys.executable, "-m", "spo_train.rollouts.ray_reaper", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith("usage: python -m spo_train.rollouts.ray_reaper TOKEN FD")
