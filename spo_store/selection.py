@@ -101,8 +101,10 @@ def explain_empty(
             split, counts
         )
     if where:
+        # a generated predicate can be thousands of ids long: the line stays readable
+        shown = repr(where) if len(where) <= 300 else f"{where[:300]!r}... ({len(where)} chars)"
         return (
-            f"no problem matches {flag} {where!r} ({sum(counts.values())} problems in the "
+            f"no problem matches {flag} {shown} ({sum(counts.values())} problems in the "
             f"lake; splits present: {present})"
         )
     return f"no problem selected ({sum(counts.values())} in the lake; splits present: {present})"

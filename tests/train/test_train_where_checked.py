@@ -55,3 +55,15 @@ def test_spo_train_refuses_an_escaping_train_where_before_any_run(small_lake, tm
     line = _one_line_error(r)
     assert line.startswith("error: --train-where: not one SQL boolean expression"), line
     assert runs() == before and not (tmp_path / "out").exists()
+
+
+def test_a_long_train_where_matching_nothing_is_a_short_line(small_lake):
+    """trial 3: a 60,000-character predicate was echoed whole in the refusal."""
+    from spo_store.selection import explain_empty
+
+    where = " OR ".join(f"p.name = 'x{i}'" for i in range(3000))
+    line = explain_empty(small_lake, where, flag="--train-where")
+    assert line.startswith('no problem matches --train-where "p.name = ') and len(line) < 500
+    assert f"({len(where)} chars)" in line
+    short = explain_empty(small_lake, "p.name = 'x'", flag="--train-where")
+    assert "no problem matches --train-where \"p.name = 'x'\"" in short, short
