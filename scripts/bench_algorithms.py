@@ -37,8 +37,6 @@ import argparse
 import copy
 import json
 import os
-import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -49,24 +47,27 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from spo_train.train.bench_step import _reset_peak_rss  # one reset, shared with spo bench step
+from spo_train.train.bench_step import (  # one way to read memory and the machine, shared
+    _peak_rss_bytes,
+    _reset_peak_rss,
+    _status_bytes,
+    machine,
+)
 
 ALGOS = ("spo", "ppo", "grpo")
 MIB = 1024 * 1024
 
 
 # ----------------------------------------------------------------------------- memory
-def _proc_status_kib(field: str) -> int:
-    """`VmRSS` / `VmHWM` of this process in KiB (Linux /proc)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _peak_rss_kib() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+def _rss_kib(field: str) -> int:
+    """`VmRSS` / `VmHWM` of this process in KiB (Linux /proc; the peak falls back to
+    getrusage's, which `_reset_peak_rss` cannot reset)."""
+    if field == "VmHWM":
+        return _peak_rss_bytes() // 1024
+    value = _status_bytes(field)
+    if value is None:
+        raise RuntimeError(f"/proc/self/status has no {field}")
+    return value // 1024
 
 
 def trained_state_bytes(optimizer: Any) -> int:
@@ -233,7 +234,7 @@ def measure(args: argparse.Namespace, algo: str, workdir: Path) -> dict[str, Any
     from spo_train.train.learner import build_learner, to_train_batch
     from spo_train.train.setup import set_seed
 
-    rss_start = _proc_status_kib("VmRSS")
+    rss_start = _rss_kib("VmRSS")
     config = _config(args, algo, workdir)
     pi0 = resolve_model_path(config.model)
     set_seed(config.seed)
@@ -288,8 +289,8 @@ def measure(args: argparse.Namespace, algo: str, workdir: Path) -> dict[str, Any
             torch.cuda.synchronize()
 
     sync()
-    rss_ready = _proc_status_kib("VmRSS")
-    peak_load = _peak_rss_kib()
+    rss_ready = _rss_kib("VmRSS")
+    peak_load = _rss_kib("VmHWM")
     times: list[float] = []
     opt_steps: list[int] = []
     metrics: dict[str, float] = {}
@@ -312,10 +313,10 @@ def measure(args: argparse.Namespace, algo: str, workdir: Path) -> dict[str, Any
         torch.cuda.reset_peak_memory_stats()
         cuda_mem["cuda_ready_mib"] = torch.cuda.memory_allocated() / MIB
     warmup_s = step()
-    rss_warm = _proc_status_kib("VmRSS")
+    rss_warm = _rss_kib("VmRSS")
     for _ in range(args.steps):
         times.append(step())
-    peak_steps = _peak_rss_kib()
+    peak_steps = _rss_kib("VmHWM")
     if cuda:
         cuda_mem["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / MIB
         cuda_mem["cuda_step_increase_mib"] = cuda_mem["cuda_peak_mib"] - cuda_mem["cuda_ready_mib"]
@@ -407,30 +408,6 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 if row.get(key) is not None and base.get(key):
                     row[f"ratio_{key}"] = row[key] / base[key]
     return table
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cores": os.cpu_count(),
-        "load_average": os.getloadavg(),
-    }
-    try:
-        model = next(
-            line.split(":", 1)[1].strip()
-            for line in open("/proc/cpuinfo")
-            if line.startswith("model name")
-        )
-        info["cpu"] = model
-    except (OSError, StopIteration):
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -560,7 +537,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="spo-bench-algorithms-"))
     try:
         facts = setup(args, workdir, say)
-        facts["machine"] = machine()
+        facts["machine"] = machine(args.device)
         results = []
         n = len(args.algo_list)
         for rnd in range(args.rounds):

@@ -433,6 +433,13 @@ def machine(device: str) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "load_average": os.getloadavg(),
     }
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(
+                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        pass
     if torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info

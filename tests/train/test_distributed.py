@@ -198,18 +198,61 @@ def _rows(lake: Lake, run_id: str) -> list[list[tuple[str, str]]]:
     return [steps[k] for k in sorted(steps)]
 
 
+def _half_solving_model(model_dir: Path, lake: Lake, out: Path) -> tuple[Path, int]:
+    """`model_dir` after SFT on each train problem's right and wrong program alike, so that it
+    samples a correct one about half the time; and the response length in tokens. PPO needs
+    reward spread: a batch whose rows share one reward takes no policy step."""
+    import shutil
+
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from spo_train.lm.prompting import encode_prompt, encode_response, problem_prompt
+    from spo_train.rollouts.sampling import load_problems
+
+    shutil.copytree(model_dir, out)
+    tok = AutoTokenizer.from_pretrained(out)
+    model = LlamaForCausalLM.from_pretrained(out)
+    rows = []
+    for p in load_problems(lake, "p.split = 'train'"):
+        k = int(p["name"].removeprefix("add"))
+        prompt = encode_prompt(tok, problem_prompt(p, tok))
+        for code in (f"print(int(input()) + {k})", f"print(int(input()) - {k})"):
+            rows.append((prompt, encode_response(tok, code)))
+    width = max(len(a) + len(b) for a, b in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    for i, (a, b) in enumerate(rows):
+        ids[i, : len(a) + len(b)] = torch.tensor(a + b)
+        labels[i, len(a) : len(a) + len(b)] = torch.tensor(b)
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        model(input_ids=ids, attention_mask=(labels != -100) | (ids != tok.pad_token_id),
+              labels=labels).loss.backward()  # fmt: skip
+        opt.step()
+    model.save_pretrained(out)
+    return out, max(len(b) for _a, b in rows) + 4
+
+
 def test_ppo_two_processes_match_one(small_lake, tiny_model, tmp_path):  # noqa: F811
     """PPO on this run's online rollouts (2 groups of 2, minibatches of one group: each rank
     forwards one row of each; advantages whitened over the whole batch; the value model run
-    whole on each rank): the same rollouts, losses and weights as one process. (GRPO takes
-    the same path, but the tiny model solves nothing: equal rewards give it no gradient.)"""
+    whole on each rank): the same rollouts, losses and weights as one process. The model is
+    trained to write a right or a wrong program about equally often, so each step's rewards
+    differ (equal rewards take no policy step, for PPO as for GRPO)."""
+    model, length = _half_solving_model(tiny_model, small_lake, tmp_path / "half-solver")
     base = dict(
         algo="ppo", mix=None, steps=2, batch_size=4, rollout_n=2, minibatches=2,
-        learning_rate=1e-3, seed=5,
+        learning_rate=1e-3, seed=5, max_new_tokens=length,
     )  # fmt: skip
-    one = _config(small_lake, tiny_model, tmp_path, output=str(tmp_path / "one"), **base)
+    one = _config(small_lake, model, tmp_path, output=str(tmp_path / "one"), **base)
     ref = train(one)
-    two = _config(small_lake, tiny_model, tmp_path, output=str(tmp_path / "two"), **base)
+    rewards = small_lake.sql(
+        f"SELECT reward FROM trajectories WHERE run_id = '{ref.run_id}' AND source = 'online'"
+    )["reward"].to_list()
+    assert 0.0 in rewards and -1.0 in rewards, rewards  # the precondition: reward spread
+    two = _config(small_lake, model, tmp_path, output=str(tmp_path / "two"), **base)
     r = _spo(*_cli_args(two), "--algo", "ppo", "--rollout-n", "2", "--minibatches", "2", "--nproc", "2",
              "--json", cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr
