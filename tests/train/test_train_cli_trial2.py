@@ -24,9 +24,9 @@ from tests.train.test_train_cli import _one_line_error, _running, _spo
 from tests.train.test_train_q0_and_eval import _config, _estimates
 
 BAD = [
-    (["train", "--seed", "-1"], "--seed -1: must be at least 0"),
-    (["eval", "--seed", "-5"], "--seed -5: must be at least 0"),
-    (["estimate-q0", "--seed", "-5"], "--seed -5: must be at least 0"),
+    (["train", "--seed", "-1"], "--seed -1: must be between 0 and"),
+    (["eval", "--seed", "-5"], "--seed -5: must be between 0 and"),
+    (["estimate-q0", "--seed", "-5"], "--seed -5: must be between 0 and"),
     (["train", "--device", "bogus"], "--device 'bogus': not a torch device"),
     (["train", "--device", "cuda:99"], "--device cuda:99"),
     (["train", "--output", ""], "--output is empty"),
