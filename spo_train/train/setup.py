@@ -249,27 +249,22 @@ def train_problems(
     restrict = None
     if config.train_where:
         check_where(lake, f"{in_split} AND ({config.train_where})", flag="--train-where")
-        restrict = f"({config.train_where})"
-        where += f" AND {restrict}"
-    if config.train_problems:
+        where += f" AND ({config.train_where})"
+    if config.train_where or config.train_problems:
+        limit = f" LIMIT {int(config.train_problems)}" if config.train_problems else ""
         ids = lake.sql_arrow(
-            f"SELECT p.problem_id FROM problems p WHERE {where} ORDER BY p.problem_id "
-            f"LIMIT {int(config.train_problems)}"
+            f"SELECT p.problem_id FROM problems p WHERE {where} ORDER BY p.problem_id{limit}"
         ).column(0)
-        if len(ids):
-            last = f"p.problem_id <= {sql_quote(ids[len(ids) - 1].as_py())}"
-            restrict = f"{restrict} AND {last}" if restrict else last
-            where += f" AND {last}"
-    if config.train_where:
-        # The mixture evaluates `restrict` over its own index of trajectories and problems, where
-        # a subquery's tables (problems, q0_estimates, ...) do not exist: pin the problems the
-        # predicate matches now by id (the training set is fixed when the run starts).
-        ids = lake.sql_arrow(
-            f"SELECT p.problem_id FROM problems p WHERE {where} ORDER BY p.problem_id"
-        ).column(0)
-        restrict = "p.problem_id IN (" + ", ".join(sql_quote(i.as_py()) for i in ids) + ")"
-        if not len(ids):
-            restrict = "FALSE"
+        if config.train_where:
+            # The mixture evaluates `restrict` over its own index of trajectories and problems,
+            # where a subquery's tables (problems, q0_estimates, ...) do not exist: pin the
+            # matched problems by id (the training set is fixed when the run starts).
+            quoted = ", ".join(sql_quote(i.as_py()) for i in ids)
+            restrict = f"p.problem_id IN ({quoted})" if len(ids) else "FALSE"
+        elif len(ids):
+            restrict = f"p.problem_id <= {sql_quote(ids[len(ids) - 1].as_py())}"
+        if restrict:
+            where += f" AND {restrict}"
     if not rules_of(config.algo).needs_q0:
         problems = load_problems(lake, where)
         if not problems:
