@@ -56,7 +56,7 @@ import torch
 from spo_store.errors import SpoError
 from spo_store.lake import Lake, run_status, sql_quote, utc_now
 from spo_store.maintenance import maybe_compact
-from spo_store.stopping import deferred_stop
+from spo_store.stopping import deferred_stop, stop_requested
 from spo_train.config import (
     PATH_SETTINGS,
     TrainConfig,
@@ -379,7 +379,9 @@ def _train_locked(
     except BaseException as exc:
         if dp is not None and not mid_update:
             dp.abort()  # the followers wait for the next step: they return, rank 0 reports
-        if isinstance(exc, KeyboardInterrupt):
+        # A signal that lands in native code (DuckDB's "Query interrupted") raises another
+        # type: whether the run was stopped is the process's record, not the exception.
+        if isinstance(exc, KeyboardInterrupt) or stop_requested():
             stopped(result.steps_done, ckpt_step, mid_update, dp, checkpoint, say)
         lake.end_run(run_id, run_status(exc))
         raise
