@@ -50,8 +50,8 @@ def evaluate(
     problems entered that mean), `problems`, `samples`, `judged`, `unjudged`, `correct`, `n`,
     `correct_by_problem` and `judged_by_problem` (per problem id), `short_of_k`
     (`{"pass@k": [problem names with fewer than k judged samples]}`) and `diversity` (of the
-    correct samples, `spo_train.diversity.diversity`). Logs `<prefix>/pass@k`
-    and `<prefix>/unjudged`. Raises SpoError with no problems or a k outside 1..n.
+    correct samples, `spo_train.diversity.diversity`). Logs `<prefix>/pass@k`,
+    `<prefix>/unjudged` and `<prefix>/diversity/<name>` (`diversity_metrics`). Raises SpoError with no problems or a k outside 1..n.
     """
     if not problems:
         raise SpoError(f"eval: {explain_empty(lake, split=split)} (check --split or --where)")
@@ -118,8 +118,30 @@ def evaluate(
     tag = f"{metric_prefix}/{split}" if split else metric_prefix
     values = {f"{tag}/pass@{k}": result[f"pass@{k}"] for k in ks if result[f"pass@{k}"] is not None}
     values[f"{tag}/unjudged"] = float(unjudged)
+    values |= diversity_metrics(result["diversity"], tag)
     lake.log_metrics(run_id, step, values, split=split)
     return result
+
+
+DIVERSITY_METRICS = (
+    "distinct_programs",
+    "distinct_fraction",
+    "styles",
+    "log_pass_at_k_slope",
+    "log_mean_pass_at_k_slope",
+)
+"""The scalars of `diversity` logged beside pass@k, as `<tag>/diversity/<name>` (the stability
+curves of docs/RESULTS.md plot them against step)."""
+
+
+def diversity_metrics(div: dict[str, Any], tag: str) -> dict[str, float]:
+    """`{<tag>/diversity/<name>: value}` for DIVERSITY_METRICS that are defined (a set without
+    a correct sample, or not the embedded generator's for `styles`, logs none)."""
+    return {
+        f"{tag}/diversity/{name}": float(div[name])
+        for name in DIVERSITY_METRICS
+        if div.get(name) is not None
+    }
 
 
 def eval_notes(result: dict[str, Any]) -> list[str]:

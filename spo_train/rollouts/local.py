@@ -29,6 +29,7 @@ from spo_store.lake import Lake
 from spo_train.config import TrainConfig
 from spo_train.lm.generation import TransformersGenerator
 from spo_train.rollouts.sampling import SamplerSettings, sample_and_judge
+from spo_train.rollouts.tally import RolloutTally
 
 
 class RolloutProducer:
@@ -79,13 +80,11 @@ class RolloutProducer:
 
     def metrics(self) -> dict[str, float]:
         """This step's rollout metrics: mean reward of the judged rows, rows not judged,
-        samples per second (weight transfer included)."""
+        verdict rates and the sampler's entropy (`spo_train.rollouts.tally`), samples per
+        second (weight transfer included)."""
         rows, busy = self._rows, self._busy_s
         self._rows, self._busy_s = [], 0.0
-        rewards = [r["reward"] for r in rows if r["reward"] is not None]
-        return {
-            "rollout/reward_mean": float(np.mean(rewards)) if rewards else float("nan"),
-            "rollout/unjudged": float(len(rows) - len(rewards)),
+        return RolloutTally().add_rows(rows).metrics() | {
             "rollout/samples_per_s": len(rows) / busy if rows and busy > 0 else 0.0,
         }
 

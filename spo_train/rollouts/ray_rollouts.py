@@ -33,6 +33,7 @@ import torch
 from spo_store.errors import SpoError
 from spo_store.lake import Lake
 from spo_train.config import TrainConfig
+from spo_train.rollouts.tally import RolloutTally
 from spo_train.rollouts.worker_spec import worker_decodings
 from spo_train.rollouts.workers import (
     PoolStats,
@@ -81,7 +82,7 @@ class RayRolloutProducer:
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
-        self._rewards: list[Any] = []
+        self._tally = RolloutTally()  # the rows workers committed since the last step
         self.idle_s = 0.0
         self._last_step_at = time.perf_counter()
         self._session = ray_session(c.ray_address, num_workers=c.rollout_workers)
@@ -181,7 +182,7 @@ class RayRolloutProducer:
             st.sample_s.append(result["sample_s"])
             if result["version"] is not None:
                 st.versions.append(result["version"])
-        self._rewards.extend(result["rewards"])
+        self._tally.add(result["tally"])
 
     def _background(self) -> None:
         while not self._stop.wait(POLL_S):
@@ -224,18 +225,16 @@ class RayRolloutProducer:
 
     def metrics(self) -> dict[str, float]:
         """This step's rollout-side metrics: of the rows workers committed since the last step,
-        the mean reward of the judged ones and the count not judged; trainer idle time, worker
+        their tally (`spo_train.rollouts.tally`: mean reward, unjudged, verdict rates, sampler
+        entropy); trainer idle time, worker
         batches and rows since the last step, commit latency, staleness (trainer versions) of
         the committed rows, worker restarts so far."""
         with self._lock:
             st, self._step_stats = self._step_stats, PoolStats()
-            rewards, self._rewards = self._rewards, []
+            tally, self._tally = self._tally, RolloutTally()
         now = time.perf_counter()
         wall, self._last_step_at = now - self._last_step_at, now
-        judged = [r for r in rewards if r is not None]
-        out = {
-            "rollout/reward_mean": float(np.mean(judged)) if judged else float("nan"),
-            "rollout/unjudged": float(len(rewards) - len(judged)),
+        out = tally.metrics() | {
             "rollout/idle_s": self.idle_s,
             "rollout/samples_per_s": st.rows / wall if wall > 0 else 0.0,
             "rollout/worker_batches": float(st.batches),

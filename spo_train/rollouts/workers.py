@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from spo_store.errors import SpoError
+from spo_train.rollouts.tally import RolloutTally
 from spo_train.rollouts.worker_spec import Decoding
 
 RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
@@ -349,6 +350,7 @@ class RolloutWorker:
             "rows": len(rows),
             "inserted": inserted,
             "rewards": [r["reward"] for r in rows],
+            "tally": RolloutTally().add_rows(rows).as_dict(),
             "version": version,
             "sample_s": t1 - t0,
             "commit_s": t2 - t1,

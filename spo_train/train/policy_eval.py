@@ -14,7 +14,7 @@ import torch
 
 from spo_store.lake import Lake, sql_quote
 from spo_train.config import TrainConfig
-from spo_train.evaluate import eval_notes, evaluate
+from spo_train.evaluate import diversity_metrics, eval_notes, evaluate
 from spo_train.lm.generation import TransformersGenerator
 from spo_train.rollouts.sampling import SamplerSettings
 from spo_train.train.metric_sink import MetricSink
@@ -93,7 +93,8 @@ class PolicyEvaluation:
                 f"eval/{name}/pass@{k}": res[f"pass@{k}"]
                 for k in c.eval_k
                 if res[f"pass@{k}"] is not None
-            },
+            }
+            | diversity_metrics(res["diversity"], f"eval/{name}"),
             in_lake=False,  # `evaluate` wrote them
         )
         shown = ", ".join(

@@ -313,3 +313,15 @@ def test_spo_eval_json_has_the_diversity_object(tmp_path):
     assert sum(div["style_shares"].values()) == pytest.approx(1.0)
     err = " ".join(r.stderr.split())
     assert f"diversity (T=1, top-p 1, {len(solved)} solved problems): " in err
+    # The scalars are metrics too (the stability curves plot them against step).
+    from spo_store.lake import Lake
+
+    logged = {
+        r["name"]: r["value"]
+        for r in Lake.open(tmp_path / "lake")
+        .sql_arrow("SELECT name, value FROM metrics WHERE name LIKE 'eval%/diversity/%'")
+        .to_pylist()
+    }
+    tag = next(iter(logged)).rsplit("/diversity/", 1)[0] if logged else "eval"
+    for name in ("distinct_programs", "distinct_fraction", "styles", "log_pass_at_k_slope"):
+        assert logged[f"{tag}/diversity/{name}"] == pytest.approx(div[name]), name
