@@ -877,6 +877,40 @@ def check_output_path(output: str) -> None:
             break
 
 
+def check_output_owner(
+    output: str, marker: str, owner: str, legacy: tuple[str, frozenset[str]] | None = None
+) -> None:
+    """Refuse, in one line, an existing non-empty directory `output` that `owner` (a command,
+    e.g. `spo demo`) did not write: one without `output`/`marker`, the file `owner` writes
+    when it creates or first uses a directory (`mark_output_dir`). An empty directory and a
+    missing one are accepted. `legacy` = (a file, the names allowed beside it): a directory
+    written before the marker existed, holding that file and nothing but those names, is
+    accepted too (the caller marks it). Raises SpoError."""
+    out = Path(output)
+    if not out.is_dir() or (out / marker).is_file():
+        return
+    names = sorted(p.name for p in out.iterdir())
+    if not names:
+        return
+    if legacy is not None and (out / legacy[0]).is_file() and set(names) <= legacy[1]:
+        return
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    raise SpoError(
+        f"--output {output} holds other files ({shown}) and no {marker}: {owner} writes only "
+        f"into a new or empty directory or one an earlier {owner} wrote; choose another --output"
+    )
+
+
+def mark_output_dir(output: str, marker: str, owner: str, flag: str = "--output") -> None:
+    """Create `output` (`make_output_dir`) and write its `marker` file (JSON: `written_by`
+    `owner`) unless there is one: the directory is `owner`'s from then on
+    (`check_output_owner`)."""
+    make_output_dir(output, flag)
+    path = Path(output) / marker
+    if not path.is_file():
+        path.write_text(json.dumps({"written_by": owner}) + "\n")
+
+
 def make_output_dir(output: str, flag: str = "--output") -> None:
     """Create the directory `output` (and its parents); SpoError, one line naming `flag`, when
     the system refuses (no permission, a read-only or virtual file system such as /proc)."""

@@ -205,6 +205,8 @@ def test_demo_stopped_after_its_run_started_ends_it(tmp_path, tiny_model):  # no
     )
     assert runs.height == 1
     assert runs["status"][0] == "interrupted" and runs["ended_at"][0] is not None
+    # the demo marked its --output before the model loaded: the rerun below is let in
+    assert (tmp_path / "demo" / "spo-demo.json").is_file()
     # The rerun the stop line suggests reuses the Q0 estimates and pi_0's finished evaluation
     # and says so (issue 20, item 7), then runs to the end.
     shown = io.StringIO()
@@ -258,6 +260,36 @@ def test_demo_refuses_a_seed_that_repeats_the_selection_and_a_bad_hard_file(tmp_
         with pytest.raises(SpoError, match="hard problems file .*bad.json"):
             DemoConfig(output=str(tmp_path / "d"), hard_file=str(bad)).validate()
     assert not (tmp_path / "d").exists()  # refused before anything is written
+
+
+def test_demo_output_is_empty_new_or_a_demos_own(tmp_path):
+    """--output: a new or empty folder, one holding the demo's marker, or one an earlier demo
+    wrote before the marker existed (pi0_eval.json and only the demo's names) is accepted;
+    any other non-empty folder is refused (one line) by `validate`, before any work."""
+    from spo_store.errors import SpoError
+    from spo_train.experiment.demo import OUTPUT_MARKER, DemoConfig
+
+    def check(folder, files=()):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            (folder / name).write_text("{}")
+        DemoConfig(output=str(folder)).validate()
+
+    DemoConfig(output=str(tmp_path / "new")).validate()
+    check(tmp_path / "empty")
+    check(tmp_path / "marked", [OUTPUT_MARKER, "pi0_eval.json", "mine.txt"])
+    check(tmp_path / "old", ["pi0_eval.json", "summary.json", "curves.png"])
+    (tmp_path / "old" / "train").mkdir()
+    check(tmp_path / "old")
+    for name, files in (
+        ("other", ["mine.txt"]),
+        ("old-plus", ["pi0_eval.json", "mine.txt"]),
+        ("no-eval", ["summary.json"]),  # not the demo's pi0_eval.json: not taken for a demo's
+        ("hidden", [".git"]),
+    ):
+        with pytest.raises(SpoError, match=f"--output .*{name} holds other files .* no spo-demo"):
+            check(tmp_path / name, files)
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == sorted(files)
 
 
 def test_demo_on_a_lake_without_the_hard_problems_is_one_line_before_any_work(tmp_path):
