@@ -201,6 +201,31 @@ def load_hard_set(path: str | Path | None) -> dict[str, Any]:
     return doc
 
 
+def missing_hard_problems(lake: Lake, ids: list[str], held: list[dict[str, Any]]) -> str:
+    """Why the hard set's `ids` not in `held` (the reliably judged train problems of the lake)
+    are missing, in words: `missing 3: 2 not in the lake, 1 flagged by the judge; e.g. a, b, c`
+    (flagged: `problems.judge_issue` set; another split names it)."""
+    have = {p["problem_id"] for p in held}
+    gone = sorted(set(ids) - have)
+    listed = ", ".join(sql_quote(i) for i in gone)
+    rows = lake.sql_arrow(
+        f"SELECT problem_id, split, judge_issue FROM problems WHERE problem_id IN ({listed})"
+    ).to_pylist()
+    reasons: dict[str, int] = {}
+    for row in rows:
+        why = f"in split {row['split']}" if row["split"] != "train" else "flagged by the judge"
+        reasons[why] = reasons.get(why, 0) + 1
+    absent = len(gone) - len(rows)
+    if absent:
+        reasons = {"not in the lake": absent, **reasons}
+    shown = ", ".join(gone[:3]) + (", ..." if len(gone) > 3 else "")
+    return (
+        f"missing {len(gone)}: "
+        + ", ".join(f"{n} {why}" for why, n in reasons.items())
+        + f"; e.g. {shown}"
+    )
+
+
 def hard_where(problems: list[dict[str, Any]]) -> str:
     """The train_where predicate naming exactly `problems`."""
     return "p.problem_id IN (" + ", ".join(sql_quote(p["problem_id"]) for p in problems) + ")"
@@ -268,6 +293,23 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
         raise SpoError(
             f"hard problems file {hard_file}: none of its {listed_n} "
             f"problems is a reliably judged train problem of the lake {lake.uri}"
+        )
+    if len(hard) < listed_n:
+        # Part of the set: enough to train on `hard_problems` of them is a note (the problems
+        # differ from the shipped demo's); fewer is refused, since a smaller set is another
+        # experiment (wider intervals, numbers not comparable with the README's).
+        missing = missing_hard_problems(lake, hard_doc["problem_ids"], hard)
+        held = f"{len(hard)} of the {listed_n} problems"
+        if len(hard) < config.hard_problems:
+            raise SpoError(
+                f"hard problems file {hard_file}: the lake {lake.uri} holds only {held} as "
+                f"reliably judged train problems ({missing}), fewer than the "
+                f"{config.hard_problems} the demo trains on; give --lake a new lake (the demo "
+                "loads the embedded problems into it)"
+            )
+        say(
+            f"note: the lake holds {held} of {hard_file} as reliably judged train problems "
+            f"({missing}); the demo trains on the first {config.hard_problems} it holds"
         )
     hard = hard[: config.hard_problems]
     out = Path(config.output)

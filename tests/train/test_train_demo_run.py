@@ -305,3 +305,50 @@ def test_demo_on_a_lake_without_the_hard_problems_is_one_line_before_any_work(tm
         run_demo(config, console=Console(file=io.StringIO()))
     assert Lake.open(lake.uri, create=False).versions() == before
     assert not (tmp_path / "demo").exists()
+
+
+def test_demo_on_part_of_the_shipped_hard_set_says_what_is_missing(tmp_path):
+    """A lake holding 5 of the shipped 45 hard problems: fewer than the 32 the demo trains on
+    is refused (one line: how many it holds, how many are missing and why, which), before a
+    model loads, a run is recorded or the output is made; with enough of them for
+    `hard_problems` the demo says the same in a note and goes on (here to the model)."""
+    import pyarrow.parquet as pq
+
+    from spo_store.adapters import problem_id
+    from spo_store.errors import SpoError
+    from spo_train.embedded.defaults import DEFAULT_PROBLEMS
+    from spo_train.experiment.demo import DemoConfig, load_hard_set, run_demo
+
+    hard_ids = load_hard_set(None)["problem_ids"]
+    table = pq.read_table(DEFAULT_PROBLEMS / "train.parquet")
+    names = table["name"].to_pylist()
+    keep = [i for i, n in enumerate(names) if problem_id("embedded", n) in hard_ids[:5]]
+    assert len(keep) == 5
+    pq.write_table(table.take(keep), tmp_path / "train.parquet")
+    lake = Lake.open(tmp_path / "lake")
+    ingest_human_solutions(lake, [tmp_path / "train.parquet"], source_dataset="embedded")
+    before = lake.versions()
+    missing = f"missing 40: 40 not in the lake; e.g. {', '.join(hard_ids[5:8])}, ..."
+
+    config = DemoConfig(lake=lake.uri, output=str(tmp_path / "demo"), model="/nonexistent")
+    with pytest.raises(SpoError) as err:
+        run_demo(config, console=Console(file=io.StringIO()))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("hard problems file ")
+    assert (
+        f"holds only 5 of the 45 problems as reliably judged train problems ({missing}), fewer "
+        "than the 32 the demo trains on" in msg
+    ), msg
+    assert Lake.open(lake.uri, create=False).versions() == before
+    assert not (tmp_path / "demo").exists()
+
+    config.hard_problems = 4
+    shown = io.StringIO()
+    with pytest.raises(SpoError, match="nonexistent"):
+        run_demo(config, console=Console(file=shown, width=400))
+    text = " ".join(shown.getvalue().split())
+    assert (
+        "note: the lake holds 5 of the 45 problems of "
+        f"{DEFAULT_PROBLEMS.parent / 'hard_problems.json'} as reliably judged train problems "
+        f"({missing}); the demo trains on the first 4 it holds" in text
+    ), text
