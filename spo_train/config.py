@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from spo_store.errors import SpoError
-from spo_train.algorithm_rules import RULES, rules_of
+from spo_train.algorithm_rules import RULES, algorithms_help, rules_of
 
 DEFAULT_BETA = 1 / math.log(100000)
 """beta = 1/log(1e5): a failure is 1e5 times less likely under pi* than under pi_0 (the paper)."""
@@ -135,6 +135,7 @@ def setting(
     resumable_change: bool = False,
     trl: str | None = None,
     verl: str | None = None,
+    help: str | None = None,
 ) -> Any:
     """A dataclass field with its CLI and check metadata.
 
@@ -143,7 +144,8 @@ def setting(
     `saved=False`: not written to config.toml (an action, such as `resume`);
     `resumable_change`: may differ from the stored config on `--resume` (operational);
     `trl`, `verl`: the name of the same setting there (TRL's GRPOConfig / TrainingArguments,
-    verl's ppo_trainer.yaml), for docs/settings.md.
+    verl's ppo_trainer.yaml), for docs/settings.md; `help`: the help when it is built from
+    elsewhere (a registry) rather than written under the field.
     """
     meta = {
         "flag": flag,
@@ -158,6 +160,7 @@ def setting(
         "resumable_change": resumable_change,
         "trl": trl,
         "verl": verl,
+        "help": help,
     }
     return field(default=default, metadata=meta)
 
@@ -195,8 +198,11 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def help_of(cls: type, name: str) -> str:
-    """The CLI help of a field: the first paragraph of its docstring, on one line."""
-    doc = field_docs(cls).get(name, name.replace("_", " "))
+    """The CLI help of a field: its `help=` (built from a registry), else the first paragraph
+    of its docstring, on one line."""
+    f = field_map(cls).get(name)
+    built = f.metadata.get("help") if f is not None else None
+    doc = built or field_docs(cls).get(name, name.replace("_", " "))
     return " ".join(doc.split("\n\n")[0].split())
 
 
@@ -355,11 +361,8 @@ class TrainConfig:
         verl="trainer.default_local_dir",
     )
     """directory for checkpoints, TensorBoard events, config.toml and run.json"""
-    algo: str = setting("spo", check=one_of(*ALGORITHMS))
-    """training algorithm: spo (Soft Policy Optimization, the paper's), ppo (KL-regularised
-    reward, value model, GAE), grpo (group-normalised advantages), topr (Tapered Off-Policy
-    REINFORCE) or sft (token-level NLL on the mixture's successes); ppo and grpo train on this
-    run's online rollouts only; ppo, grpo, topr and sft need no q0 (docs/algorithms.md)"""
+    algo: str = setting("spo", check=one_of(*ALGORITHMS), help=algorithms_help())
+    """training algorithm (help: `algorithm_rules.algorithms_help`, from the registry RULES)"""
     mix: str | None = setting(None)
     """training mixture: sources and weights, e.g. online:0.5,offline:0.5 (spo_store.mixture).
     Not set: online:0.5,offline:0.5 for spo and topr (the paper's half-online), online:1 for
