@@ -182,18 +182,20 @@ def left_out_line(counts: dict[str, int], what: str, flag: str = "--include-unre
 
 
 def check_where_binds(where: str, what: str) -> None:
-    """`where` (SQL over `p`: problems with the q0 columns, as `check_where` reads them) bound
-    against empty tables of the lake's current schema (`spo_schemas`), without a lake: a column,
-    table or function that does not exist, or a comparison of mismatched types, is one SpoError
-    line naming `what` (e.g. an experiment config's file, table and key, checked at load, before
-    its lake exists). Run `spo_store.predicates.check_predicate` first: this does not stop a
-    second statement or a file read."""
+    """`where` (SQL over `p`: problems with the q0 columns, as `check_where` reads them) checked
+    without a lake: one self-contained boolean expression (`check_predicate`), then bound against
+    empty tables of the lake's current schema (`spo_schemas`) on a connection that reads no
+    file. A column, table or function that does not exist, or a comparison of mismatched types,
+    is one SpoError line naming `what` (e.g. an experiment config's file, table and key, checked
+    at load, before its lake exists)."""
     import duckdb
     from spo_schemas import TABLES, table_schema
 
     from spo_store.lake import DUCKDB_CONFIG
+    from spo_store.predicates import check_predicate
 
-    con = duckdb.connect(config=dict(DUCKDB_CONFIG))
+    check_predicate(where, what)
+    con = duckdb.connect(config={**DUCKDB_CONFIG, "enable_external_access": "false"})
     try:
         for name in TABLES:
             con.register(name, table_schema(name).empty_table())

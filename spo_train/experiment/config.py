@@ -194,11 +194,8 @@ def load_experiment(path: str | Path) -> Experiment:
                 p, "[prepare]", f"q0_where = {q0_where!r}: expected an SQL predicate over p"
             )
         if q0_where is not None:
-            from spo_store.predicates import check_predicate
-
-            check_predicate(q0_where, f"{p} [prepare]: q0_where")
-            # its columns too, now: the run would otherwise meet a typo only when it reaches
-            # the q0 step (after the lake is made and the record written)
+            # one expression (it is pasted into the pool's query) over columns that exist: the
+            # run would otherwise meet a typo only at the q0 step, after writing its record
             check_where_binds(q0_where, f"{p} [prepare]: q0_where")
         q0_stopping = prep.get("q0_stopping", "sequential")
         if q0_stopping not in ("sequential", "fixed"):

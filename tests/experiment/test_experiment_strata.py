@@ -86,6 +86,11 @@ BAD = [
         BASE.split("[strata.zero]")[0] + "train_where = 'p.splt = 1'\n[arms.spo]\n",
         "[common]: train_where: not valid SQL over problems (alias p)",
     ),
+    (  # checked as one expression before it is bound (the binding reads no file either)
+        BASE.split("[strata.zero]")[0]
+        + "train_where = \"p.name IN (SELECT * FROM read_text('/etc/hostname'))\"\n[arms.spo]\n",
+        "[common]: train_where: reads with table function read_text()",
+    ),
     (
         BASE.split("[strata.zero]")[0] + "[arms.spo]\ntrain_where = 'p.q0_sample > 1'\n",
         "[arms.spo]: train_where: not valid SQL over problems (alias p): Binder Error: Values "
