@@ -892,7 +892,13 @@ def check_output_owner(
     out = Path(output)
     if not out.is_dir() or (out / marker).is_file():
         return
-    names = sorted(p.name for p in out.iterdir())
+    try:
+        names = sorted(p.name for p in out.iterdir())
+    except OSError as exc:
+        raise SpoError(
+            f"--output {output}: cannot list the directory ({exc.strerror or exc}); choose "
+            "a directory you can read and write"
+        ) from None
     if not names:
         return
     if legacy is not None and (out / legacy[0]).is_file() and set(names) <= legacy[1]:
@@ -911,7 +917,13 @@ def mark_output_dir(output: str, marker: str, owner: str, flag: str = "--output"
     make_output_dir(output, flag)
     path = Path(output) / marker
     if not path.is_file():
-        path.write_text(json.dumps({"written_by": owner}) + "\n")
+        try:
+            path.write_text(json.dumps({"written_by": owner}) + "\n")
+        except OSError as exc:
+            raise SpoError(
+                f"{flag} {output}: cannot write {marker} there ({exc.strerror or exc}); "
+                "choose a directory you can write"
+            ) from None
 
 
 def make_output_dir(output: str, flag: str = "--output") -> None:

@@ -288,7 +288,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
     listed = ", ".join(sql_quote(i) for i in hard_doc["problem_ids"])
     hard = load_problems(lake, f"p.split = 'train' AND {RELIABLE} AND p.problem_id IN ({listed})")
     hard_file = config.hard_file or str(HARD_PROBLEMS)
-    listed_n = len(hard_doc["problem_ids"])
+    listed_n = len(set(hard_doc["problem_ids"]))
     if not hard:
         raise SpoError(
             f"hard problems file {hard_file}: none of its {listed_n} "

@@ -352,3 +352,23 @@ def test_demo_on_part_of_the_shipped_hard_set_says_what_is_missing(tmp_path):
         f"{DEFAULT_PROBLEMS.parent / 'hard_problems.json'} as reliably judged train problems "
         f"({missing}); the demo trains on the first 4 it holds" in text
     ), text
+
+
+def test_demo_hard_file_listing_an_id_twice_is_not_a_missing_problem(tmp_path):
+    """Every listed problem held (one listed twice): no note about missing ones."""
+    from spo_store.errors import SpoError
+    from spo_train.experiment.demo import DemoConfig, run_demo
+
+    lake = demo_lake(tmp_path)
+    ids = train_ids(lake)
+    config = DemoConfig(
+        lake=lake.uri,
+        output=str(tmp_path / "demo"),
+        model="/nonexistent",
+        hard_file=hard_file(tmp_path, [ids[0], ids[1], ids[0]]),
+        hard_problems=2,
+    )
+    shown = io.StringIO()
+    with pytest.raises(SpoError, match="nonexistent"):
+        run_demo(config, console=Console(file=shown, width=400))
+    assert "missing" not in shown.getvalue(), shown.getvalue()
