@@ -107,6 +107,9 @@ def test_demo_reports_hard_set_offpolicy_and_heldout(tmp_path, tiny_model):  # n
     assert "GRPO (after)" in text and "SPO - GRPO" in text
     assert "95% interval" in text and "--eval-problems 0" not in text
     assert "selected on another pi_0" in " ".join(text.split())
+    # part of the listed set is not a train problem of the lake: said, then the demo goes on
+    assert "holds 3 of the 5 problems" in " ".join(text.split())
+    assert "(missing 2: 1 not in the lake, 1 in split valid; e.g. " in " ".join(text.split())
     assert summary["steps"] == 2 and summary["q0_problems"] == 2
     assert not {"before", "after", "change"} & set(summary)  # moved into the two sets
 
