@@ -513,7 +513,11 @@ def demo_cmd(
         bool, typer.Option("--json", help="Print one JSON object as the last line")
     ] = False,
     output: Annotated[
-        str, typer.Option(help="Where checkpoints, the plot and the summary go")
+        str,
+        typer.Option(
+            help="Where checkpoints, the plot and the summary go: a new or empty directory, "
+            "or an earlier demo's (its spo-demo.json)"
+        ),
     ] = "runs/demo",
     lake: LakeOpt = None,
     steps: Annotated[

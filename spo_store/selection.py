@@ -3,7 +3,7 @@
 `select_problems` / `count_problems` read problems by a predicate over `p` (problems joined
 with the q0 estimate of one model and sampler), `split_predicate` and `RELIABLE` build the
 usual ones, `judge_issue_counts` / `left_out_line` say which problems the judge cannot handle
-were left out, `check_where` checks a user's `--where`.
+were left out, `check_where` checks a user's `--where` against a lake (`check_where_binds` without one).
 
 Commands select problems by split (`--split`, `--eval-split`) or by an SQL predicate over `p`
 (`--where`). A selection that matches nothing must never end as "0 problems" and exit 0, nor
@@ -179,6 +179,35 @@ def left_out_line(counts: dict[str, int], what: str, flag: str = "--include-unre
         f"reliably ({reasons})"
     )
     return f"{line}; {flag} keeps them" if flag else line
+
+
+def check_where_binds(where: str, what: str) -> None:
+    """`where` (SQL over `p`: problems with the q0 columns, as `check_where` reads them) checked
+    without a lake: one self-contained boolean expression (`check_predicate`), then bound against
+    empty tables of the lake's current schema (`spo_schemas`) on a connection that reads no
+    file. A column, table or function that does not exist, or a comparison of mismatched types,
+    is one SpoError line naming `what` (e.g. an experiment config's file, table and key, checked
+    at load, before its lake exists)."""
+    import duckdb
+    from spo_schemas import TABLES, table_schema
+
+    from spo_store.lake import DUCKDB_CONFIG
+    from spo_store.predicates import check_predicate
+
+    check_predicate(where, what)
+    con = duckdb.connect(config={**DUCKDB_CONFIG, "enable_external_access": "false"})
+    try:
+        for name in TABLES:
+            con.register(name, table_schema(name).empty_table())
+        view = problems_with_q0_sql(None, None, None)
+        con.execute(f"SELECT count(*) FROM ({view}) p WHERE ({where})").fetchall()
+    except duckdb.Error as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        hint = [line for line in lines[1:] if line.startswith("Candidate bindings")]
+        detail = "; ".join(lines[:1] + hint[:1])
+        raise SpoError(f"{what}: not valid SQL over problems (alias p): {detail}") from None
+    finally:
+        con.close()
 
 
 def check_where(lake: Lake, where: str, flag: str = "--where") -> None:

@@ -14,7 +14,8 @@ experiment planner read without importing torch:
 - `label_settings`: the settings a report's label names besides the algorithm.
 
 Adding an algorithm: its module under `spo_train/algorithms/`, one `AlgorithmRules` subclass
-here naming it (`implementation`), and its line in `RULES`.
+here naming it (`name`, `summary`: `spo train --help` lists it from here; `implementation`), and
+its line in `RULES`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class AlgorithmRules:
     """The rules of one algorithm (see the module docstring); the base refuses nothing."""
 
     name = ""
+    summary = ""
+    """What the algorithm is, in a few words (`spo train --help` lists it under --algo)."""
     implementation = ""
     """`module:Class` of its `spo_train.algorithms.Algorithm` (imported on first use)."""
     needs_q0 = False
@@ -84,6 +87,7 @@ def _refuse_online_without_a_current_worker(config: Any) -> None:
 
 class SPORules(AlgorithmRules):
     name = "spo"
+    summary = "Soft Policy Optimization, the paper's"
     implementation = "spo_train.algorithms.spo:SPO"
     needs_q0 = True
     has_mc_term = True
@@ -162,6 +166,7 @@ class OnlineGroupRules(AlgorithmRules):
 
 class PPORules(OnlineGroupRules):
     name = "ppo"
+    summary = "KL-regularised reward, value model, GAE"
     implementation = "spo_train.algorithms.ppo:PPO"
 
     def resolve(self, config: Any) -> dict[str, Any]:
@@ -173,6 +178,7 @@ class PPORules(OnlineGroupRules):
 
 class GRPORules(OnlineGroupRules):
     name = "grpo"
+    summary = "group-normalised advantages"
     implementation = "spo_train.algorithms.grpo:GRPO"
 
     def resolve(self, config: Any) -> dict[str, Any]:
@@ -187,6 +193,7 @@ class TOPRRules(AlgorithmRules):
     are SPO's, so an arm against SPO differs in its loss only."""
 
     name = "topr"
+    summary = "Tapered Off-Policy REINFORCE"
     implementation = "spo_train.algorithms.topr:TOPR"
     defaults = SPORules.defaults
     # No label setting: runs that differ in --topr-baseline are told apart by the report's
@@ -206,6 +213,7 @@ class SFTRules(AlgorithmRules):
     successes); without one the run samples nothing (`spo_train.rollouts.sources`)."""
 
     name = "sft"
+    summary = "token-level NLL on the mixture's successes"
     implementation = "spo_train.algorithms.sft:SFT"
     defaults = {**SPORules.defaults, "mix": "offline:1"}
 
@@ -242,6 +250,31 @@ RULES: dict[str, AlgorithmRules] = {
     r.name: r for r in (SPORules(), PPORules(), GRPORules(), TOPRRules(), SFTRules())
 }
 """Every algorithm `--algo` accepts, by name (the first is the default)."""
+
+
+def algorithms_help(rules: Mapping[str, AlgorithmRules] | None = None) -> str:
+    """`--algo`'s help, from `rules` (default `RULES`): each algorithm with its `summary`, then
+    which train on this run's online rollouts only (`online_only`) and which need no q0
+    (`needs_q0` False). A new entry in `RULES` appears without editing the help."""
+    rules = RULES if rules is None else rules
+
+    def words(names: list[str]) -> str:
+        return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+    def every(names: list[str]) -> str:
+        return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+    text = "training algorithm: " + words(
+        [f"{r.name} ({r.summary})" if r.summary else r.name for r in rules.values()]
+    )
+    online = [r.name for r in rules.values() if r.online_only]
+    if online:
+        verb = "trains" if len(online) == 1 else "train"
+        text += f"; {every(online)} {verb} on this run's online rollouts only"
+    no_q0 = [r.name for r in rules.values() if not r.needs_q0]
+    if no_q0:
+        text += f"; {every(no_q0)} {'needs' if len(no_q0) == 1 else 'need'} no q0"
+    return text + " (docs/algorithms.md)"
 
 
 def rules_of(algo: str | None) -> AlgorithmRules:

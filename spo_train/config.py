@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from spo_store.errors import SpoError
-from spo_train.algorithm_rules import RULES, rules_of
+from spo_train.algorithm_rules import RULES, algorithms_help, rules_of
 
 DEFAULT_BETA = 1 / math.log(100000)
 """beta = 1/log(1e5): a failure is 1e5 times less likely under pi* than under pi_0 (the paper)."""
@@ -135,6 +135,7 @@ def setting(
     resumable_change: bool = False,
     trl: str | None = None,
     verl: str | None = None,
+    help: str | None = None,
 ) -> Any:
     """A dataclass field with its CLI and check metadata.
 
@@ -143,7 +144,8 @@ def setting(
     `saved=False`: not written to config.toml (an action, such as `resume`);
     `resumable_change`: may differ from the stored config on `--resume` (operational);
     `trl`, `verl`: the name of the same setting there (TRL's GRPOConfig / TrainingArguments,
-    verl's ppo_trainer.yaml), for docs/settings.md.
+    verl's ppo_trainer.yaml), for docs/settings.md; `help`: the help when it is built from
+    elsewhere (a registry) rather than written under the field.
     """
     meta = {
         "flag": flag,
@@ -158,6 +160,7 @@ def setting(
         "resumable_change": resumable_change,
         "trl": trl,
         "verl": verl,
+        "help": help,
     }
     return field(default=default, metadata=meta)
 
@@ -195,8 +198,11 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def help_of(cls: type, name: str) -> str:
-    """The CLI help of a field: the first paragraph of its docstring, on one line."""
-    doc = field_docs(cls).get(name, name.replace("_", " "))
+    """The CLI help of a field: its `help=` (built from a registry), else the first paragraph
+    of its docstring, on one line."""
+    f = field_map(cls).get(name)
+    built = f.metadata.get("help") if f is not None else None
+    doc = built or field_docs(cls).get(name, name.replace("_", " "))
     return " ".join(doc.split("\n\n")[0].split())
 
 
@@ -355,11 +361,8 @@ class TrainConfig:
         verl="trainer.default_local_dir",
     )
     """directory for checkpoints, TensorBoard events, config.toml and run.json"""
-    algo: str = setting("spo", check=one_of(*ALGORITHMS))
-    """training algorithm: spo (Soft Policy Optimization, the paper's), ppo (KL-regularised
-    reward, value model, GAE), grpo (group-normalised advantages), topr (Tapered Off-Policy
-    REINFORCE) or sft (token-level NLL on the mixture's successes); ppo and grpo train on this
-    run's online rollouts only; ppo, grpo, topr and sft need no q0 (docs/algorithms.md)"""
+    algo: str = setting("spo", check=one_of(*ALGORITHMS), help=algorithms_help())
+    """training algorithm (help: `algorithm_rules.algorithms_help`, from the registry RULES)"""
     mix: str | None = setting(None)
     """training mixture: sources and weights, e.g. online:0.5,offline:0.5 (spo_store.mixture).
     Not set: online:0.5,offline:0.5 for spo and topr (the paper's half-online), online:1 for
@@ -875,6 +878,52 @@ def check_output_path(output: str) -> None:
             if not parent.is_dir():
                 raise SpoError(f"--output {output}: {parent} is a file, not a directory")
             break
+
+
+def check_output_owner(
+    output: str, marker: str, owner: str, legacy: tuple[str, frozenset[str]] | None = None
+) -> None:
+    """Refuse, in one line, an existing non-empty directory `output` that `owner` (a command,
+    e.g. `spo demo`) did not write: one without `output`/`marker`, the file `owner` writes
+    when it creates or first uses a directory (`mark_output_dir`). An empty directory and a
+    missing one are accepted. `legacy` = (a file, the names allowed beside it): a directory
+    written before the marker existed, holding that file and nothing but those names, is
+    accepted too (the caller marks it). Raises SpoError."""
+    out = Path(output)
+    if not out.is_dir() or (out / marker).is_file():
+        return
+    try:
+        names = sorted(p.name for p in out.iterdir())
+    except OSError as exc:
+        raise SpoError(
+            f"--output {output}: cannot list the directory ({exc.strerror or exc}); choose "
+            "a directory you can read and write"
+        ) from None
+    if not names:
+        return
+    if legacy is not None and (out / legacy[0]).is_file() and set(names) <= legacy[1]:
+        return
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    raise SpoError(
+        f"--output {output} holds other files ({shown}) and no {marker}: {owner} writes only "
+        f"into a new or empty directory or one an earlier {owner} wrote; choose another --output"
+    )
+
+
+def mark_output_dir(output: str, marker: str, owner: str, flag: str = "--output") -> None:
+    """Create `output` (`make_output_dir`) and write its `marker` file (JSON: `written_by`
+    `owner`) unless there is one: the directory is `owner`'s from then on
+    (`check_output_owner`)."""
+    make_output_dir(output, flag)
+    path = Path(output) / marker
+    if not path.is_file():
+        try:
+            path.write_text(json.dumps({"written_by": owner}) + "\n")
+        except OSError as exc:
+            raise SpoError(
+                f"{flag} {output}: cannot write {marker} there ({exc.strerror or exc}); "
+                "choose a directory you can write"
+            ) from None
 
 
 def make_output_dir(output: str, flag: str = "--output") -> None:

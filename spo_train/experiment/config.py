@@ -132,9 +132,12 @@ def load_experiment(path: str | Path) -> Experiment:
     Raises SpoError, one line naming the file, the table and the key: a missing or invalid
     file, an unknown table or key (with the closest name), a value of the wrong type or out of
     range, a setting the runner sets itself (`FORBIDDEN`), no arm, a bad or reserved arm name,
-    a reference arm that is not an arm, a source that redefines a built-in one.
+    a reference arm that is not an arm, a source that redefines a built-in one, a q0_where or
+    train_where that is not one SQL predicate over the problems' columns (`p`; an unknown
+    column or function included: bound against the lake's schema, no lake needed).
     """
     from spo_store.mixture import BUILTIN_SOURCES, MixtureSpec
+    from spo_store.selection import check_where_binds
 
     p = Path(path)
     if not p.is_file():
@@ -191,9 +194,9 @@ def load_experiment(path: str | Path) -> Experiment:
                 p, "[prepare]", f"q0_where = {q0_where!r}: expected an SQL predicate over p"
             )
         if q0_where is not None:
-            from spo_store.predicates import check_predicate
-
-            check_predicate(q0_where, f"{p} [prepare]: q0_where")
+            # one expression (it is pasted into the pool's query) over columns that exist: the
+            # run would otherwise meet a typo only at the q0 step, after writing its record
+            check_where_binds(q0_where, f"{p} [prepare]: q0_where")
         q0_stopping = prep.get("q0_stopping", "sequential")
         if q0_stopping not in ("sequential", "fixed"):
             raise _fail(
@@ -222,6 +225,8 @@ def load_experiment(path: str | Path) -> Experiment:
             raise _fail(p, "[sources]", f"{key}: expected an SQL predicate over t and p")
 
     common = _read_settings(p, "[common]", data.get("common", {}))
+    if common.get("train_where") is not None:
+        check_where_binds(common["train_where"], f"{p} [common]: train_where")
     strata = _read_strata(p, data.get("strata", {}), q0_samples)
     for stratum, (_, high) in strata.items():
         if q0_stopping == "sequential" and high >= q0_stop_successes:
@@ -254,6 +259,8 @@ def load_experiment(path: str | Path) -> Experiment:
             )
         lowered[arm.lower()] = arm
         arms[arm] = _read_settings(p, where, table)
+        if arms[arm].get("train_where") is not None:
+            check_where_binds(arms[arm]["train_where"], f"{p} {where}: train_where")
         if strata and "train_where" in arms[arm]:
             raise _fail(p, where, "train_where cannot be set with [strata]: each stratum sets it")
 
@@ -296,6 +303,9 @@ def load_experiment(path: str | Path) -> Experiment:
         run_dir = default_output(experiment) / arm / f"seed-{seeds[0]}"
         # the stratum's predicate needs pi_0's identity, read when the runs are planned
         cfg = run_config(experiment, arm, seeds[0], run_dir, None, None, where, model_id="")
+        stratum = stratum_of.get(arm)
+        if stratum is not None:  # the stratum's train_where, as the run will read it
+            check_where_binds(cfg.train_where, f"{p} [strata.{stratum}]: train_where")
         mix = resolved(cfg).mix
         if mix is not None:
             try:

@@ -33,7 +33,13 @@ from rich.table import Table
 from spo_store.errors import SpoError
 from spo_store.lake import Lake, run_status, sql_quote
 from spo_store.selection import RELIABLE, judge_issue_counts, left_out_line
-from spo_train.config import DEFAULT_BETA, check_output_path, has_checkpoint, make_output_dir
+from spo_train.config import (
+    DEFAULT_BETA,
+    check_output_owner,
+    check_output_path,
+    has_checkpoint,
+    mark_output_dir,
+)
 from spo_train.embedded.defaults import ASSETS, ensure_problems
 from spo_train.evaluate import eval_notes, evaluate
 from spo_train.lm.generation import TransformersGenerator
@@ -57,6 +63,14 @@ HARD_PROBLEMS = ASSETS / "hard_problems.json"
 """The shipped hard set: train problems the shipped pi_0 never solved in 16 samples at T = 1
 (scripts/select_hard_problems.py wrote it; its `selection` names the seed and the command)."""
 ARMS = {"spo": "SPO half-online", "grpo": "GRPO"}
+OUTPUT_MARKER = "spo-demo.json"
+"""The file the demo writes first into its --output: a directory without it (and not empty) is
+not a demo's, and is refused (the demo replaces output/train and output/train-grpo)."""
+PRE_MARKER_OUTPUT = (
+    "pi0_eval.json",
+    frozenset({"pi0_eval.json", "summary.json", "curves.png", "train", "train-grpo"}),
+)
+"""A demo's --output written before OUTPUT_MARKER existed: pi0_eval.json and only these names."""
 
 
 @dataclass
@@ -149,6 +163,7 @@ class DemoConfig:
                 f"--output {self.output} holds a spo train run's checkpoints: the demo writes "
                 "its own directory; choose another --output"
             )
+        check_output_owner(self.output, OUTPUT_MARKER, "spo demo", legacy=PRE_MARKER_OUTPUT)
         hard = load_hard_set(self.hard_file)
         selection_seed = hard["selection"]["seed"]
         if selection_seed in (self.seed, self.eval_seed):
@@ -184,6 +199,31 @@ def load_hard_set(path: str | Path | None) -> dict[str, Any]:
             "selection.seed (an integer)"
         )
     return doc
+
+
+def missing_hard_problems(lake: Lake, ids: list[str], held: list[dict[str, Any]]) -> str:
+    """Why the hard set's `ids` not in `held` (the reliably judged train problems of the lake)
+    are missing, in words: `missing 3: 2 not in the lake, 1 flagged by the judge; e.g. a, b, c`
+    (flagged: `problems.judge_issue` set; another split names it)."""
+    have = {p["problem_id"] for p in held}
+    gone = sorted(set(ids) - have)
+    listed = ", ".join(sql_quote(i) for i in gone)
+    rows = lake.sql_arrow(
+        f"SELECT problem_id, split, judge_issue FROM problems WHERE problem_id IN ({listed})"
+    ).to_pylist()
+    reasons: dict[str, int] = {}
+    for row in rows:
+        why = f"in split {row['split']}" if row["split"] != "train" else "flagged by the judge"
+        reasons[why] = reasons.get(why, 0) + 1
+    absent = len(gone) - len(rows)
+    if absent:
+        reasons = {"not in the lake": absent, **reasons}
+    shown = ", ".join(gone[:3]) + (", ..." if len(gone) > 3 else "")
+    return (
+        f"missing {len(gone)}: "
+        + ", ".join(f"{n} {why}" for why, n in reasons.items())
+        + f"; e.g. {shown}"
+    )
 
 
 def hard_where(problems: list[dict[str, Any]]) -> str:
@@ -248,14 +288,32 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
     listed = ", ".join(sql_quote(i) for i in hard_doc["problem_ids"])
     hard = load_problems(lake, f"p.split = 'train' AND {RELIABLE} AND p.problem_id IN ({listed})")
     hard_file = config.hard_file or str(HARD_PROBLEMS)
+    listed_n = len(set(hard_doc["problem_ids"]))
     if not hard:
         raise SpoError(
-            f"hard problems file {hard_file}: none of its {len(hard_doc['problem_ids'])} "
+            f"hard problems file {hard_file}: none of its {listed_n} "
             f"problems is a reliably judged train problem of the lake {lake.uri}"
+        )
+    if len(hard) < listed_n:
+        # Part of the set: enough to train on `hard_problems` of them is a note (the problems
+        # differ from the shipped demo's); fewer is refused, since a smaller set is another
+        # experiment (wider intervals, numbers not comparable with the README's).
+        missing = missing_hard_problems(lake, hard_doc["problem_ids"], hard)
+        held = f"{len(hard)} of the {listed_n} problems"
+        if len(hard) < config.hard_problems:
+            raise SpoError(
+                f"hard problems file {hard_file}: the lake {lake.uri} holds only {held} as "
+                f"reliably judged train problems ({missing}), fewer than the "
+                f"{config.hard_problems} the demo trains on; give --lake a new lake (the demo "
+                "loads the embedded problems into it)"
+            )
+        say(
+            f"note: the lake holds {held} of {hard_file} as reliably judged train problems "
+            f"({missing}); the demo trains on the first {config.hard_problems} it holds"
         )
     hard = hard[: config.hard_problems]
     out = Path(config.output)
-    make_output_dir(config.output)
+    mark_output_dir(config.output, OUTPUT_MARKER, "spo demo")
     pi0_path = resolve_model_path(config.model)
     model, tok = load_model_and_tokenizer(pi0_path)
     model_id, tok_id = model_identity(pi0_path), tokenizer_identity(tok)

@@ -68,6 +68,31 @@ def test_every_train_setting_is_a_flag_with_help() -> None:
     assert {"--lr", "--rollout-n", "--eval-n", "--checkpoint-every"} <= flags
 
 
+def test_algo_help_is_built_from_the_algorithm_registry() -> None:
+    """`--algo`'s help lists every algorithm of `algorithm_rules.RULES` with its summary and
+    says which train online only and which need no q0, from the rules: a new algorithm shows
+    up without editing the help (here one added to a copy of the registry)."""
+    from spo_train.algorithm_rules import RULES, AlgorithmRules, algorithms_help
+
+    shown = " ".join(_help("train").replace("│", " ").split())  # the panel's wrapped rows
+    for name, rules in RULES.items():
+        assert rules.summary and f"{name} ({rules.summary})" in shown, name
+
+    class DPORules(AlgorithmRules):
+        name = "dpo"
+        summary = "direct preference optimisation"
+        online_only = True
+        needs_q0 = True
+
+    text = algorithms_help({**RULES, "dpo": DPORules()})
+    assert "sft (token-level NLL on the mixture's successes) or dpo (direct preference" in text
+    assert "; ppo, grpo and dpo train on this run's online rollouts only;" in text
+    assert "; ppo, grpo, topr and sft need no q0 (docs/algorithms.md)" in text
+    assert algorithms_help({"spo": RULES["spo"]}) == (
+        "training algorithm: spo (Soft Policy Optimization, the paper's) (docs/algorithms.md)"
+    )
+
+
 def test_the_same_idea_has_the_same_flag_in_every_command() -> None:
     shared = {"--n", "-n", "--samples", "--temperature", "--top-p", "--max-new-tokens", "--seed"}
     shared |= {"--model", "--lake", "--workers", "--split", "--where", "--limit"}

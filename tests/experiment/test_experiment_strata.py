@@ -73,6 +73,29 @@ BAD = [
     (BASE.replace("steps = 1", "steps = 1\ntrain_where = 'TRUE'"), "[common]: train_where"),
     (BASE.replace('algo = "grpo"', 'algo = "grpo"\ntrain_where = "TRUE"'), "[arms.grpo]"),
     (BASE.replace('reference_arm = "spo"', 'reference_arm = "zero.spo"'), "not an arm"),
+    # an unknown column or function, or a type mismatch: refused at load (bound against the
+    # lake's schema), not when the run reaches the q0 step
+    (
+        BASE.replace("p.name >=", "p.nme >="),
+        '[prepare]: q0_where: not valid SQL over problems (alias p): Binder Error: Values list "p"'
+        ' does not have a column named "nme"',
+    ),
+    (BASE.replace("p.name >=", "lower(p.name, 2) >="), "[prepare]: q0_where: not valid SQL"),
+    (BASE.replace("'spo_embedded_train_01990'", "5"), "[prepare]: q0_where: not valid SQL"),
+    (
+        BASE.split("[strata.zero]")[0] + "train_where = 'p.splt = 1'\n[arms.spo]\n",
+        "[common]: train_where: not valid SQL over problems (alias p)",
+    ),
+    (  # checked as one expression before it is bound (the binding reads no file either)
+        BASE.split("[strata.zero]")[0]
+        + "train_where = \"p.name IN (SELECT * FROM read_text('/etc/hostname'))\"\n[arms.spo]\n",
+        "[common]: train_where: reads with table function read_text()",
+    ),
+    (
+        BASE.split("[strata.zero]")[0] + "[arms.spo]\ntrain_where = 'p.q0_sample > 1'\n",
+        "[arms.spo]: train_where: not valid SQL over problems (alias p): Binder Error: Values "
+        'list "p" does not have a column named "q0_sample"',
+    ),
     (BASE.split("[prepare]")[0] + BASE.split("max_new_tokens = 192")[1], "add a [prepare]"),
 ]
 
@@ -84,6 +107,16 @@ def test_bad_prepare_and_strata_are_one_line(tmp_path, text, needle):
         load_experiment(path)
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith(str(path)) and needle in msg, msg
+
+
+def test_where_over_the_lake_columns_loads(tmp_path):
+    """Predicates naming real columns (q0 ones, a subquery over q0_estimates) load."""
+    text = BASE.split("[strata.zero]")[0] + (
+        'train_where = "p.q0_samples IS NULL AND p.problem_id IN (SELECT problem_id FROM '
+        'q0_estimates WHERE successes > 0)"\n[arms.spo]\n'
+    )
+    exp = load_experiment(_write(tmp_path, text))
+    assert "q0_estimates" in exp.common["train_where"]
 
 
 def test_strata_expand_the_arms(tmp_path):

@@ -156,6 +156,23 @@ def test_demo_into_a_train_runs_output_is_refused_before_loading(small_lake, tmp
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-000002", "latest"]
 
 
+def test_demo_into_an_unrelated_folder_is_refused_before_any_work(small_lake, tmp_path):  # noqa: F811
+    """A non-empty folder the demo did not write (no spo-demo.json): one line naming it, before
+    the lake is touched; its files (a `train` folder the demo would replace) are left alone."""
+    out = tmp_path / "project"
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "data.csv").write_text("x\n")
+    (out / "notes.txt").write_text("mine\n")
+    before = small_lake.versions()
+    r = _spo("demo", "--lake", small_lake.uri, "--output", str(out), cwd=tmp_path)
+    line = _one_line_error(r)
+    assert r.returncode != 0
+    assert f"--output {out} holds other files (notes.txt, train) and no spo-demo.json" in line
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "train"]
+    assert (out / "train" / "data.csv").read_text() == "x\n"
+    assert Lake.open(small_lake.uri, create=False).versions() == before
+
+
 @pytest.mark.parametrize(
     ("cmd", "toml", "names"),
     [("eval", "n = 0\n", "--n/--samples 0"), ("estimate-q0", "seed = -5\n", "--seed -5")],

@@ -107,6 +107,9 @@ def test_demo_reports_hard_set_offpolicy_and_heldout(tmp_path, tiny_model):  # n
     assert "GRPO (after)" in text and "SPO - GRPO" in text
     assert "95% interval" in text and "--eval-problems 0" not in text
     assert "selected on another pi_0" in " ".join(text.split())
+    # part of the listed set is not a train problem of the lake: said, then the demo goes on
+    assert "holds 3 of the 5 problems" in " ".join(text.split())
+    assert "(missing 2: 1 not in the lake, 1 in split valid; e.g. " in " ".join(text.split())
     assert summary["steps"] == 2 and summary["q0_problems"] == 2
     assert not {"before", "after", "change"} & set(summary)  # moved into the two sets
 
@@ -205,6 +208,8 @@ def test_demo_stopped_after_its_run_started_ends_it(tmp_path, tiny_model):  # no
     )
     assert runs.height == 1
     assert runs["status"][0] == "interrupted" and runs["ended_at"][0] is not None
+    # the demo marked its --output before the model loaded: the rerun below is let in
+    assert (tmp_path / "demo" / "spo-demo.json").is_file()
     # The rerun the stop line suggests reuses the Q0 estimates and pi_0's finished evaluation
     # and says so (issue 20, item 7), then runs to the end.
     shown = io.StringIO()
@@ -260,6 +265,36 @@ def test_demo_refuses_a_seed_that_repeats_the_selection_and_a_bad_hard_file(tmp_
     assert not (tmp_path / "d").exists()  # refused before anything is written
 
 
+def test_demo_output_is_empty_new_or_a_demos_own(tmp_path):
+    """--output: a new or empty folder, one holding the demo's marker, or one an earlier demo
+    wrote before the marker existed (pi0_eval.json and only the demo's names) is accepted;
+    any other non-empty folder is refused (one line) by `validate`, before any work."""
+    from spo_store.errors import SpoError
+    from spo_train.experiment.demo import OUTPUT_MARKER, DemoConfig
+
+    def check(folder, files=()):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            (folder / name).write_text("{}")
+        DemoConfig(output=str(folder)).validate()
+
+    DemoConfig(output=str(tmp_path / "new")).validate()
+    check(tmp_path / "empty")
+    check(tmp_path / "marked", [OUTPUT_MARKER, "pi0_eval.json", "mine.txt"])
+    check(tmp_path / "old", ["pi0_eval.json", "summary.json", "curves.png"])
+    (tmp_path / "old" / "train").mkdir()
+    check(tmp_path / "old")
+    for name, files in (
+        ("other", ["mine.txt"]),
+        ("old-plus", ["pi0_eval.json", "mine.txt"]),
+        ("no-eval", ["summary.json"]),  # not the demo's pi0_eval.json: not taken for a demo's
+        ("hidden", [".git"]),
+    ):
+        with pytest.raises(SpoError, match=f"--output .*{name} holds other files .* no spo-demo"):
+            check(tmp_path / name, files)
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == sorted(files)
+
+
 def test_demo_on_a_lake_without_the_hard_problems_is_one_line_before_any_work(tmp_path):
     """A lake of other problems (none of the shipped hard ids): refused after the problems are
     looked up, before a model loads, a run is recorded or the output is made."""
@@ -273,3 +308,70 @@ def test_demo_on_a_lake_without_the_hard_problems_is_one_line_before_any_work(tm
         run_demo(config, console=Console(file=io.StringIO()))
     assert Lake.open(lake.uri, create=False).versions() == before
     assert not (tmp_path / "demo").exists()
+
+
+def test_demo_on_part_of_the_shipped_hard_set_says_what_is_missing(tmp_path):
+    """A lake holding 5 of the shipped 45 hard problems: fewer than the 32 the demo trains on
+    is refused (one line: how many it holds, how many are missing and why, which), before a
+    model loads, a run is recorded or the output is made; with enough of them for
+    `hard_problems` the demo says the same in a note and goes on (here to the model)."""
+    import pyarrow.parquet as pq
+
+    from spo_store.adapters import problem_id
+    from spo_store.errors import SpoError
+    from spo_train.embedded.defaults import DEFAULT_PROBLEMS
+    from spo_train.experiment.demo import DemoConfig, load_hard_set, run_demo
+
+    hard_ids = load_hard_set(None)["problem_ids"]
+    table = pq.read_table(DEFAULT_PROBLEMS / "train.parquet")
+    names = table["name"].to_pylist()
+    keep = [i for i, n in enumerate(names) if problem_id("embedded", n) in hard_ids[:5]]
+    assert len(keep) == 5
+    pq.write_table(table.take(keep), tmp_path / "train.parquet")
+    lake = Lake.open(tmp_path / "lake")
+    ingest_human_solutions(lake, [tmp_path / "train.parquet"], source_dataset="embedded")
+    before = lake.versions()
+    missing = f"missing 40: 40 not in the lake; e.g. {', '.join(hard_ids[5:8])}, ..."
+
+    config = DemoConfig(lake=lake.uri, output=str(tmp_path / "demo"), model="/nonexistent")
+    with pytest.raises(SpoError) as err:
+        run_demo(config, console=Console(file=io.StringIO()))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("hard problems file ")
+    assert (
+        f"holds only 5 of the 45 problems as reliably judged train problems ({missing}), fewer "
+        "than the 32 the demo trains on" in msg
+    ), msg
+    assert Lake.open(lake.uri, create=False).versions() == before
+    assert not (tmp_path / "demo").exists()
+
+    config.hard_problems = 4
+    shown = io.StringIO()
+    with pytest.raises(SpoError, match="nonexistent"):
+        run_demo(config, console=Console(file=shown, width=400))
+    text = " ".join(shown.getvalue().split())
+    assert (
+        "note: the lake holds 5 of the 45 problems of "
+        f"{DEFAULT_PROBLEMS.parent / 'hard_problems.json'} as reliably judged train problems "
+        f"({missing}); the demo trains on the first 4 it holds" in text
+    ), text
+
+
+def test_demo_hard_file_listing_an_id_twice_is_not_a_missing_problem(tmp_path):
+    """Every listed problem held (one listed twice): no note about missing ones."""
+    from spo_store.errors import SpoError
+    from spo_train.experiment.demo import DemoConfig, run_demo
+
+    lake = demo_lake(tmp_path)
+    ids = train_ids(lake)
+    config = DemoConfig(
+        lake=lake.uri,
+        output=str(tmp_path / "demo"),
+        model="/nonexistent",
+        hard_file=hard_file(tmp_path, [ids[0], ids[1], ids[0]]),
+        hard_problems=2,
+    )
+    shown = io.StringIO()
+    with pytest.raises(SpoError, match="nonexistent"):
+        run_demo(config, console=Console(file=shown, width=400))
+    assert "missing" not in shown.getvalue(), shown.getvalue()
