@@ -226,14 +226,14 @@ class MixtureSampler:
         self.restoring = pinned is not None
         self.pinned: dict[str, PinnedSource] = {}
         """The pinned sources this sampler draws from (resolved or restored), by name."""
-        for name, pin in (pinned or {}).items():
-            if name in self.spec.weights:
-                self._pin(pin)
         self._problems_sql = problems_with_q0_sql(ref_model_id, q0_sampler_key, beta)
         self._candidates: dict[tuple[str, int | None], KeptCandidates] = {}
         self.stats = {"full": 0, "incremental": 0}
         """How candidate sets were brought up to date: `full` recomputes, `incremental`
         extensions over appended rows (benchmarks and tests read it)."""
+        for name, pin in (pinned or {}).items():
+            if name in self.spec.weights:
+                self._pin(pin)
 
     def _params(self, policy_version: int) -> dict[str, str]:
         return {
@@ -479,8 +479,8 @@ class MixtureSampler:
                 + (
                     "matches no trajectory"
                     if not pin.traj_ids
-                    else f"matches {len(pin.traj_ids)} trajectories, none of them judged, of "
-                    f"the problems {where_split}{with_q0}"
+                    else f"matches {len(pin.traj_ids)} trajectories, none of them a judged "
+                    f"trajectory of the problems {where_split}{with_q0}"
                 )
             )
         else:
