@@ -231,6 +231,7 @@ class MixtureSampler:
         self.stats = {"full": 0, "incremental": 0}
         """How candidate sets were brought up to date: `full` recomputes, `incremental`
         extensions over appended rows (benchmarks and tests read it)."""
+        self._outside: dict[str, list[str]] = {}
         for name, pin in (pinned or {}).items():
             if name in self.spec.weights:
                 self._pin(pin)
@@ -254,9 +255,13 @@ class MixtureSampler:
 
     def needs_pin(self, name: str) -> list[str]:
         """What source `name`'s filter reads outside the index ([]: evaluated live)."""
-        if name in BUILTIN_SOURCES:
-            return []
-        return outside_index(self._fill(name, self.sources[name], 0))
+        if name not in self._outside:  # parsed once: DuckDB's parser costs ~10 ms a call
+            self._outside[name] = (
+                []
+                if name in BUILTIN_SOURCES
+                else outside_index(self._fill(name, self.sources[name], 0))
+            )
+        return self._outside[name]
 
     def _pin(self, pin: PinnedSource) -> None:
         self.pinned[pin.name] = pin
@@ -272,8 +277,9 @@ class MixtureSampler:
             if self.restoring:
                 raise SpoError(
                     f"source {name!r} has no pinned ids kept by this run (its filter names "
-                    f"{', '.join(self.needs_pin(name))}, resolved once when a run starts): "
-                    "start a new run to resolve it"
+                    f"{', '.join(self.needs_pin(name))}, so it is resolved once when a run "
+                    "starts, and `spo train` keeps the ids in OUTPUT/pinned_sources.json): "
+                    "restore that file, or start a new run to resolve the filter again"
                 )
             pred = self._fill(name, template, 0)
             self._pin(resolve(self.lake, name, template, pred, self._problems_sql))

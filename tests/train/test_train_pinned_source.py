@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from spo_store.errors import SpoError
 from spo_store.ingest import ingest_human_solutions
 from spo_store.mixture_pins import PINS_FILE, load_pins
 from spo_train.train.loop import train
@@ -81,6 +84,16 @@ def test_a_response_source_trains_on_matching_rows_and_resume_keeps_its_ids(
     assert drawn <= matching and not drawn & added
     assert (out / PINS_FILE).read_bytes() == kept  # the same ids, not resolved again
     assert any("source 'two': kept over trajectories version" in s for s in said)
+
+    # A resume never resolves the filter again: a changed filter, or lost ids, is refused.
+    (tmp_path / "s.toml").write_text(f"[sources]\ntwo = {json.dumps(TWO_LINE + ' ')}\n")
+    with pytest.raises(SpoError, match=r"source 'two' is now .* but this run pinned its ids"):
+        train(_config(small_lake, tiny_model, tmp_path, steps=6, resume=True, **kw))
+    (tmp_path / "s.toml").write_text(f"[sources]\ntwo = {json.dumps(TWO_LINE)}\n")
+    (out / PINS_FILE).unlink()
+    with pytest.raises(SpoError, match="source 'two' has no pinned ids kept by this run"):
+        train(_config(small_lake, tiny_model, tmp_path, steps=6, resume=True, **kw))
+    assert len(_batches(small_lake, result.run_id)) == 5  # nothing more was trained
 
 
 def test_a_bad_response_filter_is_one_line_before_the_run(small_lake, tiny_model, tmp_path):  # noqa: F811
