@@ -141,7 +141,7 @@ def test_bad_and_empty_filters_are_one_line_naming_the_source(small_lake):
         _sampler(small_lake, "n:1", _sources(n="t.response = 'x'")).check_sources()
 
 
-def test_a_pinned_source_matching_only_unjudged_rows_names_the_count(small_lake):
+def test_a_pinned_source_matching_only_other_problems_names_the_count(small_lake):
     with pytest.raises(SpoError) as err:
         _sampler(
             small_lake, "u:1", _sources(u="t.response LIKE 'n = %'"), split="valid"
