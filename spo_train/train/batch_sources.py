@@ -17,9 +17,10 @@ trajectory ids)` pair, logged in `batches` and reproduced by `spo lake batch`:
 A source is made before the run is recorded (so a source with nothing to draw is a refusal
 that leaves no run behind), then `bind(run_id)` once it is. Mixture sources whose filter the
 sampler's index cannot evaluate (`t.response`, ...) are pinned to trajectory ids then
-(`pinned`; `spo_store.mixture_pins`), and the loop keeps them with the run. `rows_per_step` tells the rollout
-source how many online rows a step uses; `ready(version)` tells a rollout source that fills
-the lake in the background (`spo_train.rollouts.ray_rollouts`) whether a step's data is there.
+(`pinned`; `spo_store.mixture_pins`), and the loop keeps them with the run. `rows_per_step`
+tells the rollout source how many online rows a step uses; `ready(version)` tells a rollout
+source that fills the lake in the background (`spo_train.rollouts.ray_rollouts`) whether a
+step's data is there.
 """
 
 from __future__ import annotations
