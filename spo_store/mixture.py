@@ -15,7 +15,10 @@ A mixture names sources with weights. Each source is a SQL predicate over the al
 4. the heavy columns (text, token ids, log-probs) are fetched by row with Lance `take` from the
    pinned version, and `(lake version, trajectory ids)` identifies the batch for reproduction.
 
-Predicates may also read `annotations` (light columns; `pts` does). `p` is the problems table
+Predicates may also read `annotations` (light columns; `pts` does). A source whose filter names
+anything the index does not hold (a heavy column such as `t.response`, another lake table) is
+resolved once, at the start, into a pinned set of trajectory ids (`spo_store.mixture_pins`):
+rows appended later never join it. `p` is the problems table
 plus the q0 estimate of the run's reference model and q0 sampler
 settings (`q0_estimates`, LEFT JOIN: `p.q0` is NULL where that model has no estimate; see
 `spo_store.q0_estimates.problems_with_q0_sql`), so predicates over `p.q0` mean the q0 the run
@@ -45,7 +48,9 @@ from spo_store.mixture_index import (
     merge_deduplicated,
     split_window,
 )
+from spo_store.mixture_pins import PINNED_IDS, PinnedSource, outside_index, pinned_table, resolve
 from spo_store.predicates import check_predicate, fill_placeholders
+from spo_store.q0_estimates import problems_with_q0_sql
 
 # Predicates over t (trajectories) and p (problems). {run_id}, {policy_version} and {staleness}
 # are filled from the sampling context; a source that needs them fails clearly without one.
@@ -193,6 +198,7 @@ class MixtureSampler:
         include_unreliable: bool = False,
         problem_where: str | None = None,
         require_q0: bool = True,
+        pinned: Mapping[str, PinnedSource] | None = None,
     ) -> None:
         """`ref_model_id` and `q0_sampler_key` choose the q0 estimates that `p.q0` shows
         (without them no problem has a q0, so BASE_PREDICATE selects nothing);
@@ -201,7 +207,11 @@ class MixtureSampler:
         recomputes `p.q0` at the training beta; `include_unreliable` keeps problems with a
         `judge_issue` (left out by default: their rewards are not trustworthy);
         `problem_where` (SQL over `p`) further restricts the problems every source draws from
-        (`spo train --train-problems N`)."""
+        (`spo train --train-problems N`). A source whose filter the index cannot evaluate is
+        pinned (`spo_store.mixture_pins`) when first drawn from (`check_sources` does it for
+        every source of the spec); `pinned` gives the sets a run pinned before (a resume):
+        then they are used as they are and a source missing from them is refused, never
+        resolved again."""
         self.problem_where = problem_where
         self.require_q0 = require_q0
         self.sources = dict(sources or BUILTIN_SOURCES)
@@ -213,13 +223,21 @@ class MixtureSampler:
         self.ref_model_id = ref_model_id
         self.index = MetadataIndex(lake, ref_model_id, q0_sampler_key, beta)
         self.lake = lake
+        self.restoring = pinned is not None
+        self.pinned: dict[str, PinnedSource] = {}
+        """The pinned sources this sampler draws from (resolved or restored), by name."""
+        self._problems_sql = problems_with_q0_sql(ref_model_id, q0_sampler_key, beta)
         self._candidates: dict[tuple[str, int | None], KeptCandidates] = {}
         self.stats = {"full": 0, "incremental": 0}
         """How candidate sets were brought up to date: `full` recomputes, `incremental`
         extensions over appended rows (benchmarks and tests read it)."""
+        self._outside: dict[str, list[str]] = {}
+        for name, pin in (pinned or {}).items():
+            if name in self.spec.weights:
+                self._pin(pin)
 
-    def _predicate(self, name: str, policy_version: int, template: str | None = None) -> str:
-        params = {
+    def _params(self, policy_version: int) -> dict[str, str]:
+        return {
             "run_id": "NULL" if self.run_id is None else "'" + self.run_id.replace("'", "''") + "'",
             "policy_version": str(int(policy_version)),
             "staleness": str(int(self.staleness)),
@@ -227,11 +245,60 @@ class MixtureSampler:
             if self.ref_model_id is None
             else "'" + self.ref_model_id.replace("'", "''") + "'",
         }
+
+    def _fill(self, name: str, template: str, policy_version: int) -> str:
         try:
             # Only the placeholders: braces of a regex quantifier (`{2,}`) stay as written.
-            pred = fill_placeholders(self.sources[name] if template is None else template, params)
+            return fill_placeholders(template, self._params(policy_version))
         except SpoError as exc:
             raise SpoError(f"source {name!r}: {exc}") from None
+
+    def needs_pin(self, name: str) -> list[str]:
+        """What source `name`'s filter reads outside the index ([]: evaluated live)."""
+        if name not in self._outside:  # parsed once: DuckDB's parser costs ~10 ms a call
+            self._outside[name] = (
+                []
+                if name in BUILTIN_SOURCES
+                else outside_index(self._fill(name, self.sources[name], 0))
+            )
+        return self._outside[name]
+
+    def _pin(self, pin: PinnedSource) -> None:
+        self.pinned[pin.name] = pin
+        self.index.pinned = pinned_table(self.pinned)
+        self._candidates = {k: v for k, v in self._candidates.items() if k[0] != pin.name}
+
+    def _template(self, name: str) -> str:
+        """The predicate the index evaluates for `name`: its filter, or for a pinned source
+        membership in its pinned ids (resolved now if it has none yet)."""
+        template = self.sources[name]
+        pin = self.pinned.get(name)
+        if pin is None and self.needs_pin(name):
+            if self.restoring:
+                raise SpoError(
+                    f"source {name!r} has no pinned ids kept by this run (its filter names "
+                    f"{', '.join(self.needs_pin(name))}, so it is resolved once when a run "
+                    "starts, and `spo train` keeps the ids in OUTPUT/pinned_sources.json): "
+                    "restore that file, or start a new run to resolve the filter again"
+                )
+            pred = self._fill(name, template, 0)
+            self._pin(resolve(self.lake, name, template, pred, self._problems_sql))
+            pin = self.pinned[name]
+        if pin is None:
+            return template
+        if pin.filter != template:
+            raise SpoError(
+                f"source {name!r} is now {template!r}, but this run pinned its ids for "
+                f"{pin.filter!r}: resume with the sources it started with, or start a new run"
+            )
+        return f"t.traj_id IN (SELECT traj_id FROM {PINNED_IDS} WHERE source = " + (
+            "'" + name.replace("'", "''") + "')"
+        )
+
+    def _predicate(self, name: str, policy_version: int, template: str | None = None) -> str:
+        pred = self._fill(
+            name, self._template(name) if template is None else template, policy_version
+        )
         where = f"({BASE_PREDICATE if self.require_q0 else JUDGED_PREDICATE}) AND ({pred})"
         if not self.include_unreliable:
             where += f" AND ({RELIABLE_PREDICATE})"
@@ -262,7 +329,7 @@ class MixtureSampler:
         Equal to evaluating the whole predicate over the whole index (see the module docstring
         for when the kept set is extended instead); raises SpoError for a bad predicate.
         """
-        template, windowed = split_window(self.sources[name])
+        template, windowed = split_window(self._template(name))
         windowed = windowed and name not in DEDUPLICATED
         varies = "{policy_version}" in template
         key = (name, policy_version if varies else None)
@@ -409,6 +476,18 @@ class MixtureSampler:
                 f"no {what} by `spo pts` under this reference model for the problems "
                 f"{where_split}{with_q0}: run `spo pts` with the same --model first "
                 "(docs/pts.md)"
+            )
+        elif name in self.pinned:
+            pin = self.pinned[name]
+            why = (
+                f"its filter {pin.filter!r} (resolved once over trajectories version "
+                f"{pin.trajectories_version}: it names {', '.join(self.needs_pin(name))}) "
+                + (
+                    "matches no trajectory"
+                    if not pin.traj_ids
+                    else f"matches {len(pin.traj_ids)} trajectories, none of them a judged "
+                    f"trajectory of the problems {where_split}{with_q0}"
+                )
             )
         else:
             why = (

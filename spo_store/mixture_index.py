@@ -267,6 +267,10 @@ class MetadataIndex:
         # appends happened), so candidate sets computed in it can be extended.
         self.epoch = 0
         self._con: duckdb.DuckDBPyConnection | None = None
+        # (source, traj_id) of the sampler's pinned sources (`spo_store.mixture_pins`)
+        self.pinned: pa.Table = pa.table(
+            {"source": pa.array([], pa.string()), "traj_id": pa.array([], pa.string())}
+        )
         # (problems, q0_estimates, annotations) versions: what the candidates also depend on
         self._problems_version: tuple[int, ...] = (-1, -1, -1)
         self._q0_sql = problems_with_q0_sql(ref_model_id, q0_sampler_key, beta)
@@ -405,7 +409,8 @@ class MetadataIndex:
 
     def query(self, sql: str, *, start: int = 0) -> pa.Table:
         """Run `sql` over `t_index` (trajectories from row `start` on: a zero-copy slice, so
-        new rows are evaluated without scanning old ones), `p_index` and `annotations`."""
+        new rows are evaluated without scanning old ones), `p_index`, `annotations` and
+        `pinned_ids` (the pinned sources' ids)."""
         # One connection for the index's life: opening one costs ~10 ms, more than a query
         # over a few new rows; registering an Arrow table again replaces the view.
         if self._con is None:
@@ -415,4 +420,5 @@ class MetadataIndex:
         con.register("t_index", t)
         con.register("p_index", self.problems)
         con.register("annotations", self.annotations)
+        con.register("pinned_ids", self.pinned)
         return con.sql(sql).to_arrow_table()

@@ -223,6 +223,23 @@ def embedded_style(code: str) -> str | None:
     return None
 
 
+EMBEDDED_STYLE_SQL: dict[str, str] = {
+    "pipeline": "t.response LIKE '%sys.stdin.readline(%'",
+    "comprehension": "t.response LIKE '%sys.stdin.read(%'",
+    "functional": "t.response LIKE '%map(int, input()%'",
+    "loop": (
+        "t.response LIKE '%input()%' AND t.response NOT LIKE '%sys.stdin.read%' "
+        "AND t.response NOT LIKE '%map(int, input()%'"
+    ),
+}
+"""`embedded_style` as DuckDB predicates over `t.response`, for mixture sources that keep or
+withhold styles (docs/experiments.md, "Held out"): each selects exactly the rows of its style
+among the embedded set's human solutions, correct and incorrect (the generator writes each
+reading idiom one way; tests/embedded/test_style_predicates.py checks every row). They read the
+text, not the AST: on other programs (a model's, spaced differently) they may disagree with
+`embedded_style`. `t.response NOT LIKE '%sys.stdin%'` is `loop` or `functional` on that set."""
+
+
 # ----------------------------------------------------------------------------- pass@k slope
 def slope_ks(n: int) -> list[int]:
     """The k of the pass@k slope for n judged samples: 1, 2, 4, ... up to n (powers of two)."""

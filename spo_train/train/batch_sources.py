@@ -15,9 +15,12 @@ trajectory ids)` pair, logged in `batches` and reproduced by `spo lake batch`:
   one keeps its group as is.
 
 A source is made before the run is recorded (so a source with nothing to draw is a refusal
-that leaves no run behind), then `bind(run_id)` once it is. `rows_per_step` tells the rollout
-source how many online rows a step uses; `ready(version)` tells a rollout source that fills
-the lake in the background (`spo_train.rollouts.ray_rollouts`) whether a step's data is there.
+that leaves no run behind), then `bind(run_id)` once it is. Mixture sources whose filter the
+sampler's index cannot evaluate (`t.response`, ...) are pinned to trajectory ids then
+(`pinned`; `spo_store.mixture_pins`), and the loop keeps them with the run. `rows_per_step`
+tells the rollout source how many online rows a step uses; `ready(version)` tells a rollout
+source that fills the lake in the background (`spo_train.rollouts.ray_rollouts`) whether a
+step's data is there.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import pyarrow as pa
 from spo_store.errors import SpoError
 from spo_store.lake import Lake, sql_quote
 from spo_store.mixture import BUILTIN_SOURCES, MixtureSampler
+from spo_store.mixture_pins import PinnedSource
 from spo_store.predicates import fill_placeholders
 from spo_train.algorithm_rules import rules_of
 from spo_train.config import TrainConfig
@@ -55,6 +59,8 @@ class Batch:
 class BatchSource(Protocol):
     rows_per_step: int
     """Online rows one step's batch uses (what the rollout source samples per step)."""
+    pinned: Mapping[str, PinnedSource]
+    """Sources resolved once into traj ids (`spo_store.mixture_pins`), kept with the run."""
 
     def bind(self, run_id: str) -> None:
         """The run is recorded: `online` means this run's rollouts from now on."""
@@ -76,6 +82,7 @@ class MixtureBatches:
     def __init__(self, sampler: MixtureSampler, batch_size: int) -> None:
         self.sampler, self.batch_size = sampler, batch_size
         self.rows_per_step = sampler.spec.counts(batch_size).get("online", 0)
+        self.pinned = sampler.pinned
 
     def bind(self, run_id: str) -> None:
         self.sampler.run_id = run_id  # only `online` reads it
@@ -99,6 +106,7 @@ class GroupBatches:
         self.rows_per_step = config.batch_size
         self.groups_per_step = config.batch_size // config.rollout_n
         self.run_id: str | None = None
+        self.pinned: Mapping[str, PinnedSource] = {}
 
     def bind(self, run_id: str) -> None:
         self.run_id = run_id
@@ -191,10 +199,13 @@ def make_batches(
     ref_model_id: str,
     q0_sampler_key: str,
     problem_where: str | None,
+    pinned: Mapping[str, PinnedSource] | None = None,
 ) -> BatchSource:
     """The batch source the algorithm's rules choose (`online_only`: whole groups; else the
     mixture). A mixture source with nothing to draw is refused here (SpoError naming --mix),
-    before the run is recorded."""
+    before the run is recorded; so is a filter that is not valid SQL. Sources the mixture's
+    index cannot evaluate are pinned here (`spo_store.mixture_pins`), or, with `pinned` (a
+    resumed run's kept sets), taken from it and never resolved again."""
     rules = rules_of(config.algo)
     if rules.online_only:
         return GroupBatches(lake, config)
@@ -212,6 +223,7 @@ def make_batches(
         include_unreliable=config.include_unreliable,
         problem_where=problem_where,
         require_q0=rules.needs_q0,
+        pinned=pinned,
     )
     try:
         sampler.check_sources()

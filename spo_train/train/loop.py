@@ -56,6 +56,7 @@ import torch
 from spo_store.errors import SpoError
 from spo_store.lake import Lake, run_status, sql_quote, utc_now
 from spo_store.maintenance import maybe_compact
+from spo_store.mixture_pins import save_pins
 from spo_store.stopping import deferred_stop, stop_requested
 from spo_train.config import (
     PATH_SETTINGS,
@@ -256,6 +257,8 @@ def _train_locked(
         # back from `runs` later, from another folder, would name another model or none
         recorded = dataclasses.asdict(config)
         recorded.update({k: absolute_path(recorded[k]) for k in PATH_SETTINGS if recorded.get(k)})
+        if plan.batches.pinned:  # the ids themselves are in OUTPUT/pinned_sources.json
+            recorded["pinned_sources"] = {n: p.summary() for n, p in plan.batches.pinned.items()}
         run_id = lake.start_run(
             "train", recorded, model_id=plan.ref_model_id, tokenizer_id=tokenizer_id
         )
@@ -282,6 +285,8 @@ def _train_locked(
         # Saved resolved: the lake $SPO_LAKE named, the output as an absolute path.
         saved = dataclasses.replace(config, lake=lake.uri, output=str(output.resolve()))
         write_config(output, saved, run_id, say, resumed=ckpt is not None)
+        if ckpt is None:  # a resume keeps the file it started with
+            save_pins(output, plan.batches.pinned)
         plan.batches.bind(run_id)
         rollouts = open_rollouts(
             lake,

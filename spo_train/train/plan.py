@@ -16,9 +16,10 @@ from typing import Any
 
 from spo_store.errors import SpoError
 from spo_store.lake import Lake
+from spo_store.mixture_pins import load_pins
 from spo_store.selection import RELIABLE, judge_issue_counts, left_out_line, split_predicate
 from spo_train.config import TrainConfig
-from spo_train.lm.models import model_identity
+from spo_train.lm.models import latest_checkpoint, model_identity
 from spo_train.rollouts.sampling import load_problems
 from spo_train.train.batch_sources import BatchSource, make_batches
 from spo_train.train.setup import (
@@ -100,7 +101,10 @@ def plan_run(lake: Lake, config: TrainConfig, pi0_path: Path, sources: dict[str,
     if config.eval_train_problems:
         eval_sets[config.train_split] = problems[: config.eval_train_problems]
 
-    # --- the batch source its algorithm chooses: nothing to draw is a refusal, before the run
+    # --- the batch source its algorithm chooses: nothing to draw is a refusal, before the run.
+    # A resume draws pinned sources from the ids the run kept, never resolved again.
+    output = Path(config.output)
+    resuming = config.resume and output.is_dir() and latest_checkpoint(output) is not None
     batches = make_batches(
         lake,
         config,
@@ -108,7 +112,14 @@ def plan_run(lake: Lake, config: TrainConfig, pi0_path: Path, sources: dict[str,
         ref_model_id=ref_model_id,
         q0_sampler_key=q0_key,
         problem_where=restrict,
+        pinned=(load_pins(output) or {}) if resuming else None,
     )
+    for name, pin in batches.pinned.items():
+        note(
+            f"source {name!r}: {'kept' if resuming else 'resolved once'} over trajectories "
+            f"version {pin.trajectories_version}: {len(pin.traj_ids)} ids (sha256 "
+            f"{pin.sha256[:12]}; rows added later do not join it)"
+        )
     line = mc_weight_note(lake, config, ref_model_id)
     if line:
         note(line)
