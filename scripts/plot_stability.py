@@ -46,15 +46,21 @@ WINDOW = 25
 
 
 def load(exp_dir: Path) -> tuple[dict[str, dict[str, dict[int, float]]], list[str]]:
-    """{arm: {metric: {step: value}}} over each arm's first completed or stopped run."""
+    """{arm: {metric: {step: value}}} over each arm's first run that started (finished or not)."""
     meta = json.loads((exp_dir / "experiment.json").read_text())
     lake = Lake.open(meta["lake"], create=False)
     out: dict[str, dict[str, dict[int, float]]] = {}
     for arm, spec in meta["arms"].items():
-        runs = [r for r in spec["runs"] if r.get("run_id")]
-        if not runs:
+        rid = None
+        for r in spec["runs"]:  # a run still going has its id in its own run.json only
+            run_json = exp_dir / r["output"] / "run.json"
+            rid = r.get("run_id") or (
+                json.loads(run_json.read_text())["run_id"] if run_json.is_file() else None
+            )
+            if rid:
+                break
+        if rid is None:
             continue
-        rid = runs[0]["run_id"]
         rows = lake.sql_arrow(
             "SELECT step, name, value FROM (SELECT step, name, value, row_number() OVER "
             "(PARTITION BY step, name ORDER BY created_at DESC) AS newest FROM metrics "
@@ -107,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             pts = eval_series(data[arm], suffix)
             ax.plot(sorted(pts), [pts[s] for s in sorted(pts)], marker="o", label=arm)
         ax.set(title=title, xlabel="step")
-    axes.flat[0].legend()
+    if arms:
+        axes.flat[0].legend()
     fig.suptitle(f"{a.exp_dir.name}: per-step metrics smoothed over 10 steps; evaluations at T = 1")
     fig.tight_layout()
     fig.savefig(a.out / "stability.png", dpi=80)
