@@ -28,13 +28,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from spo_store.lake import Lake, sql_quote  # noqa: E402
 
-STEP_PANELS = [  # (title, metric names tried in order, y label)
-    ("KL to pi_0 (nats per sequence)", ["train/kl_estimate", "train/kl_to_ref"], "nats"),
-    ("sampler entropy (nats per token)", ["rollout/sampler_entropy"], "nats/token"),
-    ("compile errors (share of rollouts)", ["rollout/compile_error_rate"], "share"),
-    ("runtime errors (share of rollouts)", ["rollout/runtime_error_rate"], "share"),
-    ("rollout reward (0 = pass)", ["rollout/reward_mean"], "mean reward"),
-    ("gradient norm (before clipping)", ["train/grad_norm"], "norm"),
+STEP_PANELS = [  # (title, metric names tried in order, y label, y scale)
+    ("KL to pi_0 (nats per sequence)", ["train/kl_estimate", "train/kl_to_ref"], "nats", "symlog"),
+    ("sampler entropy (nats per token)", ["rollout/sampler_entropy"], "nats/token", "linear"),
+    ("compile errors (share of rollouts)", ["rollout/compile_error_rate"], "share", "linear"),
+    ("runtime errors (share of rollouts)", ["rollout/runtime_error_rate"], "share", "linear"),
+    ("rollout reward (0 = pass)", ["rollout/reward_mean"], "mean reward", "linear"),
+    ("gradient norm (before clipping)", ["train/grad_norm"], "norm", "log"),
 ]
 EVAL_PANELS = [
     ("pass@1, trained problems", "pass@1"),
@@ -103,11 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     data, arms = load(a.exp_dir)
     a.out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(2, 5, figsize=(22, 8))
-    for ax, (title, names, ylabel) in zip(axes.flat[:6], STEP_PANELS, strict=True):
+    for ax, (title, names, ylabel, scale) in zip(axes.flat[:6], STEP_PANELS, strict=True):
         for arm in arms:
             s, v = smooth(pick(data[arm], names))
             ax.plot(s, v, label=arm)
         ax.set(title=title, xlabel="step", ylabel=ylabel)
+        ax.set_yscale(scale)  # a collapsing run is orders of magnitude above the others
     for ax, (title, suffix) in zip(axes.flat[6:], EVAL_PANELS, strict=True):
         for arm in arms:
             pts = eval_series(data[arm], suffix)
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     fig.savefig(a.out / "stability.png", dpi=80)
 
     lines = [f"# {a.exp_dir.name}: per-step metrics, means over windows of {WINDOW} steps", ""]
-    for title, names, _ in STEP_PANELS:
+    for title, names, _, _ in STEP_PANELS:
         last = max((max(pick(data[x], names), default=0) for x in arms), default=0)
         edges = list(range(0, last + 1, WINDOW))
         lines += [

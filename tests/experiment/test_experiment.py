@@ -302,3 +302,25 @@ def test_raised_steps_continue_the_run_and_sigterm_stops_it_resumably(smoke):
     ).to_pylist()[0]["s"]
     assert steps == 3
     assert (out / "spo" / "seed-0" / "latest").read_text().strip() == "checkpoint-000003"
+
+
+def test_plot_stability_draws_an_experiments_runs(smoke, tmp_path):
+    """scripts/plot_stability.py (docs/experiments.md) on a real experiment: a figure and the
+    per-step numbers of every arm that ran; a folder that is no experiment is one line."""
+    _, _, out, _, _, _ = smoke
+    script = ROOT / "scripts" / "plot_stability.py"
+    r = subprocess.run(
+        [sys.executable, str(script), str(out), "--out", str(tmp_path / "fig")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "fig" / "stability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "fig" / "stability.md").read_text()
+    section = md.split("## rollout reward")[1].split("##")[0]
+    rows = {line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")}
+    assert {"spo", "grpo"} <= rows  # the broken arm never started: no row
+    r = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), "--out", str(tmp_path / "x")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "experiment.json" in r.stderr
