@@ -84,6 +84,32 @@ def _prctl(option: int, arg: int) -> int:
     return _libc("prctl")(option, arg, 0, 0, 0)
 
 
+# How many objects of each System V IPC kind exist in our IPC namespace, without reading
+# /proc/sysvipc (an open, a formatted read and a close per kind after every test):
+# shmctl(0, SHM_INFO) -> struct shm_info.used_ids, msgctl(0, MSG_INFO) -> struct
+# msginfo.msgpool, semctl(0, 0, SEM_INFO) -> struct seminfo.semusz (sysvipc(7)).
+_IPC_INFO = {"shm": ("shmctl", (0, 14), 0), "msg": ("msgctl", (0, 12), 0), "sem": ("semctl", (0, 0, 19), 28)}
+_ipc_calls: dict = {}
+
+
+def _sysv_ipc_in_use(kind: str) -> bool:
+    """Whether any object of `kind` ("shm", "msg", "sem") may exist (True when unsure)."""
+    try:
+        if not _ipc_calls:
+            import ctypes
+
+            _ipc_calls["buf"] = ctypes.create_string_buffer(64)
+            for name, (fn, _, _) in _IPC_INFO.items():
+                _ipc_calls[name] = _libc(fn)
+        _, args, offset = _IPC_INFO[kind]
+        buf = _ipc_calls["buf"]
+        if _ipc_calls[kind](*args, buf) < 0:
+            return True
+        return int.from_bytes(buf.raw[offset : offset + 4], sys.byteorder) != 0
+    except Exception:  # noqa: BLE001 - no ctypes, another libc: read /proc instead
+        return True
+
+
 def _remove_sysv_ipc() -> None:
     """Remove every System V shared memory segment, message queue and semaphore set.
 
@@ -95,13 +121,17 @@ def _remove_sysv_ipc() -> None:
         ("msg", "msgctl", (0, 0)),  # msgctl(id, IPC_RMID, NULL)
         ("sem", "semctl", (0, 0)),  # semctl(id, 0, IPC_RMID)
     ):
+        if not _sysv_ipc_in_use(kind):
+            continue
         try:
             fd = os.open(f"/proc/sysvipc/{kind}", os.O_RDONLY)
             try:
-                lines = os.read(fd, 1 << 20).split(b"\n")[1:]
+                text = bytearray()
+                while chunk := os.read(fd, 1 << 16):
+                    text += chunk
             finally:
                 os.close(fd)
-            ids = [int(line.split()[1]) for line in lines if line.strip()]
+            ids = [int(line.split()[1]) for line in text.split(b"\n")[1:] if line.strip()]
         except (OSError, ValueError, IndexError):
             continue
         if ids:
@@ -278,8 +308,10 @@ class _Channel:
         self.fd = fd
         self.buf = bytearray()
 
-    def _fill(self) -> bool:
-        chunk = os.read(self.fd, 1 << 20)
+    def _fill(self, need: int = 0) -> bool:
+        # 64 KiB unless more of a frame is due: a 1 MiB read buffer is an mmap, mremap and
+        # munmap per frame (malloc's threshold is 128 KiB).
+        chunk = os.read(self.fd, max(1 << 16, need))
         if not chunk:
             return False
         self.buf += chunk
@@ -296,7 +328,7 @@ class _Channel:
         n = int(self.buf[:nl])
         del self.buf[: nl + 1]
         while len(self.buf) < n:
-            if not self._fill():
+            if not self._fill(n - len(self.buf)):
                 return None
         data = bytes(self.buf[:n])
         del self.buf[:n]
@@ -982,6 +1014,16 @@ def _wipe(top: str, usual: str = "") -> str | None:
 
     try:
         os.chmod(top, 0o755)
+    except OSError as exc:
+        return f"cannot open {top}: {exc}"
+    if usual:  # the usual case: `usual` is an empty directory, and all there is
+        try:
+            os.rmdir(os.path.join(top, usual))  # fails unless an empty directory
+            if not os.listdir(top):
+                return None
+        except OSError:
+            pass  # files, a symlink, modes...: the ways below
+    try:
         topfd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as exc:
         return f"cannot open {top}: {exc}"
@@ -1048,6 +1090,24 @@ def _own_limits() -> dict:
     return out
 
 
+def _reset_metadata(top: str) -> str | None:
+    """Clear what a test could leave on the scratch directory itself (which outlives tests:
+    it is a mount point): its extended attributes (`user.*`, and POSIX ACLs, which would also
+    reach the next test's files) and its access and modification times. None, or why not."""
+    try:
+        names = os.listxattr(top, follow_symlinks=False)
+    except OSError:  # no extended attributes on this file system
+        names = []
+    try:
+        for name in names:
+            if name.startswith(("user.", "system.posix_acl_")):
+                os.removexattr(top, name, follow_symlinks=False)
+        os.utime(top, follow_symlinks=False)
+    except OSError as exc:
+        return f"cannot reset {top}'s attributes: {exc}"
+    return None
+
+
 def _fresh_rundir(cfg: dict) -> str | None:
     """Empty the scratch directory and make the next test's working directory in it.
 
@@ -1057,6 +1117,8 @@ def _fresh_rundir(cfg: dict) -> str | None:
     if cfg.get("limits") is not None and _own_limits() != cfg["limits"]:
         return "the judge's own resource limits were changed"
     why = _wipe(cfg["workdir"], os.path.basename(cfg["rundir"]))
+    if why is None:
+        why = _reset_metadata(cfg["workdir"])
     if why is None:
         try:
             os.mkdir(cfg["rundir"], 0o755)
