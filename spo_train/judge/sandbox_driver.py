@@ -88,7 +88,11 @@ def _prctl(option: int, arg: int) -> int:
 # /proc/sysvipc (an open, a formatted read and a close per kind after every test):
 # shmctl(0, SHM_INFO) -> struct shm_info.used_ids, msgctl(0, MSG_INFO) -> struct
 # msginfo.msgpool, semctl(0, 0, SEM_INFO) -> struct seminfo.semusz (sysvipc(7)).
-_IPC_INFO = {"shm": ("shmctl", (0, 14), 0), "msg": ("msgctl", (0, 12), 0), "sem": ("semctl", (0, 0, 19), 28)}
+_IPC_INFO = {
+    "shm": ("shmctl", (0, 14), 0),
+    "msg": ("msgctl", (0, 12), 0),
+    "sem": ("semctl", (0, 0, 19), 28),
+}
 _ipc_calls: dict = {}
 
 
@@ -441,7 +445,7 @@ def _build_stdio() -> None:
             ),
         )
     finally:
-        for fd, old in zip((0, 1, 2), saved):
+        for fd, old in zip((0, 1, 2), saved, strict=True):
             os.dup2(old, fd)
             os.close(old)
         for fd in (memfd, r, w):
@@ -449,7 +453,9 @@ def _build_stdio() -> None:
     # The interpreter's own streams stay referenced here: a test that replaces them then drops
     # a reference, where their last one would run their finalizers (close, flush) in every test.
     _STDIO.append(streams)
-    _STDIO.append((sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__))
+    _STDIO.append(
+        (sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__)
+    )
 
 
 def _child(code, source: str, stdin_fd: int, out_w: int, err_w: int, cfg: dict, vsz: int):
