@@ -817,7 +817,9 @@ class _WarmSandbox:
             self.close()
             return f"could not start the sandbox: {exc}"
         self.pipe = _Pipe(self.proc)
-        config = marshal.dumps({"zygote": True, "sandboxed": True})
+        config = marshal.dumps(
+            {"zygote": True, "sandboxed": True, "cgroups": self.cgroups is not None}
+        )
         deadline = time.monotonic() + START_TIMEOUT_S
         if not self.pipe.write(b"%d\n" % len(config) + config, deadline) or (
             self.pipe.readline(deadline) != b"ZYGOTE"
