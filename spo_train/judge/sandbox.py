@@ -250,20 +250,24 @@ def _layout(bwrap: str) -> list[str]:
 
 
 _driver_cache: dict[str, str] = {}
-_BASE64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 
 
-def _driver_arg(python: str) -> str:
-    """The `-c` argument that runs the driver under `python`.
+def _driver_boot(python: str) -> tuple[str, bytes]:
+    """(the `-c` argument that starts the driver under `python`, the bytes to write first).
 
-    The driver's code is compiled once per process by that same interpreter and passed as
-    marshalled bytecode (base64: one argument may hold at most 128 KiB), which saves its
-    compile time (~2.5 ms) in every sandbox.
-    Falls back to the source text if that fails.
+    The `-c` argument is a few lines that read the driver's code from stdin (the first N
+    bytes, then the protocol's frames follow): the driver compiled once per process by that
+    same interpreter and marshalled, which saves its compile time (~2.5 ms) in every sandbox,
+    else its source. Passing the driver itself as the argument (~100 KB) left ~3 MB of the
+    interpreter's copies and parser memory resident in every driver, which each test's fork
+    then copied page table entries for.
     """
     with _layout_lock:
         if python not in _driver_cache:
-            arg = _DRIVER_SOURCE
+            code, load = (
+                _DRIVER_SOURCE.encode(),
+                "lambda b: compile(b, '<spo-judge-driver>', 'exec')",
+            )
             try:
                 res = subprocess.run(
                     [
@@ -271,27 +275,38 @@ def _driver_arg(python: str) -> str:
                         "-I",
                         "-S",
                         "-c",
-                        "import sys, marshal, binascii; sys.stdout.write(binascii.b2a_base64("
-                        "marshal.dumps(compile(sys.stdin.read(), '<spo-judge-driver>', 'exec')),"
-                        " newline=False).decode())",
+                        "import sys, marshal; sys.stdout.buffer.write(marshal.dumps("
+                        "compile(sys.stdin.read(), '<spo-judge-driver>', 'exec')))",
                     ],
-                    input=_DRIVER_SOURCE,
+                    input=_DRIVER_SOURCE.encode(),
                     capture_output=True,
-                    text=True,
                     timeout=30,
                     env={},
                     check=True,
                 )
-                blob = res.stdout.strip()
-                if blob and not blob.strip(_BASE64_CHARS):
-                    arg = (
-                        "import marshal, binascii\n"
-                        f"exec(marshal.loads(binascii.a2b_base64('{blob}')))\n"
-                    )
+                if res.stdout:
+                    code, load = res.stdout, "marshal.loads"
             except (OSError, subprocess.SubprocessError):
                 pass
-            _driver_cache[python] = arg
+            boot = (
+                "import marshal, os\n"
+                "def _boot(n):\n"
+                "    b = b''\n"
+                "    while len(b) < n:\n"
+                "        c = os.read(0, n - len(b))\n"
+                "        if not c:\n"
+                "            raise SystemExit(1)\n"
+                "        b += c\n"
+                f"    return ({load})(b)\n"
+                f"exec(_boot({len(code)}))\n"
+            )
+            _driver_cache[python] = (boot, code)
         return _driver_cache[python]
+
+
+def _driver_arg(python: str) -> str:
+    """The `-c` argument of a driver under `python` (write `_driver_boot(python)[1]` first)."""
+    return _driver_boot(python)[0]
 
 
 _DEV_ARGS = [
@@ -703,11 +718,13 @@ def _converse(
     output_limit_bytes: int,
     keep_going: Callable[[int, RunResult], bool] | None,
     outcome: _SessionOutcome,
+    preamble: bytes = b"",
 ) -> bool:
     """Send one program's configuration and its tests to a driver; True if it is still sound
-    (it answered READY and every test in time: a warm sandbox may take another program)."""
+    (it answered READY and every test in time: a warm sandbox may take another program).
+    `preamble`: what a newly started driver reads first (`_driver_boot`)."""
     deadline = time.monotonic() + START_TIMEOUT_S
-    if not pipe.write(b"%d\n" % len(config) + config, deadline):
+    if not pipe.write(preamble + b"%d\n" % len(config) + config, deadline):
         outcome.failure = "sandbox exited before reading its configuration: " + (
             pipe.stderr_text() or f"exit {proc.poll()}"
         )
@@ -821,7 +838,8 @@ class _WarmSandbox:
             {"zygote": True, "sandboxed": True, "cgroups": self.cgroups is not None}
         )
         deadline = time.monotonic() + START_TIMEOUT_S
-        if not self.pipe.write(b"%d\n" % len(config) + config, deadline) or (
+        boot = _driver_boot(PYTHON)[1]
+        if not self.pipe.write(boot + b"%d\n" % len(config) + config, deadline) or (
             self.pipe.readline(deadline) != b"ZYGOTE"
         ):
             why = self.pipe.stderr_text() or "no answer from the driver"
@@ -1049,6 +1067,7 @@ def _run_session(
         argv = prefix + _bwrap_argv(bwrap, binds, FILE_LIMIT_BYTES + (1 << 20))
         workdir, cwd, env = "/tmp", "/", {}
         nproc = NPROC_LIMIT
+        python = PYTHON
     else:
         python = PYTHON if os.access(PYTHON, os.X_OK) else None
         if python is None:  # unsafe mode may fall back to our own interpreter (not as nobody)
@@ -1103,6 +1122,7 @@ def _run_session(
             output_limit_bytes,
             keep_going,
             outcome,
+            preamble=_driver_boot(python)[1],
         )
         return outcome
     finally:
