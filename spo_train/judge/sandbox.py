@@ -577,11 +577,12 @@ class _Pipe:
                 self._pump_err()
         return True
 
-    def _fill(self, deadline: float) -> bool:
-        """Read more from the driver; False on EOF or timeout."""
+    def _fill(self, deadline: float, need: int = 0) -> bool:
+        """Read more from the driver (`need`: bytes still due); False on EOF or timeout."""
         while True:
             try:
-                chunk = os.read(self.rout, 1 << 20)
+                # 64 KiB unless more is due: a 1 MiB read buffer is an mmap and munmap each
+                chunk = os.read(self.rout, max(1 << 16, need))
             except BlockingIOError:
                 chunk = None
             if chunk is not None:
@@ -608,7 +609,7 @@ class _Pipe:
 
     def read_exact(self, n: int, deadline: float) -> bytes | None:
         while len(self.buf) < n:
-            if not self._fill(deadline):
+            if not self._fill(deadline, n - len(self.buf)):
                 return None
         data = bytes(self.buf[:n])
         del self.buf[:n]

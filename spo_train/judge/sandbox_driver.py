@@ -181,12 +181,17 @@ _UNCOUNTED_MEMORY_SYSCALLS = (319, 29)
 _RT_SIGACTION, _SIGCHLD = 13, 17
 
 
-def _seccomp_program(refuse_uncounted_memory: bool = False, protect: int = 0):
+def _seccomp_program(refuse_uncounted_memory: bool = False, protect: int = 0, part: str = "all"):
     """The filter as an installer function (keeps its buffers alive), or None off x86-64.
 
     `refuse_uncounted_memory` (no cgroups): also refuse `_UNCOUNTED_MEMORY_SYSCALLS` and
     SIGCHLD=ignore. `protect`: the pid of a program driver that is not PID 1 (warm sandbox):
-    no signal may reach it, nor the changes above."""
+    no signal may reach it, nor the changes above.
+
+    `part`: "all" the whole filter (a test installs it); "driver" what the program driver may
+    install on itself, so that its tests inherit it (all but what the driver does itself:
+    kill(-1), memfd_create, and so on); "test" the rest, which each test adds (None: none).
+    Installed together, "driver" and "test" refuse what "all" refuses."""
     import struct
 
     if os.uname().machine != "x86_64":
@@ -221,13 +226,20 @@ def _seccomp_program(refuse_uncounted_memory: bool = False, protect: int = 0):
         for v in values:
             jeq(v, jt="deny")
 
-    ld(4)  # arch
-    jeq(_X86_64, jf="deny")  # another ABI (i386 int 0x80): nothing of ours uses it
-    ld(0)
-    prog.append((0x35, 0x40000000, "deny", None))  # jge: the x32 ABI
-    for nr in _KEYRING_SYSCALLS + (_UNCOUNTED_MEMORY_SYSCALLS if refuse_uncounted_memory else ()):
+    base, mine = part in ("all", "driver"), part in ("all", "test")
+    if not mine and not base:
+        raise ValueError(part)
+    if base:
+        ld(4)  # arch
+        jeq(_X86_64, jf="deny")  # another ABI (i386 int 0x80): nothing of ours uses it
+        ld(0)
+        prog.append((0x35, 0x40000000, "deny", None))  # jge: the x32 ABI
+    else:
+        ld(0)
+    uncounted = _UNCOUNTED_MEMORY_SYSCALLS if refuse_uncounted_memory and mine else ()
+    for nr in (_KEYRING_SYSCALLS if base else ()) + uncounted:
         jeq(nr, jt="deny")
-    if refuse_uncounted_memory:
+    if refuse_uncounted_memory and mine:
         # rt_sigaction(SIGCHLD, act != NULL): a parent that ignores SIGCHLD (or sets
         # SA_NOCLDWAIT) has its children reaped by the kernel, whose CPU time then counts
         # nowhere the driver can see; reading the disposition (act NULL) stays allowed.
@@ -240,9 +252,9 @@ def _seccomp_program(refuse_uncounted_memory: bool = False, protect: int = 0):
             jeq(0, jf="deny")
 
         rule(_RT_SIGACTION, sigchld)
-    for nr in _PID_SYSCALLS:
+    for nr in _PID_SYSCALLS if base else ():
         rule(nr, lambda: first_arg_in(guarded))
-    for nr in _WHICH_WHO_SYSCALLS:
+    for nr in _WHICH_WHO_SYSCALLS if base else ():
 
         def which_who() -> None:
             ld(16)  # which: 0 is a process; a process group or a user could reach the driver
@@ -253,11 +265,16 @@ def _seccomp_program(refuse_uncounted_memory: bool = False, protect: int = 0):
 
         rule(nr, which_who)
     if protect:
-        rule(_KILL, lambda: first_arg_in((protect, -protect, -1)))
-        for nr in _SIGNAL_PID_SYSCALLS:
+        # kill(-1) ("every process") is the driver's own way to end a test's processes
+        killed = ((protect, -protect) if base else ()) + ((-1,) if mine else ())
+        rule(_KILL, lambda: first_arg_in(killed))
+        for nr in _SIGNAL_PID_SYSCALLS if base else ():
             rule(nr, lambda: first_arg_in((protect,)))
-        ld(0)
-        jeq(_PIDFD_SEND_SIGNAL, jt="deny")
+        if base:
+            ld(0)
+            jeq(_PIDFD_SEND_SIGNAL, jt="deny")
+    if not base and len(prog) == 1:  # nothing for a test to add
+        return None
     labels["allow"] = len(prog)
     ret(allow)
     labels["deny"] = len(prog)
@@ -303,8 +320,9 @@ _seccomp_template: dict = {}
 
 
 def _build_seccomp_template(refuse_uncounted_memory: bool) -> None:
-    """In a warm sandbox's PID 1: the filter for its program drivers, pid to be filled in."""
-    install = _seccomp_program(refuse_uncounted_memory, protect=_PID_PLACEHOLDER)
+    """In a warm sandbox's PID 1: the filters of its program drivers (pid to be filled in)
+    and of their tests."""
+    install = _seccomp_program(refuse_uncounted_memory, _PID_PLACEHOLDER, part="driver")
     if install is None:
         return
     raw = bytes(install.buf)  # type: ignore[attr-defined]
@@ -315,6 +333,7 @@ def _build_seccomp_template(refuse_uncounted_memory: bool) -> None:
         if k in spots:
             spots[k].append(at + 4)
     _seccomp_template.update(
+        test=_seccomp_program(refuse_uncounted_memory, _PID_PLACEHOLDER, part="test"),
         install=install,
         refuse=refuse_uncounted_memory,
         pid=spots[_PID_PLACEHOLDER],
@@ -322,17 +341,21 @@ def _build_seccomp_template(refuse_uncounted_memory: bool) -> None:
     )
 
 
-def _seccomp_for_pid(refuse_uncounted_memory: bool, pid: int):
-    """The installer of `_seccomp_program(refuse_uncounted_memory, protect=pid)`: PID 1's
-    template with `pid` written in where there is one, else built here."""
+def _seccomp_for_pid(refuse_uncounted_memory: bool, pid: int) -> tuple:
+    """(the program driver's filter, its tests' filter) of a warm sandbox's program driver
+    `pid` (`_seccomp_program(..., protect=pid, part="driver" / "test")`): PID 1's template
+    with `pid` written in where there is one, else built here."""
     t = _seccomp_template
     if not t or t["refuse"] != refuse_uncounted_memory:
-        return _seccomp_program(refuse_uncounted_memory, protect=pid)
+        return (
+            _seccomp_program(refuse_uncounted_memory, protect=pid, part="driver"),
+            _seccomp_program(refuse_uncounted_memory, protect=pid, part="test"),
+        )
     view = memoryview(t["install"].buf).cast("B")
     for spots, value in ((t["pid"], pid), (t["neg"], -pid & 0xFFFFFFFF)):
         for at in spots:
             view[at : at + 4] = value.to_bytes(4, "little")
-    return t["install"]
+    return t["install"], t["test"]
 
 
 class _Quitter:
@@ -1337,12 +1360,15 @@ def _serve_program(chan: "_Channel", cout: int, cfg: dict) -> int:
             except ImportError:
                 pass
     if warm:
-        cfg["seccomp"] = _seccomp_for_pid(_counts_every_process(cfg), os.getpid())
+        # Most of the filter goes on this driver itself (its tests inherit it: one install per
+        # program, where the kernel compiles a filter for ~40 us), the rest on each test.
+        shield, cfg["seccomp"] = _seccomp_for_pid(_counts_every_process(cfg), os.getpid())
+        if shield is None or cfg["seccomp"] is None:  # nothing would shield this driver
+            os.write(2, b"driver: a warm sandbox needs the seccomp filter (x86-64)\n")
+            return _EOF_EXIT
+        shield()
     else:
         cfg["seccomp"] = _seccomp_program(_counts_every_process(cfg))
-    if warm and cfg["seccomp"] is None:  # nothing would shield this driver from its tests
-        os.write(2, b"driver: a warm sandbox needs the seccomp filter (x86-64)\n")
-        return _EOF_EXIT
     # Where the seccomp filter refuses prlimit64 on us, our limits cannot change: no check.
     cfg["limits"] = _own_limits() if cfg["seccomp"] is None else None
     if not warm:  # (the zygote did these)
