@@ -664,7 +664,9 @@ def _children_of_self() -> list:
 def _owns_sandbox(cfg: dict) -> bool:
     """Inside the sandbox every process but us (and, in a warm sandbox, PID 1 above us) is the
     test's: we are its PID 1, or a warm sandbox's program driver (a child subreaper)."""
-    return bool(cfg["sandboxed"] and (os.getpid() == 1 or cfg.get("warm")))
+    if "owns" not in cfg:  # once per program: getpid is a system call
+        cfg["owns"] = bool(cfg["sandboxed"] and (os.getpid() == 1 or cfg.get("warm")))
+    return cfg["owns"]
 
 
 def _others(name: str) -> bool:
@@ -717,10 +719,9 @@ def _cg_int(fd: int) -> int:
 
 def _cg_oom_kills(fd: int) -> int:
     """`oom_kill` of memory.oom_control: processes the kernel killed for the memory limit."""
-    for line in os.pread(fd, 512, 0).split(b"\n"):
-        if line.startswith(b"oom_kill "):
-            return int(line.split()[1])
-    return 0
+    text = b"\n" + os.pread(fd, 512, 0)
+    at = text.find(b"\noom_kill ")
+    return int(text[at + 10 :].split(None, 1)[0]) if at >= 0 else 0
 
 
 def _autogroup_nice(pid) -> int:
@@ -902,25 +903,22 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
     hard_deadline = start + cfg.get("wall_cap_s", 3 * cfg["wall_s"])
 
     def drain(fd: int) -> bool:
-        """Read what is there; False at EOF."""
+        """Read what is there (one read: a pipe holds 64 KiB, and poll says if more came);
+        False at EOF."""
         nonlocal err_total
-        while True:
-            try:
-                chunk = os.read(fd, 1 << 16)
-            except BlockingIOError:
-                return True
-            if not chunk:
-                return False
-            if fd == out_r:
-                out.extend(chunk)
-                if len(out) > out_cap:
-                    return True
-            else:
-                err_total += len(chunk)
-                if len(err) < err_keep:
-                    err.extend(chunk[: err_keep - len(err)])
-                if err_total > out_cap:
-                    return True
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            return False
+        if fd == out_r:
+            out.extend(chunk)
+        else:
+            err_total += len(chunk)
+            if len(err) < err_keep:
+                err.extend(chunk[: err_keep - len(err)])
+        return True
 
     exited = False
     while not exited:
@@ -1091,8 +1089,6 @@ def _wipe(top: str, usual: str = "") -> str | None:
     directory's entries are moved up into `top` (renamed) until it is empty, so trees of any
     depth or shape go in time linear in their size.
     """
-    import stat
-
     try:
         os.chmod(top, 0o755)
     except OSError as exc:
@@ -1104,6 +1100,8 @@ def _wipe(top: str, usual: str = "") -> str | None:
                 return None
         except OSError:
             pass  # files, a symlink, modes...: the ways below
+    import stat
+
     try:
         topfd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as exc:
@@ -1461,7 +1459,10 @@ def _serve_program(chan: "_Channel", cout: int, cfg: dict) -> int:
             len(out),
             len(err),
         )
-        _send(cout, head, out, err)
+        if len(out) + len(err) < 1 << 16:  # one write (and one read on the host)
+            _send(cout, head + out + err)
+        else:
+            _send(cout, head, out, err)
         del out, err
 
 
