@@ -6,8 +6,8 @@ counts as correct (token comparison, tolerance, checkers, call-based tests) is d
 
 Warm bubblewrap sandboxes, reused from program to program (`SPO_JUDGE_WARM=0`: one new
 sandbox per program); inside each a small stdlib-only driver (`spo_train/judge/sandbox_driver.py`,
-run by the system `/usr/bin/python3 -I -S`, passed on the command line as bytecode, never as a
-file). Its PID 1 never reads a program or an input: per program it forks a fresh program
+run by the system `/usr/bin/python3 -I -S`; its bytecode is written to the driver's stdin and
+read by a few-line `-c` bootstrap, never a file). Its PID 1 never reads a program or an input: per program it forks a fresh program
 driver, which forks once per test, applies rlimits in the child and reports each result as a
 binary frame (docs/judge.md, "Warm sandboxes"). Expected outputs stay on the host; the sandbox only
 ever sees the program and the test inputs (a checker runs in a session of its own).
@@ -33,9 +33,11 @@ Isolation (see `_bwrap_argv`):
   runs in a fresh /tmp/work. No /etc, /root, /home, /work, no project
   or lake files, no shell or other binaries. If that layout cannot start Python on some system,
   all of /usr is bound read-only instead (checked once per process, with a warning).
-- A seccomp filter in each test's process (x86-64) refuses what same-uid processes may do to
+- A seccomp filter over each test's process (x86-64) refuses what same-uid processes may do to
   each other besides signals and ptrace: changing PID 1's (the driver's) resource limits,
-  affinity, scheduling or priority (docs/judge.md, "What a program cannot do").
+  affinity, scheduling or priority (docs/judge.md, "What a program cannot do"). In a warm
+  sandbox the program driver installs most of it on itself once (its tests inherit it) and
+  each test adds the rest (kill(-1); without cgroups the uncounted-memory refusals).
 - Per session (root on a cgroup v1 host): a cgroup in each of memory, cpuacct and pids
   (`_TestCgroups`); each test's child moves itself in through descriptors the host opened,
   so the memory limit, the CPU time and the process count cover every process, thread and
@@ -54,8 +56,8 @@ Isolation (see `_bwrap_argv`):
   the driver (PID 1: the whole namespace dies with it; not judged).
 
 Speed (see BENCHMARKS.md, "Judge"): a sandbox costs ~20-30 ms to start (once per warm
-sandbox, or per program with SPO_JUDGE_WARM=0), a program ~4 ms of CPU more, and a test ~3 ms
-of CPU (BENCHMARKS.md, "Warm sandboxes": where it goes).
+sandbox, or per program with SPO_JUDGE_WARM=0), a program ~2-3 ms of CPU more, and a trivial
+test ~2 ms of CPU (BENCHMARKS.md, "Per-test cost": where it goes).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Judge driver: runs INSIDE the sandbox under the system `/usr/bin/python3`, stdlib only.
 
-The host (`spo_train.judge.sandbox`) starts one sandbox per program with this file's text passed as
-`python3 -I -S -c <text>`; nothing of the project is visible in the sandbox. It imports only
+The host (`spo_train.judge.sandbox`) starts `python3 -I -S -c <bootstrap>` in a sandbox and
+writes this file's compiled code to its stdin first (the bootstrap reads exactly that many
+bytes and runs it); nothing of the project is visible in the sandbox. It imports only
 builtin or tiny modules, because its start-up time is paid once per judged program.
 
 Protocol (binary frames, so outputs need no escaping):
@@ -26,8 +27,9 @@ Protocol (binary frames, so outputs need no escaping):
 Expected outputs never enter the sandbox: comparison happens on the host, so a program cannot
 find the answer in memory it inherits from this driver.
 
-Per test the driver forks once; the child applies rlimits, swaps in fresh stdio and a fresh
-`__main__`, and executes the code object compiled once up front. Under bubblewrap the driver
+Per test the driver forks once; the child applies rlimits, swaps in its copy of stdio objects
+built before any test and never used (`_build_stdio`) and a fresh `__main__`, and executes the
+code object compiled once up front. Under bubblewrap the driver
 is PID 1 of the sandbox's PID namespace (`--as-pid-1`), so the program can neither kill it
 (the kernel drops signals from inside the namespace to its init) nor ptrace it or open its
 /proc files (it makes itself non-dumpable); after each test ``kill(-1, SIGKILL)`` removes every
@@ -533,6 +535,30 @@ def _build_stdio() -> None:
     )
 
 
+def _test_limits(cfg: dict, vsz: int) -> list:
+    """The resource limits of a test's process: (RLIMIT_*, soft, hard)."""
+    # Without cgroups: the program may use `mem_bytes` of address space beyond what the
+    # forked interpreter already maps (`vsz`). With them the cgroup counts what is really
+    # used (thread stacks and malloc arenas reserve address space they never touch).
+    mem = resource.RLIM_INFINITY if cfg.get("cgroup") else cfg["mem_bytes"] + vsz
+    cpu_soft = int(cfg["cpu_s"]) + 1  # backstop; the driver polls CPU time precisely
+    limits = [
+        (resource.RLIMIT_AS, mem, mem),
+        (resource.RLIMIT_STACK, cfg["mem_bytes"], cfg["mem_bytes"]),
+        (resource.RLIMIT_FSIZE, cfg["fsize_bytes"], cfg["fsize_bytes"]),
+        (resource.RLIMIT_CORE, 0, 0),
+        (resource.RLIMIT_NOFILE, cfg["nofile"], cfg["nofile"]),
+        (resource.RLIMIT_MEMLOCK, 0, 0),
+        # POSIX message queues outlive their makers (the IPC namespace is the session's)
+        # and cannot be listed to remove: none can be made.
+        (resource.RLIMIT_MSGQUEUE, 0, 0),
+        (resource.RLIMIT_CPU, cpu_soft, cpu_soft + 1),
+    ]
+    if cfg["nproc"]:
+        limits.append((resource.RLIMIT_NPROC, cfg["nproc"], cfg["nproc"]))
+    return limits
+
+
 def _child(code, source: str, stdin_fd: int, out_w: int, err_w: int, cfg: dict, vsz: int):
     """Runs in the forked child: never returns."""
     status = 1
@@ -550,26 +576,7 @@ def _child(code, source: str, stdin_fd: int, out_w: int, err_w: int, cfg: dict, 
                 os.write(fd, b"0")
         os.closerange(3, 1 << 16)  # the host pipes, the pidfd, the cgroup fds, all the driver's
         os.chdir(cfg["rundir"])
-        # Without cgroups: the program may use `mem_bytes` of address space beyond what the
-        # forked interpreter already maps. With them the cgroup counts what is really used
-        # (thread stacks and malloc arenas reserve address space they never touch).
-        mem = resource.RLIM_INFINITY if cg else cfg["mem_bytes"] + vsz
-        cpu_soft = int(cfg["cpu_s"]) + 1  # backstop; the driver polls CPU time precisely
-        limits = [
-            (resource.RLIMIT_AS, mem, mem),
-            (resource.RLIMIT_STACK, cfg["mem_bytes"], cfg["mem_bytes"]),
-            (resource.RLIMIT_FSIZE, cfg["fsize_bytes"], cfg["fsize_bytes"]),
-            (resource.RLIMIT_CORE, 0, 0),
-            (resource.RLIMIT_NOFILE, cfg["nofile"], cfg["nofile"]),
-            (resource.RLIMIT_MEMLOCK, 0, 0),
-            # POSIX message queues outlive their makers (the IPC namespace is the session's)
-            # and cannot be listed to remove: none can be made.
-            (resource.RLIMIT_MSGQUEUE, 0, 0),
-            (resource.RLIMIT_CPU, cpu_soft, cpu_soft + 1),
-        ]
-        if cfg["nproc"]:
-            limits.append((resource.RLIMIT_NPROC, cfg["nproc"], cfg["nproc"]))
-        for which, soft, hard in limits:
+        for which, soft, hard in cfg.get("test_limits") or _test_limits(cfg, vsz):
             try:
                 resource.setrlimit(which, (soft, hard))
             except (ValueError, OSError):  # above an existing hard limit: clamp to it
@@ -580,8 +587,6 @@ def _child(code, source: str, stdin_fd: int, out_w: int, err_w: int, cfg: dict, 
         _signal.signal(_signal.SIGINT, _signal.default_int_handler)  # as `python3 prog.py`
         if cfg.get("seccomp") is not None:
             cfg["seccomp"]()
-        if cfg.get("int_max_str_digits") is not None and hasattr(sys, "set_int_max_str_digits"):
-            sys.set_int_max_str_digits(cfg["int_max_str_digits"])
         # Fresh stdio: this process's copy of the never-used streams built before the fork.
         sys.stdin, sys.stdout, sys.stderr = _STDIO[0]
         sys.__stdin__, sys.__stdout__, sys.__stderr__ = _STDIO[0]
@@ -1391,6 +1396,10 @@ def _serve_program(chan: "_Channel", cout: int, cfg: dict) -> int:
     if not warm:
         _trim_heap()
     cfg["rundir"] = os.path.join(cfg["workdir"], "work")
+    if cfg.get("cgroup"):  # the same for every test (without cgroups: per test, below)
+        cfg["test_limits"] = _test_limits(cfg, 0)
+    if cfg.get("int_max_str_digits") is not None and hasattr(sys, "set_int_max_str_digits"):
+        sys.set_int_max_str_digits(cfg["int_max_str_digits"])  # (the tests inherit it)
     dirty = _fresh_rundir(cfg)  # the scratch directory is fresh: this cannot fail but for bugs
     if dirty is not None:
         if warm:  # no READY: the host starts a fresh sandbox for this program
