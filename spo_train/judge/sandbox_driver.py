@@ -1271,9 +1271,9 @@ def main() -> None:
 def _trim_heap() -> None:
     """Give the C heap's free pages back to the kernel (glibc's malloc_trim).
 
-    Compiling the driver's ~100 KB `-c` argument leaves ~3 MB of freed parser memory resident
-    in the heap; every fork copies the page table entries of resident memory and every test's
-    exit unmaps them, so they cost each test ~0.1 ms for nothing."""
+    What the start freed (imports, reading and loading this code) stays resident otherwise:
+    every fork copies the page table entries of resident memory and every test's exit unmaps
+    them (with the driver passed as a ~100 KB `-c` argument, ~0.5 of 3 MB came back so)."""
     try:
         _libc("malloc_trim")(0)
     except Exception:  # noqa: BLE001 - not glibc: nothing to trim this way
