@@ -6,8 +6,8 @@ counts as correct (token comparison, tolerance, checkers, call-based tests) is d
 
 Warm bubblewrap sandboxes, reused from program to program (`SPO_JUDGE_WARM=0`: one new
 sandbox per program); inside each a small stdlib-only driver (`spo_train/judge/sandbox_driver.py`,
-run by the system `/usr/bin/python3 -I -S`, passed on the command line as bytecode, never as a
-file). Its PID 1 never reads a program or an input: per program it forks a fresh program
+run by the system `/usr/bin/python3 -I -S`; its bytecode is written to the driver's stdin and
+read by a few-line `-c` bootstrap, never a file). Its PID 1 never reads a program or an input: per program it forks a fresh program
 driver, which forks once per test, applies rlimits in the child and reports each result as a
 binary frame (docs/judge.md, "Warm sandboxes"). Expected outputs stay on the host; the sandbox only
 ever sees the program and the test inputs (a checker runs in a session of its own).
@@ -33,9 +33,11 @@ Isolation (see `_bwrap_argv`):
   runs in a fresh /tmp/work. No /etc, /root, /home, /work, no project
   or lake files, no shell or other binaries. If that layout cannot start Python on some system,
   all of /usr is bound read-only instead (checked once per process, with a warning).
-- A seccomp filter in each test's process (x86-64) refuses what same-uid processes may do to
+- A seccomp filter over each test's process (x86-64) refuses what same-uid processes may do to
   each other besides signals and ptrace: changing PID 1's (the driver's) resource limits,
-  affinity, scheduling or priority (docs/judge.md, "What a program cannot do").
+  affinity, scheduling or priority (docs/judge.md, "What a program cannot do"). In a warm
+  sandbox the program driver installs most of it on itself once (its tests inherit it) and
+  each test adds the rest (kill(-1); without cgroups the uncounted-memory refusals).
 - Per session (root on a cgroup v1 host): a cgroup in each of memory, cpuacct and pids
   (`_TestCgroups`); each test's child moves itself in through descriptors the host opened,
   so the memory limit, the CPU time and the process count cover every process, thread and
@@ -54,8 +56,8 @@ Isolation (see `_bwrap_argv`):
   the driver (PID 1: the whole namespace dies with it; not judged).
 
 Speed (see BENCHMARKS.md, "Judge"): a sandbox costs ~20-30 ms to start (once per warm
-sandbox, or per program with SPO_JUDGE_WARM=0), a program ~4 ms of CPU more, and a test ~3 ms
-of CPU (BENCHMARKS.md, "Warm sandboxes": where it goes).
+sandbox, or per program with SPO_JUDGE_WARM=0), a program ~2-3 ms of CPU more, and a trivial
+test ~2 ms of CPU (BENCHMARKS.md, "Per-test cost": where it goes).
 """
 
 from __future__ import annotations
@@ -250,20 +252,24 @@ def _layout(bwrap: str) -> list[str]:
 
 
 _driver_cache: dict[str, str] = {}
-_BASE64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 
 
-def _driver_arg(python: str) -> str:
-    """The `-c` argument that runs the driver under `python`.
+def _driver_boot(python: str) -> tuple[str, bytes]:
+    """(the `-c` argument that starts the driver under `python`, the bytes to write first).
 
-    The driver's code is compiled once per process by that same interpreter and passed as
-    marshalled bytecode (base64: one argument may hold at most 128 KiB), which saves its
-    compile time (~2.5 ms) in every sandbox.
-    Falls back to the source text if that fails.
+    The `-c` argument is a few lines that read the driver's code from stdin (the first N
+    bytes, then the protocol's frames follow): the driver compiled once per process by that
+    same interpreter and marshalled, which saves its compile time (~2.5 ms) in every sandbox,
+    else its source. Passing the driver itself as the argument (~100 KB) left ~3 MB of the
+    interpreter's copies and parser memory resident in every driver, which each test's fork
+    then copied page table entries for.
     """
     with _layout_lock:
         if python not in _driver_cache:
-            arg = _DRIVER_SOURCE
+            code, load = (
+                _DRIVER_SOURCE.encode(),
+                "lambda b: compile(b, '<spo-judge-driver>', 'exec')",
+            )
             try:
                 res = subprocess.run(
                     [
@@ -271,27 +277,38 @@ def _driver_arg(python: str) -> str:
                         "-I",
                         "-S",
                         "-c",
-                        "import sys, marshal, binascii; sys.stdout.write(binascii.b2a_base64("
-                        "marshal.dumps(compile(sys.stdin.read(), '<spo-judge-driver>', 'exec')),"
-                        " newline=False).decode())",
+                        "import sys, marshal; sys.stdout.buffer.write(marshal.dumps("
+                        "compile(sys.stdin.read(), '<spo-judge-driver>', 'exec')))",
                     ],
-                    input=_DRIVER_SOURCE,
+                    input=_DRIVER_SOURCE.encode(),
                     capture_output=True,
-                    text=True,
                     timeout=30,
                     env={},
                     check=True,
                 )
-                blob = res.stdout.strip()
-                if blob and not blob.strip(_BASE64_CHARS):
-                    arg = (
-                        "import marshal, binascii\n"
-                        f"exec(marshal.loads(binascii.a2b_base64('{blob}')))\n"
-                    )
+                if res.stdout:
+                    code, load = res.stdout, "marshal.loads"
             except (OSError, subprocess.SubprocessError):
                 pass
-            _driver_cache[python] = arg
+            boot = (
+                "import marshal, os\n"
+                "def _boot(n):\n"
+                "    b = b''\n"
+                "    while len(b) < n:\n"
+                "        c = os.read(0, n - len(b))\n"
+                "        if not c:\n"
+                "            raise SystemExit(1)\n"
+                "        b += c\n"
+                f"    return ({load})(b)\n"
+                f"exec(_boot({len(code)}))\n"
+            )
+            _driver_cache[python] = (boot, code)
         return _driver_cache[python]
+
+
+def _driver_arg(python: str) -> str:
+    """The `-c` argument of a driver under `python` (write `_driver_boot(python)[1]` first)."""
+    return _driver_boot(python)[0]
 
 
 _DEV_ARGS = [
@@ -562,11 +579,12 @@ class _Pipe:
                 self._pump_err()
         return True
 
-    def _fill(self, deadline: float) -> bool:
-        """Read more from the driver; False on EOF or timeout."""
+    def _fill(self, deadline: float, need: int = 0) -> bool:
+        """Read more from the driver (`need`: bytes still due); False on EOF or timeout."""
         while True:
             try:
-                chunk = os.read(self.rout, 1 << 20)
+                # 64 KiB unless more is due: a 1 MiB read buffer is an mmap and munmap each
+                chunk = os.read(self.rout, max(1 << 16, need))
             except BlockingIOError:
                 chunk = None
             if chunk is not None:
@@ -593,7 +611,7 @@ class _Pipe:
 
     def read_exact(self, n: int, deadline: float) -> bytes | None:
         while len(self.buf) < n:
-            if not self._fill(deadline):
+            if not self._fill(deadline, n - len(self.buf)):
                 return None
         data = bytes(self.buf[:n])
         del self.buf[:n]
@@ -703,11 +721,13 @@ def _converse(
     output_limit_bytes: int,
     keep_going: Callable[[int, RunResult], bool] | None,
     outcome: _SessionOutcome,
+    preamble: bytes = b"",
 ) -> bool:
     """Send one program's configuration and its tests to a driver; True if it is still sound
-    (it answered READY and every test in time: a warm sandbox may take another program)."""
+    (it answered READY and every test in time: a warm sandbox may take another program).
+    `preamble`: what a newly started driver reads first (`_driver_boot`)."""
     deadline = time.monotonic() + START_TIMEOUT_S
-    if not pipe.write(b"%d\n" % len(config) + config, deadline):
+    if not pipe.write(preamble + b"%d\n" % len(config) + config, deadline):
         outcome.failure = "sandbox exited before reading its configuration: " + (
             pipe.stderr_text() or f"exit {proc.poll()}"
         )
@@ -817,9 +837,12 @@ class _WarmSandbox:
             self.close()
             return f"could not start the sandbox: {exc}"
         self.pipe = _Pipe(self.proc)
-        config = marshal.dumps({"zygote": True, "sandboxed": True})
+        config = marshal.dumps(
+            {"zygote": True, "sandboxed": True, "cgroups": self.cgroups is not None}
+        )
         deadline = time.monotonic() + START_TIMEOUT_S
-        if not self.pipe.write(b"%d\n" % len(config) + config, deadline) or (
+        boot = _driver_boot(PYTHON)[1]
+        if not self.pipe.write(boot + b"%d\n" % len(config) + config, deadline) or (
             self.pipe.readline(deadline) != b"ZYGOTE"
         ):
             why = self.pipe.stderr_text() or "no answer from the driver"
@@ -1047,6 +1070,7 @@ def _run_session(
         argv = prefix + _bwrap_argv(bwrap, binds, FILE_LIMIT_BYTES + (1 << 20))
         workdir, cwd, env = "/tmp", "/", {}
         nproc = NPROC_LIMIT
+        python = PYTHON
     else:
         python = PYTHON if os.access(PYTHON, os.X_OK) else None
         if python is None:  # unsafe mode may fall back to our own interpreter (not as nobody)
@@ -1101,6 +1125,7 @@ def _run_session(
             output_limit_bytes,
             keep_going,
             outcome,
+            preamble=_driver_boot(python)[1],
         )
         return outcome
     finally:

@@ -1,7 +1,8 @@
 """Judge driver: runs INSIDE the sandbox under the system `/usr/bin/python3`, stdlib only.
 
-The host (`spo_train.judge.sandbox`) starts one sandbox per program with this file's text passed as
-`python3 -I -S -c <text>`; nothing of the project is visible in the sandbox. It imports only
+The host (`spo_train.judge.sandbox`) starts `python3 -I -S -c <bootstrap>` in a sandbox and
+writes this file's compiled code to its stdin first (the bootstrap reads exactly that many
+bytes and runs it); nothing of the project is visible in the sandbox. It imports only
 builtin or tiny modules, because its start-up time is paid once per judged program.
 
 Protocol (binary frames, so outputs need no escaping):
@@ -26,8 +27,9 @@ Protocol (binary frames, so outputs need no escaping):
 Expected outputs never enter the sandbox: comparison happens on the host, so a program cannot
 find the answer in memory it inherits from this driver.
 
-Per test the driver forks once; the child applies rlimits, swaps in fresh stdio and a fresh
-`__main__`, and executes the code object compiled once up front. Under bubblewrap the driver
+Per test the driver forks once; the child applies rlimits, swaps in its copy of stdio objects
+built before any test and never used (`_build_stdio`) and a fresh `__main__`, and executes the
+code object compiled once up front. Under bubblewrap the driver
 is PID 1 of the sandbox's PID namespace (`--as-pid-1`), so the program can neither kill it
 (the kernel drops signals from inside the namespace to its init) nor ptrace it or open its
 /proc files (it makes itself non-dumpable); after each test ``kill(-1, SIGKILL)`` removes every
@@ -35,6 +37,7 @@ process the test left behind, including double-forked `setsid` daemons.
 """
 
 import _signal
+import atexit  # here, not in each test: importing it there cost ~50 page copies
 import builtins
 import gc
 import io
@@ -58,9 +61,19 @@ _POLL_S = 0.02  # how often a running test's CPU time is checked
 _SIGKILL = _signal.SIGKILL
 
 
+_libc_cache: dict = {}
+
+
 def _libc(name: str):
     """A libc function taking and returning C ints, through `_ctypes` alone (the `ctypes`
-    package costs ~1 ms more to import)."""
+    package costs ~1 ms more to import); made once per process (two classes each time cost
+    a program driver ~0.1 ms), or in a warm sandbox's PID 1 for all of them."""
+    if name not in _libc_cache:
+        _libc_cache[name] = _make_libc(name)
+    return _libc_cache[name]
+
+
+def _make_libc(name: str):
     try:
         import _ctypes
 
@@ -83,6 +96,36 @@ def _prctl(option: int, arg: int) -> int:
     return _libc("prctl")(option, arg, 0, 0, 0)
 
 
+# How many objects of each System V IPC kind exist in our IPC namespace, without reading
+# /proc/sysvipc (an open, a formatted read and a close per kind after every test):
+# shmctl(0, SHM_INFO) -> struct shm_info.used_ids, msgctl(0, MSG_INFO) -> struct
+# msginfo.msgpool, semctl(0, 0, SEM_INFO) -> struct seminfo.semusz (sysvipc(7)).
+_IPC_INFO = {
+    "shm": ("shmctl", (0, 14), 0),
+    "msg": ("msgctl", (0, 12), 0),
+    "sem": ("semctl", (0, 0, 19), 28),
+}
+_ipc_calls: dict = {}
+
+
+def _sysv_ipc_in_use(kind: str) -> bool:
+    """Whether any object of `kind` ("shm", "msg", "sem") may exist (True when unsure)."""
+    try:
+        if not _ipc_calls:
+            import ctypes
+
+            _ipc_calls["buf"] = ctypes.create_string_buffer(64)
+            for name, (fn, _, _) in _IPC_INFO.items():
+                _ipc_calls[name] = _libc(fn)
+        _, args, offset = _IPC_INFO[kind]
+        buf = _ipc_calls["buf"]
+        if _ipc_calls[kind](*args, buf) < 0:
+            return True
+        return int.from_bytes(buf.raw[offset : offset + 4], sys.byteorder) != 0
+    except Exception:  # noqa: BLE001 - no ctypes, another libc: read /proc instead
+        return True
+
+
 def _remove_sysv_ipc() -> None:
     """Remove every System V shared memory segment, message queue and semaphore set.
 
@@ -94,13 +137,17 @@ def _remove_sysv_ipc() -> None:
         ("msg", "msgctl", (0, 0)),  # msgctl(id, IPC_RMID, NULL)
         ("sem", "semctl", (0, 0)),  # semctl(id, 0, IPC_RMID)
     ):
+        if not _sysv_ipc_in_use(kind):
+            continue
         try:
             fd = os.open(f"/proc/sysvipc/{kind}", os.O_RDONLY)
             try:
-                lines = os.read(fd, 1 << 20).split(b"\n")[1:]
+                text = bytearray()
+                while chunk := os.read(fd, 1 << 16):
+                    text += chunk
             finally:
                 os.close(fd)
-            ids = [int(line.split()[1]) for line in lines if line.strip()]
+            ids = [int(line.split()[1]) for line in text.split(b"\n")[1:] if line.strip()]
         except (OSError, ValueError, IndexError):
             continue
         if ids:
@@ -136,12 +183,17 @@ _UNCOUNTED_MEMORY_SYSCALLS = (319, 29)
 _RT_SIGACTION, _SIGCHLD = 13, 17
 
 
-def _seccomp_program(refuse_uncounted_memory: bool = False, protect: int = 0):
+def _seccomp_program(refuse_uncounted_memory: bool = False, protect: int = 0, part: str = "all"):
     """The filter as an installer function (keeps its buffers alive), or None off x86-64.
 
     `refuse_uncounted_memory` (no cgroups): also refuse `_UNCOUNTED_MEMORY_SYSCALLS` and
     SIGCHLD=ignore. `protect`: the pid of a program driver that is not PID 1 (warm sandbox):
-    no signal may reach it, nor the changes above."""
+    no signal may reach it, nor the changes above.
+
+    `part`: "all" the whole filter (a test installs it); "driver" what the program driver may
+    install on itself, so that its tests inherit it (all but what the driver does itself:
+    kill(-1), memfd_create, and so on); "test" the rest, which each test adds (None: none).
+    Installed together, "driver" and "test" refuse what "all" refuses."""
     import struct
 
     if os.uname().machine != "x86_64":
@@ -176,13 +228,20 @@ def _seccomp_program(refuse_uncounted_memory: bool = False, protect: int = 0):
         for v in values:
             jeq(v, jt="deny")
 
-    ld(4)  # arch
-    jeq(_X86_64, jf="deny")  # another ABI (i386 int 0x80): nothing of ours uses it
-    ld(0)
-    prog.append((0x35, 0x40000000, "deny", None))  # jge: the x32 ABI
-    for nr in _KEYRING_SYSCALLS + (_UNCOUNTED_MEMORY_SYSCALLS if refuse_uncounted_memory else ()):
+    base, mine = part in ("all", "driver"), part in ("all", "test")
+    if not mine and not base:
+        raise ValueError(part)
+    if base:
+        ld(4)  # arch
+        jeq(_X86_64, jf="deny")  # another ABI (i386 int 0x80): nothing of ours uses it
+        ld(0)
+        prog.append((0x35, 0x40000000, "deny", None))  # jge: the x32 ABI
+    else:
+        ld(0)
+    uncounted = _UNCOUNTED_MEMORY_SYSCALLS if refuse_uncounted_memory and mine else ()
+    for nr in (_KEYRING_SYSCALLS if base else ()) + uncounted:
         jeq(nr, jt="deny")
-    if refuse_uncounted_memory:
+    if refuse_uncounted_memory and mine:
         # rt_sigaction(SIGCHLD, act != NULL): a parent that ignores SIGCHLD (or sets
         # SA_NOCLDWAIT) has its children reaped by the kernel, whose CPU time then counts
         # nowhere the driver can see; reading the disposition (act NULL) stays allowed.
@@ -195,9 +254,9 @@ def _seccomp_program(refuse_uncounted_memory: bool = False, protect: int = 0):
             jeq(0, jf="deny")
 
         rule(_RT_SIGACTION, sigchld)
-    for nr in _PID_SYSCALLS:
+    for nr in _PID_SYSCALLS if base else ():
         rule(nr, lambda: first_arg_in(guarded))
-    for nr in _WHICH_WHO_SYSCALLS:
+    for nr in _WHICH_WHO_SYSCALLS if base else ():
 
         def which_who() -> None:
             ld(16)  # which: 0 is a process; a process group or a user could reach the driver
@@ -208,11 +267,16 @@ def _seccomp_program(refuse_uncounted_memory: bool = False, protect: int = 0):
 
         rule(nr, which_who)
     if protect:
-        rule(_KILL, lambda: first_arg_in((protect, -protect, -1)))
-        for nr in _SIGNAL_PID_SYSCALLS:
+        # kill(-1) ("every process") is the driver's own way to end a test's processes
+        killed = ((protect, -protect) if base else ()) + ((-1,) if mine else ())
+        rule(_KILL, lambda: first_arg_in(killed))
+        for nr in _SIGNAL_PID_SYSCALLS if base else ():
             rule(nr, lambda: first_arg_in((protect,)))
-        ld(0)
-        jeq(_PIDFD_SEND_SIGNAL, jt="deny")
+        if base:
+            ld(0)
+            jeq(_PIDFD_SEND_SIGNAL, jt="deny")
+    if not base and len(prog) == 1:  # nothing for a test to add
+        return None
     labels["allow"] = len(prog)
     ret(allow)
     labels["deny"] = len(prog)
@@ -232,15 +296,68 @@ def _seccomp_program(refuse_uncounted_memory: bool = False, protect: int = 0):
     fprog = _Prog(len(prog), ctypes.addressof(buf))
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    # PR_SET_NO_NEW_PRIVS (bwrap sets it already) here, once: the tests inherit it.
+    if prctl(38, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
+    # Each test then makes one call with arguments converted here: ctypes' conversion of
+    # declared argument types costs a test ~45 copy-on-write pages and 0.1 ms.
+    call = ctypes.CFUNCTYPE(ctypes.c_int, use_errno=True)(ctypes.cast(prctl, ctypes.c_void_p).value)
+    args = tuple(ctypes.c_ulong(v) for v in (22, 2, ctypes.addressof(fprog), 0, 0))
 
     def install() -> None:
-        if prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS (bwrap sets it already)
-            raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
-        if prctl(22, 2, ctypes.addressof(fprog), 0, 0) != 0:  # PR_SET_SECCOMP, MODE_FILTER
+        if call(*args) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &fprog
             raise OSError(ctypes.get_errno(), "PR_SET_SECCOMP")
 
     install.keep = (buf, fprog)  # type: ignore[attr-defined]
+    install.buf = buf  # type: ignore[attr-defined]
     return install
+
+
+# A warm sandbox's PID 1 builds the filter once (building it - ctypes classes, a function
+# type, ~90 instructions - cost each program driver ~0.8 ms) with this number where the
+# program driver's pid goes (above any pid: pid_max <= 2**22), and each program driver writes
+# its pid into its copy of the instructions (`_seccomp_for_pid`).
+_PID_PLACEHOLDER = 0x3FFFF000
+_seccomp_template: dict = {}
+
+
+def _build_seccomp_template(refuse_uncounted_memory: bool) -> None:
+    """In a warm sandbox's PID 1: the filters of its program drivers (pid to be filled in)
+    and of their tests."""
+    install = _seccomp_program(refuse_uncounted_memory, _PID_PLACEHOLDER, part="driver")
+    if install is None:
+        return
+    raw = bytes(install.buf)  # type: ignore[attr-defined]
+    mask = 0xFFFFFFFF
+    spots = {_PID_PLACEHOLDER: [], -_PID_PLACEHOLDER & mask: []}
+    for at in range(0, len(raw), 8):  # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k
+        k = int.from_bytes(raw[at + 4 : at + 8], "little")
+        if k in spots:
+            spots[k].append(at + 4)
+    _seccomp_template.update(
+        test=_seccomp_program(refuse_uncounted_memory, _PID_PLACEHOLDER, part="test"),
+        install=install,
+        refuse=refuse_uncounted_memory,
+        pid=spots[_PID_PLACEHOLDER],
+        neg=spots[-_PID_PLACEHOLDER & mask],
+    )
+
+
+def _seccomp_for_pid(refuse_uncounted_memory: bool, pid: int) -> tuple:
+    """(the program driver's filter, its tests' filter) of a warm sandbox's program driver
+    `pid` (`_seccomp_program(..., protect=pid, part="driver" / "test")`): PID 1's template
+    with `pid` written in where there is one, else built here."""
+    t = _seccomp_template
+    if not t or t["refuse"] != refuse_uncounted_memory:
+        return (
+            _seccomp_program(refuse_uncounted_memory, protect=pid, part="driver"),
+            _seccomp_program(refuse_uncounted_memory, protect=pid, part="test"),
+        )
+    view = memoryview(t["install"].buf).cast("B")
+    for spots, value in ((t["pid"], pid), (t["neg"], -pid & 0xFFFFFFFF)):
+        for at in spots:
+            view[at : at + 4] = value.to_bytes(4, "little")
+    return t["install"], t["test"]
 
 
 class _Quitter:
@@ -272,8 +389,10 @@ class _Channel:
         self.fd = fd
         self.buf = bytearray()
 
-    def _fill(self) -> bool:
-        chunk = os.read(self.fd, 1 << 20)
+    def _fill(self, need: int = 0) -> bool:
+        # 64 KiB unless more of a frame is due: a 1 MiB read buffer is an mmap, mremap and
+        # munmap per frame (malloc's threshold is 128 KiB).
+        chunk = os.read(self.fd, max(1 << 16, need))
         if not chunk:
             return False
         self.buf += chunk
@@ -290,7 +409,7 @@ class _Channel:
         n = int(self.buf[:nl])
         del self.buf[: nl + 1]
         while len(self.buf) < n:
-            if not self._fill():
+            if not self._fill(n - len(self.buf)):
                 return None
         data = bytes(self.buf[:n])
         del self.buf[:n]
@@ -361,6 +480,85 @@ def _call_function(glb: dict, fn_name: str, real_stdout) -> None:
     real_stdout.write(json.dumps(result, default=_unjsonable))
 
 
+# The test's stdin, stdout and stderr (fds 0, 1, 2 of every test process), built once before
+# any test by `_build_stdio` and never used by the driver: each forked test gets its own copy
+# of these never-used objects, which costs a few copy-on-write pages where building three
+# TextIOWrappers in the test (codec lookups, buffers) cost ~100 and a fifth of its setup time.
+_STDIO: list = []
+
+
+def _build_stdio() -> None:
+    """Build the streams `python3 prog.py` would have on a seekable stdin file and pipes.
+
+    What the objects remember of their descriptors at construction (seekable or not, the
+    position) is that of the files the tests get: fds 0, 1, 2 are pointed at a memfd (as each
+    test's stdin is) and a pipe (as its stdout and stderr are) while they are built, then
+    restored."""
+    if _STDIO:
+        return
+    saved = [os.dup(fd) for fd in (0, 1, 2)]
+    memfd = os.memfd_create("stdin", os.MFD_CLOEXEC)
+    r, w = os.pipe()
+    try:
+        os.dup2(memfd, 0)
+        os.dup2(w, 1)
+        os.dup2(w, 2)
+        streams = (
+            io.TextIOWrapper(
+                io.BufferedReader(io.FileIO(0, "r", closefd=False)),
+                encoding="utf-8",
+                errors="surrogateescape",
+            ),
+            io.TextIOWrapper(
+                io.BufferedWriter(io.FileIO(1, "w", closefd=False)),
+                encoding="utf-8",
+                errors="surrogateescape",
+            ),
+            io.TextIOWrapper(
+                io.BufferedWriter(io.FileIO(2, "w", closefd=False)),
+                encoding="utf-8",
+                errors="backslashreplace",
+                line_buffering=True,
+            ),
+        )
+    finally:
+        for fd, old in zip((0, 1, 2), saved, strict=True):
+            os.dup2(old, fd)
+            os.close(old)
+        for fd in (memfd, r, w):
+            os.close(fd)
+    # The interpreter's own streams stay referenced here: a test that replaces them then drops
+    # a reference, where their last one would run their finalizers (close, flush) in every test.
+    _STDIO.append(streams)
+    _STDIO.append(
+        (sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__)
+    )
+
+
+def _test_limits(cfg: dict, vsz: int) -> list:
+    """The resource limits of a test's process: (RLIMIT_*, soft, hard)."""
+    # Without cgroups: the program may use `mem_bytes` of address space beyond what the
+    # forked interpreter already maps (`vsz`). With them the cgroup counts what is really
+    # used (thread stacks and malloc arenas reserve address space they never touch).
+    mem = resource.RLIM_INFINITY if cfg.get("cgroup") else cfg["mem_bytes"] + vsz
+    cpu_soft = int(cfg["cpu_s"]) + 1  # backstop; the driver polls CPU time precisely
+    limits = [
+        (resource.RLIMIT_AS, mem, mem),
+        (resource.RLIMIT_STACK, cfg["mem_bytes"], cfg["mem_bytes"]),
+        (resource.RLIMIT_FSIZE, cfg["fsize_bytes"], cfg["fsize_bytes"]),
+        (resource.RLIMIT_CORE, 0, 0),
+        (resource.RLIMIT_NOFILE, cfg["nofile"], cfg["nofile"]),
+        (resource.RLIMIT_MEMLOCK, 0, 0),
+        # POSIX message queues outlive their makers (the IPC namespace is the session's)
+        # and cannot be listed to remove: none can be made.
+        (resource.RLIMIT_MSGQUEUE, 0, 0),
+        (resource.RLIMIT_CPU, cpu_soft, cpu_soft + 1),
+    ]
+    if cfg["nproc"]:
+        limits.append((resource.RLIMIT_NPROC, cfg["nproc"], cfg["nproc"]))
+    return limits
+
+
 def _child(code, source: str, stdin_fd: int, out_w: int, err_w: int, cfg: dict, vsz: int):
     """Runs in the forked child: never returns."""
     status = 1
@@ -378,26 +576,7 @@ def _child(code, source: str, stdin_fd: int, out_w: int, err_w: int, cfg: dict, 
                 os.write(fd, b"0")
         os.closerange(3, 1 << 16)  # the host pipes, the pidfd, the cgroup fds, all the driver's
         os.chdir(cfg["rundir"])
-        # Without cgroups: the program may use `mem_bytes` of address space beyond what the
-        # forked interpreter already maps. With them the cgroup counts what is really used
-        # (thread stacks and malloc arenas reserve address space they never touch).
-        mem = resource.RLIM_INFINITY if cg else cfg["mem_bytes"] + vsz
-        cpu_soft = int(cfg["cpu_s"]) + 1  # backstop; the driver polls CPU time precisely
-        limits = [
-            (resource.RLIMIT_AS, mem, mem),
-            (resource.RLIMIT_STACK, cfg["mem_bytes"], cfg["mem_bytes"]),
-            (resource.RLIMIT_FSIZE, cfg["fsize_bytes"], cfg["fsize_bytes"]),
-            (resource.RLIMIT_CORE, 0, 0),
-            (resource.RLIMIT_NOFILE, cfg["nofile"], cfg["nofile"]),
-            (resource.RLIMIT_MEMLOCK, 0, 0),
-            # POSIX message queues outlive their makers (the IPC namespace is the session's)
-            # and cannot be listed to remove: none can be made.
-            (resource.RLIMIT_MSGQUEUE, 0, 0),
-            (resource.RLIMIT_CPU, cpu_soft, cpu_soft + 1),
-        ]
-        if cfg["nproc"]:
-            limits.append((resource.RLIMIT_NPROC, cfg["nproc"], cfg["nproc"]))
-        for which, soft, hard in limits:
+        for which, soft, hard in cfg.get("test_limits") or _test_limits(cfg, vsz):
             try:
                 resource.setrlimit(which, (soft, hard))
             except (ValueError, OSError):  # above an existing hard limit: clamp to it
@@ -408,24 +587,9 @@ def _child(code, source: str, stdin_fd: int, out_w: int, err_w: int, cfg: dict, 
         _signal.signal(_signal.SIGINT, _signal.default_int_handler)  # as `python3 prog.py`
         if cfg.get("seccomp") is not None:
             cfg["seccomp"]()
-        if cfg.get("int_max_str_digits") is not None and hasattr(sys, "set_int_max_str_digits"):
-            sys.set_int_max_str_digits(cfg["int_max_str_digits"])
-        sys.stdin = sys.__stdin__ = io.TextIOWrapper(
-            io.BufferedReader(io.FileIO(0, "r", closefd=False)),
-            encoding="utf-8",
-            errors="surrogateescape",
-        )
-        sys.stdout = sys.__stdout__ = io.TextIOWrapper(
-            io.BufferedWriter(io.FileIO(1, "w", closefd=False)),
-            encoding="utf-8",
-            errors="surrogateescape",
-        )
-        sys.stderr = sys.__stderr__ = io.TextIOWrapper(
-            io.BufferedWriter(io.FileIO(2, "w", closefd=False)),
-            encoding="utf-8",
-            errors="backslashreplace",
-            line_buffering=True,
-        )
+        # Fresh stdio: this process's copy of the never-used streams built before the fork.
+        sys.stdin, sys.stdout, sys.stderr = _STDIO[0]
+        sys.__stdin__, sys.__stdout__, sys.__stderr__ = _STDIO[0]
         sys.argv = list(cfg.get("argv") or ["solution.py"])
         main = type(sys)("__main__")
         main.__dict__["__builtins__"] = builtins
@@ -468,8 +632,6 @@ def _child(code, source: str, stdin_fd: int, out_w: int, err_w: int, cfg: dict, 
     except BaseException:  # noqa: BLE001
         pass
     try:
-        import atexit
-
         atexit._run_exitfuncs()
     except BaseException:  # noqa: BLE001
         pass
@@ -507,7 +669,9 @@ def _children_of_self() -> list:
 def _owns_sandbox(cfg: dict) -> bool:
     """Inside the sandbox every process but us (and, in a warm sandbox, PID 1 above us) is the
     test's: we are its PID 1, or a warm sandbox's program driver (a child subreaper)."""
-    return bool(cfg["sandboxed"] and (os.getpid() == 1 or cfg.get("warm")))
+    if "owns" not in cfg:  # once per program: getpid is a system call
+        cfg["owns"] = bool(cfg["sandboxed"] and (os.getpid() == 1 or cfg.get("warm")))
+    return cfg["owns"]
 
 
 def _others(name: str) -> bool:
@@ -560,10 +724,9 @@ def _cg_int(fd: int) -> int:
 
 def _cg_oom_kills(fd: int) -> int:
     """`oom_kill` of memory.oom_control: processes the kernel killed for the memory limit."""
-    for line in os.pread(fd, 512, 0).split(b"\n"):
-        if line.startswith(b"oom_kill "):
-            return int(line.split()[1])
-    return 0
+    text = b"\n" + os.pread(fd, 512, 0)
+    at = text.find(b"\noom_kill ")
+    return int(text[at + 10 :].split(None, 1)[0]) if at >= 0 else 0
 
 
 def _autogroup_nice(pid) -> int:
@@ -714,6 +877,9 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
         oom0 = _cg_oom_kills(cg["oom"])
     start = time.monotonic()
     next_usage = start + _POLL_S  # when the driver next sums every process's usage (no cgroups)
+    # The test starts with empty collector generations: its collections then scan its own
+    # objects only, never write the headers of the driver's (copy-on-write pages).
+    gc.freeze()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         _child(code, source, memfd, out_w, err_w, cfg, vsz)
@@ -742,25 +908,22 @@ def _run_test(code, source: str, data: bytes, cfg: dict) -> tuple:
     hard_deadline = start + cfg.get("wall_cap_s", 3 * cfg["wall_s"])
 
     def drain(fd: int) -> bool:
-        """Read what is there; False at EOF."""
+        """Read what is there (one read: a pipe holds 64 KiB, and poll says if more came);
+        False at EOF."""
         nonlocal err_total
-        while True:
-            try:
-                chunk = os.read(fd, 1 << 16)
-            except BlockingIOError:
-                return True
-            if not chunk:
-                return False
-            if fd == out_r:
-                out.extend(chunk)
-                if len(out) > out_cap:
-                    return True
-            else:
-                err_total += len(chunk)
-                if len(err) < err_keep:
-                    err.extend(chunk[: err_keep - len(err)])
-                if err_total > out_cap:
-                    return True
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            return False
+        if fd == out_r:
+            out.extend(chunk)
+        else:
+            err_total += len(chunk)
+            if len(err) < err_keep:
+                err.extend(chunk[: err_keep - len(err)])
+        return True
 
     exited = False
     while not exited:
@@ -931,10 +1094,20 @@ def _wipe(top: str, usual: str = "") -> str | None:
     directory's entries are moved up into `top` (renamed) until it is empty, so trees of any
     depth or shape go in time linear in their size.
     """
+    try:
+        os.chmod(top, 0o755)
+    except OSError as exc:
+        return f"cannot open {top}: {exc}"
+    if usual:  # the usual case: `usual` is an empty directory, and all there is
+        try:
+            os.rmdir(os.path.join(top, usual))  # fails unless an empty directory
+            if not os.listdir(top):
+                return None
+        except OSError:
+            pass  # files, a symlink, modes...: the ways below
     import stat
 
     try:
-        os.chmod(top, 0o755)
         topfd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as exc:
         return f"cannot open {top}: {exc}"
@@ -1001,6 +1174,24 @@ def _own_limits() -> dict:
     return out
 
 
+def _reset_metadata(top: str) -> str | None:
+    """Clear what a test could leave on the scratch directory itself (which outlives tests:
+    it is a mount point): its extended attributes (`user.*`, and POSIX ACLs, which would also
+    reach the next test's files) and its access and modification times. None, or why not."""
+    try:
+        names = os.listxattr(top, follow_symlinks=False)
+    except OSError:  # no extended attributes on this file system
+        names = []
+    try:
+        for name in names:
+            if name.startswith(("user.", "system.posix_acl_")):
+                os.removexattr(top, name, follow_symlinks=False)
+        os.utime(top, follow_symlinks=False)
+    except OSError as exc:
+        return f"cannot reset {top}'s attributes: {exc}"
+    return None
+
+
 def _fresh_rundir(cfg: dict) -> str | None:
     """Empty the scratch directory and make the next test's working directory in it.
 
@@ -1010,6 +1201,8 @@ def _fresh_rundir(cfg: dict) -> str | None:
     if cfg.get("limits") is not None and _own_limits() != cfg["limits"]:
         return "the judge's own resource limits were changed"
     why = _wipe(cfg["workdir"], os.path.basename(cfg["rundir"]))
+    if why is None:
+        why = _reset_metadata(cfg["workdir"])
     if why is None:
         try:
             os.mkdir(cfg["rundir"], 0o755)
@@ -1069,13 +1262,25 @@ def main() -> None:
     cfg = marshal.loads(frame)
     del frame
     if cfg.get("zygote"):
-        _zygote(chan, cout)
+        _zygote(chan, cout, cfg)
     else:
         _serve_program(chan, cout, cfg)
         os._exit(0)  # the host is waiting for us to go: skip interpreter teardown
 
 
-def _zygote(chan: "_Channel", cout: int) -> None:
+def _trim_heap() -> None:
+    """Give the C heap's free pages back to the kernel (glibc's malloc_trim).
+
+    What the start freed (imports, reading and loading this code) stays resident otherwise:
+    every fork copies the page table entries of resident memory and every test's exit unmaps
+    them (with the driver passed as a ~100 KB `-c` argument, ~0.5 of 3 MB came back so)."""
+    try:
+        _libc("malloc_trim")(0)
+    except Exception:  # noqa: BLE001 - not glibc: nothing to trim this way
+        pass
+
+
+def _zygote(chan: "_Channel", cout: int, cfg: dict) -> None:
     """A warm sandbox's PID 1: fork one program driver per program, never see a program.
 
     Each program gets a fresh fork of this pristine process (its imports done, nothing of any
@@ -1087,6 +1292,15 @@ def _zygote(chan: "_Channel", cout: int) -> None:
     """
     import ctypes  # noqa: F401 - each program driver builds its seccomp filter with it
 
+    if "cgroups" in cfg:  # the filter of every program driver, but for its pid
+        _build_seccomp_template(refuse_uncounted_memory=not cfg["cgroups"])
+    # What every program driver would otherwise set up for itself, on first use, in its own
+    # copy: the libc functions it calls, and the compiler's lazily made state (the first
+    # compile() of a process builds the AST types: ~1 ms of each program's compile).
+    for name in ("prctl", "malloc_trim"):
+        _libc(name)
+    _sysv_ipc_in_use("shm")
+    compile("pass", "<warm-up>", "exec", dont_inherit=True)
     builtins.exit = _Quitter("exit")
     builtins.quit = _Quitter("quit")
     for name in _PRELOAD:
@@ -1094,8 +1308,10 @@ def _zygote(chan: "_Channel", cout: int) -> None:
             __import__(name)
         except ImportError:
             pass
+    _build_stdio()
     gc.collect()
     gc.freeze()
+    _trim_heap()
     _send(cout, b"ZYGOTE\n")
     while True:
         pid = os.fork()
@@ -1146,12 +1362,16 @@ def _serve_program(chan: "_Channel", cout: int, cfg: dict) -> int:
                 __import__(name)
             except ImportError:
                 pass
-    cfg["seccomp"] = _seccomp_program(
-        refuse_uncounted_memory=_counts_every_process(cfg), protect=os.getpid() if warm else 0
-    )
-    if warm and cfg["seccomp"] is None:  # nothing would shield this driver from its tests
-        os.write(2, b"driver: a warm sandbox needs the seccomp filter (x86-64)\n")
-        return _EOF_EXIT
+    if warm:
+        # Most of the filter goes on this driver itself (its tests inherit it: one install per
+        # program, where the kernel compiles a filter for ~40 us), the rest on each test.
+        shield, cfg["seccomp"] = _seccomp_for_pid(_counts_every_process(cfg), os.getpid())
+        if shield is None or cfg["seccomp"] is None:  # nothing would shield this driver
+            os.write(2, b"driver: a warm sandbox needs the seccomp filter (x86-64)\n")
+            return _EOF_EXIT
+        shield()
+    else:
+        cfg["seccomp"] = _seccomp_program(_counts_every_process(cfg))
     # Where the seccomp filter refuses prlimit64 on us, our limits cannot change: no check.
     cfg["limits"] = _own_limits() if cfg["seccomp"] is None else None
     if not warm:  # (the zygote did these)
@@ -1170,9 +1390,16 @@ def _serve_program(chan: "_Channel", cout: int, cfg: dict) -> int:
             __import__(name)
         except ImportError:
             pass
+    _build_stdio()  # (a warm sandbox's PID 1 built them)
     gc.collect()
     gc.freeze()  # children's collections skip the driver's objects: fewer copy-on-write pages
+    if not warm:
+        _trim_heap()
     cfg["rundir"] = os.path.join(cfg["workdir"], "work")
+    if cfg.get("cgroup"):  # the same for every test (without cgroups: per test, below)
+        cfg["test_limits"] = _test_limits(cfg, 0)
+    if cfg.get("int_max_str_digits") is not None and hasattr(sys, "set_int_max_str_digits"):
+        sys.set_int_max_str_digits(cfg["int_max_str_digits"])  # (the tests inherit it)
     dirty = _fresh_rundir(cfg)  # the scratch directory is fresh: this cannot fail but for bugs
     if dirty is not None:
         if warm:  # no READY: the host starts a fresh sandbox for this program
@@ -1241,7 +1468,10 @@ def _serve_program(chan: "_Channel", cout: int, cfg: dict) -> int:
             len(out),
             len(err),
         )
-        _send(cout, head, out, err)
+        if len(out) + len(err) < 1 << 16:  # one write (and one read on the host)
+            _send(cout, head + out + err)
+        else:
+            _send(cout, head, out, err)
         del out, err
 
 

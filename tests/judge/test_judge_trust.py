@@ -35,6 +35,8 @@ import os
 assert os.getcwd() == '/tmp/work', os.getcwd()
 assert sorted(os.listdir('.')) == ['input.txt'], os.listdir('.')
 assert sorted(os.listdir('/tmp')) == ['work'], os.listdir('/tmp')
+assert os.listxattr('/tmp') == [] and os.listxattr('.') == [], os.listxattr('/tmp')
+assert os.stat('/tmp').st_mtime < 3e9 and os.stat('/tmp').st_atime < 3e9, os.stat('/tmp')
 a, b = map(int, open('input.txt').read().split())
 print(a + b)
 """
@@ -78,6 +80,15 @@ try:
                 f.write(b'x' * (1 << 20))
 except OSError:  # no space left
     pass
+""",
+    "extended attributes, a default ACL and future times on /tmp": """
+import struct
+acl = struct.pack('<I', 2) + b''.join(  # user rwx, group and others nothing
+    struct.pack('<HHI', tag, perm, 0xFFFFFFFF) for tag, perm in ((1, 7), (4, 0), (0x20, 0))
+)
+os.setxattr('/tmp', 'system.posix_acl_default', acl)  # the next /tmp/work would inherit it
+os.setxattr('/tmp', 'user.note', b'from an earlier test')
+os.utime('/tmp', (4e9, 4e9))
 """,
     "a System V shared memory segment": """
 import ctypes

@@ -170,6 +170,58 @@ def test_a_test_cannot_touch_its_program_driver(one_warm_sandbox, name):
     assert _idle_programs() == [2]
 
 
+@pytest.mark.parametrize(
+    "name", ["SIGKILL to the parent", "its rlimits", "SIGKILL to every process"]
+)
+def test_every_program_driver_of_a_sandbox_is_shielded(one_warm_sandbox, name):
+    """PID 1 builds the filter once and each program driver writes its own pid into its copy:
+    the second and third program drivers of a sandbox (other pids) are shielded too."""
+    assert judge("print(1)", [("", "1")]).passed
+    src = ATTACK.format(attack=ATTACKS[name])
+    for _ in range(2):
+        v = judge(src, [("", "x"), ("", "x")], stop_on_first_failure=False, time_limit_s=1.0)
+        assert v.judged and len(v.tests) == 2, (v.status, v.detail)
+        assert verdict_reward(v) == -1.0
+    assert judge("print(5)", [("", "5")]).passed
+    assert _idle_programs() == [4]
+
+
+# What a test finds of its interpreter's state, then spoils: its stdio objects (built once
+# before the forks and shared copy-on-write), the collector, a preloaded module.
+STATE = """
+import collections, gc, sys
+print(sys.stdin.encoding, sys.stdin.errors, sys.stdout.encoding, sys.stdout.errors,
+      sys.stderr.errors, sys.stdin.line_buffering, sys.stdout.line_buffering,
+      sys.stderr.line_buffering, sys.stdin.seekable(), sys.stdout.seekable(),
+      sys.stdin is sys.__stdin__, sys.stdout is sys.__stdout__, sys.stdin.tell(),
+      sys.stdin.buffer.peek(1)[:1], gc.isenabled(), gc.get_freeze_count() > 0,
+      hasattr(collections, 'spoiled'))
+sys.stdout.flush()
+sys.stdin.read()
+sys.stdin.reconfigure(encoding='latin-1', errors='strict')
+sys.stdout.reconfigure(encoding='ascii', errors='strict', line_buffering=True)
+sys.stderr.reconfigure(errors='strict')
+sys.stdout.write('unflushed')  # flushed at exit: this test's output, not the next one's
+gc.disable()
+gc.unfreeze()
+collections.spoiled = True
+"""
+
+
+def test_stdio_and_interpreter_state_start_fresh_in_every_test(one_warm_sandbox):
+    # what `python3 prog.py < file | cat` has: stdin a seekable file, stdout and stderr pipes
+    fresh = "utf-8 surrogateescape utf-8 surrogateescape backslashreplace False False True"
+    fresh += " True False True True 0 b'i' True True False"
+    for program in range(2):  # a program's tests, and the next program of the sandbox
+        v = judge(
+            STATE + f"# {program}\n",
+            [("input", fresh + "\nunflushed"), ("input 2", fresh + "\nunflushed")],
+            stop_on_first_failure=False,
+        )
+        assert v.passed, [(t.stdout, t.stderr) for t in v.tests]
+    assert _idle_programs() == [2]
+
+
 MEMORY = "x = bytearray({mb} << 20)\nx[::4096] = b'1' * len(x[::4096])\nprint('ok')\n"
 
 

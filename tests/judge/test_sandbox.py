@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
 
 import pytest
@@ -393,3 +394,24 @@ def test_cli_judge_bad_input_is_one_line_exit_2(tmp_path, capsys, setup, message
     code, _, err = _spo(["judge", *setup(tmp_path)], capsys)
     assert code == 2
     assert message in err and err.strip().count("\n") == 0
+
+
+@needs_sandbox
+def test_the_driver_starts_from_its_source_when_it_cannot_be_compiled_ahead(monkeypatch):
+    """The driver's code goes to the sandbox's stdin (a few-line `-c` bootstrap reads it):
+    marshalled bytecode, or its source where compiling it ahead with the sandbox's Python fails
+    (a fault the real interpreter does not produce, hence the stand-in)."""
+    real = subprocess.run
+
+    def no_ahead_compile(argv, *args, **kwargs):
+        if "marshal" in " ".join(map(str, argv)):
+            raise subprocess.SubprocessError("compile refused")
+        return real(argv, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", no_ahead_compile)
+    monkeypatch.setattr(sandbox, "_driver_cache", {})
+    monkeypatch.setenv("SPO_JUDGE_WARM", "0")  # a new sandbox, started with the new bootstrap
+    boot, code = sandbox._driver_boot(sandbox.PYTHON)
+    assert code == sandbox._DRIVER_SOURCE.encode() and "compile(b" in boot and len(boot) < 400
+    assert run_program("print(input() * 2)", "ab\n").stdout == "abab\n"
+    assert run_program("print(input() * 2)", "ab\n", unsafe_no_sandbox=True).stdout == "abab\n"
