@@ -10,10 +10,9 @@ import json
 import pytest
 
 from spo_store.errors import SpoError
-from spo_store.ingest import ingest_human_solutions
 from spo_store.mixture_pins import PINS_FILE, load_pins
 from spo_train.train.loop import train
-from tests.conftest import write_jsonl
+from tests.store.test_mixture_pinned import _more_solutions
 from tests.train.test_train_cli import _one_line_error, _running, _spo
 from tests.train.test_train_q0_and_eval import _config, _estimates
 
@@ -58,17 +57,7 @@ def test_a_response_source_trains_on_matching_rows_and_resume_keeps_its_ids(
     kept = (out / PINS_FILE).read_bytes()
 
     # New matching solutions (of new train problems with q0) appear before the resume.
-    more = [
-        {
-            "name": f"triple{k}",
-            "statement": f"Read n, print 3n + {k}.",
-            "split": "train",
-            "tests": [{"input": "1\n", "output": f"{3 + k}\n"}],
-            "solutions": [f"n = int(input())\nprint(3 * n + {k})"],
-        }
-        for k in range(2)
-    ]
-    ingest_human_solutions(small_lake, [write_jsonl(tmp_path / "more.jsonl", more)])
+    _more_solutions(small_lake, tmp_path)
     _estimates(small_lake, tiny_model, successes_of=1)
     added = _matching(small_lake) - matching
     assert len(added) == 2
