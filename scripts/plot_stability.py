@@ -26,6 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from spo_store.errors import SpoError  # noqa: E402
 from spo_store.lake import Lake, sql_quote  # noqa: E402
 from spo_train.config import TrainConfig  # noqa: E402
 
@@ -107,7 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     if not (a.exp_dir / "experiment.json").is_file():
         print(f"error: {a.exp_dir}: no experiment.json (run spo experiment first)", file=sys.stderr)
         return 2
-    data, arms, meta = load(a.exp_dir)
+    try:
+        data, arms, meta = load(a.exp_dir)
+    except (SpoError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        # a damaged experiment.json or a lake moved away: one line, not a traceback
+        what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+        print(f"error: {a.exp_dir}/experiment.json: {what}", file=sys.stderr)
+        return 2
     temps = sorted({str(setting(s, "eval_temperature")) for s in meta["arms"].values()})
     a.out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(2, 5, figsize=(22, 8))

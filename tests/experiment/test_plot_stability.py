@@ -42,3 +42,18 @@ def test_trained_panels_read_the_trained_split_and_empty_panels_are_a_line(tmp_p
     styles = md.split("## styles among correct programs")[1]
     assert "no values logged" in styles and "| --- |\n" not in styles, styles
     assert (tmp_path / "out" / "stability.png").stat().st_size > 0
+
+
+def test_a_damaged_record_or_a_missing_lake_is_one_line(tmp_path, capsys):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    for text, needle in (
+        ("{not json", "experiment.json: Expecting property name"),
+        (json.dumps({"name": "t", "lake": str(tmp_path / "gone"), "arms": {}}), "no lake at"),
+        (json.dumps({"name": "t"}), "missing key 'lake'"),
+    ):
+        (exp / "experiment.json").write_text(text)
+        assert _script().main([str(exp), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
+    assert not (tmp_path / "out").exists()
