@@ -26,7 +26,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from spo_store.errors import SpoError  # noqa: E402
 from spo_store.lake import Lake, sql_quote  # noqa: E402
+from spo_train.config import TrainConfig  # noqa: E402
 
 STEP_PANELS = [  # (title, metric names tried in order, y label, y scale)
     ("KL to pi_0 (nats per sequence)", ["train/kl_estimate", "train/kl_to_ref"], "nats", "symlog"),
@@ -45,17 +47,25 @@ EVAL_PANELS = [
 WINDOW = 25
 
 
-def load(exp_dir: Path) -> tuple[dict[str, dict[str, dict[int, float]]], list[str]]:
-    """{arm: {metric: {step: value}}} over each arm's first run that started (finished or not)."""
+def setting(spec: dict, name: str) -> object:
+    """An arm's setting from experiment.json, else `spo train`'s default."""
+    return spec.get("settings", {}).get(name, TrainConfig.__dataclass_fields__[name].default)
+
+
+def load(exp_dir: Path) -> tuple[dict[str, dict[str, dict[int, float]]], list[str], dict]:
+    """{arm: {metric: {step: value}}} over each arm's first run that started, finished or not
+    (the evaluation of its trained problems as `eval/trained/...`), the arms, experiment.json."""
     meta = json.loads((exp_dir / "experiment.json").read_text())
     lake = Lake.open(meta["lake"], create=False)
     out: dict[str, dict[str, dict[int, float]]] = {}
     for arm, spec in meta["arms"].items():
         rid = None
         for r in spec["runs"]:  # a run still going has its id in its own run.json only
-            run_json = exp_dir / r["output"] / "run.json"
+            run_json = exp_dir / str(r.get("output", "")) / "run.json"
             rid = r.get("run_id") or (
-                json.loads(run_json.read_text())["run_id"] if run_json.is_file() else None
+                json.loads(run_json.read_text())["run_id"]
+                if r.get("output") and run_json.is_file()
+                else None
             )
             if rid:
                 break
@@ -67,11 +77,16 @@ def load(exp_dir: Path) -> tuple[dict[str, dict[str, dict[int, float]]], list[st
             f"WHERE run_id = {sql_quote(rid)}) WHERE newest = 1"
         ).to_pylist()
         series: dict[str, dict[int, float]] = defaultdict(dict)
+        # the trained problems' set is eval/<train_split>/; a held-out set is another split
+        trained = f"eval/{setting(spec, 'train_split')}/"
         for r in rows:
             if r["value"] is not None and math.isfinite(r["value"]):
-                series[r["name"]][int(r["step"])] = float(r["value"])
+                name = r["name"]
+                if name.startswith(trained):
+                    name = "eval/trained/" + name.removeprefix(trained)
+                series[name][int(r["step"])] = float(r["value"])
         out[arm] = dict(series)
-    return out, list(out)
+    return out, list(out), meta
 
 
 def pick(series: dict[str, dict[int, float]], names: list[str]) -> dict[int, float]:
@@ -89,7 +104,8 @@ def smooth(points: dict[int, float], window: int = 10) -> tuple[list[int], list[
 
 
 def eval_series(series: dict[str, dict[int, float]], suffix: str) -> dict[int, float]:
-    return next((v for k, v in series.items() if k.startswith("eval/") and k.endswith(suffix)), {})
+    """The evaluations of the arm's trained problems (not a held-out set's)."""
+    return series.get(f"eval/trained/{suffix}", {})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,13 +116,20 @@ def main(argv: list[str] | None = None) -> int:
     if not (a.exp_dir / "experiment.json").is_file():
         print(f"error: {a.exp_dir}: no experiment.json (run spo experiment first)", file=sys.stderr)
         return 2
-    data, arms = load(a.exp_dir)
+    try:
+        data, arms, meta = load(a.exp_dir)
+    except (SpoError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        # a damaged experiment.json or a lake moved away: one line, not a traceback
+        what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+        print(f"error: {a.exp_dir}/experiment.json: {what}", file=sys.stderr)
+        return 2
+    temps = sorted({str(setting(s, "eval_temperature")) for s in meta["arms"].values()})
     a.out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(2, 5, figsize=(22, 8))
     for ax, (title, names, ylabel, scale) in zip(axes.flat[:6], STEP_PANELS, strict=True):
         for arm in arms:
             s, v = smooth(pick(data[arm], names))
-            ax.plot(s, v, label=arm)
+            ax.plot(s, v, marker=".", label=arm)  # a marker: a 1-step run is one point
         ax.set(title=title, xlabel="step", ylabel=ylabel)
         ax.set_yscale(scale)  # a collapsing run is orders of magnitude above the others
     for ax, (title, suffix) in zip(axes.flat[6:], EVAL_PANELS, strict=True):
@@ -116,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         ax.set(title=title, xlabel="step")
     if arms:
         axes.flat[0].legend()
-    fig.suptitle(f"{a.exp_dir.name}: per-step metrics smoothed over 10 steps; evaluations at T = 1")
+    fig.suptitle(
+        f"{a.exp_dir.name}: per-step metrics smoothed over 10 steps; evaluations at "
+        f"T = {', '.join(temps)}"
+    )
     fig.tight_layout()
     fig.savefig(a.out / "stability.png", dpi=80)
 
@@ -140,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         lines.append("")
     for title, suffix in EVAL_PANELS:
         steps = sorted({s for x in arms for s in eval_series(data[x], suffix)})
+        if not steps:  # a table of no columns is no markdown table
+            lines += [f"## {title}", "", "no values logged", ""]
+            continue
         lines += [f"## {title}", "", "| arm | " + " | ".join(f"step {s}" for s in steps) + " |"]
         lines.append("| --- " * (len(steps) + 1) + "|")
         for arm in arms:

@@ -156,11 +156,20 @@ def load_sources(path: str | Path | None = None) -> dict[str, str]:
             "source name(s) and cannot be redefined; give the source another name"
         )
     for name, pred in user.items():
-        # One boolean expression each (spo_store.predicates): checked with the placeholders
-        # filled in as a run fills them.
-        check_predicate(fill_placeholders(pred, _example_params()), f"{path}: source {name!r}")
+        check_source(pred, f"{path}: source {name!r}")
     sources.update(user)
     return sources
+
+
+def check_source(pred: str, what: str) -> None:
+    """A user source's predicate (SQL over t, p): one boolean expression reading only lake
+    tables (`check_predicate`), checked with the placeholders filled in as a run fills them.
+    Raises SpoError, one line starting with `what` (a file and source name)."""
+    try:
+        check_predicate(fill_placeholders(pred, _example_params()), what)
+    except SpoError as exc:
+        msg = str(exc)
+        raise SpoError(msg if msg.startswith(what) else f"{what}: {msg}") from None
 
 
 def _example_params() -> dict[str, str]:

@@ -61,6 +61,7 @@ from spo_train.experiment.plan import (
     plan_runs,
     q0_missing,
     q0_needs,
+    q0_pool_size,
     read_eval,
     run_id_in,
     select,
@@ -92,6 +93,7 @@ __all__ = [  # this module's names and those of the config and planning modules
     "open_existing_lake",
     "plan_runs",
     "q0_missing",
+    "q0_pool_size",
     "q0_needs",
     "read_eval",
     "resolved",
@@ -392,6 +394,27 @@ class _Runner:
             f"{how} during {what}; {kept}: rerun the same command to resume: {self.resume_hint}",
         )
 
+    def empty_pool_line(self, lk: Lake, need: Q0Need) -> str:
+        """One line: `[prepare]` selects no problem of this lake (before any q0 sample or run:
+        the q0 step would add nothing and every run would train on nothing)."""
+        from spo_store.selection import describe_splits, splits_present
+
+        where = self.exp.q0_where
+        shown = (
+            ""
+            if where is None
+            else repr(where)
+            if len(where) <= 300
+            else (f"{where[:300]!r}... ({len(where)} chars)")
+        )
+        what = f"q0_where {shown} matches no" if where is not None else "there is no"
+        kind = "" if need.include_unreliable else "reliably judged "
+        return (
+            f"{self.exp.config_file} [prepare]: {what} {kind}{need.split!r} problem of lake "
+            f"{self.lake_uri} (splits present: {describe_splits(splits_present(lk))}): the q0 "
+            "pool is empty, so no run was started; change q0_where or --lake"
+        )
+
     def prepare(self, needs: list[Q0Need]) -> None:
         """Problems into an empty lake, then each missing q0 estimate (a child process)."""
         from spo_train.embedded.defaults import ensure_problems
@@ -400,6 +423,8 @@ class _Runner:
             lk = Lake.open(self.lake_uri)
             ensure_problems(lk, say=self.say)
             for i, need in enumerate(needs):
+                if not q0_pool_size(lk, need):
+                    raise SpoError(self.empty_pool_line(lk, need))
                 missing = q0_missing(lk, need)
                 args = ["--threads", "1", "estimate-q0", *need.args(self.lake_uri)]
                 rule = f">= {need.samples} samples" + (

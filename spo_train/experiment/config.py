@@ -132,11 +132,12 @@ def load_experiment(path: str | Path) -> Experiment:
     Raises SpoError, one line naming the file, the table and the key: a missing or invalid
     file, an unknown table or key (with the closest name), a value of the wrong type or out of
     range, a setting the runner sets itself (`FORBIDDEN`), no arm, a bad or reserved arm name,
-    a reference arm that is not an arm, a source that redefines a built-in one, a q0_where or
+    a reference arm that is not an arm, a source that redefines a built-in one or is not one
+    SQL predicate reading only lake tables (`check_source`), a q0_where or
     train_where that is not one SQL predicate over the problems' columns (`p`; an unknown
     column or function included: bound against the lake's schema, no lake needed).
     """
-    from spo_store.mixture import BUILTIN_SOURCES, MixtureSpec
+    from spo_store.mixture import BUILTIN_SOURCES, MixtureSpec, check_source
     from spo_store.selection import check_where_binds
 
     p = Path(path)
@@ -223,6 +224,8 @@ def load_experiment(path: str | Path) -> Experiment:
             )
         if not isinstance(value, str) or not value.strip():
             raise _fail(p, "[sources]", f"{key}: expected an SQL predicate over t and p")
+        # checked as `spo train --sources-file` checks it, before the lake or a run exists
+        check_source(value, f"{p} [sources]: {key}")
 
     common = _read_settings(p, "[common]", data.get("common", {}))
     if common.get("train_where") is not None:

@@ -281,6 +281,13 @@ def q0_needs(exp: Experiment, plans: list[RunPlan]) -> list[Q0Need]:
     return needs
 
 
+def q0_pool_size(lake: Lake, need: Q0Need) -> int:
+    """How many problems `need`'s subset holds in `lake` (0: `[prepare]` q0_where, the split
+    and the reliability rule together match none, so no run has problems)."""
+    rows = lake.sql_arrow(f"SELECT count(*) AS n FROM problems p WHERE {need.where()}")
+    return int(rows.to_pylist()[0]["n"])
+
+
 def q0_missing(lake: Lake, need: Q0Need) -> int:
     """How many problems of `need`'s subset lack a finished estimate of its model and sampler
     (`Q0Need.done_sql`; 0: estimate-q0 would add nothing, so it is not started)."""

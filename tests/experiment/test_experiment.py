@@ -85,6 +85,13 @@ BAD = [
     (BASE + "[prepar]\nq0_problems = 1\n", ["'prepar'", "did you mean 'prepare'"]),
     (BASE + "[prepare]\nq0_problems = 0\n", ["[prepare]", "q0_problems = 0"]),
     (BASE + '[sources]\nonline = "TRUE"\n', ["[sources]", "'online' is a built-in source"]),
+    # a source's predicate is checked at load as --sources-file's is, not when each run fails
+    (
+        BASE + "[sources]\nmine = \"(SELECT count(*) FROM read_csv('/etc/hostname')) > 0\"\n",
+        ["[sources]: mine", "reads with table function read_csv()"],
+    ),
+    (BASE + '[sources]\nmine = "TRUE; DROP TABLE problems"\n', ["[sources]: mine", "the ';'"]),
+    (BASE + '[sources]\nmine = "t.run_id = {run}"\n', ["[sources]: mine", "placeholder {run}"]),
     (
         _with('loss = "terminal_ce"', 'mix = "online:0.5,fixed:0.5"'),
         ["[arms.a]", "mix:", "'fixed'"],

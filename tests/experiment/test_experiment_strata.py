@@ -216,3 +216,32 @@ def test_missing_pi0_is_one_line_at_planning(tmp_path, lake):
     with pytest.raises(SpoError) as err:
         plan_runs(exp, tmp_path / "out", lake.uri, [("zero.spo", 0)])
     assert "no-such-pi0" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("where", "needle"),
+    [
+        ("p.name = 'no such problem'", "q0_where \"p.name = 'no such problem'\" matches no"),
+        ("p.split = 'test'", "q0_where \"p.split = 'test'\" matches no reliably judged 'train'"),
+        # a subquery over q0_estimates: bound at load, empty here
+        ("p.problem_id IN (SELECT problem_id FROM q0_estimates WHERE samples > 1e9)", "matches"),
+    ],
+)
+def test_a_q0_pool_matching_nothing_is_refused_before_any_run(tmp_path, lake, where, needle):
+    """A q0_where that selects no problem of the lake: one line naming file, table and key,
+    no q0 child and no run started (it used to skip the q0 step as 'done' and start runs that
+    had nothing to train on)."""
+    from spo_train.experiment import run_experiment
+
+    text = BASE.replace("p.name >= 'spo_embedded_train_01990'", where.replace('"', '\\"'))
+    path = _write(tmp_path, text)
+    exp = load_experiment(path)
+    out = tmp_path / "out"
+    with pytest.raises(SpoError) as err:
+        run_experiment(exp, output=out, lake=lake.uri, say=lambda m: None)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{path} [prepare]: "), msg
+    assert needle in msg and "the q0 pool is empty, so no run was started" in msg, msg
+    assert "splits present: " in msg
+    assert not list(out.glob("*/seed-0/run.json"))  # no spo train started
+    assert not (out / "prepare").exists()  # no estimate-q0 started
