@@ -27,8 +27,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from spo_store.errors import SpoError  # noqa: E402
-from spo_store.lake import Lake, sql_quote  # noqa: E402
+from spo_store.lake import Lake  # noqa: E402
 from spo_train.config import TrainConfig  # noqa: E402
+from spo_train.experiment.report_data import newest_metrics  # noqa: E402
 
 STEP_PANELS = [  # (title, metric names tried in order, y label, y scale)
     ("KL to pi_0 (nats per sequence)", ["train/kl_estimate", "train/kl_to_ref"], "nats", "symlog"),
@@ -71,11 +72,7 @@ def load(exp_dir: Path) -> tuple[dict[str, dict[str, dict[int, float]]], list[st
                 break
         if rid is None:
             continue
-        rows = lake.sql_arrow(
-            "SELECT step, name, value FROM (SELECT step, name, value, row_number() OVER "
-            "(PARTITION BY step, name ORDER BY created_at DESC) AS newest FROM metrics "
-            f"WHERE run_id = {sql_quote(rid)}) WHERE newest = 1"
-        ).to_pylist()
+        rows = newest_metrics(lake, [rid])
         series: dict[str, dict[int, float]] = defaultdict(dict)
         # the trained problems' set is eval/<train_split>/; a held-out set is another split
         trained = f"eval/{setting(spec, 'train_split')}/"

@@ -302,6 +302,18 @@ def _split_of_set(eval_set: str, config: Mapping[str, Any]) -> str:
     return eval_set
 
 
+def newest_metrics(lake: Lake, run_ids: Sequence[str], name_like: str = "%") -> list[dict]:
+    """`metrics` rows (`run_id`, `step`, `name`, `value`) of `run_ids` whose name is LIKE
+    `name_like`: one per (run, step, name), the newest (a resumed run may log a step twice)."""
+    ids = ", ".join(sql_quote(r) for r in run_ids)
+    return lake.sql_arrow(
+        "SELECT run_id, step, name, value FROM ("
+        "SELECT run_id, step, name, value, row_number() OVER (PARTITION BY run_id, step, "
+        "name ORDER BY created_at DESC) AS newest FROM metrics "
+        f"WHERE run_id IN ({ids}) AND name LIKE {sql_quote(name_like)}) WHERE newest = 1"
+    ).to_pylist()
+
+
 def read_evaluations(runs: Sequence[ReportRun]) -> dict[str, RunEvals]:
     """Evaluation metrics and per-problem sample counts of `runs`, by run_id (one query per
     table and lake). A lake that cannot be opened raises SpoError naming the run directory."""
@@ -315,14 +327,8 @@ def read_evaluations(runs: Sequence[ReportRun]) -> dict[str, RunEvals]:
         except SpoError as exc:
             where = "" if uri in str(exc) else f" (lake {uri})"
             raise SpoError(f"{members[0].run_dir}{where}: {exc}") from None
+        rows = newest_metrics(lake, [r.run_id for r in members], "eval/%")
         ids = ", ".join(sql_quote(r.run_id) for r in members)
-        # A resumed run may have logged a step twice: the newest row wins.
-        rows = lake.sql_arrow(
-            "SELECT run_id, step, name, value FROM ("
-            "SELECT run_id, step, name, value, row_number() OVER (PARTITION BY run_id, step, "
-            "name ORDER BY created_at DESC) AS newest FROM metrics "
-            f"WHERE run_id IN ({ids}) AND name LIKE 'eval/%') WHERE newest = 1"
-        ).to_pylist()
         for row in rows:
             ev = out[row["run_id"]]
             step = int(row["step"])

@@ -242,6 +242,30 @@ def test_refusals_leave_no_running_run(tmp_path):
     assert all(r["status"] != "running" for r in runs(lake_dir))
 
 
+def _tiny_online_train(
+    tmp_path: Path, steps: int, checkpoint_every: int
+) -> tuple[Path, Path, list[str]]:
+    """A lake with q0 of 4 problems (2 samples each) and the argv of a tiny online-only
+    `spo train` on it: (lake_dir, output, argv)."""
+    lake_dir, out = tmp_path / "lake", tmp_path / "run"
+    q0 = spo(
+        "estimate-q0", "--lake", str(lake_dir), "--samples", "2", "--max-new-tokens", "16",
+        "--limit", "4",
+    )  # fmt: skip
+    assert q0.returncode == 0, q0.stderr
+    argv = [
+        "train", "--lake", str(lake_dir), "--output", str(out), "--mix", "online:1",
+        "--steps", str(steps), "--batch-size", "2", "--rollout-n", "1", "--max-new-tokens", "16",
+        "--eval-problems", "0", "--checkpoint-every", str(checkpoint_every), "--wandb", "off",
+    ]  # fmt: skip
+    return lake_dir, out, argv
+
+
+def _stepped(lk: Lake) -> bool:
+    """A step after the first was logged (so at least one step is done)."""
+    return lk.sql_arrow("SELECT 1 FROM metrics WHERE step >= 1").num_rows > 0
+
+
 def test_resume_run_marks_the_run_running_again(lake):
     run = lake.start_run("train")
     lake.end_run(run, "interrupted")
@@ -276,22 +300,8 @@ def test_sigterm_judge_says_terminated(tmp_path):
 def test_sigterm_train_then_resume(tmp_path):
     """`spo train` (tiny, online only): SIGTERM after its first logged step -> 143, run
     interrupted; `--resume` continues the same run and completes it."""
-    lake_dir, out = tmp_path / "lake", tmp_path / "run"
-    q0 = spo(
-        "estimate-q0", "--lake", str(lake_dir), "--samples", "2", "--max-new-tokens", "16",
-        "--limit", "4",
-    )  # fmt: skip
-    assert q0.returncode == 0, q0.stderr
-    argv = [
-        "train", "--lake", str(lake_dir), "--output", str(out), "--mix", "online:1",
-        "--steps", "40", "--batch-size", "2", "--rollout-n", "1", "--max-new-tokens", "16",
-        "--eval-problems", "0", "--checkpoint-every", "1", "--wandb", "off",
-    ]  # fmt: skip
-
-    def stepped(lk: Lake) -> bool:
-        return lk.sql_arrow("SELECT 1 FROM metrics WHERE step >= 1").num_rows > 0
-
-    rc, err = term_when(argv, lake_dir, stepped)
+    lake_dir, out, argv = _tiny_online_train(tmp_path, steps=40, checkpoint_every=1)
+    rc, err = term_when(argv, lake_dir, _stepped)
     assert rc == 143, err
     assert "terminated (SIGTERM)" in err and "--resume" in err
     [first] = runs(lake_dir, "train")
@@ -309,22 +319,8 @@ def test_ctrl_c_inside_a_step_finishes_it_and_saves(tmp_path):
     done, never none: a signal inside a step's update, logging or checkpoint is deferred to the
     step's end (`spo_store.stopping.deferred_stop`). Checkpoints are otherwise never due
     (--checkpoint-every 1000), so the one found is the interrupt's."""
-    lake_dir, out = tmp_path / "lake", tmp_path / "run"
-    q0 = spo(
-        "estimate-q0", "--lake", str(lake_dir), "--samples", "2", "--max-new-tokens", "16",
-        "--limit", "4",
-    )  # fmt: skip
-    assert q0.returncode == 0, q0.stderr
-    argv = [
-        "train", "--lake", str(lake_dir), "--output", str(out), "--mix", "online:1",
-        "--steps", "60", "--batch-size", "2", "--rollout-n", "1", "--max-new-tokens", "16",
-        "--eval-problems", "0", "--checkpoint-every", "1000", "--wandb", "off",
-    ]  # fmt: skip
-
-    def stepped(lk: Lake) -> bool:
-        return lk.sql_arrow("SELECT 1 FROM metrics WHERE step >= 1").num_rows > 0
-
-    rc, err = term_when(argv, lake_dir, stepped, delay_s=0.7, sig=signal.SIGINT)
+    lake_dir, out, argv = _tiny_online_train(tmp_path, steps=60, checkpoint_every=1000)
+    rc, err = term_when(argv, lake_dir, _stepped, delay_s=0.7, sig=signal.SIGINT)
     assert rc == 130, err
     saved = sorted(p.name for p in out.glob("checkpoint-*"))
     assert len(saved) == 1 and "saved; --resume continues" in err, (saved, err[-1500:])
