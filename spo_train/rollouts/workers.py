@@ -455,7 +455,10 @@ class WorkerPool:
         self.retry_at = [0.0] * len(actors)
         self.resend = [False] * len(actors)
         self.restarting = [False] * len(actors)  # its restart was counted, no answer since
-        self.incarnations: list[str | None] = [None] * len(actors)  # as its last answer said
+        # Each actor's life as its last answer named it (None: none since its last counted
+        # death), and the lives known dead: an answer of a dead life read late counts nothing.
+        self.incarnations: list[str | None] = [None] * len(actors)
+        self.dead_lives: set[str] = set()
 
     def call(self, index: int, method: str, *args: Any) -> Any:
         """Queue `method(*args)` on actor `index` (after what is queued there already)."""
@@ -535,13 +538,19 @@ class WorkerPool:
         queued on it, and this answer comes from its next life (which has no trained weights
         yet: it answers `produce` with `need_weights`, and gets them)."""
         life = result.get("incarnation") if isinstance(result, dict) else None
-        if life is None:
+        if life is None or life in self.dead_lives:
             return
-        before, self.incarnations[index] = self.incarnations[index], life
-        if before is not None and life != before and not self.restarting[index]:
+        before = self.incarnations[index]
+        if before is not None and life != before:
             self._count_restart(index, RuntimeError("restarted between two calls"))
+        self.incarnations[index] = life
 
     def _count_restart(self, index: int, exc: BaseException) -> None:
+        """One death of actor `index`: the life its last answer named is over (the next
+        life's first answer sets the baseline again, and is no second restart)."""
+        if self.incarnations[index] is not None:
+            self.dead_lives.add(self.incarnations[index])
+            self.incarnations[index] = None
         self.restarts[index] += 1
         if self.restarts[index] > MAX_RESTARTS:
             raise SpoError(
