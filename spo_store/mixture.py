@@ -51,6 +51,7 @@ from spo_store.mixture_index import (
 from spo_store.mixture_pins import PINNED_IDS, PinnedSource, outside_index, pinned_table, resolve
 from spo_store.predicates import check_predicate, fill_placeholders
 from spo_store.q0_estimates import problems_with_q0_sql
+from spo_store.selection import bind_on_empty_lake
 
 # Predicates over t (trajectories) and p (problems). {run_id}, {policy_version} and {staleness}
 # are filled from the sampling context; a source that needs them fails clearly without one.
@@ -166,10 +167,19 @@ def check_source(pred: str, what: str) -> None:
     tables (`check_predicate`), checked with the placeholders filled in as a run fills them.
     Raises SpoError, one line starting with `what` (a file and source name)."""
     try:
-        check_predicate(fill_placeholders(pred, _example_params()), what)
+        filled = fill_placeholders(pred, _example_params())
+        check_predicate(filled, what)
     except SpoError as exc:
         msg = str(exc)
         raise SpoError(msg if msg.startswith(what) else f"{what}: {msg}") from None
+    # Bound against the lake's schema (empty tables): a misspelt column is refused here,
+    # not by every run at its start.
+    view = problems_with_q0_sql(None, None, None)
+    detail = bind_on_empty_lake(
+        f"SELECT count(*) FROM trajectories t JOIN ({view}) p USING (problem_id) WHERE ({filled})"
+    )
+    if detail:
+        raise SpoError(f"{what}: not valid SQL over trajectories t and problems p: {detail}")
 
 
 def _example_params() -> dict[str, str]:

@@ -188,24 +188,34 @@ def check_where_binds(where: str, what: str) -> None:
     file. A column, table or function that does not exist, or a comparison of mismatched types,
     is one SpoError line naming `what` (e.g. an experiment config's file, table and key, checked
     at load, before its lake exists)."""
+    from spo_store.predicates import check_predicate
+
+    check_predicate(where, what)
+    view = problems_with_q0_sql(None, None, None)
+    detail = bind_on_empty_lake(f"SELECT count(*) FROM ({view}) p WHERE ({where})")
+    if detail:
+        raise SpoError(f"{what}: not valid SQL over problems (alias p): {detail}")
+
+
+def bind_on_empty_lake(query: str) -> str | None:
+    """Run `query` on empty tables of the lake's current schema (`spo_schemas`), on a
+    connection that reads no file: None if it binds, else DuckDB's first line (and its
+    "Candidate bindings" hint) for an error message. Checks a user's SQL before a lake exists."""
     import duckdb
     from spo_schemas import TABLES, table_schema
 
     from spo_store.lake import DUCKDB_CONFIG
-    from spo_store.predicates import check_predicate
 
-    check_predicate(where, what)
     con = duckdb.connect(config={**DUCKDB_CONFIG, "enable_external_access": "false"})
     try:
         for name in TABLES:
             con.register(name, table_schema(name).empty_table())
-        view = problems_with_q0_sql(None, None, None)
-        con.execute(f"SELECT count(*) FROM ({view}) p WHERE ({where})").fetchall()
+        con.execute(query).fetchall()
+        return None
     except duckdb.Error as exc:
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
         hint = [line for line in lines[1:] if line.startswith("Candidate bindings")]
-        detail = "; ".join(lines[:1] + hint[:1])
-        raise SpoError(f"{what}: not valid SQL over problems (alias p): {detail}") from None
+        return "; ".join(lines[:1] + hint[:1])
     finally:
         con.close()
 

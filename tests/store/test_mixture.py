@@ -264,14 +264,21 @@ def test_empty_source_and_bad_user_source(lake, tmp_path):
     with pytest.raises(SpoError, match="'online' is empty"):
         MixtureSampler(lake, "online:1", run_id="other-run").sample(4)
     cfg = tmp_path / "sources.toml"
-    cfg.write_text(
-        '[sources]\nshort = "t.reward = 0 AND t.traj_id LIKE \'z%\'"\nbroken = "t.nope = 1"\n'
-    )
+    cfg.write_text("[sources]\nshort = \"t.reward = 0 AND t.traj_id LIKE 'z%'\"\n")
     sources = load_sources(cfg)
     batch = MixtureSampler(lake, "short:1", sources=sources).sample(5)
     assert all(x.startswith("z") for x in batch.traj_ids)
-    with pytest.raises(SpoError, match="bad SQL predicate"):
-        MixtureSampler(lake, "broken:1", sources=sources).sample(2)
+    # A column that does not exist is refused when the file loads (bound against the lake's
+    # schema), not by the run at its first batch: one line naming file, source and column.
+    for pred in ("t.nope = 1", "p.nam = 'x'"):
+        cfg.write_text(f'[sources]\nshort = "t.reward = 0"\nbroken = "{pred}"\n')
+        with pytest.raises(SpoError) as err:
+            load_sources(cfg)
+        line = str(err.value)
+        assert "\n" not in line and str(cfg) in line and "'broken'" in line, line
+        assert pred.split()[0].split(".")[1] in line, line
+    with pytest.raises(SpoError, match="bad SQL predicate"):  # a source built in code
+        MixtureSampler(lake, "broken:1", sources={"broken": "t.nope = 1"}).sample(2)
     cfg.write_text("not toml [")
     with pytest.raises(SpoError, match="invalid TOML"):
         load_sources(cfg)
