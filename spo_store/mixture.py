@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ from spo_store.mixture_index import (
 from spo_store.mixture_pins import PINNED_IDS, PinnedSource, outside_index, pinned_table, resolve
 from spo_store.predicates import check_predicate, fill_placeholders
 from spo_store.q0_estimates import problems_with_q0_sql
-from spo_store.selection import bind_on_empty_lake
+from spo_store.selection import check_condition_binds
 
 # Predicates over t (trajectories) and p (problems). {run_id}, {policy_version} and {staleness}
 # are filled from the sampling context; a source that needs them fails clearly without one.
@@ -157,9 +158,23 @@ def load_sources(path: str | Path | None = None) -> dict[str, str]:
             "source name(s) and cannot be redefined; give the source another name"
         )
     for name, pred in user.items():
+        check_source_name(name, f"{path}: source {name!r}")
         check_source(pred, f"{path}: source {name!r}")
     sources.update(user)
     return sources
+
+
+SOURCE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def check_source_name(name: str, what: str) -> None:
+    """A user source's name must be usable in `--mix name:weight` (letters, digits, `_`, `-`;
+    not starting with a digit or `-`). Raises SpoError starting with `what`."""
+    if not SOURCE_NAME.fullmatch(name):
+        raise SpoError(
+            f"{what}: a source name starts with a letter or '_' and has only letters, digits, "
+            "'_' and '-' (as --mix NAME:WEIGHT reads it)"
+        )
 
 
 def check_source(pred: str, what: str) -> None:
@@ -175,11 +190,8 @@ def check_source(pred: str, what: str) -> None:
     # Bound against the lake's schema (empty tables): a misspelt column is refused here,
     # not by every run at its start.
     view = problems_with_q0_sql(None, None, None)
-    detail = bind_on_empty_lake(
-        f"SELECT count(*) FROM trajectories t JOIN ({view}) p USING (problem_id) WHERE ({filled})"
-    )
-    if detail:
-        raise SpoError(f"{what}: not valid SQL over trajectories t and problems p: {detail}")
+    source = f"FROM trajectories t JOIN ({view}) p USING (problem_id)"
+    check_condition_binds(filled, source, what, "trajectories t and problems p")
 
 
 def _example_params() -> dict[str, str]:

@@ -185,22 +185,21 @@ def check_where_binds(where: str, what: str) -> None:
     """`where` (SQL over `p`: problems with the q0 columns, as `check_where` reads them) checked
     without a lake: one self-contained boolean expression (`check_predicate`), then bound against
     empty tables of the lake's current schema (`spo_schemas`) on a connection that reads no
-    file. A column, table or function that does not exist, or a comparison of mismatched types,
-    is one SpoError line naming `what` (e.g. an experiment config's file, table and key, checked
-    at load, before its lake exists)."""
+    file. A column, table or function that does not exist, a comparison of mismatched types,
+    or an expression that is not true/false (`p.difficulty`) is one SpoError line naming `what`
+    (e.g. an experiment config's file, table and key, checked at load, before its lake exists)."""
     from spo_store.predicates import check_predicate
 
     check_predicate(where, what)
     view = problems_with_q0_sql(None, None, None)
-    detail = bind_on_empty_lake(f"SELECT count(*) FROM ({view}) p WHERE ({where})")
-    if detail:
-        raise SpoError(f"{what}: not valid SQL over problems (alias p): {detail}")
+    check_condition_binds(where, f"FROM ({view}) p", what, "problems (alias p)")
 
 
-def bind_on_empty_lake(query: str) -> str | None:
-    """Run `query` on empty tables of the lake's current schema (`spo_schemas`), on a
-    connection that reads no file: None if it binds, else DuckDB's first line (and its
-    "Candidate bindings" hint) for an error message. Checks a user's SQL before a lake exists."""
+def check_condition_binds(pred: str, source: str, what: str, over: str) -> None:
+    """Bind `pred` as the WHERE of `SELECT ... {source}` on empty tables of the lake's current
+    schema (`spo_schemas`), on a connection that reads no file, and check it is a true/false
+    condition. Raises SpoError: `{what}: not valid SQL over {over}: <DuckDB's first line>` or
+    `{what}: not a true/false condition over {over} ...`."""
     import duckdb
     from spo_schemas import TABLES, table_schema
 
@@ -210,14 +209,21 @@ def bind_on_empty_lake(query: str) -> str | None:
     try:
         for name in TABLES:
             con.register(name, table_schema(name).empty_table())
-        con.execute(query).fetchall()
-        return None
+        con.execute(f"SELECT count(*) {source} WHERE ({pred})").fetchall()
+        kind = con.execute(f"DESCRIBE SELECT ({pred}) AS keep {source}").fetchall()[0][1]
     except duckdb.Error as exc:
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
         hint = [line for line in lines[1:] if line.startswith("Candidate bindings")]
-        return "; ".join(lines[:1] + hint[:1])
+        # DuckDB calls a registered table a "Values list"
+        detail = re.sub(r'Values list "(\w+)"', r"table \1", "; ".join(lines[:1] + hint[:1]))
+        raise SpoError(f"{what}: not valid SQL over {over}: {detail}") from None
     finally:
         con.close()
+    if kind != "BOOLEAN":
+        raise SpoError(
+            f"{what}: not a true/false condition over {over}: it gives {kind} values "
+            "(compare it, e.g. `... > 0` or `... IS NOT NULL`)"
+        )
 
 
 def check_where(lake: Lake, where: str, flag: str = "--where") -> None:

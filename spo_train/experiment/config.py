@@ -137,7 +137,7 @@ def load_experiment(path: str | Path) -> Experiment:
     train_where that is not one SQL predicate over the problems' columns (`p`; an unknown
     column or function included: bound against the lake's schema, no lake needed).
     """
-    from spo_store.mixture import BUILTIN_SOURCES, MixtureSpec, check_source
+    from spo_store.mixture import BUILTIN_SOURCES, MixtureSpec, check_source, check_source_name
     from spo_store.selection import check_where_binds
 
     p = Path(path)
@@ -224,6 +224,7 @@ def load_experiment(path: str | Path) -> Experiment:
             )
         if not isinstance(value, str) or not value.strip():
             raise _fail(p, "[sources]", f"{key}: expected an SQL predicate over t and p")
+        check_source_name(key, f"{p} [sources]: {key!r}")
         # checked as `spo train --sources-file` checks it, before the lake or a run exists
         check_source(value, f"{p} [sources]: {key}")
 

@@ -282,8 +282,14 @@ def _train_locked(
         sink = MetricSink(
             lake, config, run_id, output, start_step=start_step, resumed=ckpt is not None, say=say
         )
-        # Saved resolved: the lake $SPO_LAKE named, the output as an absolute path.
-        saved = dataclasses.replace(config, lake=lake.uri, output=str(output.resolve()))
+        # Saved resolved: the lake $SPO_LAKE named, the output and the sources file as absolute
+        # paths (`spo train --config OUTPUT/config.toml` works from any folder).
+        saved = dataclasses.replace(
+            config,
+            lake=lake.uri,
+            output=str(output.resolve()),
+            sources_file=absolute_path(config.sources_file) if config.sources_file else None,
+        )
         write_config(output, saved, run_id, say, resumed=ckpt is not None)
         if ckpt is None:  # a resume keeps the file it started with
             save_pins(output, plan.batches.pinned)

@@ -77,7 +77,7 @@ BAD = [
     # lake's schema), not when the run reaches the q0 step
     (
         BASE.replace("p.name >=", "p.nme >="),
-        '[prepare]: q0_where: not valid SQL over problems (alias p): Binder Error: Values list "p"'
+        "[prepare]: q0_where: not valid SQL over problems (alias p): Binder Error: table p"
         ' does not have a column named "nme"',
     ),
     (BASE.replace("p.name >=", "lower(p.name, 2) >="), "[prepare]: q0_where: not valid SQL"),
@@ -93,8 +93,8 @@ BAD = [
     ),
     (
         BASE.split("[strata.zero]")[0] + "[arms.spo]\ntrain_where = 'p.q0_sample > 1'\n",
-        "[arms.spo]: train_where: not valid SQL over problems (alias p): Binder Error: Values "
-        'list "p" does not have a column named "q0_sample"',
+        "[arms.spo]: train_where: not valid SQL over problems (alias p): Binder Error: "
+        'table p does not have a column named "q0_sample"',
     ),
     (BASE.split("[prepare]")[0] + BASE.split("max_new_tokens = 192")[1], "add a [prepare]"),
 ]

@@ -277,6 +277,13 @@ def test_empty_source_and_bad_user_source(lake, tmp_path):
         line = str(err.value)
         assert "\n" not in line and str(cfg) in line and "'broken'" in line, line
         assert pred.split()[0].split(".")[1] in line, line
+    # Not a true/false condition, or a name --mix cannot read: refused as the file loads.
+    cfg.write_text('[sources]\nbroken = "t.reward"\n')
+    with pytest.raises(SpoError, match="'broken': not a true/false condition .* FLOAT"):
+        load_sources(cfg)
+    cfg.write_text('[sources]\n"mi:ne" = "t.reward = 0"\n')
+    with pytest.raises(SpoError, match="source 'mi:ne': a source name starts with a letter"):
+        load_sources(cfg)
     with pytest.raises(SpoError, match="bad SQL predicate"):  # a source built in code
         MixtureSampler(lake, "broken:1", sources={"broken": "t.nope = 1"}).sample(2)
     cfg.write_text("not toml [")

@@ -4,6 +4,7 @@ an interrupted one keeps its finished steps (issue 9 follow-up: findings 1, 4, 1
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -40,9 +41,12 @@ def test_empty_mixture_source_is_one_line_before_the_run(small_lake, tiny_model,
     # and the corrected mixture starts into the same --output.
     r = _spo(*base, "--mix", "offline:1", "--resume", cwd=tmp_path)
     assert "nothing to continue" in _one_line_error(r)
-    r = _spo(*base, "--mix", "offline:1", cwd=tmp_path)
+    r = _spo(*base, "--sources-file", "src.toml", "--mix", "offline:1", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert [x["status"] for x in _runs(small_lake)] == ["completed"]
+    # config.toml names the sources file absolute: `--config o/config.toml` from elsewhere
+    saved = tomllib.loads((tmp_path / "o" / "config.toml").read_text())
+    assert saved["sources_file"] == str((tmp_path / "src.toml").resolve())
 
 
 def test_failed_run_is_ended_and_does_not_block_a_fresh_start(small_lake, tiny_model, tmp_path):  # noqa: F811
