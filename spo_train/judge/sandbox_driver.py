@@ -181,6 +181,14 @@ _KEYRING_SYSCALLS = (248, 249, 250)
 # judges refuse what they cannot count: memfd_create, shmget.
 _UNCOUNTED_MEMORY_SYSCALLS = (319, 29)
 _RT_SIGACTION, _SIGCHLD = 13, 17
+# A warm sandbox keeps one network namespace for all its tests and programs, and the kernel
+# keeps state there after a socket's process is gone (TIME_WAIT connections listed in
+# /proc/net/tcp, bind() refusing their ports, /proc/net/snmp counters): a test could hand its
+# answers to a later test or program (a wrong program passed, 10 of 10). No contest program
+# needs a network, so socket() and socketpair() are refused (EPERM) for every family but
+# AF_UNIX (asyncio's and multiprocessing's socketpairs; unix sockets die with their process).
+_SOCKET_SYSCALLS = (41, 53)  # socket(domain, ...), socketpair(domain, ...)
+_AF_UNIX = 1
 
 
 def _seccomp_program(refuse_uncounted_memory: bool = False, protect: int = 0, part: str = "all"):
@@ -254,6 +262,13 @@ def _seccomp_program(refuse_uncounted_memory: bool = False, protect: int = 0, pa
             jeq(0, jf="deny")
 
         rule(_RT_SIGACTION, sigchld)
+    for nr in _SOCKET_SYSCALLS if base else ():
+
+        def unix_only() -> None:
+            ld(16)  # domain
+            jeq(_AF_UNIX, jf="deny")
+
+        rule(nr, unix_only)
     for nr in _PID_SYSCALLS if base else ():
         rule(nr, lambda: first_arg_in(guarded))
     for nr in _WHICH_WHO_SYSCALLS if base else ():

@@ -86,12 +86,14 @@ def machine_is_fine() -> None:
 
 
 def test_no_network_loopback_or_public():
+    # No network namespace of its own reaches out, and no inet socket can be made at all
+    # (the seccomp filter: only AF_UNIX; docs/judge.md, "What a program cannot do").
     body = """
 import socket
 for host, port in [("127.0.0.1", 22), ("127.0.0.1", 80), ("8.8.8.8", 53), ("1.1.1.1", 443)]:
-    s = socket.socket()
-    s.settimeout(1)
     try:
+        s = socket.socket()
+        s.settimeout(1)
         s.connect((host, port))
         print("CONNECTED", host, port)
     except OSError as e:
@@ -101,19 +103,23 @@ try:
     print("RESOLVED")
 except OSError:
     print("no dns")
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 try:
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     u.sendto(b"x", ("8.8.8.8", 53))
     print("SENT")
 except OSError:
     print("no udp")
-print(sorted(name for _, name in socket.if_nameindex()))
+try:
+    print(sorted(name for _, name in socket.if_nameindex()))
+except OSError:
+    print("no interfaces")
 """
     r = run_hostile(body, bound_s=10)
     assert r.status == "ok", r.stderr
     assert "CONNECTED" not in r.stdout and "RESOLVED" not in r.stdout and "SENT" not in r.stdout
     assert r.stdout.count("blocked") == 4
-    assert r.stdout.strip().endswith("['lo']")
+    # only loopback exists (off x86-64, where the filter is absent, a socket can list it)
+    assert r.stdout.strip().endswith(("no interfaces", "['lo']"))
 
 
 # ------------------------------------------------------------------ filesystem

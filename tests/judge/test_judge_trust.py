@@ -111,6 +111,52 @@ def test_leftovers_never_reach_the_next_test(kind):
     assert verdict_reward(v) == 0.0
 
 
+# A correct program that also leaves its answer in the sandbox's network namespace (a TIME_WAIT
+# connection per byte, from an address named by the input), and a wrong one that reads it back
+# from /proc/net/tcp: with one network namespace per warm sandbox the reader passed (10 of 10).
+_NET_CHANNEL = r"""
+import socket, zlib
+def addr(key):
+    h = zlib.crc32(key.encode()) & 0xffffff
+    return '127.%d.%d.%d' % (h >> 16, (h >> 8) & 255, max(2, h & 255))
+def publish(msg, key, base=20000):
+    srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(('127.0.0.1', 0)); srv.listen(64); port = srv.getsockname()[1]
+    for i, ch in enumerate(msg.encode()):
+        c = socket.socket(); c.bind((addr(key), base + i * 256 + ch))
+        c.connect(('127.0.0.1', port)); a, _ = srv.accept(); c.close(); a.close()
+def read(key, base=20000):
+    hexa = ''.join('%02X' % int(x) for x in reversed(addr(key).split('.')))
+    ports = []
+    for line in open('/proc/net/tcp').read().splitlines()[1:]:
+        f = line.split(); ip, p = f[1].split(':'); lp = int(p, 16)
+        if ip == hexa and f[3] == '06' and base <= lp < base + 256 * 64:
+            ports.append(lp - base)
+    return bytes(p % 256 for p in sorted(ports)).decode(errors='replace')
+a, b = map(int, input().split())
+"""
+
+
+def test_no_network_state_passes_from_program_to_program_or_test_to_test():
+    from spo_train.judge import JudgeJob, judge_batch
+
+    tests = [("12345 67890\n", "80235\n")]
+    writer = _NET_CHANNEL + "print(a + b)\npublish(str(a + b), '%d %d' % (a, b))\n"
+    reader = _NET_CHANNEL + "print(read('%d %d' % (a, b)) or 0)\n"
+    for _ in range(2):  # one warm sandbox (one worker): the reader right after the writer
+        jobs = [JudgeJob(source=writer, tests=tests), JudgeJob(source=reader, tests=tests)]
+        w, r = judge_batch(jobs, workers=1)
+        assert "PermissionError" in w.tests[0].stderr, w.tests[0].stderr  # no inet socket
+        assert r.status == "wrong_answer", (r.status, r.tests[0].stdout)
+    # AF_UNIX stays: socketpair, and asyncio (whose event loop makes one)
+    src = "import socket, asyncio\na, b = socket.socketpair()\na.send(b'7')\n"
+    src += "print(b.recv(1).decode(), asyncio.run(asyncio.sleep(0, 'ok')))\n"
+    assert judge(src, [("", "7 ok\n")]).status == "ok"
+    for family in ("AF_INET6, socket.SOCK_DGRAM", "AF_NETLINK, socket.SOCK_RAW"):
+        v = judge(f"import socket\nsocket.socket(socket.{family})\n", [("", "")])
+        assert v.status == "runtime_error" and "PermissionError" in v.tests[0].stderr
+
+
 def test_leftovers_through_the_cli(tmp_path):
     prog = tmp_path / "prog.py"
     prog.write_text(_leaves(LEFTOVERS["undeletable dir where the next input goes"]))
