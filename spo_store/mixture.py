@@ -164,15 +164,16 @@ def load_sources(path: str | Path | None = None) -> dict[str, str]:
     return sources
 
 
-SOURCE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+SOURCE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
 def check_source_name(name: str, what: str) -> None:
-    """A user source's name must be usable in `--mix name:weight` (letters, digits, `_`, `-`;
-    not starting with a digit or `-`). Raises SpoError starting with `what`."""
+    """A user source's name (a sources file's or an experiment config's) must be usable in
+    `--mix name:weight`: a letter, then letters, digits, `_`, `-`. Raises SpoError starting
+    with `what`."""
     if not SOURCE_NAME.fullmatch(name):
         raise SpoError(
-            f"{what}: a source name starts with a letter or '_' and has only letters, digits, "
+            f"{what}: a source name starts with a letter and has only letters, digits, "
             "'_' and '-' (as --mix NAME:WEIGHT reads it)"
         )
 

@@ -213,8 +213,7 @@ def load_experiment(path: str | Path) -> Experiment:
 
     sources = data.get("sources", {})
     for key, value in sources.items():
-        if not NAME_RE.fullmatch(key):
-            raise _fail(p, "[sources]", f"{key!r}: a source name is letters, digits, '-', '_'")
+        check_source_name(key, f"{p} [sources]: {key!r}")  # the rule --sources-file keeps
         if key in BUILTIN_SOURCES:
             raise _fail(
                 p,
@@ -224,7 +223,6 @@ def load_experiment(path: str | Path) -> Experiment:
             )
         if not isinstance(value, str) or not value.strip():
             raise _fail(p, "[sources]", f"{key}: expected an SQL predicate over t and p")
-        check_source_name(key, f"{p} [sources]: {key!r}")
         # checked as `spo train --sources-file` checks it, before the lake or a run exists
         check_source(value, f"{p} [sources]: {key}")
 

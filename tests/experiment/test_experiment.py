@@ -93,6 +93,7 @@ BAD = [
     (BASE + '[sources]\nmine = "TRUE; DROP TABLE problems"\n', ["[sources]: mine", "the ';'"]),
     (BASE + '[sources]\nmine = "t.run_id = {run}"\n', ["[sources]: mine", "placeholder {run}"]),
     (BASE + "[sources]\nmine = \"t.sorce = 'human'\"\n", ["[sources]: mine", '"sorce"']),
+    (BASE + '[sources]\n"mi:ne" = "TRUE"\n', ["[sources]: 'mi:ne'", "starts with a letter"]),
     (
         _with('loss = "terminal_ce"', 'mix = "online:0.5,fixed:0.5"'),
         ["[arms.a]", "mix:", "'fixed'"],

@@ -282,7 +282,7 @@ def test_empty_source_and_bad_user_source(lake, tmp_path):
     with pytest.raises(SpoError, match="'broken': not a true/false condition .* FLOAT"):
         load_sources(cfg)
     cfg.write_text('[sources]\n"mi:ne" = "t.reward = 0"\n')
-    with pytest.raises(SpoError, match="source 'mi:ne': a source name starts with a letter"):
+    with pytest.raises(SpoError, match="source 'mi:ne': a source name starts with a letter and"):
         load_sources(cfg)
     with pytest.raises(SpoError, match="bad SQL predicate"):  # a source built in code
         MixtureSampler(lake, "broken:1", sources={"broken": "t.nope = 1"}).sample(2)
