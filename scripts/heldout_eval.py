@@ -29,7 +29,7 @@ import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from spo_store.lake import Lake
+from spo_store.lake import Lake, sql_quote
 from spo_store.selection import select_problems
 from spo_train.metrics import bootstrap_seeds_problems, pass_at_k
 
@@ -95,7 +95,7 @@ def main() -> None:
     held = [p for p in pool if p not in trained][: a.problems]
     if len(held) < a.problems:
         sys.exit(f"error: --pool has only {len(held)} problems no run trained on")
-    where = "p.problem_id IN (" + ", ".join(f"'{p}'" for p in held) + ")"
+    where = "p.problem_id IN (" + ", ".join(map(sql_quote, held)) + ")"
     first = _settings(exp, arms[0], seeds[0])
     ks = list(first.get("eval_k", [1, 10]))
     n = a.n or first["eval_n"]
